@@ -1,0 +1,1 @@
+//! The .cnnrt file format (being written).

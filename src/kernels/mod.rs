@@ -1,0 +1,3 @@
+//! Kernels: `reference` is the oracle; the others are the fast paths tested against it.
+
+pub mod reference;

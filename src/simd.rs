@@ -1,0 +1,1 @@
+//! ISA detection (being written).
