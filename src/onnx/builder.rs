@@ -63,7 +63,9 @@ impl<'m> Builder<'m> {
 
     /// What input `i` of the node refers to; `None` for an absent optional input.
     pub fn input(&self, ctx: &Ctx, i: usize) -> Result<Option<Val<'m>>> {
-        let Some(name) = ctx.input(i) else { return Ok(None) };
+        let Some(name) = ctx.input(i) else {
+            return Ok(None);
+        };
         match self.vals.get(name) {
             Some(v) => Ok(Some(v.clone())),
             None => Err(ctx.malformed(format!(
@@ -95,7 +97,9 @@ impl<'m> Builder<'m> {
 
     /// Optional input `i`, which must be a constant when present.
     pub fn const_input(&self, ctx: &Ctx, i: usize, role: &str) -> Result<Option<Tensor>> {
-        let Some(v) = self.input(ctx, i)? else { return Ok(None) };
+        let Some(v) = self.input(ctx, i)? else {
+            return Ok(None);
+        };
         match self.decode(ctx, &v)? {
             Some(t) => Ok(Some(t)),
             None => Err(ctx.unsupported(format!(
@@ -107,24 +111,40 @@ impl<'m> Builder<'m> {
 
     /// Required constant input `i`.
     pub fn require_const(&self, ctx: &Ctx, i: usize, role: &str) -> Result<Tensor> {
-        self.const_input(ctx, i, role)?.ok_or_else(|| ctx.malformed(format!("{role} (input {i}) is missing")))
+        self.const_input(ctx, i, role)?
+            .ok_or_else(|| ctx.malformed(format!("{role} (input {i}) is missing")))
     }
 
-    pub fn add_weight(&mut self, name: impl Into<String>, shape: Vec<usize>, data: Vec<f32>) -> WeightId {
+    pub fn add_weight(
+        &mut self,
+        name: impl Into<String>,
+        shape: Vec<usize>,
+        data: Vec<f32>,
+    ) -> WeightId {
         let id = self.g.add_weight(name, shape);
         self.weights.push(data);
         id
     }
 
     /// A weight holding a constant's data unchanged (shared when several nodes use it).
-    pub fn plain_weight(&mut self, ctx: &Ctx, t: Tensor, shape: Vec<usize>, role: &str) -> Result<WeightId> {
+    pub fn plain_weight(
+        &mut self,
+        ctx: &Ctx,
+        t: Tensor,
+        shape: Vec<usize>,
+        role: &str,
+    ) -> Result<WeightId> {
         let key = (t.name.clone(), shape.clone());
         if !t.name.is_empty() {
             if let Some(&w) = self.plain_weights.get(&key) {
                 return Ok(w);
             }
         }
-        let name = if t.name.is_empty() { format!("{}.{role}", ctx.name) } else { t.name.clone() };
+        let name = if t.name.is_empty() {
+            format!("{}.{role}", ctx.name)
+        } else {
+            t.name.clone()
+        };
         let data = t.into_f32s(ctx, role)?;
         let w = self.add_weight(name, shape, data);
         if !key.0.is_empty() {
@@ -164,8 +184,20 @@ impl<'m> Builder<'m> {
     }
 
     /// Adds a node writing a new value named `out_name`, and infers its shape.
-    pub fn push_node(&mut self, ctx: &Ctx, name: String, op: Op, inputs: Vec<ValueId>, out_name: &str) -> Result<ValueId> {
-        let node = Node { name, op, inputs, output: self.g.values.len() };
+    pub fn push_node(
+        &mut self,
+        ctx: &Ctx,
+        name: String,
+        op: Op,
+        inputs: Vec<ValueId>,
+        out_name: &str,
+    ) -> Result<ValueId> {
+        let node = Node {
+            name,
+            op,
+            inputs,
+            output: self.g.values.len(),
+        };
         let shape = crate::graph::shape::infer_node(&self.g, &node)?;
         check_size(ctx, &shape)?;
         let v = self.g.add_value(out_name, shape);
@@ -259,8 +291,14 @@ impl<'m> Builder<'m> {
 /// Keeps every intermediate shape within the limits, so later size arithmetic cannot overflow.
 fn check_size(ctx: &Ctx, shape: &[usize]) -> Result<()> {
     let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
-    if shape.len() > limits::MAX_RANK || shape.iter().any(|&d| d > limits::MAX_DIM) || n.is_none_or(|n| n > limits::MAX_TENSOR_ELEMENTS) {
-        return Err(Error::Limit(format!("output of node '{}' ({}) has shape {shape:?}, beyond the limits", ctx.name, ctx.op)));
+    if shape.len() > limits::MAX_RANK
+        || shape.iter().any(|&d| d > limits::MAX_DIM)
+        || n.is_none_or(|n| n > limits::MAX_TENSOR_ELEMENTS)
+    {
+        return Err(Error::Limit(format!(
+            "output of node '{}' ({}) has shape {shape:?}, beyond the limits",
+            ctx.name, ctx.op
+        )));
     }
     Ok(())
 }
@@ -302,7 +340,11 @@ fn remap_weights(op: &mut Op, map: &[WeightId]) {
 }
 
 fn model_error(op: &str, what: String) -> Error {
-    Error::Unsupported { node: "<model>".into(), op: op.into(), what }
+    Error::Unsupported {
+        node: "<model>".into(),
+        op: op.into(),
+        what,
+    }
 }
 
 /// The opset version of the default domain.
@@ -312,7 +354,9 @@ fn default_opset(model: &ModelProto) -> Result<i64> {
         .iter()
         .find(|o| matches!(o.domain(), "" | "ai.onnx"))
         .map(|o| o.version())
-        .ok_or_else(|| Error::Onnx("the model imports no opset of the default ONNX domain".into()))?;
+        .ok_or_else(|| {
+            Error::Onnx("the model imports no opset of the default ONNX domain".into())
+        })?;
     if !(MIN_OPSET..=MAX_OPSET).contains(&v) {
         return Err(model_error(
             "opset_import",
@@ -325,16 +369,30 @@ fn default_opset(model: &ModelProto) -> Result<i64> {
 /// A model input's per-sample shape and its declared batch (if a fixed number).
 fn input_shape(vi: &ValueInfoProto) -> Result<(Vec<usize>, Option<usize>)> {
     let name = vi.name();
-    let unsup = |what: String| Error::Unsupported { node: name.to_string(), op: "graph input".into(), what };
+    let unsup = |what: String| Error::Unsupported {
+        node: name.to_string(),
+        op: "graph input".into(),
+        what,
+    };
     let tt = match vi.r#type.as_ref().and_then(|t| t.value.as_ref()) {
         Some(type_proto::Value::TensorType(t)) => t,
-        _ => return Err(unsup("not a tensor (a sequence, map or optional, or no type at all)".into())),
+        _ => {
+            return Err(unsup(
+                "not a tensor (a sequence, map or optional, or no type at all)".into(),
+            ))
+        }
     };
     if tt.elem_type() != DataType::Float as i32 {
-        let t = DataType::try_from(tt.elem_type()).map_or_else(|_| tt.elem_type().to_string(), |d| d.as_str_name().into());
-        return Err(unsup(format!("element type {t}; cnnrt runs float32 models")));
+        let t = DataType::try_from(tt.elem_type())
+            .map_or_else(|_| tt.elem_type().to_string(), |d| d.as_str_name().into());
+        return Err(unsup(format!(
+            "element type {t}; cnnrt runs float32 models"
+        )));
     }
-    let shape = tt.shape.as_ref().ok_or_else(|| unsup("no shape; cnnrt needs fixed sizes except the batch".into()))?;
+    let shape = tt
+        .shape
+        .as_ref()
+        .ok_or_else(|| unsup("no shape; cnnrt needs fixed sizes except the batch".into()))?;
     let Some((first, rest)) = shape.dim.split_first() else {
         return Err(unsup("a scalar has no batch dimension".into()));
     };
@@ -353,7 +411,12 @@ fn input_shape(vi: &ValueInfoProto) -> Result<(Vec<usize>, Option<usize>)> {
                     i + 1
                 )))
             }
-            None => return Err(unsup(format!("dimension {} is unknown; only the batch (first) dimension may be", i + 1))),
+            None => {
+                return Err(unsup(format!(
+                    "dimension {} is unknown; only the batch (first) dimension may be",
+                    i + 1
+                )))
+            }
         }
     }
     let (dims, _) = checked_dims(&format!("input '{name}'"), &dims)?;
@@ -363,9 +426,16 @@ fn input_shape(vi: &ValueInfoProto) -> Result<(Vec<usize>, Option<usize>)> {
 /// Converts a decoded model.
 pub(crate) fn convert(model: &ModelProto) -> Result<Imported> {
     let opset = default_opset(model)?;
-    let graph = model.graph.as_ref().ok_or_else(|| Error::Onnx("the model has no graph".into()))?;
+    let graph = model
+        .graph
+        .as_ref()
+        .ok_or_else(|| Error::Onnx("the model has no graph".into()))?;
     if graph.node.len() > limits::MAX_NODES {
-        return Err(Error::Limit(format!("{} nodes (at most {})", graph.node.len(), limits::MAX_NODES)));
+        return Err(Error::Limit(format!(
+            "{} nodes (at most {})",
+            graph.node.len(),
+            limits::MAX_NODES
+        )));
     }
     if !graph.sparse_initializer.is_empty() {
         return Err(model_error("initializer", "sparse initializers".into()));
@@ -391,7 +461,10 @@ pub(crate) fn convert(model: &ModelProto) -> Result<Imported> {
     };
     for t in &graph.initializer {
         if b.vals.insert(t.name(), Val::Init(t)).is_some() {
-            return Err(Error::Onnx(format!("initializer '{}' is defined twice", t.name())));
+            return Err(Error::Onnx(format!(
+                "initializer '{}' is defined twice",
+                t.name()
+            )));
         }
     }
     let mut batches = Vec::new();
@@ -403,12 +476,15 @@ pub(crate) fn convert(model: &ModelProto) -> Result<Imported> {
         batches.push(batch);
         let v = b.g.add_value(vi.name(), shape);
         b.g.inputs.push(v);
-        b.value_uses.push(b.uses.get(vi.name()).copied().unwrap_or(0));
+        b.value_uses
+            .push(b.uses.get(vi.name()).copied().unwrap_or(0));
         b.producer.push(None);
         b.vals.insert(vi.name(), Val::Dyn(v));
     }
     if b.g.inputs.is_empty() {
-        return Err(Error::Onnx("the model has no inputs (besides initializers)".into()));
+        return Err(Error::Onnx(
+            "the model has no inputs (besides initializers)".into(),
+        ));
     }
     let fixed: Vec<usize> = batches.iter().flatten().copied().collect();
     if fixed.windows(2).any(|w| w[0] != w[1]) {
@@ -424,7 +500,11 @@ pub(crate) fn convert(model: &ModelProto) -> Result<Imported> {
         let ctx = Ctx::new(node, opset);
         match node.domain() {
             "" | "ai.onnx" => {}
-            d => return Err(ctx.unsupported(format!("operator domain '{d}' (cnnrt reads the default ONNX domain only)"))),
+            d => {
+                return Err(ctx.unsupported(format!(
+                    "operator domain '{d}' (cnnrt reads the default ONNX domain only)"
+                )))
+            }
         }
         ops::convert_node(&mut b, &ctx)?;
     }
@@ -432,14 +512,31 @@ pub(crate) fn convert(model: &ModelProto) -> Result<Imported> {
     for o in &graph.output {
         match b.vals.get(o.name()) {
             Some(Val::Dyn(v)) => outputs.push((*v, o.name())),
-            Some(_) => return Err(model_error("graph output", format!("output '{}' is a constant", o.name()))),
-            None => return Err(Error::Onnx(format!("graph output '{}' is never produced", o.name()))),
+            Some(_) => {
+                return Err(model_error(
+                    "graph output",
+                    format!("output '{}' is a constant", o.name()),
+                ))
+            }
+            None => {
+                return Err(Error::Onnx(format!(
+                    "graph output '{}' is never produced",
+                    o.name()
+                )))
+            }
         }
     }
     if outputs.is_empty() {
         return Err(Error::Onnx("the model has no outputs".into()));
     }
     let (graph, weights) = b.finish(outputs)?;
-    let producer = format!("{} {}", model.producer_name(), model.producer_version()).trim().to_string();
-    Ok(Imported { graph, weights, opset, producer })
+    let producer = format!("{} {}", model.producer_name(), model.producer_version())
+        .trim()
+        .to_string();
+    Ok(Imported {
+        graph,
+        weights,
+        opset,
+        producer,
+    })
 }

@@ -10,7 +10,8 @@
 //!   dimensions must be fixed. Shapes in the graph are per sample (batch dropped).
 //! * Weights must be constants (initializers or `Constant` nodes) in float32; shapes, pads
 //!   and axes may be int64/int32 constants. External data is refused with a clear error.
-//! * Rewrites done here: `Mul(x, Sigmoid(x))` → SiLU, `MatMul` + constant `Add` → Linear
+//! * Rewrites done here: `Mul(x, Sigmoid(x))` → SiLU, `Mul(x, HardSigmoid(x; 1/6, 1/2))` →
+//!   HardSwish, `MatMul` + constant `Add` → Linear
 //!   with bias, BatchNormalization → per-channel affine (folding into the conv is a later
 //!   pass), Identity / Dropout / no-op Reshape removed, `Sub(x, y)` → `x + (-1·y)`.
 //! * Anything else yields [`Error::Unsupported`] naming the node, the op and what is not
@@ -22,6 +23,7 @@ mod node;
 mod ops;
 /// Types generated from `proto/onnx.proto`; see the header of `proto.rs` to regenerate.
 #[allow(clippy::all, missing_docs, rustdoc::all)]
+#[rustfmt::skip]
 pub mod proto;
 mod tensor;
 
@@ -66,7 +68,9 @@ pub fn import(bytes: &[u8]) -> Result<Imported> {
 
 /// Imports an ONNX model from a file. Errors name the file.
 pub fn import_file(path: &Path) -> Result<Imported> {
-    let len = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
+    let len = std::fs::metadata(path)
+        .map_err(|e| Error::io(path, e))?
+        .len();
     if len > MAX_ONNX_BYTES as u64 {
         return Err(Error::Limit(format!(
             "{}: the ONNX model is {len} bytes (at most {MAX_ONNX_BYTES})",

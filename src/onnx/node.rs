@@ -19,14 +19,26 @@ impl<'m> Ctx<'m> {
     pub fn new(node: &'m NodeProto, opset: i64) -> Self {
         let op = node.op_type();
         let name = match node.name() {
-            "" => format!("{op}:{}", node.output.first().map(String::as_str).unwrap_or("?")),
+            "" => format!(
+                "{op}:{}",
+                node.output.first().map(String::as_str).unwrap_or("?")
+            ),
             n => n.to_string(),
         };
-        Ctx { node, name, op, opset }
+        Ctx {
+            node,
+            name,
+            op,
+            opset,
+        }
     }
 
     pub fn unsupported(&self, what: impl Into<String>) -> Error {
-        Error::Unsupported { node: self.name.clone(), op: self.op.to_string(), what: what.into() }
+        Error::Unsupported {
+            node: self.name.clone(),
+            op: self.op.to_string(),
+            what: what.into(),
+        }
     }
 
     pub fn shape_err(&self, reason: impl Into<String>) -> Error {
@@ -51,7 +63,12 @@ impl<'m> Ctx<'m> {
     /// Checks the number of inputs: the first `min` must be present (non-empty names), at
     /// most `max` may be given (trailing empty names count as absent).
     pub fn check_inputs(&self, min: usize, max: usize) -> Result<()> {
-        let given = self.node.input.iter().rposition(|s| !s.is_empty()).map_or(0, |i| i + 1);
+        let given = self
+            .node
+            .input
+            .iter()
+            .rposition(|s| !s.is_empty())
+            .map_or(0, |i| i + 1);
         if given > max {
             return Err(self.malformed(format!("has {given} inputs, at most {max} expected")));
         }
@@ -63,7 +80,11 @@ impl<'m> Ctx<'m> {
 
     /// The name of input `i`, `None` when absent or empty (an omitted optional input).
     pub fn input(&self, i: usize) -> Option<&'m str> {
-        self.node.input.get(i).map(String::as_str).filter(|s| !s.is_empty())
+        self.node
+            .input
+            .get(i)
+            .map(String::as_str)
+            .filter(|s| !s.is_empty())
     }
 
     fn attr(&self, name: &str) -> Option<&'m AttributeProto> {
@@ -71,7 +92,9 @@ impl<'m> Ctx<'m> {
     }
 
     fn typed(&self, name: &str, want: AttributeType) -> Result<Option<&'m AttributeProto>> {
-        let Some(a) = self.attr(name) else { return Ok(None) };
+        let Some(a) = self.attr(name) else {
+            return Ok(None);
+        };
         let t = a.r#type();
         if t != want && t != AttributeType::Undefined {
             return Err(self.malformed(format!(
@@ -88,19 +111,27 @@ impl<'m> Ctx<'m> {
     }
 
     pub fn int(&self, name: &str, default: i64) -> Result<i64> {
-        Ok(self.typed(name, AttributeType::Int)?.map_or(default, |a| a.i()))
+        Ok(self
+            .typed(name, AttributeType::Int)?
+            .map_or(default, |a| a.i()))
     }
 
     pub fn float(&self, name: &str, default: f32) -> Result<f32> {
-        Ok(self.typed(name, AttributeType::Float)?.map_or(default, |a| a.f()))
+        Ok(self
+            .typed(name, AttributeType::Float)?
+            .map_or(default, |a| a.f()))
     }
 
     pub fn ints(&self, name: &str) -> Result<Option<&'m [i64]>> {
-        Ok(self.typed(name, AttributeType::Ints)?.map(|a| a.ints.as_slice()))
+        Ok(self
+            .typed(name, AttributeType::Ints)?
+            .map(|a| a.ints.as_slice()))
     }
 
     pub fn floats(&self, name: &str) -> Result<Option<&'m [f32]>> {
-        Ok(self.typed(name, AttributeType::Floats)?.map(|a| a.floats.as_slice()))
+        Ok(self
+            .typed(name, AttributeType::Floats)?
+            .map(|a| a.floats.as_slice()))
     }
 
     pub fn string(&self, name: &str) -> Result<Option<&'m str>> {
@@ -113,7 +144,9 @@ impl<'m> Ctx<'m> {
     }
 
     pub fn tensor(&self, name: &str) -> Result<Option<&'m TensorProto>> {
-        Ok(self.typed(name, AttributeType::Tensor)?.and_then(|a| a.t.as_ref()))
+        Ok(self
+            .typed(name, AttributeType::Tensor)?
+            .and_then(|a| a.t.as_ref()))
     }
 
     /// A 0/1 flag attribute.
@@ -129,8 +162,13 @@ impl<'m> Ctx<'m> {
     pub fn dim(&self, attr: &str, v: i64, min: usize) -> Result<usize> {
         match usize::try_from(v) {
             Ok(u) if u >= min && u <= limits::MAX_DIM => Ok(u),
-            _ if v < 0 && min == 0 => Err(self.unsupported(format!("negative value {v} in '{attr}'"))),
-            _ => Err(self.unsupported(format!("'{attr}' value {v} (must be between {min} and {})", limits::MAX_DIM))),
+            _ if v < 0 && min == 0 => {
+                Err(self.unsupported(format!("negative value {v} in '{attr}'")))
+            }
+            _ => Err(self.unsupported(format!(
+                "'{attr}' value {v} (must be between {min} and {})",
+                limits::MAX_DIM
+            ))),
         }
     }
 
@@ -151,7 +189,11 @@ impl<'m> Ctx<'m> {
         if axis < -r || axis >= r.max(1) {
             return Err(self.shape_err(format!("{attr} {axis} out of range for rank {rank}")));
         }
-        Ok(if axis < 0 { (axis + r) as usize } else { axis as usize })
+        Ok(if axis < 0 {
+            (axis + r) as usize
+        } else {
+            axis as usize
+        })
     }
 
     /// Like [`Ctx::axis`] but refuses the batch axis, returning the per-sample axis (ONNX axis - 1).

@@ -15,9 +15,16 @@ pub(crate) fn convert_node<'m>(b: &mut Builder<'m>, ctx: &Ctx<'m>) -> Result<()>
         "Sigmoid" => activation(b, ctx, &[], |_| Ok(Activation::Sigmoid)),
         "Tanh" => activation(b, ctx, &[], |_| Ok(Activation::Tanh)),
         "HardSwish" => activation(b, ctx, &[], |_| Ok(Activation::HardSwish)),
-        "LeakyRelu" => activation(b, ctx, &["alpha"], |c| Ok(Activation::LeakyRelu { alpha: c.float("alpha", 0.01)? })),
+        "LeakyRelu" => activation(b, ctx, &["alpha"], |c| {
+            Ok(Activation::LeakyRelu {
+                alpha: c.float("alpha", 0.01)?,
+            })
+        }),
         "HardSigmoid" => activation(b, ctx, &["alpha", "beta"], |c| {
-            Ok(Activation::HardSigmoid { alpha: c.float("alpha", 0.2)?, beta: c.float("beta", 0.5)? })
+            Ok(Activation::HardSigmoid {
+                alpha: c.float("alpha", 0.2)?,
+                beta: c.float("beta", 0.5)?,
+            })
         }),
         "Clip" => clip(b, ctx),
         "PRelu" => prelu(b, ctx),
@@ -83,7 +90,13 @@ fn bcast(c: &[usize], xs: &[usize]) -> Option<Bcast> {
 }
 
 /// Pads `[top, left, bottom, right]` from `pads` / `auto_pad` for a 2-D window.
-fn window_pads(ctx: &Ctx, input: [usize; 2], kernel: [usize; 2], stride: [usize; 2], dilation: [usize; 2]) -> Result<[usize; 4]> {
+fn window_pads(
+    ctx: &Ctx,
+    input: [usize; 2],
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    dilation: [usize; 2],
+) -> Result<[usize; 4]> {
     match ctx.string("auto_pad")?.unwrap_or("NOTSET") {
         "NOTSET" | "" => match ctx.ints("pads")? {
             None => Ok([0; 4]),
@@ -94,7 +107,9 @@ fn window_pads(ctx: &Ctx, input: [usize; 2], kernel: [usize; 2], stride: [usize;
                 }
                 Ok(out)
             }
-            Some(p) => Err(ctx.unsupported(format!("'pads' = {p:?}: only 2-D (four pads) is supported"))),
+            Some(p) => {
+                Err(ctx.unsupported(format!("'pads' = {p:?}: only 2-D (four pads) is supported")))
+            }
         },
         "VALID" => Ok([0; 4]),
         mode @ ("SAME_UPPER" | "SAME_LOWER") => {
@@ -105,7 +120,11 @@ fn window_pads(ctx: &Ctx, input: [usize; 2], kernel: [usize; 2], stride: [usize;
                 let need = (o.max(1) - 1) * stride[i] + (kernel[i] - 1) * dilation[i] + 1;
                 let total = need.saturating_sub(input[i]);
                 let (small, big) = (total / 2, total - total / 2);
-                let (begin, end) = if mode == "SAME_UPPER" { (small, big) } else { (big, small) };
+                let (begin, end) = if mode == "SAME_UPPER" {
+                    (small, big)
+                } else {
+                    (big, small)
+                };
                 out[i] = begin;
                 out[i + 2] = end;
             }
@@ -116,7 +135,14 @@ fn window_pads(ctx: &Ctx, input: [usize; 2], kernel: [usize; 2], stride: [usize;
 }
 
 fn conv<'m>(b: &mut Builder<'m>, ctx: &Ctx<'m>) -> Result<()> {
-    ctx.check_attrs(&["auto_pad", "dilations", "group", "kernel_shape", "pads", "strides"])?;
+    ctx.check_attrs(&[
+        "auto_pad",
+        "dilations",
+        "group",
+        "kernel_shape",
+        "pads",
+        "strides",
+    ])?;
     ctx.check_inputs(2, 3)?;
     let x = b.dyn_input(ctx, 0)?;
     let xs = b.shape(x).to_vec();
@@ -131,7 +157,10 @@ fn conv<'m>(b: &mut Builder<'m>, ctx: &Ctx<'m>) -> Result<()> {
     let kernel = [w.dims[2], w.dims[3]];
     if let Some(ks) = ctx.ints("kernel_shape")? {
         if ks != [kernel[0] as i64, kernel[1] as i64] {
-            return Err(ctx.shape_err(format!("kernel_shape {ks:?} does not match the weight shape {:?}", w.dims)));
+            return Err(ctx.shape_err(format!(
+                "kernel_shape {ks:?} does not match the weight shape {:?}",
+                w.dims
+            )));
         }
     }
     let stride = ctx.pair("strides", [1, 1], 1)?;
@@ -143,8 +172,15 @@ fn conv<'m>(b: &mut Builder<'m>, ctx: &Ctx<'m>) -> Result<()> {
     let weight = b.plain_weight(ctx, w, wshape, "weight")?;
     let bias = match b.const_input(ctx, 2, "bias")? {
         None => None,
-        Some(t) if t.numel() == out_channels => Some(b.plain_weight(ctx, t, vec![out_channels], "bias")?),
-        Some(t) => return Err(ctx.shape_err(format!("bias shape {:?}, expected [{out_channels}]", t.dims))),
+        Some(t) if t.numel() == out_channels => {
+            Some(b.plain_weight(ctx, t, vec![out_channels], "bias")?)
+        }
+        Some(t) => {
+            return Err(ctx.shape_err(format!(
+                "bias shape {:?}, expected [{out_channels}]",
+                t.dims
+            )))
+        }
     };
     let op = Op::Conv(Conv {
         in_channels: xs[0],
@@ -172,12 +208,18 @@ fn batch_norm<'m>(b: &mut Builder<'m>, ctx: &Ctx<'m>) -> Result<()> {
     }
     let eps = f64::from(ctx.float("epsilon", 1e-5)?);
     let x = b.dyn_input(ctx, 0)?;
-    let c = *b.shape(x).first().ok_or_else(|| ctx.shape_err("input has no channel dimension"))?;
+    let c = *b
+        .shape(x)
+        .first()
+        .ok_or_else(|| ctx.shape_err("input has no channel dimension"))?;
     let mut p = Vec::with_capacity(4);
     for (i, role) in [(1, "scale"), (2, "B"), (3, "mean"), (4, "var")] {
         let t = b.require_const(ctx, i, role)?;
         if t.numel() != c {
-            return Err(ctx.shape_err(format!("{role} has shape {:?}, the input has {c} channels", t.dims)));
+            return Err(ctx.shape_err(format!(
+                "{role} has shape {:?}, the input has {c} channels",
+                t.dims
+            )));
         }
         p.push(t.into_f32s(ctx, role)?);
     }
@@ -191,11 +233,20 @@ fn batch_norm<'m>(b: &mut Builder<'m>, ctx: &Ctx<'m>) -> Result<()> {
     }
     let scale = b.add_weight(format!("{}.scale", ctx.name), vec![c], scale);
     let shift = b.add_weight(format!("{}.shift", ctx.name), vec![c], shift);
-    let op = Op::ChannelAffine { scale: Some(scale), shift: Some(shift), activation: Activation::Identity };
+    let op = Op::ChannelAffine {
+        scale: Some(scale),
+        shift: Some(shift),
+        activation: Activation::Identity,
+    };
     b.emit(ctx, op, vec![x])
 }
 
-fn activation<'m>(b: &mut Builder<'m>, ctx: &Ctx<'m>, attrs: &[&str], make: impl Fn(&Ctx) -> Result<Activation>) -> Result<()> {
+fn activation<'m>(
+    b: &mut Builder<'m>,
+    ctx: &Ctx<'m>,
+    attrs: &[&str],
+    make: impl Fn(&Ctx) -> Result<Activation>,
+) -> Result<()> {
     ctx.check_attrs(attrs)?;
     ctx.check_inputs(1, 1)?;
     let a = make(ctx)?;
@@ -207,13 +258,25 @@ fn clip<'m>(b: &mut Builder<'m>, ctx: &Ctx<'m>) -> Result<()> {
     let (min, max) = if ctx.opset < 11 {
         ctx.check_attrs(&["min", "max"])?;
         ctx.check_inputs(1, 1)?;
-        (ctx.float("min", f32::NEG_INFINITY)?, ctx.float("max", f32::INFINITY)?)
+        (
+            ctx.float("min", f32::NEG_INFINITY)?,
+            ctx.float("max", f32::INFINITY)?,
+        )
     } else {
         ctx.check_attrs(&[])?;
         ctx.check_inputs(1, 3)?;
-        let min = b.const_input(ctx, 1, "min")?.map(|t| t.scalar_f32(ctx, "min")).transpose()?;
-        let max = b.const_input(ctx, 2, "max")?.map(|t| t.scalar_f32(ctx, "max")).transpose()?;
-        (min.unwrap_or(f32::NEG_INFINITY), max.unwrap_or(f32::INFINITY))
+        let min = b
+            .const_input(ctx, 1, "min")?
+            .map(|t| t.scalar_f32(ctx, "min"))
+            .transpose()?;
+        let max = b
+            .const_input(ctx, 2, "max")?
+            .map(|t| t.scalar_f32(ctx, "max"))
+            .transpose()?;
+        (
+            min.unwrap_or(f32::NEG_INFINITY),
+            max.unwrap_or(f32::INFINITY),
+        )
     };
     let x = b.dyn_input(ctx, 0)?;
     b.emit(ctx, Op::Activation(Activation::Clip { min, max }), vec![x])
@@ -240,17 +303,35 @@ fn prelu<'m>(b: &mut Builder<'m>, ctx: &Ctx<'m>) -> Result<()> {
 fn pool<'m>(b: &mut Builder<'m>, ctx: &Ctx<'m>) -> Result<()> {
     let max = ctx.op == "MaxPool";
     if max {
-        ctx.check_attrs(&["auto_pad", "ceil_mode", "dilations", "kernel_shape", "pads", "storage_order", "strides"])?;
+        ctx.check_attrs(&[
+            "auto_pad",
+            "ceil_mode",
+            "dilations",
+            "kernel_shape",
+            "pads",
+            "storage_order",
+            "strides",
+        ])?;
         if ctx.int("storage_order", 0)? != 0 {
             return Err(ctx.unsupported("attribute 'storage_order' = 1"));
         }
     } else {
-        ctx.check_attrs(&["auto_pad", "ceil_mode", "count_include_pad", "dilations", "kernel_shape", "pads", "strides"])?;
+        ctx.check_attrs(&[
+            "auto_pad",
+            "ceil_mode",
+            "count_include_pad",
+            "dilations",
+            "kernel_shape",
+            "pads",
+            "strides",
+        ])?;
     }
     ctx.check_inputs(1, 1)?;
     let x = b.dyn_input(ctx, 0)?;
     let xs = b.shape(x).to_vec();
-    let ks = ctx.ints("kernel_shape")?.ok_or_else(|| ctx.malformed("attribute 'kernel_shape' is missing"))?;
+    let ks = ctx
+        .ints("kernel_shape")?
+        .ok_or_else(|| ctx.malformed("attribute 'kernel_shape' is missing"))?;
     if ks.len() != 2 || xs.len() != 3 {
         return Err(ctx.unsupported(format!(
             "pooling of input {} with kernel_shape {ks:?}: cnnrt supports 2-D pooling only",
@@ -263,8 +344,20 @@ fn pool<'m>(b: &mut Builder<'m>, ctx: &Ctx<'m>) -> Result<()> {
     let ceil_mode = ctx.flag("ceil_mode", false)?;
     let count_include_pad = ctx.flag("count_include_pad", false)?;
     let pads = window_pads(ctx, [xs[1], xs[2]], kernel, stride, dilation)?;
-    let kind = if max { PoolKind::Max } else { PoolKind::Average };
-    let op = Op::Pool(Pool { kind, kernel, stride, dilation, pads, ceil_mode, count_include_pad });
+    let kind = if max {
+        PoolKind::Max
+    } else {
+        PoolKind::Average
+    };
+    let op = Op::Pool(Pool {
+        kind,
+        kernel,
+        stride,
+        dilation,
+        pads,
+        ceil_mode,
+        count_include_pad,
+    });
     b.emit(ctx, op, vec![x])
 }
 
@@ -272,7 +365,11 @@ fn global_pool<'m>(b: &mut Builder<'m>, ctx: &Ctx<'m>) -> Result<()> {
     ctx.check_attrs(&[])?;
     ctx.check_inputs(1, 1)?;
     let x = b.dyn_input(ctx, 0)?;
-    let kind = if ctx.op == "GlobalMaxPool" { PoolKind::Max } else { PoolKind::Average };
+    let kind = if ctx.op == "GlobalMaxPool" {
+        PoolKind::Max
+    } else {
+        PoolKind::Average
+    };
     b.emit(ctx, Op::GlobalPool { kind }, vec![x])
 }
 
@@ -283,15 +380,23 @@ fn flatten<'m>(b: &mut Builder<'m>, ctx: &Ctx<'m>) -> Result<()> {
     let rank = b.shape(x).len() + 1;
     let axis = ctx.int("axis", 1)?;
     // Flatten accepts axis == rank (everything in the first factor).
-    let a = if axis == rank as i64 { rank } else { ctx.axis("axis", axis, rank)? };
+    let a = if axis == rank as i64 {
+        rank
+    } else {
+        ctx.axis("axis", axis, rank)?
+    };
     if a == 0 {
-        return Err(ctx.unsupported("attribute 'axis' = 0 would merge the batch into the features (batch must stay first)"));
+        return Err(ctx.unsupported(
+            "attribute 'axis' = 0 would merge the batch into the features (batch must stay first)",
+        ));
     }
     b.emit(ctx, Op::Flatten { axis: a }, vec![x])
 }
 
 fn product(d: &[usize]) -> Option<usize> {
-    d.iter().try_fold(1usize, |a, &v| a.checked_mul(v)).filter(|&n| n <= limits::MAX_TENSOR_ELEMENTS)
+    d.iter()
+        .try_fold(1usize, |a, &v| a.checked_mul(v))
+        .filter(|&n| n <= limits::MAX_TENSOR_ELEMENTS)
 }
 
 /// Reshape with a constant shape: supported when the batch stays first and the per-sample
@@ -305,7 +410,9 @@ fn reshape<'m>(b: &mut Builder<'m>, ctx: &Ctx<'m>) -> Result<()> {
     let st = b.require_const(ctx, 1, "shape")?;
     let s = st.i64s(ctx, "shape")?.to_vec();
     if allowzero && s.contains(&0) {
-        return Err(ctx.unsupported("attribute 'allowzero' = 1 with a 0 in the shape (an empty tensor)"));
+        return Err(
+            ctx.unsupported("attribute 'allowzero' = 1 with a 0 in the shape (an empty tensor)")
+        );
     }
     let Some((&first, rest)) = s.split_first() else {
         return Err(ctx.unsupported("reshape to a scalar drops the batch dimension"));
@@ -327,7 +434,13 @@ fn reshape<'m>(b: &mut Builder<'m>, ctx: &Ctx<'m>) -> Result<()> {
     let mut infer = None;
     for (i, &d) in rest.iter().enumerate() {
         match d {
-            0 => t.push(*xs.get(i).ok_or_else(|| ctx.shape_err(format!("shape {s:?} copies dim {} that {} lacks", i + 1, full(&xs))))?),
+            0 => t.push(*xs.get(i).ok_or_else(|| {
+                ctx.shape_err(format!(
+                    "shape {s:?} copies dim {} that {} lacks",
+                    i + 1,
+                    full(&xs)
+                ))
+            })?),
             -1 if infer.is_none() => {
                 infer = Some(i);
                 t.push(1);
@@ -345,7 +458,10 @@ fn reshape<'m>(b: &mut Builder<'m>, ctx: &Ctx<'m>) -> Result<()> {
     }
     if product(&t) != Some(total) {
         return Err(if first == -1 {
-            ctx.unsupported(format!("reshape of {} to {s:?} moves elements across the batch", full(&xs)))
+            ctx.unsupported(format!(
+                "reshape of {} to {s:?} moves elements across the batch",
+                full(&xs)
+            ))
         } else {
             ctx.shape_err(format!("cannot reshape {} to {s:?}", full(&xs)))
         });
@@ -380,7 +496,14 @@ fn transpose(m: &[f32], rows: usize, cols: usize, alpha: f32) -> Vec<f32> {
 }
 
 /// Adds a Linear node for `y = x · W + bias` with `w` given `[out, in]`.
-fn emit_linear<'m>(b: &mut Builder<'m>, ctx: &Ctx<'m>, x: ValueId, w: Vec<f32>, dims: [usize; 2], bias: Option<Vec<f32>>) -> Result<()> {
+fn emit_linear<'m>(
+    b: &mut Builder<'m>,
+    ctx: &Ctx<'m>,
+    x: ValueId,
+    w: Vec<f32>,
+    dims: [usize; 2],
+    bias: Option<Vec<f32>>,
+) -> Result<()> {
     let [out_features, in_features] = dims;
     let xs = b.shape(x);
     if xs != [in_features] {
@@ -389,16 +512,29 @@ fn emit_linear<'m>(b: &mut Builder<'m>, ctx: &Ctx<'m>, x: ValueId, w: Vec<f32>, 
             full(xs)
         )));
     }
-    let weight = b.add_weight(format!("{}.weight", ctx.name), vec![out_features, in_features], w);
+    let weight = b.add_weight(
+        format!("{}.weight", ctx.name),
+        vec![out_features, in_features],
+        w,
+    );
     let bias = bias.map(|v| b.add_weight(format!("{}.bias", ctx.name), vec![out_features], v));
-    let op = Op::Linear(Linear { in_features, out_features, weight, bias, activation: Activation::Identity });
+    let op = Op::Linear(Linear {
+        in_features,
+        out_features,
+        weight,
+        bias,
+        activation: Activation::Identity,
+    });
     b.emit(ctx, op, vec![x])
 }
 
 fn matrix(ctx: &Ctx, t: &Tensor, role: &str) -> Result<[usize; 2]> {
     match t.dims.as_slice() {
         &[r, c] => Ok([r, c]),
-        d => Err(ctx.unsupported(format!("{role} '{}' has shape {d:?}, expected a matrix", t.name))),
+        d => Err(ctx.unsupported(format!(
+            "{role} '{}' has shape {d:?}, expected a matrix",
+            t.name
+        ))),
     }
 }
 
@@ -406,7 +542,9 @@ fn gemm<'m>(b: &mut Builder<'m>, ctx: &Ctx<'m>) -> Result<()> {
     ctx.check_attrs(&["alpha", "beta", "transA", "transB"])?;
     ctx.check_inputs(2, 3)?;
     if ctx.int("transA", 0)? != 0 {
-        return Err(ctx.unsupported("attribute 'transA' = 1 (the first operand holds one sample per row)"));
+        return Err(
+            ctx.unsupported("attribute 'transA' = 1 (the first operand holds one sample per row)")
+        );
     }
     let trans_b = ctx.flag("transB", false)?;
     let alpha = ctx.float("alpha", 1.0)?;
@@ -415,7 +553,11 @@ fn gemm<'m>(b: &mut Builder<'m>, ctx: &Ctx<'m>) -> Result<()> {
     let bt = b.require_const(ctx, 1, "B")?;
     let [r, c] = matrix(ctx, &bt, "B")?;
     let bm = bt.f32s(ctx, "B")?;
-    let (k, n, w) = if trans_b { (c, r, bm.iter().map(|v| v * alpha).collect()) } else { (r, c, transpose(bm, r, c, alpha)) };
+    let (k, n, w) = if trans_b {
+        (c, r, bm.iter().map(|v| v * alpha).collect())
+    } else {
+        (r, c, transpose(bm, r, c, alpha))
+    };
     let bias = match b.const_input(ctx, 2, "C")? {
         Some(ct) if beta != 0.0 => {
             let cv = ct.f32s(ctx, "C")?;
@@ -431,7 +573,11 @@ fn gemm<'m>(b: &mut Builder<'m>, ctx: &Ctx<'m>) -> Result<()> {
                     ct.dims
                 )));
             }
-            Some(if cv.len() == 1 { vec![cv[0] * beta; n] } else { cv.iter().map(|v| v * beta).collect() })
+            Some(if cv.len() == 1 {
+                vec![cv[0] * beta; n]
+            } else {
+                cv.iter().map(|v| v * beta).collect()
+            })
         }
         _ => None,
     };
@@ -456,12 +602,23 @@ fn arith<'m>(b: &mut Builder<'m>, ctx: &Ctx<'m>) -> Result<()> {
     let (Some(lhs), Some(rhs)) = (b.input(ctx, 0)?, b.input(ctx, 1)?) else {
         return Err(ctx.malformed("needs two inputs"));
     };
+    for v in [&lhs, &rhs] {
+        if let Val::Dyn(x) = v {
+            if b.shape(*x).is_empty() {
+                return Err(ctx.unsupported(format!(
+                    "{op} of a tensor of shape [N] (one value per sample): element-wise arithmetic needs a channel dimension"
+                )));
+            }
+        }
+    }
     match (&lhs, &rhs) {
         (Val::Dyn(x), Val::Dyn(y)) => dyn_arith(b, ctx, *x, *y),
         (Val::Dyn(x), c) | (c, Val::Dyn(x)) => {
             let x = *x;
             let const_first = !matches!(lhs, Val::Dyn(_));
-            let c = b.decode(ctx, c)?.ok_or_else(|| ctx.malformed("operand is not a constant"))?;
+            let c = b
+                .decode(ctx, c)?
+                .ok_or_else(|| ctx.malformed("operand is not a constant"))?;
             let xs = b.shape(x).to_vec();
             let Some(kind) = bcast(&c.dims, &xs) else {
                 return Err(ctx.unsupported(format!(
@@ -483,19 +640,39 @@ fn arith<'m>(b: &mut Builder<'m>, ctx: &Ctx<'m>) -> Result<()> {
                 ("Div", false) => (Some(v.iter().map(|a| 1.0 / a).collect()), None),
                 _ => return Err(ctx.unsupported("division of a constant by a computed tensor")),
             };
-            let scale = scale.map(|s| b.add_weight(format!("{}.scale", ctx.name), vec![s.len()], s));
-            let shift = shift.map(|s| b.add_weight(format!("{}.shift", ctx.name), vec![s.len()], s));
-            b.emit(ctx, Op::ChannelAffine { scale, shift, activation: Activation::Identity }, vec![x])
+            let scale =
+                scale.map(|s| b.add_weight(format!("{}.scale", ctx.name), vec![s.len()], s));
+            let shift =
+                shift.map(|s| b.add_weight(format!("{}.shift", ctx.name), vec![s.len()], s));
+            b.emit(
+                ctx,
+                Op::ChannelAffine {
+                    scale,
+                    shift,
+                    activation: Activation::Identity,
+                },
+                vec![x],
+            )
         }
-        _ => Err(ctx.unsupported("both operands are constants (constant folding is not supported)")),
+        _ => {
+            Err(ctx.unsupported("both operands are constants (constant folding is not supported)"))
+        }
     }
 }
 
 /// `Add(Linear(x), bias)` where the Linear has no bias and nothing else reads it: the
 /// bias goes into the Linear. Returns whether it folded.
-fn fold_linear_bias<'m>(b: &mut Builder<'m>, ctx: &Ctx<'m>, x: ValueId, c: &Tensor, kind: Bcast) -> Result<bool> {
+fn fold_linear_bias<'m>(
+    b: &mut Builder<'m>,
+    ctx: &Ctx<'m>,
+    x: ValueId,
+    c: &Tensor,
+    kind: Bcast,
+) -> Result<bool> {
     let n = match b.producer_op(x) {
-        Some((Op::Linear(l), _)) if l.bias.is_none() && l.activation.is_identity() => l.out_features,
+        Some((Op::Linear(l), _)) if l.bias.is_none() && l.activation.is_identity() => {
+            l.out_features
+        }
         _ => return Ok(false),
     };
     if b.pending_uses(x) != 1 {
@@ -520,20 +697,32 @@ fn dyn_channel(x: &[usize], y: &[usize]) -> bool {
 }
 
 /// Both operands computed: Add and Mul map to Binary (with the broadcast one second),
-/// `Mul(x, Sigmoid(x))` to SiLU, `Sub(x, y)` to `Add(x, -1 · y)`.
+/// `Mul(x, Sigmoid(x))` to SiLU, `Mul(x, HardSigmoid(x; 1/6, 1/2))` to HardSwish, `Sub(x, y)` to `Add(x, -1 · y)`.
 fn dyn_arith<'m>(b: &mut Builder<'m>, ctx: &Ctx<'m>, x: ValueId, y: ValueId) -> Result<()> {
     let op = ctx.op;
     if op == "Mul" {
         for (a, s) in [(x, y), (y, x)] {
-            if let Some((Op::Activation(Activation::Sigmoid), ins)) = b.producer_op(s) {
-                if ins == [a] {
-                    return b.emit(ctx, Op::Activation(Activation::Silu), vec![a]);
+            let fused = match b.producer_op(s) {
+                Some((Op::Activation(Activation::Sigmoid), ins)) if ins == [a] => {
+                    Some(Activation::Silu)
                 }
+                // x · HardSigmoid(x; 1/6, 1/2) is HardSwish (how some exporters write it).
+                Some((Op::Activation(Activation::HardSigmoid { alpha, beta }), ins))
+                    if ins == [a] && (alpha - 1.0 / 6.0).abs() < 1e-6 && *beta == 0.5 =>
+                {
+                    Some(Activation::HardSwish)
+                }
+                _ => None,
+            };
+            if let Some(f) = fused {
+                return b.emit(ctx, Op::Activation(f), vec![a]);
             }
         }
     }
     if op == "Div" {
-        return Err(ctx.unsupported("division by a computed tensor (only division by a constant is supported)"));
+        return Err(ctx.unsupported(
+            "division by a computed tensor (only division by a constant is supported)",
+        ));
     }
     let (xs, ys) = (b.shape(x).to_vec(), b.shape(y).to_vec());
     let order = if xs == ys || dyn_channel(&ys, &xs) {
@@ -547,20 +736,41 @@ fn dyn_arith<'m>(b: &mut Builder<'m>, ctx: &Ctx<'m>, x: ValueId, y: ValueId) -> 
             full(&ys)
         )));
     };
-    let kind = if op == "Mul" { BinaryKind::Mul } else { BinaryKind::Add };
+    let kind = if op == "Mul" {
+        BinaryKind::Mul
+    } else {
+        BinaryKind::Add
+    };
     let mut inputs = order.to_vec();
     if op == "Sub" {
         // x - y = x + (-1 · y): negate y where it sits.
         let out = b.single_output(ctx)?;
         let minus = b.add_weight(format!("{}.minus_one", ctx.name), vec![1], vec![-1.0]);
-        let neg = Op::ChannelAffine { scale: Some(minus), shift: None, activation: Activation::Identity };
-        let ny = b.push_node(ctx, format!("{}.neg", ctx.name), neg, vec![y], &format!("{out}.neg"))?;
+        let neg = Op::ChannelAffine {
+            scale: Some(minus),
+            shift: None,
+            activation: Activation::Identity,
+        };
+        let ny = b.push_node(
+            ctx,
+            format!("{}.neg", ctx.name),
+            neg,
+            vec![y],
+            &format!("{out}.neg"),
+        )?;
         inputs.iter_mut().filter(|v| **v == y).for_each(|v| *v = ny);
         if x == y {
             inputs[0] = x;
         }
     }
-    b.emit(ctx, Op::Binary { kind, activation: Activation::Identity }, inputs)
+    b.emit(
+        ctx,
+        Op::Binary {
+            kind,
+            activation: Activation::Identity,
+        },
+        inputs,
+    )
 }
 
 fn concat<'m>(b: &mut Builder<'m>, ctx: &Ctx<'m>) -> Result<()> {
@@ -569,7 +779,9 @@ fn concat<'m>(b: &mut Builder<'m>, ctx: &Ctx<'m>) -> Result<()> {
     if !ctx.has("axis") {
         return Err(ctx.malformed("attribute 'axis' is missing"));
     }
-    let inputs = (0..ctx.node.input.len()).map(|i| b.dyn_input(ctx, i)).collect::<Result<Vec<_>>>()?;
+    let inputs = (0..ctx.node.input.len())
+        .map(|i| b.dyn_input(ctx, i))
+        .collect::<Result<Vec<_>>>()?;
     let rank = b.shape(inputs[0]).len() + 1;
     let axis = ctx.sample_axis("axis", ctx.int("axis", 1)?, rank)?;
     b.emit(ctx, Op::Concat { axis }, inputs)
@@ -588,34 +800,57 @@ fn layer_norm<'m>(b: &mut Builder<'m>, ctx: &Ctx<'m>) -> Result<()> {
     for (i, role) in [(1, "Scale"), (2, "B")] {
         match b.const_input(ctx, i, role)? {
             None => w.push(None),
-            Some(t) if t.numel() == n => w.push(Some(b.plain_weight(ctx, t, norm.clone(), role)?)),
-            Some(t) => {
-                return Err(ctx.unsupported(format!(
-                    "{role} of shape {:?} for normalized shape {norm:?}: cnnrt needs it unbroadcast",
-                    t.dims
-                )))
+            Some(t) if t.numel() == n => {
+                w.push(Some(b.plain_weight(ctx, t, norm.clone(), role)?))
             }
+            Some(t) => return Err(ctx.unsupported(format!(
+                "{role} of shape {:?} for normalized shape {norm:?}: cnnrt needs it unbroadcast",
+                t.dims
+            ))),
         }
     }
     let scale = w[0].ok_or_else(|| ctx.malformed("Scale is missing"))?;
-    b.emit(ctx, Op::LayerNorm { axis, epsilon, scale, bias: w[1] }, vec![x])
+    b.emit(
+        ctx,
+        Op::LayerNorm {
+            axis,
+            epsilon,
+            scale,
+            bias: w[1],
+        },
+        vec![x],
+    )
 }
 
 fn instance_norm<'m>(b: &mut Builder<'m>, ctx: &Ctx<'m>) -> Result<()> {
     ctx.check_attrs(&["epsilon"])?;
     ctx.check_inputs(3, 3)?;
     let x = b.dyn_input(ctx, 0)?;
-    let c = *b.shape(x).first().ok_or_else(|| ctx.shape_err("input has no channel dimension"))?;
+    let c = *b
+        .shape(x)
+        .first()
+        .ok_or_else(|| ctx.shape_err("input has no channel dimension"))?;
     let epsilon = ctx.float("epsilon", 1e-5)?;
     let mut w = Vec::new();
     for (i, role) in [(1, "scale"), (2, "B")] {
         let t = b.require_const(ctx, i, role)?;
         if t.numel() != c {
-            return Err(ctx.shape_err(format!("{role} has shape {:?}, the input has {c} channels", t.dims)));
+            return Err(ctx.shape_err(format!(
+                "{role} has shape {:?}, the input has {c} channels",
+                t.dims
+            )));
         }
         w.push(b.plain_weight(ctx, t, vec![c], role)?);
     }
-    b.emit(ctx, Op::InstanceNorm { epsilon, scale: w[0], bias: w[1] }, vec![x])
+    b.emit(
+        ctx,
+        Op::InstanceNorm {
+            epsilon,
+            scale: w[0],
+            bias: w[1],
+        },
+        vec![x],
+    )
 }
 
 fn softmax<'m>(b: &mut Builder<'m>, ctx: &Ctx<'m>) -> Result<()> {
@@ -625,7 +860,14 @@ fn softmax<'m>(b: &mut Builder<'m>, ctx: &Ctx<'m>) -> Result<()> {
     let rank = b.shape(x).len() + 1;
     let old = ctx.opset < 13;
     let axis = ctx.sample_axis("axis", ctx.int("axis", if old { 1 } else { -1 })?, rank)?;
-    b.emit(ctx, Op::Softmax { axis, flatten_from_axis: old }, vec![x])
+    b.emit(
+        ctx,
+        Op::Softmax {
+            axis,
+            flatten_from_axis: old,
+        },
+        vec![x],
+    )
 }
 
 fn pad<'m>(b: &mut Builder<'m>, ctx: &Ctx<'m>) -> Result<()> {
@@ -639,13 +881,17 @@ fn pad<'m>(b: &mut Builder<'m>, ctx: &Ctx<'m>) -> Result<()> {
     }
     match ctx.string("mode")?.unwrap_or("constant") {
         "constant" => {}
-        m => return Err(ctx.unsupported(format!("attribute 'mode' = '{m}' (only constant padding)"))),
+        m => {
+            return Err(ctx.unsupported(format!("attribute 'mode' = '{m}' (only constant padding)")))
+        }
     }
     let x = b.dyn_input(ctx, 0)?;
     let xs = b.shape(x).to_vec();
     let rank = xs.len() + 1;
     let (pads, value, axes): (Vec<i64>, f32, Vec<usize>) = if old {
-        let p = ctx.ints("pads")?.ok_or_else(|| ctx.malformed("attribute 'pads' is missing"))?;
+        let p = ctx
+            .ints("pads")?
+            .ok_or_else(|| ctx.malformed("attribute 'pads' is missing"))?;
         (p.to_vec(), ctx.float("value", 0.0)?, (0..rank).collect())
     } else {
         let p = b.require_const(ctx, 1, "pads")?.i64s(ctx, "pads")?.to_vec();
@@ -655,7 +901,11 @@ fn pad<'m>(b: &mut Builder<'m>, ctx: &Ctx<'m>) -> Result<()> {
         };
         let axes = match b.const_input(ctx, 3, "axes")? {
             None => (0..rank).collect(),
-            Some(t) => t.i64s(ctx, "axes")?.iter().map(|&a| ctx.axis("axes", a, rank)).collect::<Result<_>>()?,
+            Some(t) => t
+                .i64s(ctx, "axes")?
+                .iter()
+                .map(|&a| ctx.axis("axes", a, rank))
+                .collect::<Result<_>>()?,
         };
         (p, value, axes)
     };
@@ -676,13 +926,22 @@ fn pad<'m>(b: &mut Builder<'m>, ctx: &Ctx<'m>) -> Result<()> {
     if rank != 4 {
         return b.alias(ctx, Val::Dyn(x)); // nothing padded
     }
-    b.emit(ctx, Op::Pad { pads: [begin[2], begin[3], end[2], end[3]], value }, vec![x])
+    b.emit(
+        ctx,
+        Op::Pad {
+            pads: [begin[2], begin[3], end[2], end[3]],
+            value,
+        },
+        vec![x],
+    )
 }
 
 fn identity<'m>(b: &mut Builder<'m>, ctx: &Ctx<'m>) -> Result<()> {
     ctx.check_attrs(&[])?;
     ctx.check_inputs(1, 1)?;
-    let v = b.input(ctx, 0)?.ok_or_else(|| ctx.malformed("input 0 is missing"))?;
+    let v = b
+        .input(ctx, 0)?
+        .ok_or_else(|| ctx.malformed("input 0 is missing"))?;
     b.alias(ctx, v)
 }
 
@@ -698,24 +957,48 @@ fn dropout<'m>(b: &mut Builder<'m>, ctx: &Ctx<'m>) -> Result<()> {
             return Err(ctx.unsupported("training_mode = true (cnnrt runs inference only)"));
         }
     }
-    let v = b.input(ctx, 0)?.ok_or_else(|| ctx.malformed("input 0 is missing"))?;
+    let v = b
+        .input(ctx, 0)?
+        .ok_or_else(|| ctx.malformed("input 0 is missing"))?;
     b.alias(ctx, v)
 }
 
 fn constant<'m>(b: &mut Builder<'m>, ctx: &Ctx<'m>) -> Result<()> {
-    ctx.check_attrs(&["value", "value_float", "value_floats", "value_int", "value_ints"])?;
+    ctx.check_attrs(&[
+        "value",
+        "value_float",
+        "value_floats",
+        "value_int",
+        "value_ints",
+    ])?;
     ctx.check_inputs(0, 0)?;
     let name = ctx.node.output.first().cloned().unwrap_or_default();
     let mut t = if let Some(t) = ctx.tensor("value")? {
         super::tensor::decode(t, ctx)?
     } else if ctx.has("value_float") {
-        Tensor { name: String::new(), dims: vec![], data: Data::F32(vec![ctx.float("value_float", 0.0)?]) }
+        Tensor {
+            name: String::new(),
+            dims: vec![],
+            data: Data::F32(vec![ctx.float("value_float", 0.0)?]),
+        }
     } else if let Some(v) = ctx.floats("value_floats")? {
-        Tensor { name: String::new(), dims: vec![v.len()], data: Data::F32(v.to_vec()) }
+        Tensor {
+            name: String::new(),
+            dims: vec![v.len()],
+            data: Data::F32(v.to_vec()),
+        }
     } else if ctx.has("value_int") {
-        Tensor { name: String::new(), dims: vec![], data: Data::I64(vec![ctx.int("value_int", 0)?]) }
+        Tensor {
+            name: String::new(),
+            dims: vec![],
+            data: Data::I64(vec![ctx.int("value_int", 0)?]),
+        }
     } else if let Some(v) = ctx.ints("value_ints")? {
-        Tensor { name: String::new(), dims: vec![v.len()], data: Data::I64(v.to_vec()) }
+        Tensor {
+            name: String::new(),
+            dims: vec![v.len()],
+            data: Data::I64(v.to_vec()),
+        }
     } else {
         return Err(ctx.malformed("has no value attribute"));
     };

@@ -35,14 +35,20 @@ impl Tensor {
     pub fn f32s(&self, ctx: &Ctx, role: &str) -> Result<&[f32]> {
         match &self.data {
             Data::F32(v) => Ok(v),
-            Data::I64(_) => Err(ctx.unsupported(format!("{role} '{}' is an integer tensor, expected float32", self.name))),
+            Data::I64(_) => Err(ctx.unsupported(format!(
+                "{role} '{}' is an integer tensor, expected float32",
+                self.name
+            ))),
         }
     }
 
     pub fn into_f32s(self, ctx: &Ctx, role: &str) -> Result<Vec<f32>> {
         match self.data {
             Data::F32(v) => Ok(v),
-            Data::I64(_) => Err(ctx.unsupported(format!("{role} '{}' is an integer tensor, expected float32", self.name))),
+            Data::I64(_) => Err(ctx.unsupported(format!(
+                "{role} '{}' is an integer tensor, expected float32",
+                self.name
+            ))),
         }
     }
 
@@ -50,7 +56,10 @@ impl Tensor {
     pub fn i64s(&self, ctx: &Ctx, role: &str) -> Result<&[i64]> {
         match &self.data {
             Data::I64(v) => Ok(v),
-            Data::F32(_) => Err(ctx.unsupported(format!("{role} '{}' is a float tensor, expected int64", self.name))),
+            Data::F32(_) => Err(ctx.unsupported(format!(
+                "{role} '{}' is a float tensor, expected int64",
+                self.name
+            ))),
         }
     }
 
@@ -59,7 +68,10 @@ impl Tensor {
         let v = self.f32s(ctx, role)?;
         match v {
             [x] => Ok(*x),
-            _ => Err(ctx.unsupported(format!("{role} '{}' has shape {:?}, expected a scalar", self.name, self.dims))),
+            _ => Err(ctx.unsupported(format!(
+                "{role} '{}' has shape {:?}, expected a scalar",
+                self.name, self.dims
+            ))),
         }
     }
 }
@@ -68,16 +80,25 @@ impl Tensor {
 /// element count against the limits. Returns the dims and the element count.
 pub(crate) fn checked_dims(what: &str, dims: &[i64]) -> Result<(Vec<usize>, usize)> {
     if dims.len() > limits::MAX_RANK {
-        return Err(Error::Limit(format!("{what} has rank {} (at most {})", dims.len(), limits::MAX_RANK)));
+        return Err(Error::Limit(format!(
+            "{what} has rank {} (at most {})",
+            dims.len(),
+            limits::MAX_RANK
+        )));
     }
     let mut out = Vec::with_capacity(dims.len());
     let mut n: usize = 1;
     for &d in dims {
         let Ok(du) = usize::try_from(d) else {
-            return Err(Error::Onnx(format!("{what} has a negative dimension: {dims:?}")));
+            return Err(Error::Onnx(format!(
+                "{what} has a negative dimension: {dims:?}"
+            )));
         };
         if du > limits::MAX_DIM {
-            return Err(Error::Limit(format!("{what} has a dimension above {}: {dims:?}", limits::MAX_DIM)));
+            return Err(Error::Limit(format!(
+                "{what} has a dimension above {}: {dims:?}",
+                limits::MAX_DIM
+            )));
         }
         n = match n.checked_mul(du) {
             Some(n) if n <= limits::MAX_TENSOR_ELEMENTS => n,
@@ -122,7 +143,9 @@ pub(crate) fn decode(t: &TensorProto, ctx: &Ctx) -> Result<Tensor> {
         )));
     }
     if t.segment.is_some() {
-        return Err(Error::Onnx(format!("tensor '{name}' is segmented, which cnnrt does not support")));
+        return Err(Error::Onnx(format!(
+            "tensor '{name}' is segmented, which cnnrt does not support"
+        )));
     }
     let (dims, n) = checked_dims(&format!("tensor '{name}'"), &t.dims)?;
     let raw = t.raw_data.as_deref().filter(|r| !r.is_empty());

@@ -18,7 +18,8 @@ const HEADER: &str = "\
 fn main() {
     let root = PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| ".".into()));
     let proto_dir = root.join("proto");
-    let fds = protox::compile(["onnx.proto"], [&proto_dir]).expect("protox failed to compile proto/onnx.proto");
+    let fds = protox::compile(["onnx.proto"], [&proto_dir])
+        .expect("protox failed to compile proto/onnx.proto");
     let out = tempdir(&root);
     prost_build::Config::new()
         .out_dir(&out)
