@@ -188,7 +188,7 @@ fn ops(m: &Imported) -> Vec<&Op> {
     m.graph.nodes.iter().map(|n| &n.op).collect()
 }
 
-fn weight<'a>(m: &'a Imported, id: usize) -> &'a [f32] {
+fn weight(m: &Imported, id: usize) -> &[f32] {
     &m.weights[id]
 }
 
@@ -244,6 +244,9 @@ fn conv_auto_pad_variants() {
     let m = conv_model(vec![astr("auto_pad", "SAME_UPPER")], 5, 2).import();
     assert_eq!(conv_pads(&m), [0, 0, 1, 1]);
     assert_eq!(m.graph.shape(m.graph.outputs[0]), [2, 5, 5]);
+    // A zero-sized kernel is an error, not an arithmetic underflow.
+    let e = conv_model(vec![astr("auto_pad", "SAME_UPPER")], 5, 0).err();
+    assert!(matches!(e, Error::Shape { .. }), "{e}");
     let e = conv_model(vec![astr("auto_pad", "SAME_MIDDLE")], 5, 3).err();
     assert_unsupported(e, "Conv", "auto_pad");
 }

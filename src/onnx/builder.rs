@@ -267,7 +267,9 @@ impl<'m> Builder<'m> {
                     new_weights.push(weights[w].take().unwrap_or_default());
                 }
             }
-            remap_weights(&mut n.op, &wmap);
+            n.op.weight_ids_mut()
+                .into_iter()
+                .for_each(|w| *w = wmap[*w]);
             n.inputs.iter_mut().for_each(|v| *v = vmap[*v]);
             vmap[n.output] = out.values.len();
             out.values.push(g.values[n.output].clone());
@@ -301,42 +303,6 @@ fn check_size(ctx: &Ctx, shape: &[usize]) -> Result<()> {
         )));
     }
     Ok(())
-}
-
-/// Rewrites the weight ids an op holds through `map`.
-fn remap_weights(op: &mut Op, map: &[WeightId]) {
-    let m = |w: &mut WeightId| *w = map[*w];
-    match op {
-        Op::Conv(c) => {
-            m(&mut c.weight);
-            c.bias.iter_mut().for_each(m);
-        }
-        Op::Linear(l) => {
-            m(&mut l.weight);
-            l.bias.iter_mut().for_each(m);
-        }
-        Op::ChannelAffine { scale, shift, .. } => {
-            scale.iter_mut().for_each(m);
-            shift.iter_mut().for_each(m);
-        }
-        Op::PRelu { slope } => m(slope),
-        Op::LayerNorm { scale, bias, .. } => {
-            m(scale);
-            bias.iter_mut().for_each(m);
-        }
-        Op::InstanceNorm { scale, bias, .. } => {
-            m(scale);
-            m(bias);
-        }
-        Op::Activation(_)
-        | Op::Pool(_)
-        | Op::GlobalPool { .. }
-        | Op::Flatten { .. }
-        | Op::Binary { .. }
-        | Op::Concat { .. }
-        | Op::Softmax { .. }
-        | Op::Pad { .. } => {}
-    }
 }
 
 fn model_error(op: &str, what: String) -> Error {

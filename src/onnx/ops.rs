@@ -154,6 +154,9 @@ fn conv<'m>(b: &mut Builder<'m>, ctx: &Ctx<'m>) -> Result<()> {
             w.dims
         )));
     }
+    if w.dims.contains(&0) {
+        return Err(ctx.shape_err(format!("weight shape {:?} has a zero dimension", w.dims)));
+    }
     let kernel = [w.dims[2], w.dims[3]];
     if let Some(ks) = ctx.ints("kernel_shape")? {
         if ks != [kernel[0] as i64, kernel[1] as i64] {
@@ -803,10 +806,12 @@ fn layer_norm<'m>(b: &mut Builder<'m>, ctx: &Ctx<'m>) -> Result<()> {
             Some(t) if t.numel() == n => {
                 w.push(Some(b.plain_weight(ctx, t, norm.clone(), role)?))
             }
-            Some(t) => return Err(ctx.unsupported(format!(
+            Some(t) => {
+                return Err(ctx.unsupported(format!(
                 "{role} of shape {:?} for normalized shape {norm:?}: cnnrt needs it unbroadcast",
                 t.dims
-            ))),
+            )))
+            }
         }
     }
     let scale = w[0].ok_or_else(|| ctx.malformed("Scale is missing"))?;
