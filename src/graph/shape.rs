@@ -315,8 +315,9 @@ fn infer_node(g: &Graph, node: &Node) -> Result<Vec<usize>> {
             if x.len() != 3 {
                 return Err(err(format!("cnnrt pads C×H×W inputs only, got {x:?}")));
             }
-            let h = x[1].checked_add(pads[0] + pads[2]).ok_or_else(|| err("padding overflows".into()))?;
-            let w = x[2].checked_add(pads[1] + pads[3]).ok_or_else(|| err("padding overflows".into()))?;
+            let grow = |d: usize, a: usize, b: usize| a.checked_add(b).and_then(|p| d.checked_add(p));
+            let h = grow(x[1], pads[0], pads[2]).ok_or_else(|| err("padding overflows".into()))?;
+            let w = grow(x[2], pads[1], pads[3]).ok_or_else(|| err("padding overflows".into()))?;
             Ok(vec![x[0], h, w])
         }
     }
