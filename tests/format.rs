@@ -843,3 +843,160 @@ proptest! {
         let _ = ModelFile::from_bytes(&assemble(&s));
     }
 }
+
+// ------------------------------------------- structured fuzzing of the graph JSON
+
+/// A graph that uses every op, so mutations reach every branch of shape inference.
+fn rich_graph() -> Graph {
+    use cnnrt::graph::{BinaryKind, Pool, PoolKind};
+    let mut g = Graph::default();
+    let mut node = |g: &mut Graph, name: &str, op: Op, inputs: Vec<usize>| -> usize {
+        let out = g.add_value(format!("{name}_out"), vec![]);
+        g.nodes.push(Node { name: name.into(), op, inputs, output: out });
+        out
+    };
+    let x = g.add_value("x", vec![4, 8, 8]);
+    g.inputs = vec![x];
+    let cw = g.add_weight("cw", vec![8, 4, 3, 3]);
+    let cb = g.add_weight("cb", vec![8]);
+    let c = node(&mut g, "conv", Op::Conv(Conv {
+        in_channels: 4, out_channels: 8, kernel: [3, 3], stride: [1, 1], dilation: [1, 1],
+        pads: [1, 1, 1, 1], groups: 1, weight: cw, bias: Some(cb), activation: Activation::Clip { min: 0.0, max: 6.0 },
+    }), vec![x]);
+    let dw = g.add_weight("dw", vec![8, 1, 3, 3]);
+    let c = node(&mut g, "dwconv", Op::Conv(Conv {
+        in_channels: 8, out_channels: 8, kernel: [3, 3], stride: [1, 1], dilation: [2, 2],
+        pads: [2, 2, 2, 2], groups: 8, weight: dw, bias: None, activation: Activation::Identity,
+    }), vec![c, c]);
+    let sc = g.add_weight("scale", vec![8]);
+    let sh = g.add_weight("shift", vec![1]);
+    let a = node(&mut g, "bn", Op::ChannelAffine { scale: Some(sc), shift: Some(sh), activation: Activation::HardSwish }, vec![c]);
+    let sl = g.add_weight("slope", vec![8]);
+    let a = node(&mut g, "prelu", Op::PRelu { slope: sl }, vec![a]);
+    let p = node(&mut g, "maxpool", Op::Pool(Pool {
+        kind: PoolKind::Max, kernel: [2, 2], stride: [2, 2], dilation: [1, 1], pads: [0, 0, 1, 1],
+        ceil_mode: true, count_include_pad: false,
+    }), vec![a]);
+    let pd = node(&mut g, "pad", Op::Pad { pads: [1, 1, 1, 1], value: 0.0 }, vec![p]);
+    let p2 = node(&mut g, "avgpool", Op::Pool(Pool {
+        kind: PoolKind::Average, kernel: [3, 3], stride: [1, 1], dilation: [1, 1], pads: [0, 0, 0, 0],
+        ceil_mode: false, count_include_pad: true,
+    }), vec![pd]);
+    let add = node(&mut g, "add", Op::Binary { kind: BinaryKind::Add, activation: Activation::Relu }, vec![p2, p]);
+    let cat = node(&mut g, "concat", Op::Concat { axis: 0 }, vec![add, p2]);
+    let is = g.add_weight("in_s", vec![16]);
+    let ib = g.add_weight("in_b", vec![16]);
+    let inn = node(&mut g, "inorm", Op::InstanceNorm { epsilon: 1e-5, scale: is, bias: ib }, vec![cat]);
+    let ls = g.add_weight("ln_s", vec![4, 4]);
+    let ln = node(&mut g, "lnorm", Op::LayerNorm { axis: 1, epsilon: 1e-5, scale: ls, bias: None }, vec![inn]);
+    let gp = node(&mut g, "gap", Op::GlobalPool { kind: PoolKind::Average }, vec![ln]);
+    let se = node(&mut g, "se", Op::Activation(Activation::HardSigmoid { alpha: 0.2, beta: 0.5 }), vec![gp]);
+    let mul = node(&mut g, "mul", Op::Binary { kind: BinaryKind::Mul, activation: Activation::Identity }, vec![ln, se]);
+    let sm = node(&mut g, "softmax", Op::Softmax { axis: 0, flatten_from_axis: false }, vec![mul]);
+    let f = node(&mut g, "flatten", Op::Flatten { axis: 2 }, vec![sm]);
+    let f = node(&mut g, "flatten2", Op::Flatten { axis: 1 }, vec![f]);
+    let lw = g.add_weight("lw", vec![10, 256]);
+    let l = node(&mut g, "fc", Op::Linear(Linear { in_features: 256, out_features: 10, weight: lw, bias: None, activation: Activation::Silu }), vec![f]);
+    let y = node(&mut g, "tanh", Op::Activation(Activation::Tanh), vec![l]);
+    g.outputs = vec![y];
+    g.infer_shapes().unwrap();
+    g
+}
+
+fn interesting_number(rng: &mut Rng) -> serde_json::Value {
+    let n: u64 = match rng.next() % 12 {
+        0 => 0,
+        1 => 1,
+        2 => 2,
+        3 => 3,
+        4 => u64::MAX,
+        5 => u64::MAX / 2 + 1,
+        6 => 1 << 24,
+        7 => (1 << 24) + 1,
+        8 => 1 << 31,
+        9 => 1 << 32,
+        10 => rng.next() % 300,
+        _ => rng.next(),
+    };
+    if rng.next() % 16 == 0 {
+        serde_json::json!(-(n as i64 & 0xFFFF))
+    } else {
+        serde_json::json!(n)
+    }
+}
+
+fn mutate_numbers(v: &mut serde_json::Value, rng: &mut Rng, p: u64) {
+    match v {
+        serde_json::Value::Number(_) if rng.next() % p == 0 => *v = interesting_number(rng),
+        serde_json::Value::Array(a) => {
+            if rng.next() % (4 * p) == 0 && !a.is_empty() {
+                a.pop();
+            } else if rng.next() % (4 * p) == 0 && !a.is_empty() {
+                let e = a[0].clone();
+                a.push(e);
+            }
+            a.iter_mut().for_each(|x| mutate_numbers(x, rng, p));
+        }
+        serde_json::Value::Object(o) => o.values_mut().for_each(|x| mutate_numbers(x, rng, p)),
+        _ => {}
+    }
+}
+
+fn fuzz_graph_json(iterations: u64, seed: u64) {
+    let g = rich_graph();
+    let w = sample_weights(&g, seed);
+    let bytes = model_to_bytes(&g, &refs(&w), &Metadata::default()).unwrap();
+    ModelFile::from_bytes(&bytes).unwrap();
+    let base = split(&bytes);
+    let gv: serde_json::Value = serde_json::from_slice(&base[1].2).unwrap();
+    let mut rng = Rng(seed);
+    let mut accepted = 0;
+    let ops = ["conv", "linear", "channel_affine", "activation", "p_relu", "pool", "global_pool", "flatten", "binary",
+        "concat", "layer_norm", "instance_norm", "softmax", "pad"];
+    let nodes = gv["nodes"].as_array().unwrap().clone();
+    for it in 0..iterations {
+        let mut v = gv.clone();
+        let p = [5, 20, 40, 200][(it % 4) as usize];
+        if rng.next() % 4 == 0 {
+            // Graft one node's fields onto another (keeping its wiring), or rename its op.
+            let i = (rng.next() % nodes.len() as u64) as usize;
+            let j = (rng.next() % nodes.len() as u64) as usize;
+            let target = v["nodes"][i].as_object_mut().unwrap();
+            for (k, val) in nodes[j].as_object().unwrap() {
+                if k != "inputs" && k != "output" {
+                    target.insert(k.clone(), val.clone());
+                }
+            }
+            if rng.next() % 2 == 0 {
+                target.insert("op".into(), serde_json::json!(ops[(rng.next() % ops.len() as u64) as usize]));
+            }
+        }
+        mutate_numbers(&mut v, &mut rng, p);
+        let mut s = base.clone();
+        s[1].2 = serde_json::to_vec(&v).unwrap();
+        if let Ok(m) = ModelFile::from_bytes(&assemble(&s)) {
+            accepted += 1;
+            for (id, wi) in m.graph().weights.iter().enumerate() {
+                assert_eq!(m.weight(id).len(), wi.numel());
+            }
+        }
+    }
+    eprintln!("seed {seed}: {accepted} of {iterations} mutated graphs accepted");
+    // Most mutations must be refused; a few (e.g. an epsilon changed) are harmless.
+    assert!(accepted < iterations, "every mutation accepted?");
+}
+
+#[test]
+fn structured_graph_mutations_never_panic() {
+    fuzz_graph_json(300, 0x5EED);
+}
+
+/// Longer run: `cargo test --test format -- --ignored`.
+#[test]
+#[ignore]
+fn structured_graph_mutations_never_panic_long() {
+    let iters = std::env::var("CNNRT_FUZZ_ITERS").ok().and_then(|s| s.parse().ok()).unwrap_or(2000);
+    for seed in 1..=20 {
+        fuzz_graph_json(iters, seed * 7919);
+    }
+}
