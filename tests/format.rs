@@ -111,6 +111,9 @@ fn tmpdir(name: &str) -> PathBuf {
     d
 }
 
+/// Named edits applied to a copy of a valid file.
+type Cases<T> = Vec<(&'static str, Box<dyn Fn(&mut T)>)>;
+
 /// Asserts a `Format` error (never a panic: a panic fails the test by itself).
 #[track_caller]
 fn expect_format_err(bytes: &[u8], what: &str) -> String {
@@ -439,7 +442,7 @@ fn every_header_byte_flipped_or_incremented_is_rejected() {
 #[test]
 fn header_fields_with_resealed_checksum_are_rejected() {
     let s = split(&sample_bytes());
-    let cases: Vec<(&str, Box<dyn Fn(&mut Header)>)> = vec![
+    let cases: Cases<Header> = vec![
         ("major 2", Box::new(|h| h.major = 2)),
         ("major 0", Box::new(|h| h.major = 0)),
         ("required flag", Box::new(|h| h.flags = 1)),
@@ -587,7 +590,7 @@ fn weight_checksum_can_be_skipped_but_structure_is_still_checked() {
 
 #[test]
 fn hostile_graph_json_is_rejected() {
-    let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
+    let cases: Cases<serde_json::Value> = vec![
         ("huge weight shape", Box::new(|v| v["weights"][0]["shape"] = serde_json::json!([1 << 20, 1 << 20, 1 << 20, 1 << 20]))),
         ("overflowing weight shape", Box::new(|v| v["weights"][2]["shape"] = serde_json::json!([u64::MAX, u64::MAX]))),
         ("weight rank 9", Box::new(|v| v["weights"][1]["shape"] = serde_json::json!([1, 1, 1, 1, 1, 1, 1, 1, 4]))),
@@ -660,7 +663,7 @@ fn hostile_metadata_is_rejected() {
 
 #[test]
 fn hostile_weight_index_is_rejected() {
-    let cases: Vec<(&str, Box<dyn Fn(&mut IndexEntry)>)> = vec![
+    let cases: Cases<IndexEntry> = vec![
         ("offset absurd", Box::new(|e| e.offset = u64::MAX - 63)),
         ("offset negative", Box::new(|e| e.offset = (-64i64) as u64)),
         ("offset 1<<62", Box::new(|e| e.offset = 1 << 62)),
@@ -850,7 +853,7 @@ proptest! {
 fn rich_graph() -> Graph {
     use cnnrt::graph::{BinaryKind, Pool, PoolKind};
     let mut g = Graph::default();
-    let mut node = |g: &mut Graph, name: &str, op: Op, inputs: Vec<usize>| -> usize {
+    let node = |g: &mut Graph, name: &str, op: Op, inputs: Vec<usize>| -> usize {
         let out = g.add_value(format!("{name}_out"), vec![]);
         g.nodes.push(Node { name: name.into(), op, inputs, output: out });
         out
@@ -918,7 +921,7 @@ fn interesting_number(rng: &mut Rng) -> serde_json::Value {
         10 => rng.next() % 300,
         _ => rng.next(),
     };
-    if rng.next() % 16 == 0 {
+    if rng.next().is_multiple_of(16) {
         serde_json::json!(-(n as i64 & 0xFFFF))
     } else {
         serde_json::json!(n)
@@ -927,11 +930,11 @@ fn interesting_number(rng: &mut Rng) -> serde_json::Value {
 
 fn mutate_numbers(v: &mut serde_json::Value, rng: &mut Rng, p: u64) {
     match v {
-        serde_json::Value::Number(_) if rng.next() % p == 0 => *v = interesting_number(rng),
+        serde_json::Value::Number(_) if rng.next().is_multiple_of(p) => *v = interesting_number(rng),
         serde_json::Value::Array(a) => {
-            if rng.next() % (4 * p) == 0 && !a.is_empty() {
+            if rng.next().is_multiple_of(4 * p) && !a.is_empty() {
                 a.pop();
-            } else if rng.next() % (4 * p) == 0 && !a.is_empty() {
+            } else if rng.next().is_multiple_of(4 * p) && !a.is_empty() {
                 let e = a[0].clone();
                 a.push(e);
             }
@@ -957,7 +960,7 @@ fn fuzz_graph_json(iterations: u64, seed: u64) {
     for it in 0..iterations {
         let mut v = gv.clone();
         let p = [5, 20, 40, 200][(it % 4) as usize];
-        if rng.next() % 4 == 0 {
+        if rng.next().is_multiple_of(4) {
             // Graft one node's fields onto another (keeping its wiring), or rename its op.
             let i = (rng.next() % nodes.len() as u64) as usize;
             let j = (rng.next() % nodes.len() as u64) as usize;
@@ -967,7 +970,7 @@ fn fuzz_graph_json(iterations: u64, seed: u64) {
                     target.insert(k.clone(), val.clone());
                 }
             }
-            if rng.next() % 2 == 0 {
+            if rng.next().is_multiple_of(2) {
                 target.insert("op".into(), serde_json::json!(ops[(rng.next() % ops.len() as u64) as usize]));
             }
         }
