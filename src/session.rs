@@ -320,10 +320,22 @@ impl Session {
         }
         self.batch = batch;
         match self.pool.clone() {
-            Some(pool) => pool.install(|| self.execute(batch)),
-            None => self.execute(batch),
+            Some(pool) => pool.install(|| self.execute(batch, None)),
+            None => self.execute(batch, None),
         }
         Ok(())
+    }
+
+    /// Runs once like [`Session::run`] and returns the wall time of each node, in node
+    /// order (for `cnnrt bench --profile`; allocates, unlike `run`).
+    pub fn profile(&mut self, input: &[f32], batch: usize) -> Result<Vec<std::time::Duration>> {
+        self.run(input, batch)?;
+        let mut times = vec![std::time::Duration::ZERO; self.kernels.len()];
+        match self.pool.clone() {
+            Some(pool) => pool.install(|| self.execute(batch, Some(&mut times))),
+            None => self.execute(batch, Some(&mut times)),
+        }
+        Ok(times)
     }
 
     /// Output `i` of the last run (batch × output size elements).
@@ -335,12 +347,13 @@ impl Session {
         &self.arena[off..off + len]
     }
 
-    fn execute(&mut self, n: usize) {
+    fn execute(&mut self, n: usize, mut times: Option<&mut [std::time::Duration]>) {
         crate::simd::set_flush_denormals();
         let model = &*self.model;
         let graph: &Graph = model.graph();
         let isa = self.isa;
         for (i, node) in graph.nodes.iter().enumerate() {
+            let started = times.is_some().then(std::time::Instant::now);
             let out_off = self.arena_plan.offsets[node.output];
             let out_len = n * graph.values[node.output].shape.iter().product::<usize>();
             let (left, rest) = self.arena.split_at_mut(out_off);
@@ -393,6 +406,9 @@ impl Session {
                 NodeKernel::Vector => run_vector(isa, graph, i, model, ins, n, out),
                 NodeKernel::Copy => out.copy_from_slice(ins[0]),
                 NodeKernel::Reference => reference::run_node_into(graph, i, model, ins, n, out),
+            }
+            if let (Some(t), Some(start)) = (times.as_deref_mut(), started) {
+                t[i] = start.elapsed();
             }
         }
     }
