@@ -54,7 +54,10 @@ fn main() -> ExitCode {
     };
     let defaults = app::ServeOptions::default();
     let opts = app::ServeOptions {
-        model_name: args.model.file_stem().map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned()),
+        model_name: args
+            .model
+            .file_stem()
+            .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned()),
         sessions: args.sessions.unwrap_or(defaults.sessions),
         max_batch: args.max_batch,
         default_top: args.top.max(1),
@@ -69,7 +72,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -69,9 +69,25 @@ fn test_model() -> (Arc<Model>, &'static str) {
         let flat = g.add_value("flat", vec![]);
         let logits = g.add_value("logits", vec![]);
         let w = g.add_weight("templates", vec![10, 784]);
-        g.nodes.push(Node { name: "flatten".into(), op: Op::Flatten { axis: 1 }, inputs: vec![x], output: flat });
-        let lin = Linear { in_features: 784, out_features: 10, weight: w, bias: None, activation: Activation::Identity };
-        g.nodes.push(Node { name: "match".into(), op: Op::Linear(lin), inputs: vec![flat], output: logits });
+        g.nodes.push(Node {
+            name: "flatten".into(),
+            op: Op::Flatten { axis: 1 },
+            inputs: vec![x],
+            output: flat,
+        });
+        let lin = Linear {
+            in_features: 784,
+            out_features: 10,
+            weight: w,
+            bias: None,
+            activation: Activation::Identity,
+        };
+        g.nodes.push(Node {
+            name: "match".into(),
+            op: Op::Linear(lin),
+            inputs: vec![flat],
+            output: logits,
+        });
         g.inputs = vec![x];
         g.outputs = vec![logits];
         g.infer_shapes().unwrap();
@@ -100,8 +116,14 @@ impl Server {
     fn start(opts: app::ServeOptions) -> Server {
         let (model, _) = test_model();
         let router = app::router(model, opts).unwrap();
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
         let addr = listener.local_addr().unwrap();
         assert!(addr.ip().is_loopback());
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -115,7 +137,12 @@ impl Server {
                 .unwrap();
             let _ = done_tx.send(());
         });
-        Server { addr, stop: Some(stop), done, _rt: rt }
+        Server {
+            addr,
+            stop: Some(stop),
+            done,
+            _rt: rt,
+        }
     }
 
     /// Begins a graceful shutdown.
@@ -128,7 +155,9 @@ impl Server {
     /// Shuts down and waits (at most 10 s) for the server to stop.
     fn shutdown(mut self) {
         self.begin_shutdown();
-        self.done.recv_timeout(Duration::from_secs(10)).expect("the server stops within 10 s");
+        self.done
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the server stops within 10 s");
     }
 }
 
@@ -141,7 +170,11 @@ fn connect(addr: SocketAddr) -> TcpStream {
 }
 
 fn opts(sessions: usize) -> app::ServeOptions {
-    app::ServeOptions { model_name: test_model().1.into(), sessions, ..app::ServeOptions::default() }
+    app::ServeOptions {
+        model_name: test_model().1.into(),
+        sessions,
+        ..app::ServeOptions::default()
+    }
 }
 
 struct Reply {
@@ -152,32 +185,65 @@ struct Reply {
 
 impl Reply {
     fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
     fn json(&self) -> Value {
-        assert_eq!(self.header("content-type"), Some("application/json"), "status {}", self.status);
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/json"),
+            "status {}",
+            self.status
+        );
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
     }
     /// The `error` field of a JSON error reply with this status.
     fn error(&self, status: u16) -> String {
-        assert_eq!(self.status, status, "{}", String::from_utf8_lossy(&self.body));
-        self.json()["error"].as_str().expect("an error message").to_string()
+        assert_eq!(
+            self.status,
+            status,
+            "{}",
+            String::from_utf8_lossy(&self.body)
+        );
+        self.json()["error"]
+            .as_str()
+            .expect("an error message")
+            .to_string()
     }
 }
 
 fn parse_reply(raw: &[u8]) -> Reply {
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("end of headers");
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("end of headers");
     let head = std::str::from_utf8(&raw[..split]).unwrap();
     let mut lines = head.split("\r\n");
-    let status: u16 = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
-    let headers: Vec<(String, String)> =
-        lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string())).collect();
+    let status: u16 = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
     let mut body = raw[split + 4..].to_vec();
-    if headers.iter().any(|(k, v)| k == "transfer-encoding" && v.contains("chunked")) {
+    if headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"))
+    {
         let (mut out, mut rest) = (Vec::new(), &body[..]);
         loop {
             let eol = rest.windows(2).position(|w| w == b"\r\n").unwrap();
-            let n = usize::from_str_radix(std::str::from_utf8(&rest[..eol]).unwrap().trim(), 16).unwrap();
+            let n = usize::from_str_radix(std::str::from_utf8(&rest[..eol]).unwrap().trim(), 16)
+                .unwrap();
             if n == 0 {
                 break;
             }
@@ -186,13 +252,25 @@ fn parse_reply(raw: &[u8]) -> Reply {
         }
         body = out;
     }
-    Reply { status, headers, body }
+    Reply {
+        status,
+        headers,
+        body,
+    }
 }
 
 /// One request on a fresh connection (`Connection: close`), read to the end.
-fn request(addr: SocketAddr, method: &str, path: &str, content_type: Option<&str>, body: &[u8]) -> Reply {
+fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Reply {
     let mut s = connect(addr);
-    let ct = content_type.map(|c| format!("Content-Type: {c}\r\n")).unwrap_or_default();
+    let ct = content_type
+        .map(|c| format!("Content-Type: {c}\r\n"))
+        .unwrap_or_default();
     let head = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{ct}Content-Length: {}\r\n\r\n", body.len());
     s.write_all(head.as_bytes()).unwrap();
     s.write_all(body).unwrap();
@@ -202,7 +280,13 @@ fn request(addr: SocketAddr, method: &str, path: &str, content_type: Option<&str
 }
 
 fn classify(addr: SocketAddr, query: &str, content_type: &str, body: &[u8]) -> Reply {
-    request(addr, "POST", &format!("/v1/classify{query}"), Some(content_type), body)
+    request(
+        addr,
+        "POST",
+        &format!("/v1/classify{query}"),
+        Some(content_type),
+        body,
+    )
 }
 
 fn top1(v: &Value) -> String {
@@ -248,13 +332,19 @@ fn classifies_each_sample_digit_png_and_npy() {
         assert_eq!(top1(&v), d.to_string(), "digit_{d}.png: {v}");
         assert_eq!(top[0]["index"], d);
         let scores: Vec<f64> = top.iter().map(|t| t["score"].as_f64().unwrap()).collect();
-        assert!(scores.windows(2).all(|w| w[0] >= w[1]) && scores.iter().sum::<f64>() <= 1.0 + 1e-5, "{v}");
+        assert!(
+            scores.windows(2).all(|w| w[0] >= w[1]) && scores.iter().sum::<f64>() <= 1.0 + 1e-5,
+            "{v}"
+        );
         assert!(v["latency_ms"].as_f64().unwrap() >= v["inference_ms"].as_f64().unwrap());
 
         // The same digit as a float32 .npy, with and without the batch axis; the Content-Type
         // does not matter, the \x93NUMPY magic does.
         let t = digit_tensor(d, &meta);
-        for (shape, ct) in [(&[1, 28, 28][..], "application/x-npy"), (&[1, 1, 28, 28][..], "application/octet-stream")] {
+        for (shape, ct) in [
+            (&[1, 28, 28][..], "application/x-npy"),
+            (&[1, 1, 28, 28][..], "application/octet-stream"),
+        ] {
             let r = classify(addr, "", ct, &npy_bytes(&t, shape));
             assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
             let v = r.json();
@@ -270,12 +360,23 @@ fn classifies_each_sample_digit_png_and_npy() {
 
 #[test]
 fn a_batched_npy_is_accepted_up_to_max_batch() {
-    let server = Server::start(app::ServeOptions { max_batch: 4, ..opts(1) });
+    let server = Server::start(app::ServeOptions {
+        max_batch: 4,
+        ..opts(1)
+    });
     let addr = server.addr;
     let meta = lenet_metadata();
     let digits = [7, 0, 3];
-    let data: Vec<f32> = digits.iter().flat_map(|&d| digit_tensor(d, &meta)).collect();
-    let r = classify(addr, "?top=1", "application/x-npy", &npy_bytes(&data, &[3, 1, 28, 28]));
+    let data: Vec<f32> = digits
+        .iter()
+        .flat_map(|&d| digit_tensor(d, &meta))
+        .collect();
+    let r = classify(
+        addr,
+        "?top=1",
+        "application/x-npy",
+        &npy_bytes(&data, &[3, 1, 28, 28]),
+    );
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let v = r.json();
     assert_eq!(v["batch"], 3);
@@ -283,7 +384,13 @@ fn a_batched_npy_is_accepted_up_to_max_batch() {
         assert_eq!(top1(res), d.to_string(), "{v}");
     }
     let five: Vec<f32> = data.iter().chain(&data[..2 * 784]).copied().collect();
-    let e = classify(addr, "", "application/x-npy", &npy_bytes(&five, &[5, 1, 28, 28])).error(422);
+    let e = classify(
+        addr,
+        "",
+        "application/x-npy",
+        &npy_bytes(&five, &[5, 1, 28, 28]),
+    )
+    .error(422);
     assert!(e.contains("batch 5"), "{e}");
     server.shutdown();
 }
@@ -304,21 +411,46 @@ fn bad_requests_get_json_errors() {
     classify(addr, "?top=0", "image/png", &png).error(400);
     classify(addr, "?top=abc", "image/png", &png).error(400);
     // A tensor of the wrong shape: 422.
-    let e = classify(addr, "", "application/x-npy", &npy_bytes(&vec![0.0; 28 * 27], &[1, 28, 27])).error(422);
-    assert!(e.contains("[1, 28, 27]") && e.contains("[1, 28, 28]"), "{e}");
+    let e = classify(
+        addr,
+        "",
+        "application/x-npy",
+        &npy_bytes(&vec![0.0; 28 * 27], &[1, 28, 27]),
+    )
+    .error(422);
+    assert!(
+        e.contains("[1, 28, 27]") && e.contains("[1, 28, 28]"),
+        "{e}"
+    );
     // batch 2 on a server with --max-batch 1.
-    classify(addr, "", "application/x-npy", &npy_bytes(&vec![0.0; 2 * 784], &[2, 1, 28, 28])).error(422);
+    classify(
+        addr,
+        "",
+        "application/x-npy",
+        &npy_bytes(&vec![0.0; 2 * 784], &[2, 1, 28, 28]),
+    )
+    .error(422);
     // Unknown route 404, wrong method 405.
     request(addr, "GET", "/v2/nothing", None, b"").error(404);
     request(addr, "POST", "/", None, b"x").error(404);
-    request(addr, "GET", "/v1/classify", None, b"").error(405);
-    request(addr, "POST", "/health", None, b"").error(405);
+    let r = request(addr, "GET", "/v1/classify", None, b"");
+    r.error(405);
+    assert_eq!(r.header("allow"), Some("POST"));
+    let r = request(addr, "POST", "/health", None, b"");
+    r.error(405);
+    assert!(
+        r.header("allow").is_some_and(|a| a.contains("GET")),
+        "{:?}",
+        r.headers
+    );
     request(addr, "DELETE", "/v1/classify", None, b"").error(405);
     // Over the 16 MiB limit: 413, decided from Content-Length before the body is read.
     let reply = {
         let mut s = connect(addr);
         let n = app::DEFAULT_BODY_LIMIT + 1;
-        let head = format!("POST /v1/classify HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: image/png\r\nContent-Length: {n}\r\n\r\n");
+        let head = format!(
+            "POST /v1/classify HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: image/png\r\nContent-Length: {n}\r\n\r\n"
+        );
         s.write_all(head.as_bytes()).unwrap();
         let mut raw = Vec::new();
         s.read_to_end(&mut raw).unwrap();
@@ -334,7 +466,10 @@ fn bad_requests_get_json_errors() {
 #[test]
 fn a_body_over_a_small_limit_is_413_when_streamed() {
     // Chunked (no Content-Length): the limit trips while reading.
-    let server = Server::start(app::ServeOptions { body_limit: 100, ..opts(1) });
+    let server = Server::start(app::ServeOptions {
+        body_limit: 100,
+        ..opts(1)
+    });
     let addr = server.addr;
     let reply = {
         let mut s = connect(addr);
@@ -342,7 +477,8 @@ fn a_body_over_a_small_limit_is_413_when_streamed() {
         s.write_all(head.as_bytes()).unwrap();
         // 200 bytes in one chunk, then the end: all of it reaches the server, which reads
         // it while enforcing the limit.
-        s.write_all(format!("c8\r\n{}\r\n0\r\n\r\n", "x".repeat(200)).as_bytes()).unwrap();
+        s.write_all(format!("c8\r\n{}\r\n0\r\n\r\n", "x".repeat(200)).as_bytes())
+            .unwrap();
         let mut raw = Vec::new();
         s.read_to_end(&mut raw).unwrap();
         parse_reply(&raw)
@@ -369,7 +505,11 @@ fn graceful_shutdown_finishes_the_request_in_progress() {
         let _ = late.write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
         let mut buf = Vec::new();
         let got = late.read_to_end(&mut buf);
-        assert!(buf.is_empty(), "a late connection was served ({got:?}): {}", String::from_utf8_lossy(&buf));
+        assert!(
+            buf.is_empty(),
+            "a late connection was served ({got:?}): {}",
+            String::from_utf8_lossy(&buf)
+        );
     }
     // The request in progress still completes.
     s.write_all(&png[10..]).unwrap();
@@ -378,6 +518,58 @@ fn graceful_shutdown_finishes_the_request_in_progress() {
     let r = parse_reply(&raw);
     assert_eq!(r.status, 200);
     assert_eq!(top1(&r.json()), "8");
+    server.shutdown();
+}
+
+#[test]
+fn a_full_queue_answers_503_with_retry_after() {
+    // One session, no waiting room: while a slow request (a 3000×3000 PNG to decode and
+    // shrink) holds the session, concurrent requests are turned away rather than queued.
+    let server = Server::start(app::ServeOptions {
+        max_queue: 0,
+        ..opts(1)
+    });
+    let addr = server.addr;
+    let mut big = Vec::new();
+    image::DynamicImage::ImageLuma8(image::GrayImage::from_fn(3000, 3000, |x, y| {
+        image::Luma([((x ^ y) & 0xff) as u8])
+    }))
+    .write_to(&mut std::io::Cursor::new(&mut big), image::ImageFormat::Png)
+    .unwrap();
+    let small = Arc::new(digit_png(5));
+    let barrier = Arc::new(std::sync::Barrier::new(17));
+    let slow = {
+        let barrier = barrier.clone();
+        std::thread::spawn(move || {
+            barrier.wait();
+            classify(addr, "", "image/png", &big)
+        })
+    };
+    let quick: Vec<_> = (0..16)
+        .map(|_| {
+            let (barrier, small) = (barrier.clone(), small.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                std::thread::sleep(Duration::from_millis(20));
+                classify(addr, "", "image/png", &small)
+            })
+        })
+        .collect();
+    assert_eq!(slow.join().unwrap().status, 200);
+    let (mut ok, mut busy) = (0, 0);
+    for r in quick.into_iter().map(|t| t.join().unwrap()) {
+        if r.status == 200 {
+            assert_eq!(top1(&r.json()), "5");
+            ok += 1;
+        } else {
+            assert_eq!(r.header("retry-after"), Some("1"));
+            assert!(r.error(503).contains("busy"));
+            busy += 1;
+        }
+    }
+    assert!(busy >= 1, "no request was turned away ({ok} answered)");
+    // Once idle, the server answers again.
+    assert_eq!(classify(addr, "", "image/png", &small).status, 200);
     server.shutdown();
 }
 
@@ -397,8 +589,13 @@ fn burst_of_1000_concurrent_requests_all_answered_correctly() {
     let deadline = t0 + Duration::from_secs(300);
     let workers: Vec<_> = (0..IN_FLIGHT)
         .map(|_| {
-            let (pngs, next, correct, latencies, server_ms) =
-                (pngs.clone(), next.clone(), correct.clone(), latencies.clone(), server_ms.clone());
+            let (pngs, next, correct, latencies, server_ms) = (
+                pngs.clone(),
+                next.clone(),
+                correct.clone(),
+                latencies.clone(),
+                server_ms.clone(),
+            );
             std::thread::spawn(move || {
                 // Self-stopping: no new request after the deadline.
                 while Instant::now() < deadline {
@@ -410,12 +607,20 @@ fn burst_of_1000_concurrent_requests_all_answered_correctly() {
                     let t = Instant::now();
                     let r = classify(addr, "?top=1", "image/png", &pngs[d]);
                     let ms = t.elapsed().as_secs_f64() * 1e3;
-                    assert_eq!(r.status, 200, "request {i}: {}", String::from_utf8_lossy(&r.body));
+                    assert_eq!(
+                        r.status,
+                        200,
+                        "request {i}: {}",
+                        String::from_utf8_lossy(&r.body)
+                    );
                     let v = r.json();
                     assert_eq!(top1(&v), d.to_string(), "request {i}: {v}");
                     correct.fetch_add(1, Ordering::Relaxed);
                     latencies.lock().unwrap().push(ms);
-                    server_ms.lock().unwrap().push((v["latency_ms"].as_f64().unwrap(), v["inference_ms"].as_f64().unwrap()));
+                    server_ms.lock().unwrap().push((
+                        v["latency_ms"].as_f64().unwrap(),
+                        v["inference_ms"].as_f64().unwrap(),
+                    ));
                 }
             })
         })
@@ -424,7 +629,11 @@ fn burst_of_1000_concurrent_requests_all_answered_correctly() {
         w.join().expect("a burst worker failed");
     }
     let wall = t0.elapsed().as_secs_f64();
-    assert_eq!(correct.load(Ordering::Relaxed), TOTAL, "every request answered 200 with the right digit");
+    assert_eq!(
+        correct.load(Ordering::Relaxed),
+        TOTAL,
+        "every request answered 200 with the right digit"
+    );
     let mut lat = latencies.lock().unwrap().clone();
     lat.sort_by(f64::total_cmp);
     let pct = |p: f64| lat[((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1];

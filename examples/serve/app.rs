@@ -73,7 +73,11 @@ struct Lease<'a> {
 impl Drop for Lease<'_> {
     fn drop(&mut self) {
         if let Some(s) = self.session.take() {
-            self.pool.idle.lock().unwrap_or_else(|e| e.into_inner()).push(s);
+            self.pool
+                .idle
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(s);
         }
     }
 }
@@ -110,7 +114,10 @@ impl IntoResponse for ApiError {
 
 fn json_response(status: StatusCode, v: &Value) -> Response {
     let mut r = (status, v.to_string()).into_response();
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -127,11 +134,16 @@ pub fn router(model: Arc<Model>, opts: ServeOptions) -> cnnrt::Result<Router> {
     let classes = model.output_shape().iter().product();
     let ends_in_softmax = {
         let g = model.graph();
-        g.nodes.last().is_some_and(|n| matches!(n.op, cnnrt::graph::Op::Softmax { .. }) && n.output == g.outputs[0])
+        g.nodes.last().is_some_and(|n| {
+            matches!(n.op, cnnrt::graph::Op::Softmax { .. }) && n.output == g.outputs[0]
+        })
     };
     let body_limit = opts.body_limit;
     let app = Arc::new(App {
-        pool: Pool { permits: Arc::new(Semaphore::new(sessions.len())), idle: Mutex::new(sessions) },
+        pool: Pool {
+            permits: Arc::new(Semaphore::new(sessions.len())),
+            idle: Mutex::new(sessions),
+        },
         model,
         opts,
         in_flight: AtomicUsize::new(0),
@@ -165,11 +177,17 @@ async fn health(State(app): State<Arc<App>>) -> Response {
 }
 
 async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "no such route; try GET /health or POST /v1/classify")
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no such route; try GET /health or POST /v1/classify",
+    )
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this route (GET /health, POST /v1/classify)")
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed on this route (GET /health, POST /v1/classify)",
+    )
 }
 
 /// Counts a request as in flight for as long as it lives.
@@ -186,11 +204,12 @@ fn parse_top(query: Option<&str>, default: usize) -> Result<usize, ApiError> {
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         if k == "top" {
-            top = v
-                .parse::<usize>()
-                .ok()
-                .filter(|&t| t >= 1)
-                .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, format!("top must be a positive integer, got '{v}'")))?;
+            top = v.parse::<usize>().ok().filter(|&t| t >= 1).ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("top must be a positive integer, got '{v}'"),
+                )
+            })?;
         }
     }
     Ok(top)
@@ -203,8 +222,12 @@ const NPY_MAGIC: &[u8] = b"\x93NUMPY";
 fn decode(app: &App, body: &[u8]) -> Result<(Vec<f32>, usize), ApiError> {
     let sample_shape = app.model.input_shape();
     if body.starts_with(NPY_MAGIC) {
-        let (data, shape) = cnnrt::input::npy_from_bytes(body)
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("cannot read .npy body: {e}")))?;
+        let (data, shape) = cnnrt::input::npy_from_bytes(body).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read .npy body: {e}"),
+            )
+        })?;
         let batch = if shape == sample_shape {
             1
         } else if shape.len() == sample_shape.len() + 1 && shape[1..] == *sample_shape {
@@ -218,7 +241,10 @@ fn decode(app: &App, body: &[u8]) -> Result<(Vec<f32>, usize), ApiError> {
         if batch == 0 || batch > app.opts.max_batch {
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                format!("batch {batch} outside 1..={} that this server accepts (--max-batch)", app.opts.max_batch),
+                format!(
+                    "batch {batch} outside 1..={} that this server accepts (--max-batch)",
+                    app.opts.max_batch
+                ),
             ));
         }
         return Ok((data, batch));
@@ -231,15 +257,27 @@ fn decode(app: &App, body: &[u8]) -> Result<(Vec<f32>, usize), ApiError> {
         ));
     }
     let mut data = Vec::new();
-    cnnrt::input::image_to_tensor(body, sample_shape, app.model.metadata(), &mut data).map_err(|e| {
-        ApiError::new(StatusCode::BAD_REQUEST, format!("body is neither a float32 .npy nor a decodable PNG/JPEG: {e}"))
-    })?;
+    cnnrt::input::image_to_tensor(body, sample_shape, app.model.metadata(), &mut data).map_err(
+        |e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("body is neither a float32 .npy nor a decodable PNG/JPEG: {e}"),
+            )
+        },
+    )?;
     Ok((data, 1))
+}
+
+/// One sample's best classes, `(index, score)`, best first.
+type Ranked = Vec<(usize, f32)>;
+
+fn round3(x: f64) -> f64 {
+    (x * 1e3).round() / 1e3
 }
 
 /// The `k` best classes of one output row, as `(index, score)`, best first. Scores are
 /// softmax probabilities (the row as it is when the model ends in Softmax).
-fn top_k(row: &[f32], k: usize, already_probabilities: bool) -> Vec<(usize, f32)> {
+fn top_k(row: &[f32], k: usize, already_probabilities: bool) -> Ranked {
     let scores: Vec<f32> = if already_probabilities {
         row.to_vec()
     } else {
@@ -254,58 +292,115 @@ fn top_k(row: &[f32], k: usize, already_probabilities: bool) -> Vec<(usize, f32)
     idx.into_iter().map(|i| (i, scores[i])).collect()
 }
 
-async fn classify(State(app): State<Arc<App>>, RawQuery(query): RawQuery, req: Request) -> Response {
+async fn classify(
+    State(app): State<Arc<App>>,
+    RawQuery(query): RawQuery,
+    req: Request,
+) -> Response {
     let start = Instant::now();
     let too_large = || {
-        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("request body larger than the {} byte limit", app.opts.body_limit))
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "request body larger than the {} byte limit",
+                app.opts.body_limit
+            ),
+        )
     };
     // A declared length over the limit is refused before any of the body is read; a body
     // without one (chunked) is cut off by the limit while it is read.
-    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > app.opts.body_limit as u64) {
         return too_large().into_response();
     }
     let body = match Bytes::from_request(req, &()).await {
         Ok(b) => b,
-        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => return too_large().into_response(),
-        Err(e) => return ApiError(e.status(), format!("cannot read the request body: {}", e.body_text())).into_response(),
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return too_large().into_response()
+        }
+        Err(e) => {
+            return ApiError(
+                e.status(),
+                format!("cannot read the request body: {}", e.body_text()),
+            )
+            .into_response()
+        }
     };
     let top = match parse_top(query.as_deref(), app.opts.default_top) {
         Ok(t) => t.min(app.classes),
         Err(e) => return e.into_response(),
     };
     if body.is_empty() {
-        return ApiError::new(StatusCode::BAD_REQUEST, "empty body; send PNG/JPEG image bytes or a float32 .npy").into_response();
+        return ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "empty body; send PNG/JPEG image bytes or a float32 .npy",
+        )
+        .into_response();
     }
     let admitted = app.in_flight.fetch_add(1, Ordering::Relaxed);
     let _in_flight = InFlight(&app.in_flight);
     if admitted >= app.opts.sessions + app.opts.max_queue {
-        let mut r = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server busy; retry later").into_response();
-        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        let mut r = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server busy; retry later")
+            .into_response();
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         return r;
     }
     // Wait (asynchronously) for a session; the permit travels with the blocking task.
-    let permit = app.pool.permits.clone().acquire_owned().await.expect("the pool's semaphore is never closed");
+    let permit = app
+        .pool
+        .permits
+        .clone()
+        .acquire_owned()
+        .await
+        .expect("the pool's semaphore is never closed");
     let worker = app.clone();
-    let result = tokio::task::spawn_blocking(move || -> Result<(Vec<Vec<(usize, f32)>>, f64), ApiError> {
+    let result = tokio::task::spawn_blocking(move || -> Result<(Vec<Ranked>, f64), ApiError> {
         let app = &*worker;
         let (data, batch) = decode(app, &body)?;
-        let session = app.pool.idle.lock().unwrap_or_else(|e| e.into_inner()).pop().expect("a permit guarantees an idle session");
-        let mut lease = Lease { pool: &app.pool, session: Some(session), _permit: permit };
+        let session = app
+            .pool
+            .idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .expect("a permit guarantees an idle session");
+        let mut lease = Lease {
+            pool: &app.pool,
+            session: Some(session),
+            _permit: permit,
+        };
         let t = Instant::now();
-        let out = lease.session.as_mut().expect("leased").run(&data, batch).map_err(|e| match e {
-            cnnrt::Error::Input(m) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, m),
-            other => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
-        })?;
+        let out = lease
+            .session
+            .as_mut()
+            .expect("leased")
+            .run(&data, batch)
+            .map_err(|e| match e {
+                cnnrt::Error::Input(m) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, m),
+                other => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
+            })?;
         let inference_ms = t.elapsed().as_secs_f64() * 1e3;
-        let rows = out.chunks(app.classes).map(|row| top_k(row, top, app.ends_in_softmax)).collect();
+        let rows = out
+            .chunks(app.classes)
+            .map(|row| top_k(row, top, app.ends_in_softmax))
+            .collect();
         Ok((rows, inference_ms))
     })
     .await;
     let (rows, inference_ms) = match result {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => return e.into_response(),
-        Err(e) => return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("inference failed: {e}")).into_response(),
+        Err(e) => {
+            return ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("inference failed: {e}"),
+            )
+            .into_response()
+        }
     };
     let labels = &app.model.metadata().labels;
     let to_json = |row: &[(usize, f32)]| -> Value {
@@ -313,7 +408,8 @@ async fn classify(State(app): State<Arc<App>>, RawQuery(query): RawQuery, req: R
             .map(|&(i, s)| json!({ "index": i, "label": labels.get(i).cloned().unwrap_or_else(|| i.to_string()), "score": s }))
             .collect()
     };
-    let latency_ms = start.elapsed().as_secs_f64() * 1e3;
+    let latency_ms = round3(start.elapsed().as_secs_f64() * 1e3);
+    let inference_ms = round3(inference_ms);
     let v = if rows.len() == 1 {
         json!({ "top": to_json(&rows[0]), "latency_ms": latency_ms, "inference_ms": inference_ms })
     } else {
