@@ -315,6 +315,10 @@ fn health_reports_the_model() {
     assert_eq!(v["model"], test_model().1);
     assert_eq!(v["input_shape"], serde_json::json!([1, 28, 28]));
     assert_eq!(v["sessions"], 2);
+    assert!(
+        v["workspace_bytes"].as_u64().is_some_and(|b| b >= 4 * 784),
+        "{v}"
+    );
     server.shutdown();
 }
 

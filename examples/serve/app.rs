@@ -94,6 +94,8 @@ struct App {
     ends_in_softmax: bool,
     /// Kernel tier the sessions planned with.
     isa: String,
+    /// Activation workspace of one session, in bytes.
+    workspace_bytes: usize,
 }
 
 /// A request error: status + message, answered as `{"error": message}`.
@@ -131,6 +133,7 @@ pub fn router(model: Arc<Model>, opts: ServeOptions) -> cnnrt::Result<Router> {
         .map(|_| model.session(SessionOptions::default().max_batch(opts.max_batch)))
         .collect::<cnnrt::Result<Vec<_>>>()?;
     let isa = sessions[0].isa().to_string();
+    let workspace_bytes = sessions[0].workspace_bytes();
     let classes = model.output_shape().iter().product();
     let ends_in_softmax = {
         let g = model.graph();
@@ -150,6 +153,7 @@ pub fn router(model: Arc<Model>, opts: ServeOptions) -> cnnrt::Result<Router> {
         classes,
         ends_in_softmax,
         isa,
+        workspace_bytes,
     });
     Ok(Router::new()
         .route("/health", get(health))
@@ -171,6 +175,7 @@ async fn health(State(app): State<Arc<App>>) -> Response {
             "sessions": app.opts.sessions,
             "max_batch": app.opts.max_batch,
             "isa": app.isa,
+            "workspace_bytes": app.workspace_bytes,
             "in_flight": app.in_flight.load(Ordering::Relaxed),
         }),
     )
