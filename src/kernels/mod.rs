@@ -5,5 +5,6 @@ pub mod depthwise;
 pub mod elementwise;
 pub mod gemm;
 pub mod linear;
+pub mod parallel;
 pub mod pool;
 pub mod reference;
