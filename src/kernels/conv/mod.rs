@@ -339,6 +339,7 @@ impl ConvKernel {
         let xg = &x[g * self.cig * plane..(g + 1) * self.cig * plane];
         let row0 = g * self.cog + m0;
         let im2col = Im2col {
+            isa: self.isa,
             x: xg,
             h: self.h,
             w: self.w,
@@ -352,7 +353,7 @@ impl ConvKernel {
             pl: self.pads[1],
             ow: self.ow,
         };
-        let plain = PlainRows { x: xg, ld: plane };
+        let plain = gemm::PlainB { b: xg, ldb: plane };
         let src = match self.algo {
             Algo::Gemm1x1 => BSrc::Direct { ptr: xg.as_ptr().add(n0), ldb: plane },
             Algo::Gemm1x1Packed => BSrc::Pack { packer: &plain, n0 },
@@ -382,18 +383,3 @@ impl ConvKernel {
     }
 }
 
-/// The input as a plain `[K × h·w]` matrix, for `gemm1x1_packed`.
-struct PlainRows<'a> {
-    x: &'a [f32],
-    ld: usize,
-}
-
-impl gemm::PackB for PlainRows<'_> {
-    fn pack(&self, k0: usize, kc: usize, n0: usize, nc: usize, nr: usize, dst: &mut [f32]) {
-        let mut w = gemm::PanelWriter::new(dst, kc, nr);
-        for kk in 0..kc {
-            w.start_row(kk);
-            w.copy(&self.x[(k0 + kk) * self.ld + n0..][..nc]);
-        }
-    }
-}

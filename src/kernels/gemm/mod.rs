@@ -165,100 +165,99 @@ pub fn pack_b_transposed(n: usize, k: usize, bt: &[f32], ldbt: usize, packed: &m
     }
 }
 
-/// A producer of B blocks packed for the micro-kernel (e.g. im2col).
+/// A producer of B rows (e.g. im2col): the driver asks for rows of a `kc × nc` block and
+/// scatters them into the micro-kernel's `nr`-wide panels itself.
 pub trait PackB: Sync {
-    /// Writes `B[k0 .. k0+kc, n0 .. n0+nc]` into `dst` as panels of `nr` columns, K-major:
-    /// element `(k, j)` goes to `((j−n0)/nr)·kc·nr + (k−k0)·nr + (j−n0)%nr`. Columns of the
-    /// last panel past `nc` may be left as they are (the kernels mask them).
-    fn pack(&self, k0: usize, kc: usize, n0: usize, nc: usize, nr: usize, dst: &mut [f32]);
+    /// Row `k` of B, columns `n0 .. n0 + len`, when it is contiguous in memory already.
+    fn row_slice(&self, k: usize, n0: usize, len: usize) -> Option<&[f32]> {
+        let _ = (k, n0, len);
+        None
+    }
+    /// Writes row `k` of B, columns `n0 .. n0 + row.len()`, into `row`. Called only when
+    /// `row_slice` returns `None`.
+    fn row(&self, k: usize, n0: usize, row: &mut [f32]);
+    /// Packs a whole block straight into the panel layout of [`pack_block`], if this
+    /// source has a faster way than row by row; returns `false` to use the rows.
+    /// `dst` holds `kc · ceil(nc/nr) · nr` elements; columns past `nc` may be written
+    /// with anything.
+    fn pack_panels(&self, k0: usize, kc: usize, n0: usize, nc: usize, nr: usize, dst: &mut [f32]) -> bool {
+        let _ = (k0, kc, n0, nc, nr, dst);
+        false
+    }
 }
 
 /// A plain row-major matrix as a [`PackB`] source.
-struct PlainB<'a> {
-    b: &'a [f32],
-    ldb: usize,
+pub(crate) struct PlainB<'a> {
+    pub b: &'a [f32],
+    pub ldb: usize,
 }
 
 impl PackB for PlainB<'_> {
-    fn pack(&self, k0: usize, kc: usize, n0: usize, nc: usize, nr: usize, dst: &mut [f32]) {
-        let mut w = PanelWriter::new(dst, kc, nr);
-        for kk in 0..kc {
-            let row = &self.b[(k0 + kk) * self.ldb + n0..][..nc];
-            w.start_row(kk);
-            w.copy(row);
-        }
+    fn row_slice(&self, k: usize, n0: usize, len: usize) -> Option<&[f32]> {
+        Some(&self.b[k * self.ldb + n0..][..len])
+    }
+    fn row(&self, k: usize, n0: usize, row: &mut [f32]) {
+        let len = row.len();
+        row.copy_from_slice(&self.b[k * self.ldb + n0..][..len]);
     }
 }
 
-/// Writes one K row of a packed B block, column after column, splitting at panel edges.
-pub struct PanelWriter<'a> {
-    dst: &'a mut [f32],
-    kc: usize,
-    nr: usize,
-    /// Index in `dst` of the next column's element.
-    pos: usize,
-    /// Columns left in the current panel.
-    left: usize,
+/// Packs `B[k0 .. k0+kc, n0 .. n0+nc]` into `dst` as panels of `nr` columns, K-major:
+/// element `(k, j)` at `((j−n0)/nr)·kc·nr + (k−k0)·nr + (j−n0)%nr`; the columns of the
+/// last panel past `nc` are left as they are (the kernels mask them). `tmp` holds `nc`.
+pub(crate) fn pack_block(u: &Ukr, src: &dyn PackB, k0: usize, kc: usize, n0: usize, nc: usize, dst: &mut [f32], tmp: &mut [f32]) {
+    if src.pack_panels(k0, kc, n0, nc, u.nr, dst) {
+        return;
+    }
+    match (u.isa, u.nr) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a Ukr of a tier exists only for tiers the CPU supports (`ukr` clamps).
+        (Isa::Avx2, 16) => unsafe { pack_block_avx2(src, k0, kc, n0, nc, dst, tmp) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        (Isa::Avx512, 32) => unsafe { pack_block_avx512(src, k0, kc, n0, nc, dst, tmp) },
+        (_, 8) => pack_block_nr::<8>(src, k0, kc, n0, nc, dst, tmp),
+        (_, 16) => pack_block_nr::<16>(src, k0, kc, n0, nc, dst, tmp),
+        (_, 32) => pack_block_nr::<32>(src, k0, kc, n0, nc, dst, tmp),
+        (_, nr) => unreachable!("no micro-kernel has nr = {nr}"),
+    }
 }
 
-impl<'a> PanelWriter<'a> {
-    pub fn new(dst: &'a mut [f32], kc: usize, nr: usize) -> Self {
-        PanelWriter { dst, kc, nr, pos: 0, left: nr }
-    }
+/// [`pack_block_nr`] compiled with AVX2, so its fixed-size copies are ymm moves.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn pack_block_avx2(src: &dyn PackB, k0: usize, kc: usize, n0: usize, nc: usize, dst: &mut [f32], tmp: &mut [f32]) {
+    pack_block_nr::<16>(src, k0, kc, n0, nc, dst, tmp)
+}
 
-    /// Positions the writer at column 0 of row `kk`.
-    #[inline]
-    pub fn start_row(&mut self, kk: usize) {
-        self.pos = kk * self.nr;
-        self.left = self.nr;
-    }
+/// [`pack_block_nr`] compiled with AVX-512, so its fixed-size copies are zmm moves.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx2,fma")]
+unsafe fn pack_block_avx512(src: &dyn PackB, k0: usize, kc: usize, n0: usize, nc: usize, dst: &mut [f32], tmp: &mut [f32]) {
+    pack_block_nr::<32>(src, k0, kc, n0, nc, dst, tmp)
+}
 
-    #[inline]
-    fn advance(&mut self, n: usize) {
-        self.pos += n;
-        self.left -= n;
-        if self.left == 0 {
-            self.pos += (self.kc - 1) * self.nr;
-            self.left = self.nr;
-        }
-    }
-
-    /// Appends `n` zeros.
-    #[inline]
-    pub fn zeros(&mut self, mut n: usize) {
-        while n > 0 {
-            let t = n.min(self.left);
-            self.dst[self.pos..self.pos + t].fill(0.0);
-            self.advance(t);
-            n -= t;
-        }
-    }
-
-    /// Appends the values of `src`.
-    #[inline]
-    pub fn copy(&mut self, mut src: &[f32]) {
-        while !src.is_empty() {
-            let t = src.len().min(self.left);
-            self.dst[self.pos..self.pos + t].copy_from_slice(&src[..t]);
-            self.advance(t);
-            src = &src[t..];
-        }
-    }
-
-    /// Appends `n` values `src[0], src[stride], src[2·stride], …`.
-    #[inline]
-    pub fn copy_strided(&mut self, src: &[f32], stride: usize, mut n: usize) {
-        let mut s = 0;
-        while n > 0 {
-            let t = n.min(self.left);
-            let d = &mut self.dst[self.pos..self.pos + t];
-            let sv = &src[s..s + (t - 1) * stride + 1];
-            for (i, o) in d.iter_mut().enumerate() {
-                *o = sv[i * stride];
+#[inline(always)]
+fn pack_block_nr<const NR: usize>(src: &dyn PackB, k0: usize, kc: usize, n0: usize, nc: usize, dst: &mut [f32], tmp: &mut [f32]) {
+    let full = nc / NR;
+    let rem = nc % NR;
+    assert!(dst.len() >= kc * nc.div_ceil(NR) * NR && tmp.len() >= nc);
+    for kk in 0..kc {
+        let row: &[f32] = match src.row_slice(k0 + kk, n0, nc) {
+            Some(r) => r,
+            None => {
+                src.row(k0 + kk, n0, &mut tmp[..nc]);
+                &tmp[..nc]
             }
-            s += t * stride;
-            self.advance(t);
-            n -= t;
+        };
+        for p in 0..full {
+            // Constant-size copies: inlined vector moves, no memcpy call.
+            let d: &mut [f32; NR] = (&mut dst[p * kc * NR + kk * NR..][..NR]).try_into().unwrap();
+            let s: &[f32; NR] = row[p * NR..][..NR].try_into().unwrap();
+            *d = *s;
+        }
+        if rem > 0 {
+            dst[full * kc * NR + kk * NR..][..rem].copy_from_slice(&row[full * NR..]);
         }
     }
 }
@@ -322,6 +321,10 @@ impl<'a> SharedOut<'a> {
 
 /// The K block: the whole K up to 384, else K split evenly into blocks of at most 256.
 pub(crate) fn choose_kc(k: usize) -> usize {
+    if let Some(v) = std::env::var("CNNRT_KC").ok().and_then(|v| v.parse::<usize>().ok()) {
+        let nb = k.div_ceil(v).max(1);
+        return k.div_ceil(nb).max(1);
+    }
     if k <= 384 {
         k.max(1)
     } else {
@@ -333,6 +336,7 @@ pub(crate) fn choose_kc(k: usize) -> usize {
 /// The N block for a packed `kc × nc` B block of about `bytes` bytes, a multiple of `nr`,
 /// balanced over N.
 pub(crate) fn choose_nc(n: usize, kc: usize, nr: usize, bytes: usize) -> usize {
+    let bytes = std::env::var("CNNRT_NCB").ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(bytes);
     let target = (bytes / (4 * kc.max(1))).max(nr) / nr * nr;
     let nb = n.div_ceil(target).max(1);
     n.div_ceil(nb).div_ceil(nr).max(1) * nr
@@ -373,7 +377,7 @@ pub(crate) struct Tile {
 /// Scratch (f32 elements) that [`drive`] needs for a packed B block, including room to
 /// align it to 64 bytes.
 pub(crate) fn pack_scratch_len(kc: usize, nc: usize, nr: usize) -> usize {
-    kc * nc.div_ceil(nr) * nr + 16
+    kc * nc.div_ceil(nr) * nr + nc + 16
 }
 
 /// Splits a panel of `h` rows into slivers of at most `mr` rows, as even as possible.
@@ -412,8 +416,8 @@ pub(crate) unsafe fn drive(u: &Ukr, t: &Tile, b: &BSrc, scratch: &mut [f32]) {
             let last = kb + 1 == nblocks_k;
             let packed: *const f32 = if let BSrc::Pack { packer, n0 } = b {
                 let len = kcur * ncur.div_ceil(nr) * nr;
-                let dst = &mut scratch[off..off + len];
-                packer.pack(k0, kcur, n0 + jb, ncur, nr, dst);
+                let (dst, tmp) = scratch[off..].split_at_mut(len);
+                pack_block(u, *packer, k0, kcur, n0 + jb, ncur, dst, tmp);
                 dst.as_ptr()
             } else {
                 std::ptr::null()
