@@ -194,7 +194,14 @@ struct Case {
     /// FLOPs per run, or bytes of weights for the memory-bound GEMV cases.
     work: u64,
     bytes: bool,
-    run: Box<dyn FnMut()>,
+    /// Builds the data and returns the closure that runs the kernel once.
+    make: Box<dyn FnOnce() -> Box<dyn FnMut()>>,
+}
+
+impl Case {
+    fn id(&self) -> String {
+        format!("{}/{}/{}/{}", self.group, self.name, self.algorithm, self.isa.name())
+    }
 }
 
 fn gemm_cases(isa: Isa, out: &mut Vec<Case>) {
@@ -205,14 +212,9 @@ fn gemm_cases(isa: Isa, out: &mut Vec<Case>) {
         (512, 512, 512, BMode::Direct),
         (64, 3136, 576, BMode::Packed),
         (64, 3136, 576, BMode::Direct),
+        (64, 224, 288, BMode::Packed),
+        (64, 224, 288, BMode::Direct),
     ] {
-        let a = values(m * k, 1);
-        let b = values(k * n, 2);
-        let mut ap = vec![0.0; m * k];
-        gemm::pack_a(m, k, &a, k, &mut ap);
-        let plan = Gemm::with_mode(isa, m, n, k, mode);
-        let mut scratch = vec![0.0; plan.scratch_len()];
-        let mut cm = vec![0.0; m * n];
         out.push(Case {
             group: "gemm",
             name: format!("{m}x{n}x{k}"),
@@ -220,7 +222,16 @@ fn gemm_cases(isa: Isa, out: &mut Vec<Case>) {
             algorithm: if mode == BMode::Packed { "sgemm_packed_a" } else { "sgemm_packed_a_direct_b" },
             work: 2 * (m * n * k) as u64,
             bytes: false,
-            run: Box::new(move || plan.run(&ap, black_box(&b), n, &mut cm, n, &Epilogue::default(), &mut scratch)),
+            make: Box::new(move || {
+                let a = values(m * k, 1);
+                let b = values(k * n, 2);
+                let mut ap = vec![0.0; m * k];
+                gemm::pack_a(m, k, &a, k, &mut ap);
+                let plan = Gemm::with_mode(isa, m, n, k, mode);
+                let mut scratch = vec![0.0; plan.scratch_len()];
+                let mut cm = vec![0.0; m * n];
+                Box::new(move || plan.run(&ap, black_box(&b), n, &mut cm, n, &Epilogue::default(), &mut scratch))
+            }),
         });
     }
 }
@@ -241,13 +252,6 @@ fn conv_cases(isa: Isa, out: &mut Vec<Case>) {
         };
         let o = (s.hw + 2 * s.pad - s.k) / s.stride + 1;
         let kern = ConvKernel::new(isa, &conv, [s.cin, s.hw, s.hw], [s.cout, o, o]);
-        let w = values(s.cout * s.cin * s.k * s.k, 3);
-        let mut packed = vec![0.0; kern.packed_weight_len()];
-        kern.pack_weights(&w, &mut packed);
-        let bias = values(s.cout, 4);
-        let x = values(s.cin * s.hw * s.hw, 5);
-        let mut y = vec![0.0; s.cout * o * o];
-        let mut scratch = vec![0.0; kern.scratch_len()];
         out.push(Case {
             group: "conv",
             name: s.name.to_string(),
@@ -255,8 +259,37 @@ fn conv_cases(isa: Isa, out: &mut Vec<Case>) {
             algorithm: kern.algorithm(),
             work: kern.flops(),
             bytes: false,
-            run: Box::new(move || kern.run(&packed, Some(&bias), black_box(&x), None, &mut y, &mut scratch)),
+            make: Box::new({
+                let kern = kern.clone();
+                move || {
+                    let w = values(s.cout * s.cin * s.k * s.k, 3);
+                    let mut packed = vec![0.0; kern.packed_weight_len()];
+                    kern.pack_weights(&w, &mut packed);
+                    let bias = values(s.cout, 4);
+                    let x = values(s.cin * s.hw * s.hw, 5);
+                    let mut y = vec![0.0; s.cout * o * o];
+                    let mut scratch = vec![0.0; kern.scratch_len()];
+                    Box::new(move || kern.run(&packed, Some(&bias), black_box(&x), None, &mut y, &mut scratch))
+                }
+            }),
         });
+        if kern.algorithm() == "im2col_gemm" {
+            // The im2col packing alone; "FLOP/s" here = the conv's FLOPs over the packing
+            // time, i.e. how fast the packing would let the conv run if it were free.
+            out.push(Case {
+                group: "im2col_only",
+                name: s.name.to_string(),
+                isa,
+                algorithm: "pack",
+                work: kern.flops(),
+                bytes: false,
+                make: Box::new(move || {
+                    let x = values(s.cin * s.hw * s.hw, 5);
+                    let mut scratch = vec![0.0; kern.scratch_len()];
+                    Box::new(move || kern.pack_only(black_box(&x), &mut scratch))
+                }),
+            });
+        }
     }
 }
 
@@ -264,13 +297,6 @@ fn linear_cases(isa: Isa, out: &mut Vec<Case>) {
     for (fi, fo, n) in [(512, 1000, 1), (1280, 1000, 1), (4096, 4096, 1), (1280, 1000, 16)] {
         let l = Linear { in_features: fi, out_features: fo, weight: 0, bias: Some(1), activation: Activation::Identity };
         let kern = LinearKernel::new(isa, &l, n);
-        let w = values(fi * fo, 6);
-        let mut packed = vec![0.0; kern.packed_weight_len()];
-        kern.pack_weights(&w, &mut packed);
-        let bias = values(fo, 7);
-        let x = values(n * fi, 8);
-        let mut y = vec![0.0; n * fo];
-        let mut scratch = vec![0.0; kern.scratch_len()];
         out.push(Case {
             group: "linear",
             name: format!("{fi}-{fo}_batch{n}"),
@@ -278,7 +304,16 @@ fn linear_cases(isa: Isa, out: &mut Vec<Case>) {
             algorithm: kern.algorithm(),
             work: if n == 1 { (4 * fi * fo) as u64 } else { kern.flops(n) },
             bytes: n == 1,
-            run: Box::new(move || kern.run(&packed, Some(&bias), black_box(&x), n, None, &mut y, &mut scratch)),
+            make: Box::new(move || {
+                let w = values(fi * fo, 6);
+                let mut packed = vec![0.0; kern.packed_weight_len()];
+                kern.pack_weights(&w, &mut packed);
+                let bias = values(fo, 7);
+                let x = values(n * fi, 8);
+                let mut y = vec![0.0; n * fo];
+                let mut scratch = vec![0.0; kern.scratch_len()];
+                Box::new(move || kern.run(&packed, Some(&bias), black_box(&x), n, None, &mut y, &mut scratch))
+            }),
         });
     }
 }
@@ -295,10 +330,17 @@ fn all_cases() -> Vec<Case> {
 }
 
 fn bench_kernels(c: &mut Criterion<ThreadCpu>) {
-    for mut case in all_cases() {
+    for case in all_cases() {
         let mut g = c.benchmark_group(case.group);
         g.throughput(if case.bytes { Throughput::Bytes(case.work) } else { Throughput::Elements(case.work) });
-        g.bench_function(BenchmarkId::new(format!("{}/{}", case.name, case.algorithm), case.isa.name()), |b| b.iter(&mut case.run));
+        let id = BenchmarkId::new(format!("{}/{}", case.name, case.algorithm), case.isa.name());
+        let mut run: Option<Box<dyn FnMut()>> = None;
+        let mut make = Some(case.make);
+        g.bench_function(id, |b| {
+            // Build the data only if criterion's filter selected this benchmark.
+            let r = run.get_or_insert_with(|| (make.take().unwrap())());
+            b.iter(&mut *r)
+        });
         g.finish();
     }
 }
@@ -343,12 +385,12 @@ fn table(filter: Option<&str>) {
     println!("measured register-only FMA peak of this core: {measured_peak:.1} GFLOP/s\n");
     println!("| kernel | shape | algorithm | tier | time | GFLOP/s (GB/s) | % of 117 | % of measured peak |");
     println!("|---|---|---|---|---|---|---|---|");
-    for mut case in all_cases() {
-        let id = format!("{}/{}/{}", case.group, case.name, case.isa.name());
-        if filter.is_some_and(|f| !id.contains(f)) {
+    for case in all_cases() {
+        if filter.is_some_and(|f| !case.id().contains(f)) {
             continue;
         }
-        let ns = best(&mut case.run);
+        let mut run = (case.make)();
+        let ns = best(&mut *run);
         let rate = case.work as f64 / ns;
         let (unit, pct, pctm) = if case.bytes {
             ("GB/s", "—".to_string(), "—".to_string())

@@ -311,6 +311,37 @@ impl ConvKernel {
         self.block(packed_weights, bias, x, residual, out, scratch, g, m0, m1, nt);
     }
 
+    /// Packs every B block of group 0 without multiplying (benchmarks the im2col alone).
+    #[doc(hidden)]
+    pub fn pack_only(&self, x: &[f32], scratch: &mut [f32]) {
+        let plane = self.h * self.w;
+        let im2col = Im2col {
+            isa: self.isa,
+            x: &x[..self.cig * plane],
+            h: self.h,
+            w: self.w,
+            kh: self.kernel[0],
+            kw: self.kernel[1],
+            sh: self.stride[0],
+            sw: self.stride[1],
+            dh: self.dilation[0],
+            dw: self.dilation[1],
+            pt: self.pads[0],
+            pl: self.pads[1],
+            ow: self.ow,
+        };
+        let u = ukr(self.isa);
+        for n0 in (0..self.n).step_by(self.nc) {
+            let nc = self.nc.min(self.n - n0);
+            for k0 in (0..self.k).step_by(self.kc) {
+                let kc = self.kc.min(self.k - k0);
+                let len = kc * nc.div_ceil(u.nr) * u.nr;
+                let (dst, tmp) = scratch.split_at_mut(len);
+                gemm::pack_block(u, &im2col, k0, kc, n0, nc, dst, tmp);
+            }
+        }
+    }
+
     /// Output channels `m0..m1` of group `g`, N block `nt`.
     ///
     /// Safety: arguments checked by `check`; `m0` a multiple of MR_PACK; no concurrent

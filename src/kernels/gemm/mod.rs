@@ -93,9 +93,11 @@ pub(crate) struct Ukr {
     pub full: [UKernel; MR_MAX + 1],
     /// Masked tiles, any `nv < nr`.
     pub tail: [UKernel; MR_MAX + 1],
-    /// Masked tiles for `nv <= narrow_max` (half width), cheaper than `tail`.
+    /// Masked tiles for `nv <= narrow_max` (half width), cheaper than `tail`, up to
+    /// `narrow_mr` rows (half-width tiles have registers for more rows).
     pub narrow: [UKernel; MR_MAX + 1],
     pub narrow_max: usize,
+    pub narrow_mr: usize,
 }
 
 /// The micro-kernel table for a tier the CPU supports (clamped to what it has).
@@ -165,6 +167,9 @@ pub fn pack_b_transposed(n: usize, k: usize, bt: &[f32], ldbt: usize, packed: &m
     }
 }
 
+/// Elements past the end of a row that [`PackB::row`] may clobber (one zmm).
+pub const ROW_SLACK: usize = 16;
+
 /// A producer of B rows (e.g. im2col): the driver asks for rows of a `kc × nc` block and
 /// scatters them into the micro-kernel's `nr`-wide panels itself.
 pub trait PackB: Sync {
@@ -173,15 +178,17 @@ pub trait PackB: Sync {
         let _ = (k, n0, len);
         None
     }
-    /// Writes row `k` of B, columns `n0 .. n0 + row.len()`, into `row`. Called only when
-    /// `row_slice` returns `None`.
-    fn row(&self, k: usize, n0: usize, row: &mut [f32]);
+    /// Writes row `k` of B, columns `n0 .. n0 + nc`, into `row[..nc]`. `row` has
+    /// [`ROW_SLACK`] more elements, which may be overwritten with anything. Called only
+    /// when `row_slice` returns `None`.
+    fn row(&self, k: usize, n0: usize, nc: usize, row: &mut [f32]);
     /// Packs a whole block straight into the panel layout of [`pack_block`], if this
     /// source has a faster way than row by row; returns `false` to use the rows.
-    /// `dst` holds `kc · ceil(nc/nr) · nr` elements; columns past `nc` may be written
-    /// with anything.
-    fn pack_panels(&self, k0: usize, kc: usize, n0: usize, nc: usize, nr: usize, dst: &mut [f32]) -> bool {
-        let _ = (k0, kc, n0, nc, nr, dst);
+    /// `dst` holds `kc · ceil(nc/nr) · nr` elements (columns past `nc` may be written
+    /// with anything); `tmp` holds `nc + ROW_SLACK`.
+    #[allow(clippy::too_many_arguments)]
+    fn pack_panels(&self, isa: Isa, k0: usize, kc: usize, n0: usize, nc: usize, nr: usize, dst: &mut [f32], tmp: &mut [f32]) -> bool {
+        let _ = (isa, k0, kc, n0, nc, nr, dst, tmp);
         false
     }
 }
@@ -196,17 +203,18 @@ impl PackB for PlainB<'_> {
     fn row_slice(&self, k: usize, n0: usize, len: usize) -> Option<&[f32]> {
         Some(&self.b[k * self.ldb + n0..][..len])
     }
-    fn row(&self, k: usize, n0: usize, row: &mut [f32]) {
-        let len = row.len();
-        row.copy_from_slice(&self.b[k * self.ldb + n0..][..len]);
+    fn row(&self, k: usize, n0: usize, nc: usize, row: &mut [f32]) {
+        row[..nc].copy_from_slice(&self.b[k * self.ldb + n0..][..nc]);
     }
 }
 
 /// Packs `B[k0 .. k0+kc, n0 .. n0+nc]` into `dst` as panels of `nr` columns, K-major:
 /// element `(k, j)` at `((j−n0)/nr)·kc·nr + (k−k0)·nr + (j−n0)%nr`; the columns of the
-/// last panel past `nc` are left as they are (the kernels mask them). `tmp` holds `nc`.
+/// last panel past `nc` are left as they are (the kernels mask them). `tmp` holds
+/// `nc + ROW_SLACK`.
+#[doc(hidden)]
 pub(crate) fn pack_block(u: &Ukr, src: &dyn PackB, k0: usize, kc: usize, n0: usize, nc: usize, dst: &mut [f32], tmp: &mut [f32]) {
-    if src.pack_panels(k0, kc, n0, nc, u.nr, dst) {
+    if src.pack_panels(u.isa, k0, kc, n0, nc, u.nr, dst, tmp) {
         return;
     }
     match (u.isa, u.nr) {
@@ -237,28 +245,36 @@ unsafe fn pack_block_avx512(src: &dyn PackB, k0: usize, kc: usize, n0: usize, nc
     pack_block_nr::<32>(src, k0, kc, n0, nc, dst, tmp)
 }
 
+/// Copies a contiguous row of `nc` columns into row `kk` of the panels (`kc` rows,
+/// `NR` columns each) of `dst`.
 #[inline(always)]
-fn pack_block_nr<const NR: usize>(src: &dyn PackB, k0: usize, kc: usize, n0: usize, nc: usize, dst: &mut [f32], tmp: &mut [f32]) {
+pub(crate) fn scatter_row<const NR: usize>(row: &[f32], dst: &mut [f32], kk: usize, kc: usize) {
+    let nc = row.len();
     let full = nc / NR;
     let rem = nc % NR;
-    assert!(dst.len() >= kc * nc.div_ceil(NR) * NR && tmp.len() >= nc);
+    for p in 0..full {
+        // Constant-size copies: inlined vector moves, no memcpy call.
+        let d: &mut [f32; NR] = (&mut dst[p * kc * NR + kk * NR..][..NR]).try_into().unwrap();
+        let s: &[f32; NR] = row[p * NR..][..NR].try_into().unwrap();
+        *d = *s;
+    }
+    if rem > 0 {
+        dst[full * kc * NR + kk * NR..][..rem].copy_from_slice(&row[full * NR..]);
+    }
+}
+
+#[inline(always)]
+fn pack_block_nr<const NR: usize>(src: &dyn PackB, k0: usize, kc: usize, n0: usize, nc: usize, dst: &mut [f32], tmp: &mut [f32]) {
+    assert!(dst.len() >= kc * nc.div_ceil(NR) * NR && tmp.len() >= nc + ROW_SLACK);
     for kk in 0..kc {
         let row: &[f32] = match src.row_slice(k0 + kk, n0, nc) {
             Some(r) => r,
             None => {
-                src.row(k0 + kk, n0, &mut tmp[..nc]);
+                src.row(k0 + kk, n0, nc, &mut tmp[..nc + ROW_SLACK]);
                 &tmp[..nc]
             }
         };
-        for p in 0..full {
-            // Constant-size copies: inlined vector moves, no memcpy call.
-            let d: &mut [f32; NR] = (&mut dst[p * kc * NR + kk * NR..][..NR]).try_into().unwrap();
-            let s: &[f32; NR] = row[p * NR..][..NR].try_into().unwrap();
-            *d = *s;
-        }
-        if rem > 0 {
-            dst[full * kc * NR + kk * NR..][..rem].copy_from_slice(&row[full * NR..]);
-        }
+        scatter_row::<NR>(row, dst, kk, kc);
     }
 }
 
@@ -377,7 +393,7 @@ pub(crate) struct Tile {
 /// Scratch (f32 elements) that [`drive`] needs for a packed B block, including room to
 /// align it to 64 bytes.
 pub(crate) fn pack_scratch_len(kc: usize, nc: usize, nr: usize) -> usize {
-    kc * nc.div_ceil(nr) * nr + nc + 16
+    kc * nc.div_ceil(nr) * nr + nc + ROW_SLACK + 16
 }
 
 /// Splits a panel of `h` rows into slivers of at most `mr` rows, as even as possible.
@@ -454,13 +470,18 @@ pub(crate) unsafe fn drive(u: &Ukr, t: &Tile, b: &BSrc, scratch: &mut [f32]) {
                 };
                 kern(kcur, a, lda, bp, ldb, t.c.add(r0 * t.ldc + j), t.ldc, nv, &st);
             };
+            // The last column chunk, when narrow, runs with taller slivers.
+            let tail_nv = ncur % nr;
+            let narrow_tail = tail_nv != 0 && tail_nv <= u.narrow_max && u.narrow_mr != u.mr;
+            let wide_end = if narrow_tail { jb + ncur - tail_nv } else { jb + ncur };
             if prepacked {
                 // B sliver (kc × nr) stays in L1 while the rows of A stream past it.
                 for j in (jb..jb + ncur).step_by(nr) {
+                    let smr = if j >= wide_end { u.narrow_mr } else { u.mr };
                     for p0 in (0..m).step_by(MR_PACK) {
                         let h = MR_PACK.min(m - p0);
                         let ap = t.a.add(p0 * k + k0 * h);
-                        for (s0, mr) in slivers(h, u.mr) {
+                        for (s0, mr) in slivers(h, smr) {
                             call(p0 + s0, mr, ap.add(s0), h, j);
                         }
                     }
@@ -471,8 +492,13 @@ pub(crate) unsafe fn drive(u: &Ukr, t: &Tile, b: &BSrc, scratch: &mut [f32]) {
                     let h = MR_PACK.min(m - p0);
                     let ap = t.a.add(p0 * k + k0 * h);
                     for (s0, mr) in slivers(h, u.mr) {
-                        for j in (jb..jb + ncur).step_by(nr) {
+                        for j in (jb..wide_end).step_by(nr) {
                             call(p0 + s0, mr, ap.add(s0), h, j);
+                        }
+                    }
+                    if narrow_tail {
+                        for (s0, mr) in slivers(h, u.narrow_mr) {
+                            call(p0 + s0, mr, ap.add(s0), h, wide_end);
                         }
                     }
                 }
