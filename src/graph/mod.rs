@@ -267,6 +267,19 @@ impl Op {
         }
     }
 
+    /// Mutable access to the weight ids, in the same order as [`Op::weight_ids`].
+    pub fn weight_ids_mut(&mut self) -> Vec<&mut WeightId> {
+        match self {
+            Op::Conv(c) => std::iter::once(&mut c.weight).chain(c.bias.as_mut()).collect(),
+            Op::Linear(l) => std::iter::once(&mut l.weight).chain(l.bias.as_mut()).collect(),
+            Op::ChannelAffine { scale, shift, .. } => scale.as_mut().into_iter().chain(shift.as_mut()).collect(),
+            Op::PRelu { slope } => vec![slope],
+            Op::LayerNorm { scale, bias, .. } => std::iter::once(scale).chain(bias.as_mut()).collect(),
+            Op::InstanceNorm { scale, bias, .. } => vec![scale, bias],
+            _ => Vec::new(),
+        }
+    }
+
     /// The activation fused into this op's store, if it has a slot for one.
     pub fn fused_activation_mut(&mut self) -> Option<&mut Activation> {
         match self {
