@@ -88,7 +88,7 @@ impl ConvKernel {
         let one_by_one = conv.kernel == [1, 1] && conv.stride == [1, 1] && conv.pads == [0, 0, 0, 0];
         let algo = if !one_by_one {
             Algo::Im2col
-        } else if conv.out_channels / conv.groups.max(1) <= 4 * MR_PACK {
+        } else if gemm::prefer_direct_b(conv.out_channels / conv.groups.max(1), conv.in_channels / conv.groups.max(1), in_shape[1] * in_shape[2]) {
             Algo::Gemm1x1
         } else {
             Algo::Gemm1x1Packed

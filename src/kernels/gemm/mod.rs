@@ -422,7 +422,11 @@ pub(crate) unsafe fn drive(u: &Ukr, t: &Tile, b: &BSrc, scratch: &mut [f32]) {
     let off = scratch.as_ptr().align_offset(64).min(16);
     let kc_max = t.kc.max(1);
     let nblocks_k = k.div_ceil(kc_max).max(1);
-    let prepacked = matches!(b, BSrc::Prepacked { .. });
+    // Loop order: with B packed per block, the A sliver (mr × kc) stays in L1 while the
+    // packed block streams from L2 (B is written once, read once per sliver). With B
+    // read in place (constant or direct), each B sliver (kc × nr) stays in L1 while the
+    // rows of A stream past it, so B comes from memory once.
+    let b_outer = !matches!(b, BSrc::Pack { .. });
     for jb in (0..n).step_by(t.nc) {
         let ncur = t.nc.min(n - jb);
         for kb in 0..nblocks_k {
@@ -474,8 +478,7 @@ pub(crate) unsafe fn drive(u: &Ukr, t: &Tile, b: &BSrc, scratch: &mut [f32]) {
             let tail_nv = ncur % nr;
             let narrow_tail = tail_nv != 0 && tail_nv <= u.narrow_max && u.narrow_mr != u.mr;
             let wide_end = if narrow_tail { jb + ncur - tail_nv } else { jb + ncur };
-            if prepacked {
-                // B sliver (kc × nr) stays in L1 while the rows of A stream past it.
+            if b_outer {
                 for j in (jb..jb + ncur).step_by(nr) {
                     let smr = if j >= wide_end { u.narrow_mr } else { u.mr };
                     for p0 in (0..m).step_by(MR_PACK) {
@@ -487,7 +490,6 @@ pub(crate) unsafe fn drive(u: &Ukr, t: &Tile, b: &BSrc, scratch: &mut [f32]) {
                     }
                 }
             } else {
-                // A sliver (mr × kc) stays in L1 while the B block streams from L2.
                 for p0 in (0..m).step_by(MR_PACK) {
                     let h = MR_PACK.min(m - p0);
                     let ap = t.a.add(p0 * k + k0 * h);
@@ -563,10 +565,17 @@ pub struct Gemm {
     mode: BMode,
 }
 
+/// Whether reading B in place beats packing it, for an `m × k` by `k × n` product: yes
+/// when the rows of A for one K block fit comfortably in L2 (they stream past each B
+/// sliver held in L1) and B rows are long enough for whole cache lines.
+pub fn prefer_direct_b(m: usize, k: usize, n: usize) -> bool {
+    m * k.min(256) <= 40 * 1024 && n >= 64
+}
+
 impl Gemm {
     /// Plans for `isa` (clamped to what this CPU supports).
     pub fn new(isa: Isa, m: usize, n: usize, k: usize) -> Gemm {
-        let mode = if m <= 2 * MR_PACK { BMode::Direct } else { BMode::Packed };
+        let mode = if prefer_direct_b(m, k, n) { BMode::Direct } else { BMode::Packed };
         Gemm::with_mode(isa, m, n, k, mode)
     }
 
