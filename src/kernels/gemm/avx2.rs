@@ -143,6 +143,26 @@ unsafe fn ukr<const R: usize, const NV: usize, const MASKED: bool>(
     }
 }
 
+macro_rules! table12 {
+    ($nv:literal, $masked:literal) => {
+        [
+            ukr::<1, $nv, $masked> as UKernel, // index 0 unused
+            ukr::<1, $nv, $masked>,
+            ukr::<2, $nv, $masked>,
+            ukr::<3, $nv, $masked>,
+            ukr::<4, $nv, $masked>,
+            ukr::<5, $nv, $masked>,
+            ukr::<6, $nv, $masked>,
+            ukr::<7, $nv, $masked>,
+            ukr::<8, $nv, $masked>,
+            ukr::<9, $nv, $masked>,
+            ukr::<10, $nv, $masked>,
+            ukr::<11, $nv, $masked>,
+            ukr::<12, $nv, $masked>,
+        ]
+    };
+}
+
 macro_rules! table {
     ($nv:literal, $masked:literal) => {
         [
@@ -172,6 +192,8 @@ pub(crate) static UKR: Ukr = Ukr {
     nr: 16,
     full: table!(2, false),
     tail: table!(2, true),
-    narrow: table!(1, true),
+    // One ymm per row: 12 accumulators fit, so a narrow tile takes a whole panel.
+    narrow: table12!(1, true),
     narrow_max: 8,
+    narrow_mr: 12,
 };

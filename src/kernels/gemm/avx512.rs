@@ -174,4 +174,5 @@ pub(crate) static UKR: Ukr = Ukr {
     tail: table!(2, true),
     narrow: table!(1, true),
     narrow_max: 16,
+    narrow_mr: MR,
 };

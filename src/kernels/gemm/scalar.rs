@@ -102,4 +102,5 @@ pub(crate) static UKR: Ukr = Ukr {
     tail: table!(false),
     narrow: table!(false),
     narrow_max: NR,
+    narrow_mr: MR,
 };
