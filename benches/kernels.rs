@@ -214,6 +214,9 @@ fn gemm_cases(isa: Isa, out: &mut Vec<Case>) {
         (64, 3136, 576, BMode::Direct),
         (64, 224, 288, BMode::Packed),
         (64, 224, 288, BMode::Direct),
+        (512, 49, 4608, BMode::Packed),
+        (24, 49, 4608, BMode::Packed),
+        (24, 64, 4608, BMode::Packed),
     ] {
         out.push(Case {
             group: "gemm",

@@ -70,6 +70,10 @@ pub(crate) struct Store {
     pub bias_col: *const f32,
     pub residual: *const f32,
     pub act: Activation,
+    /// When not null, the kernel prefetches `pf + k·pf_stride` at step `k`: the A rows
+    /// the driver will need next, so they stream in while this tile computes.
+    pub pf: *const f32,
+    pub pf_stride: usize,
 }
 
 /// A micro-kernel: `C[mr × nv] (+)= A[mr × kc] · B[kc × nv]` with the epilogue of `st`.
@@ -98,6 +102,48 @@ pub(crate) struct Ukr {
     pub narrow: [UKernel; MR_MAX + 1],
     pub narrow_max: usize,
     pub narrow_mr: usize,
+    /// Column-tail kernels, indexed by the number of columns `1..=tcol_max`: they take a
+    /// whole A panel (`lda` = its height ≤ 12 rows, contiguous at each k) and vectorize
+    /// over its rows instead of over columns, so a tail of a few columns costs a few
+    /// FMAs per k instead of a whole row-vector tile. Same FMA chain per element as the
+    /// other kernels.
+    pub tcol: [UKernel; 9],
+    pub tcol_max: usize,
+}
+
+/// How a block's columns are covered.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// `nr` columns (or fewer, masked), `mr`-row slivers.
+    Wide,
+    /// At most `narrow_max` columns, `narrow_mr`-row slivers.
+    Narrow,
+    /// At most `tcol_max` columns, whole panels.
+    TCol,
+}
+
+/// Column chunks `(start, width, kind)` of a block of `ncur` columns from `jb`.
+fn chunks(u: &Ukr, jb: usize, ncur: usize) -> impl Iterator<Item = (usize, usize, Chunk)> {
+    let nr = u.nr;
+    let full = ncur / nr;
+    let r = ncur % nr;
+    let (wide_tail, narrow, tcol) = if r == 0 {
+        (0, 0, 0)
+    } else if r > u.narrow_max + u.tcol_max {
+        (r, 0, 0)
+    } else if r > u.narrow_max {
+        (0, u.narrow_max, r - u.narrow_max)
+    } else if r <= u.tcol_max {
+        (0, 0, r)
+    } else {
+        (0, r, 0)
+    };
+    let tail_start = jb + full * nr;
+    (0..full)
+        .map(move |i| (jb + i * nr, nr, Chunk::Wide))
+        .chain((wide_tail > 0).then_some((tail_start, wide_tail, Chunk::Wide)))
+        .chain((narrow > 0).then_some((tail_start, narrow, Chunk::Narrow)))
+        .chain((tcol > 0).then_some((tail_start + narrow, tcol, Chunk::TCol)))
 }
 
 /// The micro-kernel table for a tier the CPU supports (clamped to what it has).
@@ -454,15 +500,10 @@ pub(crate) unsafe fn drive(u: &Ukr, t: &Tile, b: &BSrc, scratch: &mut [f32]) {
                     }
                 }
             };
-            let call = |r0: usize, mr: usize, a: *const f32, lda: usize, j: usize| {
-                let nv = nr.min(jb + ncur - j);
-                let kern = if nv == nr {
-                    u.full[mr]
-                } else if nv <= u.narrow_max {
-                    u.narrow[mr]
-                } else {
-                    u.tail[mr]
-                };
+            // One kernel call: rows r0 .. r0+mr (A at `a`, K stride `lda`), columns
+            // j .. j+nv, with `kern` of the right kind.
+            let call = |kern: UKernel, r0: usize, mr: usize, a: *const f32, lda: usize, j: usize, nv: usize, pf: (*const f32, usize)| {
+                let _ = mr;
                 let (bp, ldb) = bcol(j);
                 let st = Store {
                     load_c: !first || t.accumulate,
@@ -471,43 +512,82 @@ pub(crate) unsafe fn drive(u: &Ukr, t: &Tile, b: &BSrc, scratch: &mut [f32]) {
                     bias_col: if t.bias_col.is_null() { t.bias_col } else { t.bias_col.add(j) },
                     residual: if t.residual.is_null() { t.residual } else { t.residual.add(r0 * t.ldc + j) },
                     act: t.act,
+                    pf: pf.0,
+                    pf_stride: pf.1,
                 };
                 kern(kcur, a, lda, bp, ldb, t.c.add(r0 * t.ldc + j), t.ldc, nv, &st);
             };
-            // The last column chunk, when narrow, runs with taller slivers.
-            let tail_nv = ncur % nr;
-            let narrow_tail = tail_nv != 0 && tail_nv <= u.narrow_max && u.narrow_mr != u.mr;
-            let wide_end = if narrow_tail { jb + ncur - tail_nv } else { jb + ncur };
-            if b_outer {
-                for j in (jb..jb + ncur).step_by(nr) {
-                    let smr = if j >= wide_end { u.narrow_mr } else { u.mr };
-                    for p0 in (0..m).step_by(MR_PACK) {
-                        let h = MR_PACK.min(m - p0);
-                        let ap = t.a.add(p0 * k + k0 * h);
-                        for (s0, mr) in slivers(h, smr) {
-                            call(p0 + s0, mr, ap.add(s0), h, j);
+            // Every sliver of one panel (rows p0 .. p0+h) against one column chunk.
+            let panel_chunk = |p0: usize, h: usize, (j, nv, kind): (usize, usize, Chunk), pf: (*const f32, usize)| {
+                let ap = t.a.add(p0 * k + k0 * h);
+                match kind {
+                    Chunk::TCol => call(u.tcol[nv], p0, h, ap, h, j, nv, pf),
+                    Chunk::Narrow => {
+                        for (si, (s0, mr)) in slivers(h, u.narrow_mr).enumerate() {
+                            call(u.narrow[mr], p0 + s0, mr, ap.add(s0), h, j, nv, if si == 0 { pf } else { NO_PF });
                         }
+                    }
+                    Chunk::Wide => {
+                        for (si, (s0, mr)) in slivers(h, u.mr).enumerate() {
+                            let kern = if nv == nr {
+                                u.full[mr]
+                            } else if nv <= u.narrow_max {
+                                u.narrow[mr]
+                            } else {
+                                u.tail[mr]
+                            };
+                            call(kern, p0 + s0, mr, ap.add(s0), h, j, nv, if si == 0 { pf } else { NO_PF });
+                        }
+                    }
+                }
+            };
+            if b_outer {
+                for ch in chunks(u, jb, ncur) {
+                    for p0 in (0..m).step_by(MR_PACK) {
+                        panel_chunk(p0, MR_PACK.min(m - p0), ch, NO_PF);
                     }
                 }
             } else {
                 for p0 in (0..m).step_by(MR_PACK) {
                     let h = MR_PACK.min(m - p0);
+                    // While the first tile of this panel computes, prefetch the next
+                    // panel's rows of this K block (it may be coming from L3).
+                    let next = p0 + MR_PACK;
+                    let mut pf = if next < m {
+                        let hn = MR_PACK.min(m - next);
+                        (t.a.add(next * k + k0 * hn), hn)
+                    } else {
+                        NO_PF
+                    };
                     let ap = t.a.add(p0 * k + k0 * h);
+                    // Wide chunks sliver-major, so each A sliver stays in L1 across them.
                     for (s0, mr) in slivers(h, u.mr) {
-                        for j in (jb..wide_end).step_by(nr) {
-                            call(p0 + s0, mr, ap.add(s0), h, j);
+                        for (j, nv, kind) in chunks(u, jb, ncur) {
+                            if kind != Chunk::Wide {
+                                continue;
+                            }
+                            let kern = if nv == nr {
+                                u.full[mr]
+                            } else if nv <= u.narrow_max {
+                                u.narrow[mr]
+                            } else {
+                                u.tail[mr]
+                            };
+                            call(kern, p0 + s0, mr, ap.add(s0), h, j, nv, pf);
+                            pf = NO_PF;
                         }
                     }
-                    if narrow_tail {
-                        for (s0, mr) in slivers(h, u.narrow_mr) {
-                            call(p0 + s0, mr, ap.add(s0), h, wide_end);
-                        }
+                    for ch in chunks(u, jb, ncur).filter(|c| c.2 != Chunk::Wide) {
+                        panel_chunk(p0, h, ch, pf);
+                        pf = NO_PF;
                     }
                 }
             }
         }
     }
 }
+
+const NO_PF: (*const f32, usize) = (std::ptr::null(), 0);
 
 /// Applies `act` to an `mr × nv` tile in place with the scalar definition (the
 /// activations the vector epilogues do not cover: sigmoid, SiLU, tanh).

@@ -103,4 +103,7 @@ pub(crate) static UKR: Ukr = Ukr {
     narrow: table!(false),
     narrow_max: NR,
     narrow_mr: MR,
+    // No column-tail kernels: the portable tiles are only 8 wide.
+    tcol: [ukr::<1, false>; 9],
+    tcol_max: 0,
 };
