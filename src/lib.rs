@@ -5,13 +5,26 @@
 //! then [`Model::open`] maps and validates the file once, [`Model::session`] plans kernels
 //! and a workspace, and [`Session::run`] runs it as many times as needed.
 
+// Kernels take shapes, weights, inputs, outputs and scratch as separate slices on purpose
+// (no hidden state, no allocation), so long argument lists are the norm here.
+#![allow(clippy::too_many_arguments)]
+
+pub mod convert;
 pub mod error;
 pub mod format;
 pub mod graph;
+pub mod input;
+pub mod inspect;
 pub mod kernels;
 pub mod limits;
+pub mod model;
 pub mod onnx;
 pub mod passes;
+pub mod plan;
+pub mod session;
 pub mod simd;
 
 pub use error::{Error, Result};
+pub use model::Model;
+pub use session::{Session, SessionOptions, Threads};
+pub use simd::Isa;

@@ -1,1 +1,298 @@
-fn main() {}
+//! The `cnnrt` command line: inspect, convert, run, bench.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+use cnnrt::convert::{convert_file, convert_onnx, ConvertOptions};
+use cnnrt::format::ChannelOrder;
+use cnnrt::graph::stats::total_macs;
+use cnnrt::inspect::{layer_table, thousands};
+use cnnrt::{Error, Isa, Model, Result, SessionOptions, Threads};
+
+#[derive(Parser)]
+#[command(name = "cnnrt", version, about = "A CPU inference runtime for convolutional neural networks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print a per-layer table (output size, weights, parameters, multiply-adds,
+    /// receptive field, output stride, kernel) of a .cnnrt or .onnx model.
+    Inspect {
+        model: PathBuf,
+        /// Highest kernel tier to plan with (avx512, avx2, scalar); also CNNRT_MAX_ISA.
+        #[arg(long)]
+        isa: Option<Isa>,
+    },
+    /// Convert an ONNX model to .cnnrt (BatchNorm folded, activations fused).
+    Convert {
+        onnx: PathBuf,
+        /// Output file.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Class labels, one per line.
+        #[arg(long)]
+        labels: Option<PathBuf>,
+        /// Per-channel mean subtracted from pixels scaled to [0,1], e.g. 0.485,0.456,0.406.
+        #[arg(long, value_delimiter = ',')]
+        mean: Vec<f32>,
+        /// Per-channel std dividing them, e.g. 0.229,0.224,0.225.
+        #[arg(long, value_delimiter = ',')]
+        std: Vec<f32>,
+        /// The model expects BGR channel order (default RGB; gray for 1 channel).
+        #[arg(long)]
+        bgr: bool,
+    },
+    /// Run a model on an .npy tensor, an image (PNG/JPEG) or a folder of images.
+    Run {
+        model: PathBuf,
+        input: PathBuf,
+        /// Write the raw output tensor here as .npy.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// How many classes to print per sample.
+        #[arg(long, default_value_t = 5)]
+        top: usize,
+        #[arg(long)]
+        isa: Option<Isa>,
+        /// Kernel threads (1 = the calling thread only).
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+    },
+    /// Time a model: open, first run, latency percentiles, images/s, GFLOP/s.
+    Bench {
+        model: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Timed runs (after 3 warm-up runs).
+        #[arg(long, default_value_t = 50)]
+        iters: usize,
+        #[arg(long)]
+        isa: Option<Isa>,
+        /// Print one JSON object as the last line.
+        #[arg(long)]
+        json: bool,
+        /// Also print per-layer time, share, GFLOP/s, % of peak and kernel (medians).
+        #[arg(long)]
+        profile: bool,
+        /// FP32 peak of one core in GFLOP/s, for the profile's % of peak.
+        #[arg(long, default_value_t = 117.0)]
+        peak_gflops: f64,
+    },
+}
+
+fn threads_option(n: usize) -> Threads {
+    if n <= 1 {
+        Threads::Caller
+    } else {
+        Threads::Count(n)
+    }
+}
+
+fn is_onnx(p: &Path) -> bool {
+    p.extension().and_then(|e| e.to_str()).is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
+}
+
+fn inspect(model: &Path, isa: Option<Isa>) -> Result<()> {
+    if is_onnx(model) {
+        let bytes = std::fs::read(model).map_err(|e| Error::io(model, e))?;
+        let c = convert_onnx(&bytes, &ConvertOptions::default())?;
+        println!("{} (ONNX, opset {}; shown after BatchNorm folding and fusion)", model.display(), c.metadata.source_opset);
+        print!("{}", layer_table(&c.graph, None, &[]));
+        return Ok(());
+    }
+    let m = Model::open(model)?;
+    let session = m.session(SessionOptions { max_isa: isa, ..Default::default() })?;
+    let meta = m.metadata();
+    println!("{}", model.display());
+    println!("  producer: {}", meta.producer);
+    println!("  input '{}': {:?}, channel order {:?}, mean {:?}, std {:?}", meta.input_name, m.input_shape(), meta.channel_order, meta.mean, meta.std);
+    println!("  labels: {}", if meta.labels.is_empty() { "none".to_string() } else { format!("{} ({}, ...)", meta.labels.len(), meta.labels[0]) });
+    println!("  kernels: {}, workspace {} bytes at batch 1", session.isa(), thousands(session.workspace_bytes()));
+    let notes: Vec<(String, Option<f64>)> = meta.layer_notes.iter().map(|n| (n.node.clone(), n.relative_error)).collect();
+    print!("{}", layer_table(m.graph(), Some(&session.algorithms()), &notes));
+    Ok(())
+}
+
+fn read_labels(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    Ok(text.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect())
+}
+
+fn run(model: &Path, input: &Path, output: Option<&Path>, top: usize, isa: Option<Isa>, threads: usize) -> Result<()> {
+    let m = Model::open(model)?;
+    let batch = cnnrt::input::load_input(input, m.input_shape(), m.metadata())?;
+    let mut session = m.session(SessionOptions { max_batch: batch.batch, max_isa: isa, threads: threads_option(threads) })?;
+    let out = session.run(&batch.data, batch.batch)?;
+    let per = out.len() / batch.batch;
+    let labels = &m.metadata().labels;
+    for s in 0..batch.batch {
+        let row = &out[s * per..(s + 1) * per];
+        let name = batch.sources.get(s).filter(|_| batch.sources.len() == batch.batch).map(|p| p.display().to_string()).unwrap_or_else(|| format!("sample {s}"));
+        let mut idx: Vec<usize> = (0..per).collect();
+        idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+        let shown: Vec<String> = idx
+            .iter()
+            .take(top.min(per))
+            .map(|&i| match labels.get(i) {
+                Some(l) => format!("{l} ({:.4})", row[i]),
+                None => format!("#{i} ({:.4})", row[i]),
+            })
+            .collect();
+        println!("{name}: {}", shown.join(", "));
+    }
+    if let Some(path) = output {
+        let mut shape = vec![batch.batch];
+        shape.extend_from_slice(m.output_shape());
+        cnnrt::input::write_npy(path, out, &shape)?;
+        println!("wrote {} {:?}", path.display(), shape);
+    }
+    Ok(())
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn bench(model: &Path, threads: usize, batch: usize, iters: usize, isa: Option<Isa>, json: bool, profile: Option<f64>) -> Result<()> {
+    let t0 = Instant::now();
+    let m = Model::open(model)?;
+    let open_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let t1 = Instant::now();
+    let mut session = m.session(SessionOptions { max_batch: batch, max_isa: isa, threads: threads_option(threads) })?;
+    let session_ms = t1.elapsed().as_secs_f64() * 1e3;
+    let sample: usize = m.input_shape().iter().product();
+    // A fixed pseudo-random input: timings must not depend on the data, but zeros could.
+    let mut state = 0x2545F4914F6CDD1Du64;
+    let input: Vec<f32> = (0..sample * batch)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        })
+        .collect();
+    let t2 = Instant::now();
+    session.run(&input, batch)?;
+    let first_run_ms = t2.elapsed().as_secs_f64() * 1e3;
+    for _ in 0..3 {
+        session.run(&input, batch)?;
+    }
+    let mut times = Vec::with_capacity(iters.max(1));
+    for _ in 0..iters.max(1) {
+        let t = Instant::now();
+        session.run(&input, batch)?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    let median = percentile(&times, 0.5);
+    let p90 = percentile(&times, 0.9);
+    let p99 = percentile(&times, 0.99);
+    let flops = 2.0 * total_macs(m.graph()) as f64 * batch as f64;
+    let gflops = flops / (median * 1e-3) / 1e9;
+    let ips = batch as f64 / (median * 1e-3);
+    println!("model      {}", model.display());
+    println!("kernels    {} , threads {threads}, batch {batch}, workspace {} bytes", session.isa(), thousands(session.workspace_bytes()));
+    println!("open       {open_ms:.3} ms (+ session {session_ms:.3} ms)");
+    println!("first run  {first_run_ms:.3} ms");
+    println!("latency    median {median:.3} ms, p90 {p90:.3} ms, p99 {p99:.3} ms over {} runs", times.len());
+    println!("throughput {ips:.1} images/s, {gflops:.1} GFLOP/s ({:.3} GFLOP per run)", flops / 1e9);
+    if let Some(peak) = profile {
+        print_profile(&m, &mut session, &input, batch, iters, threads, peak)?;
+    }
+    if json {
+        println!(
+            "{{\"model\":{:?},\"isa\":\"{}\",\"threads\":{threads},\"batch\":{batch},\"open_ms\":{open_ms:.4},\"session_ms\":{session_ms:.4},\"first_run_ms\":{first_run_ms:.4},\"median_ms\":{median:.4},\"p90_ms\":{p90:.4},\"p99_ms\":{p99:.4},\"images_per_s\":{ips:.2},\"gflops\":{gflops:.3},\"workspace_bytes\":{}}}",
+            model.display().to_string(),
+            session.isa(),
+            session.workspace_bytes()
+        );
+    }
+    Ok(())
+}
+
+/// Per-layer medians over `iters` profiled runs.
+#[allow(clippy::too_many_arguments)]
+fn print_profile(m: &Model, session: &mut cnnrt::Session, input: &[f32], batch: usize, iters: usize, threads: usize, peak: f64) -> Result<()> {
+    let graph = m.graph();
+    let stats = cnnrt::graph::stats::layer_stats(graph);
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); graph.nodes.len()];
+    for _ in 0..iters.clamp(5, 50) {
+        for (i, t) in session.profile(input, batch)?.iter().enumerate() {
+            samples[i].push(t.as_secs_f64() * 1e3);
+        }
+    }
+    let med: Vec<f64> = samples
+        .iter_mut()
+        .map(|v| {
+            v.sort_by(|a, b| a.total_cmp(b));
+            percentile(v, 0.5)
+        })
+        .collect();
+    let total: f64 = med.iter().sum();
+    let algos = session.algorithms();
+    println!("\nper layer (median of profiled runs; peak {peak} GFLOP/s per core × {threads} threads)");
+    println!("{:<4} {:<28} {:<14} {:>9} {:>6} {:>8} {:>7}  kernel", "#", "layer", "op", "ms", "share", "GFLOP/s", "% peak");
+    for (i, node) in graph.nodes.iter().enumerate() {
+        let flops = 2.0 * stats[i].macs as f64 * batch as f64;
+        let gf = if med[i] > 0.0 { flops / (med[i] * 1e-3) / 1e9 } else { 0.0 };
+        let name: String = node.name.chars().take(28).collect();
+        println!(
+            "{:<4} {:<28} {:<14} {:>9.4} {:>5.1}% {:>8.1} {:>6.1}%  {}",
+            i + 1,
+            name,
+            node.op.name(),
+            med[i],
+            100.0 * med[i] / total,
+            gf,
+            100.0 * gf / (peak * threads as f64),
+            algos[i]
+        );
+    }
+    println!("sum of layer medians: {total:.3} ms");
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Inspect { model, isa } => inspect(&model, isa),
+        Command::Convert { onnx, output, labels, mean, std, bgr } => (|| {
+            let labels = labels.as_deref().map(read_labels).transpose()?.unwrap_or_default();
+            let opts = ConvertOptions { labels, mean, std, channel_order: bgr.then_some(ChannelOrder::Bgr) };
+            let c = convert_file(&onnx, &output, &opts)?;
+            let p = &c.passes;
+            println!(
+                "wrote {}: {} nodes, {} parameters, {} mult-adds per sample",
+                output.display(),
+                c.graph.nodes.len(),
+                thousands(cnnrt::graph::stats::total_params(&c.graph)),
+                thousands(total_macs(&c.graph))
+            );
+            println!(
+                "passes: {} BatchNorm/affine folded, {} activations fused, {} residual adds fused, {} pads folded, {} denormal weights flushed",
+                p.affines_folded, p.activations_fused, p.residuals_fused, p.pads_folded, p.denormals_flushed
+            );
+            Ok(())
+        })(),
+        Command::Run { model, input, output, top, isa, threads } => run(&model, &input, output.as_deref(), top, isa, threads),
+        Command::Bench { model, threads, batch, iters, isa, json, profile, peak_gflops } => {
+            bench(&model, threads, batch, iters, isa, json, profile.then_some(peak_gflops))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+

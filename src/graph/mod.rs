@@ -55,10 +55,9 @@ impl Activation {
     pub fn apply_f64(&self, x: f64) -> f64 {
         match *self {
             Activation::Identity => x,
+            // NaN stays NaN (x > 0 is false for NaN, so test it explicitly).
             Activation::Relu => {
-                if x > 0.0 {
-                    x
-                } else if x.is_nan() {
+                if x > 0.0 || x.is_nan() {
                     x
                 } else {
                     0.0
@@ -267,6 +266,19 @@ impl Op {
         }
     }
 
+    /// Mutable access to the weight ids, in the same order as [`Op::weight_ids`].
+    pub fn weight_ids_mut(&mut self) -> Vec<&mut WeightId> {
+        match self {
+            Op::Conv(c) => std::iter::once(&mut c.weight).chain(c.bias.as_mut()).collect(),
+            Op::Linear(l) => std::iter::once(&mut l.weight).chain(l.bias.as_mut()).collect(),
+            Op::ChannelAffine { scale, shift, .. } => scale.as_mut().into_iter().chain(shift.as_mut()).collect(),
+            Op::PRelu { slope } => vec![slope],
+            Op::LayerNorm { scale, bias, .. } => std::iter::once(scale).chain(bias.as_mut()).collect(),
+            Op::InstanceNorm { scale, bias, .. } => vec![scale, bias],
+            _ => Vec::new(),
+        }
+    }
+
     /// The activation fused into this op's store, if it has a slot for one.
     pub fn fused_activation_mut(&mut self) -> Option<&mut Activation> {
         match self {
@@ -303,6 +315,12 @@ pub enum WeightLayout {
     /// Row-major in the order `shape` gives (ONNX order).
     #[default]
     Plain,
+    /// Convolution weights packed for the GEMM kernels: panels of 12 output channels,
+    /// K-major inside (see `kernels::conv`). Same element count as `shape`.
+    ConvGemm,
+    /// Fully connected weights packed as the GEMM's constant B side: panels of 32 output
+    /// features, input-major inside (see `kernels::linear`). Same element count.
+    LinearGemm,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

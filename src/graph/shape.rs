@@ -22,7 +22,7 @@ pub fn window_output(input: usize, kernel: usize, stride: usize, dilation: usize
     }
     let span = padded - effective;
     let mut out = if ceil_mode { span.div_ceil(stride) + 1 } else { span / stride + 1 };
-    if ceil_mode && out > 1 && (out - 1) * stride >= input + pad_begin {
+    if ceil_mode && out > 1 && (out - 1).checked_mul(stride).is_none_or(|s| s >= input + pad_begin) {
         out -= 1;
     }
     Some(out)
@@ -105,7 +105,7 @@ fn check_shape(shape: &[usize], what: &str) -> Result<()> {
     }
 }
 
-fn infer_node(g: &Graph, node: &Node) -> Result<Vec<usize>> {
+pub(crate) fn infer_node(g: &Graph, node: &Node) -> Result<Vec<usize>> {
     let op = node.op.name();
     let err = |reason: String| Error::shape(&node.name, op, reason);
     let arity = |n: usize| -> Result<()> {
@@ -263,7 +263,7 @@ fn infer_node(g: &Graph, node: &Node) -> Result<Vec<usize>> {
                 return Err(err("has no inputs".into()));
             }
             if *axis >= x.len() {
-                return Err(err(format!("axis {} out of range for per-sample rank {}", axis + 1, x.len())));
+                return Err(err(format!("axis {} out of range for per-sample rank {}", axis.saturating_add(1), x.len())));
             }
             let mut out = x.to_vec();
             out[*axis] = 0;
@@ -279,7 +279,7 @@ fn infer_node(g: &Graph, node: &Node) -> Result<Vec<usize>> {
         Op::LayerNorm { axis, scale, bias, .. } => {
             arity(1)?;
             if *axis >= x.len() {
-                return Err(err(format!("axis {} out of range for per-sample rank {}", axis + 1, x.len())));
+                return Err(err(format!("axis {} out of range for per-sample rank {}", axis.saturating_add(1), x.len())));
             }
             let n: usize = x[*axis..].iter().product();
             for w in std::iter::once(*scale).chain(*bias) {
@@ -306,7 +306,7 @@ fn infer_node(g: &Graph, node: &Node) -> Result<Vec<usize>> {
         Op::Softmax { axis, .. } => {
             arity(1)?;
             if *axis >= x.len() {
-                return Err(err(format!("axis {} out of range for per-sample rank {}", axis + 1, x.len())));
+                return Err(err(format!("axis {} out of range for per-sample rank {}", axis.saturating_add(1), x.len())));
             }
             Ok(x.to_vec())
         }
@@ -315,8 +315,9 @@ fn infer_node(g: &Graph, node: &Node) -> Result<Vec<usize>> {
             if x.len() != 3 {
                 return Err(err(format!("cnnrt pads C×H×W inputs only, got {x:?}")));
             }
-            let h = x[1].checked_add(pads[0] + pads[2]).ok_or_else(|| err("padding overflows".into()))?;
-            let w = x[2].checked_add(pads[1] + pads[3]).ok_or_else(|| err("padding overflows".into()))?;
+            let grow = |d: usize, a: usize, b: usize| a.checked_add(b).and_then(|p| d.checked_add(p));
+            let h = grow(x[1], pads[0], pads[2]).ok_or_else(|| err("padding overflows".into()))?;
+            let w = grow(x[2], pads[1], pads[3]).ok_or_else(|| err("padding overflows".into()))?;
             Ok(vec![x[0], h, w])
         }
     }

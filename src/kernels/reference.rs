@@ -6,7 +6,28 @@
 //! (checked by shape inference), and each kernel asserts them again.
 
 use crate::error::{Error, Result};
-use crate::graph::{Activation, BinaryKind, Conv, Graph, Linear, Op, Pool, PoolKind};
+use crate::graph::{Activation, BinaryKind, Conv, Graph, Linear, Op, Pool, PoolKind, WeightId};
+
+/// Anything that hands out weight data by id: a slice of slices in tests and the
+/// converter, the mapped file in a loaded model.
+pub trait WeightSource {
+    fn weight(&self, id: WeightId) -> &[f32];
+}
+
+impl WeightSource for [&[f32]] {
+    fn weight(&self, id: WeightId) -> &[f32] {
+        self[id]
+    }
+}
+
+impl WeightSource for [Vec<f32>] {
+    fn weight(&self, id: WeightId) -> &[f32] {
+        &self[id]
+    }
+}
+
+/// Most inputs a Concat may have (checked when a session is planned).
+pub const MAX_CONCAT_INPUTS: usize = 64;
 
 fn numel(shape: &[usize]) -> usize {
     shape.iter().product()
@@ -223,13 +244,13 @@ pub fn binary(a: &[f32], b: &[f32], n: usize, a_shape: &[usize], b_shape: &[usiz
     }
 }
 
-/// Concatenation along per-sample `axis`.
-pub fn concat(inputs: &[(&[f32], &[usize])], n: usize, axis: usize, out: &mut [f32]) {
-    let outer: usize = numel(&inputs[0].1[..axis]);
+/// Concatenation along per-sample `axis`: `inputs[i]` has shape `shapes[i]`.
+pub fn concat(inputs: &[&[f32]], shapes: &[&[usize]], n: usize, axis: usize, out: &mut [f32]) {
+    let outer: usize = numel(&shapes[0][..axis]);
     let mut pos = 0;
     for s in 0..n {
         for o in 0..outer {
-            for (x, shape) in inputs {
+            for (x, shape) in inputs.iter().zip(shapes) {
                 let chunk = numel(&shape[axis..]);
                 let start = (s * outer + o) * chunk;
                 out[pos..pos + chunk].copy_from_slice(&x[start..start + chunk]);
@@ -305,39 +326,48 @@ pub fn pad(x: &[f32], n: usize, in_shape: &[usize], pads: [usize; 4], value: f32
 
 /// Runs one node with reference kernels. `inputs` are the node's input tensors (batch
 /// `n`), `weights` the graph's weight data; returns the output tensor.
-pub fn run_node(graph: &Graph, node_index: usize, weights: &[&[f32]], inputs: &[&[f32]], n: usize) -> Vec<f32> {
+pub fn run_node(graph: &Graph, node_index: usize, weights: &(impl WeightSource + ?Sized), inputs: &[&[f32]], n: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; n * numel(graph.shape(graph.nodes[node_index].output))];
+    run_node_into(graph, node_index, weights, inputs, n, &mut out);
+    out
+}
+
+/// [`run_node`] writing into a caller-provided output of `n × numel(output shape)`.
+pub fn run_node_into(graph: &Graph, node_index: usize, weights: &(impl WeightSource + ?Sized), inputs: &[&[f32]], n: usize, out: &mut [f32]) {
     let node = &graph.nodes[node_index];
     let in_shape = graph.shape(node.inputs[0]);
     let out_shape = graph.shape(node.output);
-    let mut out = vec![0.0f32; n * numel(out_shape)];
     let x = inputs[0];
     let second = inputs.get(1).copied();
     match &node.op {
-        Op::Conv(c) => conv2d(x, n, in_shape, c, weights[c.weight], c.bias.map(|b| weights[b]), second, out_shape, &mut out),
-        Op::Linear(l) => linear(x, n, l, weights[l.weight], l.bias.map(|b| weights[b]), second, &mut out),
+        Op::Conv(c) => conv2d(x, n, in_shape, c, weights.weight(c.weight), c.bias.map(|b| weights.weight(b)), second, out_shape, out),
+        Op::Linear(l) => linear(x, n, l, weights.weight(l.weight), l.bias.map(|b| weights.weight(b)), second, out),
         Op::ChannelAffine { scale, shift, activation } => {
-            channel_affine(x, n, in_shape, scale.map(|s| weights[s]), shift.map(|s| weights[s]), *activation, &mut out)
+            channel_affine(x, n, in_shape, scale.map(|s| weights.weight(s)), shift.map(|s| weights.weight(s)), *activation, out)
         }
-        Op::Activation(a) => activation(x, *a, &mut out),
-        Op::PRelu { slope } => prelu(x, n, in_shape, weights[*slope], &mut out),
-        Op::Pool(p) => pool(x, n, in_shape, p, out_shape, &mut out),
-        Op::GlobalPool { kind } => global_pool(x, n, in_shape, *kind, &mut out),
+        Op::Activation(a) => activation(x, *a, out),
+        Op::PRelu { slope } => prelu(x, n, in_shape, weights.weight(*slope), out),
+        Op::Pool(p) => pool(x, n, in_shape, p, out_shape, out),
+        Op::GlobalPool { kind } => global_pool(x, n, in_shape, *kind, out),
         Op::Flatten { .. } => out.copy_from_slice(x),
         Op::Binary { kind, activation: act } => {
-            binary(x, inputs[1], n, in_shape, graph.shape(node.inputs[1]), *kind, *act, &mut out)
+            binary(x, inputs[1], n, in_shape, graph.shape(node.inputs[1]), *kind, *act, out)
         }
         Op::Concat { axis } => {
-            let parts: Vec<(&[f32], &[usize])> = inputs.iter().zip(&node.inputs).map(|(d, &v)| (*d, graph.shape(v))).collect();
-            concat(&parts, n, *axis, &mut out)
+            // A fixed array, not a Vec: sessions run this with no heap allocation.
+            let mut shapes: [&[usize]; MAX_CONCAT_INPUTS] = [&[]; MAX_CONCAT_INPUTS];
+            for (slot, &v) in shapes.iter_mut().zip(&node.inputs) {
+                *slot = graph.shape(v);
+            }
+            concat(inputs, &shapes[..inputs.len()], n, *axis, out)
         }
         Op::LayerNorm { axis, epsilon, scale, bias } => {
-            layer_norm(x, n, in_shape, *axis, *epsilon, weights[*scale], bias.map(|b| weights[b]), &mut out)
+            layer_norm(x, n, in_shape, *axis, *epsilon, weights.weight(*scale), bias.map(|b| weights.weight(b)), out)
         }
-        Op::InstanceNorm { epsilon, scale, bias } => instance_norm(x, n, in_shape, *epsilon, weights[*scale], weights[*bias], &mut out),
-        Op::Softmax { axis, flatten_from_axis } => softmax(x, n, in_shape, *axis, *flatten_from_axis, &mut out),
-        Op::Pad { pads, value } => pad(x, n, in_shape, *pads, *value, &mut out),
+        Op::InstanceNorm { epsilon, scale, bias } => instance_norm(x, n, in_shape, *epsilon, weights.weight(*scale), weights.weight(*bias), out),
+        Op::Softmax { axis, flatten_from_axis } => softmax(x, n, in_shape, *axis, *flatten_from_axis, out),
+        Op::Pad { pads, value } => pad(x, n, in_shape, *pads, *value, out),
     }
-    out
 }
 
 /// Runs a whole graph with reference kernels: the oracle for end-to-end tests.

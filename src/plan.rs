@@ -1,0 +1,83 @@
+//! Workspace planning: one arena for every activation, offsets chosen once from tensor
+//! lifetimes (greedy best-fit, largest first), so runs never allocate.
+
+use crate::graph::Graph;
+
+/// Floats per alignment unit: 64 bytes.
+pub const ALIGN_FLOATS: usize = 16;
+
+fn align_up(n: usize) -> usize {
+    n.div_ceil(ALIGN_FLOATS) * ALIGN_FLOATS
+}
+
+/// Where each value lives in the arena, in f32 elements, for a batch of `max_batch`.
+#[derive(Clone, Debug)]
+pub struct ArenaPlan {
+    /// Start of each value (usize::MAX for values nothing produces or reads).
+    pub offsets: Vec<usize>,
+    /// Elements reserved for each value (batch included, aligned up).
+    pub sizes: Vec<usize>,
+    /// Total arena length in f32 elements.
+    pub len: usize,
+}
+
+impl ArenaPlan {
+    /// Plans offsets for every value read or written by the graph. Values whose lifetimes
+    /// overlap never share memory; a node's output never overlaps its inputs.
+    pub fn new(graph: &Graph, max_batch: usize) -> Option<ArenaPlan> {
+        let nv = graph.values.len();
+        let nn = graph.nodes.len();
+        // Lifetime as node-step interval [first, last]; graph inputs are written at step 0.
+        let mut first = vec![usize::MAX; nv];
+        let mut last = vec![0usize; nv];
+        for &v in &graph.inputs {
+            first[v] = 0;
+        }
+        for (i, n) in graph.nodes.iter().enumerate() {
+            first[n.output] = first[n.output].min(i);
+            last[n.output] = last[n.output].max(i);
+            for &v in &n.inputs {
+                last[v] = last[v].max(i);
+            }
+        }
+        for &v in &graph.outputs {
+            last[v] = nn;
+        }
+        let mut sizes = vec![0usize; nv];
+        let mut order = Vec::new();
+        for v in 0..nv {
+            if first[v] == usize::MAX {
+                continue;
+            }
+            let numel: usize = graph.values[v].shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d))?;
+            sizes[v] = align_up(numel.checked_mul(max_batch)?);
+            order.push(v);
+        }
+        order.sort_by(|&a, &b| sizes[b].cmp(&sizes[a]).then(a.cmp(&b)));
+        let mut offsets = vec![usize::MAX; nv];
+        let mut placed: Vec<(usize, usize, usize)> = Vec::new(); // (offset, size, value)
+        let mut len = 0usize;
+        for &v in &order {
+            let mut busy: Vec<(usize, usize)> = placed
+                .iter()
+                .filter(|&&(_, _, u)| first[u] <= last[v] && first[v] <= last[u])
+                .map(|&(o, s, _)| (o, o + s))
+                .collect();
+            busy.sort_unstable();
+            // Best fit: the smallest gap between busy blocks that holds the value.
+            let mut best: Option<(usize, usize)> = None; // (gap size, offset)
+            let mut cursor = 0usize;
+            for &(s, e) in &busy {
+                if s > cursor && s - cursor >= sizes[v] && best.is_none_or(|(g, _)| s - cursor < g) {
+                    best = Some((s - cursor, cursor));
+                }
+                cursor = cursor.max(e);
+            }
+            let off = best.map_or(cursor, |(_, o)| o);
+            offsets[v] = off;
+            placed.push((off, sizes[v], v));
+            len = len.max(off.checked_add(sizes[v])?);
+        }
+        Some(ArenaPlan { offsets, sizes, len })
+    }
+}

@@ -1,0 +1,443 @@
+//! A `Session` runs a model's plan on its own workspace: many runs, no allocation.
+//!
+//! A session is created once per worker (it owns the arena and scratch); the [`Model`] it
+//! runs is shared, immutable, through an `Arc`.
+
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::graph::{Graph, Op, WeightId, WeightLayout};
+use crate::kernels::conv::ConvKernel;
+use crate::kernels::depthwise::DepthwiseKernel;
+use crate::kernels::linear::LinearKernel;
+use crate::kernels::pool::PoolKernel;
+use crate::kernels::reference::{self, WeightSource};
+use crate::kernels::{elementwise, parallel, pool};
+use crate::limits;
+use crate::model::Model;
+use crate::plan::ArenaPlan;
+use crate::simd::Isa;
+
+/// Most inputs one node may read (Concat is the only op with more than two).
+pub const MAX_NODE_INPUTS: usize = reference::MAX_CONCAT_INPUTS;
+
+/// Where a session's kernels run.
+#[derive(Clone, Debug, Default)]
+pub enum Threads {
+    /// On the thread that calls `run`.
+    #[default]
+    Caller,
+    /// On a caller-supplied rayon pool (services usually own one).
+    Pool(Arc<rayon::ThreadPool>),
+    /// On a pool of this many threads that the session creates and owns.
+    Count(usize),
+}
+
+/// Options fixed when a session is planned.
+#[derive(Clone, Debug)]
+pub struct SessionOptions {
+    /// Largest batch `run` will accept; the workspace is sized for it.
+    pub max_batch: usize,
+    /// Highest kernel tier to use (further lowered by `CNNRT_MAX_ISA` and the CPU).
+    pub max_isa: Option<Isa>,
+    pub threads: Threads,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions { max_batch: 1, max_isa: None, threads: Threads::Caller }
+    }
+}
+
+impl SessionOptions {
+    pub fn max_batch(mut self, n: usize) -> Self {
+        self.max_batch = n;
+        self
+    }
+    pub fn max_isa(mut self, isa: Isa) -> Self {
+        self.max_isa = Some(isa);
+        self
+    }
+    pub fn threads(mut self, t: Threads) -> Self {
+        self.threads = t;
+        self
+    }
+}
+
+/// Where a layer's packed weights live.
+#[derive(Debug, Clone, Copy)]
+enum Packed {
+    /// In the model file, packed by the converter: used in place.
+    InFile(WeightId),
+    /// Packed by this session from a plain weight (files written without packing).
+    Owned(usize),
+}
+
+/// How one node runs, chosen at plan time.
+#[derive(Debug)]
+enum NodeKernel {
+    Conv { kernel: ConvKernel, weight: Packed, bias: Option<WeightId> },
+    Depthwise { kernel: DepthwiseKernel, weight: WeightId, bias: Option<WeightId> },
+    Linear { kernel: LinearKernel, weight: Packed, bias: Option<WeightId> },
+    Pool(PoolKernel),
+    /// Element-wise, normalization and global pooling ops (vectorized, `kernels::elementwise`).
+    Vector,
+    /// A reshape that leaves the data as it is: a copy of the input.
+    Copy,
+    /// The reference implementation (Concat, Pad: pure data movement).
+    Reference,
+}
+
+impl NodeKernel {
+    fn name(&self) -> &'static str {
+        match self {
+            NodeKernel::Conv { kernel, .. } => kernel.algorithm(),
+            NodeKernel::Depthwise { kernel, .. } => kernel.algorithm(),
+            NodeKernel::Linear { kernel, .. } => kernel.algorithm(),
+            NodeKernel::Pool(k) => k.algorithm(),
+            NodeKernel::Vector => "vector",
+            NodeKernel::Copy => "copy",
+            NodeKernel::Reference => "reference",
+        }
+    }
+
+    fn scratch_len(&self) -> usize {
+        match self {
+            NodeKernel::Conv { kernel, .. } => kernel.scratch_len(),
+            NodeKernel::Linear { kernel, .. } => kernel.scratch_len(),
+            _ => 0,
+        }
+    }
+}
+
+fn spatial(shape: &[usize]) -> [usize; 3] {
+    [shape[0], shape[1], shape[2]]
+}
+
+/// Chooses each node's kernel; packs plain conv / linear weights into `owned`.
+fn plan_kernels(model: &Model, isa: Isa, max_batch: usize, owned: &mut Vec<Vec<f32>>) -> Result<Vec<NodeKernel>> {
+    let graph = model.graph();
+    let mut kernels = Vec::with_capacity(graph.nodes.len());
+    for node in &graph.nodes {
+        let layout_err = |w: WeightId, want: &str| {
+            Error::Format {
+                path: model.file().path().to_path_buf(),
+                reason: format!("node '{}': weight '{}' has layout {:?}, which {want} cannot read", node.name, graph.weights[w].name, graph.weights[w].layout),
+            }
+        };
+        let in_shape = graph.shape(node.inputs[0]);
+        let out_shape = graph.shape(node.output);
+        let k = match &node.op {
+            Op::Conv(c) => {
+                let (ins, outs) = (spatial(in_shape), spatial(out_shape));
+                match graph.weights[c.weight].layout {
+                    WeightLayout::ConvGemm => NodeKernel::Conv { kernel: ConvKernel::new(isa, c, ins, outs), weight: Packed::InFile(c.weight), bias: c.bias },
+                    WeightLayout::Plain => match DepthwiseKernel::new(isa, c, ins, outs) {
+                        Some(kernel) => NodeKernel::Depthwise { kernel, weight: c.weight, bias: c.bias },
+                        None => {
+                            let kernel = ConvKernel::new(isa, c, ins, outs);
+                            let mut packed = vec![0.0; kernel.packed_weight_len()];
+                            kernel.pack_weights(model.weight(c.weight), &mut packed);
+                            owned.push(packed);
+                            NodeKernel::Conv { kernel, weight: Packed::Owned(owned.len() - 1), bias: c.bias }
+                        }
+                    },
+                    WeightLayout::LinearGemm => return Err(layout_err(c.weight, "a convolution")),
+                }
+            }
+            Op::Linear(l) => {
+                let kernel = LinearKernel::new(isa, l, max_batch);
+                let weight = match graph.weights[l.weight].layout {
+                    WeightLayout::LinearGemm => Packed::InFile(l.weight),
+                    WeightLayout::Plain => {
+                        let mut packed = vec![0.0; kernel.packed_weight_len()];
+                        kernel.pack_weights(model.weight(l.weight), &mut packed);
+                        owned.push(packed);
+                        Packed::Owned(owned.len() - 1)
+                    }
+                    WeightLayout::ConvGemm => return Err(layout_err(l.weight, "a fully connected layer")),
+                };
+                NodeKernel::Linear { kernel, weight, bias: l.bias }
+            }
+            Op::Pool(p) => match PoolKernel::new(isa, p, spatial(in_shape), spatial(out_shape)) {
+                Some(k) => NodeKernel::Pool(k),
+                None => NodeKernel::Reference,
+            },
+            Op::Flatten { .. } => NodeKernel::Copy,
+            Op::ChannelAffine { .. }
+            | Op::Activation(_)
+            | Op::PRelu { .. }
+            | Op::GlobalPool { .. }
+            | Op::Binary { .. }
+            | Op::LayerNorm { .. }
+            | Op::InstanceNorm { .. }
+            | Op::Softmax { .. } => NodeKernel::Vector,
+            Op::Concat { .. } | Op::Pad { .. } => NodeKernel::Reference,
+        };
+        kernels.push(k);
+    }
+    Ok(kernels)
+}
+
+/// A planned model plus its workspace. `Send`, not shared: one per worker thread.
+pub struct Session {
+    model: Arc<Model>,
+    isa: Isa,
+    max_batch: usize,
+    arena_plan: ArenaPlan,
+    arena: Vec<f32>,
+    kernels: Vec<NodeKernel>,
+    /// Weights this session packed itself (only for files stored unpacked).
+    owned: Vec<Vec<f32>>,
+    /// Per-worker scratch: `slots ×` the largest kernel scratch.
+    scratch: Vec<f32>,
+    slots: usize,
+    pool: Option<Arc<rayon::ThreadPool>>,
+    batch: usize,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("isa", &self.isa)
+            .field("max_batch", &self.max_batch)
+            .field("workspace_bytes", &self.workspace_bytes())
+            .finish()
+    }
+}
+
+impl Session {
+    pub fn new(model: Arc<Model>, options: SessionOptions) -> Result<Session> {
+        if options.max_batch == 0 || options.max_batch > limits::MAX_BATCH {
+            return Err(Error::Limit(format!("max_batch {} must be between 1 and {}", options.max_batch, limits::MAX_BATCH)));
+        }
+        let graph = model.graph();
+        for node in &graph.nodes {
+            if node.inputs.len() > MAX_NODE_INPUTS {
+                return Err(Error::Limit(format!(
+                    "node '{}' has {} inputs (at most {MAX_NODE_INPUTS})",
+                    node.name,
+                    node.inputs.len()
+                )));
+            }
+        }
+        let isa = Isa::select(options.max_isa);
+        let arena_plan = ArenaPlan::new(graph, options.max_batch)
+            .filter(|p| p.len.checked_mul(4).is_some_and(|b| b <= limits::MAX_WORKSPACE_BYTES))
+            .ok_or_else(|| {
+                Error::Limit(format!(
+                    "the workspace for batch {} exceeds {} bytes",
+                    options.max_batch,
+                    limits::MAX_WORKSPACE_BYTES
+                ))
+            })?;
+        let mut owned = Vec::new();
+        let kernels = plan_kernels(&model, isa, options.max_batch, &mut owned)?;
+        let pool = match &options.threads {
+            Threads::Caller => None,
+            Threads::Pool(p) => Some(p.clone()),
+            Threads::Count(n) => Some(Arc::new(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(*n)
+                    .thread_name(|i| format!("cnnrt-{i}"))
+                    .build()
+                    .map_err(|e| Error::Other(format!("cannot start {n} threads: {e}")))?,
+            )),
+        };
+        if let Some(p) = &pool {
+            // Runs on every worker and returns once all have started, so no thread start-up
+            // (and its allocations) happens inside a run; sets FTZ/DAZ on caller pools too.
+            p.broadcast(|_| crate::simd::set_flush_denormals());
+        }
+        let slots = pool.as_ref().map_or(1, |p| p.current_num_threads()).max(1);
+        let scratch_per_slot = kernels.iter().map(NodeKernel::scratch_len).max().unwrap_or(0);
+        Ok(Session {
+            arena: vec![0.0; arena_plan.len],
+            owned,
+            scratch: vec![0.0; slots * scratch_per_slot],
+            slots,
+            arena_plan,
+            kernels,
+            isa,
+            max_batch: options.max_batch,
+            model,
+            pool,
+            batch: 0,
+        })
+    }
+
+    pub fn model(&self) -> &Arc<Model> {
+        &self.model
+    }
+
+    /// The kernel tier this session planned with.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    pub fn max_batch(&self) -> usize {
+        self.max_batch
+    }
+
+    /// Bytes of activation workspace this session owns.
+    pub fn workspace_bytes(&self) -> usize {
+        self.arena.len() * 4
+    }
+
+    /// The algorithm chosen for each node, in node order.
+    pub fn algorithms(&self) -> Vec<&'static str> {
+        self.kernels.iter().map(|k| k.name()).collect()
+    }
+
+    /// Runs a single-input model on `batch` samples (`input.len()` = batch × input size)
+    /// and returns its first output.
+    pub fn run(&mut self, input: &[f32], batch: usize) -> Result<&[f32]> {
+        self.run_multi(&[input], batch)?;
+        Ok(self.output(0))
+    }
+
+    /// Runs with one slice per graph input; read results with [`Session::output`].
+    pub fn run_multi(&mut self, inputs: &[&[f32]], batch: usize) -> Result<()> {
+        let graph = self.model.graph();
+        if batch == 0 || batch > self.max_batch {
+            return Err(Error::Input(format!("batch {batch} outside 1..={} planned for this session", self.max_batch)));
+        }
+        if inputs.len() != graph.inputs.len() {
+            return Err(Error::Input(format!("the model has {} inputs, {} given", graph.inputs.len(), inputs.len())));
+        }
+        for (&v, data) in graph.inputs.iter().zip(inputs) {
+            let want = batch * graph.values[v].shape.iter().product::<usize>();
+            if data.len() != want {
+                return Err(Error::Input(format!(
+                    "input '{}' has {} elements; expected {want} (batch {batch} × {:?})",
+                    graph.values[v].name,
+                    data.len(),
+                    graph.values[v].shape
+                )));
+            }
+            let off = self.arena_plan.offsets[v];
+            self.arena[off..off + want].copy_from_slice(data);
+        }
+        self.batch = batch;
+        match self.pool.clone() {
+            Some(pool) => pool.install(|| self.execute(batch, None)),
+            None => self.execute(batch, None),
+        }
+        Ok(())
+    }
+
+    /// Runs once like [`Session::run`] and returns the wall time of each node, in node
+    /// order (for `cnnrt bench --profile`; allocates, unlike `run`).
+    pub fn profile(&mut self, input: &[f32], batch: usize) -> Result<Vec<std::time::Duration>> {
+        self.run(input, batch)?;
+        let mut times = vec![std::time::Duration::ZERO; self.kernels.len()];
+        match self.pool.clone() {
+            Some(pool) => pool.install(|| self.execute(batch, Some(&mut times))),
+            None => self.execute(batch, Some(&mut times)),
+        }
+        Ok(times)
+    }
+
+    /// Output `i` of the last run (batch × output size elements).
+    pub fn output(&self, i: usize) -> &[f32] {
+        let graph = self.model.graph();
+        let v = graph.outputs[i];
+        let len = self.batch * graph.values[v].shape.iter().product::<usize>();
+        let off = self.arena_plan.offsets[v];
+        &self.arena[off..off + len]
+    }
+
+    fn execute(&mut self, n: usize, mut times: Option<&mut [std::time::Duration]>) {
+        crate::simd::set_flush_denormals();
+        let model = &*self.model;
+        let graph: &Graph = model.graph();
+        let isa = self.isa;
+        for (i, node) in graph.nodes.iter().enumerate() {
+            let started = times.is_some().then(std::time::Instant::now);
+            let out_off = self.arena_plan.offsets[node.output];
+            let out_len = n * graph.values[node.output].shape.iter().product::<usize>();
+            let (left, rest) = self.arena.split_at_mut(out_off);
+            let (out, right) = rest.split_at_mut(out_len);
+            let (left, right): (&[f32], &[f32]) = (left, right);
+            let right_base = out_off + out_len;
+            let mut ins: [&[f32]; MAX_NODE_INPUTS] = [&[]; MAX_NODE_INPUTS];
+            for (slot, &v) in ins.iter_mut().zip(&node.inputs) {
+                let off = self.arena_plan.offsets[v];
+                let len = n * graph.values[v].shape.iter().product::<usize>();
+                *slot = if off + len <= out_off { &left[off..off + len] } else { &right[off - right_base..off - right_base + len] };
+            }
+            let ins = &ins[..node.inputs.len()];
+            let packed = |p: Packed| match p {
+                Packed::InFile(w) => model.weight(w),
+                Packed::Owned(j) => self.owned[j].as_slice(),
+            };
+            let in_shape = graph.shape(node.inputs[0]);
+            let sample_in: usize = in_shape.iter().product();
+            let sample_out = out_len / n;
+            match &self.kernels[i] {
+                NodeKernel::Conv { kernel, weight, bias } => {
+                    let (w, b) = (packed(*weight), bias.map(|b| model.weight(b)));
+                    for s in 0..n {
+                        let x = &ins[0][s * sample_in..(s + 1) * sample_in];
+                        let r = ins.get(1).map(|r| &r[s * sample_out..(s + 1) * sample_out]);
+                        let o = &mut out[s * sample_out..(s + 1) * sample_out];
+                        parallel::conv_tiles(kernel, self.slots, w, b, x, r, o, &mut self.scratch);
+                    }
+                }
+                NodeKernel::Depthwise { kernel, weight, bias } => {
+                    let (w, b) = (model.weight(*weight), bias.map(|b| model.weight(b)));
+                    let plane = sample_out / in_shape[0];
+                    for s in 0..n {
+                        let x = &ins[0][s * sample_in..(s + 1) * sample_in];
+                        let r = ins.get(1).map(|r| &r[s * sample_out..(s + 1) * sample_out]);
+                        let o = &mut out[s * sample_out..(s + 1) * sample_out];
+                        parallel::depthwise_channels(kernel, self.slots, in_shape[0], plane, w, b, x, r, o);
+                    }
+                }
+                NodeKernel::Linear { kernel, weight, bias } => {
+                    let scratch = &mut self.scratch[..kernel.scratch_len()];
+                    kernel.run(packed(*weight), bias.map(|b| model.weight(b)), ins[0], n, ins.get(1).copied(), out, scratch);
+                }
+                NodeKernel::Pool(k) => {
+                    for s in 0..n {
+                        k.run(&ins[0][s * sample_in..(s + 1) * sample_in], &mut out[s * sample_out..(s + 1) * sample_out]);
+                    }
+                }
+                NodeKernel::Vector => run_vector(isa, graph, i, model, ins, n, out),
+                NodeKernel::Copy => out.copy_from_slice(ins[0]),
+                NodeKernel::Reference => reference::run_node_into(graph, i, model, ins, n, out),
+            }
+            if let (Some(t), Some(start)) = (times.as_deref_mut(), started) {
+                t[i] = start.elapsed();
+            }
+        }
+    }
+}
+
+/// The element-wise, normalization and global-pooling ops.
+fn run_vector(isa: Isa, graph: &Graph, i: usize, model: &Model, ins: &[&[f32]], n: usize, out: &mut [f32]) {
+    let node = &graph.nodes[i];
+    let shape = graph.shape(node.inputs[0]);
+    let x = ins[0];
+    let w = |id: WeightId| model.weight(id);
+    match &node.op {
+        Op::ChannelAffine { scale, shift, activation } => {
+            elementwise::channel_affine(isa, x, n, shape, scale.map(w), shift.map(w), *activation, out)
+        }
+        Op::Activation(a) => elementwise::activation(isa, x, *a, out),
+        Op::PRelu { slope } => elementwise::prelu(isa, x, n, shape, w(*slope), out),
+        Op::GlobalPool { kind } => {
+            let hw: usize = shape[1..].iter().product();
+            pool::global_pool(isa, *kind, x, n * shape[0], hw, out)
+        }
+        Op::Binary { kind, activation } => {
+            elementwise::binary(isa, x, ins[1], n, shape, graph.shape(node.inputs[1]), *kind, *activation, out)
+        }
+        Op::LayerNorm { axis, epsilon, scale, bias } => {
+            elementwise::layer_norm(isa, x, n, shape, *axis, *epsilon, w(*scale), bias.map(w), out)
+        }
+        Op::InstanceNorm { epsilon, scale, bias } => elementwise::instance_norm(isa, x, n, shape, *epsilon, w(*scale), w(*bias), out),
+        Op::Softmax { axis, flatten_from_axis } => elementwise::softmax(isa, x, n, shape, *axis, *flatten_from_axis, out),
+        _ => reference::run_node_into(graph, i, model, ins, n, out),
+    }
+}
