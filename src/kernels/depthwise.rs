@@ -303,19 +303,29 @@ pub(crate) fn win<S: Simd, const SW: usize>(s: S, width: usize, b: isize, n: usi
 }
 
 /// The tap at input column `b` of the row `src` through the masks `w`; lanes outside
-/// the row are `fill`.
+/// the row are `fill` (zero when `None`, which skips a blend on AVX2).
 ///
 /// # Safety
 /// `src` a row of the width `w` was made for.
 #[inline(always)]
-pub(crate) unsafe fn load_win<S: Simd, const SW: usize>(s: S, src: *const f32, b: isize, w: &Win<S>, fill: S::V) -> S::V {
+pub(crate) unsafe fn load_win<S: Simd, const SW: usize>(s: S, src: *const f32, b: isize, w: &Win<S>, fill: Option<S::V>) -> S::V {
+    #[inline(always)]
+    unsafe fn ld<S: Simd>(s: S, p: *const f32, m: S::L, fill: Option<S::V>) -> S::V {
+        // SAFETY: forwarded.
+        unsafe {
+            match fill {
+                Some(f) => s.load_m(p, m, f),
+                None => s.load_mz(p, m),
+            }
+        }
+    }
     let p = src.wrapping_offset(b);
     // SAFETY: the masks hold only lanes inside the row.
     unsafe {
         if SW == 1 {
-            s.load_m(p, w.m0, fill)
+            ld(s, p, w.m0, fill)
         } else {
-            s.deinterleave(s.load_m(p, w.m0, fill), s.load_m(p.wrapping_add(S::LANES), w.m1, fill)).0
+            s.deinterleave(ld(s, p, w.m0, fill), ld(s, p.wrapping_add(S::LANES), w.m1, fill)).0
         }
     }
 }
@@ -429,24 +439,24 @@ unsafe fn row3n<S: Simd, const SW: usize, const NR: usize>(s: S, k: &DepthwiseKe
         xo += n;
     }
     while cols.full(xo, l) {
-        let mut acc = bias;
+        // One accumulator per kernel row (three short dependency chains, not one long
+        // one), the bias in the first; the same order as `edge3`.
+        let mut acc = [bias, s.zero(), s.zero()];
         for r in 0..NR {
             unsafe {
                 let p = src[r].add(xo * SW - cols.pad_begin);
-                if SW == 1 {
-                    acc = s.fmadd(s.load(p), w[r][0], acc);
-                    acc = s.fmadd(s.load(p.add(1)), w[r][1], acc);
-                    acc = s.fmadd(s.load(p.add(2)), w[r][2], acc);
+                let (t0, t1, t2) = if SW == 1 {
+                    (s.load(p), s.load(p.add(1)), s.load(p.add(2)))
                 } else {
                     let (e0, o0) = s.deinterleave(s.load(p), s.load(p.add(l)));
-                    let (e2, _) = s.deinterleave(s.load(p.add(2)), s.load(p.add(2 + l)));
-                    acc = s.fmadd(e0, w[r][0], acc);
-                    acc = s.fmadd(o0, w[r][1], acc);
-                    acc = s.fmadd(e2, w[r][2], acc);
-                }
+                    (e0, o0, s.deinterleave(s.load(p.add(2)), s.load(p.add(2 + l))).0)
+                };
+                acc[r] = s.fmadd(t0, w[r][0], acc[r]);
+                acc[r] = s.fmadd(t1, w[r][1], acc[r]);
+                acc[r] = s.fmadd(t2, w[r][2], acc[r]);
             }
         }
-        unsafe { finish(s, act, acc, o.add(xo), res.map(|r| r.add(xo)), l) };
+        unsafe { finish(s, act, sum3::<S, NR>(s, acc), o.add(xo), res.map(|r| r.add(xo)), l) };
         xo += l;
     }
     while xo < ow {
@@ -472,7 +482,7 @@ unsafe fn edge_any<S: Simd, const SW: usize>(s: S, k: &DepthwiseKernel, act: &Ac
             let src = row.input(rows, cols, ky);
             for kx in 0..cols.kernel {
                 let b = b0 + (kx * cols.dilation) as isize;
-                let v = load_win::<S, SW>(s, src, b, &win::<S, SW>(s, cols.input, b, n), s.zero());
+                let v = load_win::<S, SW>(s, src, b, &win::<S, SW>(s, cols.input, b, n), None);
                 acc = s.fmadd(v, s.splat(*row.w.add(ky * cols.kernel + kx)), acc);
             }
         }
@@ -503,14 +513,24 @@ unsafe fn edge3<S: Simd, const SW: usize, const NR: usize>(
     let cols = &k.cols;
     let b0 = cols.origin(xo);
     let m = [win::<S, SW>(s, cols.input, b0, n), win::<S, SW>(s, cols.input, b0 + 1, n), win::<S, SW>(s, cols.input, b0 + 2, n)];
-    let mut acc = bias;
+    let mut acc = [bias, s.zero(), s.zero()];
     for r in 0..NR {
         for kx in 0..3 {
             // SAFETY: src[r] is an input row; the masks keep the load inside it.
-            let v = unsafe { load_win::<S, SW>(s, src[r], b0 + kx as isize, &m[kx], s.zero()) };
-            acc = s.fmadd(v, w[r][kx], acc);
+            let v = unsafe { load_win::<S, SW>(s, src[r], b0 + kx as isize, &m[kx], None) };
+            acc[r] = s.fmadd(v, w[r][kx], acc[r]);
         }
     }
     // SAFETY: xo + n <= OW.
-    unsafe { finish(s, act, acc, o.add(xo), res.map(|r| r.add(xo)), n) };
+    unsafe { finish(s, act, sum3::<S, NR>(s, acc), o.add(xo), res.map(|r| r.add(xo)), n) };
+}
+
+/// `acc[0] + acc[1] + acc[2]` over the first `NR` (at least the first, which holds the bias).
+#[inline(always)]
+fn sum3<S: Simd, const NR: usize>(s: S, acc: [S::V; 3]) -> S::V {
+    match NR {
+        3 => s.add(s.add(acc[0], acc[1]), acc[2]),
+        2 => s.add(acc[0], acc[1]),
+        _ => acc[0],
+    }
 }

@@ -77,6 +77,15 @@ pub(crate) trait Simd: Copy {
     /// # Safety
     /// `p + i` readable for each lane `i` in `m` (`p` itself may point anywhere).
     unsafe fn load_m(self, p: *const f32, m: Self::L, fill: Self::V) -> Self::V;
+    /// [`Simd::load_m`] with zeros in the other lanes.
+    ///
+    /// # Safety
+    /// As [`Simd::load_m`].
+    #[inline(always)]
+    unsafe fn load_mz(self, p: *const f32, m: Self::L) -> Self::V {
+        // SAFETY: forwarded.
+        unsafe { self.load_m(p, m, self.zero()) }
+    }
     /// Stores the lanes in `m` to `p + lane`, nothing else.
     ///
     /// # Safety
@@ -412,6 +421,11 @@ mod x86 {
             tf!(_mm256_blendv_ps(fill, v, _mm256_castsi256_ps(m)))
         }
         #[inline(always)]
+        unsafe fn load_mz(self, p: *const f32, m: __m256i) -> __m256 {
+            // SAFETY: as `load_m`; VMASKMOVPS zeroes the masked-off lanes itself.
+            unsafe { _mm256_maskload_ps(p, m) }
+        }
+        #[inline(always)]
         unsafe fn store_m(self, p: *mut f32, m: __m256i, v: __m256) {
             // SAFETY: only the lanes in `m`, writable by the caller's guarantee, are written.
             unsafe { _mm256_maskstore_ps(p, m, v) }
@@ -553,6 +567,11 @@ mod x86 {
             // SAFETY: masked-off lanes are neither read nor fault; the lanes in `m` are
             // readable (caller); the token guarantees AVX-512F.
             unsafe { _mm512_mask_loadu_ps(fill, m, p) }
+        }
+        #[inline(always)]
+        unsafe fn load_mz(self, p: *const f32, m: __mmask16) -> __m512 {
+            // SAFETY: as `load_m`.
+            unsafe { _mm512_maskz_loadu_ps(m, p) }
         }
         #[inline(always)]
         unsafe fn store_m(self, p: *mut f32, m: __mmask16, v: __m512) {

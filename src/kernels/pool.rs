@@ -295,7 +295,7 @@ unsafe fn edge<S: Simd, const SW: usize>(s: S, k: &PoolKernel, row: &Row, o: *mu
     // SAFETY: the masks keep every load inside its row.
     let mut v = reduce(s, k, row, #[inline(always)] |src, kx, fill| {
         let b = b0 + (kx * cols.dilation) as isize;
-        unsafe { load_win::<S, SW>(s, src, b, &win::<S, SW>(s, cols.input, b, n), fill) }
+        unsafe { load_win::<S, SW>(s, src, b, &win::<S, SW>(s, cols.input, b, n), Some(fill)) }
     });
     if k.kind == PoolKind::Average {
         let mut inv = [1.0f32; 16];
