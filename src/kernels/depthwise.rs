@@ -217,6 +217,8 @@ struct Row {
 impl Row {
     /// Input row of kernel row `ky` (which must be in `self.ky`).
     #[inline(always)]
+    /// # Safety
+    /// `ky` must lie in `self.ky`, and `self.x` must point at a whole H*W input plane.
     unsafe fn input(&self, rows: &Axis, cols: &Axis, ky: usize) -> *const f32 {
         // SAFETY: ky in self.ky puts the row inside the plane (Axis::taps).
         unsafe { self.x.add((self.iy0 + (ky * rows.dilation) as isize) as usize * cols.input) }
@@ -263,6 +265,8 @@ unsafe fn plane<S: Simd>(s: S, k: &DepthwiseKernel, act: &ActV<S>, w: *const f32
 
 /// One output, scalar, with bounds checks (the stride >= 3 path).
 #[inline(always)]
+/// # Safety
+/// `row` must come from a valid input plane and weight row, and `xo` must be < OW.
 unsafe fn point(rows: &Axis, cols: &Axis, row: &Row, xo: usize) -> f32 {
     let (lo, hi) = cols.taps(xo);
     let ix0 = cols.origin(xo);
@@ -372,6 +376,8 @@ unsafe fn finish<S: Simd>(s: S, act: &ActV<S>, acc: S::V, o: *mut f32, res: Opti
 
 /// A row with any kernel: masked edges, whole vectors between.
 #[inline(always)]
+/// # Safety
+/// `row` from a valid plane; `o` writable and `res` readable for OW floats.
 unsafe fn row_any<S: Simd, const SW: usize>(s: S, k: &DepthwiseKernel, act: &ActV<S>, row: &Row, o: *mut f32, res: Option<*const f32>) {
     let (rows, cols) = (&k.rows, &k.cols);
     let (l, ow) = (S::LANES, cols.output);
@@ -380,12 +386,14 @@ unsafe fn row_any<S: Simd, const SW: usize>(s: S, k: &DepthwiseKernel, act: &Act
     let mut xo = 0;
     while xo < k.inner_from {
         let n = l.min(ow - xo);
+        // SAFETY: xo + n <= OW keeps o / res in the row; edge_any masks its input loads.
         unsafe { edge_any::<S, SW>(s, k, act, row, o, res, xo, n) };
         xo += n;
     }
     while cols.full(xo, l) {
         let mut acc = bias;
         for ky in row.ky.0..row.ky.1 {
+            // SAFETY: ky in row.ky (input row exists); `full(xo, l)` bounds every tap's load.
             unsafe {
                 let src = row.input(rows, cols, ky);
                 let wrow = row.w.add(ky * cols.kernel);
@@ -394,11 +402,13 @@ unsafe fn row_any<S: Simd, const SW: usize>(s: S, k: &DepthwiseKernel, act: &Act
                 }
             }
         }
+        // SAFETY: full vector at xo < OW - l + 1; o / res hold OW floats (caller).
         unsafe { finish(s, act, acc, o.add(xo), res.map(|r| r.add(xo)), l) };
         xo += l;
     }
     while xo < ow {
         let n = l.min(ow - xo);
+        // SAFETY: xo + n <= OW keeps o / res in the row; edge_any masks its input loads.
         unsafe { edge_any::<S, SW>(s, k, act, row, o, res, xo, n) };
         xo += n;
     }
@@ -406,6 +416,8 @@ unsafe fn row_any<S: Simd, const SW: usize>(s: S, k: &DepthwiseKernel, act: &Act
 
 /// A 3×3 row (dilation 1), weights in registers.
 #[inline(always)]
+/// # Safety
+/// As `row_any`, plus a 3×3 kernel with dilation 1 (`wk` its weights).
 unsafe fn row3<S: Simd, const SW: usize>(s: S, k: &DepthwiseKernel, act: &ActV<S>, row: &Row, wk: &[[S::V; 3]; 3], o: *mut f32, res: Option<*const f32>) {
     // SAFETY: forwarded; `row.ky` has 0 to 3 rows.
     unsafe {
@@ -456,11 +468,13 @@ unsafe fn row3n<S: Simd, const SW: usize, const NR: usize>(s: S, k: &DepthwiseKe
                 acc[r] = s.fmadd(t2, w[r][2], acc[r]);
             }
         }
+        // SAFETY: full vector at xo < OW - l + 1; o / res hold OW floats (caller).
         unsafe { finish(s, act, sum3::<S, NR>(s, acc), o.add(xo), res.map(|r| r.add(xo)), l) };
         xo += l;
     }
     while xo < ow {
         let n = l.min(ow - xo);
+        // SAFETY: xo + n <= OW keeps o / res in the row; edge3 masks its input loads.
         unsafe { edge3::<S, SW, NR>(s, k, act, &src, &w, bias, o, res, xo, n) };
         xo += n;
     }

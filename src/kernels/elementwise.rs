@@ -202,6 +202,7 @@ impl Simd for Portable {
         [x; 4]
     }
     #[inline(always)]
+    // Safety: the caller guarantees 4 readable floats at `p` (Simd::load contract).
     unsafe fn load(self, p: *const f32) -> [f32; 4] {
         // SAFETY: the caller guarantees 4 readable floats at `p`.
         unsafe { p.cast::<[f32; 4]>().read_unaligned() }
@@ -396,6 +397,7 @@ mod x86 {
             tf!(_mm256_set1_ps(x))
         }
         #[inline(always)]
+        // Safety: the caller guarantees 8 readable floats at `p` (Simd::load contract).
         unsafe fn load(self, p: *const f32) -> __m256 {
             // SAFETY: the caller guarantees 8 readable floats; the token guarantees AVX.
             unsafe { _mm256_loadu_ps(p) }
@@ -548,6 +550,7 @@ mod x86 {
             tf!(_mm512_set1_ps(x))
         }
         #[inline(always)]
+        // Safety: the caller guarantees 16 readable floats at `p` (Simd::load contract).
         unsafe fn load(self, p: *const f32) -> __m512 {
             // SAFETY: the caller guarantees 16 readable floats; the token guarantees AVX-512F.
             unsafe { _mm512_loadu_ps(p) }
@@ -863,11 +866,13 @@ pub(crate) unsafe fn map1<S: Simd>(s: S, src: *const f32, dst: *mut f32, len: us
         i += 2 * l;
     }
     while i + l <= len {
+        // SAFETY: i + l <= len, one full vector inside src / dst.
         unsafe { s.store(dst.add(i), f(s.load(src.add(i)))) };
         i += l;
     }
     if i < len {
         let n = len - i;
+        // SAFETY: n = len - i < l floats remain in src / dst.
         unsafe { s.store_part(dst.add(i), n, f(s.load_part(src.add(i), n, s.zero()))) };
     }
 }
@@ -933,6 +938,7 @@ pub(crate) unsafe fn sum_f64<S: Simd>(s: S, p: *const f32, len: usize) -> f64 {
         i += l;
     }
     if i < len {
+        // SAFETY: the last len - i < l floats, inside p..p+len.
         a = s.dadd(a, unsafe { s.load_part(p.add(i), len - i, s.zero()) });
     }
     s.dsum(a) + s.dsum(b)
@@ -1107,33 +1113,42 @@ unsafe fn softmax_row<S: Simd>(s: S, src: *const f32, dst: *mut f32, len: usize)
     let mut i = 0;
     // SAFETY (all blocks): accesses at i..i+l <= len or i..len.
     while i + l <= len {
+        // SAFETY: i + l <= len, a full vector inside src.
         m = s.max(m, unsafe { s.load(src.add(i)) });
         i += l;
     }
     if i < len {
+        // SAFETY: the len - i < l tail floats, inside src.
         m = s.max(m, unsafe { s.load_part(src.add(i), len - i, ninf) });
     }
     let m = s.splat(s.hmax(m));
     let mut acc = s.dzero();
     let mut i = 0;
     while i + l <= len {
+        // SAFETY: i + l <= len, a full vector inside src and dst.
         let e = exp_v(s, s.sub(unsafe { s.load(src.add(i)) }, m));
+        // SAFETY: i + l <= len, a full vector inside dst.
         unsafe { s.store(dst.add(i), e) };
         acc = s.dadd(acc, e);
         i += l;
     }
     if i < len {
         // The fill gives e^-inf = 0 in the unused lanes.
+        // SAFETY: the len - i < l tail floats, inside src.
         let e = exp_v(s, s.sub(unsafe { s.load_part(src.add(i), len - i, ninf) }, m));
+        // SAFETY: the len - i < l tail floats, inside dst.
         unsafe { s.store_part(dst.add(i), len - i, e) };
         acc = s.dadd(acc, e);
     }
     let inv = s.splat((1.0 / s.dsum(acc)) as f32);
+    // SAFETY: dst holds len floats (caller); src == dst is the allowed overlap.
     unsafe { map1(s, dst, dst, len, #[inline(always)] |v| s.mul(v, inv)) }
 }
 
 /// Softmax over `len` rows of `inner` floats, across rows, vectorized along `inner`.
 #[inline(always)]
+/// # Safety
+/// `src` readable and `dst` writable for `len * inner` floats.
 unsafe fn softmax_strided<S: Simd>(s: S, src: *const f32, dst: *mut f32, len: usize, inner: usize) {
     let ninf = s.splat(f32::NEG_INFINITY);
     let mut i = 0;
@@ -1142,17 +1157,22 @@ unsafe fn softmax_strided<S: Simd>(s: S, src: *const f32, dst: *mut f32, len: us
         // SAFETY (all blocks): element (k, i..i+w) is at k*inner + i, within len*inner.
         let mut m = ninf;
         for k in 0..len {
+            // SAFETY: k < len and w <= inner - i, so k*inner+i..+w is inside src.
             m = s.max(m, unsafe { s.load_part(src.add(k * inner + i), w, ninf) });
         }
         let mut acc = s.dzero();
         for k in 0..len {
+            // SAFETY: k < len and w <= inner - i, so k*inner+i..+w is inside src.
             let e = exp_v(s, s.sub(unsafe { s.load_part(src.add(k * inner + i), w, ninf) }, m));
+            // SAFETY: k < len and w <= inner - i, so k*inner+i..+w is inside dst.
             unsafe { s.store_part(dst.add(k * inner + i), w, e) };
             acc = s.dadd(acc, e);
         }
         let inv = s.div(s.splat(1.0), s.dcvt(acc));
         for k in 0..len {
+            // SAFETY: k*inner + i < len*inner, inside dst.
             let p = unsafe { dst.add(k * inner + i) };
+            // SAFETY: w floats at p = dst + k*inner + i, within len*inner.
             unsafe { s.store_part(p, w, s.mul(s.load_part(p, w, s.zero()), inv)) };
         }
         i += w;
@@ -1165,10 +1185,14 @@ unsafe fn softmax_strided<S: Simd>(s: S, src: *const f32, dst: *mut f32, len: us
 /// f32 parts, so a large mean costs no precision.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
+/// # Safety
+/// `src` readable and `dst` writable for `len` floats; `scale` (and `bias`) hold `len`
+/// floats when `per_elem`, else at least one.
 unsafe fn normalize<S: Simd>(s: S, src: *const f32, dst: *mut f32, len: usize, eps: f32, scale: *const f32, bias: Option<*const f32>, per_elem: bool) {
     let l = S::LANES;
     // SAFETY (all blocks): accesses at i..i+l <= len or i..len; scale / bias hold `len`
     // floats when per_elem, else 1.
+    // SAFETY: src holds len readable floats (caller).
     let mean = unsafe { sum_f64(s, src, len) } / len as f64;
     let mh = mean as f32;
     let ml = (mean - mh as f64) as f32;
@@ -1176,12 +1200,14 @@ unsafe fn normalize<S: Simd>(s: S, src: *const f32, dst: *mut f32, len: usize, e
     let mut acc = s.dzero();
     let mut i = 0;
     while i + l <= len {
+        // SAFETY: i + l <= len, a full vector inside src.
         let d = s.sub(unsafe { s.load(src.add(i)) }, vmh);
         acc = s.dadd(acc, s.mul(d, d));
         i += l;
     }
     if i < len {
         // Filled with the mean's high part: those lanes add exactly 0.
+        // SAFETY: the len - i < l tail floats, inside src.
         let d = s.sub(unsafe { s.load_part(src.add(i), len - i, vmh) }, vmh);
         acc = s.dadd(acc, s.mul(d, d));
     }
@@ -1194,6 +1220,7 @@ unsafe fn normalize<S: Simd>(s: S, src: *const f32, dst: *mut f32, len: usize, e
         let mut i = 0;
         while i < len {
             let w = l.min(len - i);
+            // SAFETY: w = min(l, len - i): i..i+w inside src, dst, scale and bias (per_elem).
             unsafe {
                 let d = s.sub(s.sub(s.load_part(src.add(i), w, zero), vmh), vml);
                 let k = s.mul(s.load_part(scale.add(i), w, zero), vinv);
@@ -1206,8 +1233,11 @@ unsafe fn normalize<S: Simd>(s: S, src: *const f32, dst: *mut f32, len: usize, e
             i += w;
         }
     } else {
+        // SAFETY: not per_elem, so scale holds at least one float (caller).
         let k = s.splat(unsafe { *scale } * inv);
+        // SAFETY: not per_elem, so bias, when given, holds at least one float (caller).
         let b = s.splat(bias.map_or(0.0, |b| unsafe { *b }));
+        // SAFETY: src / dst hold len floats (caller); equal if they overlap.
         unsafe { map1(s, src, dst, len, #[inline(always)] |v| s.fmadd(s.sub(s.sub(v, vmh), vml), k, b)) }
     }
 }
@@ -1298,6 +1328,7 @@ mod tests {
     }
 
     fn exp_kernel(isa: Isa, x: &[f32], out: &mut [f32]) {
+        // SAFETY: x and out have x.len() floats each (asserted by the callers' equal lengths).
         dispatch!(isa, |s| unsafe { map1(s, x.as_ptr(), out.as_mut_ptr(), x.len(), #[inline(always)] |v| exp_v(s, v)) })
     }
 

@@ -125,6 +125,8 @@ struct Row {
 impl Row {
     /// Input row of kernel row `ky` (which must be in `self.ky`).
     #[inline(always)]
+    /// # Safety
+    /// `ky` must lie in `self.ky`, and `self.x` must point at a whole H*W input plane.
     unsafe fn input(&self, rows: &Axis, cols: &Axis, ky: usize) -> *const f32 {
         // SAFETY: ky in self.ky puts the row inside the plane (Axis::taps).
         unsafe { self.x.add((self.iy0 + (ky * rows.dilation) as isize) as usize * cols.input) }
@@ -167,9 +169,11 @@ unsafe fn plane<S: Simd>(s: S, k: &PoolKernel, x: *const f32, out: *mut f32) {
         let mut xo = 0;
         while xo < k.inner_from {
             let n = l.min(ow - xo);
+            // SAFETY: xo + n <= OW, so o..o+n is inside the output row; edge_sw masks its loads.
             unsafe { edge_sw(s, k, &row, o, xo, n) };
             xo += n;
         }
+        // SAFETY: xo starts at inner_from; each body stays within `full` columns of the row.
         xo = unsafe {
             match (k.algo, k.kind, cols.stride) {
                 (Algo::K2S2 | Algo::K3S2, PoolKind::Max, _) => body_s2_max(s, k, &row, o, xo),
@@ -180,6 +184,7 @@ unsafe fn plane<S: Simd>(s: S, k: &PoolKernel, x: *const f32, out: *mut f32) {
         };
         while xo < ow {
             let n = l.min(ow - xo);
+            // SAFETY: xo + n <= OW, so o..o+n is inside the output row; edge_sw masks its loads.
             unsafe { edge_sw(s, k, &row, o, xo, n) };
             xo += n;
         }
@@ -188,6 +193,8 @@ unsafe fn plane<S: Simd>(s: S, k: &PoolKernel, x: *const f32, out: *mut f32) {
 
 /// One output, scalar, with bounds checks (the stride >= 3 path).
 #[inline(always)]
+/// # Safety
+/// `row` must come from `plane` for a valid input plane, and `xo` must be < OW.
 unsafe fn point(k: &PoolKernel, row: &Row, xo: usize) -> f32 {
     let (rows, cols) = (&k.rows, &k.cols);
     let (lo, hi) = cols.taps(xo);
@@ -326,6 +333,8 @@ struct Raw<S: Simd> {
 }
 
 #[inline(always)]
+/// # Safety
+/// `ky` in `row.ky`, and `k.cols.full(xo, LANES)` must hold (all 2·LANES floats in the row).
 unsafe fn raw<S: Simd>(s: S, k: &PoolKernel, row: &Row, ky: usize, xo: usize) -> Raw<S> {
     let l = S::LANES;
     // SAFETY: `full(xo)` bounds the last float (2xo - pad + 2 + 2l - 1 for 3×3) by the row.
@@ -437,6 +446,7 @@ unsafe fn plane_max<S: Simd>(s: S, p: *const f32, len: usize) -> f32 {
     let mut i = 0;
     // SAFETY (all blocks): accesses at i..i+l <= len or i..len.
     while i + 2 * l <= len {
+        // SAFETY: i + 2l <= len, so both vectors lie in p..p+len (caller's contract).
         let (a, b) = unsafe { (s.load(p.add(i)), s.load(p.add(i + l))) };
         nan = s.mask_or(nan, s.mask_or(s.is_nan(a), s.is_nan(b)));
         (m0, m1) = (s.max(m0, a), s.max(m1, b));
@@ -444,6 +454,7 @@ unsafe fn plane_max<S: Simd>(s: S, p: *const f32, len: usize) -> f32 {
     }
     while i < len {
         let n = l.min(len - i);
+        // SAFETY: n = min(l, len - i), so the partial load stays in p..p+len.
         let a = unsafe { s.load_part(p.add(i), n, ninf) };
         nan = s.mask_or(nan, s.is_nan(a));
         m0 = s.max(m0, a);

@@ -41,6 +41,9 @@ fn lane_mask(r: usize) -> __m256i {
 }
 
 #[target_feature(enable = "avx2,fma")]
+/// # Safety
+/// AVX2 and FMA present (dispatch); `a` / `b` / `c` / bias / residual valid for R rows
+/// and nv (MASKED) or 8·NV columns over kc steps (the UKernel contract).
 unsafe fn ukr<const R: usize, const NV: usize, const MASKED: bool>(
     kc: usize,
     a: *const f32,
@@ -64,8 +67,10 @@ unsafe fn ukr<const R: usize, const NV: usize, const MASKED: bool>(
     macro_rules! load {
         ($p:expr, $v:expr) => {
             if MASKED {
+                // SAFETY: masked lanes >= nv are not touched; the rest is in the tile (see above).
                 unsafe { _mm256_maskload_ps($p, mask[$v]) }
             } else {
+                // SAFETY: unmasked: all 8 lanes are within the 8·NV-column tile (see above).
                 unsafe { _mm256_loadu_ps($p) }
             }
         };
@@ -92,6 +97,7 @@ unsafe fn ukr<const R: usize, const NV: usize, const MASKED: bool>(
             *x = load!(bp.add(8 * v), v);
         }
         for (i, row) in acc.iter_mut().enumerate() {
+            // SAFETY: i < R, inside this k's A column.
             let av = _mm256_set1_ps(unsafe { *ap.add(i) });
             for (v, x) in row.iter_mut().enumerate() {
                 *x = _mm256_fmadd_ps(av, bv[v], *x);
@@ -104,6 +110,7 @@ unsafe fn ukr<const R: usize, const NV: usize, const MASKED: bool>(
     if st.finish {
         if !st.bias_row.is_null() {
             for (i, row) in acc.iter_mut().enumerate() {
+                // SAFETY: non-null bias_row holds R floats; i < R.
                 let bb = _mm256_set1_ps(unsafe { *st.bias_row.add(i) });
                 for x in row.iter_mut() {
                     *x = _mm256_add_ps(*x, bb);
@@ -135,6 +142,7 @@ unsafe fn ukr<const R: usize, const NV: usize, const MASKED: bool>(
     }
     for (i, row) in acc.iter().enumerate() {
         for (v, x) in row.iter().enumerate() {
+            // SAFETY: i < R, v < NV; masked lanes beyond nv are not written.
             unsafe {
                 if MASKED {
                     _mm256_maskstore_ps(c.add(i * ldc + 8 * v), mask[v], *x);
@@ -146,6 +154,7 @@ unsafe fn ukr<const R: usize, const NV: usize, const MASKED: bool>(
     }
     if st.finish && !vector_act {
         let w = if MASKED { nv } else { 8 * NV };
+        // SAFETY: the R × w tile of C was just written and is valid (UKernel contract).
         unsafe { act_tile_scalar(c, ldc, R, w, st.act) };
     }
 }
@@ -153,6 +162,9 @@ unsafe fn ukr<const R: usize, const NV: usize, const MASKED: bool>(
 /// Column-tail kernel: all `h = lda <= 12` rows of an A panel (two ymm, masked) against
 /// `NV` columns of B, one broadcast per column and k. See `Ukr::tcol`.
 #[target_feature(enable = "avx2,fma")]
+/// # Safety
+/// AVX2 and FMA present (dispatch); A has h = lda <= 12 rows, B / C / bias / residual
+/// are valid for h rows and NV columns over kc steps (UKernel contract, nv = NV).
 unsafe fn tcol<const NV: usize>(
     kc: usize,
     a: *const f32,
@@ -175,6 +187,7 @@ unsafe fn tcol<const NV: usize>(
     if st.load_c {
         for (j, col) in acc.iter_mut().enumerate() {
             for (i, x) in tmp.iter_mut().enumerate().take(h) {
+                // SAFETY: i < h and j < NV, inside the C tile.
                 *x = unsafe { *c.add(i * ldc + j) };
             }
             col[0] = _mm256_loadu_ps(tmp.as_ptr());
@@ -189,8 +202,10 @@ unsafe fn tcol<const NV: usize>(
             _mm_prefetch::<_MM_HINT_T0>(pf as *const i8);
             pf = pf.wrapping_add(st.pf_stride);
         }
+        // SAFETY: masks cover exactly the h rows of this k's A column.
         let av = unsafe { [_mm256_maskload_ps(ap, m[0]), _mm256_maskload_ps(ap.add(8), m[1])] };
         for (j, col) in acc.iter_mut().enumerate() {
+            // SAFETY: j < NV, inside this k's B row.
             let bj = _mm256_set1_ps(unsafe { *bp.add(j) });
             col[0] = _mm256_fmadd_ps(av[0], bj, col[0]);
             col[1] = _mm256_fmadd_ps(av[1], bj, col[1]);
@@ -201,6 +216,7 @@ unsafe fn tcol<const NV: usize>(
     let vector_act = act_is_vector(st.act);
     if st.finish {
         if !st.bias_row.is_null() {
+            // SAFETY: non-null bias_row holds h floats; masks cover exactly h lanes.
             let bb = unsafe { [_mm256_maskload_ps(st.bias_row, m[0]), _mm256_maskload_ps(st.bias_row.add(8), m[1])] };
             for col in acc.iter_mut() {
                 col[0] = _mm256_add_ps(col[0], bb[0]);
@@ -209,6 +225,7 @@ unsafe fn tcol<const NV: usize>(
         }
         if !st.bias_col.is_null() {
             for (j, col) in acc.iter_mut().enumerate() {
+                // SAFETY: non-null bias_col holds NV floats; j < NV.
                 let bb = _mm256_set1_ps(unsafe { *st.bias_col.add(j) });
                 col[0] = _mm256_add_ps(col[0], bb);
                 col[1] = _mm256_add_ps(col[1], bb);
@@ -217,6 +234,7 @@ unsafe fn tcol<const NV: usize>(
         if !st.residual.is_null() {
             for (j, col) in acc.iter_mut().enumerate() {
                 for (i, x) in tmp.iter_mut().enumerate().take(h) {
+                    // SAFETY: non-null residual is shaped like C; i < h, j < NV.
                     *x = unsafe { *st.residual.add(i * ldc + j) };
                 }
                 col[0] = _mm256_add_ps(col[0], _mm256_loadu_ps(tmp.as_ptr()));
@@ -234,10 +252,12 @@ unsafe fn tcol<const NV: usize>(
         _mm256_storeu_ps(tmp.as_mut_ptr(), col[0]);
         _mm256_storeu_ps(tmp.as_mut_ptr().add(8), col[1]);
         for (i, &x) in tmp.iter().enumerate().take(h) {
+            // SAFETY: i < h and j < NV, inside the C tile.
             unsafe { *c.add(i * ldc + j) = x };
         }
     }
     if st.finish && !vector_act {
+        // SAFETY: the h × NV tile of C was just written and is valid.
         unsafe { act_tile_scalar(c, ldc, h, NV, st.act) };
     }
 }

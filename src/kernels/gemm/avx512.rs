@@ -37,6 +37,9 @@ fn act_zmm(x: __m512, act: Activation) -> __m512 {
 /// `MR` rows × `16·NV` columns; `MASKED` limits loads and stores of B, C, bias and
 /// residual to the first `nv` columns.
 #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx2,fma")]
+/// # Safety
+/// AVX-512 present (dispatch); `a` / `b` / `c` / bias / residual valid for R rows and
+/// nv (MASKED) or 16·NV columns over kc steps (the UKernel contract).
 unsafe fn ukr<const R: usize, const NV: usize, const MASKED: bool>(
     kc: usize,
     a: *const f32,
@@ -176,6 +179,7 @@ unsafe fn tcol<const NV: usize>(
     if st.load_c {
         for (j, col) in acc.iter_mut().enumerate() {
             for (i, x) in tmp.iter_mut().enumerate().take(h) {
+                // SAFETY: i < h and j < NV, inside the C tile.
                 *x = unsafe { *c.add(i * ldc + j) };
             }
             *col = _mm512_loadu_ps(tmp.as_ptr());
@@ -189,8 +193,10 @@ unsafe fn tcol<const NV: usize>(
             _mm_prefetch::<_MM_HINT_T0>(pf as *const i8);
             pf = pf.wrapping_add(st.pf_stride);
         }
+        // SAFETY: mask m covers exactly the h rows of this k's A column.
         let av = unsafe { _mm512_maskz_loadu_ps(m, ap) };
         for (j, col) in acc.iter_mut().enumerate() {
+            // SAFETY: j < NV, inside this k's B row.
             *col = _mm512_fmadd_ps(av, _mm512_set1_ps(unsafe { *bp.add(j) }), *col);
         }
         ap = ap.wrapping_add(lda);
@@ -199,6 +205,7 @@ unsafe fn tcol<const NV: usize>(
     let vector_act = act_is_vector(st.act);
     if st.finish {
         if !st.bias_row.is_null() {
+            // SAFETY: non-null bias_row holds h floats; mask m covers exactly h lanes.
             let bb = unsafe { _mm512_maskz_loadu_ps(m, st.bias_row) };
             for col in acc.iter_mut() {
                 *col = _mm512_add_ps(*col, bb);
@@ -206,12 +213,14 @@ unsafe fn tcol<const NV: usize>(
         }
         if !st.bias_col.is_null() {
             for (j, col) in acc.iter_mut().enumerate() {
+                // SAFETY: non-null bias_col holds NV floats; j < NV.
                 *col = _mm512_add_ps(*col, _mm512_set1_ps(unsafe { *st.bias_col.add(j) }));
             }
         }
         if !st.residual.is_null() {
             for (j, col) in acc.iter_mut().enumerate() {
                 for (i, x) in tmp.iter_mut().enumerate().take(h) {
+                    // SAFETY: non-null residual is shaped like C; i < h, j < NV.
                     *x = unsafe { *st.residual.add(i * ldc + j) };
                 }
                 *col = _mm512_add_ps(*col, _mm512_loadu_ps(tmp.as_ptr()));
@@ -226,10 +235,12 @@ unsafe fn tcol<const NV: usize>(
     for (j, col) in acc.iter().enumerate() {
         _mm512_storeu_ps(tmp.as_mut_ptr(), *col);
         for (i, &x) in tmp.iter().enumerate().take(h) {
+            // SAFETY: i < h and j < NV, inside the C tile.
             unsafe { *c.add(i * ldc + j) = x };
         }
     }
     if st.finish && !vector_act {
+        // SAFETY: the h × NV tile of C was just written and is valid.
         unsafe { act_tile_scalar(c, ldc, h, NV, st.act) };
     }
 }

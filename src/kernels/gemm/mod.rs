@@ -287,6 +287,8 @@ unsafe fn pack_block_avx2(src: &dyn PackB, k0: usize, kc: usize, n0: usize, nc: 
 /// [`pack_block_nr`] compiled with AVX-512, so its fixed-size copies are zmm moves.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx2,fma")]
+/// # Safety
+/// The CPU must support AVX-512F/VL/BW, AVX2 and FMA (checked by the Isa dispatch).
 unsafe fn pack_block_avx512(src: &dyn PackB, k0: usize, kc: usize, n0: usize, nc: usize, dst: &mut [f32], tmp: &mut [f32]) {
     pack_block_nr::<32>(src, k0, kc, n0, nc, dst, tmp)
 }

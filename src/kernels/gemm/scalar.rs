@@ -8,6 +8,9 @@ use crate::simd::Isa;
 const MR: usize = 4;
 const NR: usize = 8;
 
+/// # Safety
+/// `a` / `b` hold kc steps of R rows / w columns, `c` (and residual) R rows of w columns
+/// at stride `ldc`, bias_row R and bias_col w floats (the UKernel contract).
 unsafe fn ukr<const R: usize, const FULL: bool>(
     kc: usize,
     a: *const f32,
@@ -26,6 +29,7 @@ unsafe fn ukr<const R: usize, const FULL: bool>(
     if st.load_c {
         for (i, row) in acc.iter_mut().enumerate() {
             for (j, x) in row.iter_mut().enumerate().take(w) {
+                // SAFETY: i < R and j < w, inside the C tile (UKernel contract).
                 *x = unsafe { *c.add(i * ldc + j) };
             }
         }
@@ -34,13 +38,16 @@ unsafe fn ukr<const R: usize, const FULL: bool>(
     for _ in 0..kc {
         let mut bv = [0f32; NR];
         if FULL {
+            // SAFETY: FULL means NR = 8 readable floats of B at bp for this k < kc.
             bv = unsafe { std::ptr::read_unaligned(bp as *const [f32; NR]) };
         } else {
             for (j, x) in bv.iter_mut().enumerate().take(w) {
+                // SAFETY: j < w, inside this k's B row.
                 *x = unsafe { *bp.add(j) };
             }
         }
         for (i, row) in acc.iter_mut().enumerate() {
+            // SAFETY: i < R, inside this k's A column.
             let av = unsafe { *ap.add(i) };
             for (x, &bj) in row.iter_mut().zip(&bv) {
                 *x += av * bj;
@@ -51,13 +58,16 @@ unsafe fn ukr<const R: usize, const FULL: bool>(
     }
     if st.finish {
         for (i, row) in acc.iter_mut().enumerate() {
+            // SAFETY: non-null bias_row holds R floats; i < R.
             let br = if st.bias_row.is_null() { 0.0 } else { unsafe { *st.bias_row.add(i) } };
             for (j, x) in row.iter_mut().enumerate().take(w) {
                 let mut v = *x + br;
                 if !st.bias_col.is_null() {
+                    // SAFETY: non-null bias_col holds w floats; j < w.
                     v += unsafe { *st.bias_col.add(j) };
                 }
                 if !st.residual.is_null() {
+                    // SAFETY: non-null residual is shaped like C; i < R, j < w.
                     v += unsafe { *st.residual.add(i * ldc + j) };
                 }
                 *x = act_f32(st.act, v);
@@ -66,6 +76,7 @@ unsafe fn ukr<const R: usize, const FULL: bool>(
     }
     for (i, row) in acc.iter().enumerate() {
         for (j, &x) in row.iter().enumerate().take(w) {
+            // SAFETY: i < R and j < w, inside the C tile (UKernel contract).
             unsafe { *c.add(i * ldc + j) = x };
         }
     }

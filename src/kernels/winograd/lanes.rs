@@ -100,6 +100,7 @@ mod x86 {
         }
 
         #[inline(always)]
+        // Safety: the caller guarantees p[0..2·LANES+2] readable (Lanes::gather_s2 contract).
         unsafe fn gather_s2(self, p: *const f32) -> [__m256; 4] {
             // SAFETY: reads p[0..18] (caller); the token proves AVX2.
             unsafe {
@@ -156,6 +157,7 @@ mod tests {
     fn check<S: Lanes>(s: S) {
         let l = S::LANES;
         let src: Vec<f32> = (0..64).map(|i| i as f32).collect();
+        // SAFETY: src holds 64 floats, more than the 4·LANES + 2 that gather_s4 reads.
         let g4 = unsafe { s.gather_s4(src.as_ptr()) };
         for (j, v) in g4.iter().enumerate() {
             let a = s.to_array(*v);
@@ -163,6 +165,7 @@ mod tests {
                 assert_eq!(a[i], (4 * i + j) as f32, "s4 col {j} lane {i}");
             }
         }
+        // SAFETY: src holds 64 floats, more than the 2·LANES + 2 that gather_s2 reads.
         let g2 = unsafe { s.gather_s2(src.as_ptr()) };
         for (j, v) in g2.iter().enumerate() {
             let a = s.to_array(*v);
@@ -171,6 +174,7 @@ mod tests {
             }
         }
         // Scatter: y[j] lane i = 100 j + i must land at 4i + j.
+        // SAFETY: the temporary Vec holds 16 >= LANES floats and lives through the load.
         let mk = |j: usize| unsafe { s.load((0..16).map(|i| (100 * j + i) as f32).collect::<Vec<_>>().as_ptr()) };
         let w4 = s.scatter_s4([mk(0), mk(1), mk(2), mk(3)]);
         let flat: Vec<f32> = w4.iter().flat_map(|v| s.to_array(*v)[..l].to_vec()).collect();
