@@ -3,21 +3,37 @@
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::format::{self, ChannelOrder, Metadata};
-use crate::graph::{Graph, Op, WeightLayout};
+use crate::format::{self, ChannelOrder, LayerNote, Metadata};
+use crate::graph::{Conv, Graph, Op, WeightLayout};
 use crate::kernels::conv::ConvKernel;
 use crate::kernels::depthwise::DepthwiseKernel;
 use crate::kernels::linear::LinearKernel;
-use crate::simd::Isa;
+use crate::kernels::winograd::{measure_relative_error, WinogradKernel, WinogradVariant};
 use crate::passes::{self, PassReport};
+use crate::simd::Isa;
 
 /// Preprocessing and labels stored in the model for `cnnrt run` and services.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct ConvertOptions {
     pub labels: Vec<String>,
     pub mean: Vec<f32>,
     pub std: Vec<f32>,
     pub channel_order: Option<ChannelOrder>,
+    /// Largest relative error (max |winograd − direct| / max |direct| on a calibration
+    /// input) accepted for a Winograd layer; `0` turns Winograd off. Default 1e-4.
+    pub winograd_max_error: f64,
+}
+
+impl Default for ConvertOptions {
+    fn default() -> Self {
+        ConvertOptions {
+            labels: Vec::new(),
+            mean: Vec::new(),
+            std: Vec::new(),
+            channel_order: None,
+            winograd_max_error: 1e-4,
+        }
+    }
 }
 
 /// The converted model, before it is written.
@@ -27,6 +43,20 @@ pub struct Converted {
     pub weights: Vec<Vec<f32>>,
     pub metadata: Metadata,
     pub passes: PassReport,
+    pub winograd_max_error: f64,
+}
+
+/// A deterministic calibration input in [-1, 1) for the Winograd error check.
+fn calibration_input(len: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
 }
 
 /// Imports ONNX bytes and runs the passes.
@@ -48,9 +78,15 @@ pub fn convert_onnx(bytes: &[u8], options: &ConvertOptions) -> Result<Converted>
         }
     }
     if options.std.iter().any(|&s| s == 0.0 || !s.is_finite()) {
-        return Err(Error::Input("--std values must be finite and non-zero".into()));
+        return Err(Error::Input(
+            "--std values must be finite and non-zero".into(),
+        ));
     }
-    let channel_order = options.channel_order.unwrap_or(if channels == 1 { ChannelOrder::Gray } else { ChannelOrder::Rgb });
+    let channel_order = options.channel_order.unwrap_or(if channels == 1 {
+        ChannelOrder::Gray
+    } else {
+        ChannelOrder::Rgb
+    });
     let metadata = Metadata {
         input_name: graph.values[input].name.clone(),
         input_shape,
@@ -58,28 +94,56 @@ pub fn convert_onnx(bytes: &[u8], options: &ConvertOptions) -> Result<Converted>
         std: options.std.clone(),
         channel_order,
         labels: options.labels.clone(),
-        producer: format!("cnnrt {} from ONNX ({})", env!("CARGO_PKG_VERSION"), imported.producer),
+        producer: format!(
+            "cnnrt {} from ONNX ({})",
+            env!("CARGO_PKG_VERSION"),
+            imported.producer
+        ),
         source_opset: imported.opset,
         ..Default::default()
     };
-    Ok(Converted { graph, weights, metadata, passes: report })
+    Ok(Converted {
+        graph,
+        weights,
+        metadata,
+        passes: report,
+        winograd_max_error: options.winograd_max_error,
+    })
 }
 
 impl Converted {
     /// The graph and weights as stored in the file: convolution and fully connected
     /// weights packed for the GEMM kernels (ISA-independent layouts), so sessions use them
     /// in place. Depthwise convolutions keep the plain layout their kernel reads.
-    pub fn packed_for_file(&self) -> (Graph, Vec<Vec<f32>>) {
+    ///
+    /// 3×3 stride-1 layers use Winograd F(4x4,3x3), or F(2x2,3x3), when its error measured
+    /// against direct convolution on a calibration input is within the budget; each
+    /// Winograd candidate's algorithm and error are returned as layer notes.
+    pub fn packed_for_file(&self) -> (Graph, Vec<Vec<f32>>, Vec<LayerNote>) {
         let mut graph = self.graph.clone();
         let mut weights = self.weights.clone();
-        for node in &self.graph.nodes {
+        let mut notes = Vec::new();
+        for (index, node) in self.graph.nodes.iter().enumerate() {
             let in_shape = self.graph.shape(node.inputs[0]);
             let out_shape = self.graph.shape(node.output);
             match &node.op {
                 Op::Conv(c) => {
-                    let (i, o) = ([in_shape[0], in_shape[1], in_shape[2]], [out_shape[0], out_shape[1], out_shape[2]]);
-                    if DepthwiseKernel::new(Isa::Scalar, c, i, o).is_some() || graph.weights[c.weight].layout != WeightLayout::Plain {
+                    let (i, o) = (
+                        [in_shape[0], in_shape[1], in_shape[2]],
+                        [out_shape[0], out_shape[1], out_shape[2]],
+                    );
+                    if DepthwiseKernel::new(Isa::Scalar, c, i, o).is_some()
+                        || graph.weights[c.weight].layout != WeightLayout::Plain
+                    {
                         continue;
+                    }
+                    if let Some(note) = self.try_winograd(index, c, i, o, &mut graph, &mut weights)
+                    {
+                        let chosen = note.algorithm != "im2col_gemm";
+                        notes.push(note);
+                        if chosen {
+                            continue;
+                        }
                     }
                     let k = ConvKernel::new(Isa::Scalar, c, i, o);
                     let mut packed = vec![0.0; k.packed_weight_len()];
@@ -100,20 +164,74 @@ impl Converted {
                 _ => {}
             }
         }
-        (graph, weights)
+        (graph, weights, notes)
+    }
+
+    /// Packs `c` for Winograd if a variant meets the error budget; the note says what
+    /// was measured and chosen (None when the layer is not a Winograd candidate).
+    fn try_winograd(
+        &self,
+        index: usize,
+        c: &Conv,
+        i: [usize; 3],
+        o: [usize; 3],
+        graph: &mut Graph,
+        weights: &mut [Vec<f32>],
+    ) -> Option<LayerNote> {
+        if self.winograd_max_error <= 0.0 {
+            return None;
+        }
+        WinogradKernel::new(Isa::Scalar, c, i, o, WinogradVariant::F4x4)?;
+        let node = &self.graph.nodes[index];
+        let x = calibration_input(i.iter().product(), index as u64 + 1);
+        let plain = &self.weights[c.weight];
+        let bias = c.bias.map(|b| self.weights[b].as_slice());
+        let mut best_err = f64::INFINITY;
+        for variant in [WinogradVariant::F4x4, WinogradVariant::F2x2] {
+            let err = measure_relative_error(Isa::Scalar, c, i, o, variant, plain, bias, &x);
+            best_err = best_err.min(err);
+            if err <= self.winograd_max_error {
+                let k = WinogradKernel::new(Isa::Scalar, c, i, o, variant)?;
+                let mut packed = vec![0.0; k.packed_weight_len()];
+                k.pack_weights(plain, &mut packed);
+                weights[c.weight] = packed;
+                graph.weights[c.weight].layout = match variant {
+                    WinogradVariant::F4x4 => WeightLayout::WinogradF4x4,
+                    WinogradVariant::F2x2 => WeightLayout::WinogradF2x2,
+                };
+                return Some(LayerNote {
+                    node: node.name.clone(),
+                    algorithm: variant.algorithm().to_string(),
+                    relative_error: Some(err),
+                });
+            }
+        }
+        Some(LayerNote {
+            node: node.name.clone(),
+            algorithm: "im2col_gemm".to_string(),
+            relative_error: Some(best_err),
+        })
     }
 
     /// Writes the `.cnnrt` file (packed, see [`Converted::packed_for_file`]).
     pub fn write(&self, path: &Path) -> Result<()> {
-        let (graph, weights) = self.packed_for_file();
+        let (graph, weights, notes) = self.packed_for_file();
         let refs: Vec<&[f32]> = weights.iter().map(|w| w.as_slice()).collect();
-        format::write_model(path, &graph, &refs, &self.metadata)
+        let metadata = Metadata {
+            layer_notes: notes,
+            ..self.metadata.clone()
+        };
+        format::write_model(path, &graph, &refs, &metadata)
     }
 }
 
 /// Converts `onnx_path` and writes `out_path`. Returns the converted model with plain
 /// (unpacked) weights, e.g. for the reference kernels.
-pub fn convert_file(onnx_path: &Path, out_path: &Path, options: &ConvertOptions) -> Result<Converted> {
+pub fn convert_file(
+    onnx_path: &Path,
+    out_path: &Path,
+    options: &ConvertOptions,
+) -> Result<Converted> {
     let bytes = std::fs::read(onnx_path).map_err(|e| Error::io(onnx_path, e))?;
     let converted = convert_onnx(&bytes, options)?;
     converted.write(out_path)?;

@@ -21,11 +21,19 @@ pub enum Error {
 
     /// An op or attribute that cnnrt does not implement.
     #[error("node '{node}' ({op}): unsupported: {what}")]
-    Unsupported { node: String, op: String, what: String },
+    Unsupported {
+        node: String,
+        op: String,
+        what: String,
+    },
 
     /// Shapes that cannot work together.
     #[error("node '{node}' ({op}): {reason}")]
-    Shape { node: String, op: String, reason: String },
+    Shape {
+        node: String,
+        op: String,
+        reason: String,
+    },
 
     /// A graph that is structurally broken (dangling value, cycle, bad id).
     #[error("invalid graph: {0}")]
@@ -47,10 +55,17 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
 
     pub fn shape(node: &str, op: &str, reason: impl Into<String>) -> Self {
-        Error::Shape { node: node.to_string(), op: op.to_string(), reason: reason.into() }
+        Error::Shape {
+            node: node.to_string(),
+            op: op.to_string(),
+            reason: reason.into(),
+        }
     }
 }

@@ -20,7 +20,8 @@ pub struct InputBatch {
 /// Reads an `.npy` float32 array whose shape is `[N, sample...]` or `[sample...]`.
 pub fn read_npy(path: &Path, sample_shape: &[usize]) -> Result<InputBatch> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let (data, shape) = npy_from_bytes(&bytes).map_err(|e| Error::Input(format!("{}: {e}", path.display())))?;
+    let (data, shape) =
+        npy_from_bytes(&bytes).map_err(|e| Error::Input(format!("{}: {e}", path.display())))?;
     let sample: usize = sample_shape.iter().product();
     let batch = if shape == sample_shape {
         1
@@ -33,7 +34,11 @@ pub fn read_npy(path: &Path, sample_shape: &[usize]) -> Result<InputBatch> {
         )));
     };
     debug_assert_eq!(data.len(), batch * sample);
-    Ok(InputBatch { data, batch, sources: vec![path.to_path_buf()] })
+    Ok(InputBatch {
+        data,
+        batch,
+        sources: vec![path.to_path_buf()],
+    })
 }
 
 /// Decodes a float32 `.npy` (C order) from memory, checking its size before allocating.
@@ -46,17 +51,23 @@ pub fn npy_from_bytes(bytes: &[u8]) -> std::result::Result<(Vec<f32>, Vec<usize>
     let n = shape
         .iter()
         .try_fold(1usize, |a, &d| a.checked_mul(d))
-        .filter(|&n| n <= limits::MAX_TENSOR_ELEMENTS && n.checked_mul(4).is_some_and(|b| b <= bytes.len()))
+        .filter(|&n| {
+            n <= limits::MAX_TENSOR_ELEMENTS && n.checked_mul(4).is_some_and(|b| b <= bytes.len())
+        })
         .ok_or_else(|| format!("shape {shape:?} is larger than the file or the limit"))?;
     let dtype = npy.dtype();
     let data: Vec<f32> = match &dtype {
         npyz::DType::Plain(t) if t.type_char() == npyz::TypeChar::Float && t.size_field() == 4 => {
-            npy.into_vec::<f32>().map_err(|e| format!("cannot read float32 data: {e}"))?
+            npy.into_vec::<f32>()
+                .map_err(|e| format!("cannot read float32 data: {e}"))?
         }
         other => return Err(format!("dtype {:?} is not float32", other.descr())),
     };
     if data.len() != n {
-        return Err(format!("array holds {} elements, its shape {shape:?} says {n}", data.len()));
+        return Err(format!(
+            "array holds {} elements, its shape {shape:?} says {n}",
+            data.len()
+        ));
     }
     Ok((data, shape))
 }
@@ -72,7 +83,8 @@ pub fn write_npy(path: &Path, data: &[f32], shape: &[usize]) -> Result<()> {
             .writer(&mut buf)
             .begin_nd()
             .map_err(|e| Error::Other(format!("npy: {e}")))?;
-        w.extend(data.iter().copied()).map_err(|e| Error::Other(format!("npy: {e}")))?;
+        w.extend(data.iter().copied())
+            .map_err(|e| Error::Other(format!("npy: {e}")))?;
         w.finish().map_err(|e| Error::Other(format!("npy: {e}")))?;
     }
     std::fs::write(path, buf).map_err(|e| Error::io(path, e))
@@ -80,19 +92,31 @@ pub fn write_npy(path: &Path, data: &[f32], shape: &[usize]) -> Result<()> {
 
 fn is_image(path: &Path) -> bool {
     matches!(
-        path.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).as_deref(),
+        path.extension()
+            .and_then(|e| e.to_str())
+            .map(|e| e.to_ascii_lowercase())
+            .as_deref(),
         Some("png" | "jpg" | "jpeg")
     )
 }
 
 /// Decodes an image and converts it to the model's `C×H×W` input: resized (bilinear) to
 /// H×W, scaled to [0, 1], channels in the stored order, then `(x - mean[c]) / std[c]`.
-pub fn image_to_tensor(bytes: &[u8], sample_shape: &[usize], meta: &Metadata, out: &mut Vec<f32>) -> Result<()> {
+pub fn image_to_tensor(
+    bytes: &[u8],
+    sample_shape: &[usize],
+    meta: &Metadata,
+    out: &mut Vec<f32>,
+) -> Result<()> {
     let [c, h, w] = *sample_shape else {
-        return Err(Error::Input(format!("images need a C×H×W model input; this model takes {sample_shape:?}")));
+        return Err(Error::Input(format!(
+            "images need a C×H×W model input; this model takes {sample_shape:?}"
+        )));
     };
     if c != 1 && c != 3 {
-        return Err(Error::Input(format!("images need a 1- or 3-channel model input; this model takes {c} channels")));
+        return Err(Error::Input(format!(
+            "images need a 1- or 3-channel model input; this model takes {c} channels"
+        )));
     }
     let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
@@ -102,13 +126,23 @@ pub fn image_to_tensor(bytes: &[u8], sample_shape: &[usize], meta: &Metadata, ou
     lim.max_image_height = Some(16384);
     lim.max_alloc = Some(512 << 20);
     reader.limits(lim);
-    let img = reader.decode().map_err(|e| Error::Input(format!("cannot decode image: {e}")))?;
+    let img = reader
+        .decode()
+        .map_err(|e| Error::Input(format!("cannot decode image: {e}")))?;
     let img = if img.width() as usize != w || img.height() as usize != h {
         img.resize_exact(w as u32, h as u32, image::imageops::FilterType::Triangle)
     } else {
         img
     };
-    let stat = |v: &[f32], i: usize, default: f32| if v.is_empty() { default } else if v.len() == 1 { v[0] } else { v.get(i).copied().unwrap_or(default) };
+    let stat = |v: &[f32], i: usize, default: f32| {
+        if v.is_empty() {
+            default
+        } else if v.len() == 1 {
+            v[0]
+        } else {
+            v.get(i).copied().unwrap_or(default)
+        }
+    };
     let start = out.len();
     out.resize(start + c * h * w, 0.0);
     let dst = &mut out[start..];
@@ -143,20 +177,33 @@ pub fn load_input(path: &Path, sample_shape: &[usize], meta: &Metadata) -> Resul
             .collect();
         files.sort();
         if files.is_empty() {
-            return Err(Error::Input(format!("{}: no .png / .jpg images in this folder", path.display())));
+            return Err(Error::Input(format!(
+                "{}: no .png / .jpg images in this folder",
+                path.display()
+            )));
         }
         let mut data = Vec::new();
         for f in &files {
             let bytes = std::fs::read(f).map_err(|e| Error::io(f, e))?;
-            image_to_tensor(&bytes, sample_shape, meta, &mut data).map_err(|e| Error::Input(format!("{}: {e}", f.display())))?;
+            image_to_tensor(&bytes, sample_shape, meta, &mut data)
+                .map_err(|e| Error::Input(format!("{}: {e}", f.display())))?;
         }
-        return Ok(InputBatch { data, batch: files.len(), sources: files });
+        return Ok(InputBatch {
+            data,
+            batch: files.len(),
+            sources: files,
+        });
     }
     if is_image(path) {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         let mut data = Vec::new();
-        image_to_tensor(&bytes, sample_shape, meta, &mut data).map_err(|e| Error::Input(format!("{}: {e}", path.display())))?;
-        return Ok(InputBatch { data, batch: 1, sources: vec![path.to_path_buf()] });
+        image_to_tensor(&bytes, sample_shape, meta, &mut data)
+            .map_err(|e| Error::Input(format!("{}: {e}", path.display())))?;
+        return Ok(InputBatch {
+            data,
+            batch: 1,
+            sources: vec![path.to_path_buf()],
+        });
     }
     read_npy(path, sample_shape)
 }

@@ -19,7 +19,11 @@ pub fn thousands(n: usize) -> String {
 }
 
 fn dims(shape: &[usize]) -> String {
-    shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("×")
+    shape
+        .iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join("×")
 }
 
 fn op_label(op: &Op, residual: bool) -> String {
@@ -49,11 +53,30 @@ fn op_label(op: &Op, residual: bool) -> String {
 }
 
 /// Renders the table. `algorithms`, when given, adds the kernel chosen for each node.
-pub fn layer_table(graph: &Graph, algorithms: Option<&[&str]>, notes: &[(String, Option<f64>)]) -> String {
+pub fn layer_table(
+    graph: &Graph,
+    algorithms: Option<&[&str]>,
+    notes: &[(String, Option<f64>)],
+) -> String {
     let stats = layer_stats(graph);
     let mut rows: Vec<Vec<String>> = Vec::new();
-    let input = graph.inputs.first().map(|&v| dims(graph.shape(v))).unwrap_or_default();
-    rows.push(vec!["0".into(), "input".into(), "Input".into(), input, String::new(), String::new(), String::new(), String::new(), String::new(), String::new()]);
+    let input = graph
+        .inputs
+        .first()
+        .map(|&v| dims(graph.shape(v)))
+        .unwrap_or_default();
+    rows.push(vec![
+        "0".into(),
+        "input".into(),
+        "Input".into(),
+        input,
+        String::new(),
+        String::new(),
+        String::new(),
+        String::new(),
+        String::new(),
+        String::new(),
+    ]);
     for (i, (node, st)) in graph.nodes.iter().zip(&stats).enumerate() {
         let wshape = match &node.op {
             Op::Conv(c) => dims(&graph.weights[c.weight].shape),
@@ -61,7 +84,10 @@ pub fn layer_table(graph: &Graph, algorithms: Option<&[&str]>, notes: &[(String,
             _ => String::new(),
         };
         let residual = matches!(node.op, Op::Conv(_) | Op::Linear(_)) && node.inputs.len() == 2;
-        let mut algo = algorithms.and_then(|a| a.get(i)).map(|s| s.to_string()).unwrap_or_default();
+        let mut algo = algorithms
+            .and_then(|a| a.get(i))
+            .map(|s| s.to_string())
+            .unwrap_or_default();
         if let Some((_, Some(err))) = notes.iter().find(|(n, _)| *n == node.name) {
             let _ = write!(algo, " (err {err:.1e})");
         }
@@ -92,9 +118,30 @@ pub fn layer_table(graph: &Graph, algorithms: Option<&[&str]>, notes: &[(String,
         String::new(),
         String::new(),
     ]);
-    let header = ["#", "layer", "op", "output (C×H×W)", "weights", "params", "mult-adds", "recept. field", "stride", "algorithm"];
-    let ncols = if algorithms.is_some() { header.len() } else { header.len() - 1 };
-    let width = |c: usize| rows.iter().map(|r| r[c].chars().count()).chain([header[c].chars().count()]).max().unwrap_or(0);
+    let header = [
+        "#",
+        "layer",
+        "op",
+        "output (C×H×W)",
+        "weights",
+        "params",
+        "mult-adds",
+        "recept. field",
+        "stride",
+        "algorithm",
+    ];
+    let ncols = if algorithms.is_some() {
+        header.len()
+    } else {
+        header.len() - 1
+    };
+    let width = |c: usize| {
+        rows.iter()
+            .map(|r| r[c].chars().count())
+            .chain([header[c].chars().count()])
+            .max()
+            .unwrap_or(0)
+    };
     let widths: Vec<usize> = (0..ncols).map(width).collect();
     let mut out = String::new();
     let right = |c: usize| matches!(c, 0 | 5 | 6 | 8);
@@ -112,7 +159,10 @@ pub fn layer_table(graph: &Graph, algorithms: Option<&[&str]>, notes: &[(String,
         out.truncate(trimmed);
         out.push('\n');
     };
-    line(&header.iter().map(|s| s.to_string()).collect::<Vec<_>>(), &mut out);
+    line(
+        &header.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        &mut out,
+    );
     let total = widths.iter().sum::<usize>() + 2 * (ncols - 1);
     let _ = writeln!(out, "{}", "-".repeat(total));
     let last = rows.len() - 1;
@@ -122,6 +172,10 @@ pub fn layer_table(graph: &Graph, algorithms: Option<&[&str]>, notes: &[(String,
         }
         line(r, &mut out);
     }
-    let _ = writeln!(out, "FLOPs per sample (2 × mult-adds): {}", thousands(2 * macs));
+    let _ = writeln!(
+        out,
+        "FLOPs per sample (2 × mult-adds): {}",
+        thousands(2 * macs)
+    );
     out
 }

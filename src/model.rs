@@ -23,12 +23,16 @@ impl Model {
     }
 
     pub fn open_with(path: impl AsRef<Path>, options: &OpenOptions) -> Result<Arc<Model>> {
-        Ok(Arc::new(Model { file: ModelFile::open(path.as_ref(), options)? }))
+        Ok(Arc::new(Model {
+            file: ModelFile::open(path.as_ref(), options)?,
+        }))
     }
 
     /// Validates a model held in memory (copied into an aligned buffer).
     pub fn from_bytes(bytes: &[u8]) -> Result<Arc<Model>> {
-        Ok(Arc::new(Model { file: ModelFile::from_bytes(bytes)? }))
+        Ok(Arc::new(Model {
+            file: ModelFile::from_bytes(bytes)?,
+        }))
     }
 
     pub fn graph(&self) -> &Graph {

@@ -25,7 +25,10 @@ pub struct PassReport {
 
 /// Runs every pass; `weights[i]` is the data of `graph.weights[i]`.
 pub fn optimize(graph: &mut Graph, weights: &mut Vec<Vec<f32>>) -> PassReport {
-    let mut report = PassReport { pads_folded: fold_pads(graph), ..Default::default() };
+    let mut report = PassReport {
+        pads_folded: fold_pads(graph),
+        ..Default::default()
+    };
     report.affines_folded = fold_affines(graph, weights);
     report.activations_fused = fuse_activations(graph);
     report.residuals_fused = fuse_residuals(graph);
@@ -37,8 +40,17 @@ pub fn optimize(graph: &mut Graph, weights: &mut Vec<Vec<f32>>) -> PassReport {
 /// Node index whose only reader is node `reader`, via `value`; None if shared or an output.
 fn sole_reader(graph: &Graph, value: ValueId, reader: usize) -> bool {
     !graph.outputs.contains(&value)
-        && graph.nodes.iter().enumerate().all(|(i, n)| i == reader || !n.inputs.contains(&value))
-        && graph.nodes[reader].inputs.iter().filter(|&&v| v == value).count() == 1
+        && graph
+            .nodes
+            .iter()
+            .enumerate()
+            .all(|(i, n)| i == reader || !n.inputs.contains(&value))
+        && graph.nodes[reader]
+            .inputs
+            .iter()
+            .filter(|&&v| v == value)
+            .count()
+            == 1
 }
 
 /// Merges node `second` into node `first`: `first` takes over `second`'s output value and
@@ -61,9 +73,14 @@ fn fold_pads(graph: &mut Graph) -> usize {
             continue;
         };
         let out = graph.nodes[i].output;
-        let reader = graph.nodes.iter().position(|n| n.inputs.first() == Some(&out));
+        let reader = graph
+            .nodes
+            .iter()
+            .position(|n| n.inputs.first() == Some(&out));
         let foldable = value == 0.0
-            && reader.is_some_and(|r| sole_reader(graph, out, r) && matches!(graph.nodes[r].op, Op::Conv(_)));
+            && reader.is_some_and(|r| {
+                sole_reader(graph, out, r) && matches!(graph.nodes[r].op, Op::Conv(_))
+            });
         if let (true, Some(r)) = (foldable, reader) {
             let src = graph.nodes[i].inputs[0];
             if let Op::Conv(c) = &mut graph.nodes[r].op {
@@ -81,7 +98,13 @@ fn fold_pads(graph: &mut Graph) -> usize {
     count
 }
 
-fn push_weight(graph: &mut Graph, weights: &mut Vec<Vec<f32>>, name: String, shape: Vec<usize>, data: Vec<f32>) -> WeightId {
+fn push_weight(
+    graph: &mut Graph,
+    weights: &mut Vec<Vec<f32>>,
+    name: String,
+    shape: Vec<usize>,
+    data: Vec<f32>,
+) -> WeightId {
     let id = graph.add_weight(name, shape);
     weights.push(data);
     id
@@ -91,7 +114,12 @@ fn fold_affines(graph: &mut Graph, weights: &mut Vec<Vec<f32>>) -> usize {
     let mut count = 0;
     let mut i = 0;
     while i < graph.nodes.len() {
-        let Op::ChannelAffine { scale, shift, activation } = graph.nodes[i].op.clone() else {
+        let Op::ChannelAffine {
+            scale,
+            shift,
+            activation,
+        } = graph.nodes[i].op.clone()
+        else {
             i += 1;
             continue;
         };
@@ -101,8 +129,20 @@ fn fold_affines(graph: &mut Graph, weights: &mut Vec<Vec<f32>>) -> usize {
             continue;
         };
         let (out_channels, weight, bias, prev_act, inputs) = match &graph.nodes[p].op {
-            Op::Conv(c) => (c.out_channels, c.weight, c.bias, c.activation, graph.nodes[p].inputs.len()),
-            Op::Linear(l) => (l.out_features, l.weight, l.bias, l.activation, graph.nodes[p].inputs.len()),
+            Op::Conv(c) => (
+                c.out_channels,
+                c.weight,
+                c.bias,
+                c.activation,
+                graph.nodes[p].inputs.len(),
+            ),
+            Op::Linear(l) => (
+                l.out_features,
+                l.weight,
+                l.bias,
+                l.activation,
+                graph.nodes[p].inputs.len(),
+            ),
             _ => {
                 i += 1;
                 continue;
@@ -168,7 +208,11 @@ fn fuse_activations(graph: &mut Graph) -> usize {
         let src = graph.nodes[i].inputs[0];
         let fusable = producer_of(graph, src).filter(|&p| {
             sole_reader(graph, src, i)
-                && graph.nodes[p].op.clone().fused_activation_mut().is_some_and(|a| a.is_identity())
+                && graph.nodes[p]
+                    .op
+                    .clone()
+                    .fused_activation_mut()
+                    .is_some_and(|a| a.is_identity())
         });
         match fusable {
             Some(p) => {
@@ -188,7 +232,11 @@ fn fuse_residuals(graph: &mut Graph) -> usize {
     let mut count = 0;
     let mut i = 0;
     while i < graph.nodes.len() {
-        let Op::Binary { kind: BinaryKind::Add, activation } = graph.nodes[i].op else {
+        let Op::Binary {
+            kind: BinaryKind::Add,
+            activation,
+        } = graph.nodes[i].op
+        else {
             i += 1;
             continue;
         };
@@ -273,4 +321,3 @@ fn drop_unused(graph: &mut Graph, weights: &mut Vec<Vec<f32>>) -> usize {
     }
     dropped
 }
-

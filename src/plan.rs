@@ -49,7 +49,10 @@ impl ArenaPlan {
             if first[v] == usize::MAX {
                 continue;
             }
-            let numel: usize = graph.values[v].shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d))?;
+            let numel: usize = graph.values[v]
+                .shape
+                .iter()
+                .try_fold(1usize, |a, &d| a.checked_mul(d))?;
             sizes[v] = align_up(numel.checked_mul(max_batch)?);
             order.push(v);
         }
@@ -68,7 +71,8 @@ impl ArenaPlan {
             let mut best: Option<(usize, usize)> = None; // (gap size, offset)
             let mut cursor = 0usize;
             for &(s, e) in &busy {
-                if s > cursor && s - cursor >= sizes[v] && best.is_none_or(|(g, _)| s - cursor < g) {
+                if s > cursor && s - cursor >= sizes[v] && best.is_none_or(|(g, _)| s - cursor < g)
+                {
                     best = Some((s - cursor, cursor));
                 }
                 cursor = cursor.max(e);
@@ -78,6 +82,10 @@ impl ArenaPlan {
             placed.push((off, sizes[v], v));
             len = len.max(off.checked_add(sizes[v])?);
         }
-        Some(ArenaPlan { offsets, sizes, len })
+        Some(ArenaPlan {
+            offsets,
+            sizes,
+            len,
+        })
     }
 }

@@ -12,6 +12,7 @@ use crate::kernels::depthwise::DepthwiseKernel;
 use crate::kernels::linear::LinearKernel;
 use crate::kernels::pool::PoolKernel;
 use crate::kernels::reference::{self, WeightSource};
+use crate::kernels::winograd::{WinogradKernel, WinogradVariant};
 use crate::kernels::{elementwise, parallel, pool};
 use crate::limits;
 use crate::model::Model;
@@ -45,7 +46,11 @@ pub struct SessionOptions {
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        SessionOptions { max_batch: 1, max_isa: None, threads: Threads::Caller }
+        SessionOptions {
+            max_batch: 1,
+            max_isa: None,
+            threads: Threads::Caller,
+        }
     }
 }
 
@@ -76,9 +81,26 @@ enum Packed {
 /// How one node runs, chosen at plan time.
 #[derive(Debug)]
 enum NodeKernel {
-    Conv { kernel: ConvKernel, weight: Packed, bias: Option<WeightId> },
-    Depthwise { kernel: DepthwiseKernel, weight: WeightId, bias: Option<WeightId> },
-    Linear { kernel: LinearKernel, weight: Packed, bias: Option<WeightId> },
+    Conv {
+        kernel: ConvKernel,
+        weight: Packed,
+        bias: Option<WeightId>,
+    },
+    Winograd {
+        kernel: WinogradKernel,
+        weight: WeightId,
+        bias: Option<WeightId>,
+    },
+    Depthwise {
+        kernel: DepthwiseKernel,
+        weight: WeightId,
+        bias: Option<WeightId>,
+    },
+    Linear {
+        kernel: LinearKernel,
+        weight: Packed,
+        bias: Option<WeightId>,
+    },
     Pool(PoolKernel),
     /// Element-wise, normalization and global pooling ops (vectorized, `kernels::elementwise`).
     Vector,
@@ -92,6 +114,7 @@ impl NodeKernel {
     fn name(&self) -> &'static str {
         match self {
             NodeKernel::Conv { kernel, .. } => kernel.algorithm(),
+            NodeKernel::Winograd { kernel, .. } => kernel.algorithm(),
             NodeKernel::Depthwise { kernel, .. } => kernel.algorithm(),
             NodeKernel::Linear { kernel, .. } => kernel.algorithm(),
             NodeKernel::Pool(k) => k.algorithm(),
@@ -104,6 +127,7 @@ impl NodeKernel {
     fn scratch_len(&self) -> usize {
         match self {
             NodeKernel::Conv { kernel, .. } => kernel.scratch_len(),
+            NodeKernel::Winograd { kernel, .. } => kernel.scratch_len(),
             NodeKernel::Linear { kernel, .. } => kernel.scratch_len(),
             _ => 0,
         }
@@ -115,15 +139,21 @@ fn spatial(shape: &[usize]) -> [usize; 3] {
 }
 
 /// Chooses each node's kernel; packs plain conv / linear weights into `owned`.
-fn plan_kernels(model: &Model, isa: Isa, max_batch: usize, owned: &mut Vec<Vec<f32>>) -> Result<Vec<NodeKernel>> {
+fn plan_kernels(
+    model: &Model,
+    isa: Isa,
+    max_batch: usize,
+    owned: &mut Vec<Vec<f32>>,
+) -> Result<Vec<NodeKernel>> {
     let graph = model.graph();
     let mut kernels = Vec::with_capacity(graph.nodes.len());
     for node in &graph.nodes {
-        let layout_err = |w: WeightId, want: &str| {
-            Error::Format {
-                path: model.file().path().to_path_buf(),
-                reason: format!("node '{}': weight '{}' has layout {:?}, which {want} cannot read", node.name, graph.weights[w].name, graph.weights[w].layout),
-            }
+        let layout_err = |w: WeightId, want: &str| Error::Format {
+            path: model.file().path().to_path_buf(),
+            reason: format!(
+                "node '{}': weight '{}' has layout {:?}, which {want} cannot read",
+                node.name, graph.weights[w].name, graph.weights[w].layout
+            ),
         };
         let in_shape = graph.shape(node.inputs[0]);
         let out_shape = graph.shape(node.output);
@@ -131,17 +161,44 @@ fn plan_kernels(model: &Model, isa: Isa, max_batch: usize, owned: &mut Vec<Vec<f
             Op::Conv(c) => {
                 let (ins, outs) = (spatial(in_shape), spatial(out_shape));
                 match graph.weights[c.weight].layout {
-                    WeightLayout::ConvGemm => NodeKernel::Conv { kernel: ConvKernel::new(isa, c, ins, outs), weight: Packed::InFile(c.weight), bias: c.bias },
+                    WeightLayout::ConvGemm => NodeKernel::Conv {
+                        kernel: ConvKernel::new(isa, c, ins, outs),
+                        weight: Packed::InFile(c.weight),
+                        bias: c.bias,
+                    },
                     WeightLayout::Plain => match DepthwiseKernel::new(isa, c, ins, outs) {
-                        Some(kernel) => NodeKernel::Depthwise { kernel, weight: c.weight, bias: c.bias },
+                        Some(kernel) => NodeKernel::Depthwise {
+                            kernel,
+                            weight: c.weight,
+                            bias: c.bias,
+                        },
                         None => {
                             let kernel = ConvKernel::new(isa, c, ins, outs);
                             let mut packed = vec![0.0; kernel.packed_weight_len()];
                             kernel.pack_weights(model.weight(c.weight), &mut packed);
                             owned.push(packed);
-                            NodeKernel::Conv { kernel, weight: Packed::Owned(owned.len() - 1), bias: c.bias }
+                            NodeKernel::Conv {
+                                kernel,
+                                weight: Packed::Owned(owned.len() - 1),
+                                bias: c.bias,
+                            }
                         }
                     },
+                    WeightLayout::WinogradF4x4 | WeightLayout::WinogradF2x2 => {
+                        let variant =
+                            if graph.weights[c.weight].layout == WeightLayout::WinogradF4x4 {
+                                WinogradVariant::F4x4
+                            } else {
+                                WinogradVariant::F2x2
+                            };
+                        let kernel = WinogradKernel::new(isa, c, ins, outs, variant)
+                            .ok_or_else(|| layout_err(c.weight, "this convolution"))?;
+                        NodeKernel::Winograd {
+                            kernel,
+                            weight: c.weight,
+                            bias: c.bias,
+                        }
+                    }
                     WeightLayout::LinearGemm => return Err(layout_err(c.weight, "a convolution")),
                 }
             }
@@ -155,9 +212,13 @@ fn plan_kernels(model: &Model, isa: Isa, max_batch: usize, owned: &mut Vec<Vec<f
                         owned.push(packed);
                         Packed::Owned(owned.len() - 1)
                     }
-                    WeightLayout::ConvGemm => return Err(layout_err(l.weight, "a fully connected layer")),
+                    _ => return Err(layout_err(l.weight, "a fully connected layer")),
                 };
-                NodeKernel::Linear { kernel, weight, bias: l.bias }
+                NodeKernel::Linear {
+                    kernel,
+                    weight,
+                    bias: l.bias,
+                }
             }
             Op::Pool(p) => match PoolKernel::new(isa, p, spatial(in_shape), spatial(out_shape)) {
                 Some(k) => NodeKernel::Pool(k),
@@ -209,7 +270,11 @@ impl std::fmt::Debug for Session {
 impl Session {
     pub fn new(model: Arc<Model>, options: SessionOptions) -> Result<Session> {
         if options.max_batch == 0 || options.max_batch > limits::MAX_BATCH {
-            return Err(Error::Limit(format!("max_batch {} must be between 1 and {}", options.max_batch, limits::MAX_BATCH)));
+            return Err(Error::Limit(format!(
+                "max_batch {} must be between 1 and {}",
+                options.max_batch,
+                limits::MAX_BATCH
+            )));
         }
         let graph = model.graph();
         for node in &graph.nodes {
@@ -223,7 +288,11 @@ impl Session {
         }
         let isa = Isa::select(options.max_isa);
         let arena_plan = ArenaPlan::new(graph, options.max_batch)
-            .filter(|p| p.len.checked_mul(4).is_some_and(|b| b <= limits::MAX_WORKSPACE_BYTES))
+            .filter(|p| {
+                p.len
+                    .checked_mul(4)
+                    .is_some_and(|b| b <= limits::MAX_WORKSPACE_BYTES)
+            })
             .ok_or_else(|| {
                 Error::Limit(format!(
                     "the workspace for batch {} exceeds {} bytes",
@@ -250,7 +319,11 @@ impl Session {
             p.broadcast(|_| crate::simd::set_flush_denormals());
         }
         let slots = pool.as_ref().map_or(1, |p| p.current_num_threads()).max(1);
-        let scratch_per_slot = kernels.iter().map(NodeKernel::scratch_len).max().unwrap_or(0);
+        let scratch_per_slot = kernels
+            .iter()
+            .map(NodeKernel::scratch_len)
+            .max()
+            .unwrap_or(0);
         Ok(Session {
             arena: vec![0.0; arena_plan.len],
             owned,
@@ -300,10 +373,17 @@ impl Session {
     pub fn run_multi(&mut self, inputs: &[&[f32]], batch: usize) -> Result<()> {
         let graph = self.model.graph();
         if batch == 0 || batch > self.max_batch {
-            return Err(Error::Input(format!("batch {batch} outside 1..={} planned for this session", self.max_batch)));
+            return Err(Error::Input(format!(
+                "batch {batch} outside 1..={} planned for this session",
+                self.max_batch
+            )));
         }
         if inputs.len() != graph.inputs.len() {
-            return Err(Error::Input(format!("the model has {} inputs, {} given", graph.inputs.len(), inputs.len())));
+            return Err(Error::Input(format!(
+                "the model has {} inputs, {} given",
+                graph.inputs.len(),
+                inputs.len()
+            )));
         }
         for (&v, data) in graph.inputs.iter().zip(inputs) {
             let want = batch * graph.values[v].shape.iter().product::<usize>();
@@ -364,7 +444,11 @@ impl Session {
             for (slot, &v) in ins.iter_mut().zip(&node.inputs) {
                 let off = self.arena_plan.offsets[v];
                 let len = n * graph.values[v].shape.iter().product::<usize>();
-                *slot = if off + len <= out_off { &left[off..off + len] } else { &right[off - right_base..off - right_base + len] };
+                *slot = if off + len <= out_off {
+                    &left[off..off + len]
+                } else {
+                    &right[off - right_base..off - right_base + len]
+                };
             }
             let ins = &ins[..node.inputs.len()];
             let packed = |p: Packed| match p {
@@ -375,32 +459,78 @@ impl Session {
             let sample_in: usize = in_shape.iter().product();
             let sample_out = out_len / n;
             match &self.kernels[i] {
-                NodeKernel::Conv { kernel, weight, bias } => {
+                NodeKernel::Conv {
+                    kernel,
+                    weight,
+                    bias,
+                } => {
                     let (w, b) = (packed(*weight), bias.map(|b| model.weight(b)));
                     for s in 0..n {
                         let x = &ins[0][s * sample_in..(s + 1) * sample_in];
                         let r = ins.get(1).map(|r| &r[s * sample_out..(s + 1) * sample_out]);
                         let o = &mut out[s * sample_out..(s + 1) * sample_out];
-                        parallel::conv_tiles(kernel, self.slots, w, b, x, r, o, &mut self.scratch);
+                        parallel::run_tiles(kernel, self.slots, w, b, x, r, o, &mut self.scratch);
                     }
                 }
-                NodeKernel::Depthwise { kernel, weight, bias } => {
+                NodeKernel::Winograd {
+                    kernel,
+                    weight,
+                    bias,
+                } => {
+                    let (w, b) = (model.weight(*weight), bias.map(|b| model.weight(b)));
+                    for s in 0..n {
+                        let x = &ins[0][s * sample_in..(s + 1) * sample_in];
+                        let r = ins.get(1).map(|r| &r[s * sample_out..(s + 1) * sample_out]);
+                        let o = &mut out[s * sample_out..(s + 1) * sample_out];
+                        parallel::run_tiles(kernel, self.slots, w, b, x, r, o, &mut self.scratch);
+                    }
+                }
+                NodeKernel::Depthwise {
+                    kernel,
+                    weight,
+                    bias,
+                } => {
                     let (w, b) = (model.weight(*weight), bias.map(|b| model.weight(b)));
                     let plane = sample_out / in_shape[0];
                     for s in 0..n {
                         let x = &ins[0][s * sample_in..(s + 1) * sample_in];
                         let r = ins.get(1).map(|r| &r[s * sample_out..(s + 1) * sample_out]);
                         let o = &mut out[s * sample_out..(s + 1) * sample_out];
-                        parallel::depthwise_channels(kernel, self.slots, in_shape[0], plane, w, b, x, r, o);
+                        parallel::depthwise_channels(
+                            kernel,
+                            self.slots,
+                            in_shape[0],
+                            plane,
+                            w,
+                            b,
+                            x,
+                            r,
+                            o,
+                        );
                     }
                 }
-                NodeKernel::Linear { kernel, weight, bias } => {
+                NodeKernel::Linear {
+                    kernel,
+                    weight,
+                    bias,
+                } => {
                     let scratch = &mut self.scratch[..kernel.scratch_len()];
-                    kernel.run(packed(*weight), bias.map(|b| model.weight(b)), ins[0], n, ins.get(1).copied(), out, scratch);
+                    kernel.run(
+                        packed(*weight),
+                        bias.map(|b| model.weight(b)),
+                        ins[0],
+                        n,
+                        ins.get(1).copied(),
+                        out,
+                        scratch,
+                    );
                 }
                 NodeKernel::Pool(k) => {
                     for s in 0..n {
-                        k.run(&ins[0][s * sample_in..(s + 1) * sample_in], &mut out[s * sample_out..(s + 1) * sample_out]);
+                        k.run(
+                            &ins[0][s * sample_in..(s + 1) * sample_in],
+                            &mut out[s * sample_out..(s + 1) * sample_out],
+                        );
                     }
                 }
                 NodeKernel::Vector => run_vector(isa, graph, i, model, ins, n, out),
@@ -415,29 +545,76 @@ impl Session {
 }
 
 /// The element-wise, normalization and global-pooling ops.
-fn run_vector(isa: Isa, graph: &Graph, i: usize, model: &Model, ins: &[&[f32]], n: usize, out: &mut [f32]) {
+fn run_vector(
+    isa: Isa,
+    graph: &Graph,
+    i: usize,
+    model: &Model,
+    ins: &[&[f32]],
+    n: usize,
+    out: &mut [f32],
+) {
     let node = &graph.nodes[i];
     let shape = graph.shape(node.inputs[0]);
     let x = ins[0];
     let w = |id: WeightId| model.weight(id);
     match &node.op {
-        Op::ChannelAffine { scale, shift, activation } => {
-            elementwise::channel_affine(isa, x, n, shape, scale.map(w), shift.map(w), *activation, out)
-        }
+        Op::ChannelAffine {
+            scale,
+            shift,
+            activation,
+        } => elementwise::channel_affine(
+            isa,
+            x,
+            n,
+            shape,
+            scale.map(w),
+            shift.map(w),
+            *activation,
+            out,
+        ),
         Op::Activation(a) => elementwise::activation(isa, x, *a, out),
         Op::PRelu { slope } => elementwise::prelu(isa, x, n, shape, w(*slope), out),
         Op::GlobalPool { kind } => {
             let hw: usize = shape[1..].iter().product();
             pool::global_pool(isa, *kind, x, n * shape[0], hw, out)
         }
-        Op::Binary { kind, activation } => {
-            elementwise::binary(isa, x, ins[1], n, shape, graph.shape(node.inputs[1]), *kind, *activation, out)
-        }
-        Op::LayerNorm { axis, epsilon, scale, bias } => {
-            elementwise::layer_norm(isa, x, n, shape, *axis, *epsilon, w(*scale), bias.map(w), out)
-        }
-        Op::InstanceNorm { epsilon, scale, bias } => elementwise::instance_norm(isa, x, n, shape, *epsilon, w(*scale), w(*bias), out),
-        Op::Softmax { axis, flatten_from_axis } => elementwise::softmax(isa, x, n, shape, *axis, *flatten_from_axis, out),
+        Op::Binary { kind, activation } => elementwise::binary(
+            isa,
+            x,
+            ins[1],
+            n,
+            shape,
+            graph.shape(node.inputs[1]),
+            *kind,
+            *activation,
+            out,
+        ),
+        Op::LayerNorm {
+            axis,
+            epsilon,
+            scale,
+            bias,
+        } => elementwise::layer_norm(
+            isa,
+            x,
+            n,
+            shape,
+            *axis,
+            *epsilon,
+            w(*scale),
+            bias.map(w),
+            out,
+        ),
+        Op::InstanceNorm {
+            epsilon,
+            scale,
+            bias,
+        } => elementwise::instance_norm(isa, x, n, shape, *epsilon, w(*scale), w(*bias), out),
+        Op::Softmax {
+            axis,
+            flatten_from_axis,
+        } => elementwise::softmax(isa, x, n, shape, *axis, *flatten_from_axis, out),
         _ => reference::run_node_into(graph, i, model, ins, n, out),
     }
 }

@@ -52,7 +52,9 @@ impl Isa {
 
     /// The cap from the `CNNRT_MAX_ISA` environment variable, if set and valid.
     pub fn env_cap() -> Option<Isa> {
-        std::env::var("CNNRT_MAX_ISA").ok().and_then(|v| v.parse().ok())
+        std::env::var("CNNRT_MAX_ISA")
+            .ok()
+            .and_then(|v| v.parse().ok())
     }
 
     /// The tier to plan with: the detected one, lowered by the env cap and by `cap`.
@@ -86,7 +88,9 @@ impl FromStr for Isa {
             "scalar" | "none" | "portable" => Ok(Isa::Scalar),
             "avx2" => Ok(Isa::Avx2),
             "avx512" | "avx-512" => Ok(Isa::Avx512),
-            other => Err(format!("unknown ISA '{other}' (expected avx512, avx2 or scalar)")),
+            other => Err(format!(
+                "unknown ISA '{other}' (expected avx512, avx2 or scalar)"
+            )),
         }
     }
 }

@@ -7,8 +7,16 @@ use cnnrt::format::{write_model, Metadata};
 use cnnrt::graph::{Activation, Conv, Graph, Node, Op};
 
 fn cnnrt(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_cnnrt")).args(args).current_dir(env!("CARGO_MANIFEST_DIR")).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    let out = Command::new(env!("CARGO_BIN_EXE_cnnrt"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
 
 fn tmp(name: &str) -> PathBuf {
@@ -18,7 +26,10 @@ fn tmp(name: &str) -> PathBuf {
 }
 
 fn total_line(table: &str) -> &str {
-    table.lines().find(|l| l.trim_start().starts_with("total")).expect("a total line")
+    table
+        .lines()
+        .find(|l| l.trim_start().starts_with("total"))
+        .expect("a total line")
 }
 
 #[test]
@@ -28,10 +39,21 @@ fn inspect_lenet5_onnx_counts_params_and_macs() {
     let total = total_line(&out);
     assert!(total.contains("1,256,080"), "params in: {total}");
     assert!(total.contains("6,522,000"), "mult-adds in: {total}");
-    for shape in ["20×28×28", "20×14×14", "50×14×14", "50×7×7", "2450", "500", "10"] {
+    for shape in [
+        "20×28×28",
+        "20×14×14",
+        "50×14×14",
+        "50×7×7",
+        "2450",
+        "500",
+        "10",
+    ] {
         assert!(out.contains(shape), "missing output size {shape} in\n{out}");
     }
-    assert!(out.contains("20×1×5×5") && out.contains("50×20×5×5"), "weight shapes in\n{out}");
+    assert!(
+        out.contains("20×1×5×5") && out.contains("50×20×5×5"),
+        "weight shapes in\n{out}"
+    );
 }
 
 #[test]
@@ -42,18 +64,43 @@ fn inspect_single_conv_matches_the_worked_example() {
     let y = g.add_value("conv", vec![]);
     let w = g.add_weight("w", vec![10, 3, 5, 5]);
     let b = g.add_weight("b", vec![10]);
-    let conv = Conv { in_channels: 3, out_channels: 10, kernel: [5, 5], stride: [1, 1], dilation: [1, 1], pads: [2; 4], groups: 1, weight: w, bias: Some(b), activation: Activation::Identity };
-    g.nodes.push(Node { name: "conv1".into(), op: Op::Conv(conv), inputs: vec![x], output: y });
+    let conv = Conv {
+        in_channels: 3,
+        out_channels: 10,
+        kernel: [5, 5],
+        stride: [1, 1],
+        dilation: [1, 1],
+        pads: [2; 4],
+        groups: 1,
+        weight: w,
+        bias: Some(b),
+        activation: Activation::Identity,
+    };
+    g.nodes.push(Node {
+        name: "conv1".into(),
+        op: Op::Conv(conv),
+        inputs: vec![x],
+        output: y,
+    });
     g.inputs = vec![x];
     g.outputs = vec![y];
     g.infer_shapes().unwrap();
     let path = tmp("conv.cnnrt");
-    write_model(&path, &g, &[&vec![0.01; 750], &[0.0; 10]], &Metadata::default()).unwrap();
+    write_model(
+        &path,
+        &g,
+        &[&vec![0.01; 750], &[0.0; 10]],
+        &Metadata::default(),
+    )
+    .unwrap();
     let (ok, out, err) = cnnrt(&["inspect", path.to_str().unwrap()]);
     assert!(ok, "{err}");
     assert!(out.contains("10×32×32"), "{out}");
     let total = total_line(&out);
-    assert!(total.contains("760") && total.contains("768,000"), "{total}");
+    assert!(
+        total.contains("760") && total.contains("768,000"),
+        "{total}"
+    );
     assert!(out.contains("5×5"), "receptive field 5×5 in\n{out}");
 }
 
@@ -75,11 +122,19 @@ fn run_classifies_the_sample_digits() {
 #[test]
 fn run_writes_npy_and_reads_npy() {
     let out_path = tmp("logits.npy");
-    let (ok, _, err) = cnnrt(&["run", "models/lenet5.cnnrt", "models/samples/digit_3.png", "-o", out_path.to_str().unwrap()]);
+    let (ok, _, err) = cnnrt(&[
+        "run",
+        "models/lenet5.cnnrt",
+        "models/samples/digit_3.png",
+        "-o",
+        out_path.to_str().unwrap(),
+    ]);
     assert!(ok, "{err}");
     let (data, shape) = cnnrt::input::npy_from_bytes(&std::fs::read(&out_path).unwrap()).unwrap();
     assert_eq!(shape, vec![1, 10]);
-    let best = (0..10).max_by(|&a, &b| data[a].total_cmp(&data[b])).unwrap();
+    let best = (0..10)
+        .max_by(|&a, &b| data[a].total_cmp(&data[b]))
+        .unwrap();
     assert_eq!(best, 3);
     // An .npy input of the wrong shape is a clear error, not a crash.
     let (ok, _, err) = cnnrt(&["run", "models/lenet5.cnnrt", out_path.to_str().unwrap()]);
@@ -93,14 +148,23 @@ fn bench_json_has_the_documented_fields() {
     assert!(ok, "{err}");
     let last = out.lines().last().unwrap();
     let v: serde_json::Value = serde_json::from_str(last).unwrap();
-    for key in ["open_ms", "first_run_ms", "median_ms", "p90_ms", "p99_ms", "images_per_s", "gflops"] {
+    for key in [
+        "open_ms",
+        "first_run_ms",
+        "median_ms",
+        "p90_ms",
+        "p99_ms",
+        "images_per_s",
+        "gflops",
+    ] {
         assert!(v[key].as_f64().is_some_and(|x| x > 0.0), "{key} in {last}");
     }
 }
 
 #[test]
 fn damaged_model_gets_a_clear_error() {
-    let bytes = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/lenet5.cnnrt")).unwrap();
+    let bytes =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/lenet5.cnnrt")).unwrap();
     let path = tmp("damaged.cnnrt");
     let mut bad = bytes.clone();
     let mid = bad.len() / 2;
@@ -108,7 +172,10 @@ fn damaged_model_gets_a_clear_error() {
     std::fs::write(&path, &bad).unwrap();
     let (ok, _, err) = cnnrt(&["run", path.to_str().unwrap(), "models/samples/digit_1.png"]);
     assert!(!ok);
-    assert!(err.contains("damaged.cnnrt") && err.contains("invalid cnnrt model"), "{err}");
+    assert!(
+        err.contains("damaged.cnnrt") && err.contains("invalid cnnrt model"),
+        "{err}"
+    );
     std::fs::write(&path, &bytes[..bytes.len() / 3]).unwrap();
     let (ok, _, err) = cnnrt(&["inspect", path.to_str().unwrap()]);
     assert!(!ok);

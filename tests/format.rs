@@ -57,11 +57,27 @@ fn sample_graph() -> Graph {
         inputs: vec![x],
         output: c,
     });
-    g.nodes.push(Node { name: "relu".into(), op: Op::Activation(Activation::Relu), inputs: vec![c], output: r });
-    g.nodes.push(Node { name: "flatten".into(), op: Op::Flatten { axis: 1 }, inputs: vec![r], output: f });
+    g.nodes.push(Node {
+        name: "relu".into(),
+        op: Op::Activation(Activation::Relu),
+        inputs: vec![c],
+        output: r,
+    });
+    g.nodes.push(Node {
+        name: "flatten".into(),
+        op: Op::Flatten { axis: 1 },
+        inputs: vec![r],
+        output: f,
+    });
     g.nodes.push(Node {
         name: "fc".into(),
-        op: Op::Linear(Linear { in_features: 256, out_features: 10, weight: lw, bias: Some(lb), activation: Activation::Identity }),
+        op: Op::Linear(Linear {
+            in_features: 256,
+            out_features: 10,
+            weight: lw,
+            bias: Some(lb),
+            activation: Activation::Identity,
+        }),
         inputs: vec![f],
         output: y,
     });
@@ -73,7 +89,10 @@ fn sample_graph() -> Graph {
 
 fn sample_weights(g: &Graph, seed: u64) -> Vec<Vec<f32>> {
     let mut rng = Rng(seed | 1);
-    g.weights.iter().map(|w| (0..w.numel()).map(|_| rng.f32()).collect()).collect()
+    g.weights
+        .iter()
+        .map(|w| (0..w.numel()).map(|_| rng.f32()).collect())
+        .collect()
 }
 
 fn sample_meta() -> Metadata {
@@ -87,8 +106,16 @@ fn sample_meta() -> Metadata {
         producer: "tests/format.rs".into(),
         source_opset: 17,
         layer_notes: vec![
-            LayerNote { node: "conv".into(), algorithm: "winograd_f2x2_3x3".into(), relative_error: Some(3.5e-7) },
-            LayerNote { node: "fc".into(), algorithm: "gemm".into(), relative_error: None },
+            LayerNote {
+                node: "conv".into(),
+                algorithm: "winograd_f2x2_3x3".into(),
+                relative_error: Some(3.5e-7),
+            },
+            LayerNote {
+                node: "fc".into(),
+                algorithm: "gemm".into(),
+                relative_error: None,
+            },
         ],
         extra: BTreeMap::from([("license".to_string(), "CC0".to_string())]),
     }
@@ -136,7 +163,11 @@ fn split(bytes: &[u8]) -> Vec<(u32, u32, Vec<u8>)> {
     (0..h.section_count as usize)
         .map(|i| {
             let e = Entry::decode(&bytes[t + 32 * i..t + 32 * i + 32]);
-            (e.kind, e.flags, bytes[e.offset as usize..(e.offset + e.length) as usize].to_vec())
+            (
+                e.kind,
+                e.flags,
+                bytes[e.offset as usize..(e.offset + e.length) as usize].to_vec(),
+            )
         })
         .collect()
 }
@@ -147,7 +178,10 @@ fn assemble(sections: &[(u32, u32, Vec<u8>)]) -> Vec<u8> {
     assemble_with(sections, |_| {})
 }
 
-fn assemble_with(sections: &[(u32, u32, Vec<u8>)], edit_header: impl FnOnce(&mut Header)) -> Vec<u8> {
+fn assemble_with(
+    sections: &[(u32, u32, Vec<u8>)],
+    edit_header: impl FnOnce(&mut Header),
+) -> Vec<u8> {
     let table_len = 32 * sections.len();
     let mut out = vec![0u8; 64 + table_len];
     let mut entries = Vec::new();
@@ -274,11 +308,22 @@ fn round_trip_file_mmap_and_copy_zero_copy() {
     let w = sample_weights(&g, 2);
     let meta = sample_meta();
     write_model(&path, &g, &refs(&w), &meta).unwrap();
-    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "no temp file left behind");
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        1,
+        "no temp file left behind"
+    );
 
     for storage in [Storage::Mmap, Storage::Copy] {
         for verify in [true, false] {
-            let m = ModelFile::open(&path, &OpenOptions { storage, verify_weight_checksum: verify }).unwrap();
+            let m = ModelFile::open(
+                &path,
+                &OpenOptions {
+                    storage,
+                    verify_weight_checksum: verify,
+                },
+            )
+            .unwrap();
             assert_eq!(m.is_mapped(), storage == Storage::Mmap);
             assert_eq!(m.graph(), &g);
             assert_eq!(m.metadata(), &meta);
@@ -289,13 +334,18 @@ fn round_trip_file_mmap_and_copy_zero_copy() {
                 let s = m.weight(id);
                 let p = s.as_ptr() as usize;
                 assert_eq!(p % 64, 0, "weight {id} not 64-byte aligned");
-                assert!(p >= base && p + 4 * s.len() <= end, "weight {id} is not a view into bytes()");
+                assert!(
+                    p >= base && p + 4 * s.len() <= end,
+                    "weight {id} is not a view into bytes()"
+                );
                 assert_eq!(s.len(), g.weights[id].numel());
             }
         }
     }
     // Default options map.
-    assert!(ModelFile::open(&path, &OpenOptions::default()).unwrap().is_mapped());
+    assert!(ModelFile::open(&path, &OpenOptions::default())
+        .unwrap()
+        .is_mapped());
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -305,7 +355,12 @@ fn empty_and_zero_sized_weights() {
     let mut g = Graph::default();
     let x = g.add_value("x", vec![2, 3]);
     let y = g.add_value("y", vec![]);
-    g.nodes.push(Node { name: "relu".into(), op: Op::Activation(Activation::Relu), inputs: vec![x], output: y });
+    g.nodes.push(Node {
+        name: "relu".into(),
+        op: Op::Activation(Activation::Relu),
+        inputs: vec![x],
+        output: y,
+    });
     g.inputs = vec![x];
     g.outputs = vec![y];
     g.infer_shapes().unwrap();
@@ -327,7 +382,8 @@ fn empty_and_zero_sized_weights() {
 #[test]
 fn metadata_defaults_and_unknown_fields() {
     let mut s = split(&sample_bytes());
-    *section_mut(&mut s, layout::KIND_META) = br#"{"labels":["a"],"from_the_future":{"x":1}}"#.to_vec();
+    *section_mut(&mut s, layout::KIND_META) =
+        br#"{"labels":["a"],"from_the_future":{"x":1}}"#.to_vec();
     let m = ModelFile::from_bytes(&assemble(&s)).unwrap();
     assert_eq!(m.metadata().labels, vec!["a".to_string()]);
     assert_eq!(m.metadata().channel_order, ChannelOrder::Rgb);
@@ -390,7 +446,14 @@ fn copy_storage_survives_truncation_after_open() {
     let g = sample_graph();
     let w = sample_weights(&g, 5);
     write_model(&path, &g, &refs(&w), &sample_meta()).unwrap();
-    let m = ModelFile::open(&path, &OpenOptions { storage: Storage::Copy, verify_weight_checksum: true }).unwrap();
+    let m = ModelFile::open(
+        &path,
+        &OpenOptions {
+            storage: Storage::Copy,
+            verify_weight_checksum: true,
+        },
+    )
+    .unwrap();
     let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
     f.set_len(0).unwrap();
     drop(f);
@@ -398,7 +461,14 @@ fn copy_storage_survives_truncation_after_open() {
     assert_eq!(m.graph(), &g);
     // And opening the truncated file is an error, not a crash.
     for storage in [Storage::Mmap, Storage::Copy] {
-        let e = ModelFile::open(&path, &OpenOptions { storage, verify_weight_checksum: true }).unwrap_err();
+        let e = ModelFile::open(
+            &path,
+            &OpenOptions {
+                storage,
+                verify_weight_checksum: true,
+            },
+        )
+        .unwrap_err();
         assert!(matches!(e, Error::Format { .. }), "{e}");
     }
     std::fs::remove_dir_all(&dir).unwrap();
@@ -408,13 +478,22 @@ fn copy_storage_survives_truncation_after_open() {
 fn open_errors_name_the_path() {
     let dir = tmpdir("paths");
     let missing = dir.join("missing.cnnrt");
-    assert!(matches!(ModelFile::open(&missing, &OpenOptions::default()), Err(Error::Io { .. })));
+    assert!(matches!(
+        ModelFile::open(&missing, &OpenOptions::default()),
+        Err(Error::Io { .. })
+    ));
     let bad = dir.join("bad.cnnrt");
     let mut b = sample_bytes();
     b.truncate(b.len() - 1);
     std::fs::write(&bad, &b).unwrap();
     for storage in [Storage::Mmap, Storage::Copy] {
-        match ModelFile::open(&bad, &OpenOptions { storage, verify_weight_checksum: true }) {
+        match ModelFile::open(
+            &bad,
+            &OpenOptions {
+                storage,
+                verify_weight_checksum: true,
+            },
+        ) {
             Err(Error::Format { path, reason }) => {
                 assert_eq!(path, bad);
                 assert!(reason.contains("bytes"), "{reason}");
@@ -431,7 +510,10 @@ fn open_errors_name_the_path() {
 fn every_header_byte_flipped_or_incremented_is_rejected() {
     let good = sample_bytes();
     for i in 0..64 {
-        for (how, v) in [("xor 0xff", good[i] ^ 0xFF), ("+1", good[i].wrapping_add(1))] {
+        for (how, v) in [
+            ("xor 0xff", good[i] ^ 0xFF),
+            ("+1", good[i].wrapping_add(1)),
+        ] {
             let mut b = good.clone();
             b[i] = v;
             expect_format_err(&b, &format!("header byte {i} {how}"));
@@ -453,10 +535,16 @@ fn header_fields_with_resealed_checksum_are_rejected() {
         ("file length -1", Box::new(|h| h.file_length -= 1)),
         ("table offset 0", Box::new(|h| h.table_offset = 0)),
         ("table offset 32", Box::new(|h| h.table_offset = 32)),
-        ("table offset huge", Box::new(|h| h.table_offset = u64::MAX - 8)),
+        (
+            "table offset huge",
+            Box::new(|h| h.table_offset = u64::MAX - 8),
+        ),
         ("section count 0", Box::new(|h| h.section_count = 0)),
         ("section count 3", Box::new(|h| h.section_count = 3)),
-        ("section count huge", Box::new(|h| h.section_count = u32::MAX)),
+        (
+            "section count huge",
+            Box::new(|h| h.section_count = u32::MAX),
+        ),
         ("section count 5", Box::new(|h| h.section_count = 5)),
     ];
     for (what, edit) in cases {
@@ -477,8 +565,16 @@ fn truncation_anywhere_is_rejected() {
     let mut cuts = vec![0, 1, 8, 63, 64, 65];
     let t = h.table_offset as usize;
     cuts.extend([t, t + 32 * h.section_count as usize]);
-    for s in split(&good).iter().enumerate().map(|(i, _)| Entry::decode(&good[t + 32 * i..t + 32 * i + 32])) {
-        cuts.extend([s.offset as usize, (s.offset + s.length) as usize, (s.offset + s.length / 2) as usize]);
+    for s in split(&good)
+        .iter()
+        .enumerate()
+        .map(|(i, _)| Entry::decode(&good[t + 32 * i..t + 32 * i + 32]))
+    {
+        cuts.extend([
+            s.offset as usize,
+            (s.offset + s.length) as usize,
+            (s.offset + s.length / 2) as usize,
+        ]);
     }
     let mut rng = Rng(99);
     for k in 0..50 {
@@ -513,20 +609,46 @@ fn every_section_table_field_corrupted_is_rejected() {
         let at = t + 32 * i;
         let orig = Entry::decode(&good[at..at + 32]);
         let mut variants: Vec<(String, Entry)> = Vec::new();
-        for k in [orig.kind ^ 0xFFFF_FFFF, orig.kind + 1, orig.kind.wrapping_sub(1), 0, 99] {
+        for k in [
+            orig.kind ^ 0xFFFF_FFFF,
+            orig.kind + 1,
+            orig.kind.wrapping_sub(1),
+            0,
+            99,
+        ] {
             variants.push((format!("kind {k}"), Entry { kind: k, ..orig }));
         }
         for f in [1, 2, 0x8000_0000, u32::MAX] {
             variants.push((format!("flags {f:#x}"), Entry { flags: f, ..orig }));
         }
-        for o in [orig.offset + 1, orig.offset.wrapping_sub(1), orig.offset ^ u64::MAX, 0, 32, u64::MAX, orig.offset + 64] {
+        for o in [
+            orig.offset + 1,
+            orig.offset.wrapping_sub(1),
+            orig.offset ^ u64::MAX,
+            0,
+            32,
+            u64::MAX,
+            orig.offset + 64,
+        ] {
             variants.push((format!("offset {o}"), Entry { offset: o, ..orig }));
         }
-        for l in [orig.length + 1, orig.length.wrapping_sub(1), orig.length ^ u64::MAX, u64::MAX, good.len() as u64] {
+        for l in [
+            orig.length + 1,
+            orig.length.wrapping_sub(1),
+            orig.length ^ u64::MAX,
+            u64::MAX,
+            good.len() as u64,
+        ] {
             variants.push((format!("length {l}"), Entry { length: l, ..orig }));
         }
         for c in [orig.checksum ^ 1, orig.checksum.wrapping_add(1), 0] {
-            variants.push((format!("checksum {c:#x}"), Entry { checksum: c, ..orig }));
+            variants.push((
+                format!("checksum {c:#x}"),
+                Entry {
+                    checksum: c,
+                    ..orig
+                },
+            ));
         }
         for (what, e) in variants {
             // With the table checksum stale (caught there) and resealed (caught by the
@@ -560,9 +682,15 @@ fn error_messages_are_actionable() {
         )
     );
     let e = ModelFile::from_bytes(&b).unwrap_err().to_string();
-    assert!(e.starts_with("<memory>: invalid cnnrt model: section table entry 3 (WEIGHTS)"), "{e}");
+    assert!(
+        e.starts_with("<memory>: invalid cnnrt model: section table entry 3 (WEIGHTS)"),
+        "{e}"
+    );
 
-    let r = expect_format_err(b"GIF89a..........................................................", "magic");
+    let r = expect_format_err(
+        b"GIF89a..........................................................",
+        "magic",
+    );
     assert!(r.contains("not a cnnrt model"), "{r}");
 }
 
@@ -575,7 +703,10 @@ fn weight_checksum_can_be_skipped_but_structure_is_still_checked() {
     b[last] ^= 0x40; // damage a weight value
     std::fs::write(&path, &b).unwrap();
     let strict = OpenOptions::default();
-    let lax = OpenOptions { verify_weight_checksum: false, ..OpenOptions::default() };
+    let lax = OpenOptions {
+        verify_weight_checksum: false,
+        ..OpenOptions::default()
+    };
     let r = ModelFile::open(&path, &strict).unwrap_err().to_string();
     assert!(r.contains("WEIGHTS") && r.contains("checksum"), "{r}");
     ModelFile::open(&path, &lax).unwrap();
@@ -591,35 +722,103 @@ fn weight_checksum_can_be_skipped_but_structure_is_still_checked() {
 #[test]
 fn hostile_graph_json_is_rejected() {
     let cases: Cases<serde_json::Value> = vec![
-        ("huge weight shape", Box::new(|v| v["weights"][0]["shape"] = serde_json::json!([1 << 20, 1 << 20, 1 << 20, 1 << 20]))),
-        ("overflowing weight shape", Box::new(|v| v["weights"][2]["shape"] = serde_json::json!([u64::MAX, u64::MAX]))),
-        ("weight rank 9", Box::new(|v| v["weights"][1]["shape"] = serde_json::json!([1, 1, 1, 1, 1, 1, 1, 1, 4]))),
-        ("weight shape changed consistently", Box::new(|v| {
-            v["weights"][3]["shape"] = serde_json::json!([11]);
-        })),
-        ("weight id out of range", Box::new(|v| v["nodes"][0]["weight"] = serde_json::json!(99))),
-        ("bias id out of range", Box::new(|v| v["nodes"][3]["bias"] = serde_json::json!(usize::MAX))),
-        ("input value out of range", Box::new(|v| v["nodes"][1]["inputs"] = serde_json::json!([1000]))),
-        ("graph output out of range", Box::new(|v| v["outputs"] = serde_json::json!([77]))),
-        ("no inputs", Box::new(|v| v["inputs"] = serde_json::json!([]))),
-        ("cycle / order", Box::new(|v| v["nodes"][1]["inputs"] = serde_json::json!([3]))),
-        ("huge input shape", Box::new(|v| v["values"][0]["shape"] = serde_json::json!([3, 1 << 24, 1 << 24]))),
-        ("stored shape not inferred", Box::new(|v| v["values"][1]["shape"] = serde_json::json!([4, 8, 9]))),
-        ("stored shape empty", Box::new(|v| v["values"][4]["shape"] = serde_json::json!([]))),
-        ("groups zero", Box::new(|v| v["nodes"][0]["groups"] = serde_json::json!(0))),
-        ("stride zero", Box::new(|v| v["nodes"][0]["stride"] = serde_json::json!([0, 1]))),
-        ("huge pads", Box::new(|v| v["nodes"][0]["pads"] = serde_json::json!([u64::MAX, 0, u64::MAX, 0]))),
-        ("huge dilation", Box::new(|v| v["nodes"][0]["dilation"] = serde_json::json!([u64::MAX, 1]))),
-        ("flatten axis huge", Box::new(|v| v["nodes"][2]["axis"] = serde_json::json!(u64::MAX))),
-        ("negative number", Box::new(|v| v["nodes"][2]["axis"] = serde_json::json!(-1))),
-        ("unknown op", Box::new(|v| v["nodes"][1]["op"] = serde_json::json!("teleport"))),
-        ("not an object", Box::new(|v| *v = serde_json::json!([1, 2, 3]))),
-        ("pad overflow", Box::new(|v| {
-            v["nodes"][1] = serde_json::json!({
-                "name": "pad", "op": "pad", "pads": [u64::MAX, 0, 2, 0], "value": 0.0,
-                "inputs": [1], "output": 2
-            });
-        })),
+        (
+            "huge weight shape",
+            Box::new(|v| {
+                v["weights"][0]["shape"] = serde_json::json!([1 << 20, 1 << 20, 1 << 20, 1 << 20])
+            }),
+        ),
+        (
+            "overflowing weight shape",
+            Box::new(|v| v["weights"][2]["shape"] = serde_json::json!([u64::MAX, u64::MAX])),
+        ),
+        (
+            "weight rank 9",
+            Box::new(|v| v["weights"][1]["shape"] = serde_json::json!([1, 1, 1, 1, 1, 1, 1, 1, 4])),
+        ),
+        (
+            "weight shape changed consistently",
+            Box::new(|v| {
+                v["weights"][3]["shape"] = serde_json::json!([11]);
+            }),
+        ),
+        (
+            "weight id out of range",
+            Box::new(|v| v["nodes"][0]["weight"] = serde_json::json!(99)),
+        ),
+        (
+            "bias id out of range",
+            Box::new(|v| v["nodes"][3]["bias"] = serde_json::json!(usize::MAX)),
+        ),
+        (
+            "input value out of range",
+            Box::new(|v| v["nodes"][1]["inputs"] = serde_json::json!([1000])),
+        ),
+        (
+            "graph output out of range",
+            Box::new(|v| v["outputs"] = serde_json::json!([77])),
+        ),
+        (
+            "no inputs",
+            Box::new(|v| v["inputs"] = serde_json::json!([])),
+        ),
+        (
+            "cycle / order",
+            Box::new(|v| v["nodes"][1]["inputs"] = serde_json::json!([3])),
+        ),
+        (
+            "huge input shape",
+            Box::new(|v| v["values"][0]["shape"] = serde_json::json!([3, 1 << 24, 1 << 24])),
+        ),
+        (
+            "stored shape not inferred",
+            Box::new(|v| v["values"][1]["shape"] = serde_json::json!([4, 8, 9])),
+        ),
+        (
+            "stored shape empty",
+            Box::new(|v| v["values"][4]["shape"] = serde_json::json!([])),
+        ),
+        (
+            "groups zero",
+            Box::new(|v| v["nodes"][0]["groups"] = serde_json::json!(0)),
+        ),
+        (
+            "stride zero",
+            Box::new(|v| v["nodes"][0]["stride"] = serde_json::json!([0, 1])),
+        ),
+        (
+            "huge pads",
+            Box::new(|v| v["nodes"][0]["pads"] = serde_json::json!([u64::MAX, 0, u64::MAX, 0])),
+        ),
+        (
+            "huge dilation",
+            Box::new(|v| v["nodes"][0]["dilation"] = serde_json::json!([u64::MAX, 1])),
+        ),
+        (
+            "flatten axis huge",
+            Box::new(|v| v["nodes"][2]["axis"] = serde_json::json!(u64::MAX)),
+        ),
+        (
+            "negative number",
+            Box::new(|v| v["nodes"][2]["axis"] = serde_json::json!(-1)),
+        ),
+        (
+            "unknown op",
+            Box::new(|v| v["nodes"][1]["op"] = serde_json::json!("teleport")),
+        ),
+        (
+            "not an object",
+            Box::new(|v| *v = serde_json::json!([1, 2, 3])),
+        ),
+        (
+            "pad overflow",
+            Box::new(|v| {
+                v["nodes"][1] = serde_json::json!({
+                    "name": "pad", "op": "pad", "pads": [u64::MAX, 0, 2, 0], "value": 0.0,
+                    "inputs": [1], "output": 2
+                });
+            }),
+        ),
     ];
     for (what, edit) in cases {
         let b = with_graph_json(|v| edit(v));
@@ -627,7 +826,14 @@ fn hostile_graph_json_is_rejected() {
     }
 
     let mut s = split(&sample_bytes());
-    for junk in [&b""[..], b"{", b"\xff\xfe", b"null", b"{\"values\": 5}", &[b'['; 100_000][..]] {
+    for junk in [
+        &b""[..],
+        b"{",
+        b"\xff\xfe",
+        b"null",
+        b"{\"values\": 5}",
+        &[b'['; 100_000][..],
+    ] {
         *section_mut(&mut s, layout::KIND_GRAPH) = junk.to_vec();
         expect_format_err(&assemble(&s), "junk graph JSON");
     }
@@ -672,23 +878,37 @@ fn hostile_weight_index_is_rejected() {
         ("elements +1", Box::new(|e| e.elements += 1)),
         ("elements -1", Box::new(|e| e.elements -= 1)),
         ("elements huge", Box::new(|e| e.elements = u64::MAX / 2)),
-        ("elements overflow ×4", Box::new(|e| e.elements = u64::MAX / 3)),
+        (
+            "elements overflow ×4",
+            Box::new(|e| e.elements = u64::MAX / 3),
+        ),
         ("dtype 0", Box::new(|e| e.dtype = 0)),
         ("dtype f16", Box::new(|e| e.dtype = 2)),
         ("flags", Box::new(|e| e.flags = 1)),
     ];
     for id in 0..4 {
         for (what, edit) in &cases {
-            expect_format_err(&with_index_entry(id, |e| edit(e)), &format!("weight {id}: {what}"));
+            expect_format_err(
+                &with_index_entry(id, |e| edit(e)),
+                &format!("weight {id}: {what}"),
+            );
         }
     }
     // The last blob moved so it runs past the end of WEIGHTS.
-    expect_format_err(&with_index_entry(3, |e| e.offset += 64), "last blob past end");
+    expect_format_err(
+        &with_index_entry(3, |e| e.offset += 64),
+        "last blob past end",
+    );
 
     // Count and size mismatches.
     let good = split(&sample_bytes());
     let mut variants: Vec<(&str, Vec<u8>)> = Vec::new();
-    let idx = good.iter().find(|s| s.0 == layout::KIND_WEIGHT_INDEX).unwrap().2.clone();
+    let idx = good
+        .iter()
+        .find(|s| s.0 == layout::KIND_WEIGHT_INDEX)
+        .unwrap()
+        .2
+        .clone();
     let mut v = idx.clone();
     v[..8].copy_from_slice(&3u64.to_le_bytes());
     variants.push(("count 3", v));
@@ -715,7 +935,14 @@ fn section_table_structure_rules() {
     let good = split(&sample_bytes());
     // Unknown optional section: skipped.
     let mut s = good.clone();
-    s.insert(1, (0x1000, layout::SECTION_FLAG_OPTIONAL, b"future stuff".to_vec()));
+    s.insert(
+        1,
+        (
+            0x1000,
+            layout::SECTION_FLAG_OPTIONAL,
+            b"future stuff".to_vec(),
+        ),
+    );
     ModelFile::from_bytes(&assemble(&s)).unwrap();
     // Empty unknown optional section too.
     let mut s = good.clone();
@@ -758,13 +985,29 @@ fn overlapping_and_misplaced_sections_are_rejected() {
     // META's JSON would not parse as a graph, so make them literally the same section).
     let mut b = good.clone();
     let m = entry(&b, 0);
-    put(&mut b, 1, Entry { offset: m.offset, length: m.length, ..entry(&good, 1) });
+    put(
+        &mut b,
+        1,
+        Entry {
+            offset: m.offset,
+            length: m.length,
+            ..entry(&good, 1)
+        },
+    );
     let r = expect_format_err(&b, "graph = meta");
     assert!(r.contains("overlaps"), "{r}");
     // Partial overlap.
     let mut b = good.clone();
     let g = entry(&b, 1);
-    put(&mut b, 1, Entry { offset: g.offset - 4, length: g.length + 4, ..g });
+    put(
+        &mut b,
+        1,
+        Entry {
+            offset: g.offset - 4,
+            length: g.length + 4,
+            ..g
+        },
+    );
     expect_format_err(&b, "graph overlaps meta tail");
     // A section over the table.
     let mut b = good.clone();
@@ -772,7 +1015,15 @@ fn overlapping_and_misplaced_sections_are_rejected() {
     expect_format_err(&b, "meta over table");
     // A section in the header.
     let mut b = good.clone();
-    put(&mut b, 0, Entry { offset: 0, length: 64, ..m });
+    put(
+        &mut b,
+        0,
+        Entry {
+            offset: 0,
+            length: 64,
+            ..m
+        },
+    );
     expect_format_err(&b, "meta in header");
     // WEIGHTS not 64-aligned.
     let mut s = split(&good);
@@ -855,51 +1106,188 @@ fn rich_graph() -> Graph {
     let mut g = Graph::default();
     let node = |g: &mut Graph, name: &str, op: Op, inputs: Vec<usize>| -> usize {
         let out = g.add_value(format!("{name}_out"), vec![]);
-        g.nodes.push(Node { name: name.into(), op, inputs, output: out });
+        g.nodes.push(Node {
+            name: name.into(),
+            op,
+            inputs,
+            output: out,
+        });
         out
     };
     let x = g.add_value("x", vec![4, 8, 8]);
     g.inputs = vec![x];
     let cw = g.add_weight("cw", vec![8, 4, 3, 3]);
     let cb = g.add_weight("cb", vec![8]);
-    let c = node(&mut g, "conv", Op::Conv(Conv {
-        in_channels: 4, out_channels: 8, kernel: [3, 3], stride: [1, 1], dilation: [1, 1],
-        pads: [1, 1, 1, 1], groups: 1, weight: cw, bias: Some(cb), activation: Activation::Clip { min: 0.0, max: 6.0 },
-    }), vec![x]);
+    let c = node(
+        &mut g,
+        "conv",
+        Op::Conv(Conv {
+            in_channels: 4,
+            out_channels: 8,
+            kernel: [3, 3],
+            stride: [1, 1],
+            dilation: [1, 1],
+            pads: [1, 1, 1, 1],
+            groups: 1,
+            weight: cw,
+            bias: Some(cb),
+            activation: Activation::Clip { min: 0.0, max: 6.0 },
+        }),
+        vec![x],
+    );
     let dw = g.add_weight("dw", vec![8, 1, 3, 3]);
-    let c = node(&mut g, "dwconv", Op::Conv(Conv {
-        in_channels: 8, out_channels: 8, kernel: [3, 3], stride: [1, 1], dilation: [2, 2],
-        pads: [2, 2, 2, 2], groups: 8, weight: dw, bias: None, activation: Activation::Identity,
-    }), vec![c, c]);
+    let c = node(
+        &mut g,
+        "dwconv",
+        Op::Conv(Conv {
+            in_channels: 8,
+            out_channels: 8,
+            kernel: [3, 3],
+            stride: [1, 1],
+            dilation: [2, 2],
+            pads: [2, 2, 2, 2],
+            groups: 8,
+            weight: dw,
+            bias: None,
+            activation: Activation::Identity,
+        }),
+        vec![c, c],
+    );
     let sc = g.add_weight("scale", vec![8]);
     let sh = g.add_weight("shift", vec![1]);
-    let a = node(&mut g, "bn", Op::ChannelAffine { scale: Some(sc), shift: Some(sh), activation: Activation::HardSwish }, vec![c]);
+    let a = node(
+        &mut g,
+        "bn",
+        Op::ChannelAffine {
+            scale: Some(sc),
+            shift: Some(sh),
+            activation: Activation::HardSwish,
+        },
+        vec![c],
+    );
     let sl = g.add_weight("slope", vec![8]);
     let a = node(&mut g, "prelu", Op::PRelu { slope: sl }, vec![a]);
-    let p = node(&mut g, "maxpool", Op::Pool(Pool {
-        kind: PoolKind::Max, kernel: [2, 2], stride: [2, 2], dilation: [1, 1], pads: [0, 0, 1, 1],
-        ceil_mode: true, count_include_pad: false,
-    }), vec![a]);
-    let pd = node(&mut g, "pad", Op::Pad { pads: [1, 1, 1, 1], value: 0.0 }, vec![p]);
-    let p2 = node(&mut g, "avgpool", Op::Pool(Pool {
-        kind: PoolKind::Average, kernel: [3, 3], stride: [1, 1], dilation: [1, 1], pads: [0, 0, 0, 0],
-        ceil_mode: false, count_include_pad: true,
-    }), vec![pd]);
-    let add = node(&mut g, "add", Op::Binary { kind: BinaryKind::Add, activation: Activation::Relu }, vec![p2, p]);
+    let p = node(
+        &mut g,
+        "maxpool",
+        Op::Pool(Pool {
+            kind: PoolKind::Max,
+            kernel: [2, 2],
+            stride: [2, 2],
+            dilation: [1, 1],
+            pads: [0, 0, 1, 1],
+            ceil_mode: true,
+            count_include_pad: false,
+        }),
+        vec![a],
+    );
+    let pd = node(
+        &mut g,
+        "pad",
+        Op::Pad {
+            pads: [1, 1, 1, 1],
+            value: 0.0,
+        },
+        vec![p],
+    );
+    let p2 = node(
+        &mut g,
+        "avgpool",
+        Op::Pool(Pool {
+            kind: PoolKind::Average,
+            kernel: [3, 3],
+            stride: [1, 1],
+            dilation: [1, 1],
+            pads: [0, 0, 0, 0],
+            ceil_mode: false,
+            count_include_pad: true,
+        }),
+        vec![pd],
+    );
+    let add = node(
+        &mut g,
+        "add",
+        Op::Binary {
+            kind: BinaryKind::Add,
+            activation: Activation::Relu,
+        },
+        vec![p2, p],
+    );
     let cat = node(&mut g, "concat", Op::Concat { axis: 0 }, vec![add, p2]);
     let is = g.add_weight("in_s", vec![16]);
     let ib = g.add_weight("in_b", vec![16]);
-    let inn = node(&mut g, "inorm", Op::InstanceNorm { epsilon: 1e-5, scale: is, bias: ib }, vec![cat]);
+    let inn = node(
+        &mut g,
+        "inorm",
+        Op::InstanceNorm {
+            epsilon: 1e-5,
+            scale: is,
+            bias: ib,
+        },
+        vec![cat],
+    );
     let ls = g.add_weight("ln_s", vec![4, 4]);
-    let ln = node(&mut g, "lnorm", Op::LayerNorm { axis: 1, epsilon: 1e-5, scale: ls, bias: None }, vec![inn]);
-    let gp = node(&mut g, "gap", Op::GlobalPool { kind: PoolKind::Average }, vec![ln]);
-    let se = node(&mut g, "se", Op::Activation(Activation::HardSigmoid { alpha: 0.2, beta: 0.5 }), vec![gp]);
-    let mul = node(&mut g, "mul", Op::Binary { kind: BinaryKind::Mul, activation: Activation::Identity }, vec![ln, se]);
-    let sm = node(&mut g, "softmax", Op::Softmax { axis: 0, flatten_from_axis: false }, vec![mul]);
+    let ln = node(
+        &mut g,
+        "lnorm",
+        Op::LayerNorm {
+            axis: 1,
+            epsilon: 1e-5,
+            scale: ls,
+            bias: None,
+        },
+        vec![inn],
+    );
+    let gp = node(
+        &mut g,
+        "gap",
+        Op::GlobalPool {
+            kind: PoolKind::Average,
+        },
+        vec![ln],
+    );
+    let se = node(
+        &mut g,
+        "se",
+        Op::Activation(Activation::HardSigmoid {
+            alpha: 0.2,
+            beta: 0.5,
+        }),
+        vec![gp],
+    );
+    let mul = node(
+        &mut g,
+        "mul",
+        Op::Binary {
+            kind: BinaryKind::Mul,
+            activation: Activation::Identity,
+        },
+        vec![ln, se],
+    );
+    let sm = node(
+        &mut g,
+        "softmax",
+        Op::Softmax {
+            axis: 0,
+            flatten_from_axis: false,
+        },
+        vec![mul],
+    );
     let f = node(&mut g, "flatten", Op::Flatten { axis: 2 }, vec![sm]);
     let f = node(&mut g, "flatten2", Op::Flatten { axis: 1 }, vec![f]);
     let lw = g.add_weight("lw", vec![10, 256]);
-    let l = node(&mut g, "fc", Op::Linear(Linear { in_features: 256, out_features: 10, weight: lw, bias: None, activation: Activation::Silu }), vec![f]);
+    let l = node(
+        &mut g,
+        "fc",
+        Op::Linear(Linear {
+            in_features: 256,
+            out_features: 10,
+            weight: lw,
+            bias: None,
+            activation: Activation::Silu,
+        }),
+        vec![f],
+    );
     let y = node(&mut g, "tanh", Op::Activation(Activation::Tanh), vec![l]);
     g.outputs = vec![y];
     g.infer_shapes().unwrap();
@@ -930,7 +1318,9 @@ fn interesting_number(rng: &mut Rng) -> serde_json::Value {
 
 fn mutate_numbers(v: &mut serde_json::Value, rng: &mut Rng, p: u64) {
     match v {
-        serde_json::Value::Number(_) if rng.next().is_multiple_of(p) => *v = interesting_number(rng),
+        serde_json::Value::Number(_) if rng.next().is_multiple_of(p) => {
+            *v = interesting_number(rng)
+        }
         serde_json::Value::Array(a) => {
             if rng.next().is_multiple_of(4 * p) && !a.is_empty() {
                 a.pop();
@@ -954,8 +1344,22 @@ fn fuzz_graph_json(iterations: u64, seed: u64) {
     let gv: serde_json::Value = serde_json::from_slice(&base[1].2).unwrap();
     let mut rng = Rng(seed);
     let mut accepted = 0;
-    let ops = ["conv", "linear", "channel_affine", "activation", "p_relu", "pool", "global_pool", "flatten", "binary",
-        "concat", "layer_norm", "instance_norm", "softmax", "pad"];
+    let ops = [
+        "conv",
+        "linear",
+        "channel_affine",
+        "activation",
+        "p_relu",
+        "pool",
+        "global_pool",
+        "flatten",
+        "binary",
+        "concat",
+        "layer_norm",
+        "instance_norm",
+        "softmax",
+        "pad",
+    ];
     let nodes = gv["nodes"].as_array().unwrap().clone();
     for it in 0..iterations {
         let mut v = gv.clone();
@@ -971,7 +1375,10 @@ fn fuzz_graph_json(iterations: u64, seed: u64) {
                 }
             }
             if rng.next().is_multiple_of(2) {
-                target.insert("op".into(), serde_json::json!(ops[(rng.next() % ops.len() as u64) as usize]));
+                target.insert(
+                    "op".into(),
+                    serde_json::json!(ops[(rng.next() % ops.len() as u64) as usize]),
+                );
             }
         }
         mutate_numbers(&mut v, &mut rng, p);
@@ -998,7 +1405,10 @@ fn structured_graph_mutations_never_panic() {
 #[test]
 #[ignore]
 fn structured_graph_mutations_never_panic_long() {
-    let iters = std::env::var("CNNRT_FUZZ_ITERS").ok().and_then(|s| s.parse().ok()).unwrap_or(2000);
+    let iters = std::env::var("CNNRT_FUZZ_ITERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2000);
     for seed in 1..=20 {
         fuzz_graph_json(iters, seed * 7919);
     }

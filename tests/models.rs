@@ -16,8 +16,17 @@ fn read_npy(p: &Path) -> (Vec<f32>, Vec<usize>) {
 /// max |a - b| / max |b|: the acceptance metric against ONNX Runtime.
 fn rel_err(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len());
-    let m = b.iter().fold(0.0f64, |m, v| m.max(v.abs() as f64)).max(1e-30);
-    a.iter().zip(b).fold(0.0f64, |e, (x, y)| if x.is_nan() && y.is_nan() { e } else { e.max((*x as f64 - *y as f64).abs()) }) / m
+    let m = b
+        .iter()
+        .fold(0.0f64, |m, v| m.max(v.abs() as f64))
+        .max(1e-30);
+    a.iter().zip(b).fold(0.0f64, |e, (x, y)| {
+        if x.is_nan() && y.is_nan() {
+            e
+        } else {
+            e.max((*x as f64 - *y as f64).abs())
+        }
+    }) / m
 }
 
 fn test_model_dirs() -> Vec<PathBuf> {
@@ -48,7 +57,9 @@ fn test_models_match_onnxruntime_on_every_tier() {
         let batch = xshape[0];
         // The oracle on the converted (folded) graph.
         let refs: Vec<&[f32]> = converted.weights.iter().map(|w| w.as_slice()).collect();
-        let oracle = run_graph(&converted.graph, &refs, &[&x], batch).unwrap().remove(0);
+        let oracle = run_graph(&converted.graph, &refs, &[&x], batch)
+            .unwrap()
+            .remove(0);
         let e = rel_err(&oracle, &expect);
         if e > 1e-4 {
             failures.push(format!("{name}: reference vs ONNX Runtime rel err {e:.2e}"));
@@ -56,11 +67,19 @@ fn test_models_match_onnxruntime_on_every_tier() {
         let model = Model::open(&out).unwrap();
         for isa in Isa::supported() {
             for threads in [Threads::Caller, Threads::Count(2)] {
-                let mut s = model.session(SessionOptions { max_batch: batch, max_isa: Some(isa), threads: threads.clone() }).unwrap();
+                let mut s = model
+                    .session(SessionOptions {
+                        max_batch: batch,
+                        max_isa: Some(isa),
+                        threads: threads.clone(),
+                    })
+                    .unwrap();
                 let got = s.run(&x, batch).unwrap().to_vec();
                 let e = rel_err(&got, &expect);
                 if e > 1e-4 {
-                    failures.push(format!("{name} [{isa}, {threads:?}]: rel err {e:.2e} vs ONNX Runtime"));
+                    failures.push(format!(
+                        "{name} [{isa}, {threads:?}]: rel err {e:.2e} vs ONNX Runtime"
+                    ));
                 }
                 // Batch 1 on the first sample gives the first sample's result.
                 let per = got.len() / batch;
@@ -72,10 +91,18 @@ fn test_models_match_onnxruntime_on_every_tier() {
                 checked += 1;
             }
         }
-        eprintln!("{name}: ok-checked ({} nodes after passes)", converted.graph.nodes.len());
+        eprintln!(
+            "{name}: ok-checked ({} nodes after passes)",
+            converted.graph.nodes.len()
+        );
     }
     std::fs::remove_dir_all(&tmp).ok();
-    assert!(failures.is_empty(), "{} of {checked} runs off:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {checked} runs off:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 fn models_dir() -> PathBuf {
@@ -92,18 +119,31 @@ fn heldout_accuracy(model: &Path) -> (usize, usize) {
     let pixels: Vec<u8> = imgs.into_vec().unwrap();
     let labels_npy = npyz::NpyFile::new(&labels[..]).unwrap();
     let labels: Vec<i64> = match labels_npy.dtype().descr().as_str() {
-        d if d.contains("u1") => labels_npy.into_vec::<u8>().unwrap().into_iter().map(i64::from).collect(),
+        d if d.contains("u1") => labels_npy
+            .into_vec::<u8>()
+            .unwrap()
+            .into_iter()
+            .map(i64::from)
+            .collect(),
         _ => labels_npy.into_vec::<i64>().unwrap(),
     };
     assert_eq!(labels.len(), count);
     let meta = m.metadata();
-    let (mean, std) = (meta.mean.first().copied().unwrap_or(0.0), meta.std.first().copied().unwrap_or(1.0));
+    let (mean, std) = (
+        meta.mean.first().copied().unwrap_or(0.0),
+        meta.std.first().copied().unwrap_or(1.0),
+    );
     let batch = 100;
-    let mut s = m.session(SessionOptions::default().max_batch(batch)).unwrap();
+    let mut s = m
+        .session(SessionOptions::default().max_batch(batch))
+        .unwrap();
     let mut correct = 0;
     for start in (0..count).step_by(batch) {
         let n = batch.min(count - start);
-        let x: Vec<f32> = pixels[start * 784..(start + n) * 784].iter().map(|&p| (p as f32 / 255.0 - mean) / std).collect();
+        let x: Vec<f32> = pixels[start * 784..(start + n) * 784]
+            .iter()
+            .map(|&p| (p as f32 / 255.0 - mean) / std)
+            .collect();
         let out = s.run(&x, n).unwrap();
         for i in 0..n {
             let row = &out[i * 10..(i + 1) * 10];
@@ -118,7 +158,10 @@ fn heldout_accuracy(model: &Path) -> (usize, usize) {
 fn lenet5_heldout_accuracy_at_least_98_percent() {
     let (c, n) = heldout_accuracy(&models_dir().join("lenet5.cnnrt"));
     let acc = c as f64 / n as f64;
-    eprintln!("lenet5.cnnrt held-out accuracy: {c}/{n} = {:.2}%", 100.0 * acc);
+    eprintln!(
+        "lenet5.cnnrt held-out accuracy: {c}/{n} = {:.2}%",
+        100.0 * acc
+    );
     assert!(acc >= 0.98, "accuracy {acc}");
 }
 
@@ -126,7 +169,10 @@ fn lenet5_heldout_accuracy_at_least_98_percent() {
 fn lenet5_bn_heldout_accuracy_at_least_98_percent() {
     let (c, n) = heldout_accuracy(&models_dir().join("lenet5_bn.cnnrt"));
     let acc = c as f64 / n as f64;
-    eprintln!("lenet5_bn.cnnrt held-out accuracy: {c}/{n} = {:.2}%", 100.0 * acc);
+    eprintln!(
+        "lenet5_bn.cnnrt held-out accuracy: {c}/{n} = {:.2}%",
+        100.0 * acc
+    );
     assert!(acc >= 0.98, "accuracy {acc}");
 }
 
@@ -136,11 +182,23 @@ fn shipped_cnnrt_files_match_a_fresh_conversion() {
     for name in ["lenet5", "lenet5_bn"] {
         let dir = models_dir();
         let shipped = Model::open(dir.join(format!("{name}.cnnrt"))).unwrap();
-        let fresh = cnnrt::convert::convert_onnx(&std::fs::read(dir.join(format!("{name}.onnx"))).unwrap(), &ConvertOptions::default()).unwrap();
-        let (graph, weights) = fresh.packed_for_file();
-        assert_eq!(shipped.graph(), &graph, "{name}: graph differs; re-run the conversion in models/README.md");
+        let fresh = cnnrt::convert::convert_onnx(
+            &std::fs::read(dir.join(format!("{name}.onnx"))).unwrap(),
+            &ConvertOptions::default(),
+        )
+        .unwrap();
+        let (graph, weights, _) = fresh.packed_for_file();
+        assert_eq!(
+            shipped.graph(),
+            &graph,
+            "{name}: graph differs; re-run the conversion in models/README.md"
+        );
         for (i, w) in weights.iter().enumerate() {
-            assert_eq!(shipped.file().weight(i), w.as_slice(), "{name}: weight {i} differs");
+            assert_eq!(
+                shipped.file().weight(i),
+                w.as_slice(),
+                "{name}: weight {i} differs"
+            );
         }
     }
 }

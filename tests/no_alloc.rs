@@ -48,7 +48,13 @@ fn run_does_not_allocate() {
     let mut keep = Vec::new();
     for isa in Isa::supported() {
         for threads in [Threads::Caller, Threads::Count(2)] {
-            let mut s = model.session(SessionOptions { max_batch: 3, max_isa: Some(isa), threads: threads.clone() }).unwrap();
+            let mut s = model
+                .session(SessionOptions {
+                    max_batch: 3,
+                    max_isa: Some(isa),
+                    threads: threads.clone(),
+                })
+                .unwrap();
             // Warm-up: the first run may touch lazily created pool state.
             s.run(&x, 3).unwrap();
             s.run(&x[..x.len() / 3], 1).unwrap();

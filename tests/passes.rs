@@ -9,7 +9,9 @@ use proptest::prelude::*;
 fn rand_vec(seed: &mut u64, n: usize, lo: f32, hi: f32) -> Vec<f32> {
     (0..n)
         .map(|_| {
-            *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            *seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             lo + (hi - lo) * ((*seed >> 40) as f32 / (1u64 << 24) as f32)
         })
         .collect()
@@ -23,15 +25,33 @@ fn run(g: &Graph, w: &[Vec<f32>], x: &[f32], n: usize) -> Vec<f32> {
 /// max |a - b| / max |b|
 fn rel_err(a: &[f32], b: &[f32]) -> f32 {
     let m = b.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-12);
-    a.iter().zip(b).fold(0.0f32, |e, (x, y)| e.max((x - y).abs())) / m
+    a.iter()
+        .zip(b)
+        .fold(0.0f32, |e, (x, y)| e.max((x - y).abs()))
+        / m
 }
 
 fn node(name: &str, op: Op, inputs: Vec<usize>, output: usize) -> Node {
-    Node { name: name.into(), op, inputs, output }
+    Node {
+        name: name.into(),
+        op,
+        inputs,
+        output,
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
-fn conv_bn_graph(seed: &mut u64, cin: usize, cout: usize, hw: usize, k: usize, stride: usize, groups: usize, bias: bool, act: Activation) -> (Graph, Vec<Vec<f32>>) {
+fn conv_bn_graph(
+    seed: &mut u64,
+    cin: usize,
+    cout: usize,
+    hw: usize,
+    k: usize,
+    stride: usize,
+    groups: usize,
+    bias: bool,
+    act: Activation,
+) -> (Graph, Vec<Vec<f32>>) {
     let mut g = Graph::default();
     let x = g.add_value("x", vec![cin, hw, hw]);
     let c_out = g.add_value("conv", vec![]);
@@ -61,8 +81,18 @@ fn conv_bn_graph(seed: &mut u64, cin: usize, cout: usize, hw: usize, k: usize, s
         activation: Activation::Identity,
     };
     g.nodes.push(node("conv", Op::Conv(conv), vec![x], c_out));
-    g.nodes.push(node("bn", Op::ChannelAffine { scale: Some(sid), shift: Some(tid), activation: Activation::Identity }, vec![c_out], bn_out));
-    g.nodes.push(node("act", Op::Activation(act), vec![bn_out], act_out));
+    g.nodes.push(node(
+        "bn",
+        Op::ChannelAffine {
+            scale: Some(sid),
+            shift: Some(tid),
+            activation: Activation::Identity,
+        },
+        vec![c_out],
+        bn_out,
+    ));
+    g.nodes
+        .push(node("act", Op::Activation(act), vec![bn_out], act_out));
     g.inputs = vec![x];
     g.outputs = vec![act_out];
     g.infer_shapes().unwrap();
@@ -104,10 +134,29 @@ fn batchnorm_folds_into_linear() {
     let wid = g.add_weight("w", vec![5, 12]);
     let sid = g.add_weight("s", vec![5]);
     let tid = g.add_weight("t", vec![5]);
-    let w = vec![rand_vec(&mut s, 60, -1.0, 1.0), rand_vec(&mut s, 5, 0.5, 1.5), rand_vec(&mut s, 5, -1.0, 1.0)];
-    let lin = Linear { in_features: 12, out_features: 5, weight: wid, bias: None, activation: Activation::Identity };
+    let w = vec![
+        rand_vec(&mut s, 60, -1.0, 1.0),
+        rand_vec(&mut s, 5, 0.5, 1.5),
+        rand_vec(&mut s, 5, -1.0, 1.0),
+    ];
+    let lin = Linear {
+        in_features: 12,
+        out_features: 5,
+        weight: wid,
+        bias: None,
+        activation: Activation::Identity,
+    };
     g.nodes.push(node("fc", Op::Linear(lin), vec![x], y));
-    g.nodes.push(node("bn", Op::ChannelAffine { scale: Some(sid), shift: Some(tid), activation: Activation::Relu }, vec![y], z));
+    g.nodes.push(node(
+        "bn",
+        Op::ChannelAffine {
+            scale: Some(sid),
+            shift: Some(tid),
+            activation: Activation::Relu,
+        },
+        vec![y],
+        z,
+    ));
     g.inputs = vec![x];
     g.outputs = vec![z];
     g.infer_shapes().unwrap();
@@ -116,7 +165,9 @@ fn batchnorm_folds_into_linear() {
     let (mut g2, mut w2) = (g.clone(), w.clone());
     optimize(&mut g2, &mut w2);
     assert_eq!(g2.nodes.len(), 1);
-    assert!(matches!(&g2.nodes[0].op, Op::Linear(l) if l.activation == Activation::Relu && l.bias.is_some()));
+    assert!(
+        matches!(&g2.nodes[0].op, Op::Linear(l) if l.activation == Activation::Relu && l.bias.is_some())
+    );
     assert_eq!(g2.outputs, vec![z], "the graph output keeps its value id");
     assert!(rel_err(&run(&g2, &w2, &xin, 3), &expect) < 1e-5);
 }
@@ -135,14 +186,38 @@ fn residual_add_and_relu_fuse_into_the_later_conv() {
     let mut conv = |g: &mut Graph, name: &str, k: usize| {
         let wid = g.add_weight(name, vec![4, 3, k, k]);
         w.push(rand_vec(&mut s, 4 * 3 * k * k, -1.0, 1.0));
-        Conv { in_channels: 3, out_channels: 4, kernel: [k, k], stride: [1, 1], dilation: [1, 1], pads: [k / 2; 4], groups: 1, weight: wid, bias: None, activation: Activation::Identity }
+        Conv {
+            in_channels: 3,
+            out_channels: 4,
+            kernel: [k, k],
+            stride: [1, 1],
+            dilation: [1, 1],
+            pads: [k / 2; 4],
+            groups: 1,
+            weight: wid,
+            bias: None,
+            activation: Activation::Identity,
+        }
     };
     let ca = conv(&mut g, "wa", 3);
     let cb = conv(&mut g, "wb", 1);
     g.nodes.push(node("convA", Op::Conv(ca), vec![x], a));
     g.nodes.push(node("convB", Op::Conv(cb), vec![x], b));
-    g.nodes.push(node("add", Op::Binary { kind: BinaryKind::Add, activation: Activation::Identity }, vec![a, b], sum));
-    g.nodes.push(node("relu", Op::Activation(Activation::Relu), vec![sum], out));
+    g.nodes.push(node(
+        "add",
+        Op::Binary {
+            kind: BinaryKind::Add,
+            activation: Activation::Identity,
+        },
+        vec![a, b],
+        sum,
+    ));
+    g.nodes.push(node(
+        "relu",
+        Op::Activation(Activation::Relu),
+        vec![sum],
+        out,
+    ));
     g.inputs = vec![x];
     g.outputs = vec![out];
     g.infer_shapes().unwrap();
@@ -153,7 +228,11 @@ fn residual_add_and_relu_fuse_into_the_later_conv() {
     g2.infer_shapes().unwrap();
     assert_eq!((r.activations_fused, r.residuals_fused), (1, 1));
     assert_eq!(g2.nodes.len(), 2);
-    assert_eq!(g2.nodes[1].inputs, vec![x, a], "convB reads x and adds convA's output");
+    assert_eq!(
+        g2.nodes[1].inputs,
+        vec![x, a],
+        "convB reads x and adds convA's output"
+    );
     assert!(matches!(&g2.nodes[1].op, Op::Conv(c) if c.activation == Activation::Relu));
     assert!(rel_err(&run(&g2, &w2, &xin, 2), &expect) < 1e-6);
 }
@@ -168,7 +247,11 @@ fn shared_values_are_not_fused() {
     let before = g.clone();
     let r = optimize(&mut g, &mut w);
     assert_eq!(r.affines_folded, 0);
-    assert_eq!(g.nodes.len(), 2, "bn+relu fuse with each other, not into the conv");
+    assert_eq!(
+        g.nodes.len(),
+        2,
+        "bn+relu fuse with each other, not into the conv"
+    );
     assert_eq!(g.nodes[0], before.nodes[0]);
 }
 

@@ -13,7 +13,7 @@
 
 use cnnrt::graph::{Activation, Conv};
 use cnnrt::kernels::conv::ConvKernel;
-use cnnrt::kernels::gemm::{self, Bias, BMode, Epilogue, Gemm};
+use cnnrt::kernels::gemm::{self, BMode, Bias, Epilogue, Gemm};
 use cnnrt::kernels::reference;
 use cnnrt::simd::Isa;
 use proptest::prelude::*;
@@ -26,7 +26,8 @@ fn activations() -> impl Strategy<Value = Activation> {
         (0.0f32..1.0).prop_map(|alpha| Activation::LeakyRelu { alpha }),
         (-1.0f32..0.5, 0.5f32..2.0).prop_map(|(min, max)| Activation::Clip { min, max }),
         Just(Activation::Sigmoid),
-        (0.05f32..1.0, -0.5f32..0.5).prop_map(|(alpha, beta)| Activation::HardSigmoid { alpha, beta }),
+        (0.05f32..1.0, -0.5f32..0.5)
+            .prop_map(|(alpha, beta)| Activation::HardSigmoid { alpha, beta }),
         Just(Activation::HardSwish),
         Just(Activation::Silu),
         Just(Activation::Tanh),
@@ -50,7 +51,13 @@ fn abs(v: &[f32]) -> Vec<f32> {
     v.iter().map(|x| x.abs()).collect()
 }
 
-fn check_close(got: &[f32], want: &[f32], scale: &[f32], k: usize, what: &str) -> Result<(), TestCaseError> {
+fn check_close(
+    got: &[f32],
+    want: &[f32],
+    scale: &[f32],
+    k: usize,
+    what: &str,
+) -> Result<(), TestCaseError> {
     let tol_k = 1e-5 * ((k + 2) as f32).sqrt();
     for (i, ((&g, &r), &s)) in got.iter().zip(want).zip(scale).enumerate() {
         let tol = 2.0 * tol_k * s + 1e-6;
@@ -78,7 +85,10 @@ struct Case {
 fn out_dims(c: &Conv, h: usize, w: usize) -> (usize, usize) {
     let eh = c.dilation[0] * (c.kernel[0] - 1) + 1;
     let ew = c.dilation[1] * (c.kernel[1] - 1) + 1;
-    ((h + c.pads[0] + c.pads[2] - eh) / c.stride[0] + 1, (w + c.pads[1] + c.pads[3] - ew) / c.stride[1] + 1)
+    (
+        (h + c.pads[0] + c.pads[2] - eh) / c.stride[0] + 1,
+        (w + c.pads[1] + c.pads[3] - ew) / c.stride[1] + 1,
+    )
 }
 
 fn cases() -> impl Strategy<Value = Case> {
@@ -94,26 +104,48 @@ fn cases() -> impl Strategy<Value = Case> {
         (any::<bool>(), any::<bool>(), activations()),
         (1usize..=2, any::<u64>(), 0usize..=3),
     )
-        .prop_filter_map("kernel larger than the padded input", |(g, ci, co, (h, w), kernel, stride, dil, pads, (bias, residual, act), (batch, seed, off))| {
-            let cig = ci.div_ceil(g);
-            let cog = co.div_ceil(g);
-            let conv = Conv {
-                in_channels: cig * g,
-                out_channels: cog * g,
-                kernel: [kernel.0, kernel.1],
-                stride: [stride.0, stride.1],
-                dilation: [dil.0, dil.1],
+        .prop_filter_map(
+            "kernel larger than the padded input",
+            |(
+                g,
+                ci,
+                co,
+                (h, w),
+                kernel,
+                stride,
+                dil,
                 pads,
-                groups: g,
-                weight: 0,
-                bias: None,
-                activation: act,
-            };
-            let eh = dil.0 * (kernel.0 - 1) + 1;
-            let ew = dil.1 * (kernel.1 - 1) + 1;
-            (h + pads[0] + pads[2] >= eh && w + pads[1] + pads[3] >= ew)
-                .then_some(Case { conv, h, w, batch, bias, residual, seed, scratch_offset: off })
-        })
+                (bias, residual, act),
+                (batch, seed, off),
+            )| {
+                let cig = ci.div_ceil(g);
+                let cog = co.div_ceil(g);
+                let conv = Conv {
+                    in_channels: cig * g,
+                    out_channels: cog * g,
+                    kernel: [kernel.0, kernel.1],
+                    stride: [stride.0, stride.1],
+                    dilation: [dil.0, dil.1],
+                    pads,
+                    groups: g,
+                    weight: 0,
+                    bias: None,
+                    activation: act,
+                };
+                let eh = dil.0 * (kernel.0 - 1) + 1;
+                let ew = dil.1 * (kernel.1 - 1) + 1;
+                (h + pads[0] + pads[2] >= eh && w + pads[1] + pads[3] >= ew).then_some(Case {
+                    conv,
+                    h,
+                    w,
+                    batch,
+                    bias,
+                    residual,
+                    seed,
+                    scratch_offset: off,
+                })
+            },
+        )
 }
 
 /// Runs `case` through `algorithm` (or the default choice) on `isa` and checks it.
@@ -134,14 +166,44 @@ fn check_conv(isa: Isa, case: &Case, algorithm: Option<&str>) -> Result<(), Test
     let wts = values(c.out_channels * k, case.seed);
     let bias = case.bias.then(|| values(c.out_channels, case.seed ^ 1));
     let x = values(case.batch * n_in, case.seed ^ 2);
-    let res = case.residual.then(|| values(case.batch * n_out, case.seed ^ 3));
+    let res = case
+        .residual
+        .then(|| values(case.batch * n_out, case.seed ^ 3));
 
     let mut want = vec![0.0; case.batch * n_out];
-    reference::conv2d(&x, case.batch, &in_shape, c, &wts, bias.as_deref(), res.as_deref(), &out_shape, &mut want);
+    reference::conv2d(
+        &x,
+        case.batch,
+        &in_shape,
+        c,
+        &wts,
+        bias.as_deref(),
+        res.as_deref(),
+        &out_shape,
+        &mut want,
+    );
     let mut scale = vec![0.0; case.batch * n_out];
-    let cabs = Conv { activation: Activation::Identity, ..c.clone() };
-    let (xa, wa, ba, ra) = (abs(&x), abs(&wts), bias.as_deref().map(abs), res.as_deref().map(abs));
-    reference::conv2d(&xa, case.batch, &in_shape, &cabs, &wa, ba.as_deref(), ra.as_deref(), &out_shape, &mut scale);
+    let cabs = Conv {
+        activation: Activation::Identity,
+        ..c.clone()
+    };
+    let (xa, wa, ba, ra) = (
+        abs(&x),
+        abs(&wts),
+        bias.as_deref().map(abs),
+        res.as_deref().map(abs),
+    );
+    reference::conv2d(
+        &xa,
+        case.batch,
+        &in_shape,
+        &cabs,
+        &wa,
+        ba.as_deref(),
+        ra.as_deref(),
+        &out_shape,
+        &mut scale,
+    );
 
     let mut packed = vec![0.0; kernel.packed_weight_len()];
     kernel.pack_weights(&wts, &mut packed);
@@ -158,7 +220,13 @@ fn check_conv(isa: Isa, case: &Case, algorithm: Option<&str>) -> Result<(), Test
             scratch,
         );
     }
-    check_close(&got, &want, &scale, k, &format!("{isa} {} {c:?} in {in_shape:?}", kernel.algorithm()))?;
+    check_close(
+        &got,
+        &want,
+        &scale,
+        k,
+        &format!("{isa} {} {c:?} in {in_shape:?}", kernel.algorithm()),
+    )?;
 
     // Tiles forward and in reverse give bit-identical results, equal to `run`'s.
     let r0 = res.as_deref().map(|r| &r[..n_out]);
@@ -169,16 +237,35 @@ fn check_conv(isa: Isa, case: &Case, algorithm: Option<&str>) -> Result<(), Test
             ts.reverse();
         }
         for t in ts {
-            kernel.run_tile(&packed, bias.as_deref(), &x[..n_in], r0, &mut tiled, scratch, t);
+            kernel.run_tile(
+                &packed,
+                bias.as_deref(),
+                &x[..n_in],
+                r0,
+                &mut tiled,
+                scratch,
+                t,
+            );
         }
-        let same = tiled.iter().zip(&got[..n_out]).all(|(a, b)| a.to_bits() == b.to_bits());
-        prop_assert!(same, "{isa}: tiles (reverse={order}) differ from run; {} tiles", kernel.tiles());
+        let same = tiled
+            .iter()
+            .zip(&got[..n_out])
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        prop_assert!(
+            same,
+            "{isa}: tiles (reverse={order}) differ from run; {} tiles",
+            kernel.tiles()
+        );
     }
     Ok(())
 }
 
 fn runner() -> TestRunner {
-    TestRunner::new(Config { cases: 64, failure_persistence: None, ..Config::default() })
+    TestRunner::new(Config {
+        cases: 64,
+        failure_persistence: None,
+        ..Config::default()
+    })
 }
 
 #[test]
@@ -226,7 +313,16 @@ fn conv_large_shapes_every_tier() {
     ];
     for isa in Isa::supported() {
         for (conv, h, w) in &shapes {
-            let case = Case { conv: conv.clone(), h: *h, w: *w, batch: 1, bias: true, residual: true, seed: 7, scratch_offset: 1 };
+            let case = Case {
+                conv: conv.clone(),
+                h: *h,
+                w: *w,
+                batch: 1,
+                bias: true,
+                residual: true,
+                seed: 7,
+                scratch_offset: 1,
+            };
             check_conv(isa, &case, None).unwrap_or_else(|e| panic!("{isa} {conv:?}: {e}"));
         }
     }
@@ -242,86 +338,106 @@ fn gemm_matches_reference_every_tier() {
     );
     for isa in Isa::supported() {
         runner()
-            .run(&strat, |((m, n, k), (pad_b, pad_c), (bias_kind, residual, accumulate, act), (direct, seed))| {
-                let (ldb, ldc) = (n + pad_b, n + pad_c);
-                let a = values(m * k, seed);
-                let b = values(k * ldb, seed ^ 1);
-                let c0 = values(m * ldc, seed ^ 2);
-                let bias = match bias_kind {
-                    1 => Some(values(m, seed ^ 3)),
-                    2 => Some(values(n, seed ^ 3)),
-                    _ => None,
-                };
-                let res = residual.then(|| values(m * ldc, seed ^ 4));
-                // Reference in f64, and the |·| scale.
-                let mut want = vec![0f32; m * ldc];
-                let mut scale = vec![0f32; m * ldc];
-                for i in 0..m {
-                    for j in 0..n {
-                        let (mut acc, mut s) = (0f64, 0f64);
-                        for kk in 0..k {
-                            let p = a[i * k + kk] as f64 * b[kk * ldb + j] as f64;
-                            acc += p;
-                            s += p.abs();
-                        }
-                        let mut add = |v: f32| {
-                            acc += v as f64;
-                            s += (v as f64).abs();
-                        };
-                        if accumulate {
-                            add(c0[i * ldc + j]);
-                        }
-                        match (bias_kind, &bias) {
-                            (1, Some(bv)) => add(bv[i]),
-                            (2, Some(bv)) => add(bv[j]),
-                            _ => {}
-                        }
-                        if let Some(r) = &res {
-                            add(r[i * ldc + j]);
-                        }
-                        want[i * ldc + j] = act.apply_f64(acc) as f32;
-                        scale[i * ldc + j] = s as f32;
-                    }
-                }
-                let mode = if direct { BMode::Direct } else { BMode::Packed };
-                let g = Gemm::with_mode(isa, m, n, k, mode);
-                let mut ap = vec![0.0; gemm::packed_a_len(m, k)];
-                gemm::pack_a(m, k, &a, k, &mut ap);
-                let epi = Epilogue {
-                    bias: match (bias_kind, &bias) {
-                        (1, Some(bv)) => Bias::Row(bv),
-                        (2, Some(bv)) => Bias::Col(bv),
-                        _ => Bias::None,
-                    },
-                    residual: res.as_deref(),
-                    activation: act,
-                    accumulate,
-                };
-                let mut scratch = vec![0.0; g.scratch_len()];
-                let mut c = c0.clone();
-                g.run(&ap, &b, ldb, &mut c, ldc, &epi, &mut scratch);
-                let (mut gv, mut wv, mut sv) = (vec![], vec![], vec![]);
-                for i in 0..m {
-                    for j in 0..ldc {
-                        if j < n {
-                            gv.push(c[i * ldc + j]);
-                            wv.push(want[i * ldc + j]);
-                            sv.push(scale[i * ldc + j]);
-                        } else {
-                            // Padding columns of C are never touched.
-                            prop_assert_eq!(c[i * ldc + j].to_bits(), c0[i * ldc + j].to_bits());
+            .run(
+                &strat,
+                |(
+                    (m, n, k),
+                    (pad_b, pad_c),
+                    (bias_kind, residual, accumulate, act),
+                    (direct, seed),
+                )| {
+                    let (ldb, ldc) = (n + pad_b, n + pad_c);
+                    let a = values(m * k, seed);
+                    let b = values(k * ldb, seed ^ 1);
+                    let c0 = values(m * ldc, seed ^ 2);
+                    let bias = match bias_kind {
+                        1 => Some(values(m, seed ^ 3)),
+                        2 => Some(values(n, seed ^ 3)),
+                        _ => None,
+                    };
+                    let res = residual.then(|| values(m * ldc, seed ^ 4));
+                    // Reference in f64, and the |·| scale.
+                    let mut want = vec![0f32; m * ldc];
+                    let mut scale = vec![0f32; m * ldc];
+                    for i in 0..m {
+                        for j in 0..n {
+                            let (mut acc, mut s) = (0f64, 0f64);
+                            for kk in 0..k {
+                                let p = a[i * k + kk] as f64 * b[kk * ldb + j] as f64;
+                                acc += p;
+                                s += p.abs();
+                            }
+                            let mut add = |v: f32| {
+                                acc += v as f64;
+                                s += (v as f64).abs();
+                            };
+                            if accumulate {
+                                add(c0[i * ldc + j]);
+                            }
+                            match (bias_kind, &bias) {
+                                (1, Some(bv)) => add(bv[i]),
+                                (2, Some(bv)) => add(bv[j]),
+                                _ => {}
+                            }
+                            if let Some(r) = &res {
+                                add(r[i * ldc + j]);
+                            }
+                            want[i * ldc + j] = act.apply_f64(acc) as f32;
+                            scale[i * ldc + j] = s as f32;
                         }
                     }
-                }
-                check_close(&gv, &wv, &sv, k, &format!("{isa} gemm {m}x{n}x{k} {mode:?}"))?;
-                // Tiles in reverse order: bit-identical.
-                let mut c2 = c0.clone();
-                for t in (0..g.tiles()).rev() {
-                    g.run_tile(&ap, &b, ldb, &mut c2, ldc, &epi, &mut scratch, t);
-                }
-                prop_assert!(c.iter().zip(&c2).all(|(x, y)| x.to_bits() == y.to_bits()), "{isa}: tiles differ");
-                Ok(())
-            })
+                    let mode = if direct { BMode::Direct } else { BMode::Packed };
+                    let g = Gemm::with_mode(isa, m, n, k, mode);
+                    let mut ap = vec![0.0; gemm::packed_a_len(m, k)];
+                    gemm::pack_a(m, k, &a, k, &mut ap);
+                    let epi = Epilogue {
+                        bias: match (bias_kind, &bias) {
+                            (1, Some(bv)) => Bias::Row(bv),
+                            (2, Some(bv)) => Bias::Col(bv),
+                            _ => Bias::None,
+                        },
+                        residual: res.as_deref(),
+                        activation: act,
+                        accumulate,
+                    };
+                    let mut scratch = vec![0.0; g.scratch_len()];
+                    let mut c = c0.clone();
+                    g.run(&ap, &b, ldb, &mut c, ldc, &epi, &mut scratch);
+                    let (mut gv, mut wv, mut sv) = (vec![], vec![], vec![]);
+                    for i in 0..m {
+                        for j in 0..ldc {
+                            if j < n {
+                                gv.push(c[i * ldc + j]);
+                                wv.push(want[i * ldc + j]);
+                                sv.push(scale[i * ldc + j]);
+                            } else {
+                                // Padding columns of C are never touched.
+                                prop_assert_eq!(
+                                    c[i * ldc + j].to_bits(),
+                                    c0[i * ldc + j].to_bits()
+                                );
+                            }
+                        }
+                    }
+                    check_close(
+                        &gv,
+                        &wv,
+                        &sv,
+                        k,
+                        &format!("{isa} gemm {m}x{n}x{k} {mode:?}"),
+                    )?;
+                    // Tiles in reverse order: bit-identical.
+                    let mut c2 = c0.clone();
+                    for t in (0..g.tiles()).rev() {
+                        g.run_tile(&ap, &b, ldb, &mut c2, ldc, &epi, &mut scratch, t);
+                    }
+                    prop_assert!(
+                        c.iter().zip(&c2).all(|(x, y)| x.to_bits() == y.to_bits()),
+                        "{isa}: tiles differ"
+                    );
+                    Ok(())
+                },
+            )
             .unwrap_or_else(|e| panic!("{isa}: {e}"));
     }
 }
@@ -345,7 +461,11 @@ fn pack_a_layout_is_documented_one() {
 #[test]
 fn nan_propagates_through_relu_and_clip() {
     for isa in Isa::supported() {
-        for act in [Activation::Relu, Activation::Clip { min: 0.0, max: 6.0 }, Activation::LeakyRelu { alpha: 0.1 }] {
+        for act in [
+            Activation::Relu,
+            Activation::Clip { min: 0.0, max: 6.0 },
+            Activation::LeakyRelu { alpha: 0.1 },
+        ] {
             let conv = Conv {
                 in_channels: 2,
                 out_channels: 3,

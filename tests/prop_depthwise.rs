@@ -61,8 +61,24 @@ impl Case {
     }
 
     fn out_hw(&self) -> Option<(usize, usize)> {
-        let oh = window_output(self.h, self.kernel[0], self.stride[0], self.dilation[0], self.pads[0], self.pads[2], false)?;
-        let ow = window_output(self.w, self.kernel[1], self.stride[1], self.dilation[1], self.pads[1], self.pads[3], false)?;
+        let oh = window_output(
+            self.h,
+            self.kernel[0],
+            self.stride[0],
+            self.dilation[0],
+            self.pads[0],
+            self.pads[2],
+            false,
+        )?;
+        let ow = window_output(
+            self.w,
+            self.kernel[1],
+            self.stride[1],
+            self.dilation[1],
+            self.pads[1],
+            self.pads[3],
+            false,
+        )?;
         Some((oh, ow))
     }
 }
@@ -72,7 +88,10 @@ fn activation() -> impl Strategy<Value = Activation> {
         Just(Activation::Identity),
         Just(Activation::Relu),
         Just(Activation::Clip { min: 0.0, max: 6.0 }),
-        Just(Activation::Clip { min: -0.5, max: 0.5 }),
+        Just(Activation::Clip {
+            min: -0.5,
+            max: 0.5
+        }),
         (0.0f32..1.0).prop_map(|alpha| Activation::LeakyRelu { alpha }),
         Just(Activation::Sigmoid),
         Just(Activation::HardSwish),
@@ -86,9 +105,37 @@ fn case() -> impl Strategy<Value = Case> {
     let stride = prop_oneof![2 => Just([1usize, 1]), 2 => Just([2, 2]), 1 => (1usize..=3, 1usize..=3).prop_map(|(a, b)| [a, b])];
     let dilation = prop_oneof![4 => Just([1usize, 1]), 1 => (1usize..=3, 1usize..=3).prop_map(|(a, b)| [a, b])];
     let pads = prop_oneof![2 => Just([1usize, 1, 1, 1]), 2 => [0usize..=3, 0usize..=3, 0usize..=3, 0usize..=3]];
-    (1usize..=33, 1usize..=24, 1usize..=70, kernel, stride, dilation, pads, activation(), any::<bool>(), any::<bool>(), any::<u64>())
-        .prop_map(|(c, h, w, kernel, stride, dilation, pads, act, bias, residual, seed)| Case { c, h, w, kernel, stride, dilation, pads, act, bias, residual, seed })
-        .prop_filter("window larger than the padded input", |c| c.out_hw().is_some())
+    (
+        1usize..=33,
+        1usize..=24,
+        1usize..=70,
+        kernel,
+        stride,
+        dilation,
+        pads,
+        activation(),
+        any::<bool>(),
+        any::<bool>(),
+        any::<u64>(),
+    )
+        .prop_map(
+            |(c, h, w, kernel, stride, dilation, pads, act, bias, residual, seed)| Case {
+                c,
+                h,
+                w,
+                kernel,
+                stride,
+                dilation,
+                pads,
+                act,
+                bias,
+                residual,
+                seed,
+            },
+        )
+        .prop_filter("window larger than the padded input", |c| {
+            c.out_hw().is_some()
+        })
 }
 
 struct Data {
@@ -116,13 +163,36 @@ fn check(case: &Case) -> Result<(), TestCaseError> {
     let in_shape = [case.c, case.h, case.w];
     let out_shape = [case.c, oh, ow];
     let mut want = vec![0.0; case.c * oh * ow];
-    reference::conv2d(&d.x, 1, &in_shape, &conv, &d.w, d.b.as_deref(), d.r.as_deref(), &out_shape, &mut want);
+    reference::conv2d(
+        &d.x,
+        1,
+        &in_shape,
+        &conv,
+        &d.w,
+        d.b.as_deref(),
+        d.r.as_deref(),
+        &out_shape,
+        &mut want,
+    );
     // The magnitude that bounds the rounding error of each output.
     let abs = |v: &[f32]| v.iter().map(|a| a.abs()).collect::<Vec<_>>();
     let mut mag = vec![0.0; want.len()];
-    let plain = Conv { activation: Activation::Identity, ..conv.clone() };
+    let plain = Conv {
+        activation: Activation::Identity,
+        ..conv.clone()
+    };
     let (ab, ar) = (d.b.as_deref().map(abs), d.r.as_deref().map(abs));
-    reference::conv2d(&abs(&d.x), 1, &in_shape, &plain, &abs(&d.w), ab.as_deref(), ar.as_deref(), &out_shape, &mut mag);
+    reference::conv2d(
+        &abs(&d.x),
+        1,
+        &in_shape,
+        &plain,
+        &abs(&d.w),
+        ab.as_deref(),
+        ar.as_deref(),
+        &out_shape,
+        &mut mag,
+    );
     for isa in Isa::supported() {
         let k = DepthwiseKernel::new(isa, &conv, in_shape, out_shape).expect("depthwise");
         prop_assert_eq!(k.isa(), isa);
@@ -206,8 +276,28 @@ proptest! {
     }
 }
 
-fn mk(kernel: [usize; 2], stride: [usize; 2], dilation: [usize; 2], pads: [usize; 4], c: usize, h: usize, w: usize) -> Case {
-    Case { c, h, w, kernel, stride, dilation, pads, act: Activation::Clip { min: 0.0, max: 6.0 }, bias: true, residual: true, seed: 7 }
+fn mk(
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    dilation: [usize; 2],
+    pads: [usize; 4],
+    c: usize,
+    h: usize,
+    w: usize,
+) -> Case {
+    Case {
+        c,
+        h,
+        w,
+        kernel,
+        stride,
+        dilation,
+        pads,
+        act: Activation::Clip { min: 0.0, max: 6.0 },
+        bias: true,
+        residual: true,
+        seed: 7,
+    }
 }
 
 /// Each body is chosen where the module docs say, and each is right on MobileNet-sized
@@ -215,19 +305,49 @@ fn mk(kernel: [usize; 2], stride: [usize; 2], dilation: [usize; 2], pads: [usize
 #[test]
 fn algorithms_and_mobilenet_shapes() {
     let cases = [
-        (mk([3, 3], [1, 1], [1, 1], [1, 1, 1, 1], 4, 56, 56), "dw3x3_s1"),
-        (mk([3, 3], [2, 2], [1, 1], [1, 1, 1, 1], 4, 57, 57), "dw3x3_s2"),
-        (mk([3, 3], [2, 2], [1, 1], [0, 0, 1, 1], 3, 56, 56), "dw3x3_s2"),
-        (mk([3, 3], [1, 2], [1, 1], [1, 1, 1, 1], 2, 9, 71), "dw3x3_s2"),
-        (mk([5, 5], [1, 1], [1, 1], [2, 2, 2, 2], 3, 28, 28), "dw_rows_s1"),
-        (mk([3, 3], [1, 1], [2, 2], [2, 2, 2, 2], 3, 20, 40), "dw_rows_s1"),
-        (mk([5, 5], [2, 2], [1, 1], [2, 2, 2, 2], 3, 29, 45), "dw_rows_s2"),
-        (mk([3, 3], [3, 3], [1, 1], [1, 1, 1, 1], 3, 20, 20), "dw_generic"),
+        (
+            mk([3, 3], [1, 1], [1, 1], [1, 1, 1, 1], 4, 56, 56),
+            "dw3x3_s1",
+        ),
+        (
+            mk([3, 3], [2, 2], [1, 1], [1, 1, 1, 1], 4, 57, 57),
+            "dw3x3_s2",
+        ),
+        (
+            mk([3, 3], [2, 2], [1, 1], [0, 0, 1, 1], 3, 56, 56),
+            "dw3x3_s2",
+        ),
+        (
+            mk([3, 3], [1, 2], [1, 1], [1, 1, 1, 1], 2, 9, 71),
+            "dw3x3_s2",
+        ),
+        (
+            mk([5, 5], [1, 1], [1, 1], [2, 2, 2, 2], 3, 28, 28),
+            "dw_rows_s1",
+        ),
+        (
+            mk([3, 3], [1, 1], [2, 2], [2, 2, 2, 2], 3, 20, 40),
+            "dw_rows_s1",
+        ),
+        (
+            mk([5, 5], [2, 2], [1, 1], [2, 2, 2, 2], 3, 29, 45),
+            "dw_rows_s2",
+        ),
+        (
+            mk([3, 3], [3, 3], [1, 1], [1, 1, 1, 1], 3, 20, 20),
+            "dw_generic",
+        ),
     ];
     for (case, algo) in cases {
         let (oh, ow) = case.out_hw().unwrap();
         for isa in Isa::supported() {
-            let k = DepthwiseKernel::new(isa, &case.conv(), [case.c, case.h, case.w], [case.c, oh, ow]).unwrap();
+            let k = DepthwiseKernel::new(
+                isa,
+                &case.conv(),
+                [case.c, case.h, case.w],
+                [case.c, oh, ow],
+            )
+            .unwrap();
             assert_eq!(k.algorithm(), algo, "{case:?}");
         }
         check(&case).unwrap();
@@ -238,12 +358,21 @@ fn algorithms_and_mobilenet_shapes() {
 fn refuses_what_is_not_depthwise() {
     let mut conv = mk([3, 3], [1, 1], [1, 1], [1, 1, 1, 1], 4, 8, 8).conv();
     assert!(DepthwiseKernel::new(Isa::Scalar, &conv, [4, 8, 8], [4, 8, 8]).is_some());
-    assert!(DepthwiseKernel::new(Isa::Scalar, &conv, [4, 8, 8], [4, 7, 8]).is_none(), "wrong output shape");
+    assert!(
+        DepthwiseKernel::new(Isa::Scalar, &conv, [4, 8, 8], [4, 7, 8]).is_none(),
+        "wrong output shape"
+    );
     conv.groups = 2;
-    assert!(DepthwiseKernel::new(Isa::Scalar, &conv, [4, 8, 8], [4, 8, 8]).is_none(), "grouped");
+    assert!(
+        DepthwiseKernel::new(Isa::Scalar, &conv, [4, 8, 8], [4, 8, 8]).is_none(),
+        "grouped"
+    );
     conv.groups = 4;
     conv.out_channels = 8;
-    assert!(DepthwiseKernel::new(Isa::Scalar, &conv, [4, 8, 8], [8, 8, 8]).is_none(), "multiplier 2");
+    assert!(
+        DepthwiseKernel::new(Isa::Scalar, &conv, [4, 8, 8], [8, 8, 8]).is_none(),
+        "multiplier 2"
+    );
 }
 
 /// Splitting a sample by channels gives the same result as running it whole.

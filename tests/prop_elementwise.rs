@@ -36,7 +36,18 @@ impl Rng {
     fn value(&mut self, scale: f32, special: f64) -> f32 {
         let u = self.next();
         if ((u >> 11) as f64 / (1u64 << 53) as f64) < special {
-            [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0, 1e30, -1e30, 1e-30, -95.0, 95.0][(u % 10) as usize]
+            [
+                f32::NAN,
+                f32::INFINITY,
+                f32::NEG_INFINITY,
+                0.0,
+                -0.0,
+                1e30,
+                -1e30,
+                1e-30,
+                -95.0,
+                95.0,
+            ][(u % 10) as usize]
         } else {
             self.unit() * scale
         }
@@ -53,7 +64,8 @@ fn activation() -> impl Strategy<Value = Activation> {
         (0.0f32..2.0).prop_map(|alpha| Activation::LeakyRelu { alpha }),
         (-3.0f32..0.0, 0.0f32..6.0).prop_map(|(min, max)| Activation::Clip { min, max }),
         Just(Activation::Sigmoid),
-        (0.0f32..1.0, 0.0f32..1.0).prop_map(|(alpha, beta)| Activation::HardSigmoid { alpha, beta }),
+        (0.0f32..1.0, 0.0f32..1.0)
+            .prop_map(|(alpha, beta)| Activation::HardSigmoid { alpha, beta }),
         Just(Activation::HardSwish),
         Just(Activation::Silu),
         Just(Activation::Tanh),
@@ -66,7 +78,9 @@ fn act_tol(act: Activation, x: f32, want: f32) -> f32 {
     match act {
         Activation::Sigmoid | Activation::Silu | Activation::Tanh => 1e-6 * want.abs() + 1e-37,
         // alpha * x + beta in f32 loses up to an ulp of the larger term.
-        Activation::HardSigmoid { alpha, beta } => 2.5e-7 * want.abs() + 1.2e-7 * (alpha.abs() * x + beta.abs()),
+        Activation::HardSigmoid { alpha, beta } => {
+            2.5e-7 * want.abs() + 1.2e-7 * (alpha.abs() * x + beta.abs())
+        }
         Activation::HardSwish => 2.5e-7 * want.abs() + 1.2e-7 * x * (x / 6.0 + 0.5),
         _ => 2.5e-7 * want.abs(),
     }
@@ -273,14 +287,35 @@ proptest! {
 /// Every variant on every tier, at the values where the functions bend or saturate.
 #[test]
 fn activation_special_values() {
-    let xs = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0, -3.0, 3.0, 6.0, -6.0, 0.625, -0.625, 88.8, -88.8, -104.5, 1e-20, f32::MAX, f32::MIN];
+    let xs = [
+        f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        0.0,
+        -0.0,
+        -3.0,
+        3.0,
+        6.0,
+        -6.0,
+        0.625,
+        -0.625,
+        88.8,
+        -88.8,
+        -104.5,
+        1e-20,
+        f32::MAX,
+        f32::MIN,
+    ];
     let acts = [
         Activation::Identity,
         Activation::Relu,
         Activation::LeakyRelu { alpha: 0.1 },
         Activation::Clip { min: 0.0, max: 6.0 },
         Activation::Sigmoid,
-        Activation::HardSigmoid { alpha: 0.2, beta: 0.5 },
+        Activation::HardSigmoid {
+            alpha: 0.2,
+            beta: 0.5,
+        },
         Activation::HardSwish,
         Activation::Silu,
         Activation::Tanh,
@@ -292,7 +327,13 @@ fn activation_special_values() {
             let mut got = [0.0; 17];
             el::activation(isa, &xs, act, &mut got);
             for i in 0..xs.len() {
-                assert!(close(got[i], want[i], act_tol(act, xs[i], want[i])), "{isa} {act:?}: f({}) = {} want {}", xs[i], got[i], want[i]);
+                assert!(
+                    close(got[i], want[i], act_tol(act, xs[i], want[i])),
+                    "{isa} {act:?}: f({}) = {} want {}",
+                    xs[i],
+                    got[i],
+                    want[i]
+                );
             }
         }
     }
@@ -308,7 +349,12 @@ fn softmax_classifier_head() {
         let mut got = vec![0.0; 2000];
         el::softmax(isa, &x, 2, &[1000], 0, false, &mut got);
         for i in 0..2000 {
-            assert!(close(got[i], want[i], 4e-6 * want[i]), "{isa}: {} want {}", got[i], want[i]);
+            assert!(
+                close(got[i], want[i], 4e-6 * want[i]),
+                "{isa}: {} want {}",
+                got[i],
+                want[i]
+            );
         }
         let sum: f64 = got[..1000].iter().map(|&v| v as f64).sum();
         assert!((sum - 1.0).abs() < 1e-5, "{isa}: sum {sum}");

@@ -21,7 +21,8 @@ fn activations() -> impl Strategy<Value = Activation> {
         (0.0f32..1.0).prop_map(|alpha| Activation::LeakyRelu { alpha }),
         (-1.0f32..0.5, 0.5f32..2.0).prop_map(|(min, max)| Activation::Clip { min, max }),
         Just(Activation::Sigmoid),
-        (0.05f32..1.0, -0.5f32..0.5).prop_map(|(alpha, beta)| Activation::HardSigmoid { alpha, beta }),
+        (0.05f32..1.0, -0.5f32..0.5)
+            .prop_map(|(alpha, beta)| Activation::HardSigmoid { alpha, beta }),
         Just(Activation::HardSwish),
         Just(Activation::Silu),
         Just(Activation::Tanh),
@@ -45,8 +46,24 @@ fn abs(v: &[f32]) -> Vec<f32> {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn check(isa: Isa, fi: usize, fo: usize, n: usize, max_batch: usize, bias: bool, residual: bool, act: Activation, seed: u64) -> Result<(), TestCaseError> {
-    let l = Linear { in_features: fi, out_features: fo, weight: 0, bias: None, activation: act };
+fn check(
+    isa: Isa,
+    fi: usize,
+    fo: usize,
+    n: usize,
+    max_batch: usize,
+    bias: bool,
+    residual: bool,
+    act: Activation,
+    seed: u64,
+) -> Result<(), TestCaseError> {
+    let l = Linear {
+        in_features: fi,
+        out_features: fo,
+        weight: 0,
+        bias: None,
+        activation: act,
+    };
     let kern = LinearKernel::new(isa, &l, max_batch);
     prop_assert_eq!(kern.isa(), isa);
     let w = values(fo * fi, seed);
@@ -56,26 +73,62 @@ fn check(isa: Isa, fi: usize, fo: usize, n: usize, max_batch: usize, bias: bool,
     let mut want = vec![0.0; n * fo];
     reference::linear(&x, n, &l, &w, b.as_deref(), r.as_deref(), &mut want);
     let mut scale = vec![0.0; n * fo];
-    let la = Linear { activation: Activation::Identity, ..l.clone() };
+    let la = Linear {
+        activation: Activation::Identity,
+        ..l.clone()
+    };
     let (ba, ra) = (b.as_deref().map(abs), r.as_deref().map(abs));
-    reference::linear(&abs(&x), n, &la, &abs(&w), ba.as_deref(), ra.as_deref(), &mut scale);
+    reference::linear(
+        &abs(&x),
+        n,
+        &la,
+        &abs(&w),
+        ba.as_deref(),
+        ra.as_deref(),
+        &mut scale,
+    );
 
     let mut packed = vec![0.0; kern.packed_weight_len()];
     kern.pack_weights(&w, &mut packed);
     let mut scratch = vec![0.0; kern.scratch_len()];
     let mut got = vec![f32::NAN; n * fo];
-    kern.run(&packed, b.as_deref(), &x, n, r.as_deref(), &mut got, &mut scratch);
+    kern.run(
+        &packed,
+        b.as_deref(),
+        &x,
+        n,
+        r.as_deref(),
+        &mut got,
+        &mut scratch,
+    );
     let tol_k = 1e-5 * ((fi + 2) as f32).sqrt();
     for (i, ((&g, &v), &s)) in got.iter().zip(&want).zip(&scale).enumerate() {
         let tol = 2.0 * tol_k * s + 1e-6;
-        prop_assert!((g - v).abs() <= tol, "{isa} {fi}->{fo} batch {n}: element {i}: got {g}, want {v}, tol {tol}");
+        prop_assert!(
+            (g - v).abs() <= tol,
+            "{isa} {fi}->{fo} batch {n}: element {i}: got {g}, want {v}, tol {tol}"
+        );
     }
     // Tiles in reverse order: bit-identical to `run`.
     let mut tiled = vec![f32::NAN; n * fo];
     for t in (0..kern.tiles()).rev() {
-        kern.run_tile(&packed, b.as_deref(), &x, n, r.as_deref(), &mut tiled, &mut scratch, t);
+        kern.run_tile(
+            &packed,
+            b.as_deref(),
+            &x,
+            n,
+            r.as_deref(),
+            &mut tiled,
+            &mut scratch,
+            t,
+        );
     }
-    prop_assert!(got.iter().zip(&tiled).all(|(a, b)| a.to_bits() == b.to_bits()), "{isa}: tiles differ");
+    prop_assert!(
+        got.iter()
+            .zip(&tiled)
+            .all(|(a, b)| a.to_bits() == b.to_bits()),
+        "{isa}: tiles differ"
+    );
     Ok(())
 }
 
@@ -87,9 +140,15 @@ fn linear_matches_reference_every_tier() {
         any::<u64>(),
     );
     for isa in Isa::supported() {
-        TestRunner::new(Config { cases: 64, failure_persistence: None, ..Config::default() })
-            .run(&strat, |((fi, fo, n), (bias, residual, act), seed)| check(isa, fi, fo, n, n + 3, bias, residual, act, seed))
-            .unwrap_or_else(|e| panic!("{isa}: {e}"));
+        TestRunner::new(Config {
+            cases: 64,
+            failure_persistence: None,
+            ..Config::default()
+        })
+        .run(&strat, |((fi, fo, n), (bias, residual, act), seed)| {
+            check(isa, fi, fo, n, n + 3, bias, residual, act, seed)
+        })
+        .unwrap_or_else(|e| panic!("{isa}: {e}"));
     }
 }
 
@@ -97,8 +156,15 @@ fn linear_matches_reference_every_tier() {
 #[test]
 fn linear_large_shapes_every_tier() {
     for isa in Isa::supported() {
-        for (fi, fo, n) in [(512, 1000, 1), (777, 300, 1), (300, 530, 1), (260, 70, 29), (1, 1, 1)] {
-            check(isa, fi, fo, n, n, true, true, Activation::Relu, 11).unwrap_or_else(|e| panic!("{e}"));
+        for (fi, fo, n) in [
+            (512, 1000, 1),
+            (777, 300, 1),
+            (300, 530, 1),
+            (260, 70, 29),
+            (1, 1, 1),
+        ] {
+            check(isa, fi, fo, n, n, true, true, Activation::Relu, 11)
+                .unwrap_or_else(|e| panic!("{e}"));
         }
     }
 }

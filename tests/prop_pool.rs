@@ -55,8 +55,24 @@ struct Case {
 impl Case {
     fn out_hw(&self) -> Option<(usize, usize)> {
         let p = &self.pool;
-        let oh = window_output(self.h, p.kernel[0], p.stride[0], p.dilation[0], p.pads[0], p.pads[2], p.ceil_mode)?;
-        let ow = window_output(self.w, p.kernel[1], p.stride[1], p.dilation[1], p.pads[1], p.pads[3], p.ceil_mode)?;
+        let oh = window_output(
+            self.h,
+            p.kernel[0],
+            p.stride[0],
+            p.dilation[0],
+            p.pads[0],
+            p.pads[2],
+            p.ceil_mode,
+        )?;
+        let ow = window_output(
+            self.w,
+            p.kernel[1],
+            p.stride[1],
+            p.dilation[1],
+            p.pads[1],
+            p.pads[3],
+            p.ceil_mode,
+        )?;
         Some((oh, ow))
     }
 }
@@ -68,16 +84,54 @@ fn case() -> impl Strategy<Value = Case> {
     let dilation = prop_oneof![4 => Just([1usize, 1]), 1 => (1usize..=2, 1usize..=2).prop_map(|(a, b)| [a, b])];
     let pads = prop_oneof![1 => Just([0usize; 4]), 1 => Just([1usize; 4]), 2 => [0usize..=2, 0usize..=2, 0usize..=2, 0usize..=2]];
     let special = prop_oneof![2 => Just(0.0), 1 => Just(0.01), 1 => Just(0.1)];
-    (kind, kernel, stride, dilation, pads, any::<bool>(), any::<bool>(), 1usize..=33, 1usize..=20, 1usize..=72, special, any::<u64>())
-        .prop_map(|(kind, kernel, stride, dilation, pads, ceil_mode, count_include_pad, c, h, w, special, seed)| Case {
-            pool: Pool { kind, kernel, stride, dilation, pads, ceil_mode, count_include_pad },
-            c,
-            h,
-            w,
-            special,
-            seed,
+    (
+        kind,
+        kernel,
+        stride,
+        dilation,
+        pads,
+        any::<bool>(),
+        any::<bool>(),
+        1usize..=33,
+        1usize..=20,
+        1usize..=72,
+        special,
+        any::<u64>(),
+    )
+        .prop_map(
+            |(
+                kind,
+                kernel,
+                stride,
+                dilation,
+                pads,
+                ceil_mode,
+                count_include_pad,
+                c,
+                h,
+                w,
+                special,
+                seed,
+            )| Case {
+                pool: Pool {
+                    kind,
+                    kernel,
+                    stride,
+                    dilation,
+                    pads,
+                    ceil_mode,
+                    count_include_pad,
+                },
+                c,
+                h,
+                w,
+                special,
+                seed,
+            },
+        )
+        .prop_filter("window larger than the padded input", |c| {
+            c.out_hw().is_some()
         })
-        .prop_filter("window larger than the padded input", |c| c.out_hw().is_some())
 }
 
 fn check(case: &Case) -> Result<(), TestCaseError> {
@@ -99,9 +153,20 @@ fn check(case: &Case) -> Result<(), TestCaseError> {
         for i in 0..want.len() {
             let ok = match case.pool.kind {
                 PoolKind::Max => same(got[i], want[i]),
-                PoolKind::Average => same(got[i], want[i]) || (got[i] - want[i]).abs() <= 2e-6 * mag[i],
+                PoolKind::Average => {
+                    same(got[i], want[i]) || (got[i] - want[i]).abs() <= 2e-6 * mag[i]
+                }
             };
-            prop_assert!(ok, "{} {}: out[{}] = {} want {}, {:?}", isa, k.algorithm(), i, got[i], want[i], case);
+            prop_assert!(
+                ok,
+                "{} {}: out[{}] = {} want {}, {:?}",
+                isa,
+                k.algorithm(),
+                i,
+                got[i],
+                want[i],
+                case
+            );
         }
     }
     Ok(())
@@ -188,8 +253,23 @@ proptest! {
     }
 }
 
-fn pool(kind: PoolKind, kernel: [usize; 2], stride: [usize; 2], pads: [usize; 4], ceil_mode: bool, count_include_pad: bool) -> Pool {
-    Pool { kind, kernel, stride, dilation: [1, 1], pads, ceil_mode, count_include_pad }
+fn pool(
+    kind: PoolKind,
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    pads: [usize; 4],
+    ceil_mode: bool,
+    count_include_pad: bool,
+) -> Pool {
+    Pool {
+        kind,
+        kernel,
+        stride,
+        dilation: [1, 1],
+        pads,
+        ceil_mode,
+        count_include_pad,
+    }
 }
 
 /// Each body is chosen where the module docs say, and each is right on ResNet / VGG-sized
@@ -198,18 +278,57 @@ fn pool(kind: PoolKind, kernel: [usize; 2], stride: [usize; 2], pads: [usize; 4]
 fn algorithms_and_network_shapes() {
     use PoolKind::*;
     let cases = [
-        (pool(Max, [3, 3], [2, 2], [1, 1, 1, 1], false, false), 112, "pool3x3_s2"),
-        (pool(Average, [3, 3], [2, 2], [1, 1, 1, 1], false, true), 57, "pool3x3_s2"),
-        (pool(Max, [3, 3], [2, 2], [0, 0, 0, 0], true, false), 55, "pool3x3_s2"),
-        (pool(Max, [2, 2], [2, 2], [0, 0, 0, 0], false, false), 56, "pool2x2_s2"),
-        (pool(Average, [2, 2], [2, 2], [0, 0, 0, 0], true, false), 75, "pool2x2_s2"),
-        (pool(Max, [3, 3], [1, 1], [1, 1, 1, 1], false, false), 40, "pool_rows_s1"),
-        (pool(Average, [5, 5], [2, 2], [2, 2, 2, 2], true, false), 41, "pool_rows_s2"),
-        (pool(Max, [3, 3], [3, 3], [1, 1, 1, 1], true, false), 40, "pool_generic"),
+        (
+            pool(Max, [3, 3], [2, 2], [1, 1, 1, 1], false, false),
+            112,
+            "pool3x3_s2",
+        ),
+        (
+            pool(Average, [3, 3], [2, 2], [1, 1, 1, 1], false, true),
+            57,
+            "pool3x3_s2",
+        ),
+        (
+            pool(Max, [3, 3], [2, 2], [0, 0, 0, 0], true, false),
+            55,
+            "pool3x3_s2",
+        ),
+        (
+            pool(Max, [2, 2], [2, 2], [0, 0, 0, 0], false, false),
+            56,
+            "pool2x2_s2",
+        ),
+        (
+            pool(Average, [2, 2], [2, 2], [0, 0, 0, 0], true, false),
+            75,
+            "pool2x2_s2",
+        ),
+        (
+            pool(Max, [3, 3], [1, 1], [1, 1, 1, 1], false, false),
+            40,
+            "pool_rows_s1",
+        ),
+        (
+            pool(Average, [5, 5], [2, 2], [2, 2, 2, 2], true, false),
+            41,
+            "pool_rows_s2",
+        ),
+        (
+            pool(Max, [3, 3], [3, 3], [1, 1, 1, 1], true, false),
+            40,
+            "pool_generic",
+        ),
     ];
     for (p, hw, algo) in cases {
         for special in [0.0, 0.001] {
-            let case = Case { pool: p.clone(), c: 3, h: hw, w: hw, special, seed: 11 };
+            let case = Case {
+                pool: p.clone(),
+                c: 3,
+                h: hw,
+                w: hw,
+                special,
+                seed: 11,
+            };
             let (oh, ow) = case.out_hw().unwrap();
             for isa in Isa::supported() {
                 let k = PoolKernel::new(isa, &p, [3, hw, hw], [3, oh, ow]).unwrap();

@@ -35,7 +35,8 @@ fn activations() -> impl Strategy<Value = Activation> {
         (0.0f32..1.0).prop_map(|alpha| Activation::LeakyRelu { alpha }),
         (-1.0f32..0.5, 0.5f32..2.0).prop_map(|(min, max)| Activation::Clip { min, max }),
         Just(Activation::Sigmoid),
-        (0.05f32..1.0, -0.5f32..0.5).prop_map(|(alpha, beta)| Activation::HardSigmoid { alpha, beta }),
+        (0.05f32..1.0, -0.5f32..0.5)
+            .prop_map(|(alpha, beta)| Activation::HardSigmoid { alpha, beta }),
         Just(Activation::HardSwish),
         Just(Activation::Silu),
         Just(Activation::Tanh),
@@ -99,7 +100,10 @@ impl Case {
         }
     }
     fn out_hw(&self) -> (usize, usize) {
-        (self.h + self.pads[0] + self.pads[2] - 2, self.w + self.pads[1] + self.pads[3] - 2)
+        (
+            self.h + self.pads[0] + self.pads[2] - 2,
+            self.w + self.pads[1] + self.pads[3] - 2,
+        )
     }
 }
 
@@ -111,10 +115,23 @@ fn cases() -> impl Strategy<Value = Case> {
         (any::<bool>(), any::<bool>(), activations()),
         (any::<u64>(), 0usize..=3),
     )
-        .prop_filter_map("kernel larger than the padded input", |((cin, cout), (h, w), pads, (bias, residual, act), (seed, off))| {
-            (h + pads[0] + pads[2] >= 3 && w + pads[1] + pads[3] >= 3)
-                .then_some(Case { cin, cout, h, w, pads, bias, residual, act, seed, scratch_offset: off })
-        })
+        .prop_filter_map(
+            "kernel larger than the padded input",
+            |((cin, cout), (h, w), pads, (bias, residual, act), (seed, off))| {
+                (h + pads[0] + pads[2] >= 3 && w + pads[1] + pads[3] >= 3).then_some(Case {
+                    cin,
+                    cout,
+                    h,
+                    w,
+                    pads,
+                    bias,
+                    residual,
+                    act,
+                    seed,
+                    scratch_offset: off,
+                })
+            },
+        )
 }
 
 /// Checks `case` with `variant` on `isa`: values against the reference, and tiles run
@@ -124,7 +141,8 @@ fn check(isa: Isa, variant: WinogradVariant, case: &Case) -> Result<(), TestCase
     let (oh, ow) = case.out_hw();
     let in_shape = [case.cin, case.h, case.w];
     let out_shape = [case.cout, oh, ow];
-    let kernel = WinogradKernel::new(isa, &conv, in_shape, out_shape, variant).expect("3x3 stride 1 is eligible");
+    let kernel = WinogradKernel::new(isa, &conv, in_shape, out_shape, variant)
+        .expect("3x3 stride 1 is eligible");
     prop_assert_eq!(kernel.isa(), isa);
     prop_assert_eq!(kernel.algorithm(), variant.algorithm());
     let n_in = case.cin * case.h * case.w;
@@ -135,11 +153,39 @@ fn check(isa: Isa, variant: WinogradVariant, case: &Case) -> Result<(), TestCase
     let res = case.residual.then(|| values(n_out, case.seed ^ 3));
 
     let mut want = vec![0.0; n_out];
-    reference::conv2d(&x, 1, &in_shape, &conv, &wts, bias.as_deref(), res.as_deref(), &out_shape, &mut want);
+    reference::conv2d(
+        &x,
+        1,
+        &in_shape,
+        &conv,
+        &wts,
+        bias.as_deref(),
+        res.as_deref(),
+        &out_shape,
+        &mut want,
+    );
     let mut scale = vec![0.0; n_out];
-    let cabs = Conv { activation: Activation::Identity, ..conv.clone() };
-    let (xa, wa, ba, ra) = (abs(&x), abs(&wts), bias.as_deref().map(abs), res.as_deref().map(abs));
-    reference::conv2d(&xa, 1, &in_shape, &cabs, &wa, ba.as_deref(), ra.as_deref(), &out_shape, &mut scale);
+    let cabs = Conv {
+        activation: Activation::Identity,
+        ..conv.clone()
+    };
+    let (xa, wa, ba, ra) = (
+        abs(&x),
+        abs(&wts),
+        bias.as_deref().map(abs),
+        res.as_deref().map(abs),
+    );
+    reference::conv2d(
+        &xa,
+        1,
+        &in_shape,
+        &cabs,
+        &wa,
+        ba.as_deref(),
+        ra.as_deref(),
+        &out_shape,
+        &mut scale,
+    );
     let s_max = scale.iter().fold(0f64, |m, &s| m.max(s as f64));
 
     let mut packed = vec![0.0; kernel.packed_weight_len()];
@@ -147,14 +193,24 @@ fn check(isa: Isa, variant: WinogradVariant, case: &Case) -> Result<(), TestCase
     let mut scratch_buf = vec![f32::NAN; kernel.scratch_len() + case.scratch_offset];
     let scratch = &mut scratch_buf[case.scratch_offset..];
     let mut got = vec![f32::NAN; n_out];
-    kernel.run(&packed, bias.as_deref(), &x, res.as_deref(), &mut got, scratch);
+    kernel.run(
+        &packed,
+        bias.as_deref(),
+        &x,
+        res.as_deref(),
+        &mut got,
+        scratch,
+    );
 
     let unit = (case.cin as f64).sqrt() * s_max;
     let tol = eps(variant) * unit * 1.5 + 1e-6;
     let mut worst = 0f64;
     for (i, (&g, &r)) in got.iter().zip(&want).enumerate() {
         let d = (g as f64 - r as f64).abs();
-        prop_assert!(d <= tol, "{isa} {variant:?} {case:?}: element {i}: got {g}, want {r}, |diff| {d} > tol {tol}");
+        prop_assert!(
+            d <= tol,
+            "{isa} {variant:?} {case:?}: element {i}: got {g}, want {r}, |diff| {d} > tol {tol}"
+        );
         worst = worst.max(d / unit);
     }
     if case.act.is_identity() || matches!(case.act, Activation::Relu) {
@@ -170,10 +226,25 @@ fn check(isa: Isa, variant: WinogradVariant, case: &Case) -> Result<(), TestCase
             ts.reverse();
         }
         for t in ts {
-            kernel.run_tile(&packed, bias.as_deref(), &x, res.as_deref(), &mut tiled, scratch, t);
+            kernel.run_tile(
+                &packed,
+                bias.as_deref(),
+                &x,
+                res.as_deref(),
+                &mut tiled,
+                scratch,
+                t,
+            );
         }
-        let same = tiled.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits());
-        prop_assert!(same, "{isa} {variant:?}: tiles (reverse={reverse}) differ from run; {} tiles", kernel.tiles());
+        let same = tiled
+            .iter()
+            .zip(&got)
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        prop_assert!(
+            same,
+            "{isa} {variant:?}: tiles (reverse={reverse}) differ from run; {} tiles",
+            kernel.tiles()
+        );
     }
     Ok(())
 }
@@ -181,7 +252,10 @@ fn check(isa: Isa, variant: WinogradVariant, case: &Case) -> Result<(), TestCase
 fn report() {
     if std::env::var_os("WINO_REPORT").is_some() {
         let w = WORST.lock().unwrap();
-        println!("largest |err| / (sqrt(cin) * S_max): F4x4 {:.3e}, F2x2 {:.3e}", w[0], w[1]);
+        println!(
+            "largest |err| / (sqrt(cin) * S_max): F4x4 {:.3e}, F2x2 {:.3e}",
+            w[0], w[1]
+        );
     }
 }
 
@@ -189,9 +263,13 @@ fn report() {
 fn winograd_matches_reference_every_tier() {
     for isa in Isa::supported() {
         for variant in WinogradVariant::ALL {
-            TestRunner::new(Config { cases: 48, failure_persistence: None, ..Config::default() })
-                .run(&cases(), |case| check(isa, variant, &case))
-                .unwrap_or_else(|e| panic!("{isa} {variant:?}: {e}"));
+            TestRunner::new(Config {
+                cases: 48,
+                failure_persistence: None,
+                ..Config::default()
+            })
+            .run(&cases(), |case| check(isa, variant, &case))
+            .unwrap_or_else(|e| panic!("{isa} {variant:?}: {e}"));
         }
     }
     report();
@@ -225,7 +303,8 @@ fn winograd_large_shapes_every_tier() {
     for isa in Isa::supported() {
         for variant in WinogradVariant::ALL {
             for case in &shapes {
-                check(isa, variant, case).unwrap_or_else(|e| panic!("{isa} {variant:?} {case:?}: {e}"));
+                check(isa, variant, case)
+                    .unwrap_or_else(|e| panic!("{isa} {variant:?} {case:?}: {e}"));
             }
         }
     }
@@ -234,7 +313,14 @@ fn winograd_large_shapes_every_tier() {
 #[test]
 fn ineligible_layers_are_refused() {
     let base = mk_conv(8, 8, [3, 3], [1, 1], [1, 1], 1);
-    assert!(WinogradKernel::new(Isa::Scalar, &base, [8, 8, 8], [8, 8, 8], WinogradVariant::F4x4).is_some());
+    assert!(WinogradKernel::new(
+        Isa::Scalar,
+        &base,
+        [8, 8, 8],
+        [8, 8, 8],
+        WinogradVariant::F4x4
+    )
+    .is_some());
     for (c, out) in [
         (mk_conv(8, 8, [3, 3], [2, 2], [1, 1], 1), [8, 4, 4]),
         (mk_conv(8, 8, [3, 3], [1, 1], [2, 2], 1), [8, 6, 6]),
@@ -243,14 +329,25 @@ fn ineligible_layers_are_refused() {
         (mk_conv(8, 8, [1, 1], [1, 1], [1, 1], 1), [8, 10, 10]),
     ] {
         for v in WinogradVariant::ALL {
-            assert!(WinogradKernel::new(Isa::Scalar, &c, [8, 8, 8], out, v).is_none(), "{c:?}");
-            let e = measure_relative_error(Isa::Scalar, &c, [8, 8, 8], out, v, &[], None, &[0.0; 512]);
+            assert!(
+                WinogradKernel::new(Isa::Scalar, &c, [8, 8, 8], out, v).is_none(),
+                "{c:?}"
+            );
+            let e =
+                measure_relative_error(Isa::Scalar, &c, [8, 8, 8], out, v, &[], None, &[0.0; 512]);
             assert!(e.is_infinite());
         }
     }
 }
 
-fn mk_conv(cin: usize, cout: usize, kernel: [usize; 2], stride: [usize; 2], dilation: [usize; 2], groups: usize) -> Conv {
+fn mk_conv(
+    cin: usize,
+    cout: usize,
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    dilation: [usize; 2],
+    groups: usize,
+) -> Conv {
     Conv {
         in_channels: cin,
         out_channels: cout,
@@ -269,14 +366,35 @@ fn mk_conv(cin: usize, cout: usize, kernel: [usize; 2], stride: [usize; 2], dila
 /// kernel by hand; F2x2 more accurate than F4x4.
 #[test]
 fn relative_error_is_small() {
-    let conv = Conv { activation: Activation::Relu, ..mk_conv(32, 32, [3, 3], [1, 1], [1, 1], 1) };
+    let conv = Conv {
+        activation: Activation::Relu,
+        ..mk_conv(32, 32, [3, 3], [1, 1], [1, 1], 1)
+    };
     let (ins, outs) = ([32, 12, 12], [32, 12, 12]);
     let w = values(32 * 32 * 9, 5);
     let b = values(32, 6);
     let x = values(2 * 32 * 144, 7);
     for isa in Isa::supported() {
-        let e4 = measure_relative_error(isa, &conv, ins, outs, WinogradVariant::F4x4, &w, Some(&b), &x);
-        let e2 = measure_relative_error(isa, &conv, ins, outs, WinogradVariant::F2x2, &w, Some(&b), &x);
+        let e4 = measure_relative_error(
+            isa,
+            &conv,
+            ins,
+            outs,
+            WinogradVariant::F4x4,
+            &w,
+            Some(&b),
+            &x,
+        );
+        let e2 = measure_relative_error(
+            isa,
+            &conv,
+            ins,
+            outs,
+            WinogradVariant::F2x2,
+            &w,
+            Some(&b),
+            &x,
+        );
         assert!(e4 > 0.0 && e4 < 1e-5, "{isa}: F4x4 relative error {e4}");
         assert!(e2 > 0.0 && e2 < 1e-5, "{isa}: F2x2 relative error {e2}");
     }

@@ -28,7 +28,11 @@ fn every_unsafe_has_a_safety_comment() {
     let mut misplaced = Vec::new();
     let mut count = 0;
     for f in &files {
-        let rel = f.strip_prefix(&src).unwrap().to_string_lossy().replace('\\', "/");
+        let rel = f
+            .strip_prefix(&src)
+            .unwrap()
+            .to_string_lossy()
+            .replace('\\', "/");
         if rel == "onnx/proto.rs" {
             continue; // generated, and has no unsafe
         }
@@ -36,24 +40,42 @@ fn every_unsafe_has_a_safety_comment() {
         let lines: Vec<&str> = text.lines().collect();
         for (i, line) in lines.iter().enumerate() {
             let code = line.split("//").next().unwrap_or("");
-            let is_unsafe = code.contains("unsafe {") || code.contains("unsafe fn") || code.contains("unsafe impl") || code.trim_end().ends_with("unsafe");
+            let is_unsafe = code.contains("unsafe {")
+                || code.contains("unsafe fn")
+                || code.contains("unsafe impl")
+                || code.trim_end().ends_with("unsafe");
             if !is_unsafe || code.contains("\"") {
                 continue;
             }
             count += 1;
-            let allowed = rel.starts_with("kernels/") || rel == "simd.rs" || rel.starts_with("format/");
+            let allowed =
+                rel.starts_with("kernels/") || rel == "simd.rs" || rel.starts_with("format/");
             if !allowed {
                 misplaced.push(format!("src/{rel}:{}", i + 1));
             }
             // Look back over attributes, doc lines and comments for the justification.
             let window = &lines[i.saturating_sub(WINDOW)..=i];
-            let ok = window.iter().any(|l| l.contains("SAFETY:") || l.contains("# Safety") || l.contains("Safety:"));
+            let ok = window
+                .iter()
+                .any(|l| l.contains("SAFETY:") || l.contains("# Safety") || l.contains("Safety:"));
             if !ok {
                 missing.push(format!("src/{rel}:{}: {}", i + 1, line.trim()));
             }
         }
     }
-    assert!(count > 0, "the scan found no unsafe at all; is it looking at the right files?");
-    assert!(misplaced.is_empty(), "unsafe outside kernels / simd / format:\n{}", misplaced.join("\n"));
-    assert!(missing.is_empty(), "{} unsafe without a SAFETY comment:\n{}", missing.len(), missing.join("\n"));
+    assert!(
+        count > 0,
+        "the scan found no unsafe at all; is it looking at the right files?"
+    );
+    assert!(
+        misplaced.is_empty(),
+        "unsafe outside kernels / simd / format:\n{}",
+        misplaced.join("\n")
+    );
+    assert!(
+        missing.is_empty(),
+        "{} unsafe without a SAFETY comment:\n{}",
+        missing.len(),
+        missing.join("\n")
+    );
 }

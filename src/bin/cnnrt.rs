@@ -12,7 +12,11 @@ use cnnrt::inspect::{layer_table, thousands};
 use cnnrt::{Error, Isa, Model, Result, SessionOptions, Threads};
 
 #[derive(Parser)]
-#[command(name = "cnnrt", version, about = "A CPU inference runtime for convolutional neural networks")]
+#[command(
+    name = "cnnrt",
+    version,
+    about = "A CPU inference runtime for convolutional neural networks"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -46,6 +50,10 @@ enum Command {
         /// The model expects BGR channel order (default RGB; gray for 1 channel).
         #[arg(long)]
         bgr: bool,
+        /// Largest relative error accepted for a Winograd 3x3 layer, measured against
+        /// direct convolution on a calibration input; 0 disables Winograd.
+        #[arg(long, default_value_t = 1e-4)]
+        winograd_max_error: f64,
     },
     /// Run a model on an .npy tensor, an image (PNG/JPEG) or a folder of images.
     Run {
@@ -96,45 +104,99 @@ fn threads_option(n: usize) -> Threads {
 }
 
 fn is_onnx(p: &Path) -> bool {
-    p.extension().and_then(|e| e.to_str()).is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
+    p.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
 }
 
 fn inspect(model: &Path, isa: Option<Isa>) -> Result<()> {
     if is_onnx(model) {
         let bytes = std::fs::read(model).map_err(|e| Error::io(model, e))?;
         let c = convert_onnx(&bytes, &ConvertOptions::default())?;
-        println!("{} (ONNX, opset {}; shown after BatchNorm folding and fusion)", model.display(), c.metadata.source_opset);
+        println!(
+            "{} (ONNX, opset {}; shown after BatchNorm folding and fusion)",
+            model.display(),
+            c.metadata.source_opset
+        );
         print!("{}", layer_table(&c.graph, None, &[]));
         return Ok(());
     }
     let m = Model::open(model)?;
-    let session = m.session(SessionOptions { max_isa: isa, ..Default::default() })?;
+    let session = m.session(SessionOptions {
+        max_isa: isa,
+        ..Default::default()
+    })?;
     let meta = m.metadata();
     println!("{}", model.display());
     println!("  producer: {}", meta.producer);
-    println!("  input '{}': {:?}, channel order {:?}, mean {:?}, std {:?}", meta.input_name, m.input_shape(), meta.channel_order, meta.mean, meta.std);
-    println!("  labels: {}", if meta.labels.is_empty() { "none".to_string() } else { format!("{} ({}, ...)", meta.labels.len(), meta.labels[0]) });
-    println!("  kernels: {}, workspace {} bytes at batch 1", session.isa(), thousands(session.workspace_bytes()));
-    let notes: Vec<(String, Option<f64>)> = meta.layer_notes.iter().map(|n| (n.node.clone(), n.relative_error)).collect();
-    print!("{}", layer_table(m.graph(), Some(&session.algorithms()), &notes));
+    println!(
+        "  input '{}': {:?}, channel order {:?}, mean {:?}, std {:?}",
+        meta.input_name,
+        m.input_shape(),
+        meta.channel_order,
+        meta.mean,
+        meta.std
+    );
+    println!(
+        "  labels: {}",
+        if meta.labels.is_empty() {
+            "none".to_string()
+        } else {
+            format!("{} ({}, ...)", meta.labels.len(), meta.labels[0])
+        }
+    );
+    println!(
+        "  kernels: {}, workspace {} bytes at batch 1",
+        session.isa(),
+        thousands(session.workspace_bytes())
+    );
+    let notes: Vec<(String, Option<f64>)> = meta
+        .layer_notes
+        .iter()
+        .map(|n| (n.node.clone(), n.relative_error))
+        .collect();
+    print!(
+        "{}",
+        layer_table(m.graph(), Some(&session.algorithms()), &notes)
+    );
     Ok(())
 }
 
 fn read_labels(path: &Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    Ok(text.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect())
+    Ok(text
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect())
 }
 
-fn run(model: &Path, input: &Path, output: Option<&Path>, top: usize, isa: Option<Isa>, threads: usize) -> Result<()> {
+fn run(
+    model: &Path,
+    input: &Path,
+    output: Option<&Path>,
+    top: usize,
+    isa: Option<Isa>,
+    threads: usize,
+) -> Result<()> {
     let m = Model::open(model)?;
     let batch = cnnrt::input::load_input(input, m.input_shape(), m.metadata())?;
-    let mut session = m.session(SessionOptions { max_batch: batch.batch, max_isa: isa, threads: threads_option(threads) })?;
+    let mut session = m.session(SessionOptions {
+        max_batch: batch.batch,
+        max_isa: isa,
+        threads: threads_option(threads),
+    })?;
     let out = session.run(&batch.data, batch.batch)?;
     let per = out.len() / batch.batch;
     let labels = &m.metadata().labels;
     for s in 0..batch.batch {
         let row = &out[s * per..(s + 1) * per];
-        let name = batch.sources.get(s).filter(|_| batch.sources.len() == batch.batch).map(|p| p.display().to_string()).unwrap_or_else(|| format!("sample {s}"));
+        let name = batch
+            .sources
+            .get(s)
+            .filter(|_| batch.sources.len() == batch.batch)
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| format!("sample {s}"));
         let mut idx: Vec<usize> = (0..per).collect();
         idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
         let shown: Vec<String> = idx
@@ -161,12 +223,24 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-fn bench(model: &Path, threads: usize, batch: usize, iters: usize, isa: Option<Isa>, json: bool, profile: Option<f64>) -> Result<()> {
+fn bench(
+    model: &Path,
+    threads: usize,
+    batch: usize,
+    iters: usize,
+    isa: Option<Isa>,
+    json: bool,
+    profile: Option<f64>,
+) -> Result<()> {
     let t0 = Instant::now();
     let m = Model::open(model)?;
     let open_ms = t0.elapsed().as_secs_f64() * 1e3;
     let t1 = Instant::now();
-    let mut session = m.session(SessionOptions { max_batch: batch, max_isa: isa, threads: threads_option(threads) })?;
+    let mut session = m.session(SessionOptions {
+        max_batch: batch,
+        max_isa: isa,
+        threads: threads_option(threads),
+    })?;
     let session_ms = t1.elapsed().as_secs_f64() * 1e3;
     let sample: usize = m.input_shape().iter().product();
     // A fixed pseudo-random input: timings must not depend on the data, but zeros could.
@@ -199,11 +273,21 @@ fn bench(model: &Path, threads: usize, batch: usize, iters: usize, isa: Option<I
     let gflops = flops / (median * 1e-3) / 1e9;
     let ips = batch as f64 / (median * 1e-3);
     println!("model      {}", model.display());
-    println!("kernels    {} , threads {threads}, batch {batch}, workspace {} bytes", session.isa(), thousands(session.workspace_bytes()));
+    println!(
+        "kernels    {} , threads {threads}, batch {batch}, workspace {} bytes",
+        session.isa(),
+        thousands(session.workspace_bytes())
+    );
     println!("open       {open_ms:.3} ms (+ session {session_ms:.3} ms)");
     println!("first run  {first_run_ms:.3} ms");
-    println!("latency    median {median:.3} ms, p90 {p90:.3} ms, p99 {p99:.3} ms over {} runs", times.len());
-    println!("throughput {ips:.1} images/s, {gflops:.1} GFLOP/s ({:.3} GFLOP per run)", flops / 1e9);
+    println!(
+        "latency    median {median:.3} ms, p90 {p90:.3} ms, p99 {p99:.3} ms over {} runs",
+        times.len()
+    );
+    println!(
+        "throughput {ips:.1} images/s, {gflops:.1} GFLOP/s ({:.3} GFLOP per run)",
+        flops / 1e9
+    );
     if let Some(peak) = profile {
         print_profile(&m, &mut session, &input, batch, iters, threads, peak)?;
     }
@@ -220,7 +304,15 @@ fn bench(model: &Path, threads: usize, batch: usize, iters: usize, isa: Option<I
 
 /// Per-layer medians over `iters` profiled runs.
 #[allow(clippy::too_many_arguments)]
-fn print_profile(m: &Model, session: &mut cnnrt::Session, input: &[f32], batch: usize, iters: usize, threads: usize, peak: f64) -> Result<()> {
+fn print_profile(
+    m: &Model,
+    session: &mut cnnrt::Session,
+    input: &[f32],
+    batch: usize,
+    iters: usize,
+    threads: usize,
+    peak: f64,
+) -> Result<()> {
     let graph = m.graph();
     let stats = cnnrt::graph::stats::layer_stats(graph);
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); graph.nodes.len()];
@@ -238,11 +330,20 @@ fn print_profile(m: &Model, session: &mut cnnrt::Session, input: &[f32], batch: 
         .collect();
     let total: f64 = med.iter().sum();
     let algos = session.algorithms();
-    println!("\nper layer (median of profiled runs; peak {peak} GFLOP/s per core × {threads} threads)");
-    println!("{:<4} {:<28} {:<14} {:>9} {:>6} {:>8} {:>7}  kernel", "#", "layer", "op", "ms", "share", "GFLOP/s", "% peak");
+    println!(
+        "\nper layer (median of profiled runs; peak {peak} GFLOP/s per core × {threads} threads)"
+    );
+    println!(
+        "{:<4} {:<28} {:<14} {:>9} {:>6} {:>8} {:>7}  kernel",
+        "#", "layer", "op", "ms", "share", "GFLOP/s", "% peak"
+    );
     for (i, node) in graph.nodes.iter().enumerate() {
         let flops = 2.0 * stats[i].macs as f64 * batch as f64;
-        let gf = if med[i] > 0.0 { flops / (med[i] * 1e-3) / 1e9 } else { 0.0 };
+        let gf = if med[i] > 0.0 {
+            flops / (med[i] * 1e-3) / 1e9
+        } else {
+            0.0
+        };
         let name: String = node.name.chars().take(28).collect();
         println!(
             "{:<4} {:<28} {:<14} {:>9.4} {:>5.1}% {:>8.1} {:>6.1}%  {}",
@@ -264,9 +365,27 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Inspect { model, isa } => inspect(&model, isa),
-        Command::Convert { onnx, output, labels, mean, std, bgr } => (|| {
-            let labels = labels.as_deref().map(read_labels).transpose()?.unwrap_or_default();
-            let opts = ConvertOptions { labels, mean, std, channel_order: bgr.then_some(ChannelOrder::Bgr) };
+        Command::Convert {
+            onnx,
+            output,
+            labels,
+            mean,
+            std,
+            bgr,
+            winograd_max_error,
+        } => (|| {
+            let labels = labels
+                .as_deref()
+                .map(read_labels)
+                .transpose()?
+                .unwrap_or_default();
+            let opts = ConvertOptions {
+                labels,
+                mean,
+                std,
+                channel_order: bgr.then_some(ChannelOrder::Bgr),
+                winograd_max_error,
+            };
             let c = convert_file(&onnx, &output, &opts)?;
             let p = &c.passes;
             println!(
@@ -282,10 +401,32 @@ fn main() -> ExitCode {
             );
             Ok(())
         })(),
-        Command::Run { model, input, output, top, isa, threads } => run(&model, &input, output.as_deref(), top, isa, threads),
-        Command::Bench { model, threads, batch, iters, isa, json, profile, peak_gflops } => {
-            bench(&model, threads, batch, iters, isa, json, profile.then_some(peak_gflops))
-        }
+        Command::Run {
+            model,
+            input,
+            output,
+            top,
+            isa,
+            threads,
+        } => run(&model, &input, output.as_deref(), top, isa, threads),
+        Command::Bench {
+            model,
+            threads,
+            batch,
+            iters,
+            isa,
+            json,
+            profile,
+            peak_gflops,
+        } => bench(
+            &model,
+            threads,
+            batch,
+            iters,
+            isa,
+            json,
+            profile.then_some(peak_gflops),
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -295,4 +436,3 @@ fn main() -> ExitCode {
         }
     }
 }
-

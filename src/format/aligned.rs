@@ -31,8 +31,13 @@ impl AlignedBuf {
     }
 
     /// Reads exactly `len` bytes from `r`.
-    pub(crate) fn read_exact_from(r: &mut impl Read, len: usize) -> std::io::Result<Option<AlignedBuf>> {
-        let Some(mut b) = AlignedBuf::try_zeroed(len) else { return Ok(None) };
+    pub(crate) fn read_exact_from(
+        r: &mut impl Read,
+        len: usize,
+    ) -> std::io::Result<Option<AlignedBuf>> {
+        let Some(mut b) = AlignedBuf::try_zeroed(len) else {
+            return Ok(None);
+        };
         r.read_exact(b.as_bytes_mut())?;
         Ok(Some(b))
     }

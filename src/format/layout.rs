@@ -92,13 +92,22 @@ pub fn checksum(bytes: &[u8]) -> u64 {
 // Fixed-width little-endian reads from a slice whose length the caller has checked.
 // They return 0 rather than panic if it was not, which the callers' length checks rule out.
 pub fn u16_at(b: &[u8], at: usize) -> u16 {
-    b.get(at..at + 2).and_then(|s| s.try_into().ok()).map(u16::from_le_bytes).unwrap_or(0)
+    b.get(at..at + 2)
+        .and_then(|s| s.try_into().ok())
+        .map(u16::from_le_bytes)
+        .unwrap_or(0)
 }
 pub fn u32_at(b: &[u8], at: usize) -> u32 {
-    b.get(at..at + 4).and_then(|s| s.try_into().ok()).map(u32::from_le_bytes).unwrap_or(0)
+    b.get(at..at + 4)
+        .and_then(|s| s.try_into().ok())
+        .map(u32::from_le_bytes)
+        .unwrap_or(0)
 }
 pub fn u64_at(b: &[u8], at: usize) -> u64 {
-    b.get(at..at + 8).and_then(|s| s.try_into().ok()).map(u64::from_le_bytes).unwrap_or(0)
+    b.get(at..at + 8)
+        .and_then(|s| s.try_into().ok())
+        .map(u64::from_le_bytes)
+        .unwrap_or(0)
 }
 
 impl Header {
@@ -162,7 +171,12 @@ impl Entry {
 
 impl IndexEntry {
     pub fn decode(b: &[u8]) -> IndexEntry {
-        IndexEntry { offset: u64_at(b, 0), elements: u64_at(b, 8), dtype: u32_at(b, 16), flags: u32_at(b, 20) }
+        IndexEntry {
+            offset: u64_at(b, 0),
+            elements: u64_at(b, 8),
+            dtype: u32_at(b, 16),
+            flags: u32_at(b, 20),
+        }
     }
 
     pub fn encode(&self) -> [u8; INDEX_ENTRY_LEN] {

@@ -70,7 +70,9 @@ impl Metadata {
             return Err(format!("metadata: mean contains a non-finite value {m}"));
         }
         if let Some(s) = self.std.iter().find(|s| !s.is_finite() || **s == 0.0) {
-            return Err(format!("metadata: std contains {s}; each std must be finite and non-zero"));
+            return Err(format!(
+                "metadata: std contains {s}; each std must be finite and non-zero"
+            ));
         }
         if self.input_shape.len() > limits::MAX_RANK {
             return Err(format!(

@@ -80,10 +80,10 @@
 //! [`crate::graph::Graph::infer_shapes`] on a clone (all ids, topological order, op
 //! constraints, [`crate::limits`]) with every stored value shape equal to the inferred one;
 //! WEIGHT_INDEX size, count = number of graph weights, dtype, flags, element count =
-//! the weight's `numel`, alignment, and `offset + 4 × elements ≤ WEIGHTS length`.
+//! the weight's stored element count (`numel`, or the Winograd layouts' larger count), alignment, and `offset + 4 × elements ≤ WEIGHTS length`.
 //!
 //! Once open, a [`ModelFile`] is immutable and its accessors are infallible: every weight
-//! id in the graph has an in-bounds, 64-byte aligned blob of exactly `numel` f32 values,
+//! id in the graph has an in-bounds, 64-byte aligned blob of exactly the element count its layout needs,
 //! and every shape satisfies the limits, so kernels sized from the graph cannot index
 //! outside the weights they are given.
 //!

@@ -9,7 +9,7 @@ use super::aligned::AlignedBuf;
 use super::layout::*;
 use super::metadata::Metadata;
 use crate::error::{Error, Result};
-use crate::graph::{Graph, WeightId, WeightInfo, WeightLayout};
+use crate::graph::{Graph, WeightId};
 use crate::limits;
 
 /// Where the bytes of an open model live.
@@ -47,7 +47,10 @@ pub struct OpenOptions {
 
 impl Default for OpenOptions {
     fn default() -> Self {
-        OpenOptions { storage: Storage::Mmap, verify_weight_checksum: true }
+        OpenOptions {
+            storage: Storage::Mmap,
+            verify_weight_checksum: true,
+        }
     }
 }
 
@@ -82,7 +85,10 @@ const _: () = {
 };
 
 fn format_err(path: &Path, reason: String) -> Error {
-    Error::Format { path: path.to_path_buf(), reason }
+    Error::Format {
+        path: path.to_path_buf(),
+        reason,
+    }
 }
 
 impl ModelFile {
@@ -98,8 +104,12 @@ impl ModelFile {
                 format!("file is {len} bytes, shorter than the {HEADER_LEN}-byte header (truncated or not a cnnrt model)"),
             ));
         }
-        let len_usize = usize::try_from(len)
-            .map_err(|_| format_err(path, format!("file length {len} does not fit this platform's address space")))?;
+        let len_usize = usize::try_from(len).map_err(|_| {
+            format_err(
+                path,
+                format!("file length {len} does not fit this platform's address space"),
+            )
+        })?;
         let backing = match opts.storage {
             Storage::Mmap => {
                 // SAFETY: memmap2 requires that the mapped file is not modified or truncated
@@ -114,7 +124,12 @@ impl ModelFile {
             Storage::Copy => {
                 let buf = AlignedBuf::read_exact_from(&mut file, len_usize)
                     .map_err(|e| Error::io(path, e))?
-                    .ok_or_else(|| Error::Limit(format!("cannot allocate {len} bytes to copy {}", path.display())))?;
+                    .ok_or_else(|| {
+                        Error::Limit(format!(
+                            "cannot allocate {len} bytes to copy {}",
+                            path.display()
+                        ))
+                    })?;
                 Backing::Heap(buf)
             }
         };
@@ -125,8 +140,12 @@ impl ModelFile {
     /// Errors name the path `<memory>`. Verifies every checksum.
     pub fn from_bytes(bytes: &[u8]) -> Result<ModelFile> {
         let path = PathBuf::from("<memory>");
-        let buf = AlignedBuf::from_slice(bytes)
-            .ok_or_else(|| Error::Limit(format!("cannot allocate {} bytes to copy the model", bytes.len())))?;
+        let buf = AlignedBuf::from_slice(bytes).ok_or_else(|| {
+            Error::Limit(format!(
+                "cannot allocate {} bytes to copy the model",
+                bytes.len()
+            ))
+        })?;
         ModelFile::from_backing(Backing::Heap(buf), path, true)
     }
 
@@ -137,10 +156,20 @@ impl ModelFile {
         };
         // Mappings are page aligned and `AlignedBuf` is 64-byte aligned; `weight` relies on it.
         if !(bytes.as_ptr() as usize).is_multiple_of(WEIGHT_ALIGN) {
-            return Err(format_err(&path, "internal: model buffer is not 64-byte aligned".into()));
+            return Err(format_err(
+                &path,
+                "internal: model buffer is not 64-byte aligned".into(),
+            ));
         }
         let v = validate(bytes, &path, verify_weights)?;
-        Ok(ModelFile { backing, path, version: v.version, graph: v.graph, meta: v.meta, weights: v.weights })
+        Ok(ModelFile {
+            backing,
+            path,
+            version: v.version,
+            graph: v.graph,
+            meta: v.meta,
+            weights: v.weights,
+        })
     }
 
     /// The validated graph: every shape is consistent and within [`crate::limits`].
@@ -152,7 +181,7 @@ impl ModelFile {
         &self.meta
     }
 
-    /// Weight `id`'s data: exactly `graph().weights[id].numel()` elements, 64-byte aligned.
+    /// Weight `id`'s data: exactly `graph().weights[id].stored_elements()` elements, 64-byte aligned.
     ///
     /// # Panics
     /// If `id >= graph().weights.len()` (a caller bug; every id the graph uses is in range).
@@ -205,14 +234,6 @@ impl fmt::Debug for ModelFile {
     }
 }
 
-/// Element count a blob of this weight must have. Only `Plain` exists in v1; packed
-/// layouts may pad, so their count will come from the layout, not only the shape.
-fn expected_elements(w: &WeightInfo) -> usize {
-    match w.layout {
-        WeightLayout::Plain | WeightLayout::ConvGemm | WeightLayout::LinearGemm => w.numel(),
-    }
-}
-
 /// The one validation routine, shared by the reader and the writer's self-check.
 pub(crate) fn validate(bytes: &[u8], path: &Path, verify_weights: bool) -> Result<Validated> {
     validate_inner(bytes, verify_weights).map_err(|reason| format_err(path, reason))
@@ -227,13 +248,20 @@ struct Section {
 
 impl Section {
     fn name(&self) -> String {
-        format!("section table entry {} ({})", self.index, kind_name(self.entry.kind))
+        format!(
+            "section table entry {} ({})",
+            self.index,
+            kind_name(self.entry.kind)
+        )
     }
 }
 
 fn validate_inner(bytes: &[u8], verify_weights: bool) -> Result<Validated, String> {
     if cfg!(target_endian = "big") {
-        return Err("cnnrt files are little-endian and this reader does not convert on big-endian hosts".into());
+        return Err(
+            "cnnrt files are little-endian and this reader does not convert on big-endian hosts"
+                .into(),
+        );
     }
     let file_len = bytes.len();
     if file_len < HEADER_LEN {
@@ -244,7 +272,11 @@ fn validate_inner(bytes: &[u8], verify_weights: bool) -> Result<Validated, Strin
 
     // ---- header ----
     if bytes[..8] != MAGIC {
-        return Err(format!("bad magic {:02x?}: not a cnnrt model (expected {:02x?})", &bytes[..8], MAGIC));
+        return Err(format!(
+            "bad magic {:02x?}: not a cnnrt model (expected {:02x?})",
+            &bytes[..8],
+            MAGIC
+        ));
     }
     let h = Header::decode(&bytes[..HEADER_LEN]);
     if h.major != VERSION_MAJOR {
@@ -280,12 +312,20 @@ fn validate_inner(bytes: &[u8], verify_weights: bool) -> Result<Validated, Strin
     // ---- section table ----
     let count = h.section_count as usize;
     if count > MAX_SECTIONS {
-        return Err(format!("section table declares {count} sections (at most {MAX_SECTIONS})"));
+        return Err(format!(
+            "section table declares {count} sections (at most {MAX_SECTIONS})"
+        ));
     }
     let table_len = count * ENTRY_LEN; // <= 32 KiB, no overflow
-    let table_start = usize::try_from(h.table_offset).ok().filter(|&o| o >= HEADER_LEN).ok_or_else(|| {
-        format!("section table offset {} is inside the {HEADER_LEN}-byte header or beyond the file", h.table_offset)
-    })?;
+    let table_start = usize::try_from(h.table_offset)
+        .ok()
+        .filter(|&o| o >= HEADER_LEN)
+        .ok_or_else(|| {
+            format!(
+                "section table offset {} is inside the {HEADER_LEN}-byte header or beyond the file",
+                h.table_offset
+            )
+        })?;
     let table_end = table_start
         .checked_add(table_len)
         .filter(|&e| e <= file_len)
@@ -308,37 +348,61 @@ fn validate_inner(bytes: &[u8], verify_weights: bool) -> Result<Validated, Strin
         let entry = Entry::decode(raw);
         let what = format!("section table entry {index} ({})", kind_name(entry.kind));
         if entry.flags & !SECTION_FLAG_OPTIONAL != 0 {
-            return Err(format!("{what} has unknown flag bits {:#010x}", entry.flags & !SECTION_FLAG_OPTIONAL));
+            return Err(format!(
+                "{what} has unknown flag bits {:#010x}",
+                entry.flags & !SECTION_FLAG_OPTIONAL
+            ));
         }
-        let known = matches!(entry.kind, KIND_META | KIND_GRAPH | KIND_WEIGHT_INDEX | KIND_WEIGHTS);
+        let known = matches!(
+            entry.kind,
+            KIND_META | KIND_GRAPH | KIND_WEIGHT_INDEX | KIND_WEIGHTS
+        );
         if known && entry.flags & SECTION_FLAG_OPTIONAL != 0 {
-            return Err(format!("{what} is marked optional, but this kind is required"));
+            return Err(format!(
+                "{what} is marked optional, but this kind is required"
+            ));
         }
         if !known && entry.flags & SECTION_FLAG_OPTIONAL == 0 {
             return Err(format!(
                 "{what} is a required section of a kind this reader does not know (written by a newer cnnrt? upgrade cnnrt)"
             ));
         }
-        let end = entry.offset.checked_add(entry.length).filter(|&e| e <= file_len as u64).ok_or_else(|| {
-            format!(
+        let end = entry
+            .offset
+            .checked_add(entry.length)
+            .filter(|&e| e <= file_len as u64)
+            .ok_or_else(|| {
+                format!(
                 "{what} extends past end of file: offset {} + length {} > file length {file_len}",
                 entry.offset, entry.length
             )
-        })?;
+            })?;
         // Both fit in usize now: end <= file_len.
         let (start, end) = (entry.offset as usize, end as usize);
         if start < HEADER_LEN {
-            return Err(format!("{what} overlaps the header: offset {start} < {HEADER_LEN}"));
+            return Err(format!(
+                "{what} overlaps the header: offset {start} < {HEADER_LEN}"
+            ));
         }
         if sections.iter().any(|s| s.entry.kind == entry.kind) {
-            return Err(format!("{what}: duplicate section (kind appears twice in the table)"));
+            return Err(format!(
+                "{what}: duplicate section (kind appears twice in the table)"
+            ));
         }
-        sections.push(Section { index, entry, start, end });
+        sections.push(Section {
+            index,
+            entry,
+            start,
+            end,
+        });
     }
 
     // Overlap: the table and all non-empty sections must be pairwise disjoint.
-    let mut ranges: Vec<(usize, usize, String)> =
-        sections.iter().filter(|s| s.end > s.start).map(|s| (s.start, s.end, s.name())).collect();
+    let mut ranges: Vec<(usize, usize, String)> = sections
+        .iter()
+        .filter(|s| s.end > s.start)
+        .map(|s| (s.start, s.end, s.name()))
+        .collect();
     if table_end > table_start {
         ranges.push((table_start, table_end, "the section table".into()));
     }
@@ -356,7 +420,12 @@ fn validate_inner(bytes: &[u8], verify_weights: bool) -> Result<Validated, Strin
         sections
             .iter()
             .find(|s| s.entry.kind == kind)
-            .ok_or_else(|| format!("required section {} is missing from the section table", kind_name(kind)))
+            .ok_or_else(|| {
+                format!(
+                    "required section {} is missing from the section table",
+                    kind_name(kind)
+                )
+            })
     };
     let meta_s = find(KIND_META)?;
     let graph_s = find(KIND_GRAPH)?;
@@ -364,7 +433,11 @@ fn validate_inner(bytes: &[u8], verify_weights: bool) -> Result<Validated, Strin
     let weights_s = find(KIND_WEIGHTS)?;
 
     if !weights_s.start.is_multiple_of(WEIGHT_ALIGN) {
-        return Err(format!("{} starts at offset {}, not a multiple of {WEIGHT_ALIGN}", weights_s.name(), weights_s.start));
+        return Err(format!(
+            "{} starts at offset {}, not a multiple of {WEIGHT_ALIGN}",
+            weights_s.name(),
+            weights_s.start
+        ));
     }
     for s in [meta_s, graph_s] {
         if s.end - s.start > limits::MAX_JSON_SECTION_BYTES {
@@ -408,14 +481,20 @@ fn validate_inner(bytes: &[u8], verify_weights: bool) -> Result<Validated, Strin
         weights_s.end - weights_s.start,
     )?;
 
-    Ok(Validated { version: (h.major, h.minor), graph, meta, weights })
+    Ok(Validated {
+        version: (h.major, h.minor),
+        graph,
+        meta,
+        weights,
+    })
 }
 
 /// The stored graph must pass shape inference and its stored shapes must be the inferred
 /// ones (the kernels trust stored shapes).
 pub(crate) fn check_graph(graph: &Graph) -> Result<(), String> {
     let mut g = graph.clone();
-    g.infer_shapes().map_err(|e| format!("stored graph fails validation: {e}"))?;
+    g.infer_shapes()
+        .map_err(|e| format!("stored graph fails validation: {e}"))?;
     for (i, (stored, inferred)) in graph.values.iter().zip(&g.values).enumerate() {
         if stored.shape != inferred.shape {
             return Err(format!(
@@ -427,9 +506,17 @@ pub(crate) fn check_graph(graph: &Graph) -> Result<(), String> {
     Ok(())
 }
 
-fn check_index(index: &[u8], graph: &Graph, weights_start: usize, weights_len: usize) -> Result<Vec<(usize, usize)>, String> {
+fn check_index(
+    index: &[u8],
+    graph: &Graph,
+    weights_start: usize,
+    weights_len: usize,
+) -> Result<Vec<(usize, usize)>, String> {
     if index.len() < INDEX_HEADER_LEN {
-        return Err(format!("WEIGHT_INDEX section is {} bytes, shorter than its {INDEX_HEADER_LEN}-byte count", index.len()));
+        return Err(format!(
+            "WEIGHT_INDEX section is {} bytes, shorter than its {INDEX_HEADER_LEN}-byte count",
+            index.len()
+        ));
     }
     let count = u64_at(index, 0);
     if count != graph.weights.len() as u64 {
@@ -447,16 +534,28 @@ fn check_index(index: &[u8], graph: &Graph, weights_start: usize, weights_len: u
         ));
     }
     let mut out = Vec::with_capacity(graph.weights.len());
-    for (id, (raw, info)) in index[INDEX_HEADER_LEN..].chunks_exact(INDEX_ENTRY_LEN).zip(&graph.weights).enumerate() {
+    for (id, (raw, info)) in index[INDEX_HEADER_LEN..]
+        .chunks_exact(INDEX_ENTRY_LEN)
+        .zip(&graph.weights)
+        .enumerate()
+    {
         let e = IndexEntry::decode(raw);
         let what = format!("weight {id} ('{}')", info.name);
         if e.dtype != DTYPE_F32 {
-            return Err(format!("{what} has dtype code {} (v1 supports only {DTYPE_F32} = f32)", e.dtype));
+            return Err(format!(
+                "{what} has dtype code {} (v1 supports only {DTYPE_F32} = f32)",
+                e.dtype
+            ));
         }
         if e.flags != 0 {
             return Err(format!("{what} has non-zero index flags {:#010x}", e.flags));
         }
-        let expect = expected_elements(info);
+        let expect = info.stored_elements().ok_or_else(|| {
+            format!(
+                "{what} has layout {:?}, which does not fit its shape {:?}",
+                info.layout, info.shape
+            )
+        })?;
         if e.elements != expect as u64 {
             return Err(format!(
                 "{what} has {} elements in the index but its shape {:?} needs {expect}",
@@ -464,7 +563,10 @@ fn check_index(index: &[u8], graph: &Graph, weights_start: usize, weights_len: u
             ));
         }
         if !e.offset.is_multiple_of(WEIGHT_ALIGN as u64) {
-            return Err(format!("{what} starts at WEIGHTS offset {}, not a multiple of {WEIGHT_ALIGN}", e.offset));
+            return Err(format!(
+                "{what} starts at WEIGHTS offset {}, not a multiple of {WEIGHT_ALIGN}",
+                e.offset
+            ));
         }
         e.elements
             .checked_mul(4)

@@ -27,21 +27,25 @@ pub fn model_to_bytes(graph: &Graph, weights: &[&[f32]], meta: &Metadata) -> Res
         )));
     }
     for (i, (w, info)) in weights.iter().zip(&graph.weights).enumerate() {
-        if w.len() != info.numel() {
+        if Some(w.len()) != info.stored_elements() {
             return Err(Error::Graph(format!(
-                "writer: weight {i} ('{}') has {} elements, its shape {:?} needs {}",
+                "writer: weight {i} ('{}') has {} elements, its shape {:?} in layout {:?} needs {:?}",
                 info.name,
                 w.len(),
                 info.shape,
-                info.numel()
+                info.layout,
+                info.stored_elements()
             )));
         }
     }
-    meta.validate().map_err(|r| Error::Other(format!("writer: {r}")))?;
+    meta.validate()
+        .map_err(|r| Error::Other(format!("writer: {r}")))?;
     check_graph(graph).map_err(|r| Error::Graph(format!("writer: {r}")))?;
 
-    let meta_json = serde_json::to_vec(meta).map_err(|e| Error::Other(format!("writer: metadata JSON: {e}")))?;
-    let graph_json = serde_json::to_vec(graph).map_err(|e| Error::Other(format!("writer: graph JSON: {e}")))?;
+    let meta_json = serde_json::to_vec(meta)
+        .map_err(|e| Error::Other(format!("writer: metadata JSON: {e}")))?;
+    let graph_json =
+        serde_json::to_vec(graph).map_err(|e| Error::Other(format!("writer: graph JSON: {e}")))?;
     for (what, json) in [("metadata", &meta_json), ("graph", &graph_json)] {
         if json.len() > limits::MAX_JSON_SECTION_BYTES {
             return Err(Error::Limit(format!(
@@ -62,9 +66,18 @@ pub fn model_to_bytes(graph: &Graph, weights: &[&[f32]], meta: &Metadata) -> Res
     for w in weights {
         let off = align_up(weights_len, WEIGHT_ALIGN).ok_or_else(overflow)?;
         blob_offsets.push(off);
-        let e = IndexEntry { offset: off as u64, elements: w.len() as u64, dtype: DTYPE_F32, flags: 0 };
+        let e = IndexEntry {
+            offset: off as u64,
+            elements: w.len() as u64,
+            dtype: DTYPE_F32,
+            flags: 0,
+        };
         index.extend_from_slice(&e.encode());
-        weights_len = w.len().checked_mul(4).and_then(|b| b.checked_add(off)).ok_or_else(overflow)?;
+        weights_len = w
+            .len()
+            .checked_mul(4)
+            .and_then(|b| b.checked_add(off))
+            .ok_or_else(overflow)?;
     }
 
     // File layout: header | table | META | GRAPH | WEIGHT_INDEX | WEIGHTS.
@@ -75,10 +88,16 @@ pub fn model_to_bytes(graph: &Graph, weights: &[&[f32]], meta: &Metadata) -> Res
     let graph_start = align_up(meta_start + meta_json.len(), 8).ok_or_else(overflow)?;
     let index_start = align_up(graph_start + graph_json.len(), 8).ok_or_else(overflow)?;
     let weights_start = align_up(index_start + index.len(), WEIGHT_ALIGN).ok_or_else(overflow)?;
-    let file_len = weights_start.checked_add(weights_len).ok_or_else(overflow)?;
+    let file_len = weights_start
+        .checked_add(weights_len)
+        .ok_or_else(overflow)?;
 
     let mut out: Vec<u8> = Vec::new();
-    out.try_reserve_exact(file_len).map_err(|_| Error::Limit(format!("cannot allocate {file_len} bytes for the model file")))?;
+    out.try_reserve_exact(file_len).map_err(|_| {
+        Error::Limit(format!(
+            "cannot allocate {file_len} bytes for the model file"
+        ))
+    })?;
     out.resize(table_end, 0);
     out.extend_from_slice(&meta_json);
     out.resize(graph_start, 0);
@@ -106,7 +125,8 @@ pub fn model_to_bytes(graph: &Graph, weights: &[&[f32]], meta: &Metadata) -> Res
             length: len as u64,
             checksum: checksum(&out[off..off + len]),
         };
-        out[table_start + i * ENTRY_LEN..table_start + (i + 1) * ENTRY_LEN].copy_from_slice(&e.encode());
+        out[table_start + i * ENTRY_LEN..table_start + (i + 1) * ENTRY_LEN]
+            .copy_from_slice(&e.encode());
     }
     let header = Header {
         major: VERSION_MAJOR,
@@ -163,7 +183,11 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
     let result = (|| -> Result<()> {
-        let mut f = fs::OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(|e| Error::io(&tmp, e))?;
         f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
         f.sync_all().map_err(|e| Error::io(&tmp, e))?;
         drop(f);

@@ -190,12 +190,18 @@ pub enum Op {
     },
     Activation(Activation),
     /// `y = x` where `x >= 0`, else `slope[c] * x`; slope has C or 1 elements.
-    PRelu { slope: WeightId },
+    PRelu {
+        slope: WeightId,
+    },
     Pool(Pool),
-    GlobalPool { kind: PoolKind },
+    GlobalPool {
+        kind: PoolKind,
+    },
     /// Per-sample reshape to `[prod(dims[..axis-1]), prod(dims[axis-1..])]` in ONNX terms;
     /// `axis == 1` is the usual flatten to `[features]`.
-    Flatten { axis: usize },
+    Flatten {
+        axis: usize,
+    },
     /// Both inputs are activations. The second has the same per-sample shape as the
     /// first, or is a per-channel `[C, 1, 1]` / `[C]` broadcast (squeeze-excite).
     Binary {
@@ -204,7 +210,9 @@ pub enum Op {
         activation: Activation,
     },
     /// Concatenate along a per-sample axis (0 = channels).
-    Concat { axis: usize },
+    Concat {
+        axis: usize,
+    },
     /// Normalize over per-sample dims `axis..` (ONNX axis minus one), then scale and shift
     /// element-wise by tensors of the normalized shape.
     LayerNorm {
@@ -221,16 +229,26 @@ pub enum Op {
     },
     /// Softmax over per-sample axis `axis`; with `flatten_from_axis` (opset < 13) over
     /// all dims from `axis` on, flattened.
-    Softmax { axis: usize, flatten_from_axis: bool },
+    Softmax {
+        axis: usize,
+        flatten_from_axis: bool,
+    },
     /// Constant padding of the spatial dims: `[top, left, bottom, right]`.
-    Pad { pads: [usize; 4], value: f32 },
+    Pad {
+        pads: [usize; 4],
+        value: f32,
+    },
 }
 
 impl Op {
     /// The operator's name as `inspect` shows it.
     pub fn name(&self) -> &'static str {
         match self {
-            Op::Conv(c) if c.groups == c.in_channels && c.groups == c.out_channels && c.groups > 1 => "ConvDw",
+            Op::Conv(c)
+                if c.groups == c.in_channels && c.groups == c.out_channels && c.groups > 1 =>
+            {
+                "ConvDw"
+            }
             Op::Conv(_) => "Conv",
             Op::Linear(_) => "Linear",
             Op::ChannelAffine { .. } => "BatchNorm",
@@ -240,11 +258,21 @@ impl Op {
                 PoolKind::Max => "MaxPool",
                 PoolKind::Average => "AvgPool",
             },
-            Op::GlobalPool { kind: PoolKind::Max } => "GlobalMaxPool",
-            Op::GlobalPool { kind: PoolKind::Average } => "GlobalAvgPool",
+            Op::GlobalPool {
+                kind: PoolKind::Max,
+            } => "GlobalMaxPool",
+            Op::GlobalPool {
+                kind: PoolKind::Average,
+            } => "GlobalAvgPool",
             Op::Flatten { .. } => "Flatten",
-            Op::Binary { kind: BinaryKind::Add, .. } => "Add",
-            Op::Binary { kind: BinaryKind::Mul, .. } => "Mul",
+            Op::Binary {
+                kind: BinaryKind::Add,
+                ..
+            } => "Add",
+            Op::Binary {
+                kind: BinaryKind::Mul,
+                ..
+            } => "Mul",
             Op::Concat { .. } => "Concat",
             Op::LayerNorm { .. } => "LayerNorm",
             Op::InstanceNorm { .. } => "InstanceNorm",
@@ -258,7 +286,9 @@ impl Op {
         match self {
             Op::Conv(c) => std::iter::once(c.weight).chain(c.bias).collect(),
             Op::Linear(l) => std::iter::once(l.weight).chain(l.bias).collect(),
-            Op::ChannelAffine { scale, shift, .. } => scale.iter().chain(shift.iter()).copied().collect(),
+            Op::ChannelAffine { scale, shift, .. } => {
+                scale.iter().chain(shift.iter()).copied().collect()
+            }
             Op::PRelu { slope } => vec![*slope],
             Op::LayerNorm { scale, bias, .. } => std::iter::once(*scale).chain(*bias).collect(),
             Op::InstanceNorm { scale, bias, .. } => vec![*scale, *bias],
@@ -269,11 +299,19 @@ impl Op {
     /// Mutable access to the weight ids, in the same order as [`Op::weight_ids`].
     pub fn weight_ids_mut(&mut self) -> Vec<&mut WeightId> {
         match self {
-            Op::Conv(c) => std::iter::once(&mut c.weight).chain(c.bias.as_mut()).collect(),
-            Op::Linear(l) => std::iter::once(&mut l.weight).chain(l.bias.as_mut()).collect(),
-            Op::ChannelAffine { scale, shift, .. } => scale.as_mut().into_iter().chain(shift.as_mut()).collect(),
+            Op::Conv(c) => std::iter::once(&mut c.weight)
+                .chain(c.bias.as_mut())
+                .collect(),
+            Op::Linear(l) => std::iter::once(&mut l.weight)
+                .chain(l.bias.as_mut())
+                .collect(),
+            Op::ChannelAffine { scale, shift, .. } => {
+                scale.as_mut().into_iter().chain(shift.as_mut()).collect()
+            }
             Op::PRelu { slope } => vec![slope],
-            Op::LayerNorm { scale, bias, .. } => std::iter::once(scale).chain(bias.as_mut()).collect(),
+            Op::LayerNorm { scale, bias, .. } => {
+                std::iter::once(scale).chain(bias.as_mut()).collect()
+            }
             Op::InstanceNorm { scale, bias, .. } => vec![scale, bias],
             _ => Vec::new(),
         }
@@ -321,6 +359,11 @@ pub enum WeightLayout {
     /// Fully connected weights packed as the GEMM's constant B side: panels of 32 output
     /// features, input-major inside (see `kernels::linear`). Same element count.
     LinearGemm,
+    /// 3×3 convolution weights transformed to the Winograd F(4x4,3x3) domain, packed per
+    /// position (see `kernels::winograd`): `36 · cout · cin` elements.
+    WinogradF4x4,
+    /// The same for F(2x2,3x3): `16 · cout · cin` elements.
+    WinogradF2x2,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -335,6 +378,22 @@ impl WeightInfo {
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }
+
+    /// Elements stored for this weight in its layout; None if the layout does not fit
+    /// the shape (Winograd layouts need a `[cout, cin, 3, 3]` shape).
+    pub fn stored_elements(&self) -> Option<usize> {
+        let winograd = |positions: usize| match self.shape[..] {
+            [o, i, 3, 3] => o.checked_mul(i)?.checked_mul(positions),
+            _ => None,
+        };
+        match self.layout {
+            WeightLayout::Plain | WeightLayout::ConvGemm | WeightLayout::LinearGemm => {
+                Some(self.numel())
+            }
+            WeightLayout::WinogradF4x4 => winograd(36),
+            WeightLayout::WinogradF2x2 => winograd(16),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -348,12 +407,19 @@ pub struct Graph {
 
 impl Graph {
     pub fn add_value(&mut self, name: impl Into<String>, shape: Vec<usize>) -> ValueId {
-        self.values.push(ValueInfo { name: name.into(), shape });
+        self.values.push(ValueInfo {
+            name: name.into(),
+            shape,
+        });
         self.values.len() - 1
     }
 
     pub fn add_weight(&mut self, name: impl Into<String>, shape: Vec<usize>) -> WeightId {
-        self.weights.push(WeightInfo { name: name.into(), shape, layout: WeightLayout::Plain });
+        self.weights.push(WeightInfo {
+            name: name.into(),
+            shape,
+            layout: WeightLayout::Plain,
+        });
         self.weights.len() - 1
     }
 

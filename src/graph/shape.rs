@@ -11,7 +11,15 @@ use crate::limits;
 /// Output size of a sliding window along one axis: `(W + P - D(K-1) - 1) / S + 1`.
 /// With `ceil_mode` the division rounds up, but the last window must start inside the
 /// input or the leading padding (the ONNX / PyTorch rule).
-pub fn window_output(input: usize, kernel: usize, stride: usize, dilation: usize, pad_begin: usize, pad_end: usize, ceil_mode: bool) -> Option<usize> {
+pub fn window_output(
+    input: usize,
+    kernel: usize,
+    stride: usize,
+    dilation: usize,
+    pad_begin: usize,
+    pad_end: usize,
+    ceil_mode: bool,
+) -> Option<usize> {
     if kernel == 0 || stride == 0 || dilation == 0 {
         return None;
     }
@@ -21,8 +29,17 @@ pub fn window_output(input: usize, kernel: usize, stride: usize, dilation: usize
         return None;
     }
     let span = padded - effective;
-    let mut out = if ceil_mode { span.div_ceil(stride) + 1 } else { span / stride + 1 };
-    if ceil_mode && out > 1 && (out - 1).checked_mul(stride).is_none_or(|s| s >= input + pad_begin) {
+    let mut out = if ceil_mode {
+        span.div_ceil(stride) + 1
+    } else {
+        span / stride + 1
+    };
+    if ceil_mode
+        && out > 1
+        && (out - 1)
+            .checked_mul(stride)
+            .is_none_or(|s| s >= input + pad_begin)
+    {
         out -= 1;
     }
     Some(out)
@@ -37,13 +54,23 @@ impl Graph {
     /// and weights, and checks the limits. Graph inputs must already have shapes.
     pub fn infer_shapes(&mut self) -> Result<()> {
         if self.nodes.len() > limits::MAX_NODES {
-            return Err(Error::Limit(format!("{} nodes (at most {})", self.nodes.len(), limits::MAX_NODES)));
+            return Err(Error::Limit(format!(
+                "{} nodes (at most {})",
+                self.nodes.len(),
+                limits::MAX_NODES
+            )));
         }
         if self.values.len() > limits::MAX_VALUES {
-            return Err(Error::Limit(format!("{} values (at most {})", self.values.len(), limits::MAX_VALUES)));
+            return Err(Error::Limit(format!(
+                "{} values (at most {})",
+                self.values.len(),
+                limits::MAX_VALUES
+            )));
         }
         if self.inputs.is_empty() || self.outputs.is_empty() {
-            return Err(Error::Graph("the graph needs at least one input and one output".into()));
+            return Err(Error::Graph(
+                "the graph needs at least one input and one output".into(),
+            ));
         }
         for w in &self.weights {
             check_shape(&w.shape, &format!("weight '{}'", w.name))?;
@@ -53,7 +80,10 @@ impl Graph {
             if i >= self.values.len() {
                 return Err(Error::Graph(format!("graph input id {i} out of range")));
             }
-            check_shape(&self.values[i].shape, &format!("input '{}'", self.values[i].name))?;
+            check_shape(
+                &self.values[i].shape,
+                &format!("input '{}'", self.values[i].name),
+            )?;
             known[i] = true;
         }
         for idx in 0..self.nodes.len() {
@@ -68,11 +98,17 @@ impl Graph {
             }
             for w in node.op.weight_ids() {
                 if w >= self.weights.len() {
-                    return Err(Error::Graph(format!("node '{}' uses weight id {w} out of range", node.name)));
+                    return Err(Error::Graph(format!(
+                        "node '{}' uses weight id {w} out of range",
+                        node.name
+                    )));
                 }
             }
             if node.output >= self.values.len() || known[node.output] {
-                return Err(Error::Graph(format!("node '{}' writes value {} twice or out of range", node.name, node.output)));
+                return Err(Error::Graph(format!(
+                    "node '{}' writes value {} twice or out of range",
+                    node.name, node.output
+                )));
             }
             let shape = infer_node(self, node)?;
             check_shape(&shape, &format!("output of node '{}'", node.name))?;
@@ -91,10 +127,17 @@ impl Graph {
 
 fn check_shape(shape: &[usize], what: &str) -> Result<()> {
     if shape.len() > limits::MAX_RANK {
-        return Err(Error::Limit(format!("{what} has rank {} (at most {})", shape.len(), limits::MAX_RANK)));
+        return Err(Error::Limit(format!(
+            "{what} has rank {} (at most {})",
+            shape.len(),
+            limits::MAX_RANK
+        )));
     }
     if shape.iter().any(|&d| d > limits::MAX_DIM) {
-        return Err(Error::Limit(format!("{what} has a dimension above {}: {shape:?}", limits::MAX_DIM)));
+        return Err(Error::Limit(format!(
+            "{what} has a dimension above {}: {shape:?}",
+            limits::MAX_DIM
+        )));
     }
     match numel(shape) {
         Some(n) if n <= limits::MAX_TENSOR_ELEMENTS => Ok(()),
@@ -110,16 +153,27 @@ pub(crate) fn infer_node(g: &Graph, node: &Node) -> Result<Vec<usize>> {
     let err = |reason: String| Error::shape(&node.name, op, reason);
     let arity = |n: usize| -> Result<()> {
         if node.inputs.len() != n {
-            return Err(err(format!("expects {n} input(s), has {}", node.inputs.len())));
+            return Err(err(format!(
+                "expects {n} input(s), has {}",
+                node.inputs.len()
+            )));
         }
         Ok(())
     };
     let wshape = |w: usize| g.weights[w].shape.as_slice();
-    let x = g.shape(node.inputs.first().copied().ok_or_else(|| err("has no input".into()))?);
+    let x = g.shape(
+        node.inputs
+            .first()
+            .copied()
+            .ok_or_else(|| err("has no input".into()))?,
+    );
     match &node.op {
         Op::Conv(c) => {
             if node.inputs.len() != 1 && node.inputs.len() != 2 {
-                return Err(err(format!("expects 1 or 2 inputs, has {}", node.inputs.len())));
+                return Err(err(format!(
+                    "expects 1 or 2 inputs, has {}",
+                    node.inputs.len()
+                )));
             }
             if x.len() != 3 {
                 return Err(err(format!("input must be C×H×W per sample, got {x:?}")));
@@ -131,19 +185,50 @@ pub(crate) fn infer_node(g: &Graph, node: &Node) -> Result<Vec<usize>> {
                 )));
             }
             if x[0] != c.in_channels {
-                return Err(err(format!("input has {} channels, the layer expects {}", x[0], c.in_channels)));
+                return Err(err(format!(
+                    "input has {} channels, the layer expects {}",
+                    x[0], c.in_channels
+                )));
             }
-            let expect_w = [c.out_channels, c.in_channels / c.groups, c.kernel[0], c.kernel[1]];
+            let expect_w = [
+                c.out_channels,
+                c.in_channels / c.groups,
+                c.kernel[0],
+                c.kernel[1],
+            ];
             if wshape(c.weight) != expect_w {
-                return Err(err(format!("weight shape {:?}, expected {expect_w:?}", wshape(c.weight))));
+                return Err(err(format!(
+                    "weight shape {:?}, expected {expect_w:?}",
+                    wshape(c.weight)
+                )));
             }
             if let Some(b) = c.bias {
                 if wshape(b) != [c.out_channels] {
-                    return Err(err(format!("bias shape {:?}, expected [{}]", wshape(b), c.out_channels)));
+                    return Err(err(format!(
+                        "bias shape {:?}, expected [{}]",
+                        wshape(b),
+                        c.out_channels
+                    )));
                 }
             }
-            let oh = window_output(x[1], c.kernel[0], c.stride[0], c.dilation[0], c.pads[0], c.pads[2], false);
-            let ow = window_output(x[2], c.kernel[1], c.stride[1], c.dilation[1], c.pads[1], c.pads[3], false);
+            let oh = window_output(
+                x[1],
+                c.kernel[0],
+                c.stride[0],
+                c.dilation[0],
+                c.pads[0],
+                c.pads[2],
+                false,
+            );
+            let ow = window_output(
+                x[2],
+                c.kernel[1],
+                c.stride[1],
+                c.dilation[1],
+                c.pads[1],
+                c.pads[3],
+                false,
+            );
             let (Some(oh), Some(ow)) = (oh, ow) else {
                 return Err(err(format!(
                     "kernel {:?} (dilation {:?}, stride {:?}) does not fit input {}×{} with pads {:?}",
@@ -152,16 +237,25 @@ pub(crate) fn infer_node(g: &Graph, node: &Node) -> Result<Vec<usize>> {
             };
             let out = vec![c.out_channels, oh, ow];
             if node.inputs.len() == 2 && g.shape(node.inputs[1]) != out.as_slice() {
-                return Err(err(format!("residual shape {:?} differs from output {out:?}", g.shape(node.inputs[1]))));
+                return Err(err(format!(
+                    "residual shape {:?} differs from output {out:?}",
+                    g.shape(node.inputs[1])
+                )));
             }
             Ok(out)
         }
         Op::Linear(l) => {
             if node.inputs.len() != 1 && node.inputs.len() != 2 {
-                return Err(err(format!("expects 1 or 2 inputs, has {}", node.inputs.len())));
+                return Err(err(format!(
+                    "expects 1 or 2 inputs, has {}",
+                    node.inputs.len()
+                )));
             }
             if x != [l.in_features] {
-                return Err(err(format!("input per sample is {x:?}, the layer expects [{}]", l.in_features)));
+                return Err(err(format!(
+                    "input per sample is {x:?}, the layer expects [{}]",
+                    l.in_features
+                )));
             }
             if wshape(l.weight) != [l.out_features, l.in_features] {
                 return Err(err(format!(
@@ -173,22 +267,33 @@ pub(crate) fn infer_node(g: &Graph, node: &Node) -> Result<Vec<usize>> {
             }
             if let Some(b) = l.bias {
                 if wshape(b) != [l.out_features] {
-                    return Err(err(format!("bias shape {:?}, expected [{}]", wshape(b), l.out_features)));
+                    return Err(err(format!(
+                        "bias shape {:?}, expected [{}]",
+                        wshape(b),
+                        l.out_features
+                    )));
                 }
             }
             let out = vec![l.out_features];
             if node.inputs.len() == 2 && g.shape(node.inputs[1]) != out.as_slice() {
-                return Err(err(format!("residual shape {:?} differs from output {out:?}", g.shape(node.inputs[1]))));
+                return Err(err(format!(
+                    "residual shape {:?} differs from output {out:?}",
+                    g.shape(node.inputs[1])
+                )));
             }
             Ok(out)
         }
         Op::ChannelAffine { scale, shift, .. } => {
             arity(1)?;
-            let c = *x.first().ok_or_else(|| err("input is a scalar per sample".into()))?;
+            let c = *x
+                .first()
+                .ok_or_else(|| err("input is a scalar per sample".into()))?;
             for w in scale.iter().chain(shift.iter()) {
                 let n: usize = wshape(*w).iter().product();
                 if n != c && n != 1 {
-                    return Err(err(format!("per-channel weight has {n} elements, input has {c} channels")));
+                    return Err(err(format!(
+                        "per-channel weight has {n} elements, input has {c} channels"
+                    )));
                 }
             }
             Ok(x.to_vec())
@@ -202,7 +307,9 @@ pub(crate) fn infer_node(g: &Graph, node: &Node) -> Result<Vec<usize>> {
             let n: usize = wshape(*slope).iter().product();
             let c = x.first().copied().unwrap_or(1);
             if n != c && n != 1 {
-                return Err(err(format!("slope has {n} elements, input has {c} channels")));
+                return Err(err(format!(
+                    "slope has {n} elements, input has {c} channels"
+                )));
             }
             Ok(x.to_vec())
         }
@@ -212,11 +319,34 @@ pub(crate) fn infer_node(g: &Graph, node: &Node) -> Result<Vec<usize>> {
                 return Err(err(format!("input must be C×H×W per sample, got {x:?}")));
             }
             // A window made only of padding has no value, so pads must be smaller than the kernel.
-            if p.pads.iter().zip([p.kernel[0], p.kernel[1], p.kernel[0], p.kernel[1]]).any(|(&pd, k)| pd >= k) {
-                return Err(err(format!("pads {:?} must be smaller than the kernel {:?}", p.pads, p.kernel)));
+            if p.pads
+                .iter()
+                .zip([p.kernel[0], p.kernel[1], p.kernel[0], p.kernel[1]])
+                .any(|(&pd, k)| pd >= k)
+            {
+                return Err(err(format!(
+                    "pads {:?} must be smaller than the kernel {:?}",
+                    p.pads, p.kernel
+                )));
             }
-            let oh = window_output(x[1], p.kernel[0], p.stride[0], p.dilation[0], p.pads[0], p.pads[2], p.ceil_mode);
-            let ow = window_output(x[2], p.kernel[1], p.stride[1], p.dilation[1], p.pads[1], p.pads[3], p.ceil_mode);
+            let oh = window_output(
+                x[1],
+                p.kernel[0],
+                p.stride[0],
+                p.dilation[0],
+                p.pads[0],
+                p.pads[2],
+                p.ceil_mode,
+            );
+            let ow = window_output(
+                x[2],
+                p.kernel[1],
+                p.stride[1],
+                p.dilation[1],
+                p.pads[1],
+                p.pads[3],
+                p.ceil_mode,
+            );
             let (Some(oh), Some(ow)) = (oh, ow) else {
                 return Err(err(format!(
                     "window {:?} (stride {:?}) does not fit input {}×{} with pads {:?}",
@@ -228,7 +358,9 @@ pub(crate) fn infer_node(g: &Graph, node: &Node) -> Result<Vec<usize>> {
         Op::GlobalPool { .. } => {
             arity(1)?;
             if x.len() < 2 {
-                return Err(err(format!("input must be C×spatial per sample, got {x:?}")));
+                return Err(err(format!(
+                    "input must be C×spatial per sample, got {x:?}"
+                )));
             }
             let mut out = vec![x[0]];
             out.extend(std::iter::repeat_n(1, x.len() - 1));
@@ -237,7 +369,10 @@ pub(crate) fn infer_node(g: &Graph, node: &Node) -> Result<Vec<usize>> {
         Op::Flatten { axis } => {
             arity(1)?;
             if *axis == 0 || *axis > x.len() + 1 {
-                return Err(err(format!("flatten axis {axis} must be between 1 and {} (batch stays first)", x.len() + 1)));
+                return Err(err(format!(
+                    "flatten axis {axis} must be between 1 and {} (batch stays first)",
+                    x.len() + 1
+                )));
             }
             let split = *axis - 1;
             let inner: usize = x[split..].iter().product();
@@ -263,29 +398,45 @@ pub(crate) fn infer_node(g: &Graph, node: &Node) -> Result<Vec<usize>> {
                 return Err(err("has no inputs".into()));
             }
             if *axis >= x.len() {
-                return Err(err(format!("axis {} out of range for per-sample rank {}", axis.saturating_add(1), x.len())));
+                return Err(err(format!(
+                    "axis {} out of range for per-sample rank {}",
+                    axis.saturating_add(1),
+                    x.len()
+                )));
             }
             let mut out = x.to_vec();
             out[*axis] = 0;
             for &v in &node.inputs {
                 let s = g.shape(v);
-                if s.len() != x.len() || s.iter().enumerate().any(|(i, &d)| i != *axis && d != x[i]) {
-                    return Err(err(format!("input shapes {x:?} and {s:?} differ outside axis {}", axis + 1)));
+                if s.len() != x.len() || s.iter().enumerate().any(|(i, &d)| i != *axis && d != x[i])
+                {
+                    return Err(err(format!(
+                        "input shapes {x:?} and {s:?} differ outside axis {}",
+                        axis + 1
+                    )));
                 }
                 out[*axis] += s[*axis];
             }
             Ok(out)
         }
-        Op::LayerNorm { axis, scale, bias, .. } => {
+        Op::LayerNorm {
+            axis, scale, bias, ..
+        } => {
             arity(1)?;
             if *axis >= x.len() {
-                return Err(err(format!("axis {} out of range for per-sample rank {}", axis.saturating_add(1), x.len())));
+                return Err(err(format!(
+                    "axis {} out of range for per-sample rank {}",
+                    axis.saturating_add(1),
+                    x.len()
+                )));
             }
             let n: usize = x[*axis..].iter().product();
             for w in std::iter::once(*scale).chain(*bias) {
                 let wn: usize = wshape(w).iter().product();
                 if wn != n {
-                    return Err(err(format!("scale/bias has {wn} elements, normalized size is {n}")));
+                    return Err(err(format!(
+                        "scale/bias has {wn} elements, normalized size is {n}"
+                    )));
                 }
             }
             Ok(x.to_vec())
@@ -293,12 +444,17 @@ pub(crate) fn infer_node(g: &Graph, node: &Node) -> Result<Vec<usize>> {
         Op::InstanceNorm { scale, bias, .. } => {
             arity(1)?;
             if x.len() < 2 {
-                return Err(err(format!("input must be C×spatial per sample, got {x:?}")));
+                return Err(err(format!(
+                    "input must be C×spatial per sample, got {x:?}"
+                )));
             }
             for w in [*scale, *bias] {
                 let wn: usize = wshape(w).iter().product();
                 if wn != x[0] {
-                    return Err(err(format!("scale/bias has {wn} elements, input has {} channels", x[0])));
+                    return Err(err(format!(
+                        "scale/bias has {wn} elements, input has {} channels",
+                        x[0]
+                    )));
                 }
             }
             Ok(x.to_vec())
@@ -306,7 +462,11 @@ pub(crate) fn infer_node(g: &Graph, node: &Node) -> Result<Vec<usize>> {
         Op::Softmax { axis, .. } => {
             arity(1)?;
             if *axis >= x.len() {
-                return Err(err(format!("axis {} out of range for per-sample rank {}", axis.saturating_add(1), x.len())));
+                return Err(err(format!(
+                    "axis {} out of range for per-sample rank {}",
+                    axis.saturating_add(1),
+                    x.len()
+                )));
             }
             Ok(x.to_vec())
         }
@@ -315,7 +475,8 @@ pub(crate) fn infer_node(g: &Graph, node: &Node) -> Result<Vec<usize>> {
             if x.len() != 3 {
                 return Err(err(format!("cnnrt pads C×H×W inputs only, got {x:?}")));
             }
-            let grow = |d: usize, a: usize, b: usize| a.checked_add(b).and_then(|p| d.checked_add(p));
+            let grow =
+                |d: usize, a: usize, b: usize| a.checked_add(b).and_then(|p| d.checked_add(p));
             let h = grow(x[1], pads[0], pads[2]).ok_or_else(|| err("padding overflows".into()))?;
             let w = grow(x[2], pads[1], pads[3]).ok_or_else(|| err("padding overflows".into()))?;
             Ok(vec![x[0], h, w])

@@ -43,10 +43,19 @@ pub fn layer_stats(graph: &Graph) -> Vec<LayerStats> {
                 j[a] = j[a].max(jump[v][a]);
             }
         }
-        let params: usize = node.op.weight_ids().iter().map(|&w| graph.weights[w].numel()).sum();
+        let params: usize = node
+            .op
+            .weight_ids()
+            .iter()
+            .map(|&w| graph.weights[w].numel())
+            .sum();
         let out_numel: usize = graph.shape(node.output).iter().product();
         let mut macs = 0;
-        let window = |k: [usize; 2], s: [usize; 2], d: [usize; 2], r: &mut [usize; 2], j: &mut [usize; 2]| {
+        let window = |k: [usize; 2],
+                      s: [usize; 2],
+                      d: [usize; 2],
+                      r: &mut [usize; 2],
+                      j: &mut [usize; 2]| {
             for a in 0..2 {
                 r[a] += (d[a] * (k[a] - 1)) * j[a];
                 j[a] *= s[a];
@@ -69,7 +78,13 @@ pub fn layer_stats(graph: &Graph) -> Vec<LayerStats> {
         let r = [r[0].min(full[0].max(1)), r[1].min(full[1].max(1))];
         rf[node.output] = r;
         jump[node.output] = j;
-        out.push(LayerStats { node: i, params, macs, receptive_field: r, output_stride: j });
+        out.push(LayerStats {
+            node: i,
+            params,
+            macs,
+            receptive_field: r,
+            output_stride: j,
+        });
     }
     out
 }

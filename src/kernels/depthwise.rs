@@ -60,7 +60,11 @@ impl Axis {
             return (lo as usize, hi as usize);
         }
         let d = self.dilation as isize;
-        let lo = if start >= 0 { 0 } else { ((-start + d - 1) / d) as usize };
+        let lo = if start >= 0 {
+            0
+        } else {
+            ((-start + d - 1) / d) as usize
+        };
         let last = self.input as isize - 1 - start;
         if last < 0 {
             return (0, 0);
@@ -98,7 +102,9 @@ impl Axis {
     /// floats, for stride 2 it loads `2 * lanes`.
     #[inline(always)]
     pub fn full(&self, o: usize, lanes: usize) -> bool {
-        o + lanes <= self.output && o * self.stride + (self.kernel - 1) * self.dilation + self.stride * lanes <= self.input + self.pad_begin
+        o + lanes <= self.output
+            && o * self.stride + (self.kernel - 1) * self.dilation + self.stride * lanes
+                <= self.input + self.pad_begin
     }
 }
 
@@ -128,17 +134,33 @@ impl DepthwiseKernel {
     /// `isa` is lowered to what this CPU runs.
     pub fn new(isa: Isa, conv: &Conv, in_shape: [usize; 3], out_shape: [usize; 3]) -> Option<Self> {
         let c = conv.groups;
-        if c == 0 || conv.in_channels != c || conv.out_channels != c || in_shape[0] != c || out_shape[0] != c {
+        if c == 0
+            || conv.in_channels != c
+            || conv.out_channels != c
+            || in_shape[0] != c
+            || out_shape[0] != c
+        {
             return None;
         }
         let axis = |i: usize| -> Option<Axis> {
             let (input, output) = (in_shape[1 + i], out_shape[1 + i]);
             let (kernel, stride, dilation) = (conv.kernel[i], conv.stride[i], conv.dilation[i]);
             let (pad_begin, pad_end) = (conv.pads[i], conv.pads[i + 2]);
-            if input == 0 || window_output(input, kernel, stride, dilation, pad_begin, pad_end, false)? != output {
+            if input == 0
+                || window_output(input, kernel, stride, dilation, pad_begin, pad_end, false)?
+                    != output
+            {
                 return None;
             }
-            Some(Axis { input, output, kernel, stride, dilation, pad_begin, pad_end })
+            Some(Axis {
+                input,
+                output,
+                kernel,
+                stride,
+                dilation,
+                pad_begin,
+                pad_end,
+            })
         };
         let (rows, cols) = (axis(0)?, axis(1)?);
         let algo = match (conv.kernel, conv.dilation, cols.stride) {
@@ -147,7 +169,15 @@ impl DepthwiseKernel {
             _ => Algo::Rows,
         };
         let inner_from = cols.first_inner();
-        Some(DepthwiseKernel { isa: super::elementwise::clamp_isa(isa), algo, channels: c, rows, cols, inner_from, activation: conv.activation })
+        Some(DepthwiseKernel {
+            isa: super::elementwise::clamp_isa(isa),
+            algo,
+            channels: c,
+            rows,
+            cols,
+            inner_from,
+            activation: conv.activation,
+        })
     }
 
     /// The tier the kernel runs on.
@@ -168,17 +198,40 @@ impl DepthwiseKernel {
 
     /// `out = act(dwconv(x) + bias + residual)` for one sample: `x` is `[C, H, W]`,
     /// `weights` `[C, 1, kh, kw]`, `bias` `[C]`, `residual` and `out` `[C, OH, OW]`.
-    pub fn run(&self, weights_oihw: &[f32], bias: Option<&[f32]>, x: &[f32], residual: Option<&[f32]>, out: &mut [f32]) {
+    pub fn run(
+        &self,
+        weights_oihw: &[f32],
+        bias: Option<&[f32]>,
+        x: &[f32],
+        residual: Option<&[f32]>,
+        out: &mut [f32],
+    ) {
         self.run_channels(0..self.channels, weights_oihw, bias, x, residual, out)
     }
 
     /// As [`Self::run`] for the channels `channels` only (so that threads can split a
     /// sample): `weights`, `bias` and `x` are whole, `residual` and `out` hold just those
     /// channels' `[channels.len(), OH, OW]`.
-    pub fn run_channels(&self, channels: Range<usize>, weights: &[f32], bias: Option<&[f32]>, x: &[f32], residual: Option<&[f32]>, out: &mut [f32]) {
+    pub fn run_channels(
+        &self,
+        channels: Range<usize>,
+        weights: &[f32],
+        bias: Option<&[f32]>,
+        x: &[f32],
+        residual: Option<&[f32]>,
+        out: &mut [f32],
+    ) {
         let (rows, cols) = (self.rows, self.cols);
-        let (ksize, isize_, osize) = (rows.kernel * cols.kernel, rows.input * cols.input, rows.output * cols.output);
-        assert!(channels.start <= channels.end && channels.end <= self.channels, "channels {channels:?} of {}", self.channels);
+        let (ksize, isize_, osize) = (
+            rows.kernel * cols.kernel,
+            rows.input * cols.input,
+            rows.output * cols.output,
+        );
+        assert!(
+            channels.start <= channels.end && channels.end <= self.channels,
+            "channels {channels:?} of {}",
+            self.channels
+        );
         assert_eq!(weights.len(), self.channels * ksize, "weights");
         assert_eq!(x.len(), self.channels * isize_, "input");
         assert_eq!(out.len(), channels.len() * osize, "output");
@@ -188,7 +241,12 @@ impl DepthwiseKernel {
         if let Some(r) = residual {
             assert_eq!(r.len(), out.len(), "residual");
         }
-        let (wp, xp, op, rp) = (weights.as_ptr(), x.as_ptr(), out.as_mut_ptr(), residual.map(|r| r.as_ptr()));
+        let (wp, xp, op, rp) = (
+            weights.as_ptr(),
+            x.as_ptr(),
+            out.as_mut_ptr(),
+            residual.map(|r| r.as_ptr()),
+        );
         dispatch!(self.isa, |s| {
             let act = ActV::new(s, self.activation);
             for (i, ch) in channels.clone().enumerate() {
@@ -196,7 +254,16 @@ impl DepthwiseKernel {
                 // SAFETY: the lengths asserted above hold channel `ch`'s weights, input
                 // plane, and output / residual plane `i`.
                 unsafe {
-                    plane(s, self, &act, wp.add(ch * ksize), b, xp.add(ch * isize_), rp.map(|r| r.add(i * osize)), op.add(i * osize));
+                    plane(
+                        s,
+                        self,
+                        &act,
+                        wp.add(ch * ksize),
+                        b,
+                        xp.add(ch * isize_),
+                        rp.map(|r| r.add(i * osize)),
+                        op.add(i * osize),
+                    );
                 }
             }
         })
@@ -221,7 +288,10 @@ impl Row {
     /// `ky` must lie in `self.ky`, and `self.x` must point at a whole H*W input plane.
     unsafe fn input(&self, rows: &Axis, cols: &Axis, ky: usize) -> *const f32 {
         // SAFETY: ky in self.ky puts the row inside the plane (Axis::taps).
-        unsafe { self.x.add((self.iy0 + (ky * rows.dilation) as isize) as usize * cols.input) }
+        unsafe {
+            self.x
+                .add((self.iy0 + (ky * rows.dilation) as isize) as usize * cols.input)
+        }
     }
 }
 
@@ -229,7 +299,16 @@ impl Row {
 /// `w`: kh*kw weights; `x`: an H*W plane; `out` (and `res`): OH*OW.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn plane<S: Simd>(s: S, k: &DepthwiseKernel, act: &ActV<S>, w: *const f32, bias: f32, x: *const f32, res: Option<*const f32>, out: *mut f32) {
+unsafe fn plane<S: Simd>(
+    s: S,
+    k: &DepthwiseKernel,
+    act: &ActV<S>,
+    w: *const f32,
+    bias: f32,
+    x: *const f32,
+    res: Option<*const f32>,
+    out: *mut f32,
+) {
     let (rows, cols) = (&k.rows, &k.cols);
     let ow = cols.output;
     let mut wk = [[s.zero(); 3]; 3];
@@ -242,7 +321,13 @@ unsafe fn plane<S: Simd>(s: S, k: &DepthwiseKernel, act: &ActV<S>, w: *const f32
         }
     }
     for oy in 0..rows.output {
-        let row = Row { x, iy0: rows.origin(oy), ky: rows.taps(oy), w, bias };
+        let row = Row {
+            x,
+            iy0: rows.origin(oy),
+            ky: rows.taps(oy),
+            w,
+            bias,
+        };
         // SAFETY: row oy of the OH*OW output (and residual) planes.
         let (o, r) = unsafe { (out.add(oy * ow), res.map(|r| r.add(oy * ow))) };
         // SAFETY (all arms): the helpers' bounds come from the window geometry.
@@ -299,10 +384,16 @@ pub(crate) fn win<S: Simd, const SW: usize>(s: S, width: usize, b: isize, n: usi
     let lo = (-b).clamp(0, span);
     let hi = (width as isize - b).clamp(lo, span);
     if SW == 1 {
-        Win { m0: s.lanes(lo as usize, hi as usize), m1: s.lanes(0, 0) }
+        Win {
+            m0: s.lanes(lo as usize, hi as usize),
+            m1: s.lanes(0, 0),
+        }
     } else {
         let l = S::LANES as isize;
-        Win { m0: s.lanes(lo.min(l) as usize, hi.min(l) as usize), m1: s.lanes((lo - l).max(0) as usize, (hi - l).max(0) as usize) }
+        Win {
+            m0: s.lanes(lo.min(l) as usize, hi.min(l) as usize),
+            m1: s.lanes((lo - l).max(0) as usize, (hi - l).max(0) as usize),
+        }
     }
 }
 
@@ -312,7 +403,13 @@ pub(crate) fn win<S: Simd, const SW: usize>(s: S, width: usize, b: isize, n: usi
 /// # Safety
 /// `src` a row of the width `w` was made for.
 #[inline(always)]
-pub(crate) unsafe fn load_win<S: Simd, const SW: usize>(s: S, src: *const f32, b: isize, w: &Win<S>, fill: Option<S::V>) -> S::V {
+pub(crate) unsafe fn load_win<S: Simd, const SW: usize>(
+    s: S,
+    src: *const f32,
+    b: isize,
+    w: &Win<S>,
+    fill: Option<S::V>,
+) -> S::V {
     #[inline(always)]
     unsafe fn ld<S: Simd>(s: S, p: *const f32, m: S::L, fill: Option<S::V>) -> S::V {
         // SAFETY: forwarded.
@@ -329,7 +426,11 @@ pub(crate) unsafe fn load_win<S: Simd, const SW: usize>(s: S, src: *const f32, b
         if SW == 1 {
             ld(s, p, w.m0, fill)
         } else {
-            s.deinterleave(ld(s, p, w.m0, fill), ld(s, p.wrapping_add(S::LANES), w.m1, fill)).0
+            s.deinterleave(
+                ld(s, p, w.m0, fill),
+                ld(s, p.wrapping_add(S::LANES), w.m1, fill),
+            )
+            .0
         }
     }
 }
@@ -339,7 +440,13 @@ pub(crate) unsafe fn load_win<S: Simd, const SW: usize>(s: S, src: *const f32, b
 /// # Safety
 /// `cols.full(xo, LANES)` and `xo >= cols.first_inner()`.
 #[inline(always)]
-pub(crate) unsafe fn tap<S: Simd, const SW: usize>(s: S, cols: &Axis, src: *const f32, xo: usize, kx: usize) -> S::V {
+pub(crate) unsafe fn tap<S: Simd, const SW: usize>(
+    s: S,
+    cols: &Axis,
+    src: *const f32,
+    xo: usize,
+    kx: usize,
+) -> S::V {
     // SAFETY: `full` bounds the last float read by the last tap by the row's end, and
     // `first_inner` makes the first one non-negative.
     unsafe {
@@ -357,12 +464,26 @@ pub(crate) unsafe fn tap<S: Simd, const SW: usize>(s: S, cols: &Axis, src: *cons
 /// # Safety
 /// `o..o+n` writable, `res..res+n` readable.
 #[inline(always)]
-unsafe fn finish<S: Simd>(s: S, act: &ActV<S>, acc: S::V, o: *mut f32, res: Option<*const f32>, n: usize) {
+unsafe fn finish<S: Simd>(
+    s: S,
+    act: &ActV<S>,
+    acc: S::V,
+    o: *mut f32,
+    res: Option<*const f32>,
+    n: usize,
+) {
     let full = n == S::LANES;
     // SAFETY: n floats at o / res (caller).
     unsafe {
         let v = match res {
-            Some(r) => s.add(acc, if full { s.load(r) } else { s.load_part(r, n, s.zero()) }),
+            Some(r) => s.add(
+                acc,
+                if full {
+                    s.load(r)
+                } else {
+                    s.load_part(r, n, s.zero())
+                },
+            ),
             None => acc,
         };
         let v = act.apply(s, v);
@@ -378,7 +499,14 @@ unsafe fn finish<S: Simd>(s: S, act: &ActV<S>, acc: S::V, o: *mut f32, res: Opti
 #[inline(always)]
 /// # Safety
 /// `row` from a valid plane; `o` writable and `res` readable for OW floats.
-unsafe fn row_any<S: Simd, const SW: usize>(s: S, k: &DepthwiseKernel, act: &ActV<S>, row: &Row, o: *mut f32, res: Option<*const f32>) {
+unsafe fn row_any<S: Simd, const SW: usize>(
+    s: S,
+    k: &DepthwiseKernel,
+    act: &ActV<S>,
+    row: &Row,
+    o: *mut f32,
+    res: Option<*const f32>,
+) {
     let (rows, cols) = (&k.rows, &k.cols);
     let (l, ow) = (S::LANES, cols.output);
     let bias = s.splat(row.bias);
@@ -398,7 +526,11 @@ unsafe fn row_any<S: Simd, const SW: usize>(s: S, k: &DepthwiseKernel, act: &Act
                 let src = row.input(rows, cols, ky);
                 let wrow = row.w.add(ky * cols.kernel);
                 for kx in 0..cols.kernel {
-                    acc = s.fmadd(tap::<S, SW>(s, cols, src, xo, kx), s.splat(*wrow.add(kx)), acc);
+                    acc = s.fmadd(
+                        tap::<S, SW>(s, cols, src, xo, kx),
+                        s.splat(*wrow.add(kx)),
+                        acc,
+                    );
                 }
             }
         }
@@ -418,7 +550,15 @@ unsafe fn row_any<S: Simd, const SW: usize>(s: S, k: &DepthwiseKernel, act: &Act
 #[inline(always)]
 /// # Safety
 /// As `row_any`, plus a 3×3 kernel with dilation 1 (`wk` its weights).
-unsafe fn row3<S: Simd, const SW: usize>(s: S, k: &DepthwiseKernel, act: &ActV<S>, row: &Row, wk: &[[S::V; 3]; 3], o: *mut f32, res: Option<*const f32>) {
+unsafe fn row3<S: Simd, const SW: usize>(
+    s: S,
+    k: &DepthwiseKernel,
+    act: &ActV<S>,
+    row: &Row,
+    wk: &[[S::V; 3]; 3],
+    o: *mut f32,
+    res: Option<*const f32>,
+) {
     // SAFETY: forwarded; `row.ky` has 0 to 3 rows.
     unsafe {
         match row.ky.1 - row.ky.0 {
@@ -431,7 +571,15 @@ unsafe fn row3<S: Simd, const SW: usize>(s: S, k: &DepthwiseKernel, act: &ActV<S
 }
 
 #[inline(always)]
-unsafe fn row3n<S: Simd, const SW: usize, const NR: usize>(s: S, k: &DepthwiseKernel, act: &ActV<S>, row: &Row, wk: &[[S::V; 3]; 3], o: *mut f32, res: Option<*const f32>) {
+unsafe fn row3n<S: Simd, const SW: usize, const NR: usize>(
+    s: S,
+    k: &DepthwiseKernel,
+    act: &ActV<S>,
+    row: &Row,
+    wk: &[[S::V; 3]; 3],
+    o: *mut f32,
+    res: Option<*const f32>,
+) {
     let (rows, cols) = (&k.rows, &k.cols);
     let (l, ow) = (S::LANES, cols.output);
     let bias = s.splat(row.bias);
@@ -461,7 +609,11 @@ unsafe fn row3n<S: Simd, const SW: usize, const NR: usize>(s: S, k: &DepthwiseKe
                     (s.load(p), s.load(p.add(1)), s.load(p.add(2)))
                 } else {
                     let (e0, o0) = s.deinterleave(s.load(p), s.load(p.add(l)));
-                    (e0, o0, s.deinterleave(s.load(p.add(2)), s.load(p.add(2 + l))).0)
+                    (
+                        e0,
+                        o0,
+                        s.deinterleave(s.load(p.add(2)), s.load(p.add(2 + l))).0,
+                    )
                 };
                 acc[r] = s.fmadd(t0, w[r][0], acc[r]);
                 acc[r] = s.fmadd(t1, w[r][1], acc[r]);
@@ -469,7 +621,16 @@ unsafe fn row3n<S: Simd, const SW: usize, const NR: usize>(s: S, k: &DepthwiseKe
             }
         }
         // SAFETY: full vector at xo < OW - l + 1; o / res hold OW floats (caller).
-        unsafe { finish(s, act, sum3::<S, NR>(s, acc), o.add(xo), res.map(|r| r.add(xo)), l) };
+        unsafe {
+            finish(
+                s,
+                act,
+                sum3::<S, NR>(s, acc),
+                o.add(xo),
+                res.map(|r| r.add(xo)),
+                l,
+            )
+        };
         xo += l;
     }
     while xo < ow {
@@ -486,7 +647,16 @@ unsafe fn row3n<S: Simd, const SW: usize, const NR: usize>(s: S, k: &DepthwiseKe
 /// As [`row_any`], with `xo + n <= OW`, `n <= LANES`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn edge_any<S: Simd, const SW: usize>(s: S, k: &DepthwiseKernel, act: &ActV<S>, row: &Row, o: *mut f32, res: Option<*const f32>, xo: usize, n: usize) {
+unsafe fn edge_any<S: Simd, const SW: usize>(
+    s: S,
+    k: &DepthwiseKernel,
+    act: &ActV<S>,
+    row: &Row,
+    o: *mut f32,
+    res: Option<*const f32>,
+    xo: usize,
+    n: usize,
+) {
     let (rows, cols) = (&k.rows, &k.cols);
     let mut acc = s.splat(row.bias);
     let b0 = cols.origin(xo);
@@ -526,7 +696,11 @@ unsafe fn edge3<S: Simd, const SW: usize, const NR: usize>(
 ) {
     let cols = &k.cols;
     let b0 = cols.origin(xo);
-    let m = [win::<S, SW>(s, cols.input, b0, n), win::<S, SW>(s, cols.input, b0 + 1, n), win::<S, SW>(s, cols.input, b0 + 2, n)];
+    let m = [
+        win::<S, SW>(s, cols.input, b0, n),
+        win::<S, SW>(s, cols.input, b0 + 1, n),
+        win::<S, SW>(s, cols.input, b0 + 2, n),
+    ];
     let mut acc = [bias, s.zero(), s.zero()];
     for r in 0..NR {
         for kx in 0..3 {
@@ -536,7 +710,16 @@ unsafe fn edge3<S: Simd, const SW: usize, const NR: usize>(
         }
     }
     // SAFETY: xo + n <= OW.
-    unsafe { finish(s, act, sum3::<S, NR>(s, acc), o.add(xo), res.map(|r| r.add(xo)), n) };
+    unsafe {
+        finish(
+            s,
+            act,
+            sum3::<S, NR>(s, acc),
+            o.add(xo),
+            res.map(|r| r.add(xo)),
+            n,
+        )
+    };
 }
 
 /// `acc[0] + acc[1] + acc[2]` over the first `NR` (at least the first, which holds the bias).

@@ -41,6 +41,9 @@
 //! --nocapture` prints them.
 //! * softmax, layer norm, instance norm and the average pools sum in f64.
 
+// The polynomial coefficients are quoted as published (Cephes), digits and all.
+#![allow(clippy::excessive_precision)]
+
 use crate::graph::{Activation, BinaryKind};
 use crate::simd::Isa;
 
@@ -172,7 +175,9 @@ pub(crate) trait Simd: Copy {
     #[inline(always)]
     fn hmax(self, v: Self::V) -> f32 {
         let a = self.to_array(v);
-        a[1..Self::LANES].iter().fold(a[0], |m, &x| if m > x { m } else { x })
+        a[1..Self::LANES]
+            .iter()
+            .fold(a[0], |m, &x| if m > x { m } else { x })
     }
 }
 
@@ -251,7 +256,12 @@ impl Simd for Portable {
     }
     #[inline(always)]
     fn fmadd(self, a: [f32; 4], b: [f32; 4], c: [f32; 4]) -> [f32; 4] {
-        [a[0] * b[0] + c[0], a[1] * b[1] + c[1], a[2] * b[2] + c[2], a[3] * b[3] + c[3]]
+        [
+            a[0] * b[0] + c[0],
+            a[1] * b[1] + c[1],
+            a[2] * b[2] + c[2],
+            a[3] * b[3] + c[3],
+        ]
     }
     #[inline(always)]
     fn max(self, a: [f32; 4], b: [f32; 4]) -> [f32; 4] {
@@ -385,7 +395,6 @@ mod x86 {
         }
     }
 
-
     impl Simd for Avx2Fma {
         const LANES: usize = 8;
         type V = __m256;
@@ -412,7 +421,10 @@ mod x86 {
         fn lanes(self, lo: usize, hi: usize) -> __m256i {
             tf!({
                 let i = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-                _mm256_andnot_si256(_mm256_cmpgt_epi32(_mm256_set1_epi32(lo as i32), i), _mm256_cmpgt_epi32(_mm256_set1_epi32(hi as i32), i))
+                _mm256_andnot_si256(
+                    _mm256_cmpgt_epi32(_mm256_set1_epi32(lo as i32), i),
+                    _mm256_cmpgt_epi32(_mm256_set1_epi32(hi as i32), i),
+                )
             })
         }
         #[inline(always)]
@@ -497,10 +509,9 @@ mod x86 {
         }
         #[inline(always)]
         fn pow2i(self, n: __m256) -> __m256 {
-            tf!(_mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(
-                _mm256_cvtps_epi32(n),
-                _mm256_set1_epi32(127)
-            ))))
+            tf!(_mm256_castsi256_ps(_mm256_slli_epi32::<23>(
+                _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127))
+            )))
         }
         #[inline(always)]
         fn deinterleave(self, a: __m256, b: __m256) -> (__m256, __m256) {
@@ -534,10 +545,12 @@ mod x86 {
         }
         #[inline(always)]
         fn dcvt(self, acc: (__m256d, __m256d)) -> __m256 {
-            tf!(_mm256_set_m128(_mm256_cvtpd_ps(acc.1), _mm256_cvtpd_ps(acc.0)))
+            tf!(_mm256_set_m128(
+                _mm256_cvtpd_ps(acc.1),
+                _mm256_cvtpd_ps(acc.0)
+            ))
         }
     }
-
 
     impl Simd for Avx512 {
         const LANES: usize = 16;
@@ -636,7 +649,10 @@ mod x86 {
         }
         #[inline(always)]
         fn abs(self, a: __m512) -> __m512 {
-            tf!(_mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(a), _mm512_set1_epi32(0x7fff_ffff))))
+            tf!(_mm512_castsi512_ps(_mm512_and_si512(
+                _mm512_castps_si512(a),
+                _mm512_set1_epi32(0x7fff_ffff)
+            )))
         }
         #[inline(always)]
         fn copysign(self, mag: __m512, sign: __m512) -> __m512 {
@@ -650,18 +666,22 @@ mod x86 {
         }
         #[inline(always)]
         fn pow2i(self, n: __m512) -> __m512 {
-            tf!(_mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(
-                _mm512_cvtps_epi32(n),
-                _mm512_set1_epi32(127)
-            ))))
+            tf!(_mm512_castsi512_ps(_mm512_slli_epi32::<23>(
+                _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127))
+            )))
         }
         #[inline(always)]
         fn deinterleave(self, a: __m512, b: __m512) -> (__m512, __m512) {
             tf!({
                 // Indices 0..15 pick from `a`, 16..31 from `b`.
-                let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-                let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-                (_mm512_permutex2var_ps(a, even, b), _mm512_permutex2var_ps(a, odd, b))
+                let even =
+                    _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+                let odd =
+                    _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+                (
+                    _mm512_permutex2var_ps(a, even, b),
+                    _mm512_permutex2var_ps(a, odd, b),
+                )
             })
         }
         #[inline(always)]
@@ -673,7 +693,10 @@ mod x86 {
             tf!({
                 let lo = _mm512_castps512_ps256(v);
                 let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
-                (_mm512_add_pd(acc.0, _mm512_cvtps_pd(lo)), _mm512_add_pd(acc.1, _mm512_cvtps_pd(hi)))
+                (
+                    _mm512_add_pd(acc.0, _mm512_cvtps_pd(lo)),
+                    _mm512_add_pd(acc.1, _mm512_cvtps_pd(hi)),
+                )
             })
         }
         #[inline(always)]
@@ -712,12 +735,18 @@ macro_rules! dispatch {
                     // SAFETY: `clamp_isa` never goes above `Isa::detect()`, so this CPU has
                     // AVX-512 F/BW/VL, AVX2 and FMA.
                     let t = unsafe { $crate::kernels::elementwise::Avx512::new_unchecked() };
-                    t.vectorize(#[inline(always)] |$s| $body)
+                    t.vectorize(
+                        #[inline(always)]
+                        |$s| $body,
+                    )
                 }
                 $crate::simd::Isa::Avx2 => {
                     // SAFETY: as above, this CPU has AVX2 and FMA.
                     let t = unsafe { $crate::kernels::elementwise::Avx2Fma::new_unchecked() };
-                    t.vectorize(#[inline(always)] |$s| $body)
+                    t.vectorize(
+                        #[inline(always)]
+                        |$s| $body,
+                    )
                 }
                 $crate::simd::Isa::Scalar => {
                     let $s = $crate::kernels::elementwise::Portable;
@@ -744,7 +773,7 @@ pub(crate) use dispatch;
 pub(crate) fn exp_v<S: Simd>(s: S, x: S::V) -> S::V {
     const HI: f32 = 88.722_83; // below ln(f32::MAX)
     const LO: f32 = -103.972_08; // ln(2^-150): below, the result rounds to 0
-    // The data operand second, so that NaN comes through.
+                                 // The data operand second, so that NaN comes through.
     let xc = s.min(s.splat(HI), s.max(s.splat(LO), x));
     let n = s.round(s.mul(xc, s.splat(std::f32::consts::LOG2_E)));
     // r = x - n ln2, with ln2 in two parts (the first exact in 9 bits).
@@ -819,7 +848,11 @@ impl<S: Simd> ActV<S> {
             Activation::HardSwish => (1.0 / 6.0, 0.5),
             _ => (0.0, 0.0),
         };
-        ActV { act, a: s.splat(a), b: s.splat(b) }
+        ActV {
+            act,
+            a: s.splat(a),
+            b: s.splat(b),
+        }
     }
 
     #[inline(always)]
@@ -835,8 +868,13 @@ impl<S: Simd> ActV<S> {
             Activation::LeakyRelu { .. } => s.select(s.lt(x, s.zero()), s.mul(x, self.a), x),
             Activation::Clip { .. } => s.min(self.b, s.max(self.a, x)),
             Activation::Sigmoid => sigmoid_v(s, x),
-            Activation::HardSigmoid { .. } => s.min(s.splat(1.0), s.max(s.zero(), s.fmadd(x, self.a, self.b))),
-            Activation::HardSwish => s.mul(x, s.min(s.splat(1.0), s.max(s.zero(), s.fmadd(x, self.a, self.b)))),
+            Activation::HardSigmoid { .. } => {
+                s.min(s.splat(1.0), s.max(s.zero(), s.fmadd(x, self.a, self.b)))
+            }
+            Activation::HardSwish => s.mul(
+                x,
+                s.min(s.splat(1.0), s.max(s.zero(), s.fmadd(x, self.a, self.b))),
+            ),
             Activation::Silu => silu_v(s, x),
             Activation::Tanh => tanh_v(s, x),
         }
@@ -852,7 +890,13 @@ impl<S: Simd> ActV<S> {
 /// # Safety
 /// `src..src+len` readable, `dst..dst+len` writable; if they overlap they are equal.
 #[inline(always)]
-pub(crate) unsafe fn map1<S: Simd>(s: S, src: *const f32, dst: *mut f32, len: usize, f: impl Fn(S::V) -> S::V) {
+pub(crate) unsafe fn map1<S: Simd>(
+    s: S,
+    src: *const f32,
+    dst: *mut f32,
+    len: usize,
+    f: impl Fn(S::V) -> S::V,
+) {
     let l = S::LANES;
     let mut i = 0;
     // SAFETY (all blocks): every access is at i..i+l <= len or i..len.
@@ -882,7 +926,14 @@ pub(crate) unsafe fn map1<S: Simd>(s: S, src: *const f32, dst: *mut f32, len: us
 /// # Safety
 /// As [`map1`], for both sources.
 #[inline(always)]
-pub(crate) unsafe fn map2<S: Simd>(s: S, a: *const f32, b: *const f32, dst: *mut f32, len: usize, f: impl Fn(S::V, S::V) -> S::V) {
+pub(crate) unsafe fn map2<S: Simd>(
+    s: S,
+    a: *const f32,
+    b: *const f32,
+    dst: *mut f32,
+    len: usize,
+    f: impl Fn(S::V, S::V) -> S::V,
+) {
     let l = S::LANES;
     let mut i = 0;
     // SAFETY (all blocks): every access is at i..i+l <= len or i..len.
@@ -905,13 +956,34 @@ pub(crate) unsafe fn map2<S: Simd>(s: S, a: *const f32, b: *const f32, dst: *mut
 /// # Safety
 /// `dst..dst+len` writable, `residual..residual+len` readable when given.
 #[inline(always)]
-pub(crate) unsafe fn epilogue<S: Simd>(s: S, act: &ActV<S>, dst: *mut f32, residual: Option<*const f32>, len: usize) {
+pub(crate) unsafe fn epilogue<S: Simd>(
+    s: S,
+    act: &ActV<S>,
+    dst: *mut f32,
+    residual: Option<*const f32>,
+    len: usize,
+) {
     // SAFETY: forwarded from the caller.
     unsafe {
         match residual {
-            Some(r) => map2(s, dst, r, dst, len, #[inline(always)] |x, y| act.apply(s, s.add(x, y))),
+            Some(r) => map2(
+                s,
+                dst,
+                r,
+                dst,
+                len,
+                #[inline(always)]
+                |x, y| act.apply(s, s.add(x, y)),
+            ),
             None if act.is_identity() => {}
-            None => map1(s, dst, dst, len, #[inline(always)] |x| act.apply(s, x)),
+            None => map1(
+                s,
+                dst,
+                dst,
+                len,
+                #[inline(always)]
+                |x| act.apply(s, x),
+            ),
         }
     }
 }
@@ -955,26 +1027,69 @@ fn numel(shape: &[usize]) -> usize {
 /// Per-channel `act(x * scale[c] + shift[c])` over `n` samples of `shape` (`[C, ...]`); a
 /// 1-element scale or shift broadcasts. As [`super::reference::channel_affine`].
 #[allow(clippy::too_many_arguments)]
-pub fn channel_affine(isa: Isa, x: &[f32], n: usize, shape: &[usize], scale: Option<&[f32]>, shift: Option<&[f32]>, act: Activation, out: &mut [f32]) {
+pub fn channel_affine(
+    isa: Isa,
+    x: &[f32],
+    n: usize,
+    shape: &[usize],
+    scale: Option<&[f32]>,
+    shift: Option<&[f32]>,
+    act: Activation,
+    out: &mut [f32],
+) {
     assert_eq!(out.len(), x.len());
-    affine_impl(isa, x.as_ptr(), out.as_mut_ptr(), x.len(), n, shape, scale, shift, act)
+    affine_impl(
+        isa,
+        x.as_ptr(),
+        out.as_mut_ptr(),
+        x.len(),
+        n,
+        shape,
+        scale,
+        shift,
+        act,
+    )
 }
 
 /// [`channel_affine`] overwriting its input.
-pub fn channel_affine_in_place(isa: Isa, x: &mut [f32], n: usize, shape: &[usize], scale: Option<&[f32]>, shift: Option<&[f32]>, act: Activation) {
+pub fn channel_affine_in_place(
+    isa: Isa,
+    x: &mut [f32],
+    n: usize,
+    shape: &[usize],
+    scale: Option<&[f32]>,
+    shift: Option<&[f32]>,
+    act: Activation,
+) {
     let p = x.as_mut_ptr();
     affine_impl(isa, p, p, x.len(), n, shape, scale, shift, act)
 }
 
 #[allow(clippy::too_many_arguments)]
-fn affine_impl(isa: Isa, src: *const f32, dst: *mut f32, len: usize, n: usize, shape: &[usize], scale: Option<&[f32]>, shift: Option<&[f32]>, act: Activation) {
+fn affine_impl(
+    isa: Isa,
+    src: *const f32,
+    dst: *mut f32,
+    len: usize,
+    n: usize,
+    shape: &[usize],
+    scale: Option<&[f32]>,
+    shift: Option<&[f32]>,
+    act: Activation,
+) {
     let c = shape[0];
     let inner = numel(&shape[1..]);
     assert_eq!(len, n * c * inner);
     for v in [scale, shift].into_iter().flatten() {
-        assert!(v.len() == 1 || v.len() == c, "per-channel vector of {} for {c} channels", v.len());
+        assert!(
+            v.len() == 1 || v.len() == c,
+            "per-channel vector of {} for {c} channels",
+            v.len()
+        );
     }
-    let pick = |v: Option<&[f32]>, ch: usize, default: f32| v.map_or(default, |v| if v.len() == 1 { v[0] } else { v[ch] });
+    let pick = |v: Option<&[f32]>, ch: usize, default: f32| {
+        v.map_or(default, |v| if v.len() == 1 { v[0] } else { v[ch] })
+    };
     dispatch!(isa, |s| {
         let act = ActV::new(s, act);
         for sc in 0..n * c {
@@ -982,7 +1097,14 @@ fn affine_impl(isa: Isa, src: *const f32, dst: *mut f32, len: usize, n: usize, s
             let (a, b) = (s.splat(pick(scale, ch, 1.0)), s.splat(pick(shift, ch, 0.0)));
             // SAFETY: plane `sc` is `sc*inner..(sc+1)*inner` of the `len` floats asserted above.
             unsafe {
-                map1(s, src.add(sc * inner), dst.add(sc * inner), inner, #[inline(always)] |v| act.apply(s, s.fmadd(v, a, b)));
+                map1(
+                    s,
+                    src.add(sc * inner),
+                    dst.add(sc * inner),
+                    inner,
+                    #[inline(always)]
+                    |v| act.apply(s, s.fmadd(v, a, b)),
+                );
             }
         }
     })
@@ -1004,27 +1126,77 @@ fn activation_impl(isa: Isa, src: *const f32, dst: *mut f32, len: usize, act: Ac
     dispatch!(isa, |s| {
         let act = ActV::new(s, act);
         // SAFETY: the callers pass `len` readable / writable floats (equal when aliased).
-        unsafe { map1(s, src, dst, len, #[inline(always)] |v| act.apply(s, v)) }
+        unsafe {
+            map1(
+                s,
+                src,
+                dst,
+                len,
+                #[inline(always)]
+                |v| act.apply(s, v),
+            )
+        }
     })
 }
 
 /// `act(a op b)` where `b` has `a`'s shape or is a per-channel broadcast (`n * C`
 /// values, `[C, 1, 1]` or `[C]` per sample). As [`super::reference::binary`].
 #[allow(clippy::too_many_arguments)]
-pub fn binary(isa: Isa, a: &[f32], b: &[f32], n: usize, a_shape: &[usize], b_shape: &[usize], kind: BinaryKind, act: Activation, out: &mut [f32]) {
+pub fn binary(
+    isa: Isa,
+    a: &[f32],
+    b: &[f32],
+    n: usize,
+    a_shape: &[usize],
+    b_shape: &[usize],
+    kind: BinaryKind,
+    act: Activation,
+    out: &mut [f32],
+) {
     assert_eq!(out.len(), a.len());
-    binary_impl(isa, a.as_ptr(), b, out.as_mut_ptr(), a.len(), n, a_shape, b_shape, kind, act)
+    binary_impl(
+        isa,
+        a.as_ptr(),
+        b,
+        out.as_mut_ptr(),
+        a.len(),
+        n,
+        a_shape,
+        b_shape,
+        kind,
+        act,
+    )
 }
 
 /// [`binary`] overwriting `a`.
 #[allow(clippy::too_many_arguments)]
-pub fn binary_in_place(isa: Isa, a: &mut [f32], b: &[f32], n: usize, a_shape: &[usize], b_shape: &[usize], kind: BinaryKind, act: Activation) {
+pub fn binary_in_place(
+    isa: Isa,
+    a: &mut [f32],
+    b: &[f32],
+    n: usize,
+    a_shape: &[usize],
+    b_shape: &[usize],
+    kind: BinaryKind,
+    act: Activation,
+) {
     let p = a.as_mut_ptr();
     binary_impl(isa, p, b, p, a.len(), n, a_shape, b_shape, kind, act)
 }
 
 #[allow(clippy::too_many_arguments)]
-fn binary_impl(isa: Isa, a: *const f32, b: &[f32], dst: *mut f32, len: usize, n: usize, a_shape: &[usize], b_shape: &[usize], kind: BinaryKind, act: Activation) {
+fn binary_impl(
+    isa: Isa,
+    a: *const f32,
+    b: &[f32],
+    dst: *mut f32,
+    len: usize,
+    n: usize,
+    a_shape: &[usize],
+    b_shape: &[usize],
+    kind: BinaryKind,
+    act: Activation,
+) {
     let c = a_shape[0];
     let inner = numel(&a_shape[1..]);
     let same = a_shape == b_shape;
@@ -1034,12 +1206,31 @@ fn binary_impl(isa: Isa, a: *const f32, b: &[f32], dst: *mut f32, len: usize, n:
         let act = ActV::new(s, act);
         if same {
             // SAFETY: a, b and dst all hold `len` floats (asserted above).
-            unsafe { map2(s, a, b.as_ptr(), dst, len, #[inline(always)] |x, y| act.apply(s, binop(s, kind, x, y))) }
+            unsafe {
+                map2(
+                    s,
+                    a,
+                    b.as_ptr(),
+                    dst,
+                    len,
+                    #[inline(always)]
+                    |x, y| act.apply(s, binop(s, kind, x, y)),
+                )
+            }
         } else {
             for (sc, &bv) in b.iter().enumerate() {
                 let y = s.splat(bv);
                 // SAFETY: plane `sc` lies within the `len = b.len() * inner` floats.
-                unsafe { map1(s, a.add(sc * inner), dst.add(sc * inner), inner, #[inline(always)] |x| act.apply(s, binop(s, kind, x, y))) }
+                unsafe {
+                    map1(
+                        s,
+                        a.add(sc * inner),
+                        dst.add(sc * inner),
+                        inner,
+                        #[inline(always)]
+                        |x| act.apply(s, binop(s, kind, x, y)),
+                    )
+                }
             }
         }
     })
@@ -1066,16 +1257,41 @@ pub fn prelu_in_place(isa: Isa, x: &mut [f32], n: usize, shape: &[usize], slope:
     prelu_impl(isa, p, p, x.len(), n, shape, slope)
 }
 
-fn prelu_impl(isa: Isa, src: *const f32, dst: *mut f32, len: usize, n: usize, shape: &[usize], slope: &[f32]) {
+fn prelu_impl(
+    isa: Isa,
+    src: *const f32,
+    dst: *mut f32,
+    len: usize,
+    n: usize,
+    shape: &[usize],
+    slope: &[f32],
+) {
     let c = shape.first().copied().unwrap_or(1);
     let inner = numel(shape.get(1..).unwrap_or(&[]));
     assert_eq!(len, n * c * inner);
-    assert!(slope.len() == 1 || slope.len() == c, "slope of {} for {c} channels", slope.len());
+    assert!(
+        slope.len() == 1 || slope.len() == c,
+        "slope of {} for {c} channels",
+        slope.len()
+    );
     dispatch!(isa, |s| {
         for sc in 0..n * c {
-            let a = s.splat(if slope.len() == 1 { slope[0] } else { slope[sc % c] });
+            let a = s.splat(if slope.len() == 1 {
+                slope[0]
+            } else {
+                slope[sc % c]
+            });
             // SAFETY: plane `sc` lies within the `len` floats asserted above.
-            unsafe { map1(s, src.add(sc * inner), dst.add(sc * inner), inner, #[inline(always)] |v| s.select(s.lt(v, s.zero()), s.mul(v, a), v)) }
+            unsafe {
+                map1(
+                    s,
+                    src.add(sc * inner),
+                    dst.add(sc * inner),
+                    inner,
+                    #[inline(always)]
+                    |v| s.select(s.lt(v, s.zero()), s.mul(v, a), v),
+                )
+            }
         }
     })
 }
@@ -1083,9 +1299,21 @@ fn prelu_impl(isa: Isa, src: *const f32, dst: *mut f32, len: usize, n: usize, sh
 /// Softmax over per-sample `axis` (or all dims from `axis` on, flattened), `n` samples.
 /// As [`super::reference::softmax`]. The exponentials are summed in f64; the result's
 /// relative error is that of `exp` plus about `|x - max| * 6e-8` plus 2 ulp.
-pub fn softmax(isa: Isa, x: &[f32], n: usize, shape: &[usize], axis: usize, flatten_from_axis: bool, out: &mut [f32]) {
+pub fn softmax(
+    isa: Isa,
+    x: &[f32],
+    n: usize,
+    shape: &[usize],
+    axis: usize,
+    flatten_from_axis: bool,
+    out: &mut [f32],
+) {
     let outer = n * numel(&shape[..axis]);
-    let (len, inner) = if flatten_from_axis { (numel(&shape[axis..]), 1) } else { (shape[axis], numel(&shape[axis + 1..])) };
+    let (len, inner) = if flatten_from_axis {
+        (numel(&shape[axis..]), 1)
+    } else {
+        (shape[axis], numel(&shape[axis + 1..]))
+    };
     assert_eq!(x.len(), outer * len * inner);
     assert_eq!(out.len(), x.len());
     let (src, dst) = (x.as_ptr(), out.as_mut_ptr());
@@ -1135,14 +1363,26 @@ unsafe fn softmax_row<S: Simd>(s: S, src: *const f32, dst: *mut f32, len: usize)
     if i < len {
         // The fill gives e^-inf = 0 in the unused lanes.
         // SAFETY: the len - i < l tail floats, inside src.
-        let e = exp_v(s, s.sub(unsafe { s.load_part(src.add(i), len - i, ninf) }, m));
+        let e = exp_v(
+            s,
+            s.sub(unsafe { s.load_part(src.add(i), len - i, ninf) }, m),
+        );
         // SAFETY: the len - i < l tail floats, inside dst.
         unsafe { s.store_part(dst.add(i), len - i, e) };
         acc = s.dadd(acc, e);
     }
     let inv = s.splat((1.0 / s.dsum(acc)) as f32);
     // SAFETY: dst holds len floats (caller); src == dst is the allowed overlap.
-    unsafe { map1(s, dst, dst, len, #[inline(always)] |v| s.mul(v, inv)) }
+    unsafe {
+        map1(
+            s,
+            dst,
+            dst,
+            len,
+            #[inline(always)]
+            |v| s.mul(v, inv),
+        )
+    }
 }
 
 /// Softmax over `len` rows of `inner` floats, across rows, vectorized along `inner`.
@@ -1163,7 +1403,10 @@ unsafe fn softmax_strided<S: Simd>(s: S, src: *const f32, dst: *mut f32, len: us
         let mut acc = s.dzero();
         for k in 0..len {
             // SAFETY: k < len and w <= inner - i, so k*inner+i..+w is inside src.
-            let e = exp_v(s, s.sub(unsafe { s.load_part(src.add(k * inner + i), w, ninf) }, m));
+            let e = exp_v(
+                s,
+                s.sub(unsafe { s.load_part(src.add(k * inner + i), w, ninf) }, m),
+            );
             // SAFETY: k < len and w <= inner - i, so k*inner+i..+w is inside dst.
             unsafe { s.store_part(dst.add(k * inner + i), w, e) };
             acc = s.dadd(acc, e);
@@ -1188,7 +1431,16 @@ unsafe fn softmax_strided<S: Simd>(s: S, src: *const f32, dst: *mut f32, len: us
 /// # Safety
 /// `src` readable and `dst` writable for `len` floats; `scale` (and `bias`) hold `len`
 /// floats when `per_elem`, else at least one.
-unsafe fn normalize<S: Simd>(s: S, src: *const f32, dst: *mut f32, len: usize, eps: f32, scale: *const f32, bias: Option<*const f32>, per_elem: bool) {
+unsafe fn normalize<S: Simd>(
+    s: S,
+    src: *const f32,
+    dst: *mut f32,
+    len: usize,
+    eps: f32,
+    scale: *const f32,
+    bias: Option<*const f32>,
+    per_elem: bool,
+) {
     let l = S::LANES;
     // SAFETY (all blocks): accesses at i..i+l <= len or i..len; scale / bias hold `len`
     // floats when per_elem, else 1.
@@ -1238,14 +1490,33 @@ unsafe fn normalize<S: Simd>(s: S, src: *const f32, dst: *mut f32, len: usize, e
         // SAFETY: not per_elem, so bias, when given, holds at least one float (caller).
         let b = s.splat(bias.map_or(0.0, |b| unsafe { *b }));
         // SAFETY: src / dst hold len floats (caller); equal if they overlap.
-        unsafe { map1(s, src, dst, len, #[inline(always)] |v| s.fmadd(s.sub(s.sub(v, vmh), vml), k, b)) }
+        unsafe {
+            map1(
+                s,
+                src,
+                dst,
+                len,
+                #[inline(always)]
+                |v| s.fmadd(s.sub(s.sub(v, vmh), vml), k, b),
+            )
+        }
     }
 }
 
 /// Normalizes each sample over dims `axis..`, then `* scale + bias` element-wise. As
 /// [`super::reference::layer_norm`]; `n` samples.
 #[allow(clippy::too_many_arguments)]
-pub fn layer_norm(isa: Isa, x: &[f32], n: usize, shape: &[usize], axis: usize, eps: f32, scale: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
+pub fn layer_norm(
+    isa: Isa,
+    x: &[f32],
+    n: usize,
+    shape: &[usize],
+    axis: usize,
+    eps: f32,
+    scale: &[f32],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
     let inner = numel(&shape[axis..]);
     let groups = n * numel(&shape[..axis]);
     assert_eq!(x.len(), groups * inner);
@@ -1261,7 +1532,18 @@ pub fn layer_norm(isa: Isa, x: &[f32], n: usize, shape: &[usize], axis: usize, e
     dispatch!(isa, |s| {
         for g in 0..groups {
             // SAFETY: group g is `g*inner..(g+1)*inner`; scale / bias hold `inner` floats.
-            unsafe { normalize(s, src.add(g * inner), dst.add(g * inner), inner, eps, scale.as_ptr(), bias.map(|b| b.as_ptr()), true) }
+            unsafe {
+                normalize(
+                    s,
+                    src.add(g * inner),
+                    dst.add(g * inner),
+                    inner,
+                    eps,
+                    scale.as_ptr(),
+                    bias.map(|b| b.as_ptr()),
+                    true,
+                )
+            }
         }
     })
 }
@@ -1269,7 +1551,16 @@ pub fn layer_norm(isa: Isa, x: &[f32], n: usize, shape: &[usize], axis: usize, e
 /// Normalizes each (sample, channel) plane, then per-channel `* scale + bias`. As
 /// [`super::reference::instance_norm`]; `n` samples.
 #[allow(clippy::too_many_arguments)]
-pub fn instance_norm(isa: Isa, x: &[f32], n: usize, shape: &[usize], eps: f32, scale: &[f32], bias: &[f32], out: &mut [f32]) {
+pub fn instance_norm(
+    isa: Isa,
+    x: &[f32],
+    n: usize,
+    shape: &[usize],
+    eps: f32,
+    scale: &[f32],
+    bias: &[f32],
+    out: &mut [f32],
+) {
     let c = shape[0];
     let inner = numel(&shape[1..]);
     assert_eq!(x.len(), n * c * inner);
@@ -1283,7 +1574,18 @@ pub fn instance_norm(isa: Isa, x: &[f32], n: usize, shape: &[usize], eps: f32, s
         for sc in 0..n * c {
             let ch = sc % c;
             // SAFETY: plane sc lies within the asserted length; ch < c <= scale/bias len.
-            unsafe { normalize(s, src.add(sc * inner), dst.add(sc * inner), inner, eps, scale.as_ptr().add(ch), Some(bias.as_ptr().add(ch)), false) }
+            unsafe {
+                normalize(
+                    s,
+                    src.add(sc * inner),
+                    dst.add(sc * inner),
+                    inner,
+                    eps,
+                    scale.as_ptr().add(ch),
+                    Some(bias.as_ptr().add(ch)),
+                    false,
+                )
+            }
         }
     })
 }
@@ -1295,7 +1597,14 @@ mod tests {
     /// Max relative error of `f` against `reference` over every `step`-th f32 in
     /// `[lo, hi]`, both signs' bit patterns walked in order; results whose reference is
     /// below `f32::MIN_POSITIVE` (denormal) are skipped.
-    fn sweep(isa: Isa, lo: f32, hi: f32, step: u32, f: fn(Isa, &[f32], &mut [f32]), reference: fn(f64) -> f64) -> (f64, f32) {
+    fn sweep(
+        isa: Isa,
+        lo: f32,
+        hi: f32,
+        step: u32,
+        f: fn(Isa, &[f32], &mut [f32]),
+        reference: fn(f64) -> f64,
+    ) -> (f64, f32) {
         let mut xs = Vec::new();
         let mut push_range = |a: f32, b: f32| {
             // Walk bit patterns of |x| from |a| to |b| (same sign).
@@ -1329,7 +1638,16 @@ mod tests {
 
     fn exp_kernel(isa: Isa, x: &[f32], out: &mut [f32]) {
         // SAFETY: x and out have x.len() floats each (asserted by the callers' equal lengths).
-        dispatch!(isa, |s| unsafe { map1(s, x.as_ptr(), out.as_mut_ptr(), x.len(), #[inline(always)] |v| exp_v(s, v)) })
+        dispatch!(isa, |s| unsafe {
+            map1(
+                s,
+                x.as_ptr(),
+                out.as_mut_ptr(),
+                x.len(),
+                #[inline(always)]
+                |v| exp_v(s, v),
+            )
+        })
     }
 
     fn act_kernel(act: Activation) -> impl Fn(Isa, &[f32], &mut [f32]) {
@@ -1342,7 +1660,8 @@ mod tests {
             let (e, at) = sweep(isa, -87.0, 88.0, 331, exp_kernel, f64::exp);
             println!("{isa}: exp max rel err {e:.3e} at {at}");
             assert!(e <= 1.5e-7, "{isa}: exp rel err {e:e} at {at}");
-            let checks: [(Activation, fn(f64) -> f64, f64); 3] = [
+            type Check = (Activation, fn(f64) -> f64, f64);
+            let checks: [Check; 3] = [
                 (Activation::Sigmoid, |x| 1.0 / (1.0 + (-x).exp()), 2.5e-7),
                 (Activation::Silu, |x| x / (1.0 + (-x).exp()), 2.5e-7),
                 (Activation::Tanh, f64::tanh, 2.5e-7),
@@ -1370,8 +1689,19 @@ mod tests {
                         worst = (e, x);
                     }
                 }
-                println!("{isa}: {} max rel err {:.3e} at {}", act.name(), worst.0, worst.1);
-                assert!(worst.0 <= bound, "{isa}: {} rel err {:e} at {}", act.name(), worst.0, worst.1);
+                println!(
+                    "{isa}: {} max rel err {:.3e} at {}",
+                    act.name(),
+                    worst.0,
+                    worst.1
+                );
+                assert!(
+                    worst.0 <= bound,
+                    "{isa}: {} rel err {:e} at {}",
+                    act.name(),
+                    worst.0,
+                    worst.1
+                );
             }
         }
     }
@@ -1379,7 +1709,19 @@ mod tests {
     #[test]
     fn exp_specials() {
         for isa in Isa::supported() {
-            let xs = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0, 88.73, 88.72, -103.0, -104.0, -1e30, 1e30];
+            let xs = [
+                f32::NAN,
+                f32::INFINITY,
+                f32::NEG_INFINITY,
+                0.0,
+                -0.0,
+                88.73,
+                88.72,
+                -103.0,
+                -104.0,
+                -1e30,
+                1e30,
+            ];
             let mut out = [0.0; 11];
             exp_kernel(isa, &xs, &mut out);
             assert!(out[0].is_nan(), "{isa}");

@@ -41,7 +41,7 @@ impl LinearKernel {
     /// Plans `linear` for `isa` (clamped to this CPU) and batches up to `max_batch`.
     pub fn new(isa: Isa, linear: &Linear, max_batch: usize) -> LinearKernel {
         let u = ukr(isa);
-        const _: () = assert!(TILE_COLS % NR_PACK == 0);
+        const _: () = assert!(TILE_COLS.is_multiple_of(NR_PACK));
         LinearKernel {
             isa: u.isa,
             in_features: linear.in_features,
@@ -71,8 +71,18 @@ impl LinearKernel {
 
     /// Packs `[out, in]` row-major weights into the layout in the module doc.
     pub fn pack_weights(&self, plain: &[f32], packed: &mut [f32]) {
-        assert_eq!(plain.len(), self.packed_weight_len(), "linear: weight length");
-        pack_b_transposed(self.out_features, self.in_features, plain, self.in_features, packed);
+        assert_eq!(
+            plain.len(),
+            self.packed_weight_len(),
+            "linear: weight length"
+        );
+        pack_b_transposed(
+            self.out_features,
+            self.in_features,
+            plain,
+            self.in_features,
+            packed,
+        );
     }
 
     /// f32 elements of scratch one `run` (or one concurrent `run_tile`) needs.
@@ -90,9 +100,26 @@ impl LinearKernel {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn check(&self, packed: &[f32], bias: Option<&[f32]>, x: &[f32], n: usize, residual: Option<&[f32]>, out_len: usize, scratch: &[f32]) {
-        assert!(n <= self.max_batch, "linear: batch {n} above the planned {}", self.max_batch);
-        assert_eq!(packed.len(), self.packed_weight_len(), "linear: packed weight length");
+    fn check(
+        &self,
+        packed: &[f32],
+        bias: Option<&[f32]>,
+        x: &[f32],
+        n: usize,
+        residual: Option<&[f32]>,
+        out_len: usize,
+        scratch: &[f32],
+    ) {
+        assert!(
+            n <= self.max_batch,
+            "linear: batch {n} above the planned {}",
+            self.max_batch
+        );
+        assert_eq!(
+            packed.len(),
+            self.packed_weight_len(),
+            "linear: packed weight length"
+        );
         if let Some(b) = bias {
             assert_eq!(b.len(), self.out_features, "linear: bias length");
         }
@@ -101,7 +128,10 @@ impl LinearKernel {
         if let Some(r) = residual {
             assert_eq!(r.len(), n * self.out_features, "linear: residual length");
         }
-        assert!(scratch.len() >= self.scratch_len(), "linear: scratch too short");
+        assert!(
+            scratch.len() >= self.scratch_len(),
+            "linear: scratch too short"
+        );
     }
 
     /// Packs the batch rows as the A side; returns it (x itself at batch 1).
@@ -110,14 +140,29 @@ impl LinearKernel {
             x
         } else {
             let len = n * self.in_features;
-            pack_a(n, self.in_features, x, self.in_features, &mut scratch[..len]);
+            pack_a(
+                n,
+                self.in_features,
+                x,
+                self.in_features,
+                &mut scratch[..len],
+            );
             &scratch[..len]
         }
     }
 
     /// `out[n × out] = act(x[n × in] · Wᵀ + bias + residual)`, all tiles on this thread.
     #[allow(clippy::too_many_arguments)]
-    pub fn run(&self, packed: &[f32], bias: Option<&[f32]>, x: &[f32], n: usize, residual: Option<&[f32]>, out: &mut [f32], scratch: &mut [f32]) {
+    pub fn run(
+        &self,
+        packed: &[f32],
+        bias: Option<&[f32]>,
+        x: &[f32],
+        n: usize,
+        residual: Option<&[f32]>,
+        out: &mut [f32],
+        scratch: &mut [f32],
+    ) {
         self.check(packed, bias, x, n, residual, out.len(), scratch);
         let out = SharedOut::new(out);
         let a = self.pack_x(x, n, scratch);
@@ -141,7 +186,18 @@ impl LinearKernel {
         tile: usize,
     ) {
         // SAFETY: `out` is borrowed mutably, so nothing else writes or reads it.
-        unsafe { self.run_tile_shared(packed, bias, x, n, residual, SharedOut::new(out), scratch, tile) }
+        unsafe {
+            self.run_tile_shared(
+                packed,
+                bias,
+                x,
+                n,
+                residual,
+                SharedOut::new(out),
+                scratch,
+                tile,
+            )
+        }
     }
 
     /// [`LinearKernel::run_tile`] through a [`SharedOut`], for threads running different
@@ -171,7 +227,16 @@ impl LinearKernel {
     /// Safety: arguments checked by `check`, `a` the packed batch; no concurrent writer
     /// of the same tile.
     #[allow(clippy::too_many_arguments)]
-    unsafe fn tile(&self, packed: &[f32], bias: Option<&[f32]>, a: &[f32], n: usize, residual: Option<&[f32]>, out: SharedOut, tile: usize) {
+    unsafe fn tile(
+        &self,
+        packed: &[f32],
+        bias: Option<&[f32]>,
+        a: &[f32],
+        n: usize,
+        residual: Option<&[f32]>,
+        out: SharedOut,
+        tile: usize,
+    ) {
         let (fi, fo) = (self.in_features, self.out_features);
         let o0 = tile * self.tile_cols;
         if n == 0 || o0 >= fo {
@@ -181,7 +246,11 @@ impl LinearKernel {
         let u = ukr(self.isa);
         // One row sliver: stream each weight panel once over the whole K. Several: block
         // K so that the weight sliver stays in L1 while the slivers of x pass over it.
-        let kc = if n <= u.mr { fi.max(1) } else { fi.div_ceil(fi.div_ceil(128).max(1)).max(1) };
+        let kc = if n <= u.mr {
+            fi.max(1)
+        } else {
+            fi.div_ceil(fi.div_ceil(128).max(1)).max(1)
+        };
         let t = Tile {
             m: n,
             n: cols,
@@ -197,7 +266,10 @@ impl LinearKernel {
             act: self.activation,
             accumulate: false,
         };
-        let src = BSrc::Prepacked { ptr: packed.as_ptr().add(o0 * fi), n_rest: fo - o0 };
+        let src = BSrc::Prepacked {
+            ptr: packed.as_ptr().add(o0 * fi),
+            n_rest: fo - o0,
+        };
         // SAFETY: `check` verified the lengths: packed A holds n·in elements; the packed
         // weights from the panel of column o0 (a multiple of NR_PACK) to the end hold
         // (out−o0)·in elements; output and residual rows of stride `out` cover columns

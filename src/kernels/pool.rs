@@ -56,10 +56,28 @@ impl PoolKernel {
             let (input, output) = (in_shape[1 + i], out_shape[1 + i]);
             let (kernel, stride, dilation) = (pool.kernel[i], pool.stride[i], pool.dilation[i]);
             let (pad_begin, pad_end) = (pool.pads[i], pool.pads[i + 2]);
-            if input == 0 || window_output(input, kernel, stride, dilation, pad_begin, pad_end, pool.ceil_mode)? != output {
+            if input == 0
+                || window_output(
+                    input,
+                    kernel,
+                    stride,
+                    dilation,
+                    pad_begin,
+                    pad_end,
+                    pool.ceil_mode,
+                )? != output
+            {
                 return None;
             }
-            Some(Axis { input, output, kernel, stride, dilation, pad_begin, pad_end })
+            Some(Axis {
+                input,
+                output,
+                kernel,
+                stride,
+                dilation,
+                pad_begin,
+                pad_end,
+            })
         };
         let (rows, cols) = (axis(0)?, axis(1)?);
         let algo = match (pool.kernel, pool.dilation, cols.stride) {
@@ -129,7 +147,10 @@ impl Row {
     /// `ky` must lie in `self.ky`, and `self.x` must point at a whole H*W input plane.
     unsafe fn input(&self, rows: &Axis, cols: &Axis, ky: usize) -> *const f32 {
         // SAFETY: ky in self.ky puts the row inside the plane (Axis::taps).
-        unsafe { self.x.add((self.iy0 + (ky * rows.dilation) as isize) as usize * cols.input) }
+        unsafe {
+            self.x
+                .add((self.iy0 + (ky * rows.dilation) as isize) as usize * cols.input)
+        }
     }
 }
 
@@ -155,8 +176,17 @@ unsafe fn plane<S: Simd>(s: S, k: &PoolKernel, x: *const f32, out: *mut f32) {
     let (l, ow) = (S::LANES, cols.output);
     for oy in 0..rows.output {
         let ky = rows.taps(oy);
-        let ry = if k.include_pad { rows.padded_taps(oy) } else { ky.1 - ky.0 };
-        let row = Row { x, iy0: rows.origin(oy), ky, ry };
+        let ry = if k.include_pad {
+            rows.padded_taps(oy)
+        } else {
+            ky.1 - ky.0
+        };
+        let row = Row {
+            x,
+            iy0: rows.origin(oy),
+            ky,
+            ry,
+        };
         // SAFETY (whole loop): pointers derive from the plane bounds and the window
         // geometry, as each helper states.
         let o = unsafe { out.add(oy * ow) };
@@ -220,7 +250,12 @@ unsafe fn point(k: &PoolKernel, row: &Row, xo: usize) -> f32 {
 /// Max (with NaN tracking) or sum of the taps of one vector of outputs, each tap loaded
 /// by `load(src_row, kx, fill)`.
 #[inline(always)]
-fn reduce<S: Simd>(s: S, k: &PoolKernel, row: &Row, load: impl Fn(*const f32, usize, S::V) -> S::V) -> S::V {
+fn reduce<S: Simd>(
+    s: S,
+    k: &PoolKernel,
+    row: &Row,
+    load: impl Fn(*const f32, usize, S::V) -> S::V,
+) -> S::V {
     let max = k.kind == PoolKind::Max;
     let fill = s.splat(if max { f32::NEG_INFINITY } else { 0.0 });
     let mut acc = fill;
@@ -250,14 +285,31 @@ fn reduce<S: Simd>(s: S, k: &PoolKernel, row: &Row, load: impl Fn(*const f32, us
 /// # Safety
 /// `cols.full(xo, LANES)`, `xo >= first_inner`.
 #[inline(always)]
-unsafe fn reduce_full<S: Simd, const SW: usize>(s: S, k: &PoolKernel, row: &Row, xo: usize) -> S::V {
+unsafe fn reduce_full<S: Simd, const SW: usize>(
+    s: S,
+    k: &PoolKernel,
+    row: &Row,
+    xo: usize,
+) -> S::V {
     // SAFETY: as the caller guarantees.
-    reduce(s, k, row, #[inline(always)] |src, kx, _| unsafe { tap::<S, SW>(s, &k.cols, src, xo, kx) })
+    reduce(
+        s,
+        k,
+        row,
+        #[inline(always)]
+        |src, kx, _| unsafe { tap::<S, SW>(s, &k.cols, src, xo, kx) },
+    )
 }
 
 /// Whole vectors from `xo` while they fit; returns where it stopped.
 #[inline(always)]
-unsafe fn body<S: Simd, const SW: usize>(s: S, k: &PoolKernel, row: &Row, o: *mut f32, mut xo: usize) -> usize {
+unsafe fn body<S: Simd, const SW: usize>(
+    s: S,
+    k: &PoolKernel,
+    row: &Row,
+    o: *mut f32,
+    mut xo: usize,
+) -> usize {
     let l = S::LANES;
     // Inner columns have every tap inside the input.
     let inv = s.splat(1.0 / (row.ry * k.cols.kernel).max(1) as f32);
@@ -296,14 +348,27 @@ unsafe fn edge_sw<S: Simd>(s: S, k: &PoolKernel, row: &Row, o: *mut f32, xo: usi
 /// # Safety
 /// `xo + n <= OW`, `n <= LANES`.
 #[inline(always)]
-unsafe fn edge<S: Simd, const SW: usize>(s: S, k: &PoolKernel, row: &Row, o: *mut f32, xo: usize, n: usize) {
+unsafe fn edge<S: Simd, const SW: usize>(
+    s: S,
+    k: &PoolKernel,
+    row: &Row,
+    o: *mut f32,
+    xo: usize,
+    n: usize,
+) {
     let cols = &k.cols;
     let b0 = cols.origin(xo);
     // SAFETY: the masks keep every load inside its row.
-    let mut v = reduce(s, k, row, #[inline(always)] |src, kx, fill| {
-        let b = b0 + (kx * cols.dilation) as isize;
-        unsafe { load_win::<S, SW>(s, src, b, &win::<S, SW>(s, cols.input, b, n), Some(fill)) }
-    });
+    let mut v = reduce(
+        s,
+        k,
+        row,
+        #[inline(always)]
+        |src, kx, fill| {
+            let b = b0 + (kx * cols.dilation) as isize;
+            unsafe { load_win::<S, SW>(s, src, b, &win::<S, SW>(s, cols.input, b, n), Some(fill)) }
+        },
+    );
     if k.kind == PoolKind::Average {
         let mut inv = [1.0f32; 16];
         for (i, d) in inv.iter_mut().enumerate().take(n) {
@@ -339,10 +404,17 @@ unsafe fn raw<S: Simd>(s: S, k: &PoolKernel, row: &Row, ky: usize, xo: usize) ->
     let l = S::LANES;
     // SAFETY: `full(xo)` bounds the last float (2xo - pad + 2 + 2l - 1 for 3×3) by the row.
     unsafe {
-        let p = row.input(&k.rows, &k.cols, ky).add(2 * xo - k.cols.pad_begin);
+        let p = row
+            .input(&k.rows, &k.cols, ky)
+            .add(2 * xo - k.cols.pad_begin);
         let (a, b) = (s.load(p), s.load(p.add(l)));
         if k.algo == Algo::K3S2 {
-            Raw { a, b, c: s.load(p.add(2)), d: s.load(p.add(2 + l)) }
+            Raw {
+                a,
+                b,
+                c: s.load(p.add(2)),
+                d: s.load(p.add(2 + l)),
+            }
         } else {
             Raw { a, b, c: a, d: b }
         }
@@ -351,7 +423,13 @@ unsafe fn raw<S: Simd>(s: S, k: &PoolKernel, row: &Row, ky: usize, xo: usize) ->
 
 /// 2×2 / 3×3 stride-2 max: rows combined on the raw loads, then de-interleaved once.
 #[inline(always)]
-unsafe fn body_s2_max<S: Simd>(s: S, k: &PoolKernel, row: &Row, o: *mut f32, mut xo: usize) -> usize {
+unsafe fn body_s2_max<S: Simd>(
+    s: S,
+    k: &PoolKernel,
+    row: &Row,
+    o: *mut f32,
+    mut xo: usize,
+) -> usize {
     let l = S::LANES;
     let k3 = k.algo == Algo::K3S2;
     while k.cols.full(xo, l) {
@@ -390,7 +468,13 @@ unsafe fn body_s2_max<S: Simd>(s: S, k: &PoolKernel, row: &Row, o: *mut f32, mut
 
 /// 2×2 / 3×3 stride-2 average: rows summed on the raw loads, then de-interleaved once.
 #[inline(always)]
-unsafe fn body_s2_avg<S: Simd>(s: S, k: &PoolKernel, row: &Row, o: *mut f32, mut xo: usize) -> usize {
+unsafe fn body_s2_avg<S: Simd>(
+    s: S,
+    k: &PoolKernel,
+    row: &Row,
+    o: *mut f32,
+    mut xo: usize,
+) -> usize {
     let l = S::LANES;
     let k3 = k.algo == Algo::K3S2;
     let inv = s.splat(1.0 / (row.ry * k.cols.kernel).max(1) as f32);

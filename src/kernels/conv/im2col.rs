@@ -43,22 +43,47 @@ struct Tap {
 
 impl Im2col<'_> {
     fn tap(&self, k: usize) -> Tap {
-        self.tap_at(k / (self.kw * self.kh), (k / self.kw) % self.kh, k % self.kw)
+        self.tap_at(
+            k / (self.kw * self.kh),
+            (k / self.kw) % self.kh,
+            k % self.kw,
+        )
     }
 
     #[inline]
     fn tap_at(&self, ci: usize, ky: usize, kx: usize) -> Tap {
         let (w, sw, ow) = (self.w, self.sw, self.ow);
         let off = (kx * self.dw) as isize - self.pl as isize;
-        let (lo, hi) = (if off >= 0 { 0 } else { (-off) as usize }, if (w as isize) > off { (w as isize - off) as usize } else { 0 });
-        let (ox_lo, ox_hi) = if sw == 1 { (lo, hi) } else { (lo.div_ceil(sw), hi.div_ceil(sw)) };
+        let (lo, hi) = (
+            if off >= 0 { 0 } else { (-off) as usize },
+            if (w as isize) > off {
+                (w as isize - off) as usize
+            } else {
+                0
+            },
+        );
+        let (ox_lo, ox_hi) = if sw == 1 {
+            (lo, hi)
+        } else {
+            (lo.div_ceil(sw), hi.div_ceil(sw))
+        };
         let ox_lo = ox_lo.min(ow);
-        Tap { plane: ci * self.h * w, off, ky_off: (ky * self.dh) as isize - self.pt as isize, ox_lo, ox_hi: ox_hi.clamp(ox_lo, ow) }
+        Tap {
+            plane: ci * self.h * w,
+            off,
+            ky_off: (ky * self.dh) as isize - self.pt as isize,
+            ox_lo,
+            ox_hi: ox_hi.clamp(ox_lo, ow),
+        }
     }
 
     /// The taps of rows k0, k0+1, …, without a division per row.
     fn taps(&self, k0: usize) -> impl Iterator<Item = Tap> + '_ {
-        let (mut ci, mut ky, mut kx) = (k0 / (self.kw * self.kh), (k0 / self.kw) % self.kh, k0 % self.kw);
+        let (mut ci, mut ky, mut kx) = (
+            k0 / (self.kw * self.kh),
+            (k0 / self.kw) % self.kh,
+            k0 % self.kw,
+        );
         std::iter::from_fn(move || {
             let t = self.tap_at(ci, ky, kx);
             kx += 1;
@@ -76,11 +101,27 @@ impl Im2col<'_> {
 }
 
 impl PackB for Im2col<'_> {
-    fn pack_panels(&self, isa: Isa, k0: usize, kc: usize, n0: usize, nc: usize, nr: usize, dst: &mut [f32], tmp: &mut [f32]) -> bool {
+    fn pack_panels(
+        &self,
+        isa: Isa,
+        k0: usize,
+        kc: usize,
+        n0: usize,
+        nc: usize,
+        nr: usize,
+        dst: &mut [f32],
+        tmp: &mut [f32],
+    ) -> bool {
         let plane = self.h * self.w;
-        assert!(dst.len() >= kc * nc.div_ceil(nr) * nr, "im2col: panel buffer");
+        assert!(
+            dst.len() >= kc * nc.div_ceil(nr) * nr,
+            "im2col: panel buffer"
+        );
         assert!(tmp.len() >= nc + ROW_SLACK && nc > 0, "im2col: row buffer");
-        assert!(plane > 0 && (k0 + kc).div_ceil(self.kh * self.kw) * plane <= self.x.len(), "im2col: channels");
+        assert!(
+            plane > 0 && (k0 + kc).div_ceil(self.kh * self.kw) * plane <= self.x.len(),
+            "im2col: channels"
+        );
         match (isa, nr) {
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx2, 16) => {
@@ -119,7 +160,12 @@ impl Im2col<'_> {
     /// columns `ox0 .. ox0+len` of one output row, reading input row `iy` (maybe outside
     /// `0..h`), written at `row[pos..]`.
     #[inline]
-    fn pieces(&self, t: &Tap, n0: usize, nc: usize) -> impl Iterator<Item = (isize, usize, usize, usize)> {
+    fn pieces(
+        &self,
+        t: &Tap,
+        n0: usize,
+        nc: usize,
+    ) -> impl Iterator<Item = (isize, usize, usize, usize)> {
         let (ow, sh) = (self.ow, self.sh);
         let (mut oy, mut ox0, mut pos) = (n0 / ow, n0 % ow, 0usize);
         let ky_off = t.ky_off;
@@ -255,7 +301,15 @@ mod simd_x86 {
     /// Safety: AVX2+FMA present; `dst` holds `kc · ceil(nc/16) · 16`, `tmp` `nc + 16`
     /// elements; the channels of rows `k0 .. k0+kc` inside `p.x`.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn pack_avx2(p: &Im2col, k0: usize, kc: usize, n0: usize, nc: usize, dst: &mut [f32], tmp: &mut [f32]) {
+    pub(super) unsafe fn pack_avx2(
+        p: &Im2col,
+        k0: usize,
+        kc: usize,
+        n0: usize,
+        nc: usize,
+        dst: &mut [f32],
+        tmp: &mut [f32],
+    ) {
         for (kk, t) in (0..kc).zip(p.taps(k0)) {
             row_avx2(p, &t, n0, nc, tmp);
             scatter_row::<16>(&tmp[..nc], dst, kk, kc);
@@ -267,7 +321,15 @@ mod simd_x86 {
     /// Safety: AVX-512 F/VL/BW with AVX2+FMA present; `dst` holds `kc · ceil(nc/32) · 32`,
     /// `tmp` `nc + 16` elements; the channels of rows `k0 .. k0+kc` inside `p.x`.
     #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx2,fma")]
-    pub(super) unsafe fn pack_avx512(p: &Im2col, k0: usize, kc: usize, n0: usize, nc: usize, dst: &mut [f32], tmp: &mut [f32]) {
+    pub(super) unsafe fn pack_avx512(
+        p: &Im2col,
+        k0: usize,
+        kc: usize,
+        n0: usize,
+        nc: usize,
+        dst: &mut [f32],
+        tmp: &mut [f32],
+    ) {
         for (kk, t) in (0..kc).zip(p.taps(k0)) {
             row_avx2(p, &t, n0, nc, tmp);
             scatter_row::<32>(&tmp[..nc], dst, kk, kc);

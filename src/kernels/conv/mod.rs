@@ -34,7 +34,10 @@
 mod im2col;
 
 use crate::graph::Conv;
-use crate::kernels::gemm::{self, choose_kc, choose_nc, drive, pack_a, pack_scratch_len, ukr, BSrc, SharedOut, Tile, MR_PACK};
+use crate::kernels::gemm::{
+    self, choose_kc, choose_nc, drive, pack_a, pack_scratch_len, ukr, BSrc, SharedOut, Tile,
+    MR_PACK,
+};
 use crate::simd::Isa;
 use im2col::Im2col;
 
@@ -85,10 +88,15 @@ impl ConvKernel {
     /// Plans `conv` for `isa` (clamped to what this CPU supports) on a `[c, h, w]` input
     /// producing `out_shape`.
     pub fn new(isa: Isa, conv: &Conv, in_shape: [usize; 3], out_shape: [usize; 3]) -> ConvKernel {
-        let one_by_one = conv.kernel == [1, 1] && conv.stride == [1, 1] && conv.pads == [0, 0, 0, 0];
+        let one_by_one =
+            conv.kernel == [1, 1] && conv.stride == [1, 1] && conv.pads == [0, 0, 0, 0];
         let algo = if !one_by_one {
             Algo::Im2col
-        } else if gemm::prefer_direct_b(conv.out_channels / conv.groups.max(1), conv.in_channels / conv.groups.max(1), in_shape[1] * in_shape[2]) {
+        } else if gemm::prefer_direct_b(
+            conv.out_channels / conv.groups.max(1),
+            conv.in_channels / conv.groups.max(1),
+            in_shape[1] * in_shape[2],
+        ) {
             Algo::Gemm1x1
         } else {
             Algo::Gemm1x1Packed
@@ -99,7 +107,13 @@ impl ConvKernel {
     /// Like [`ConvKernel::new`] with the algorithm forced (`"gemm1x1"`,
     /// `"gemm1x1_packed"`, `"im2col_gemm"`); the 1×1 ones need a 1×1 stride-1 unpadded
     /// convolution. For tests and benchmarks.
-    pub fn with_algorithm(isa: Isa, conv: &Conv, in_shape: [usize; 3], out_shape: [usize; 3], algorithm: &str) -> ConvKernel {
+    pub fn with_algorithm(
+        isa: Isa,
+        conv: &Conv,
+        in_shape: [usize; 3],
+        out_shape: [usize; 3],
+        algorithm: &str,
+    ) -> ConvKernel {
         let algo = match algorithm {
             "gemm1x1" => Algo::Gemm1x1,
             "gemm1x1_packed" => Algo::Gemm1x1Packed,
@@ -115,22 +129,49 @@ impl ConvKernel {
         Self::build(isa, conv, in_shape, out_shape, algo)
     }
 
-    fn build(isa: Isa, conv: &Conv, in_shape: [usize; 3], out_shape: [usize; 3], algo: Algo) -> ConvKernel {
+    fn build(
+        isa: Isa,
+        conv: &Conv,
+        in_shape: [usize; 3],
+        out_shape: [usize; 3],
+        algo: Algo,
+    ) -> ConvKernel {
         let [cin, h, w] = in_shape;
         let [cout, oh, ow] = out_shape;
         let [kh, kw] = conv.kernel;
         let g = conv.groups;
-        assert!(g >= 1 && cin % g == 0 && cout % g == 0, "conv: groups must divide the channels");
+        assert!(
+            g >= 1 && cin % g == 0 && cout % g == 0,
+            "conv: groups must divide the channels"
+        );
         assert_eq!(cin, conv.in_channels, "conv: input channels");
         assert_eq!(cout, conv.out_channels, "conv: output channels");
-        assert!(kh >= 1 && kw >= 1 && conv.stride[0] >= 1 && conv.stride[1] >= 1 && conv.dilation[0] >= 1 && conv.dilation[1] >= 1);
+        assert!(
+            kh >= 1
+                && kw >= 1
+                && conv.stride[0] >= 1
+                && conv.stride[1] >= 1
+                && conv.dilation[0] >= 1
+                && conv.dilation[1] >= 1
+        );
         let span_h = h + conv.pads[0] + conv.pads[2];
         let span_w = w + conv.pads[1] + conv.pads[3];
         let eff_h = conv.dilation[0] * (kh - 1) + 1;
         let eff_w = conv.dilation[1] * (kw - 1) + 1;
-        assert!(span_h >= eff_h && span_w >= eff_w, "conv: kernel larger than the padded input");
-        assert_eq!(oh, (span_h - eff_h) / conv.stride[0] + 1, "conv: output height");
-        assert_eq!(ow, (span_w - eff_w) / conv.stride[1] + 1, "conv: output width");
+        assert!(
+            span_h >= eff_h && span_w >= eff_w,
+            "conv: kernel larger than the padded input"
+        );
+        assert_eq!(
+            oh,
+            (span_h - eff_h) / conv.stride[0] + 1,
+            "conv: output height"
+        );
+        assert_eq!(
+            ow,
+            (span_w - eff_w) / conv.stride[1] + 1,
+            "conv: output width"
+        );
         let u = ukr(isa);
         let (cig, cog) = (cin / g, cout / g);
         let k = cig * kh * kw;
@@ -202,10 +243,20 @@ impl ConvKernel {
     /// doc. Deterministic and ISA independent.
     pub fn pack_weights(&self, plain_oihw: &[f32], packed: &mut [f32]) {
         assert_eq!(plain_oihw.len(), self.cout * self.k, "conv: weight length");
-        assert_eq!(packed.len(), self.packed_weight_len(), "conv: packed weight length");
+        assert_eq!(
+            packed.len(),
+            self.packed_weight_len(),
+            "conv: packed weight length"
+        );
         let gl = self.cog * self.k;
         for g in 0..self.groups {
-            pack_a(self.cog, self.k, &plain_oihw[g * gl..(g + 1) * gl], self.k, &mut packed[g * gl..(g + 1) * gl]);
+            pack_a(
+                self.cog,
+                self.k,
+                &plain_oihw[g * gl..(g + 1) * gl],
+                self.k,
+                &mut packed[g * gl..(g + 1) * gl],
+            );
         }
     }
 
@@ -231,7 +282,11 @@ impl ConvKernel {
         out_len: usize,
         scratch: &[f32],
     ) {
-        assert_eq!(packed_weights.len(), self.packed_weight_len(), "conv: packed weight length");
+        assert_eq!(
+            packed_weights.len(),
+            self.packed_weight_len(),
+            "conv: packed weight length"
+        );
         if let Some(b) = bias {
             assert_eq!(b.len(), self.cout, "conv: bias length");
         }
@@ -241,7 +296,10 @@ impl ConvKernel {
         if let Some(r) = residual {
             assert_eq!(r.len(), out_elems, "conv: residual length");
         }
-        assert!(scratch.len() >= self.scratch_len(), "conv: scratch too short");
+        assert!(
+            scratch.len() >= self.scratch_len(),
+            "conv: scratch too short"
+        );
     }
 
     /// `out = act(conv(x) + bias + residual)` for one sample (`x`: `cin × h × w`,
@@ -262,7 +320,20 @@ impl ConvKernel {
         for g in 0..self.groups {
             for nt in 0..self.n_tiles {
                 // SAFETY: checked above; one thread, disjoint blocks.
-                unsafe { self.block(packed_weights, bias, x, residual, out, scratch, g, 0, self.cog, nt) };
+                unsafe {
+                    self.block(
+                        packed_weights,
+                        bias,
+                        x,
+                        residual,
+                        out,
+                        scratch,
+                        g,
+                        0,
+                        self.cog,
+                        nt,
+                    )
+                };
             }
         }
     }
@@ -280,7 +351,17 @@ impl ConvKernel {
         tile: usize,
     ) {
         // SAFETY: `out` is borrowed mutably, so nothing else writes or reads it.
-        unsafe { self.run_tile_shared(packed_weights, bias, x, residual, SharedOut::new(out), scratch, tile) }
+        unsafe {
+            self.run_tile_shared(
+                packed_weights,
+                bias,
+                x,
+                residual,
+                SharedOut::new(out),
+                scratch,
+                tile,
+            )
+        }
     }
 
     /// [`ConvKernel::run_tile`] writing through a [`SharedOut`], so that threads can run
@@ -308,7 +389,18 @@ impl ConvKernel {
         let nt = tile % self.n_tiles;
         let m0 = mt * self.mc;
         let m1 = self.cog.min(m0 + self.mc);
-        self.block(packed_weights, bias, x, residual, out, scratch, g, m0, m1, nt);
+        self.block(
+            packed_weights,
+            bias,
+            x,
+            residual,
+            out,
+            scratch,
+            g,
+            m0,
+            m1,
+            nt,
+        );
     }
 
     /// Packs every B block of group 0 without multiplying (benchmarks the im2col alone).
@@ -360,7 +452,7 @@ impl ConvKernel {
         m1: usize,
         nt: usize,
     ) {
-        debug_assert!(m0 % MR_PACK == 0 && m1 <= self.cog);
+        debug_assert!(m0.is_multiple_of(MR_PACK) && m1 <= self.cog);
         let n0 = nt * self.nc;
         if n0 >= self.n || m0 >= m1 {
             return;
@@ -386,9 +478,15 @@ impl ConvKernel {
         };
         let plain = gemm::PlainB { b: xg, ldb: plane };
         let src = match self.algo {
-            Algo::Gemm1x1 => BSrc::Direct { ptr: xg.as_ptr().add(n0), ldb: plane },
+            Algo::Gemm1x1 => BSrc::Direct {
+                ptr: xg.as_ptr().add(n0),
+                ldb: plane,
+            },
             Algo::Gemm1x1Packed => BSrc::Pack { packer: &plain, n0 },
-            Algo::Im2col => BSrc::Pack { packer: &im2col, n0 },
+            Algo::Im2col => BSrc::Pack {
+                packer: &im2col,
+                n0,
+            },
         };
         let t = Tile {
             m: m1 - m0,
@@ -396,7 +494,9 @@ impl ConvKernel {
             k: self.k,
             kc: self.kc,
             nc: self.nc,
-            a: packed_weights.as_ptr().add(g * self.cog * self.k + m0 * self.k),
+            a: packed_weights
+                .as_ptr()
+                .add(g * self.cog * self.k + m0 * self.k),
             c: out.ptr().add(row0 * self.n + n0),
             ldc: self.n,
             bias_row: bias.map_or(std::ptr::null(), |b| b.as_ptr().add(row0)),
@@ -413,4 +513,3 @@ impl ConvKernel {
         drive(ukr(self.isa), &t, &src, scratch);
     }
 }
-

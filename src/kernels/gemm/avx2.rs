@@ -15,7 +15,9 @@ fn act_ymm(x: __m256, act: Activation) -> __m256 {
     match act {
         // max/min return their second operand when either is NaN, so NaN propagates.
         Activation::Relu => _mm256_max_ps(zero, x),
-        Activation::Clip { min, max } => _mm256_min_ps(_mm256_set1_ps(max), _mm256_max_ps(_mm256_set1_ps(min), x)),
+        Activation::Clip { min, max } => {
+            _mm256_min_ps(_mm256_set1_ps(max), _mm256_max_ps(_mm256_set1_ps(min), x))
+        }
         Activation::LeakyRelu { alpha } => {
             let neg = _mm256_cmp_ps::<_CMP_LT_OQ>(x, zero);
             _mm256_blendv_ps(x, _mm256_mul_ps(x, _mm256_set1_ps(alpha)), neg)
@@ -37,7 +39,10 @@ fn act_ymm(x: __m256, act: Activation) -> __m256 {
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 fn lane_mask(r: usize) -> __m256i {
-    _mm256_cmpgt_epi32(_mm256_set1_epi32(r as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))
+    _mm256_cmpgt_epi32(
+        _mm256_set1_epi32(r as i32),
+        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+    )
 }
 
 #[target_feature(enable = "avx2,fma")]
@@ -203,7 +208,12 @@ unsafe fn tcol<const NV: usize>(
             pf = pf.wrapping_add(st.pf_stride);
         }
         // SAFETY: masks cover exactly the h rows of this k's A column.
-        let av = unsafe { [_mm256_maskload_ps(ap, m[0]), _mm256_maskload_ps(ap.add(8), m[1])] };
+        let av = unsafe {
+            [
+                _mm256_maskload_ps(ap, m[0]),
+                _mm256_maskload_ps(ap.add(8), m[1]),
+            ]
+        };
         for (j, col) in acc.iter_mut().enumerate() {
             // SAFETY: j < NV, inside this k's B row.
             let bj = _mm256_set1_ps(unsafe { *bp.add(j) });
@@ -217,7 +227,12 @@ unsafe fn tcol<const NV: usize>(
     if st.finish {
         if !st.bias_row.is_null() {
             // SAFETY: non-null bias_row holds h floats; masks cover exactly h lanes.
-            let bb = unsafe { [_mm256_maskload_ps(st.bias_row, m[0]), _mm256_maskload_ps(st.bias_row.add(8), m[1])] };
+            let bb = unsafe {
+                [
+                    _mm256_maskload_ps(st.bias_row, m[0]),
+                    _mm256_maskload_ps(st.bias_row.add(8), m[1]),
+                ]
+            };
             for col in acc.iter_mut() {
                 col[0] = _mm256_add_ps(col[0], bb[0]);
                 col[1] = _mm256_add_ps(col[1], bb[1]);
@@ -315,6 +330,9 @@ pub(crate) static UKR: Ukr = Ukr {
     narrow: table12!(1, true),
     narrow_max: 8,
     narrow_mr: 12,
-    tcol: [tcol::<1>, tcol::<1>, tcol::<2>, tcol::<3>, tcol::<4>, tcol::<4>, tcol::<4>, tcol::<4>, tcol::<4>],
+    tcol: [
+        tcol::<1>, tcol::<1>, tcol::<2>, tcol::<3>, tcol::<4>, tcol::<4>, tcol::<4>, tcol::<4>,
+        tcol::<4>,
+    ],
     tcol_max: 4,
 };

@@ -16,7 +16,9 @@ fn act_zmm(x: __m512, act: Activation) -> __m512 {
     match act {
         Activation::Relu => _mm512_max_ps(zero, x),
         // max/min return their second operand when either is NaN, so NaN propagates.
-        Activation::Clip { min, max } => _mm512_min_ps(_mm512_set1_ps(max), _mm512_max_ps(_mm512_set1_ps(min), x)),
+        Activation::Clip { min, max } => {
+            _mm512_min_ps(_mm512_set1_ps(max), _mm512_max_ps(_mm512_set1_ps(min), x))
+        }
         Activation::LeakyRelu { alpha } => {
             let neg = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, zero);
             _mm512_mask_mul_ps(x, neg, x, _mm512_set1_ps(alpha))
@@ -122,7 +124,9 @@ unsafe fn ukr<const R: usize, const NV: usize, const MASKED: bool>(
             for (i, row) in acc.iter_mut().enumerate() {
                 for (v, x) in row.iter_mut().enumerate() {
                     // SAFETY: the residual has C's shape and stride.
-                    let r = unsafe { _mm512_maskz_loadu_ps(mask[v], st.residual.add(i * ldc + 16 * v)) };
+                    let r = unsafe {
+                        _mm512_maskz_loadu_ps(mask[v], st.residual.add(i * ldc + 16 * v))
+                    };
                     *x = _mm512_add_ps(*x, r);
                 }
             }
@@ -276,6 +280,9 @@ pub(crate) static UKR: Ukr = Ukr {
     narrow: table!(1, true),
     narrow_max: 16,
     narrow_mr: MR,
-    tcol: [tcol::<1>, tcol::<1>, tcol::<2>, tcol::<3>, tcol::<4>, tcol::<5>, tcol::<6>, tcol::<7>, tcol::<8>],
+    tcol: [
+        tcol::<1>, tcol::<1>, tcol::<2>, tcol::<3>, tcol::<4>, tcol::<5>, tcol::<6>, tcol::<7>,
+        tcol::<8>,
+    ],
     tcol_max: 8,
 };

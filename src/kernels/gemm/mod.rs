@@ -85,8 +85,17 @@ pub(crate) struct Store {
 ///
 /// Safety: every address above must be valid for its access for `i < mr`, `j < nv`,
 /// `k < kc`, and the tier's CPU features must be present.
-pub(crate) type UKernel =
-    unsafe fn(kc: usize, a: *const f32, lda: usize, b: *const f32, ldb: usize, c: *mut f32, ldc: usize, nv: usize, st: &Store);
+pub(crate) type UKernel = unsafe fn(
+    kc: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    nv: usize,
+    st: &Store,
+);
 
 /// One tier's micro-kernels, indexed by the number of rows (index 0 unused).
 pub(crate) struct Ukr {
@@ -176,7 +185,10 @@ pub fn packed_a_len(m: usize, k: usize) -> usize {
 /// Packs row-major `a` (`m × k`, row stride `lda`) into the [`MR_PACK`] panel layout.
 pub fn pack_a(m: usize, k: usize, a: &[f32], lda: usize, packed: &mut [f32]) {
     assert!(lda >= k);
-    assert!(m == 0 || a.len() >= (m - 1) * lda + k, "pack_a: source too short");
+    assert!(
+        m == 0 || a.len() >= (m - 1) * lda + k,
+        "pack_a: source too short"
+    );
     assert_eq!(packed.len(), m * k, "pack_a: destination length");
     for p0 in (0..m).step_by(MR_PACK) {
         let h = MR_PACK.min(m - p0);
@@ -199,7 +211,10 @@ pub fn packed_b_len(k: usize, n: usize) -> usize {
 /// `[out, in]`) into the [`NR_PACK`] column-panel layout of `B = btᵀ` (`k × n`).
 pub fn pack_b_transposed(n: usize, k: usize, bt: &[f32], ldbt: usize, packed: &mut [f32]) {
     assert!(ldbt >= k);
-    assert!(n == 0 || bt.len() >= (n - 1) * ldbt + k, "pack_b_transposed: source too short");
+    assert!(
+        n == 0 || bt.len() >= (n - 1) * ldbt + k,
+        "pack_b_transposed: source too short"
+    );
     assert_eq!(packed.len(), n * k, "pack_b_transposed: destination length");
     for q0 in (0..n).step_by(NR_PACK) {
         let w = NR_PACK.min(n - q0);
@@ -233,7 +248,17 @@ pub trait PackB: Sync {
     /// `dst` holds `kc · ceil(nc/nr) · nr` elements (columns past `nc` may be written
     /// with anything); `tmp` holds `nc + ROW_SLACK`.
     #[allow(clippy::too_many_arguments)]
-    fn pack_panels(&self, isa: Isa, k0: usize, kc: usize, n0: usize, nc: usize, nr: usize, dst: &mut [f32], tmp: &mut [f32]) -> bool {
+    fn pack_panels(
+        &self,
+        isa: Isa,
+        k0: usize,
+        kc: usize,
+        n0: usize,
+        nc: usize,
+        nr: usize,
+        dst: &mut [f32],
+        tmp: &mut [f32],
+    ) -> bool {
         let _ = (isa, k0, kc, n0, nc, nr, dst, tmp);
         false
     }
@@ -259,7 +284,16 @@ impl PackB for PlainB<'_> {
 /// last panel past `nc` are left as they are (the kernels mask them). `tmp` holds
 /// `nc + ROW_SLACK`.
 #[doc(hidden)]
-pub(crate) fn pack_block(u: &Ukr, src: &dyn PackB, k0: usize, kc: usize, n0: usize, nc: usize, dst: &mut [f32], tmp: &mut [f32]) {
+pub(crate) fn pack_block(
+    u: &Ukr,
+    src: &dyn PackB,
+    k0: usize,
+    kc: usize,
+    n0: usize,
+    nc: usize,
+    dst: &mut [f32],
+    tmp: &mut [f32],
+) {
     if src.pack_panels(u.isa, k0, kc, n0, nc, u.nr, dst, tmp) {
         return;
     }
@@ -280,7 +314,15 @@ pub(crate) fn pack_block(u: &Ukr, src: &dyn PackB, k0: usize, kc: usize, n0: usi
 /// [`pack_block_nr`] compiled with AVX2, so its fixed-size copies are ymm moves.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn pack_block_avx2(src: &dyn PackB, k0: usize, kc: usize, n0: usize, nc: usize, dst: &mut [f32], tmp: &mut [f32]) {
+unsafe fn pack_block_avx2(
+    src: &dyn PackB,
+    k0: usize,
+    kc: usize,
+    n0: usize,
+    nc: usize,
+    dst: &mut [f32],
+    tmp: &mut [f32],
+) {
     pack_block_nr::<16>(src, k0, kc, n0, nc, dst, tmp)
 }
 
@@ -289,7 +331,15 @@ unsafe fn pack_block_avx2(src: &dyn PackB, k0: usize, kc: usize, n0: usize, nc: 
 #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx2,fma")]
 /// # Safety
 /// The CPU must support AVX-512F/VL/BW, AVX2 and FMA (checked by the Isa dispatch).
-unsafe fn pack_block_avx512(src: &dyn PackB, k0: usize, kc: usize, n0: usize, nc: usize, dst: &mut [f32], tmp: &mut [f32]) {
+unsafe fn pack_block_avx512(
+    src: &dyn PackB,
+    k0: usize,
+    kc: usize,
+    n0: usize,
+    nc: usize,
+    dst: &mut [f32],
+    tmp: &mut [f32],
+) {
     pack_block_nr::<32>(src, k0, kc, n0, nc, dst, tmp)
 }
 
@@ -302,7 +352,9 @@ pub(crate) fn scatter_row<const NR: usize>(row: &[f32], dst: &mut [f32], kk: usi
     let rem = nc % NR;
     for p in 0..full {
         // Constant-size copies: inlined vector moves, no memcpy call.
-        let d: &mut [f32; NR] = (&mut dst[p * kc * NR + kk * NR..][..NR]).try_into().unwrap();
+        let d: &mut [f32; NR] = (&mut dst[p * kc * NR + kk * NR..][..NR])
+            .try_into()
+            .unwrap();
         let s: &[f32; NR] = row[p * NR..][..NR].try_into().unwrap();
         *d = *s;
     }
@@ -312,7 +364,15 @@ pub(crate) fn scatter_row<const NR: usize>(row: &[f32], dst: &mut [f32], kk: usi
 }
 
 #[inline(always)]
-fn pack_block_nr<const NR: usize>(src: &dyn PackB, k0: usize, kc: usize, n0: usize, nc: usize, dst: &mut [f32], tmp: &mut [f32]) {
+fn pack_block_nr<const NR: usize>(
+    src: &dyn PackB,
+    k0: usize,
+    kc: usize,
+    n0: usize,
+    nc: usize,
+    dst: &mut [f32],
+    tmp: &mut [f32],
+) {
     assert!(dst.len() >= kc * nc.div_ceil(NR) * NR && tmp.len() >= nc + ROW_SLACK);
     for kk in 0..kc {
         let row: &[f32] = match src.row_slice(k0 + kk, n0, nc) {
@@ -370,7 +430,11 @@ unsafe impl Sync for SharedOut<'_> {}
 
 impl<'a> SharedOut<'a> {
     pub fn new(out: &'a mut [f32]) -> Self {
-        SharedOut { ptr: out.as_mut_ptr(), len: out.len(), _borrow: PhantomData }
+        SharedOut {
+            ptr: out.as_mut_ptr(),
+            len: out.len(),
+            _borrow: PhantomData,
+        }
     }
     pub fn len(&self) -> usize {
         self.len
@@ -385,7 +449,10 @@ impl<'a> SharedOut<'a> {
 
 /// The K block: the whole K up to 384, else K split evenly into blocks of at most 256.
 pub(crate) fn choose_kc(k: usize) -> usize {
-    if let Some(v) = std::env::var("CNNRT_KC").ok().and_then(|v| v.parse::<usize>().ok()) {
+    if let Some(v) = std::env::var("CNNRT_KC")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
         let nb = k.div_ceil(v).max(1);
         return k.div_ceil(nb).max(1);
     }
@@ -400,7 +467,10 @@ pub(crate) fn choose_kc(k: usize) -> usize {
 /// The N block for a packed `kc × nc` B block of about `bytes` bytes, a multiple of `nr`,
 /// balanced over N.
 pub(crate) fn choose_nc(n: usize, kc: usize, nr: usize, bytes: usize) -> usize {
-    let bytes = std::env::var("CNNRT_NCB").ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(bytes);
+    let bytes = std::env::var("CNNRT_NCB")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(bytes);
     let target = (bytes / (4 * kc.max(1))).max(nr) / nr * nr;
     let nb = n.div_ceil(target).max(1);
     n.div_ceil(nb).div_ceil(nr).max(1) * nr
@@ -494,7 +564,9 @@ pub(crate) unsafe fn drive(u: &Ukr, t: &Tile, b: &BSrc, scratch: &mut [f32]) {
             let bcol = |j: usize| -> (*const f32, usize) {
                 match *b {
                     BSrc::Direct { ptr, ldb } => (ptr.add(k0 * ldb + j), ldb),
-                    BSrc::Pack { .. } => (packed.add(((j - jb) / nr) * kcur * nr + (j - jb) % nr), nr),
+                    BSrc::Pack { .. } => {
+                        (packed.add(((j - jb) / nr) * kcur * nr + (j - jb) % nr), nr)
+                    }
                     BSrc::Prepacked { ptr, n_rest } => {
                         let q = j / NR_PACK;
                         let w = NR_PACK.min(n_rest - q * NR_PACK);
@@ -504,29 +576,70 @@ pub(crate) unsafe fn drive(u: &Ukr, t: &Tile, b: &BSrc, scratch: &mut [f32]) {
             };
             // One kernel call: rows r0 .. r0+mr (A at `a`, K stride `lda`), columns
             // j .. j+nv, with `kern` of the right kind.
-            let call = |kern: UKernel, r0: usize, mr: usize, a: *const f32, lda: usize, j: usize, nv: usize, pf: (*const f32, usize)| {
+            let call = |kern: UKernel,
+                        r0: usize,
+                        mr: usize,
+                        a: *const f32,
+                        lda: usize,
+                        j: usize,
+                        nv: usize,
+                        pf: (*const f32, usize)| {
                 let _ = mr;
                 let (bp, ldb) = bcol(j);
                 let st = Store {
                     load_c: !first || t.accumulate,
                     finish: last,
-                    bias_row: if t.bias_row.is_null() { t.bias_row } else { t.bias_row.add(r0) },
-                    bias_col: if t.bias_col.is_null() { t.bias_col } else { t.bias_col.add(j) },
-                    residual: if t.residual.is_null() { t.residual } else { t.residual.add(r0 * t.ldc + j) },
+                    bias_row: if t.bias_row.is_null() {
+                        t.bias_row
+                    } else {
+                        t.bias_row.add(r0)
+                    },
+                    bias_col: if t.bias_col.is_null() {
+                        t.bias_col
+                    } else {
+                        t.bias_col.add(j)
+                    },
+                    residual: if t.residual.is_null() {
+                        t.residual
+                    } else {
+                        t.residual.add(r0 * t.ldc + j)
+                    },
                     act: t.act,
                     pf: pf.0,
                     pf_stride: pf.1,
                 };
-                kern(kcur, a, lda, bp, ldb, t.c.add(r0 * t.ldc + j), t.ldc, nv, &st);
+                kern(
+                    kcur,
+                    a,
+                    lda,
+                    bp,
+                    ldb,
+                    t.c.add(r0 * t.ldc + j),
+                    t.ldc,
+                    nv,
+                    &st,
+                );
             };
             // Every sliver of one panel (rows p0 .. p0+h) against one column chunk.
-            let panel_chunk = |p0: usize, h: usize, (j, nv, kind): (usize, usize, Chunk), pf: (*const f32, usize)| {
+            let panel_chunk = |p0: usize,
+                               h: usize,
+                               (j, nv, kind): (usize, usize, Chunk),
+                               pf: (*const f32, usize)| {
                 let ap = t.a.add(p0 * k + k0 * h);
                 match kind {
                     Chunk::TCol => call(u.tcol[nv], p0, h, ap, h, j, nv, pf),
                     Chunk::Narrow => {
                         for (si, (s0, mr)) in slivers(h, u.narrow_mr).enumerate() {
-                            call(u.narrow[mr], p0 + s0, mr, ap.add(s0), h, j, nv, if si == 0 { pf } else { NO_PF });
+                            call(
+                                u.narrow[mr],
+                                p0 + s0,
+                                mr,
+                                ap.add(s0),
+                                h,
+                                j,
+                                nv,
+                                if si == 0 { pf } else { NO_PF },
+                            );
                         }
                     }
                     Chunk::Wide => {
@@ -538,7 +651,16 @@ pub(crate) unsafe fn drive(u: &Ukr, t: &Tile, b: &BSrc, scratch: &mut [f32]) {
                             } else {
                                 u.tail[mr]
                             };
-                            call(kern, p0 + s0, mr, ap.add(s0), h, j, nv, if si == 0 { pf } else { NO_PF });
+                            call(
+                                kern,
+                                p0 + s0,
+                                mr,
+                                ap.add(s0),
+                                h,
+                                j,
+                                nv,
+                                if si == 0 { pf } else { NO_PF },
+                            );
                         }
                     }
                 }
@@ -595,7 +717,13 @@ const NO_PF: (*const f32, usize) = (std::ptr::null(), 0);
 /// activations the vector epilogues do not cover: sigmoid, SiLU, tanh).
 ///
 /// Safety: `c + i·ldc + j` valid for `i < mr`, `j < nv`.
-pub(crate) unsafe fn act_tile_scalar(c: *mut f32, ldc: usize, mr: usize, nv: usize, act: Activation) {
+pub(crate) unsafe fn act_tile_scalar(
+    c: *mut f32,
+    ldc: usize,
+    mr: usize,
+    nv: usize,
+    act: Activation,
+) {
     for i in 0..mr {
         for j in 0..nv {
             let p = c.add(i * ldc + j);
@@ -657,7 +785,11 @@ pub fn prefer_direct_b(m: usize, k: usize, n: usize) -> bool {
 impl Gemm {
     /// Plans for `isa` (clamped to what this CPU supports).
     pub fn new(isa: Isa, m: usize, n: usize, k: usize) -> Gemm {
-        let mode = if prefer_direct_b(m, k, n) { BMode::Direct } else { BMode::Packed };
+        let mode = if prefer_direct_b(m, k, n) {
+            BMode::Direct
+        } else {
+            BMode::Packed
+        };
         Gemm::with_mode(isa, m, n, k, mode)
     }
 
@@ -666,7 +798,15 @@ impl Gemm {
         let u = ukr(isa);
         let kc = choose_kc(k);
         let nc = choose_nc(n, kc, u.nr, 256 << 10);
-        Gemm { isa: u.isa, m, n, k, kc, nc, mode }
+        Gemm {
+            isa: u.isa,
+            m,
+            n,
+            k,
+            kc,
+            nc,
+            mode,
+        }
     }
 
     pub fn isa(&self) -> Isa {
@@ -691,7 +831,16 @@ impl Gemm {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn check(&self, a_packed: &[f32], b: &[f32], ldb: usize, c_len: usize, ldc: usize, epi: &Epilogue, scratch: &[f32]) {
+    fn check(
+        &self,
+        a_packed: &[f32],
+        b: &[f32],
+        ldb: usize,
+        c_len: usize,
+        ldc: usize,
+        epi: &Epilogue,
+        scratch: &[f32],
+    ) {
         let (m, n, k) = (self.m, self.n, self.k);
         assert_eq!(a_packed.len(), m * k, "gemm: packed A length");
         assert!(ldb >= n && ldc >= n, "gemm: leading dimensions");
@@ -709,12 +858,24 @@ impl Gemm {
             Bias::Row(bv) => assert_eq!(bv.len(), m, "gemm: row bias length"),
             Bias::Col(bv) => assert_eq!(bv.len(), n, "gemm: column bias length"),
         }
-        assert!(scratch.len() >= self.scratch_len(), "gemm: scratch too short");
+        assert!(
+            scratch.len() >= self.scratch_len(),
+            "gemm: scratch too short"
+        );
     }
 
     /// Runs every tile in order on the calling thread.
     #[allow(clippy::too_many_arguments)]
-    pub fn run(&self, a_packed: &[f32], b: &[f32], ldb: usize, c: &mut [f32], ldc: usize, epi: &Epilogue, scratch: &mut [f32]) {
+    pub fn run(
+        &self,
+        a_packed: &[f32],
+        b: &[f32],
+        ldb: usize,
+        c: &mut [f32],
+        ldc: usize,
+        epi: &Epilogue,
+        scratch: &mut [f32],
+    ) {
         let out = SharedOut::new(c);
         for t in 0..self.tiles() {
             // SAFETY: one thread, each tile once.
@@ -724,9 +885,21 @@ impl Gemm {
 
     /// Runs tile `tile` (`< tiles()`): columns `tile·nc ..` of C, all rows.
     #[allow(clippy::too_many_arguments)]
-    pub fn run_tile(&self, a_packed: &[f32], b: &[f32], ldb: usize, c: &mut [f32], ldc: usize, epi: &Epilogue, scratch: &mut [f32], tile: usize) {
+    pub fn run_tile(
+        &self,
+        a_packed: &[f32],
+        b: &[f32],
+        ldb: usize,
+        c: &mut [f32],
+        ldc: usize,
+        epi: &Epilogue,
+        scratch: &mut [f32],
+        tile: usize,
+    ) {
         // SAFETY: `c` is borrowed mutably, so nothing else writes it.
-        unsafe { self.run_tile_shared(a_packed, b, ldb, SharedOut::new(c), ldc, epi, scratch, tile) }
+        unsafe {
+            self.run_tile_shared(a_packed, b, ldb, SharedOut::new(c), ldc, epi, scratch, tile)
+        }
     }
 
     /// [`Gemm::run_tile`] writing through a [`SharedOut`], so that threads can run
@@ -757,7 +930,10 @@ impl Gemm {
         let u = ukr(self.isa);
         let plain = PlainB { b, ldb };
         let src = match self.mode {
-            BMode::Direct => BSrc::Direct { ptr: b.as_ptr().wrapping_add(n0), ldb },
+            BMode::Direct => BSrc::Direct {
+                ptr: b.as_ptr().wrapping_add(n0),
+                ldb,
+            },
             BMode::Packed => BSrc::Pack { packer: &plain, n0 },
         };
         let t = Tile {
@@ -777,7 +953,9 @@ impl Gemm {
                 Bias::Col(v) => v.as_ptr().add(n0),
                 _ => std::ptr::null(),
             },
-            residual: epi.residual.map_or(std::ptr::null(), |r| r.as_ptr().add(n0)),
+            residual: epi
+                .residual
+                .map_or(std::ptr::null(), |r| r.as_ptr().add(n0)),
             act: epi.activation,
             accumulate: epi.accumulate,
         };

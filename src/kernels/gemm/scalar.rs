@@ -59,7 +59,11 @@ unsafe fn ukr<const R: usize, const FULL: bool>(
     if st.finish {
         for (i, row) in acc.iter_mut().enumerate() {
             // SAFETY: non-null bias_row holds R floats; i < R.
-            let br = if st.bias_row.is_null() { 0.0 } else { unsafe { *st.bias_row.add(i) } };
+            let br = if st.bias_row.is_null() {
+                0.0
+            } else {
+                unsafe { *st.bias_row.add(i) }
+            };
             for (j, x) in row.iter_mut().enumerate().take(w) {
                 let mut v = *x + br;
                 if !st.bias_col.is_null() {

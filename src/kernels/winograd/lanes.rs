@@ -83,7 +83,7 @@ mod x86 {
                 let p1 = _mm256_permute2f128_ps::<0x31>(a, c); // t1 | t5
                 let p2 = _mm256_permute2f128_ps::<0x20>(b, d); // t2 | t6
                 let p3 = _mm256_permute2f128_ps::<0x31>(b, d); // t3 | t7
-                // 4×4 transposes inside each 128-bit half.
+                                                               // 4×4 transposes inside each 128-bit half.
                 let u0 = _mm256_unpacklo_ps(p0, p1);
                 let u1 = _mm256_unpackhi_ps(p0, p1);
                 let u2 = _mm256_unpacklo_ps(p2, p3);
@@ -144,7 +144,10 @@ mod x86 {
             unsafe {
                 let lo = _mm256_unpacklo_ps(y[0], y[1]); // t0 t1 | t4 t5
                 let hi = _mm256_unpackhi_ps(y[0], y[1]); // t2 t3 | t6 t7
-                [_mm256_permute2f128_ps::<0x20>(lo, hi), _mm256_permute2f128_ps::<0x31>(lo, hi)]
+                [
+                    _mm256_permute2f128_ps::<0x20>(lo, hi),
+                    _mm256_permute2f128_ps::<0x31>(lo, hi),
+                ]
             }
         }
     }
@@ -175,14 +178,27 @@ mod tests {
         }
         // Scatter: y[j] lane i = 100 j + i must land at 4i + j.
         // SAFETY: the temporary Vec holds 16 >= LANES floats and lives through the load.
-        let mk = |j: usize| unsafe { s.load((0..16).map(|i| (100 * j + i) as f32).collect::<Vec<_>>().as_ptr()) };
+        let mk = |j: usize| unsafe {
+            s.load(
+                (0..16)
+                    .map(|i| (100 * j + i) as f32)
+                    .collect::<Vec<_>>()
+                    .as_ptr(),
+            )
+        };
         let w4 = s.scatter_s4([mk(0), mk(1), mk(2), mk(3)]);
-        let flat: Vec<f32> = w4.iter().flat_map(|v| s.to_array(*v)[..l].to_vec()).collect();
+        let flat: Vec<f32> = w4
+            .iter()
+            .flat_map(|v| s.to_array(*v)[..l].to_vec())
+            .collect();
         for (f, &v) in flat.iter().enumerate() {
             assert_eq!(v, (100 * (f % 4) + f / 4) as f32, "scatter s4 at {f}");
         }
         let w2 = s.scatter_s2([mk(0), mk(1)]);
-        let flat: Vec<f32> = w2.iter().flat_map(|v| s.to_array(*v)[..l].to_vec()).collect();
+        let flat: Vec<f32> = w2
+            .iter()
+            .flat_map(|v| s.to_array(*v)[..l].to_vec())
+            .collect();
         for (f, &v) in flat.iter().enumerate() {
             assert_eq!(v, (100 * (f % 2) + f / 2) as f32, "scatter s2 at {f}");
         }
@@ -200,10 +216,7 @@ mod tests {
         if crate::simd::Isa::Avx2.is_supported() {
             // SAFETY: AVX2 and FMA are present.
             let t = unsafe { Avx2Fma::new_unchecked() };
-            t.vectorize(
-                #[inline(always)]
-                |s| check(s),
-            );
+            t.vectorize(check);
         }
     }
 }

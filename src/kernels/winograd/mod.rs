@@ -67,12 +67,16 @@
 //! input, for the converter to decide per layer; see `tests/prop_winograd.rs` for the
 //! measured bounds.
 
+// The transforms index several small matrices with the same loop variable, as the
+// formulas are written; iterators would hide that.
+#![allow(clippy::needless_range_loop)]
+
 mod lanes;
 
 use crate::graph::{Activation, Conv};
 use crate::kernels::elementwise::{ActV, Portable, Simd};
-use crate::kernels::reference;
 use crate::kernels::gemm::{self, choose_kc, drive, ukr, BSrc, SharedOut, Tile, MR_PACK};
+use crate::kernels::reference;
 use crate::simd::Isa;
 use lanes::Lanes;
 
@@ -152,7 +156,12 @@ impl WinogradVariant {
             [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
             [0.0, 0.0, 1.0],
         ];
-        const G2: [[f64; 3]; 4] = [[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]];
+        const G2: [[f64; 3]; 4] = [
+            [1.0, 0.0, 0.0],
+            [0.5, 0.5, 0.5],
+            [0.5, -0.5, 0.5],
+            [0.0, 0.0, 1.0],
+        ];
         match self {
             WinogradVariant::F4x4 => &G4,
             WinogradVariant::F2x2 => &G2,
@@ -217,8 +226,18 @@ impl WinogradKernel {
     /// Plans `conv` for `isa` (clamped to what this CPU supports) on a `[c, h, w]` input
     /// producing `out_shape`. `None` unless the kernel is 3×3 with stride 1, dilation 1
     /// and one group (any padding).
-    pub fn new(isa: Isa, conv: &Conv, in_shape: [usize; 3], out_shape: [usize; 3], variant: WinogradVariant) -> Option<WinogradKernel> {
-        if conv.kernel != [3, 3] || conv.stride != [1, 1] || conv.dilation != [1, 1] || conv.groups != 1 {
+    pub fn new(
+        isa: Isa,
+        conv: &Conv,
+        in_shape: [usize; 3],
+        out_shape: [usize; 3],
+        variant: WinogradVariant,
+    ) -> Option<WinogradKernel> {
+        if conv.kernel != [3, 3]
+            || conv.stride != [1, 1]
+            || conv.dilation != [1, 1]
+            || conv.groups != 1
+        {
             return None;
         }
         let [cin, h, w] = in_shape;
@@ -227,7 +246,10 @@ impl WinogradKernel {
         assert_eq!(cout, conv.out_channels, "winograd: output channels");
         let span_h = h + conv.pads[0] + conv.pads[2];
         let span_w = w + conv.pads[1] + conv.pads[3];
-        assert!(span_h >= 3 && span_w >= 3, "winograd: kernel larger than the padded input");
+        assert!(
+            span_h >= 3 && span_w >= 3,
+            "winograd: kernel larger than the padded input"
+        );
         assert_eq!(oh, span_h - 2, "winograd: output height");
         assert_eq!(ow, span_w - 2, "winograd: output width");
 
@@ -326,7 +348,11 @@ impl WinogradKernel {
     pub fn pack_weights(&self, plain_oihw: &[f32], packed: &mut [f32]) {
         let (cout, cin, t) = (self.cout, self.cin, self.t);
         assert_eq!(plain_oihw.len(), cout * cin * 9, "winograd: weight length");
-        assert_eq!(packed.len(), self.packed_weight_len(), "winograd: packed weight length");
+        assert_eq!(
+            packed.len(),
+            self.packed_weight_len(),
+            "winograd: packed weight length"
+        );
         let g = self.variant.g();
         // u[ξ][o·cin + c]
         let mut u = vec![vec![0f32; cout * cin]; self.t2];
@@ -372,23 +398,50 @@ impl WinogradKernel {
         self.nblocks * self.m_tiles
     }
 
-    fn check(&self, packed: &[f32], bias: Option<&[f32]>, x: &[f32], residual: Option<&[f32]>, out_len: usize, scratch: &[f32]) {
-        assert_eq!(packed.len(), self.packed_weight_len(), "winograd: packed weight length");
+    fn check(
+        &self,
+        packed: &[f32],
+        bias: Option<&[f32]>,
+        x: &[f32],
+        residual: Option<&[f32]>,
+        out_len: usize,
+        scratch: &[f32],
+    ) {
+        assert_eq!(
+            packed.len(),
+            self.packed_weight_len(),
+            "winograd: packed weight length"
+        );
         if let Some(b) = bias {
             assert_eq!(b.len(), self.cout, "winograd: bias length");
         }
-        assert_eq!(x.len(), self.cin * self.h * self.w, "winograd: input length");
+        assert_eq!(
+            x.len(),
+            self.cin * self.h * self.w,
+            "winograd: input length"
+        );
         let out_elems = self.cout * self.oh * self.ow;
         assert_eq!(out_len, out_elems, "winograd: output length");
         if let Some(r) = residual {
             assert_eq!(r.len(), out_elems, "winograd: residual length");
         }
-        assert!(scratch.len() >= self.scratch_len(), "winograd: scratch too short");
+        assert!(
+            scratch.len() >= self.scratch_len(),
+            "winograd: scratch too short"
+        );
     }
 
     /// `out = act(conv(x) + bias + residual)` for one sample (`x`: `cin × h × w`, `out` and
     /// `residual`: `cout × oh × ow`), all tiles in order on this thread. No allocation.
-    pub fn run(&self, packed: &[f32], bias: Option<&[f32]>, x: &[f32], residual: Option<&[f32]>, out: &mut [f32], scratch: &mut [f32]) {
+    pub fn run(
+        &self,
+        packed: &[f32],
+        bias: Option<&[f32]>,
+        x: &[f32],
+        residual: Option<&[f32]>,
+        out: &mut [f32],
+        scratch: &mut [f32],
+    ) {
         self.check(packed, bias, x, residual, out.len(), scratch);
         let out = SharedOut::new(out);
         for b in 0..self.nblocks {
@@ -410,7 +463,17 @@ impl WinogradKernel {
         tile: usize,
     ) {
         // SAFETY: `out` is borrowed mutably, so nothing else writes or reads it.
-        unsafe { self.run_tile_shared(packed, bias, x, residual, SharedOut::new(out), scratch, tile) }
+        unsafe {
+            self.run_tile_shared(
+                packed,
+                bias,
+                x,
+                residual,
+                SharedOut::new(out),
+                scratch,
+                tile,
+            )
+        }
     }
 
     /// [`WinogradKernel::run_tile`] writing through a [`SharedOut`], so that threads can
@@ -467,7 +530,9 @@ impl WinogradKernel {
         // SAFETY: V, M and the strip are disjoint ranges of `sc` (layout).
         let (mbuf, strip) = unsafe { (base.add(off_m), base.add(off_s)) };
         // SAFETY: V has t2·vxs floats, the strip t·wstrip; x was checked by `check`.
-        with_lanes!(self.isa, |s| unsafe { self.input_block(s, x, t0, t1, vbuf, strip) });
+        with_lanes!(self.isa, |s| unsafe {
+            self.input_block(s, x, t0, t1, vbuf, strip)
+        });
         let u = ukr(self.isa);
         let n = t1 - t0;
         let (cout, cin) = (self.cout, self.cin);
@@ -496,12 +561,22 @@ impl WinogradKernel {
                             act: Activation::Identity,
                             accumulate: false,
                         };
-                        drive(u, &tile, &BSrc::Direct { ptr: vbuf.add(xi * self.vxs), ldb: self.ld }, &mut []);
+                        drive(
+                            u,
+                            &tile,
+                            &BSrc::Direct {
+                                ptr: vbuf.add(xi * self.vxs),
+                                ldb: self.ld,
+                            },
+                            &mut [],
+                        );
                     }
                 }
                 // SAFETY: M holds the chunk; `check` verified out, residual and bias; the
                 // caller guarantees no concurrent writer of these outputs.
-                with_lanes!(self.isa, |s| unsafe { self.output_block(s, mbuf, t0, t1, c0, c1, bias, residual, out.ptr()) });
+                with_lanes!(self.isa, |s| unsafe {
+                    self.output_block(s, mbuf, t0, t1, c0, c1, bias, residual, out.ptr())
+                });
             }
         }
     }
@@ -522,7 +597,15 @@ impl WinogradKernel {
     ///
     /// Safety: `v` has `t2 · vxs` floats, `strip` `t · wstrip`.
     #[inline(always)]
-    unsafe fn input_block<S: Lanes>(&self, s: S, x: &[f32], t0: usize, t1: usize, v: *mut f32, strip: *mut f32) {
+    unsafe fn input_block<S: Lanes>(
+        &self,
+        s: S,
+        x: &[f32],
+        t0: usize,
+        t1: usize,
+        v: *mut f32,
+        strip: *mut f32,
+    ) {
         let (m, t, lanes) = (self.m, self.t, S::LANES);
         let plane = self.h * self.w;
         for c in 0..self.cin {
@@ -535,7 +618,9 @@ impl WinogradKernel {
                 debug_assert!(jb <= self.wstrip);
                 for i in 0..t {
                     // SAFETY: row i of the strip, columns ja..jb < wstrip.
-                    let row = unsafe { std::slice::from_raw_parts_mut(strip.add(i * self.wstrip + ja), jb - ja) };
+                    let row = unsafe {
+                        std::slice::from_raw_parts_mut(strip.add(i * self.wstrip + ja), jb - ja)
+                    };
                     self.fill_strip_row(xc, (ty * m + i) as isize - self.pt as isize, ja, row);
                 }
                 for g in 0..groups {
@@ -612,7 +697,14 @@ impl WinogradKernel {
                         let src = mb.add((co - c0) * self.ld + tl);
                         let dst = out.add(o);
                         let res = residual.map_or(std::ptr::null(), |r| r.as_ptr().add(o));
-                        let st = OutStore { ow: self.ow, rows, vc, bias: bv, res, act: &act };
+                        let st = OutStore {
+                            ow: self.ow,
+                            rows,
+                            vc,
+                            bias: bv,
+                            res,
+                            act: &act,
+                        };
                         if m == 4 {
                             out_group_f4(s, src, self.mxs, n, dst, &st);
                         } else {
@@ -625,7 +717,6 @@ impl WinogradKernel {
         }
     }
 }
-
 
 // ---------------------------------------------------------------------------------------
 // Transforms of one group of `LANES` tiles (one tile per lane)
@@ -668,13 +759,21 @@ fn at4<S: Simd>(s: S, m: [S::V; 6]) -> [S::V; 4] {
 /// The 1-D F(2,3) input transform `Bᵀ d`.
 #[inline(always)]
 fn bt2<S: Simd>(s: S, d: [S::V; 4]) -> [S::V; 4] {
-    [s.sub(d[0], d[2]), s.add(d[1], d[2]), s.sub(d[2], d[1]), s.sub(d[1], d[3])]
+    [
+        s.sub(d[0], d[2]),
+        s.add(d[1], d[2]),
+        s.sub(d[2], d[1]),
+        s.sub(d[1], d[3]),
+    ]
 }
 
 /// The 1-D F(2,3) output transform `Aᵀ m`.
 #[inline(always)]
 fn at2<S: Simd>(s: S, m: [S::V; 4]) -> [S::V; 2] {
-    [s.add(s.add(m[0], m[1]), m[2]), s.sub(s.sub(m[1], m[2]), m[3])]
+    [
+        s.add(s.add(m[0], m[1]), m[2]),
+        s.sub(s.sub(m[1], m[2]), m[3]),
+    ]
 }
 
 /// Stores `v` at `p`: all lanes, or the first `n`.
@@ -713,7 +812,14 @@ unsafe fn load_n<S: Simd>(s: S, p: *const f32, n: usize) -> S::V {
 /// Safety: `src[r·lds + 0 .. r·lds + 4·LANES + 2]` readable for `r < 6`;
 /// `dst[ξ·xs .. ξ·xs + n]` writable for `ξ < 36`.
 #[inline(always)]
-unsafe fn in_group_f4<S: Lanes>(s: S, src: *const f32, lds: usize, n: usize, dst: *mut f32, xs: usize) {
+unsafe fn in_group_f4<S: Lanes>(
+    s: S,
+    src: *const f32,
+    lds: usize,
+    n: usize,
+    dst: *mut f32,
+    xs: usize,
+) {
     let mut t = [[s.zero(); 6]; 6];
     for (i, ti) in t.iter_mut().enumerate() {
         // SAFETY: row i (caller).
@@ -733,7 +839,14 @@ unsafe fn in_group_f4<S: Lanes>(s: S, src: *const f32, lds: usize, n: usize, dst
 /// Safety: `src[r·lds .. r·lds + 2·LANES + 2]` readable for `r < 4`;
 /// `dst[ξ·xs .. ξ·xs + n]` writable for `ξ < 16`.
 #[inline(always)]
-unsafe fn in_group_f2<S: Lanes>(s: S, src: *const f32, lds: usize, n: usize, dst: *mut f32, xs: usize) {
+unsafe fn in_group_f2<S: Lanes>(
+    s: S,
+    src: *const f32,
+    lds: usize,
+    n: usize,
+    dst: *mut f32,
+    xs: usize,
+) {
     let mut t = [[s.zero(); 4]; 4];
     for (i, ti) in t.iter_mut().enumerate() {
         // SAFETY: row i (caller).
@@ -793,18 +906,32 @@ unsafe fn store_row<S: Simd>(s: S, w: &[S::V], dst: *mut f32, res: *const f32, s
 /// Safety: `src[ξ·xs .. ξ·xs + n]` readable for `ξ < 36`; `dst` (and `st.res` unless
 /// null) valid for rows `< st.rows` of `st.vc` elements.
 #[inline(always)]
-unsafe fn out_group_f4<S: Lanes>(s: S, src: *const f32, xs: usize, n: usize, dst: *mut f32, st: &OutStore<S>) {
+unsafe fn out_group_f4<S: Lanes>(
+    s: S,
+    src: *const f32,
+    xs: usize,
+    n: usize,
+    dst: *mut f32,
+    st: &OutStore<S>,
+) {
     let mut o = [[s.zero(); 6]; 4];
     for l in 0..6 {
         // SAFETY: positions k·6 + l < 36 (caller).
-        let col = at4(s, std::array::from_fn(|k| unsafe { load_n(s, src.add((k * 6 + l) * xs), n) }));
+        let col = at4(
+            s,
+            std::array::from_fn(|k| unsafe { load_n(s, src.add((k * 6 + l) * xs), n) }),
+        );
         for (r, &v) in col.iter().enumerate() {
             o[r][l] = v;
         }
     }
     for (r, &or) in o.iter().enumerate().take(st.rows) {
         let w = s.scatter_s4(at4(s, or));
-        let res = if st.res.is_null() { st.res } else { st.res.wrapping_add(r * st.ow) };
+        let res = if st.res.is_null() {
+            st.res
+        } else {
+            st.res.wrapping_add(r * st.ow)
+        };
         // SAFETY: row r < rows (caller).
         unsafe { store_row(s, &w, dst.add(r * st.ow), res, st) };
     }
@@ -814,18 +941,32 @@ unsafe fn out_group_f4<S: Lanes>(s: S, src: *const f32, xs: usize, n: usize, dst
 ///
 /// Safety: as [`out_group_f4`] with `ξ < 16`.
 #[inline(always)]
-unsafe fn out_group_f2<S: Lanes>(s: S, src: *const f32, xs: usize, n: usize, dst: *mut f32, st: &OutStore<S>) {
+unsafe fn out_group_f2<S: Lanes>(
+    s: S,
+    src: *const f32,
+    xs: usize,
+    n: usize,
+    dst: *mut f32,
+    st: &OutStore<S>,
+) {
     let mut o = [[s.zero(); 4]; 2];
     for l in 0..4 {
         // SAFETY: positions k·4 + l < 16 (caller).
-        let col = at2(s, std::array::from_fn(|k| unsafe { load_n(s, src.add((k * 4 + l) * xs), n) }));
+        let col = at2(
+            s,
+            std::array::from_fn(|k| unsafe { load_n(s, src.add((k * 4 + l) * xs), n) }),
+        );
         for (r, &v) in col.iter().enumerate() {
             o[r][l] = v;
         }
     }
     for (r, &or) in o.iter().enumerate().take(st.rows) {
         let w = s.scatter_s2(at2(s, or));
-        let res = if st.res.is_null() { st.res } else { st.res.wrapping_add(r * st.ow) };
+        let res = if st.res.is_null() {
+            st.res
+        } else {
+            st.res.wrapping_add(r * st.ow)
+        };
         // SAFETY: row r < rows (caller).
         unsafe { store_row(s, &w, dst.add(r * st.ow), res, st) };
     }
@@ -852,13 +993,19 @@ pub fn measure_relative_error(
     bias: Option<&[f32]>,
     input_sample: &[f32],
 ) -> f64 {
-    let lin = Conv { activation: Activation::Identity, ..conv.clone() };
+    let lin = Conv {
+        activation: Activation::Identity,
+        ..conv.clone()
+    };
     let Some(k) = WinogradKernel::new(isa, &lin, in_shape, out_shape, variant) else {
         return f64::INFINITY;
     };
     let n_in = in_shape.iter().product::<usize>();
     let n_out = out_shape.iter().product::<usize>();
-    assert!(n_in > 0 && input_sample.len() % n_in == 0, "winograd: calibration input length");
+    assert!(
+        n_in > 0 && input_sample.len().is_multiple_of(n_in),
+        "winograd: calibration input length"
+    );
     let mut packed = vec![0f32; k.packed_weight_len()];
     k.pack_weights(plain_weights, &mut packed);
     let mut scratch = vec![0f32; k.scratch_len()];
@@ -867,7 +1014,17 @@ pub fn measure_relative_error(
     let (mut max_diff, mut max_ref) = (0f64, 0f64);
     for x in input_sample.chunks_exact(n_in) {
         k.run(&packed, bias, x, None, &mut got, &mut scratch);
-        reference::conv2d(x, 1, &in_shape, &lin, plain_weights, bias, None, &out_shape, &mut want);
+        reference::conv2d(
+            x,
+            1,
+            &in_shape,
+            &lin,
+            plain_weights,
+            bias,
+            None,
+            &out_shape,
+            &mut want,
+        );
         for (&g, &r) in got.iter().zip(&want) {
             max_diff = max_diff.max((g as f64 - r as f64).abs());
             max_ref = max_ref.max((r as f64).abs());
@@ -898,7 +1055,11 @@ mod tests {
             let d: Vec<f64> = (0..t).map(|i| (i as f64 * 0.37).sin() + 0.5).collect();
             let g = [0.3, -1.1, 0.7];
             // U = G g, V = Bᵀ d, then Aᵀ (U ⊙ V); Bᵀ and Aᵀ from the portable transforms.
-            let u: Vec<f64> = v.g().iter().map(|r| r[0] * g[0] + r[1] * g[1] + r[2] * g[2]).collect();
+            let u: Vec<f64> = v
+                .g()
+                .iter()
+                .map(|r| r[0] * g[0] + r[1] * g[1] + r[2] * g[2])
+                .collect();
             let s = Portable;
             let lanes = |x: &[f64]| -> Vec<[f32; 4]> { x.iter().map(|&a| [a as f32; 4]).collect() };
             let (vv, yy): (Vec<f64>, Vec<f64>);
@@ -908,18 +1069,28 @@ mod tests {
                 vv = b.iter().map(|x| x[0] as f64).collect();
                 let prod: Vec<f64> = vv.iter().zip(&u).map(|(a, b)| a * b).collect();
                 let pv = lanes(&prod);
-                yy = at4(s, std::array::from_fn(|i| pv[i])).iter().map(|x| x[0] as f64).collect();
+                yy = at4(s, std::array::from_fn(|i| pv[i]))
+                    .iter()
+                    .map(|x| x[0] as f64)
+                    .collect();
             } else {
                 let dv = lanes(&d);
                 let b = bt2(s, std::array::from_fn(|i| dv[i]));
                 vv = b.iter().map(|x| x[0] as f64).collect();
                 let prod: Vec<f64> = vv.iter().zip(&u).map(|(a, b)| a * b).collect();
                 let pv = lanes(&prod);
-                yy = at2(s, std::array::from_fn(|i| pv[i])).iter().map(|x| x[0] as f64).collect();
+                yy = at2(s, std::array::from_fn(|i| pv[i]))
+                    .iter()
+                    .map(|x| x[0] as f64)
+                    .collect();
             }
             for i in 0..m {
                 let want: f64 = (0..3).map(|k| d[i + k] * g[k]).sum();
-                assert!((yy[i] - want).abs() < 1e-5, "{v:?} y[{i}] = {} want {want}", yy[i]);
+                assert!(
+                    (yy[i] - want).abs() < 1e-5,
+                    "{v:?} y[{i}] = {} want {want}",
+                    yy[i]
+                );
             }
         }
     }
