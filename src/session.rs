@@ -14,7 +14,7 @@ use crate::plan::ArenaPlan;
 use crate::simd::Isa;
 
 /// Most inputs one node may read (Concat is the only op with more than two).
-pub const MAX_NODE_INPUTS: usize = 64;
+pub const MAX_NODE_INPUTS: usize = reference::MAX_CONCAT_INPUTS;
 
 /// Where a session's kernels run.
 #[derive(Clone, Debug, Default)]

@@ -105,7 +105,7 @@ fn check_shape(shape: &[usize], what: &str) -> Result<()> {
     }
 }
 
-fn infer_node(g: &Graph, node: &Node) -> Result<Vec<usize>> {
+pub(crate) fn infer_node(g: &Graph, node: &Node) -> Result<Vec<usize>> {
     let op = node.op.name();
     let err = |reason: String| Error::shape(&node.name, op, reason);
     let arity = |n: usize| -> Result<()> {

@@ -26,6 +26,9 @@ impl WeightSource for [Vec<f32>] {
     }
 }
 
+/// Most inputs a Concat may have (checked when a session is planned).
+pub const MAX_CONCAT_INPUTS: usize = 64;
+
 fn numel(shape: &[usize]) -> usize {
     shape.iter().product()
 }
@@ -241,13 +244,13 @@ pub fn binary(a: &[f32], b: &[f32], n: usize, a_shape: &[usize], b_shape: &[usiz
     }
 }
 
-/// Concatenation along per-sample `axis`.
-pub fn concat(inputs: &[(&[f32], &[usize])], n: usize, axis: usize, out: &mut [f32]) {
-    let outer: usize = numel(&inputs[0].1[..axis]);
+/// Concatenation along per-sample `axis`: `inputs[i]` has shape `shapes[i]`.
+pub fn concat(inputs: &[&[f32]], shapes: &[&[usize]], n: usize, axis: usize, out: &mut [f32]) {
+    let outer: usize = numel(&shapes[0][..axis]);
     let mut pos = 0;
     for s in 0..n {
         for o in 0..outer {
-            for (x, shape) in inputs {
+            for (x, shape) in inputs.iter().zip(shapes) {
                 let chunk = numel(&shape[axis..]);
                 let start = (s * outer + o) * chunk;
                 out[pos..pos + chunk].copy_from_slice(&x[start..start + chunk]);
@@ -351,8 +354,12 @@ pub fn run_node_into(graph: &Graph, node_index: usize, weights: &(impl WeightSou
             binary(x, inputs[1], n, in_shape, graph.shape(node.inputs[1]), *kind, *act, out)
         }
         Op::Concat { axis } => {
-            let parts: Vec<(&[f32], &[usize])> = inputs.iter().zip(&node.inputs).map(|(d, &v)| (*d, graph.shape(v))).collect();
-            concat(&parts, n, *axis, out)
+            // A fixed array, not a Vec: sessions run this with no heap allocation.
+            let mut shapes: [&[usize]; MAX_CONCAT_INPUTS] = [&[]; MAX_CONCAT_INPUTS];
+            for (slot, &v) in shapes.iter_mut().zip(&node.inputs) {
+                *slot = graph.shape(v);
+            }
+            concat(inputs, &shapes[..inputs.len()], n, *axis, out)
         }
         Op::LayerNorm { axis, epsilon, scale, bias } => {
             layer_norm(x, n, in_shape, *axis, *epsilon, weights.weight(*scale), bias.map(|b| weights.weight(b)), out)

@@ -1,0 +1,124 @@
+//! Shared test helpers: a hand-built model that uses every op, and data generators.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use cnnrt::format::{model_to_bytes, Metadata};
+use cnnrt::graph::{Activation, BinaryKind, Conv, Graph, Linear, Node, Op, Pool, PoolKind};
+use cnnrt::Model;
+
+pub fn rand_vec(seed: &mut u64, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+    (0..n)
+        .map(|_| {
+            *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            lo + (hi - lo) * ((*seed >> 40) as f32 / (1u64 << 24) as f32)
+        })
+        .collect()
+}
+
+/// max |a - b| / max |b|
+pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let m = b.iter().fold(0.0f64, |m, v| m.max(v.abs() as f64)).max(1e-30);
+    a.iter().zip(b).fold(0.0f64, |e, (x, y)| e.max((*x as f64 - *y as f64).abs())) / m
+}
+
+pub struct Zoo {
+    pub graph: Graph,
+    pub weights: Vec<Vec<f32>>,
+}
+
+impl Zoo {
+    pub fn model(&self) -> Arc<Model> {
+        let refs: Vec<&[f32]> = self.weights.iter().map(|w| w.as_slice()).collect();
+        Model::from_bytes(&model_to_bytes(&self.graph, &refs, &Metadata::default()).unwrap()).unwrap()
+    }
+}
+
+fn conv(g: &mut Graph, w: &mut Vec<Vec<f32>>, seed: &mut u64, cin: usize, cout: usize, k: usize, stride: usize, groups: usize, act: Activation) -> Conv {
+    let wid = g.add_weight(format!("w{}", g.weights.len()), vec![cout, cin / groups, k, k]);
+    w.push(rand_vec(seed, cout * cin / groups * k * k, -0.5, 0.5));
+    let bid = g.add_weight(format!("b{}", g.weights.len()), vec![cout]);
+    w.push(rand_vec(seed, cout, -0.2, 0.2));
+    Conv { in_channels: cin, out_channels: cout, kernel: [k, k], stride: [stride; 2], dilation: [1, 1], pads: [k / 2; 4], groups, weight: wid, bias: Some(bid), activation: act }
+}
+
+/// Input 3×20×20 → conv3x3 s2 relu (16) → maxpool 3x3 s2 p1 → [dw3x3 relu6 → 1x1 (+res)]
+/// → 1x1 expand 24 → BN → concat with a 1x1 branch → instance norm → avg pool 2x2
+/// → layer norm → global avg → flatten → linear relu → linear → softmax.
+pub fn zoo(seed: u64) -> Zoo {
+    let mut s = seed | 1;
+    let mut g = Graph::default();
+    let mut w = Vec::new();
+    let v = |g: &mut Graph, name: &str| g.add_value(name, vec![]);
+    let x = g.add_value("input", vec![3, 20, 20]);
+    let mut nodes = Vec::new();
+    let c1 = v(&mut g, "c1");
+    let op = conv(&mut g, &mut w, &mut s, 3, 16, 3, 2, 1, Activation::Relu);
+    nodes.push(Node { name: "stem".into(), op: Op::Conv(op), inputs: vec![x], output: c1 });
+    let p1 = v(&mut g, "p1");
+    let pool = Pool { kind: PoolKind::Max, kernel: [3, 3], stride: [2, 2], dilation: [1, 1], pads: [1; 4], ceil_mode: false, count_include_pad: false };
+    nodes.push(Node { name: "pool".into(), op: Op::Pool(pool), inputs: vec![c1], output: p1 });
+    let d1 = v(&mut g, "d1");
+    let op = conv(&mut g, &mut w, &mut s, 16, 16, 3, 1, 16, Activation::Clip { min: 0.0, max: 6.0 });
+    nodes.push(Node { name: "dw".into(), op: Op::Conv(op), inputs: vec![p1], output: d1 });
+    let r1 = v(&mut g, "r1");
+    let op = conv(&mut g, &mut w, &mut s, 16, 16, 1, 1, 1, Activation::Identity);
+    nodes.push(Node { name: "project".into(), op: Op::Conv(op), inputs: vec![d1, p1], output: r1 });
+    let e1 = v(&mut g, "e1");
+    let op = conv(&mut g, &mut w, &mut s, 16, 24, 1, 1, 1, Activation::Identity);
+    nodes.push(Node { name: "expand".into(), op: Op::Conv(op), inputs: vec![r1], output: e1 });
+    let b1 = v(&mut g, "b1");
+    let sc = g.add_weight("bn.scale", vec![24]);
+    w.push(rand_vec(&mut s, 24, 0.5, 1.5));
+    let sh = g.add_weight("bn.shift", vec![24]);
+    w.push(rand_vec(&mut s, 24, -0.3, 0.3));
+    nodes.push(Node { name: "bn".into(), op: Op::ChannelAffine { scale: Some(sc), shift: Some(sh), activation: Activation::Silu }, inputs: vec![e1], output: b1 });
+    let br = v(&mut g, "br");
+    let op = conv(&mut g, &mut w, &mut s, 16, 8, 1, 1, 1, Activation::HardSwish);
+    nodes.push(Node { name: "branch".into(), op: Op::Conv(op), inputs: vec![r1], output: br });
+    let cat = v(&mut g, "cat");
+    nodes.push(Node { name: "concat".into(), op: Op::Concat { axis: 0 }, inputs: vec![b1, br], output: cat });
+    let inorm = v(&mut g, "in");
+    let isc = g.add_weight("in.scale", vec![32]);
+    w.push(rand_vec(&mut s, 32, 0.5, 1.5));
+    let ibi = g.add_weight("in.bias", vec![32]);
+    w.push(rand_vec(&mut s, 32, -0.3, 0.3));
+    nodes.push(Node { name: "instnorm".into(), op: Op::InstanceNorm { epsilon: 1e-5, scale: isc, bias: ibi }, inputs: vec![cat], output: inorm });
+    let ap = v(&mut g, "ap");
+    let pool = Pool { kind: PoolKind::Average, kernel: [2, 2], stride: [2, 2], dilation: [1, 1], pads: [0; 4], ceil_mode: true, count_include_pad: false };
+    nodes.push(Node { name: "avgpool".into(), op: Op::Pool(pool), inputs: vec![inorm], output: ap });
+    let ln = v(&mut g, "ln");
+    // 5×5 after stem(10) → pool(5) ; avgpool ceil → 3×3: layer norm over [32,3,3]
+    let lsc = g.add_weight("ln.scale", vec![32, 3, 3]);
+    w.push(rand_vec(&mut s, 288, 0.5, 1.5));
+    let lbi = g.add_weight("ln.bias", vec![32, 3, 3]);
+    w.push(rand_vec(&mut s, 288, -0.3, 0.3));
+    nodes.push(Node { name: "layernorm".into(), op: Op::LayerNorm { axis: 0, epsilon: 1e-5, scale: lsc, bias: Some(lbi) }, inputs: vec![ap], output: ln });
+    let mul = v(&mut g, "mul");
+    nodes.push(Node { name: "selfmul".into(), op: Op::Binary { kind: BinaryKind::Mul, activation: Activation::Identity }, inputs: vec![ln, ap], output: mul });
+    let gp = v(&mut g, "gp");
+    nodes.push(Node { name: "gap".into(), op: Op::GlobalPool { kind: PoolKind::Average }, inputs: vec![mul], output: gp });
+    let fl = v(&mut g, "fl");
+    nodes.push(Node { name: "flatten".into(), op: Op::Flatten { axis: 1 }, inputs: vec![gp], output: fl });
+    let lin = |g: &mut Graph, w: &mut Vec<Vec<f32>>, s: &mut u64, i: usize, o: usize, act| {
+        let wid = g.add_weight(format!("fc{}", g.weights.len()), vec![o, i]);
+        w.push(rand_vec(s, o * i, -0.5, 0.5));
+        let bid = g.add_weight(format!("fcb{}", g.weights.len()), vec![o]);
+        w.push(rand_vec(s, o, -0.1, 0.1));
+        Linear { in_features: i, out_features: o, weight: wid, bias: Some(bid), activation: act }
+    };
+    let f1 = v(&mut g, "f1");
+    let op = lin(&mut g, &mut w, &mut s, 32, 20, Activation::Relu);
+    nodes.push(Node { name: "fc1".into(), op: Op::Linear(op), inputs: vec![fl], output: f1 });
+    let f2 = v(&mut g, "f2");
+    let op = lin(&mut g, &mut w, &mut s, 20, 10, Activation::Identity);
+    nodes.push(Node { name: "fc2".into(), op: Op::Linear(op), inputs: vec![f1], output: f2 });
+    let sm = v(&mut g, "prob");
+    nodes.push(Node { name: "softmax".into(), op: Op::Softmax { axis: 0, flatten_from_axis: false }, inputs: vec![f2], output: sm });
+    g.nodes = nodes;
+    g.inputs = vec![x];
+    g.outputs = vec![sm];
+    g.infer_shapes().unwrap();
+    Zoo { graph: g, weights: w }
+}
