@@ -144,6 +144,8 @@ def rel_diff(y, ref):
 
 # =========================================================================== worker side (python runtimes)
 def time_loop(fn, min_runs, min_secs, warmup_secs, max_runs=3000, max_secs=30.0):
+    """Warm up for warmup_secs (>= 3 runs), then time runs until >= min_runs and >= min_secs
+    (or max_runs / max_secs)."""
     t0 = time.perf_counter()
     w = 0
     while w < 3 or time.perf_counter() - t0 < warmup_secs:
@@ -186,7 +188,7 @@ def w_onnxruntime(a, x, xcheck):
     t = time.perf_counter()
     sess.run(None, feed)
     info["first_run_ms"] = (time.perf_counter() - t) * 1e3
-    info.update(time_loop(lambda: sess.run(None, feed), a.min_runs, a.min_secs, a.warmup_secs))
+    info.update(time_loop(lambda: sess.run(None, feed), a.min_runs, a.min_secs, a.warmup_secs, a.max_runs, a.max_secs))
     return info
 
 
@@ -212,7 +214,7 @@ def w_openvino(a, x, xcheck):
     t = time.perf_counter()
     req.infer()
     info["first_run_ms"] = (time.perf_counter() - t) * 1e3
-    info.update(time_loop(req.infer, a.min_runs, a.min_secs, a.warmup_secs))
+    info.update(time_loop(req.infer, a.min_runs, a.min_secs, a.warmup_secs, a.max_runs, a.max_secs))
     return info
 
 
@@ -264,28 +266,34 @@ def last_json(stdout):
 
 
 def iters_for(est_ms, a):
+    """Timed runs for cnnrt / tract (they take a count): >= --min-runs and >= --min-secs of runs,
+    like the python loop, but no more than --max-secs of runs (at least 3) for very slow configs."""
     if not est_ms or est_ms <= 0:
         return a.min_runs
-    return int(min(a.max_runs, max(a.min_runs, math.ceil(a.min_secs * 1e3 / est_ms))))
+    n = max(a.min_runs, math.ceil(a.min_secs * 1e3 / est_ms))
+    n = min(n, a.max_runs, max(3, int(a.max_secs * 1e3 / est_ms)))
+    return int(n)
 
 
 def run_one(a, cfg, runtime, est_ms, check_in=None, check_out=None):
     """One fresh-process measurement. Returns a result dict."""
     env = env_for(cfg["threads"])
+    iters = iters_for(est_ms, a)
     if runtime == "cnnrt":
         cmd = [a.cnnrt_bin, "bench", cfg["cnnrt"], "--threads", str(cfg["threads"]), "--batch", str(cfg["batch"]),
-               "--iters", str(iters_for(est_ms, a)), "--json"]
+               "--iters", str(iters), "--json"]
     elif runtime == "tract":
         if not os.path.exists(a.tract_bin):
             return {"skip": f"{a.tract_bin} not built (cd tools/tract-peer && cargo build --release)"}
         cmd = [a.tract_bin, cfg["onnx"], "--threads", str(cfg["threads"]), "--batch", str(cfg["batch"]),
-               "--iters", str(iters_for(est_ms, a))]
+               "--iters", str(iters)]
         if check_in:
             cmd += ["--input", check_in, "--output", check_out]
     else:
         cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--runtime", runtime, "--model", cfg["onnx"],
                "--shape", json.dumps(cfg["shape"]), "--threads", str(cfg["threads"]),
-               "--min-runs", str(a.min_runs), "--min-secs", str(a.min_secs), "--warmup-secs", str(a.warmup_secs)]
+               "--min-runs", str(a.min_runs), "--min-secs", str(a.min_secs), "--warmup-secs", str(a.warmup_secs),
+               "--max-runs", str(a.max_runs), "--max-secs", str(a.max_secs)]
         if check_in:
             cmd += ["--check-in", check_in, "--check-out", check_out]
     p, bg = run_measured(cmd, env, a.timeout)
@@ -302,7 +310,8 @@ def run_one(a, cfg, runtime, est_ms, check_in=None, check_out=None):
     except Exception as e:
         return {"error": f"unparsable output ({e}): {p.stdout.strip()[-300:]}", "other_pct": bg}
     info["other_pct"] = bg
-    info.setdefault("runs", cfg.get("iters"))
+    if runtime == "cnnrt":
+        info.setdefault("runs", iters)
     return info
 
 
@@ -342,9 +351,11 @@ def ort_reference(onnx_path, x_path):
 
 
 def check_outputs(a, models, runtimes, tmp):
-    """Correctness on each model's fixed input: each runtime vs ORT (optimisations off)."""
+    """Correctness on each model's fixed input: each runtime vs ORT (optimisations off).
+    Also returns rough single-run latencies {(model, runtime): ms} (1 thread, batch 1) used to
+    size the timed loops of cnnrt and tract, which take a run count."""
     import numpy as np
-    out = {}
+    out, est = {}, {}
     for name, m in models.items():
         x_path = m["check_input"]
         if not x_path:
@@ -357,8 +368,10 @@ def check_outputs(a, models, runtimes, tmp):
             if rt == "cnnrt":
                 if not m["cnnrt"]:
                     continue
+                t0 = time.perf_counter()
                 r = subprocess.run([a.cnnrt_bin, "run", m["cnnrt"], x_path, "-o", y_path, "--top", "1"],
                                    capture_output=True, text=True, env=env_for(1))
+                est[(name, rt)] = (time.perf_counter() - t0) * 1e3  # open + plan + 1 run: an upper bound
                 if r.returncode != 0:
                     row[rt] = "error: " + (r.stderr or r.stdout).strip()[-200:]
                     continue
@@ -368,10 +381,11 @@ def check_outputs(a, models, runtimes, tmp):
                 if "median_ms" not in res:
                     row[rt] = res.get("skip") or res.get("error")
                     continue
+                est[(name, rt)] = res["median_ms"]
             if os.path.exists(y_path):
                 row[rt] = rel_diff(np.load(y_path), ref)
         out[name] = row
-    return out
+    return out, est
 
 
 def fmt_ms(v):
@@ -395,6 +409,7 @@ def main():
     ap.add_argument("--min-runs", type=int, default=30)
     ap.add_argument("--max-runs", type=int, default=3000)
     ap.add_argument("--min-secs", type=float, default=2.0, help="length of each timed loop")
+    ap.add_argument("--max-secs", type=float, default=30.0, help="cap on a timed loop (at least 3 runs)")
     ap.add_argument("--warmup-secs", type=float, default=0.5, help="python runtimes' warm-up")
     ap.add_argument("--timeout", type=int, default=600, help="per subprocess, seconds")
     ap.add_argument("--quiet-wait", type=float, default=10.0,
@@ -486,8 +501,12 @@ def main():
                 configs.append(dict(model=name, threads=t, batch=b, onnx=m["onnx"], cnnrt=m["cnnrt"],
                                     shape=[b] + m["shape1"][1:], flops=m["flops1"] * b))
 
-    results = {(c["model"], c["threads"], c["batch"], r): [] for c in configs for r in runtimes}
     t_start = time.time()
+    checks, est0 = {}, {}
+    if not a.no_check:
+        print("# checking outputs against ORT (and estimating latencies)", flush=True)
+        checks, est0 = check_outputs(a, models, runtimes, tmp)
+    results = {(c["model"], c["threads"], c["batch"], r): [] for c in configs for r in runtimes}
     for rep in range(a.repeat):
         la = os.getloadavg()
         print(f"# sweep {rep + 1}/{a.repeat}  loadavg {la[0]:.2f} {la[1]:.2f} {la[2]:.2f}  "
@@ -503,12 +522,17 @@ def main():
                     results[key].append({"skip": "convert failed"})
                     continue
                 # estimate of the latency to size cnnrt's / tract's --iters
-                est = None
-                for rr in (r, "onnxruntime", "openvino", "cnnrt"):
-                    ok = [x["median_ms"] for x in results.get((c["model"], c["threads"], c["batch"], rr), []) if "median_ms" in x]
-                    if ok:
-                        est = ok[-1]
-                        break
+                # (own earlier repeat, else own check run, else a peer's, else a guess)
+                def last_median(rr):
+                    ok = [x["median_ms"] for x in results.get((c["model"], c["threads"], c["batch"], rr), [])
+                          if "median_ms" in x]
+                    return ok[-1] if ok else None
+
+                est = last_median(r)
+                if est is None and (c["model"], r) in est0:
+                    est = est0[(c["model"], r)] * c["batch"]
+                for rr in ("onnxruntime", "openvino"):
+                    est = est if est is not None else last_median(rr)
                 if est is None:
                     est = c["flops"] / 20e9 * 1e3 / max(1, c["threads"])  # guess: 20 GFLOP/s per thread
                 busy, t_w = None, time.time()
@@ -527,8 +551,6 @@ def main():
                 else:
                     print(f"  {c['model']:15s} t={c['threads']} b={c['batch']} {r:12s} "
                           f"{res.get('skip') or res.get('error')}", flush=True)
-
-    checks = {} if a.no_check else check_outputs(a, models, runtimes, tmp)
 
     # ---- summary
     summary = []
