@@ -6,8 +6,13 @@
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::graph::Graph;
-use crate::kernels::reference;
+use crate::graph::{Graph, Op, WeightId, WeightLayout};
+use crate::kernels::conv::ConvKernel;
+use crate::kernels::depthwise::DepthwiseKernel;
+use crate::kernels::linear::LinearKernel;
+use crate::kernels::pool::PoolKernel;
+use crate::kernels::reference::{self, WeightSource};
+use crate::kernels::{elementwise, parallel, pool};
 use crate::limits;
 use crate::model::Model;
 use crate::plan::ArenaPlan;
@@ -59,22 +64,119 @@ impl SessionOptions {
     }
 }
 
+/// Where a layer's packed weights live.
+#[derive(Debug, Clone, Copy)]
+enum Packed {
+    /// In the model file, packed by the converter: used in place.
+    InFile(WeightId),
+    /// Packed by this session from a plain weight (files written without packing).
+    Owned(usize),
+}
+
 /// How one node runs, chosen at plan time.
 #[derive(Debug)]
 enum NodeKernel {
-    /// The reference implementation (ops without a fast kernel yet).
-    Reference,
+    Conv { kernel: ConvKernel, weight: Packed, bias: Option<WeightId> },
+    Depthwise { kernel: DepthwiseKernel, weight: WeightId, bias: Option<WeightId> },
+    Linear { kernel: LinearKernel, weight: Packed, bias: Option<WeightId> },
+    Pool(PoolKernel),
+    /// Element-wise, normalization and global pooling ops (vectorized, `kernels::elementwise`).
+    Vector,
     /// A reshape that leaves the data as it is: a copy of the input.
     Copy,
+    /// The reference implementation (Concat, Pad: pure data movement).
+    Reference,
 }
 
 impl NodeKernel {
     fn name(&self) -> &'static str {
         match self {
-            NodeKernel::Reference => "reference",
+            NodeKernel::Conv { kernel, .. } => kernel.algorithm(),
+            NodeKernel::Depthwise { kernel, .. } => kernel.algorithm(),
+            NodeKernel::Linear { kernel, .. } => kernel.algorithm(),
+            NodeKernel::Pool(k) => k.algorithm(),
+            NodeKernel::Vector => "vector",
             NodeKernel::Copy => "copy",
+            NodeKernel::Reference => "reference",
         }
     }
+
+    fn scratch_len(&self) -> usize {
+        match self {
+            NodeKernel::Conv { kernel, .. } => kernel.scratch_len(),
+            NodeKernel::Linear { kernel, .. } => kernel.scratch_len(),
+            _ => 0,
+        }
+    }
+}
+
+fn spatial(shape: &[usize]) -> [usize; 3] {
+    [shape[0], shape[1], shape[2]]
+}
+
+/// Chooses each node's kernel; packs plain conv / linear weights into `owned`.
+fn plan_kernels(model: &Model, isa: Isa, max_batch: usize, owned: &mut Vec<Vec<f32>>) -> Result<Vec<NodeKernel>> {
+    let graph = model.graph();
+    let mut kernels = Vec::with_capacity(graph.nodes.len());
+    for node in &graph.nodes {
+        let layout_err = |w: WeightId, want: &str| {
+            Error::Format {
+                path: model.file().path().to_path_buf(),
+                reason: format!("node '{}': weight '{}' has layout {:?}, which {want} cannot read", node.name, graph.weights[w].name, graph.weights[w].layout),
+            }
+        };
+        let in_shape = graph.shape(node.inputs[0]);
+        let out_shape = graph.shape(node.output);
+        let k = match &node.op {
+            Op::Conv(c) => {
+                let (ins, outs) = (spatial(in_shape), spatial(out_shape));
+                match graph.weights[c.weight].layout {
+                    WeightLayout::ConvGemm => NodeKernel::Conv { kernel: ConvKernel::new(isa, c, ins, outs), weight: Packed::InFile(c.weight), bias: c.bias },
+                    WeightLayout::Plain => match DepthwiseKernel::new(isa, c, ins, outs) {
+                        Some(kernel) => NodeKernel::Depthwise { kernel, weight: c.weight, bias: c.bias },
+                        None => {
+                            let kernel = ConvKernel::new(isa, c, ins, outs);
+                            let mut packed = vec![0.0; kernel.packed_weight_len()];
+                            kernel.pack_weights(model.weight(c.weight), &mut packed);
+                            owned.push(packed);
+                            NodeKernel::Conv { kernel, weight: Packed::Owned(owned.len() - 1), bias: c.bias }
+                        }
+                    },
+                    WeightLayout::LinearGemm => return Err(layout_err(c.weight, "a convolution")),
+                }
+            }
+            Op::Linear(l) => {
+                let kernel = LinearKernel::new(isa, l, max_batch);
+                let weight = match graph.weights[l.weight].layout {
+                    WeightLayout::LinearGemm => Packed::InFile(l.weight),
+                    WeightLayout::Plain => {
+                        let mut packed = vec![0.0; kernel.packed_weight_len()];
+                        kernel.pack_weights(model.weight(l.weight), &mut packed);
+                        owned.push(packed);
+                        Packed::Owned(owned.len() - 1)
+                    }
+                    WeightLayout::ConvGemm => return Err(layout_err(l.weight, "a fully connected layer")),
+                };
+                NodeKernel::Linear { kernel, weight, bias: l.bias }
+            }
+            Op::Pool(p) => match PoolKernel::new(isa, p, spatial(in_shape), spatial(out_shape)) {
+                Some(k) => NodeKernel::Pool(k),
+                None => NodeKernel::Reference,
+            },
+            Op::Flatten { .. } => NodeKernel::Copy,
+            Op::ChannelAffine { .. }
+            | Op::Activation(_)
+            | Op::PRelu { .. }
+            | Op::GlobalPool { .. }
+            | Op::Binary { .. }
+            | Op::LayerNorm { .. }
+            | Op::InstanceNorm { .. }
+            | Op::Softmax { .. } => NodeKernel::Vector,
+            Op::Concat { .. } | Op::Pad { .. } => NodeKernel::Reference,
+        };
+        kernels.push(k);
+    }
+    Ok(kernels)
 }
 
 /// A planned model plus its workspace. `Send`, not shared: one per worker thread.
@@ -85,6 +187,11 @@ pub struct Session {
     arena_plan: ArenaPlan,
     arena: Vec<f32>,
     kernels: Vec<NodeKernel>,
+    /// Weights this session packed itself (only for files stored unpacked).
+    owned: Vec<Vec<f32>>,
+    /// Per-worker scratch: `slots ×` the largest kernel scratch.
+    scratch: Vec<f32>,
+    slots: usize,
     pool: Option<Arc<rayon::ThreadPool>>,
     batch: usize,
 }
@@ -124,27 +231,31 @@ impl Session {
                     limits::MAX_WORKSPACE_BYTES
                 ))
             })?;
-        let kernels = graph
-            .nodes
-            .iter()
-            .map(|n| match n.op {
-                crate::graph::Op::Flatten { .. } => NodeKernel::Copy,
-                _ => NodeKernel::Reference,
-            })
-            .collect();
+        let mut owned = Vec::new();
+        let kernels = plan_kernels(&model, isa, options.max_batch, &mut owned)?;
         let pool = match &options.threads {
             Threads::Caller => None,
             Threads::Pool(p) => Some(p.clone()),
             Threads::Count(n) => Some(Arc::new(
                 rayon::ThreadPoolBuilder::new()
                     .num_threads(*n)
-                    .start_handler(|_| crate::simd::set_flush_denormals())
+                    .thread_name(|i| format!("cnnrt-{i}"))
                     .build()
                     .map_err(|e| Error::Other(format!("cannot start {n} threads: {e}")))?,
             )),
         };
+        if let Some(p) = &pool {
+            // Runs on every worker and returns once all have started, so no thread start-up
+            // (and its allocations) happens inside a run; sets FTZ/DAZ on caller pools too.
+            p.broadcast(|_| crate::simd::set_flush_denormals());
+        }
+        let slots = pool.as_ref().map_or(1, |p| p.current_num_threads()).max(1);
+        let scratch_per_slot = kernels.iter().map(NodeKernel::scratch_len).max().unwrap_or(0);
         Ok(Session {
             arena: vec![0.0; arena_plan.len],
+            owned,
+            scratch: vec![0.0; slots * scratch_per_slot],
+            slots,
             arena_plan,
             kernels,
             isa,
@@ -209,10 +320,22 @@ impl Session {
         }
         self.batch = batch;
         match self.pool.clone() {
-            Some(pool) => pool.install(|| self.execute(batch)),
-            None => self.execute(batch),
+            Some(pool) => pool.install(|| self.execute(batch, None)),
+            None => self.execute(batch, None),
         }
         Ok(())
+    }
+
+    /// Runs once like [`Session::run`] and returns the wall time of each node, in node
+    /// order (for `cnnrt bench --profile`; allocates, unlike `run`).
+    pub fn profile(&mut self, input: &[f32], batch: usize) -> Result<Vec<std::time::Duration>> {
+        self.run(input, batch)?;
+        let mut times = vec![std::time::Duration::ZERO; self.kernels.len()];
+        match self.pool.clone() {
+            Some(pool) => pool.install(|| self.execute(batch, Some(&mut times))),
+            None => self.execute(batch, Some(&mut times)),
+        }
+        Ok(times)
     }
 
     /// Output `i` of the last run (batch × output size elements).
@@ -224,11 +347,13 @@ impl Session {
         &self.arena[off..off + len]
     }
 
-    fn execute(&mut self, n: usize) {
+    fn execute(&mut self, n: usize, mut times: Option<&mut [std::time::Duration]>) {
         crate::simd::set_flush_denormals();
         let model = &*self.model;
         let graph: &Graph = model.graph();
+        let isa = self.isa;
         for (i, node) in graph.nodes.iter().enumerate() {
+            let started = times.is_some().then(std::time::Instant::now);
             let out_off = self.arena_plan.offsets[node.output];
             let out_len = n * graph.values[node.output].shape.iter().product::<usize>();
             let (left, rest) = self.arena.split_at_mut(out_off);
@@ -242,11 +367,77 @@ impl Session {
                 *slot = if off + len <= out_off { &left[off..off + len] } else { &right[off - right_base..off - right_base + len] };
             }
             let ins = &ins[..node.inputs.len()];
+            let packed = |p: Packed| match p {
+                Packed::InFile(w) => model.weight(w),
+                Packed::Owned(j) => self.owned[j].as_slice(),
+            };
+            let in_shape = graph.shape(node.inputs[0]);
+            let sample_in: usize = in_shape.iter().product();
+            let sample_out = out_len / n;
             match &self.kernels[i] {
-                NodeKernel::Reference => reference::run_node_into(graph, i, model, ins, n, out),
+                NodeKernel::Conv { kernel, weight, bias } => {
+                    let (w, b) = (packed(*weight), bias.map(|b| model.weight(b)));
+                    for s in 0..n {
+                        let x = &ins[0][s * sample_in..(s + 1) * sample_in];
+                        let r = ins.get(1).map(|r| &r[s * sample_out..(s + 1) * sample_out]);
+                        let o = &mut out[s * sample_out..(s + 1) * sample_out];
+                        parallel::conv_tiles(kernel, self.slots, w, b, x, r, o, &mut self.scratch);
+                    }
+                }
+                NodeKernel::Depthwise { kernel, weight, bias } => {
+                    let (w, b) = (model.weight(*weight), bias.map(|b| model.weight(b)));
+                    let plane = sample_out / in_shape[0];
+                    for s in 0..n {
+                        let x = &ins[0][s * sample_in..(s + 1) * sample_in];
+                        let r = ins.get(1).map(|r| &r[s * sample_out..(s + 1) * sample_out]);
+                        let o = &mut out[s * sample_out..(s + 1) * sample_out];
+                        parallel::depthwise_channels(kernel, self.slots, in_shape[0], plane, w, b, x, r, o);
+                    }
+                }
+                NodeKernel::Linear { kernel, weight, bias } => {
+                    let scratch = &mut self.scratch[..kernel.scratch_len()];
+                    kernel.run(packed(*weight), bias.map(|b| model.weight(b)), ins[0], n, ins.get(1).copied(), out, scratch);
+                }
+                NodeKernel::Pool(k) => {
+                    for s in 0..n {
+                        k.run(&ins[0][s * sample_in..(s + 1) * sample_in], &mut out[s * sample_out..(s + 1) * sample_out]);
+                    }
+                }
+                NodeKernel::Vector => run_vector(isa, graph, i, model, ins, n, out),
                 NodeKernel::Copy => out.copy_from_slice(ins[0]),
+                NodeKernel::Reference => reference::run_node_into(graph, i, model, ins, n, out),
+            }
+            if let (Some(t), Some(start)) = (times.as_deref_mut(), started) {
+                t[i] = start.elapsed();
             }
         }
     }
 }
 
+/// The element-wise, normalization and global-pooling ops.
+fn run_vector(isa: Isa, graph: &Graph, i: usize, model: &Model, ins: &[&[f32]], n: usize, out: &mut [f32]) {
+    let node = &graph.nodes[i];
+    let shape = graph.shape(node.inputs[0]);
+    let x = ins[0];
+    let w = |id: WeightId| model.weight(id);
+    match &node.op {
+        Op::ChannelAffine { scale, shift, activation } => {
+            elementwise::channel_affine(isa, x, n, shape, scale.map(w), shift.map(w), *activation, out)
+        }
+        Op::Activation(a) => elementwise::activation(isa, x, *a, out),
+        Op::PRelu { slope } => elementwise::prelu(isa, x, n, shape, w(*slope), out),
+        Op::GlobalPool { kind } => {
+            let hw: usize = shape[1..].iter().product();
+            pool::global_pool(isa, *kind, x, n * shape[0], hw, out)
+        }
+        Op::Binary { kind, activation } => {
+            elementwise::binary(isa, x, ins[1], n, shape, graph.shape(node.inputs[1]), *kind, *activation, out)
+        }
+        Op::LayerNorm { axis, epsilon, scale, bias } => {
+            elementwise::layer_norm(isa, x, n, shape, *axis, *epsilon, w(*scale), bias.map(w), out)
+        }
+        Op::InstanceNorm { epsilon, scale, bias } => elementwise::instance_norm(isa, x, n, shape, *epsilon, w(*scale), w(*bias), out),
+        Op::Softmax { axis, flatten_from_axis } => elementwise::softmax(isa, x, n, shape, *axis, *flatten_from_axis, out),
+        _ => reference::run_node_into(graph, i, model, ins, n, out),
+    }
+}

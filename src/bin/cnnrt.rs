@@ -78,6 +78,12 @@ enum Command {
         /// Print one JSON object as the last line.
         #[arg(long)]
         json: bool,
+        /// Also print per-layer time, share, GFLOP/s, % of peak and kernel (medians).
+        #[arg(long)]
+        profile: bool,
+        /// FP32 peak of one core in GFLOP/s, for the profile's % of peak.
+        #[arg(long, default_value_t = 117.0)]
+        peak_gflops: f64,
     },
 }
 
@@ -155,7 +161,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-fn bench(model: &Path, threads: usize, batch: usize, iters: usize, isa: Option<Isa>, json: bool) -> Result<()> {
+fn bench(model: &Path, threads: usize, batch: usize, iters: usize, isa: Option<Isa>, json: bool, profile: Option<f64>) -> Result<()> {
     let t0 = Instant::now();
     let m = Model::open(model)?;
     let open_ms = t0.elapsed().as_secs_f64() * 1e3;
@@ -198,6 +204,9 @@ fn bench(model: &Path, threads: usize, batch: usize, iters: usize, isa: Option<I
     println!("first run  {first_run_ms:.3} ms");
     println!("latency    median {median:.3} ms, p90 {p90:.3} ms, p99 {p99:.3} ms over {} runs", times.len());
     println!("throughput {ips:.1} images/s, {gflops:.1} GFLOP/s ({:.3} GFLOP per run)", flops / 1e9);
+    if let Some(peak) = profile {
+        print_profile(&m, &mut session, &input, batch, iters, threads, peak)?;
+    }
     if json {
         println!(
             "{{\"model\":{:?},\"isa\":\"{}\",\"threads\":{threads},\"batch\":{batch},\"open_ms\":{open_ms:.4},\"session_ms\":{session_ms:.4},\"first_run_ms\":{first_run_ms:.4},\"median_ms\":{median:.4},\"p90_ms\":{p90:.4},\"p99_ms\":{p99:.4},\"images_per_s\":{ips:.2},\"gflops\":{gflops:.3},\"workspace_bytes\":{}}}",
@@ -206,6 +215,48 @@ fn bench(model: &Path, threads: usize, batch: usize, iters: usize, isa: Option<I
             session.workspace_bytes()
         );
     }
+    Ok(())
+}
+
+/// Per-layer medians over `iters` profiled runs.
+#[allow(clippy::too_many_arguments)]
+fn print_profile(m: &Model, session: &mut cnnrt::Session, input: &[f32], batch: usize, iters: usize, threads: usize, peak: f64) -> Result<()> {
+    let graph = m.graph();
+    let stats = cnnrt::graph::stats::layer_stats(graph);
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); graph.nodes.len()];
+    for _ in 0..iters.clamp(5, 50) {
+        for (i, t) in session.profile(input, batch)?.iter().enumerate() {
+            samples[i].push(t.as_secs_f64() * 1e3);
+        }
+    }
+    let med: Vec<f64> = samples
+        .iter_mut()
+        .map(|v| {
+            v.sort_by(|a, b| a.total_cmp(b));
+            percentile(v, 0.5)
+        })
+        .collect();
+    let total: f64 = med.iter().sum();
+    let algos = session.algorithms();
+    println!("\nper layer (median of profiled runs; peak {peak} GFLOP/s per core × {threads} threads)");
+    println!("{:<4} {:<28} {:<14} {:>9} {:>6} {:>8} {:>7}  kernel", "#", "layer", "op", "ms", "share", "GFLOP/s", "% peak");
+    for (i, node) in graph.nodes.iter().enumerate() {
+        let flops = 2.0 * stats[i].macs as f64 * batch as f64;
+        let gf = if med[i] > 0.0 { flops / (med[i] * 1e-3) / 1e9 } else { 0.0 };
+        let name: String = node.name.chars().take(28).collect();
+        println!(
+            "{:<4} {:<28} {:<14} {:>9.4} {:>5.1}% {:>8.1} {:>6.1}%  {}",
+            i + 1,
+            name,
+            node.op.name(),
+            med[i],
+            100.0 * med[i] / total,
+            gf,
+            100.0 * gf / (peak * threads as f64),
+            algos[i]
+        );
+    }
+    println!("sum of layer medians: {total:.3} ms");
     Ok(())
 }
 
@@ -232,7 +283,9 @@ fn main() -> ExitCode {
             Ok(())
         })(),
         Command::Run { model, input, output, top, isa, threads } => run(&model, &input, output.as_deref(), top, isa, threads),
-        Command::Bench { model, threads, batch, iters, isa, json } => bench(&model, threads, batch, iters, isa, json),
+        Command::Bench { model, threads, batch, iters, isa, json, profile, peak_gflops } => {
+            bench(&model, threads, batch, iters, isa, json, profile.then_some(peak_gflops))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -209,7 +209,7 @@ impl fmt::Debug for ModelFile {
 /// layouts may pad, so their count will come from the layout, not only the shape.
 fn expected_elements(w: &WeightInfo) -> usize {
     match w.layout {
-        WeightLayout::Plain => w.numel(),
+        WeightLayout::Plain | WeightLayout::ConvGemm | WeightLayout::LinearGemm => w.numel(),
     }
 }
 

@@ -316,6 +316,12 @@ pub enum WeightLayout {
     /// Row-major in the order `shape` gives (ONNX order).
     #[default]
     Plain,
+    /// Convolution weights packed for the GEMM kernels: panels of 12 output channels,
+    /// K-major inside (see `kernels::conv`). Same element count as `shape`.
+    ConvGemm,
+    /// Fully connected weights packed as the GEMM's constant B side: panels of 32 output
+    /// features, input-major inside (see `kernels::linear`). Same element count.
+    LinearGemm,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -1,3 +1,10 @@
 //! Kernels: `reference` is the oracle; the others are the fast paths tested against it.
 
+pub mod conv;
+pub mod depthwise;
+pub mod elementwise;
+pub mod gemm;
+pub mod linear;
+pub mod parallel;
+pub mod pool;
 pub mod reference;

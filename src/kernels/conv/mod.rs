@@ -1,0 +1,399 @@
+//! 2-D convolution on NCHW activations (one sample per call) through the packed GEMM.
+//!
+//! Per group, the convolution is `out_g[cog × (oh·ow)] = W_g[cog × K] · B_g[K × (oh·ow)]`
+//! with `K = cig·kh·kw`:
+//!
+//! * `gemm1x1`: 1×1 kernel, stride 1, no padding: `B_g` is the input itself
+//!   (`cig × h·w`, rows contiguous), read in place by the micro-kernels.
+//! * `gemm1x1_packed`: the same GEMM with B packed block by block into panels (pays off
+//!   when there are many output channels to reuse each B block).
+//! * `im2col_gemm`: anything else (any kernel, stride, dilation, padding, groups): each
+//!   `kc × nc` block of the im2col matrix is gathered straight into the packed-B panels
+//!   (never materialized whole), then multiplied.
+//!
+//! Bias, residual and activation are applied in the micro-kernels' store.
+//!
+//! # Packed weight layout
+//!
+//! ISA independent, so the converter can store it in the model file: groups one after
+//! another; group `g` holds its `cog × K` weight matrix (OIHW order, row `o`, column
+//! `(ci·kh + ky)·kw + kx`) in the [`gemm`](crate::kernels::gemm) packed-A layout: panels
+//! of [`MR_PACK`] = 12 output channels (the last one short, unpadded), K-major inside.
+//! Weight `(o, ci, ky, kx)` of group `g`, with `o` local to the group, `p = o / 12`,
+//! `h = min(12, cog − 12p)`, `k = (ci·kh + ky)·kw + kx`, is at
+//! `g·cog·K + 12p·K + k·h + (o − 12p)`. Length: exactly `cout · cig · kh · kw`.
+//!
+//! # Tiles
+//!
+//! The work is split into [`ConvKernel::tiles`] independent tiles (group × block of
+//! output channels × block of output pixels), each writing a disjoint part of the
+//! output. Every output element is one FMA chain over `k` in order whatever the tiling
+//! (see the gemm module), so running tiles in any order or on any number of threads
+//! gives bit-identical results.
+
+mod im2col;
+
+use crate::graph::Conv;
+use crate::kernels::gemm::{self, choose_kc, choose_nc, drive, pack_a, pack_scratch_len, ukr, BSrc, SharedOut, Tile, MR_PACK};
+use crate::simd::Isa;
+use im2col::Im2col;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Algo {
+    Gemm1x1,
+    Gemm1x1Packed,
+    Im2col,
+}
+
+/// A convolution layer planned for one ISA tier and one input shape.
+#[derive(Clone, Debug)]
+pub struct ConvKernel {
+    isa: Isa,
+    algo: Algo,
+    cin: usize,
+    h: usize,
+    w: usize,
+    cout: usize,
+    oh: usize,
+    ow: usize,
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    dilation: [usize; 2],
+    pads: [usize; 4],
+    groups: usize,
+    cig: usize,
+    cog: usize,
+    /// GEMM dimensions per group.
+    k: usize,
+    n: usize,
+    kc: usize,
+    nc: usize,
+    /// Output channels per M tile (a multiple of MR_PACK, or all of `cog`).
+    mc: usize,
+    m_tiles: usize,
+    n_tiles: usize,
+    activation: crate::graph::Activation,
+}
+
+/// Output channels per M tile below which M is not split (B would be packed once per
+/// M tile).
+const MIN_MC: usize = 96;
+/// Tiles per group the split aims for, so that small-N layers still parallelize.
+const WANT_TILES: usize = 4;
+
+impl ConvKernel {
+    /// Plans `conv` for `isa` (clamped to what this CPU supports) on a `[c, h, w]` input
+    /// producing `out_shape`.
+    pub fn new(isa: Isa, conv: &Conv, in_shape: [usize; 3], out_shape: [usize; 3]) -> ConvKernel {
+        let one_by_one = conv.kernel == [1, 1] && conv.stride == [1, 1] && conv.pads == [0, 0, 0, 0];
+        let algo = if !one_by_one {
+            Algo::Im2col
+        } else if conv.out_channels / conv.groups.max(1) <= 4 * MR_PACK {
+            Algo::Gemm1x1
+        } else {
+            Algo::Gemm1x1Packed
+        };
+        Self::build(isa, conv, in_shape, out_shape, algo)
+    }
+
+    /// Like [`ConvKernel::new`] with the algorithm forced (`"gemm1x1"`,
+    /// `"gemm1x1_packed"`, `"im2col_gemm"`); the 1×1 ones need a 1×1 stride-1 unpadded
+    /// convolution. For tests and benchmarks.
+    pub fn with_algorithm(isa: Isa, conv: &Conv, in_shape: [usize; 3], out_shape: [usize; 3], algorithm: &str) -> ConvKernel {
+        let algo = match algorithm {
+            "gemm1x1" => Algo::Gemm1x1,
+            "gemm1x1_packed" => Algo::Gemm1x1Packed,
+            "im2col_gemm" => Algo::Im2col,
+            other => panic!("unknown convolution algorithm '{other}'"),
+        };
+        if algo != Algo::Im2col {
+            assert!(
+                conv.kernel == [1, 1] && conv.stride == [1, 1] && conv.pads == [0, 0, 0, 0],
+                "{algorithm} needs a 1x1 stride-1 unpadded convolution"
+            );
+        }
+        Self::build(isa, conv, in_shape, out_shape, algo)
+    }
+
+    fn build(isa: Isa, conv: &Conv, in_shape: [usize; 3], out_shape: [usize; 3], algo: Algo) -> ConvKernel {
+        let [cin, h, w] = in_shape;
+        let [cout, oh, ow] = out_shape;
+        let [kh, kw] = conv.kernel;
+        let g = conv.groups;
+        assert!(g >= 1 && cin % g == 0 && cout % g == 0, "conv: groups must divide the channels");
+        assert_eq!(cin, conv.in_channels, "conv: input channels");
+        assert_eq!(cout, conv.out_channels, "conv: output channels");
+        assert!(kh >= 1 && kw >= 1 && conv.stride[0] >= 1 && conv.stride[1] >= 1 && conv.dilation[0] >= 1 && conv.dilation[1] >= 1);
+        let span_h = h + conv.pads[0] + conv.pads[2];
+        let span_w = w + conv.pads[1] + conv.pads[3];
+        let eff_h = conv.dilation[0] * (kh - 1) + 1;
+        let eff_w = conv.dilation[1] * (kw - 1) + 1;
+        assert!(span_h >= eff_h && span_w >= eff_w, "conv: kernel larger than the padded input");
+        assert_eq!(oh, (span_h - eff_h) / conv.stride[0] + 1, "conv: output height");
+        assert_eq!(ow, (span_w - eff_w) / conv.stride[1] + 1, "conv: output width");
+        let u = ukr(isa);
+        let (cig, cog) = (cin / g, cout / g);
+        let k = cig * kh * kw;
+        let n = oh * ow;
+        let kc = choose_kc(k);
+        let nc = choose_nc(n, kc, u.nr, 256 << 10);
+        let n_tiles = n.div_ceil(nc).max(1);
+        let mut mc = cog.max(1);
+        if n_tiles < WANT_TILES && g < WANT_TILES && cog >= 2 * MIN_MC {
+            let split = WANT_TILES.div_ceil(n_tiles).min(cog / MIN_MC).max(1);
+            mc = cog.div_ceil(split).div_ceil(MR_PACK) * MR_PACK;
+        }
+        let m_tiles = cog.div_ceil(mc).max(1);
+        ConvKernel {
+            isa: u.isa,
+            algo,
+            cin,
+            h,
+            w,
+            cout,
+            oh,
+            ow,
+            kernel: conv.kernel,
+            stride: conv.stride,
+            dilation: conv.dilation,
+            pads: conv.pads,
+            groups: g,
+            cig,
+            cog,
+            k,
+            n,
+            kc,
+            nc,
+            mc,
+            m_tiles,
+            n_tiles,
+            activation: conv.activation,
+        }
+    }
+
+    /// The tier the kernel runs (the requested one, clamped to this CPU).
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// `[cout, oh, ow]`.
+    pub fn out_shape(&self) -> [usize; 3] {
+        [self.cout, self.oh, self.ow]
+    }
+
+    pub fn algorithm(&self) -> &'static str {
+        match self.algo {
+            Algo::Gemm1x1 => "gemm1x1",
+            Algo::Gemm1x1Packed => "gemm1x1_packed",
+            Algo::Im2col => "im2col_gemm",
+        }
+    }
+
+    /// Multiply-adds times two for one sample.
+    pub fn flops(&self) -> u64 {
+        2 * (self.cout * self.k * self.n) as u64
+    }
+
+    pub fn packed_weight_len(&self) -> usize {
+        self.cout * self.k
+    }
+
+    /// Packs OIHW weights (`[cout, cin/groups, kh, kw]`) into the layout in the module
+    /// doc. Deterministic and ISA independent.
+    pub fn pack_weights(&self, plain_oihw: &[f32], packed: &mut [f32]) {
+        assert_eq!(plain_oihw.len(), self.cout * self.k, "conv: weight length");
+        assert_eq!(packed.len(), self.packed_weight_len(), "conv: packed weight length");
+        let gl = self.cog * self.k;
+        for g in 0..self.groups {
+            pack_a(self.cog, self.k, &plain_oihw[g * gl..(g + 1) * gl], self.k, &mut packed[g * gl..(g + 1) * gl]);
+        }
+    }
+
+    /// f32 elements of scratch one `run` (or one concurrent `run_tile`) needs.
+    pub fn scratch_len(&self) -> usize {
+        match self.algo {
+            Algo::Gemm1x1 => 0,
+            _ => pack_scratch_len(self.kc, self.nc, ukr(self.isa).nr),
+        }
+    }
+
+    /// Number of independent tiles.
+    pub fn tiles(&self) -> usize {
+        self.groups * self.m_tiles * self.n_tiles
+    }
+
+    fn check(
+        &self,
+        packed_weights: &[f32],
+        bias: Option<&[f32]>,
+        x: &[f32],
+        residual: Option<&[f32]>,
+        out_len: usize,
+        scratch: &[f32],
+    ) {
+        assert_eq!(packed_weights.len(), self.packed_weight_len(), "conv: packed weight length");
+        if let Some(b) = bias {
+            assert_eq!(b.len(), self.cout, "conv: bias length");
+        }
+        assert_eq!(x.len(), self.cin * self.h * self.w, "conv: input length");
+        let out_elems = self.cout * self.n;
+        assert_eq!(out_len, out_elems, "conv: output length");
+        if let Some(r) = residual {
+            assert_eq!(r.len(), out_elems, "conv: residual length");
+        }
+        assert!(scratch.len() >= self.scratch_len(), "conv: scratch too short");
+    }
+
+    /// `out = act(conv(x) + bias + residual)` for one sample (`x`: `cin × h × w`,
+    /// `out` and `residual`: `cout × oh × ow`), all tiles in order on this thread.
+    pub fn run(
+        &self,
+        packed_weights: &[f32],
+        bias: Option<&[f32]>,
+        x: &[f32],
+        residual: Option<&[f32]>,
+        out: &mut [f32],
+        scratch: &mut [f32],
+    ) {
+        self.check(packed_weights, bias, x, residual, out.len(), scratch);
+        let out = SharedOut::new(out);
+        // One pass per (group, N block) over all output channels: B is packed once.
+        // Identical results to running the finer tiles (module doc).
+        for g in 0..self.groups {
+            for nt in 0..self.n_tiles {
+                // SAFETY: checked above; one thread, disjoint blocks.
+                unsafe { self.block(packed_weights, bias, x, residual, out, scratch, g, 0, self.cog, nt) };
+            }
+        }
+    }
+
+    /// Runs tile `tile` (`< tiles()`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_tile(
+        &self,
+        packed_weights: &[f32],
+        bias: Option<&[f32]>,
+        x: &[f32],
+        residual: Option<&[f32]>,
+        out: &mut [f32],
+        scratch: &mut [f32],
+        tile: usize,
+    ) {
+        // SAFETY: `out` is borrowed mutably, so nothing else writes or reads it.
+        unsafe { self.run_tile_shared(packed_weights, bias, x, residual, SharedOut::new(out), scratch, tile) }
+    }
+
+    /// [`ConvKernel::run_tile`] writing through a [`SharedOut`], so that threads can run
+    /// different tiles at once (each with its own scratch).
+    ///
+    /// # Safety
+    /// No concurrent call may run the same tile index on the same output, and nothing
+    /// may read `out` until all calls are done.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn run_tile_shared(
+        &self,
+        packed_weights: &[f32],
+        bias: Option<&[f32]>,
+        x: &[f32],
+        residual: Option<&[f32]>,
+        out: SharedOut,
+        scratch: &mut [f32],
+        tile: usize,
+    ) {
+        self.check(packed_weights, bias, x, residual, out.len(), scratch);
+        assert!(tile < self.tiles(), "conv: tile index");
+        let per_group = self.m_tiles * self.n_tiles;
+        let g = tile / per_group;
+        let mt = (tile % per_group) / self.n_tiles;
+        let nt = tile % self.n_tiles;
+        let m0 = mt * self.mc;
+        let m1 = self.cog.min(m0 + self.mc);
+        self.block(packed_weights, bias, x, residual, out, scratch, g, m0, m1, nt);
+    }
+
+    /// Output channels `m0..m1` of group `g`, N block `nt`.
+    ///
+    /// Safety: arguments checked by `check`; `m0` a multiple of MR_PACK; no concurrent
+    /// writer of the same block.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn block(
+        &self,
+        packed_weights: &[f32],
+        bias: Option<&[f32]>,
+        x: &[f32],
+        residual: Option<&[f32]>,
+        out: SharedOut,
+        scratch: &mut [f32],
+        g: usize,
+        m0: usize,
+        m1: usize,
+        nt: usize,
+    ) {
+        debug_assert!(m0 % MR_PACK == 0 && m1 <= self.cog);
+        let n0 = nt * self.nc;
+        if n0 >= self.n || m0 >= m1 {
+            return;
+        }
+        let ncur = self.nc.min(self.n - n0);
+        let plane = self.h * self.w;
+        let xg = &x[g * self.cig * plane..(g + 1) * self.cig * plane];
+        let row0 = g * self.cog + m0;
+        let im2col = Im2col {
+            x: xg,
+            h: self.h,
+            w: self.w,
+            kh: self.kernel[0],
+            kw: self.kernel[1],
+            sh: self.stride[0],
+            sw: self.stride[1],
+            dh: self.dilation[0],
+            dw: self.dilation[1],
+            pt: self.pads[0],
+            pl: self.pads[1],
+            ow: self.ow,
+        };
+        let plain = PlainRows { x: xg, ld: plane };
+        let src = match self.algo {
+            Algo::Gemm1x1 => BSrc::Direct { ptr: xg.as_ptr().add(n0), ldb: plane },
+            Algo::Gemm1x1Packed => BSrc::Pack { packer: &plain, n0 },
+            Algo::Im2col => BSrc::Pack { packer: &im2col, n0 },
+        };
+        let t = Tile {
+            m: m1 - m0,
+            n: ncur,
+            k: self.k,
+            kc: self.kc,
+            nc: self.nc,
+            a: packed_weights.as_ptr().add(g * self.cog * self.k + m0 * self.k),
+            c: out.ptr().add(row0 * self.n + n0),
+            ldc: self.n,
+            bias_row: bias.map_or(std::ptr::null(), |b| b.as_ptr().add(row0)),
+            bias_col: std::ptr::null(),
+            residual: residual.map_or(std::ptr::null(), |r| r.as_ptr().add(row0 * self.n + n0)),
+            act: self.activation,
+            accumulate: false,
+        };
+        // SAFETY: `check` verified the lengths: packed A of group g from row m0 holds
+        // (m1−m0)·K elements (panels start at multiples of MR_PACK, m0 is one); B rows of
+        // the group's input channels cover columns n0..n0+ncur; output and residual rows
+        // row0.. with stride n cover those columns; the bias covers rows row0..; scratch
+        // has `scratch_len` elements for the packed block.
+        drive(ukr(self.isa), &t, &src, scratch);
+    }
+}
+
+/// The input as a plain `[K × h·w]` matrix, for `gemm1x1_packed`.
+struct PlainRows<'a> {
+    x: &'a [f32],
+    ld: usize,
+}
+
+impl gemm::PackB for PlainRows<'_> {
+    fn pack(&self, k0: usize, kc: usize, n0: usize, nc: usize, nr: usize, dst: &mut [f32]) {
+        let mut w = gemm::PanelWriter::new(dst, kc, nr);
+        for kk in 0..kc {
+            w.start_row(kk);
+            w.copy(&self.x[(k0 + kk) * self.ld + n0..][..nc]);
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! AVX-512 micro-kernels: up to 12 rows × 32 columns (two zmm per row, 24 accumulators),
+//! broadcast A, FMA; masked loads and stores for the N remainder.
+
+use super::{act_is_vector, act_tile_scalar, Store, UKernel, Ukr, MR_MAX};
+use crate::graph::Activation;
+use crate::simd::Isa;
+use core::arch::x86_64::*;
+
+const MR: usize = 12;
+
+/// The vector epilogue activation; `false` when `act` needs the scalar pass.
+#[inline]
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx2,fma")]
+fn act_zmm(x: __m512, act: Activation) -> __m512 {
+    let zero = _mm512_setzero_ps();
+    match act {
+        Activation::Relu => _mm512_max_ps(zero, x),
+        // max/min return their second operand when either is NaN, so NaN propagates.
+        Activation::Clip { min, max } => _mm512_min_ps(_mm512_set1_ps(max), _mm512_max_ps(_mm512_set1_ps(min), x)),
+        Activation::LeakyRelu { alpha } => {
+            let neg = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, zero);
+            _mm512_mask_mul_ps(x, neg, x, _mm512_set1_ps(alpha))
+        }
+        Activation::HardSigmoid { alpha, beta } => {
+            let t = _mm512_fmadd_ps(_mm512_set1_ps(alpha), x, _mm512_set1_ps(beta));
+            _mm512_min_ps(_mm512_set1_ps(1.0), _mm512_max_ps(zero, t))
+        }
+        Activation::HardSwish => {
+            let t = _mm512_fmadd_ps(x, _mm512_set1_ps(1.0 / 6.0), _mm512_set1_ps(0.5));
+            let t = _mm512_min_ps(_mm512_set1_ps(1.0), _mm512_max_ps(zero, t));
+            _mm512_mul_ps(x, t)
+        }
+        _ => x,
+    }
+}
+
+/// `MR` rows × `16·NV` columns; `MASKED` limits loads and stores of B, C, bias and
+/// residual to the first `nv` columns.
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx2,fma")]
+unsafe fn ukr<const R: usize, const NV: usize, const MASKED: bool>(
+    kc: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    nv: usize,
+    st: &Store,
+) {
+    let mut mask = [0xffffu16; NV];
+    if MASKED {
+        for (v, m) in mask.iter_mut().enumerate() {
+            let r = nv.saturating_sub(16 * v).min(16) as u32;
+            *m = ((1u32 << r) - 1) as u16;
+        }
+    }
+    let mut acc = [[_mm512_setzero_ps(); NV]; R];
+    if st.load_c {
+        for (i, row) in acc.iter_mut().enumerate() {
+            for (v, x) in row.iter_mut().enumerate() {
+                // SAFETY: C rows i < R, columns < nv (masked) are valid (UKernel contract).
+                *x = unsafe { _mm512_maskz_loadu_ps(mask[v], c.add(i * ldc + 16 * v)) };
+            }
+        }
+    }
+    let (mut ap, mut bp) = (a, b);
+    for _ in 0..kc {
+        let mut bv = [_mm512_setzero_ps(); NV];
+        for (v, x) in bv.iter_mut().enumerate() {
+            // SAFETY: B row k, columns < nv (or all 16·NV when unmasked) are valid.
+            *x = unsafe {
+                if MASKED {
+                    _mm512_maskz_loadu_ps(mask[v], bp.add(16 * v))
+                } else {
+                    _mm512_loadu_ps(bp.add(16 * v))
+                }
+            };
+        }
+        for (i, row) in acc.iter_mut().enumerate() {
+            // SAFETY: A row i < R of step k is valid.
+            let av = _mm512_set1_ps(unsafe { *ap.add(i) });
+            for (v, x) in row.iter_mut().enumerate() {
+                *x = _mm512_fmadd_ps(av, bv[v], *x);
+            }
+        }
+        // Wrapping: the pointers step one past the block on the last iteration.
+        ap = ap.wrapping_add(lda);
+        bp = bp.wrapping_add(ldb);
+    }
+    let vector_act = act_is_vector(st.act);
+    if st.finish {
+        if !st.bias_row.is_null() {
+            for (i, row) in acc.iter_mut().enumerate() {
+                // SAFETY: the row bias covers rows < R.
+                let bb = _mm512_set1_ps(unsafe { *st.bias_row.add(i) });
+                for x in row.iter_mut() {
+                    *x = _mm512_add_ps(*x, bb);
+                }
+            }
+        }
+        if !st.bias_col.is_null() {
+            for v in 0..NV {
+                // SAFETY: the column bias covers columns < nv (masked).
+                let bb = unsafe { _mm512_maskz_loadu_ps(mask[v], st.bias_col.add(16 * v)) };
+                for row in acc.iter_mut() {
+                    row[v] = _mm512_add_ps(row[v], bb);
+                }
+            }
+        }
+        if !st.residual.is_null() {
+            for (i, row) in acc.iter_mut().enumerate() {
+                for (v, x) in row.iter_mut().enumerate() {
+                    // SAFETY: the residual has C's shape and stride.
+                    let r = unsafe { _mm512_maskz_loadu_ps(mask[v], st.residual.add(i * ldc + 16 * v)) };
+                    *x = _mm512_add_ps(*x, r);
+                }
+            }
+        }
+        if vector_act && !st.act.is_identity() {
+            for row in acc.iter_mut() {
+                for x in row.iter_mut() {
+                    *x = act_zmm(*x, st.act);
+                }
+            }
+        }
+    }
+    for (i, row) in acc.iter().enumerate() {
+        for (v, x) in row.iter().enumerate() {
+            // SAFETY: C rows < R, columns < nv (masked) or all 16·NV are valid.
+            unsafe {
+                if MASKED {
+                    _mm512_mask_storeu_ps(c.add(i * ldc + 16 * v), mask[v], *x);
+                } else {
+                    _mm512_storeu_ps(c.add(i * ldc + 16 * v), *x);
+                }
+            }
+        }
+    }
+    if st.finish && !vector_act {
+        let w = if MASKED { nv } else { 16 * NV };
+        // SAFETY: the tile just stored.
+        unsafe { act_tile_scalar(c, ldc, R, w, st.act) };
+    }
+}
+
+macro_rules! table {
+    ($nv:literal, $masked:literal) => {
+        [
+            ukr::<1, $nv, $masked> as UKernel, // index 0 unused
+            ukr::<1, $nv, $masked>,
+            ukr::<2, $nv, $masked>,
+            ukr::<3, $nv, $masked>,
+            ukr::<4, $nv, $masked>,
+            ukr::<5, $nv, $masked>,
+            ukr::<6, $nv, $masked>,
+            ukr::<7, $nv, $masked>,
+            ukr::<8, $nv, $masked>,
+            ukr::<9, $nv, $masked>,
+            ukr::<10, $nv, $masked>,
+            ukr::<11, $nv, $masked>,
+            ukr::<12, $nv, $masked>,
+        ]
+    };
+}
+
+const _: () = assert!(MR == MR_MAX);
+
+pub(crate) static UKR: Ukr = Ukr {
+    isa: Isa::Avx512,
+    mr: MR,
+    nr: 32,
+    full: table!(2, false),
+    tail: table!(2, true),
+    narrow: table!(1, true),
+    narrow_max: 16,
+};

@@ -1,0 +1,692 @@
+//! Single-precision GEMM with pre-packed A: `C[M×N] (+)= A[M×K] · B[K×N]`, then a fused
+//! epilogue (bias, residual, activation) in the store.
+//!
+//! In the convolutions A is the weights (M = output channels, packed once, ahead of time,
+//! possibly by the converter into the model file) and B the activations (N = output
+//! pixels). The structure is the classic Goto/BLIS one:
+//!
+//! * a register-blocked micro-kernel per ISA tier computes an `mr × nr` tile of C from an
+//!   `mr`-row sliver of packed A and an `nr`-column sliver of B, looping over a K block
+//!   with broadcast-A / vector-B FMAs (AVX-512 12×32 with two zmm per row, AVX2+FMA 6×16
+//!   with two ymm per row, portable 4×8);
+//! * the driver blocks K into `kc` pieces (the A sliver stays in L1) and N into `nc`
+//!   pieces (the B block stays in L2), packs each `kc × nc` block of B into `nr`-wide
+//!   panels (or reads B in place when packing cannot pay off), and applies the epilogue
+//!   in the store of the last K block.
+//!
+//! # Packed A layout (ISA independent, [`MR_PACK`] = 12)
+//!
+//! Rows are grouped in panels of `MR_PACK` rows: panel `p` holds rows
+//! `p·12 .. p·12 + h` with `h = min(12, M − p·12)` (only the last panel can be short,
+//! and it is *not* padded). Inside a panel the data is K-major: element `(i, k)` of the
+//! panel is at `p·12·K + k·h + (i − p·12)`. The packed matrix therefore has exactly
+//! `M·K` elements. Every tier reads it: AVX-512 walks a 12-row panel in one 12-row
+//! sliver, AVX2 in two 6-row slivers, the portable tier in three 4-row slivers, each
+//! sliver reading its rows with a K stride of `h`.
+//!
+//! # Packed B layout for constant B (linear weights, [`NR_PACK`] = 32)
+//!
+//! Used when B is a constant (fully connected weights `Wᵀ`): columns grouped in panels
+//! of 32, the last one short and not padded, K-major inside: element `(k, j)` of panel
+//! `q` (width `w = min(32, N − 32q)`) is at `q·32·K + k·w + (j − 32q)`.
+//!
+//! # Determinism
+//!
+//! Every output element is computed as one chain of multiply-adds over `k = 0, 1, …, K−1`
+//! in order, starting from 0 (or from C with `accumulate`), followed by bias, residual and
+//! activation. Blocking over K stores and reloads the partial sum as f32, which is exact.
+//! So the value of an element does not depend on the tile it falls in, on the blocking,
+//! or on the order tiles run in: splitting the work over any number of threads gives
+//! bit-identical results (per ISA tier; tiers differ in FMA vs. separate multiply-add).
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+mod scalar;
+
+use crate::graph::Activation;
+use crate::simd::Isa;
+use std::marker::PhantomData;
+
+/// Rows per panel of packed A, for every tier.
+pub const MR_PACK: usize = 12;
+/// Columns per panel of pre-packed constant B, for every tier.
+pub const NR_PACK: usize = 32;
+
+/// The most rows any micro-kernel handles.
+pub(crate) const MR_MAX: usize = 12;
+
+/// What a micro-kernel does around its K loop. Pointers are null when absent; all are
+/// positioned at the tile's origin (row bias at the tile's first row, column bias at its
+/// first column, residual at its `(0, 0)` element with the C stride).
+#[derive(Clone, Copy)]
+pub(crate) struct Store {
+    /// Start from C instead of zero.
+    pub load_c: bool,
+    /// Apply bias, residual and activation before storing (last K block).
+    pub finish: bool,
+    pub bias_row: *const f32,
+    pub bias_col: *const f32,
+    pub residual: *const f32,
+    pub act: Activation,
+}
+
+/// A micro-kernel: `C[mr × nv] (+)= A[mr × kc] · B[kc × nv]` with the epilogue of `st`.
+///
+/// `a` points at the sliver's first row at the block's first k; row `i` of step `k` is at
+/// `a + k·lda + i`. `b` points at the block's first row; column `j` of step `k` is at
+/// `b + k·ldb + j`. `c` row `i`, column `j` is at `c + i·ldc + j`. `nv` is the number of
+/// valid columns (the full-width kernels ignore it and use `nr`).
+///
+/// Safety: every address above must be valid for its access for `i < mr`, `j < nv`,
+/// `k < kc`, and the tier's CPU features must be present.
+pub(crate) type UKernel =
+    unsafe fn(kc: usize, a: *const f32, lda: usize, b: *const f32, ldb: usize, c: *mut f32, ldc: usize, nv: usize, st: &Store);
+
+/// One tier's micro-kernels, indexed by the number of rows (index 0 unused).
+pub(crate) struct Ukr {
+    pub isa: Isa,
+    pub mr: usize,
+    pub nr: usize,
+    /// Full `nr`-wide tiles.
+    pub full: [UKernel; MR_MAX + 1],
+    /// Masked tiles, any `nv < nr`.
+    pub tail: [UKernel; MR_MAX + 1],
+    /// Masked tiles for `nv <= narrow_max` (half width), cheaper than `tail`.
+    pub narrow: [UKernel; MR_MAX + 1],
+    pub narrow_max: usize,
+}
+
+/// The micro-kernel table for a tier the CPU supports (clamped to what it has).
+pub(crate) fn ukr(isa: Isa) -> &'static Ukr {
+    let isa = isa.min(Isa::detect());
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => &avx512::UKR,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => &avx2::UKR,
+        _ => &scalar::UKR,
+    }
+}
+
+/// Micro-kernel geometry of the tier `isa` resolves to on this CPU: `(isa, mr, nr)`.
+pub fn micro_tile(isa: Isa) -> (Isa, usize, usize) {
+    let u = ukr(isa);
+    (u.isa, u.mr, u.nr)
+}
+
+// ---------------------------------------------------------------------------------------
+// Packing
+// ---------------------------------------------------------------------------------------
+
+/// Elements of packed A for an `m × k` matrix (no padding: `m·k`).
+pub fn packed_a_len(m: usize, k: usize) -> usize {
+    m * k
+}
+
+/// Packs row-major `a` (`m × k`, row stride `lda`) into the [`MR_PACK`] panel layout.
+pub fn pack_a(m: usize, k: usize, a: &[f32], lda: usize, packed: &mut [f32]) {
+    assert!(lda >= k);
+    assert!(m == 0 || a.len() >= (m - 1) * lda + k, "pack_a: source too short");
+    assert_eq!(packed.len(), m * k, "pack_a: destination length");
+    for p0 in (0..m).step_by(MR_PACK) {
+        let h = MR_PACK.min(m - p0);
+        let dst = &mut packed[p0 * k..(p0 + h) * k];
+        for i in 0..h {
+            let row = &a[(p0 + i) * lda..(p0 + i) * lda + k];
+            for (kk, &v) in row.iter().enumerate() {
+                dst[kk * h + i] = v;
+            }
+        }
+    }
+}
+
+/// Elements of packed constant B for a `k × n` matrix (`k·n`).
+pub fn packed_b_len(k: usize, n: usize) -> usize {
+    k * n
+}
+
+/// Packs `Bᵀ` given row-major as `bt` (`n × k`, row stride `ldbt`; e.g. linear weights
+/// `[out, in]`) into the [`NR_PACK`] column-panel layout of `B = btᵀ` (`k × n`).
+pub fn pack_b_transposed(n: usize, k: usize, bt: &[f32], ldbt: usize, packed: &mut [f32]) {
+    assert!(ldbt >= k);
+    assert!(n == 0 || bt.len() >= (n - 1) * ldbt + k, "pack_b_transposed: source too short");
+    assert_eq!(packed.len(), n * k, "pack_b_transposed: destination length");
+    for q0 in (0..n).step_by(NR_PACK) {
+        let w = NR_PACK.min(n - q0);
+        let dst = &mut packed[q0 * k..(q0 + w) * k];
+        for j in 0..w {
+            let row = &bt[(q0 + j) * ldbt..(q0 + j) * ldbt + k];
+            for (kk, &v) in row.iter().enumerate() {
+                dst[kk * w + j] = v;
+            }
+        }
+    }
+}
+
+/// A producer of B blocks packed for the micro-kernel (e.g. im2col).
+pub trait PackB: Sync {
+    /// Writes `B[k0 .. k0+kc, n0 .. n0+nc]` into `dst` as panels of `nr` columns, K-major:
+    /// element `(k, j)` goes to `((j−n0)/nr)·kc·nr + (k−k0)·nr + (j−n0)%nr`. Columns of the
+    /// last panel past `nc` may be left as they are (the kernels mask them).
+    fn pack(&self, k0: usize, kc: usize, n0: usize, nc: usize, nr: usize, dst: &mut [f32]);
+}
+
+/// A plain row-major matrix as a [`PackB`] source.
+struct PlainB<'a> {
+    b: &'a [f32],
+    ldb: usize,
+}
+
+impl PackB for PlainB<'_> {
+    fn pack(&self, k0: usize, kc: usize, n0: usize, nc: usize, nr: usize, dst: &mut [f32]) {
+        let mut w = PanelWriter::new(dst, kc, nr);
+        for kk in 0..kc {
+            let row = &self.b[(k0 + kk) * self.ldb + n0..][..nc];
+            w.start_row(kk);
+            w.copy(row);
+        }
+    }
+}
+
+/// Writes one K row of a packed B block, column after column, splitting at panel edges.
+pub struct PanelWriter<'a> {
+    dst: &'a mut [f32],
+    kc: usize,
+    nr: usize,
+    /// Index in `dst` of the next column's element.
+    pos: usize,
+    /// Columns left in the current panel.
+    left: usize,
+}
+
+impl<'a> PanelWriter<'a> {
+    pub fn new(dst: &'a mut [f32], kc: usize, nr: usize) -> Self {
+        PanelWriter { dst, kc, nr, pos: 0, left: nr }
+    }
+
+    /// Positions the writer at column 0 of row `kk`.
+    #[inline]
+    pub fn start_row(&mut self, kk: usize) {
+        self.pos = kk * self.nr;
+        self.left = self.nr;
+    }
+
+    #[inline]
+    fn advance(&mut self, n: usize) {
+        self.pos += n;
+        self.left -= n;
+        if self.left == 0 {
+            self.pos += (self.kc - 1) * self.nr;
+            self.left = self.nr;
+        }
+    }
+
+    /// Appends `n` zeros.
+    #[inline]
+    pub fn zeros(&mut self, mut n: usize) {
+        while n > 0 {
+            let t = n.min(self.left);
+            self.dst[self.pos..self.pos + t].fill(0.0);
+            self.advance(t);
+            n -= t;
+        }
+    }
+
+    /// Appends the values of `src`.
+    #[inline]
+    pub fn copy(&mut self, mut src: &[f32]) {
+        while !src.is_empty() {
+            let t = src.len().min(self.left);
+            self.dst[self.pos..self.pos + t].copy_from_slice(&src[..t]);
+            self.advance(t);
+            src = &src[t..];
+        }
+    }
+
+    /// Appends `n` values `src[0], src[stride], src[2·stride], …`.
+    #[inline]
+    pub fn copy_strided(&mut self, src: &[f32], stride: usize, mut n: usize) {
+        let mut s = 0;
+        while n > 0 {
+            let t = n.min(self.left);
+            let d = &mut self.dst[self.pos..self.pos + t];
+            let sv = &src[s..s + (t - 1) * stride + 1];
+            for (i, o) in d.iter_mut().enumerate() {
+                *o = sv[i * stride];
+            }
+            s += t * stride;
+            self.advance(t);
+            n -= t;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Epilogue and the public GEMM
+// ---------------------------------------------------------------------------------------
+
+/// Bias added in the epilogue.
+#[derive(Clone, Copy, Debug, Default)]
+pub enum Bias<'a> {
+    #[default]
+    None,
+    /// One value per row of C (`len == m`): per output channel in a convolution.
+    Row(&'a [f32]),
+    /// One value per column of C (`len == n`): per output feature in a linear layer.
+    Col(&'a [f32]),
+}
+
+/// What happens to `A·B` before it is stored: `C = act((C if accumulate) + A·B + bias +
+/// residual)`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Epilogue<'a> {
+    pub bias: Bias<'a>,
+    /// Same shape and stride (`ldc`) as C.
+    pub residual: Option<&'a [f32]>,
+    pub activation: Activation,
+    /// Add to C's previous contents instead of overwriting it.
+    pub accumulate: bool,
+}
+
+/// A mutable output shared by tasks that write disjoint tiles of it (see
+/// [`Gemm::run_tile_shared`], `ConvKernel::run_tile_shared`).
+#[derive(Clone, Copy, Debug)]
+pub struct SharedOut<'a> {
+    ptr: *mut f32,
+    len: usize,
+    _borrow: PhantomData<&'a mut [f32]>,
+}
+
+// SAFETY: a SharedOut is only written through the `unsafe` `run_tile_shared` functions,
+// whose contract requires that no two concurrent calls write the same elements.
+unsafe impl Send for SharedOut<'_> {}
+// SAFETY: as above.
+unsafe impl Sync for SharedOut<'_> {}
+
+impl<'a> SharedOut<'a> {
+    pub fn new(out: &'a mut [f32]) -> Self {
+        SharedOut { ptr: out.as_mut_ptr(), len: out.len(), _borrow: PhantomData }
+    }
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    pub(crate) fn ptr(&self) -> *mut f32 {
+        self.ptr
+    }
+}
+
+/// The K block: the whole K up to 384, else K split evenly into blocks of at most 256.
+pub(crate) fn choose_kc(k: usize) -> usize {
+    if k <= 384 {
+        k.max(1)
+    } else {
+        let nb = k.div_ceil(256);
+        k.div_ceil(nb)
+    }
+}
+
+/// The N block for a packed `kc × nc` B block of about `bytes` bytes, a multiple of `nr`,
+/// balanced over N.
+pub(crate) fn choose_nc(n: usize, kc: usize, nr: usize, bytes: usize) -> usize {
+    let target = (bytes / (4 * kc.max(1))).max(nr) / nr * nr;
+    let nb = n.div_ceil(target).max(1);
+    n.div_ceil(nb).div_ceil(nr).max(1) * nr
+}
+
+/// Where the micro-kernels read B from in one tile.
+pub(crate) enum BSrc<'a> {
+    /// In place: row-major, `ptr` at the tile's `(0, 0)`, row stride `ldb`.
+    Direct { ptr: *const f32, ldb: usize },
+    /// Packed into scratch block by block; `n0` is the tile's first column in the
+    /// packer's coordinates.
+    Pack { packer: &'a dyn PackB, n0: usize },
+    /// Pre-packed constant B ([`NR_PACK`] layout); `ptr` at the panel holding the tile's
+    /// first column (a multiple of [`NR_PACK`]), `n_rest` columns from there to the
+    /// matrix's end (the last panel's width follows from it), `k` rows.
+    Prepacked { ptr: *const f32, n_rest: usize },
+}
+
+/// One tile of work for [`drive`]: rows `0..m` of packed A starting at a panel boundary,
+/// columns `0..n` of B and C.
+pub(crate) struct Tile {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub kc: usize,
+    pub nc: usize,
+    /// Packed A at the tile's first panel (panel `q` at `a + q·MR_PACK·k`).
+    pub a: *const f32,
+    pub c: *mut f32,
+    pub ldc: usize,
+    pub bias_row: *const f32,
+    pub bias_col: *const f32,
+    pub residual: *const f32,
+    pub act: Activation,
+    pub accumulate: bool,
+}
+
+/// Scratch (f32 elements) that [`drive`] needs for a packed B block, including room to
+/// align it to 64 bytes.
+pub(crate) fn pack_scratch_len(kc: usize, nc: usize, nr: usize) -> usize {
+    kc * nc.div_ceil(nr) * nr + 16
+}
+
+/// Splits a panel of `h` rows into slivers of at most `mr` rows, as even as possible.
+#[inline]
+fn slivers(h: usize, mr: usize) -> impl Iterator<Item = (usize, usize)> {
+    let cnt = h.div_ceil(mr);
+    let base = h / cnt.max(1);
+    let extra = h % cnt.max(1);
+    (0..cnt).map(move |s| {
+        let start = s * base + s.min(extra);
+        (start, base + usize::from(s < extra))
+    })
+}
+
+/// Runs one tile. Safety: the caller guarantees every pointer in `t` and `b` covers the
+/// tile (A: `m·k` packed elements; B: `k × n`; C and residual: `m` rows of stride `ldc`
+/// with `n` valid columns; row bias `m`, column bias `n` elements), and that `scratch`
+/// holds `pack_scratch_len(kc, nc, nr)` elements when `b` is `BSrc::Pack`.
+pub(crate) unsafe fn drive(u: &Ukr, t: &Tile, b: &BSrc, scratch: &mut [f32]) {
+    let (m, n, k) = (t.m, t.n, t.k);
+    if m == 0 || n == 0 {
+        return;
+    }
+    let nr = u.nr;
+    // Align the packed block to 64 bytes.
+    let off = scratch.as_ptr().align_offset(64).min(16);
+    let kc_max = t.kc.max(1);
+    let nblocks_k = k.div_ceil(kc_max).max(1);
+    let prepacked = matches!(b, BSrc::Prepacked { .. });
+    for jb in (0..n).step_by(t.nc) {
+        let ncur = t.nc.min(n - jb);
+        for kb in 0..nblocks_k {
+            let k0 = kb * kc_max;
+            let kcur = kc_max.min(k - k0.min(k));
+            let first = kb == 0;
+            let last = kb + 1 == nblocks_k;
+            let packed: *const f32 = if let BSrc::Pack { packer, n0 } = b {
+                let len = kcur * ncur.div_ceil(nr) * nr;
+                let dst = &mut scratch[off..off + len];
+                packer.pack(k0, kcur, n0 + jb, ncur, nr, dst);
+                dst.as_ptr()
+            } else {
+                std::ptr::null()
+            };
+            // Address and stride of B's column `j` (tile coordinates) at row k0.
+            let bcol = |j: usize| -> (*const f32, usize) {
+                match *b {
+                    BSrc::Direct { ptr, ldb } => (ptr.add(k0 * ldb + j), ldb),
+                    BSrc::Pack { .. } => (packed.add(((j - jb) / nr) * kcur * nr + (j - jb) % nr), nr),
+                    BSrc::Prepacked { ptr, n_rest } => {
+                        let q = j / NR_PACK;
+                        let w = NR_PACK.min(n_rest - q * NR_PACK);
+                        (ptr.add(q * NR_PACK * k + k0 * w + j % NR_PACK), w)
+                    }
+                }
+            };
+            let call = |r0: usize, mr: usize, a: *const f32, lda: usize, j: usize| {
+                let nv = nr.min(jb + ncur - j);
+                let kern = if nv == nr {
+                    u.full[mr]
+                } else if nv <= u.narrow_max {
+                    u.narrow[mr]
+                } else {
+                    u.tail[mr]
+                };
+                let (bp, ldb) = bcol(j);
+                let st = Store {
+                    load_c: !first || t.accumulate,
+                    finish: last,
+                    bias_row: if t.bias_row.is_null() { t.bias_row } else { t.bias_row.add(r0) },
+                    bias_col: if t.bias_col.is_null() { t.bias_col } else { t.bias_col.add(j) },
+                    residual: if t.residual.is_null() { t.residual } else { t.residual.add(r0 * t.ldc + j) },
+                    act: t.act,
+                };
+                kern(kcur, a, lda, bp, ldb, t.c.add(r0 * t.ldc + j), t.ldc, nv, &st);
+            };
+            if prepacked {
+                // B sliver (kc × nr) stays in L1 while the rows of A stream past it.
+                for j in (jb..jb + ncur).step_by(nr) {
+                    for p0 in (0..m).step_by(MR_PACK) {
+                        let h = MR_PACK.min(m - p0);
+                        let ap = t.a.add(p0 * k + k0 * h);
+                        for (s0, mr) in slivers(h, u.mr) {
+                            call(p0 + s0, mr, ap.add(s0), h, j);
+                        }
+                    }
+                }
+            } else {
+                // A sliver (mr × kc) stays in L1 while the B block streams from L2.
+                for p0 in (0..m).step_by(MR_PACK) {
+                    let h = MR_PACK.min(m - p0);
+                    let ap = t.a.add(p0 * k + k0 * h);
+                    for (s0, mr) in slivers(h, u.mr) {
+                        for j in (jb..jb + ncur).step_by(nr) {
+                            call(p0 + s0, mr, ap.add(s0), h, j);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Applies `act` to an `mr × nv` tile in place with the scalar definition (the
+/// activations the vector epilogues do not cover: sigmoid, SiLU, tanh).
+///
+/// Safety: `c + i·ldc + j` valid for `i < mr`, `j < nv`.
+pub(crate) unsafe fn act_tile_scalar(c: *mut f32, ldc: usize, mr: usize, nv: usize, act: Activation) {
+    for i in 0..mr {
+        for j in 0..nv {
+            let p = c.add(i * ldc + j);
+            *p = act_f32(act, *p);
+        }
+    }
+}
+
+/// One activation in f32 (through the f64 definition, so it matches the reference).
+#[inline]
+pub(crate) fn act_f32(act: Activation, x: f32) -> f32 {
+    act.apply_f64(x as f64) as f32
+}
+
+/// Whether the vector epilogues apply `act` themselves.
+#[inline]
+pub(crate) fn act_is_vector(act: Activation) -> bool {
+    matches!(
+        act,
+        Activation::Identity
+            | Activation::Relu
+            | Activation::LeakyRelu { .. }
+            | Activation::Clip { .. }
+            | Activation::HardSigmoid { .. }
+            | Activation::HardSwish
+    )
+}
+
+/// How [`Gemm`] reads B.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BMode {
+    /// Packed block by block into `nr`-wide panels (scratch).
+    Packed,
+    /// Read in place (row-major): no packing, no scratch; best when M is small.
+    Direct,
+}
+
+/// A planned GEMM `C[m×n] (+)= A[m×k]·B[k×n]` with A packed by [`pack_a`] and B a plain
+/// row-major matrix. Plan once (cheap), run many times; [`Gemm::tiles`] independent tiles
+/// over N blocks, each computing all M rows of its columns.
+#[derive(Clone, Debug)]
+pub struct Gemm {
+    isa: Isa,
+    m: usize,
+    n: usize,
+    k: usize,
+    kc: usize,
+    nc: usize,
+    mode: BMode,
+}
+
+impl Gemm {
+    /// Plans for `isa` (clamped to what this CPU supports).
+    pub fn new(isa: Isa, m: usize, n: usize, k: usize) -> Gemm {
+        let mode = if m <= 2 * MR_PACK { BMode::Direct } else { BMode::Packed };
+        Gemm::with_mode(isa, m, n, k, mode)
+    }
+
+    /// Plans with an explicit B mode.
+    pub fn with_mode(isa: Isa, m: usize, n: usize, k: usize, mode: BMode) -> Gemm {
+        let u = ukr(isa);
+        let kc = choose_kc(k);
+        let nc = choose_nc(n, kc, u.nr, 256 << 10);
+        Gemm { isa: u.isa, m, n, k, kc, nc, mode }
+    }
+
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    pub fn mode(&self) -> BMode {
+        self.mode
+    }
+
+    /// f32 elements of scratch one call (or one concurrent tile) needs.
+    pub fn scratch_len(&self) -> usize {
+        match self.mode {
+            BMode::Direct => 0,
+            BMode::Packed => pack_scratch_len(self.kc, self.nc, ukr(self.isa).nr),
+        }
+    }
+
+    /// Number of independent tiles (N blocks).
+    pub fn tiles(&self) -> usize {
+        self.n.div_ceil(self.nc).max(1)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn check(&self, a_packed: &[f32], b: &[f32], ldb: usize, c_len: usize, ldc: usize, epi: &Epilogue, scratch: &[f32]) {
+        let (m, n, k) = (self.m, self.n, self.k);
+        assert_eq!(a_packed.len(), m * k, "gemm: packed A length");
+        assert!(ldb >= n && ldc >= n, "gemm: leading dimensions");
+        if k > 0 && n > 0 {
+            assert!(b.len() >= (k - 1) * ldb + n, "gemm: B too short");
+        }
+        if m > 0 && n > 0 {
+            assert!(c_len >= (m - 1) * ldc + n, "gemm: C too short");
+            if let Some(r) = epi.residual {
+                assert!(r.len() >= (m - 1) * ldc + n, "gemm: residual too short");
+            }
+        }
+        match epi.bias {
+            Bias::None => {}
+            Bias::Row(bv) => assert_eq!(bv.len(), m, "gemm: row bias length"),
+            Bias::Col(bv) => assert_eq!(bv.len(), n, "gemm: column bias length"),
+        }
+        assert!(scratch.len() >= self.scratch_len(), "gemm: scratch too short");
+    }
+
+    /// Runs every tile in order on the calling thread.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run(&self, a_packed: &[f32], b: &[f32], ldb: usize, c: &mut [f32], ldc: usize, epi: &Epilogue, scratch: &mut [f32]) {
+        let out = SharedOut::new(c);
+        for t in 0..self.tiles() {
+            // SAFETY: one thread, each tile once.
+            unsafe { self.run_tile_shared(a_packed, b, ldb, out, ldc, epi, scratch, t) };
+        }
+    }
+
+    /// Runs tile `tile` (`< tiles()`): columns `tile·nc ..` of C, all rows.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_tile(&self, a_packed: &[f32], b: &[f32], ldb: usize, c: &mut [f32], ldc: usize, epi: &Epilogue, scratch: &mut [f32], tile: usize) {
+        // SAFETY: `c` is borrowed mutably, so nothing else writes it.
+        unsafe { self.run_tile_shared(a_packed, b, ldb, SharedOut::new(c), ldc, epi, scratch, tile) }
+    }
+
+    /// [`Gemm::run_tile`] writing through a [`SharedOut`], so that threads can run
+    /// different tiles at once.
+    ///
+    /// # Safety
+    /// No other call may write the same tile of `c` concurrently (distinct tile indices
+    /// write disjoint elements), and nothing may read `c` meanwhile.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn run_tile_shared(
+        &self,
+        a_packed: &[f32],
+        b: &[f32],
+        ldb: usize,
+        c: SharedOut,
+        ldc: usize,
+        epi: &Epilogue,
+        scratch: &mut [f32],
+        tile: usize,
+    ) {
+        self.check(a_packed, b, ldb, c.len(), ldc, epi, scratch);
+        assert!(tile < self.tiles(), "gemm: tile index");
+        let n0 = tile * self.nc;
+        if self.m == 0 || n0 >= self.n {
+            return;
+        }
+        let ncur = self.nc.min(self.n - n0);
+        let u = ukr(self.isa);
+        let plain = PlainB { b, ldb };
+        let src = match self.mode {
+            BMode::Direct => BSrc::Direct { ptr: b.as_ptr().wrapping_add(n0), ldb },
+            BMode::Packed => BSrc::Pack { packer: &plain, n0 },
+        };
+        let t = Tile {
+            m: self.m,
+            n: ncur,
+            k: self.k,
+            kc: self.kc,
+            nc: self.nc,
+            a: a_packed.as_ptr(),
+            c: c.ptr().add(n0),
+            ldc,
+            bias_row: match epi.bias {
+                Bias::Row(v) => v.as_ptr(),
+                _ => std::ptr::null(),
+            },
+            bias_col: match epi.bias {
+                Bias::Col(v) => v.as_ptr().add(n0),
+                _ => std::ptr::null(),
+            },
+            residual: epi.residual.map_or(std::ptr::null(), |r| r.as_ptr().add(n0)),
+            act: epi.activation,
+            accumulate: epi.accumulate,
+        };
+        // SAFETY: `check` verified A (m·k packed), B (k rows of stride ldb covering n
+        // columns), C and residual (m rows of stride ldc covering n columns), the bias
+        // lengths and the scratch length; the tile covers columns n0..n0+ncur ⊂ 0..n.
+        drive(u, &t, &src, scratch);
+    }
+}
+
+/// `C = act((C) + A·B + bias + residual)` in one call: plans a [`Gemm`] and runs it.
+/// `a_packed` from [`pack_a`]; `scratch` at least [`sgemm_scratch_len`].
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_packed_a(
+    isa: Isa,
+    m: usize,
+    n: usize,
+    k: usize,
+    a_packed: &[f32],
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+    epi: &Epilogue,
+    scratch: &mut [f32],
+) {
+    Gemm::new(isa, m, n, k).run(a_packed, b, ldb, c, ldc, epi, scratch)
+}
+
+/// Scratch [`sgemm_packed_a`] needs for these dimensions.
+pub fn sgemm_scratch_len(isa: Isa, m: usize, n: usize, k: usize) -> usize {
+    Gemm::new(isa, m, n, k).scratch_len()
+}

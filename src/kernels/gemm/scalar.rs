@@ -1,0 +1,105 @@
+//! Portable micro-kernels: up to 4 rows × 8 columns of plain Rust (`a * b + c`, two
+//! roundings, never `f32::mul_add`, which is a libm call without FMA). LLVM vectorizes
+//! the fixed-size inner loops with whatever the baseline target has (SSE2 on x86-64).
+
+use super::{act_f32, Store, UKernel, Ukr, MR_MAX};
+use crate::simd::Isa;
+
+const MR: usize = 4;
+const NR: usize = 8;
+
+unsafe fn ukr<const R: usize, const FULL: bool>(
+    kc: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    nv: usize,
+    st: &Store,
+) {
+    let w = if FULL { NR } else { nv.min(NR) };
+    let mut acc = [[0f32; NR]; R];
+    // SAFETY (all accesses below): rows < R, columns < w, k < kc are valid (UKernel
+    // contract).
+    if st.load_c {
+        for (i, row) in acc.iter_mut().enumerate() {
+            for (j, x) in row.iter_mut().enumerate().take(w) {
+                *x = unsafe { *c.add(i * ldc + j) };
+            }
+        }
+    }
+    let (mut ap, mut bp) = (a, b);
+    for _ in 0..kc {
+        let mut bv = [0f32; NR];
+        if FULL {
+            bv = unsafe { std::ptr::read_unaligned(bp as *const [f32; NR]) };
+        } else {
+            for (j, x) in bv.iter_mut().enumerate().take(w) {
+                *x = unsafe { *bp.add(j) };
+            }
+        }
+        for (i, row) in acc.iter_mut().enumerate() {
+            let av = unsafe { *ap.add(i) };
+            for (x, &bj) in row.iter_mut().zip(&bv) {
+                *x += av * bj;
+            }
+        }
+        ap = ap.wrapping_add(lda);
+        bp = bp.wrapping_add(ldb);
+    }
+    if st.finish {
+        for (i, row) in acc.iter_mut().enumerate() {
+            let br = if st.bias_row.is_null() { 0.0 } else { unsafe { *st.bias_row.add(i) } };
+            for (j, x) in row.iter_mut().enumerate().take(w) {
+                let mut v = *x + br;
+                if !st.bias_col.is_null() {
+                    v += unsafe { *st.bias_col.add(j) };
+                }
+                if !st.residual.is_null() {
+                    v += unsafe { *st.residual.add(i * ldc + j) };
+                }
+                *x = act_f32(st.act, v);
+            }
+        }
+    }
+    for (i, row) in acc.iter().enumerate() {
+        for (j, &x) in row.iter().enumerate().take(w) {
+            unsafe { *c.add(i * ldc + j) = x };
+        }
+    }
+}
+
+macro_rules! table {
+    ($full:literal) => {
+        [
+            ukr::<1, $full> as UKernel, // index 0 unused
+            ukr::<1, $full>,
+            ukr::<2, $full>,
+            ukr::<3, $full>,
+            ukr::<4, $full>,
+            // Never selected (mr <= 4); present to fill the table.
+            ukr::<4, $full>,
+            ukr::<4, $full>,
+            ukr::<4, $full>,
+            ukr::<4, $full>,
+            ukr::<4, $full>,
+            ukr::<4, $full>,
+            ukr::<4, $full>,
+            ukr::<4, $full>,
+        ]
+    };
+}
+
+const _: () = assert!(MR <= MR_MAX);
+
+pub(crate) static UKR: Ukr = Ukr {
+    isa: Isa::Scalar,
+    mr: MR,
+    nr: NR,
+    full: table!(true),
+    tail: table!(false),
+    narrow: table!(false),
+    narrow_max: NR,
+};

@@ -1,0 +1,207 @@
+//! Fully connected layers: `y[s, o] = act(Σ_i x[s, i]·W[o, i] + b[o] + residual[s, o])`.
+//!
+//! One GEMM `Y[n × out] = X[n × in] · Wᵀ[in × out]` with the roles of the convolution
+//! swapped: the constant weights are the B side, pre-packed once, and the activations the
+//! A side, packed per call (nothing to pack at batch 1). At batch 1 this is a GEMV that
+//! streams each weight panel exactly once, so its speed is the memory bandwidth; at
+//! batch > 1 every weight panel is read once for all rows of the batch.
+//!
+//! # Packed weight layout
+//!
+//! ISA independent: `Wᵀ` in the gemm module's constant-B layout — output features in
+//! panels of [`NR_PACK`] = 32 (the last one short, unpadded), input-feature-major inside.
+//! Weight `W[o, i]` with `q = o / 32`, `w = min(32, out − 32q)` is at
+//! `q·32·in + i·w + (o − 32q)`. Length: exactly `out · in`.
+//!
+//! # Tiles
+//!
+//! [`LinearKernel::tiles`] blocks of output features, all batch rows each. Every output
+//! element is one FMA chain over the input features in order, so the tiling and the
+//! order of tiles never change a result.
+
+use crate::graph::{Activation, Linear};
+use crate::kernels::gemm::{drive, pack_a, pack_b_transposed, ukr, BSrc, SharedOut, Tile, NR_PACK};
+use crate::simd::Isa;
+
+/// Output features per tile (a multiple of NR_PACK).
+const TILE_COLS: usize = 256;
+
+/// A fully connected layer planned for one ISA tier and a maximum batch.
+#[derive(Clone, Debug)]
+pub struct LinearKernel {
+    isa: Isa,
+    in_features: usize,
+    out_features: usize,
+    max_batch: usize,
+    tile_cols: usize,
+    activation: Activation,
+}
+
+impl LinearKernel {
+    /// Plans `linear` for `isa` (clamped to this CPU) and batches up to `max_batch`.
+    pub fn new(isa: Isa, linear: &Linear, max_batch: usize) -> LinearKernel {
+        let u = ukr(isa);
+        const _: () = assert!(TILE_COLS % NR_PACK == 0);
+        LinearKernel {
+            isa: u.isa,
+            in_features: linear.in_features,
+            out_features: linear.out_features,
+            max_batch: max_batch.max(1),
+            tile_cols: TILE_COLS,
+            activation: linear.activation,
+        }
+    }
+
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    pub fn algorithm(&self) -> &'static str {
+        "gemm_packed_b"
+    }
+
+    /// Multiply-adds times two for a batch of `n`.
+    pub fn flops(&self, n: usize) -> u64 {
+        2 * (n * self.in_features * self.out_features) as u64
+    }
+
+    pub fn packed_weight_len(&self) -> usize {
+        self.in_features * self.out_features
+    }
+
+    /// Packs `[out, in]` row-major weights into the layout in the module doc.
+    pub fn pack_weights(&self, plain: &[f32], packed: &mut [f32]) {
+        assert_eq!(plain.len(), self.packed_weight_len(), "linear: weight length");
+        pack_b_transposed(self.out_features, self.in_features, plain, self.in_features, packed);
+    }
+
+    /// f32 elements of scratch one `run` (or one concurrent `run_tile`) needs.
+    pub fn scratch_len(&self) -> usize {
+        if self.max_batch > 1 {
+            self.max_batch * self.in_features
+        } else {
+            0
+        }
+    }
+
+    /// Number of independent tiles (blocks of output features).
+    pub fn tiles(&self) -> usize {
+        self.out_features.div_ceil(self.tile_cols).max(1)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn check(&self, packed: &[f32], bias: Option<&[f32]>, x: &[f32], n: usize, residual: Option<&[f32]>, out_len: usize, scratch: &[f32]) {
+        assert!(n <= self.max_batch, "linear: batch {n} above the planned {}", self.max_batch);
+        assert_eq!(packed.len(), self.packed_weight_len(), "linear: packed weight length");
+        if let Some(b) = bias {
+            assert_eq!(b.len(), self.out_features, "linear: bias length");
+        }
+        assert_eq!(x.len(), n * self.in_features, "linear: input length");
+        assert_eq!(out_len, n * self.out_features, "linear: output length");
+        if let Some(r) = residual {
+            assert_eq!(r.len(), n * self.out_features, "linear: residual length");
+        }
+        assert!(scratch.len() >= self.scratch_len(), "linear: scratch too short");
+    }
+
+    /// Packs the batch rows as the A side; returns it (x itself at batch 1).
+    fn pack_x<'a>(&self, x: &'a [f32], n: usize, scratch: &'a mut [f32]) -> &'a [f32] {
+        if n <= 1 {
+            x
+        } else {
+            let len = n * self.in_features;
+            pack_a(n, self.in_features, x, self.in_features, &mut scratch[..len]);
+            &scratch[..len]
+        }
+    }
+
+    /// `out[n × out] = act(x[n × in] · Wᵀ + bias + residual)`, all tiles on this thread.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run(&self, packed: &[f32], bias: Option<&[f32]>, x: &[f32], n: usize, residual: Option<&[f32]>, out: &mut [f32], scratch: &mut [f32]) {
+        self.check(packed, bias, x, n, residual, out.len(), scratch);
+        let out = SharedOut::new(out);
+        let a = self.pack_x(x, n, scratch);
+        for t in 0..self.tiles() {
+            // SAFETY: checked above; one thread, disjoint tiles.
+            unsafe { self.tile(packed, bias, a, n, residual, out, t) };
+        }
+    }
+
+    /// Runs tile `tile` (`< tiles()`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_tile(
+        &self,
+        packed: &[f32],
+        bias: Option<&[f32]>,
+        x: &[f32],
+        n: usize,
+        residual: Option<&[f32]>,
+        out: &mut [f32],
+        scratch: &mut [f32],
+        tile: usize,
+    ) {
+        // SAFETY: `out` is borrowed mutably, so nothing else writes or reads it.
+        unsafe { self.run_tile_shared(packed, bias, x, n, residual, SharedOut::new(out), scratch, tile) }
+    }
+
+    /// [`LinearKernel::run_tile`] through a [`SharedOut`], for threads running different
+    /// tiles at once (each with its own scratch).
+    ///
+    /// # Safety
+    /// No concurrent call may run the same tile index on the same output, and nothing
+    /// may read `out` until all calls are done.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn run_tile_shared(
+        &self,
+        packed: &[f32],
+        bias: Option<&[f32]>,
+        x: &[f32],
+        n: usize,
+        residual: Option<&[f32]>,
+        out: SharedOut,
+        scratch: &mut [f32],
+        tile: usize,
+    ) {
+        self.check(packed, bias, x, n, residual, out.len(), scratch);
+        assert!(tile < self.tiles(), "linear: tile index");
+        let a = self.pack_x(x, n, scratch);
+        self.tile(packed, bias, a, n, residual, out, tile);
+    }
+
+    /// Safety: arguments checked by `check`, `a` the packed batch; no concurrent writer
+    /// of the same tile.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile(&self, packed: &[f32], bias: Option<&[f32]>, a: &[f32], n: usize, residual: Option<&[f32]>, out: SharedOut, tile: usize) {
+        let (fi, fo) = (self.in_features, self.out_features);
+        let o0 = tile * self.tile_cols;
+        if n == 0 || o0 >= fo {
+            return;
+        }
+        let cols = self.tile_cols.min(fo - o0);
+        let u = ukr(self.isa);
+        // One row sliver: stream each weight panel once over the whole K. Several: block
+        // K so that the weight sliver stays in L1 while the slivers of x pass over it.
+        let kc = if n <= u.mr { fi.max(1) } else { fi.div_ceil(fi.div_ceil(128).max(1)).max(1) };
+        let t = Tile {
+            m: n,
+            n: cols,
+            k: fi,
+            kc,
+            nc: cols,
+            a: a.as_ptr(),
+            c: out.ptr().add(o0),
+            ldc: fo,
+            bias_row: std::ptr::null(),
+            bias_col: bias.map_or(std::ptr::null(), |b| b.as_ptr().add(o0)),
+            residual: residual.map_or(std::ptr::null(), |r| r.as_ptr().add(o0)),
+            act: self.activation,
+            accumulate: false,
+        };
+        let src = BSrc::Prepacked { ptr: packed.as_ptr().add(o0 * fi), n_rest: fo - o0 };
+        // SAFETY: `check` verified the lengths: packed A holds n·in elements; the packed
+        // weights from the panel of column o0 (a multiple of NR_PACK) to the end hold
+        // (out−o0)·in elements; output and residual rows of stride `out` cover columns
+        // o0..o0+cols; the column bias covers them too. No scratch is used.
+        drive(u, &t, &src, &mut []);
+    }
+}

@@ -1,0 +1,422 @@
+//! Max and average pooling, NCHW, one sample at a time; global pooling.
+//!
+//! Same structure as [`super::depthwise`]: per plane, per output row, vectorized along the
+//! row, with the leading border columns scalar, the inner columns in whole unchecked
+//! vectors, and the rest of the row masked (masked-off lanes read as `-inf` for max and
+//! `0` for average, so padding and `ceil_mode` overrun never count).
+//!
+//! | `algorithm()` | when | body |
+//! |---|---|---|
+//! | `pool2x2_s2`, `pool3x3_s2` | 2×2 / 3×3 window, stride 2 along W, dilation 1 (any padding, any stride along H) | rows of the window combined first on raw loads, then one de-interleave per vector |
+//! | `pool_rows_s1`, `pool_rows_s2` | any window and dilation, stride along W 1 or 2 | taps in loops |
+//! | `pool_generic` | stride along W of 3 or more | scalar, per output |
+//!
+//! Semantics are [`super::reference::pool`]'s: padding never wins a max and a NaN in the
+//! window makes the max NaN; average divides by the window cells inside the padded input
+//! (`count_include_pad`) or inside the input, at least 1. The specialized max bodies look
+//! for NaN in the raw loads of each vector of outputs and redo that vector with per-tap
+//! NaN tracking when they find one, so NaN costs nothing when there is none.
+
+use super::depthwise::{tap, tap_part, Axis};
+use super::elementwise::{dispatch, sum_f64, Simd};
+use crate::graph::shape::window_output;
+use crate::graph::{Pool, PoolKind};
+use crate::simd::Isa;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Algo {
+    K2S2,
+    K3S2,
+    Rows,
+    Generic,
+}
+
+/// A planned pooling layer; see the module docs.
+#[derive(Clone, Debug)]
+pub struct PoolKernel {
+    isa: Isa,
+    algo: Algo,
+    kind: PoolKind,
+    include_pad: bool,
+    channels: usize,
+    rows: Axis,
+    cols: Axis,
+}
+
+impl PoolKernel {
+    /// Plans `pool` for per-sample shapes `[C, H, W] -> [C, OH, OW]`; `None` if the shapes
+    /// do not fit it. `isa` is lowered to what this CPU runs.
+    pub fn new(isa: Isa, pool: &Pool, in_shape: [usize; 3], out_shape: [usize; 3]) -> Option<Self> {
+        if in_shape[0] != out_shape[0] {
+            return None;
+        }
+        let axis = |i: usize| -> Option<Axis> {
+            let (input, output) = (in_shape[1 + i], out_shape[1 + i]);
+            let (kernel, stride, dilation) = (pool.kernel[i], pool.stride[i], pool.dilation[i]);
+            let (pad_begin, pad_end) = (pool.pads[i], pool.pads[i + 2]);
+            if input == 0 || window_output(input, kernel, stride, dilation, pad_begin, pad_end, pool.ceil_mode)? != output {
+                return None;
+            }
+            Some(Axis { input, output, kernel, stride, dilation, pad_begin, pad_end })
+        };
+        let (rows, cols) = (axis(0)?, axis(1)?);
+        let algo = match (pool.kernel, pool.dilation, cols.stride) {
+            (_, _, s) if s > 2 => Algo::Generic,
+            ([2, 2], [1, 1], 2) => Algo::K2S2,
+            ([3, 3], [1, 1], 2) => Algo::K3S2,
+            _ => Algo::Rows,
+        };
+        Some(PoolKernel {
+            isa: super::elementwise::clamp_isa(isa),
+            algo,
+            kind: pool.kind,
+            include_pad: pool.count_include_pad,
+            channels: in_shape[0],
+            rows,
+            cols,
+        })
+    }
+
+    /// The tier the kernel runs on.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// Which body the kernel uses (see the module docs).
+    pub fn algorithm(&self) -> &'static str {
+        match (self.algo, self.cols.stride) {
+            (Algo::K2S2, _) => "pool2x2_s2",
+            (Algo::K3S2, _) => "pool3x3_s2",
+            (Algo::Rows, 1) => "pool_rows_s1",
+            (Algo::Rows, _) => "pool_rows_s2",
+            (Algo::Generic, _) => "pool_generic",
+        }
+    }
+
+    /// Pools one sample: `x` is `[C, H, W]`, `out` `[C, OH, OW]`.
+    pub fn run(&self, x: &[f32], out: &mut [f32]) {
+        let (rows, cols) = (self.rows, self.cols);
+        let (isz, osz) = (rows.input * cols.input, rows.output * cols.output);
+        assert_eq!(x.len(), self.channels * isz, "input");
+        assert_eq!(out.len(), self.channels * osz, "output");
+        let (xp, op) = (x.as_ptr(), out.as_mut_ptr());
+        dispatch!(self.isa, |s| {
+            for ch in 0..self.channels {
+                // SAFETY: the asserted lengths hold plane `ch` of input and output.
+                unsafe { plane(s, self, xp.add(ch * isz), op.add(ch * osz)) }
+            }
+        })
+    }
+}
+
+/// One output row's window rows.
+#[derive(Clone, Copy)]
+struct Row {
+    x: *const f32,
+    iy0: isize,
+    ky: (usize, usize),
+    /// Row factor of the average's divisor.
+    ry: usize,
+}
+
+impl Row {
+    /// Input row of kernel row `ky` (which must be in `self.ky`).
+    #[inline(always)]
+    unsafe fn input(&self, rows: &Axis, cols: &Axis, ky: usize) -> *const f32 {
+        // SAFETY: ky in self.ky puts the row inside the plane (Axis::taps).
+        unsafe { self.x.add((self.iy0 + (ky * rows.dilation) as isize) as usize * cols.input) }
+    }
+}
+
+impl PoolKernel {
+    /// The average's divisor for column `xo` of `row`.
+    #[inline(always)]
+    fn divisor(&self, row: &Row, xo: usize) -> f32 {
+        let cx = if self.include_pad {
+            self.cols.padded_taps(xo)
+        } else {
+            let (lo, hi) = self.cols.taps(xo);
+            hi - lo
+        };
+        (row.ry * cx).max(1) as f32
+    }
+}
+
+/// # Safety
+/// `x` an H*W plane, `out` an OH*OW plane.
+#[inline(always)]
+unsafe fn plane<S: Simd>(s: S, k: &PoolKernel, x: *const f32, out: *mut f32) {
+    let (rows, cols) = (&k.rows, &k.cols);
+    for oy in 0..rows.output {
+        let ky = rows.taps(oy);
+        let ry = if k.include_pad { rows.padded_taps(oy) } else { ky.1 - ky.0 };
+        let row = Row { x, iy0: rows.origin(oy), ky, ry };
+        // SAFETY (whole loop): pointers derive from the plane bounds and the window
+        // geometry, as each helper states.
+        let o = unsafe { out.add(oy * cols.output) };
+        let mut xo = 0;
+        let border = if k.algo == Algo::Generic { cols.output } else { cols.first_inner() };
+        while xo < border {
+            unsafe { *o.add(xo) = point(k, &row, xo) };
+            xo += 1;
+        }
+        if k.algo == Algo::Generic {
+            continue;
+        }
+        xo = unsafe {
+            match (k.algo, k.kind, cols.stride) {
+                (Algo::K2S2 | Algo::K3S2, PoolKind::Max, _) => body_s2_max(s, k, &row, o, xo),
+                (Algo::K2S2 | Algo::K3S2, PoolKind::Average, _) => body_s2_avg(s, k, &row, o, xo),
+                (_, _, 1) => body::<S, 1>(s, k, &row, o, xo),
+                _ => body::<S, 2>(s, k, &row, o, xo),
+            }
+        };
+        unsafe {
+            if cols.stride == 1 {
+                tail::<S, 1>(s, k, &row, o, xo)
+            } else {
+                tail::<S, 2>(s, k, &row, o, xo)
+            }
+        }
+    }
+}
+
+/// One output, scalar, with bounds checks.
+#[inline(always)]
+unsafe fn point(k: &PoolKernel, row: &Row, xo: usize) -> f32 {
+    let (rows, cols) = (&k.rows, &k.cols);
+    let (lo, hi) = cols.taps(xo);
+    let ix0 = cols.origin(xo);
+    let (mut max, mut sum, mut nan) = (f32::NEG_INFINITY, 0.0f32, false);
+    for ky in row.ky.0..row.ky.1 {
+        // SAFETY: ky and kx are taps inside the input (Axis::taps).
+        let src = unsafe { row.input(rows, cols, ky) };
+        for kx in lo..hi {
+            let v = unsafe { *src.add((ix0 + (kx * cols.dilation) as isize) as usize) };
+            nan |= v.is_nan();
+            max = if max > v { max } else { v };
+            sum += v;
+        }
+    }
+    match k.kind {
+        PoolKind::Max if nan => f32::NAN,
+        PoolKind::Max => max,
+        PoolKind::Average => sum / k.divisor(row, xo),
+    }
+}
+
+/// Max (with NaN tracking) or sum of the taps of outputs `xo..xo+n`; `part` selects
+/// masked loads (`n <= LANES`) instead of whole vectors (`cols.full(xo, LANES)`).
+#[inline(always)]
+unsafe fn reduce<S: Simd, const SW: usize>(s: S, k: &PoolKernel, row: &Row, xo: usize, n: usize, part: bool) -> S::V {
+    let (rows, cols) = (&k.rows, &k.cols);
+    let max = k.kind == PoolKind::Max;
+    let fill = s.splat(if max { f32::NEG_INFINITY } else { 0.0 });
+    let mut acc = fill;
+    let mut nan = s.mask_none();
+    for ky in row.ky.0..row.ky.1 {
+        // SAFETY: xo >= first_inner (callers start there) and `full` or masked loads.
+        let src = unsafe { row.input(rows, cols, ky) };
+        for kx in 0..cols.kernel {
+            let v = unsafe {
+                if part {
+                    tap_part::<S, SW>(s, cols, src, xo, kx, n, fill)
+                } else {
+                    tap::<S, SW>(s, cols, src, xo, kx)
+                }
+            };
+            if max {
+                nan = s.mask_or(nan, s.is_nan(v));
+                acc = s.max(acc, v);
+            } else {
+                acc = s.add(acc, v);
+            }
+        }
+    }
+    if max {
+        s.select(nan, s.splat(f32::NAN), acc)
+    } else {
+        acc
+    }
+}
+
+/// Whole vectors from `xo` while they fit; returns where it stopped.
+#[inline(always)]
+unsafe fn body<S: Simd, const SW: usize>(s: S, k: &PoolKernel, row: &Row, o: *mut f32, mut xo: usize) -> usize {
+    let l = S::LANES;
+    // Inner columns have every tap inside the input.
+    let inv = s.splat(1.0 / (row.ry * k.cols.kernel).max(1) as f32);
+    while k.cols.full(xo, l) {
+        // SAFETY: `full(xo)`, xo >= first_inner.
+        let mut v = unsafe { reduce::<S, SW>(s, k, row, xo, l, false) };
+        if k.kind == PoolKind::Average {
+            v = s.mul(v, inv);
+        }
+        // SAFETY: xo + l <= OW (`full`).
+        unsafe { s.store(o.add(xo), v) };
+        xo += l;
+    }
+    xo
+}
+
+/// Outputs `xo..OW` with masked loads and stores; per-lane divisors for the average.
+#[inline(always)]
+unsafe fn tail<S: Simd, const SW: usize>(s: S, k: &PoolKernel, row: &Row, o: *mut f32, mut xo: usize) {
+    while xo < k.cols.output {
+        let n = S::LANES.min(k.cols.output - xo);
+        // SAFETY: xo >= first_inner, n <= LANES.
+        let mut v = unsafe { reduce::<S, SW>(s, k, row, xo, n, true) };
+        if k.kind == PoolKind::Average {
+            let mut inv = [1.0f32; 16];
+            for (i, d) in inv.iter_mut().enumerate().take(n) {
+                *d = 1.0 / k.divisor(row, xo + i);
+            }
+            // SAFETY: `inv` has 16 >= n floats.
+            v = s.mul(v, unsafe { s.load_part(inv.as_ptr(), n, s.splat(1.0)) });
+        }
+        // SAFETY: xo + n <= OW.
+        unsafe { s.store_part(o.add(xo), n, v) };
+        xo += n;
+    }
+}
+
+/// The window rows' raw loads for a 2×2 / 3×3 stride-2 vector at `xo`: for each row, the
+/// `2 * LANES` floats from the window's first column (`a`, `b`) and, for 3×3, the same
+/// two columns on (`c`, `d`).
+struct Raw<S: Simd> {
+    a: S::V,
+    b: S::V,
+    c: S::V,
+    d: S::V,
+}
+
+#[inline(always)]
+unsafe fn raw<S: Simd>(s: S, k: &PoolKernel, row: &Row, ky: usize, xo: usize) -> Raw<S> {
+    let l = S::LANES;
+    // SAFETY: `full(xo)` bounds the last float (2xo - pad + 2 + 2l - 1 for 3×3) by the row.
+    unsafe {
+        let p = row.input(&k.rows, &k.cols, ky).add(2 * xo - k.cols.pad_begin);
+        let (a, b) = (s.load(p), s.load(p.add(l)));
+        if k.algo == Algo::K3S2 {
+            Raw { a, b, c: s.load(p.add(2)), d: s.load(p.add(2 + l)) }
+        } else {
+            Raw { a, b, c: a, d: b }
+        }
+    }
+}
+
+/// 2×2 / 3×3 stride-2 max: rows combined on the raw loads, then de-interleaved once.
+#[inline(always)]
+unsafe fn body_s2_max<S: Simd>(s: S, k: &PoolKernel, row: &Row, o: *mut f32, mut xo: usize) -> usize {
+    let l = S::LANES;
+    let k3 = k.algo == Algo::K3S2;
+    while k.cols.full(xo, l) {
+        let ninf = s.splat(f32::NEG_INFINITY);
+        let (mut a, mut b, mut c, mut d) = (ninf, ninf, ninf, ninf);
+        let mut nan = s.mask_none();
+        for ky in row.ky.0..row.ky.1 {
+            // SAFETY: `full(xo)`, xo >= first_inner.
+            let r = unsafe { raw(s, k, row, ky, xo) };
+            nan = s.mask_or(nan, s.mask_or(s.is_nan(r.a), s.is_nan(r.b)));
+            (a, b) = (s.max(a, r.a), s.max(b, r.b));
+            if k3 {
+                nan = s.mask_or(nan, s.is_nan(r.d));
+                (c, d) = (s.max(c, r.c), s.max(d, r.d));
+            }
+        }
+        let v = if s.any(nan) {
+            // A NaN somewhere in the loads: redo this vector tap by tap.
+            // SAFETY: as above.
+            unsafe { reduce::<S, 2>(s, k, row, xo, l, false) }
+        } else {
+            let (e, od) = s.deinterleave(a, b);
+            let m = s.max(e, od);
+            if k3 {
+                s.max(m, s.deinterleave(c, d).0)
+            } else {
+                m
+            }
+        };
+        // SAFETY: xo + l <= OW (`full`).
+        unsafe { s.store(o.add(xo), v) };
+        xo += l;
+    }
+    xo
+}
+
+/// 2×2 / 3×3 stride-2 average: rows summed on the raw loads, then de-interleaved once.
+#[inline(always)]
+unsafe fn body_s2_avg<S: Simd>(s: S, k: &PoolKernel, row: &Row, o: *mut f32, mut xo: usize) -> usize {
+    let l = S::LANES;
+    let k3 = k.algo == Algo::K3S2;
+    let inv = s.splat(1.0 / (row.ry * k.cols.kernel).max(1) as f32);
+    while k.cols.full(xo, l) {
+        let (mut a, mut b, mut c, mut d) = (s.zero(), s.zero(), s.zero(), s.zero());
+        for ky in row.ky.0..row.ky.1 {
+            // SAFETY: `full(xo)`, xo >= first_inner.
+            let r = unsafe { raw(s, k, row, ky, xo) };
+            (a, b) = (s.add(a, r.a), s.add(b, r.b));
+            if k3 {
+                (c, d) = (s.add(c, r.c), s.add(d, r.d));
+            }
+        }
+        let (e, od) = s.deinterleave(a, b);
+        let mut v = s.add(e, od);
+        if k3 {
+            v = s.add(v, s.deinterleave(c, d).0);
+        }
+        // SAFETY: xo + l <= OW (`full`).
+        unsafe { s.store(o.add(xo), s.mul(v, inv)) };
+        xo += l;
+    }
+    xo
+}
+
+/// Global average or max pooling of `c` planes of `hw` floats each (pass `n * C` planes
+/// for a batch): `out[i]` pools `x[i*hw..(i+1)*hw]`. The average sums in f64; the max is
+/// NaN when the plane holds a NaN. As [`super::reference::global_pool`].
+pub fn global_pool(isa: Isa, kind: PoolKind, x: &[f32], c: usize, hw: usize, out: &mut [f32]) {
+    assert!(hw > 0, "empty planes");
+    assert_eq!(x.len(), c * hw, "input");
+    assert_eq!(out.len(), c, "output");
+    let xp = x.as_ptr();
+    dispatch!(isa, |s| {
+        for (i, o) in out.iter_mut().enumerate() {
+            // SAFETY: plane i is `i*hw..(i+1)*hw` of the asserted `c*hw` floats.
+            let p = unsafe { xp.add(i * hw) };
+            *o = match kind {
+                PoolKind::Average => (unsafe { sum_f64(s, p, hw) } / hw as f64) as f32,
+                PoolKind::Max => unsafe { plane_max(s, p, hw) },
+            };
+        }
+    })
+}
+
+/// Max of `len` floats, NaN if any is NaN.
+#[inline(always)]
+unsafe fn plane_max<S: Simd>(s: S, p: *const f32, len: usize) -> f32 {
+    let l = S::LANES;
+    let ninf = s.splat(f32::NEG_INFINITY);
+    let (mut m0, mut m1) = (ninf, ninf);
+    let mut nan = s.mask_none();
+    let mut i = 0;
+    // SAFETY (all blocks): accesses at i..i+l <= len or i..len.
+    while i + 2 * l <= len {
+        let (a, b) = unsafe { (s.load(p.add(i)), s.load(p.add(i + l))) };
+        nan = s.mask_or(nan, s.mask_or(s.is_nan(a), s.is_nan(b)));
+        (m0, m1) = (s.max(m0, a), s.max(m1, b));
+        i += 2 * l;
+    }
+    while i < len {
+        let n = l.min(len - i);
+        let a = unsafe { s.load_part(p.add(i), n, ninf) };
+        nan = s.mask_or(nan, s.is_nan(a));
+        m0 = s.max(m0, a);
+        i += n;
+    }
+    if s.any(nan) {
+        f32::NAN
+    } else {
+        s.hmax(s.max(m0, m1))
+    }
+}

@@ -1,0 +1,376 @@
+//! Fast convolution (and the GEMM under it) against `kernels::reference`, for every ISA
+//! tier this CPU supports.
+//!
+//! Tolerance, per output element: `|got − ref| <= 2·(1e-5·sqrt(K)·S) + 1e-6`, where
+//! `S = Σ|x·w| + |bias| + |residual|` over that element's reduction (computed by running
+//! the reference on absolute values) and `K` its length. Why it is enough and not too
+//! loose: the kernels sum K products sequentially in f32 (FMA or multiply-add), whose
+//! worst-case error is about `(K+2)·u·S` with `u = 2^-24 ≈ 6e-8`; `1e-5·sqrt(K)` exceeds
+//! `(K+2)·u` for every `K` below ~25 000 (ours stay under 1 100), and the typical error
+//! grows like `sqrt(K)·u·S`, far below. The factor 2 covers the activation, whose slope is
+//! at most 1.5 (HardSwish at x = 3; the others ≤ 1.1 with the parameters drawn here), and
+//! the final rounding to f32.
+
+use cnnrt::graph::{Activation, Conv};
+use cnnrt::kernels::conv::ConvKernel;
+use cnnrt::kernels::gemm::{self, Bias, BMode, Epilogue, Gemm};
+use cnnrt::kernels::reference;
+use cnnrt::simd::Isa;
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+
+fn activations() -> impl Strategy<Value = Activation> {
+    prop_oneof![
+        Just(Activation::Identity),
+        Just(Activation::Relu),
+        (0.0f32..1.0).prop_map(|alpha| Activation::LeakyRelu { alpha }),
+        (-1.0f32..0.5, 0.5f32..2.0).prop_map(|(min, max)| Activation::Clip { min, max }),
+        Just(Activation::Sigmoid),
+        (0.05f32..1.0, -0.5f32..0.5).prop_map(|(alpha, beta)| Activation::HardSigmoid { alpha, beta }),
+        Just(Activation::HardSwish),
+        Just(Activation::Silu),
+        Just(Activation::Tanh),
+    ]
+}
+
+/// Deterministic pseudo-random values in [-1, 1).
+fn values(len: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn abs(v: &[f32]) -> Vec<f32> {
+    v.iter().map(|x| x.abs()).collect()
+}
+
+fn check_close(got: &[f32], want: &[f32], scale: &[f32], k: usize, what: &str) -> Result<(), TestCaseError> {
+    let tol_k = 1e-5 * ((k + 2) as f32).sqrt();
+    for (i, ((&g, &r), &s)) in got.iter().zip(want).zip(scale).enumerate() {
+        let tol = 2.0 * tol_k * s + 1e-6;
+        prop_assert!(
+            (g - r).abs() <= tol || (g.is_nan() && r.is_nan()),
+            "{what}: element {i}: got {g}, want {r}, |diff| {} > tol {tol}",
+            (g - r).abs()
+        );
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone)]
+struct Case {
+    conv: Conv,
+    h: usize,
+    w: usize,
+    batch: usize,
+    bias: bool,
+    residual: bool,
+    seed: u64,
+    scratch_offset: usize,
+}
+
+fn out_dims(c: &Conv, h: usize, w: usize) -> (usize, usize) {
+    let eh = c.dilation[0] * (c.kernel[0] - 1) + 1;
+    let ew = c.dilation[1] * (c.kernel[1] - 1) + 1;
+    ((h + c.pads[0] + c.pads[2] - eh) / c.stride[0] + 1, (w + c.pads[1] + c.pads[3] - ew) / c.stride[1] + 1)
+}
+
+fn cases() -> impl Strategy<Value = Case> {
+    (
+        prop_oneof![4 => Just(1usize), 1 => Just(2), 1 => Just(3), 1 => Just(4)],
+        1usize..=40,
+        1usize..=40,
+        (1usize..=20, 1usize..=20),
+        (1usize..=5, 1usize..=5),
+        (1usize..=3, 1usize..=3),
+        (1usize..=2, 1usize..=2),
+        [0usize..=2, 0usize..=2, 0usize..=2, 0usize..=2],
+        (any::<bool>(), any::<bool>(), activations()),
+        (1usize..=2, any::<u64>(), 0usize..=3),
+    )
+        .prop_filter_map("kernel larger than the padded input", |(g, ci, co, (h, w), kernel, stride, dil, pads, (bias, residual, act), (batch, seed, off))| {
+            let cig = ci.div_ceil(g);
+            let cog = co.div_ceil(g);
+            let conv = Conv {
+                in_channels: cig * g,
+                out_channels: cog * g,
+                kernel: [kernel.0, kernel.1],
+                stride: [stride.0, stride.1],
+                dilation: [dil.0, dil.1],
+                pads,
+                groups: g,
+                weight: 0,
+                bias: None,
+                activation: act,
+            };
+            let eh = dil.0 * (kernel.0 - 1) + 1;
+            let ew = dil.1 * (kernel.1 - 1) + 1;
+            (h + pads[0] + pads[2] >= eh && w + pads[1] + pads[3] >= ew)
+                .then_some(Case { conv, h, w, batch, bias, residual, seed, scratch_offset: off })
+        })
+}
+
+/// Runs `case` through `algorithm` (or the default choice) on `isa` and checks it.
+fn check_conv(isa: Isa, case: &Case, algorithm: Option<&str>) -> Result<(), TestCaseError> {
+    let c = &case.conv;
+    let (oh, ow) = out_dims(c, case.h, case.w);
+    let in_shape = [c.in_channels, case.h, case.w];
+    let out_shape = [c.out_channels, oh, ow];
+    let kernel = match algorithm {
+        Some(a) => ConvKernel::with_algorithm(isa, c, in_shape, out_shape, a),
+        None => ConvKernel::new(isa, c, in_shape, out_shape),
+    };
+    prop_assert_eq!(kernel.isa(), isa);
+    let cig = c.in_channels / c.groups;
+    let k = cig * c.kernel[0] * c.kernel[1];
+    let n_in = c.in_channels * case.h * case.w;
+    let n_out = c.out_channels * oh * ow;
+    let wts = values(c.out_channels * k, case.seed);
+    let bias = case.bias.then(|| values(c.out_channels, case.seed ^ 1));
+    let x = values(case.batch * n_in, case.seed ^ 2);
+    let res = case.residual.then(|| values(case.batch * n_out, case.seed ^ 3));
+
+    let mut want = vec![0.0; case.batch * n_out];
+    reference::conv2d(&x, case.batch, &in_shape, c, &wts, bias.as_deref(), res.as_deref(), &out_shape, &mut want);
+    let mut scale = vec![0.0; case.batch * n_out];
+    let cabs = Conv { activation: Activation::Identity, ..c.clone() };
+    let (xa, wa, ba, ra) = (abs(&x), abs(&wts), bias.as_deref().map(abs), res.as_deref().map(abs));
+    reference::conv2d(&xa, case.batch, &in_shape, &cabs, &wa, ba.as_deref(), ra.as_deref(), &out_shape, &mut scale);
+
+    let mut packed = vec![0.0; kernel.packed_weight_len()];
+    kernel.pack_weights(&wts, &mut packed);
+    let mut scratch_buf = vec![0.0; kernel.scratch_len() + case.scratch_offset];
+    let scratch = &mut scratch_buf[case.scratch_offset..];
+    let mut got = vec![f32::NAN; case.batch * n_out];
+    for s in 0..case.batch {
+        kernel.run(
+            &packed,
+            bias.as_deref(),
+            &x[s * n_in..(s + 1) * n_in],
+            res.as_deref().map(|r| &r[s * n_out..(s + 1) * n_out]),
+            &mut got[s * n_out..(s + 1) * n_out],
+            scratch,
+        );
+    }
+    check_close(&got, &want, &scale, k, &format!("{isa} {} {c:?} in {in_shape:?}", kernel.algorithm()))?;
+
+    // Tiles forward and in reverse give bit-identical results, equal to `run`'s.
+    let r0 = res.as_deref().map(|r| &r[..n_out]);
+    for order in [false, true] {
+        let mut tiled = vec![f32::NAN; n_out];
+        let mut ts: Vec<usize> = (0..kernel.tiles()).collect();
+        if order {
+            ts.reverse();
+        }
+        for t in ts {
+            kernel.run_tile(&packed, bias.as_deref(), &x[..n_in], r0, &mut tiled, scratch, t);
+        }
+        let same = tiled.iter().zip(&got[..n_out]).all(|(a, b)| a.to_bits() == b.to_bits());
+        prop_assert!(same, "{isa}: tiles (reverse={order}) differ from run; {} tiles", kernel.tiles());
+    }
+    Ok(())
+}
+
+fn runner() -> TestRunner {
+    TestRunner::new(Config { cases: 64, failure_persistence: None, ..Config::default() })
+}
+
+#[test]
+fn conv_matches_reference_every_tier() {
+    for isa in Isa::supported() {
+        runner()
+            .run(&cases(), |case| {
+                check_conv(isa, &case, None)?;
+                let c = &case.conv;
+                if c.kernel == [1, 1] && c.stride == [1, 1] && c.pads == [0; 4] {
+                    for a in ["gemm1x1", "gemm1x1_packed", "im2col_gemm"] {
+                        check_conv(isa, &case, Some(a))?;
+                    }
+                }
+                Ok(())
+            })
+            .unwrap_or_else(|e| panic!("{isa}: {e}"));
+    }
+}
+
+/// Shapes random sampling rarely reaches: M split into several tiles (many output
+/// channels, few pixels), many N tiles, K split into several blocks, grouped 1×1.
+#[test]
+fn conv_large_shapes_every_tier() {
+    let mk = |cin, cout, k: usize, s, p, g| Conv {
+        in_channels: cin,
+        out_channels: cout,
+        kernel: [k, k],
+        stride: [s, s],
+        dilation: [1, 1],
+        pads: [p; 4],
+        groups: g,
+        weight: 0,
+        bias: None,
+        activation: Activation::Relu,
+    };
+    let shapes = [
+        (mk(64, 200, 3, 1, 1, 1), 5, 5),
+        (mk(96, 400, 1, 1, 0, 1), 7, 7),
+        (mk(48, 64, 3, 1, 1, 1), 30, 30),
+        (mk(130, 50, 3, 2, 1, 1), 9, 11),
+        (mk(64, 64, 1, 1, 0, 4), 13, 13),
+        (mk(3, 16, 7, 2, 3, 1), 40, 40),
+        (mk(24, 24, 3, 1, 1, 24), 10, 10),
+    ];
+    for isa in Isa::supported() {
+        for (conv, h, w) in &shapes {
+            let case = Case { conv: conv.clone(), h: *h, w: *w, batch: 1, bias: true, residual: true, seed: 7, scratch_offset: 1 };
+            check_conv(isa, &case, None).unwrap_or_else(|e| panic!("{isa} {conv:?}: {e}"));
+        }
+    }
+}
+
+#[test]
+fn gemm_matches_reference_every_tier() {
+    let strat = (
+        (1usize..=60, 1usize..=150, 0usize..=600),
+        (0usize..=3, 0usize..=3),
+        (0u8..3, any::<bool>(), any::<bool>(), activations()),
+        (any::<bool>(), any::<u64>()),
+    );
+    for isa in Isa::supported() {
+        runner()
+            .run(&strat, |((m, n, k), (pad_b, pad_c), (bias_kind, residual, accumulate, act), (direct, seed))| {
+                let (ldb, ldc) = (n + pad_b, n + pad_c);
+                let a = values(m * k, seed);
+                let b = values(k * ldb, seed ^ 1);
+                let c0 = values(m * ldc, seed ^ 2);
+                let bias = match bias_kind {
+                    1 => Some(values(m, seed ^ 3)),
+                    2 => Some(values(n, seed ^ 3)),
+                    _ => None,
+                };
+                let res = residual.then(|| values(m * ldc, seed ^ 4));
+                // Reference in f64, and the |·| scale.
+                let mut want = vec![0f32; m * ldc];
+                let mut scale = vec![0f32; m * ldc];
+                for i in 0..m {
+                    for j in 0..n {
+                        let (mut acc, mut s) = (0f64, 0f64);
+                        for kk in 0..k {
+                            let p = a[i * k + kk] as f64 * b[kk * ldb + j] as f64;
+                            acc += p;
+                            s += p.abs();
+                        }
+                        let mut add = |v: f32| {
+                            acc += v as f64;
+                            s += (v as f64).abs();
+                        };
+                        if accumulate {
+                            add(c0[i * ldc + j]);
+                        }
+                        match (bias_kind, &bias) {
+                            (1, Some(bv)) => add(bv[i]),
+                            (2, Some(bv)) => add(bv[j]),
+                            _ => {}
+                        }
+                        if let Some(r) = &res {
+                            add(r[i * ldc + j]);
+                        }
+                        want[i * ldc + j] = act.apply_f64(acc) as f32;
+                        scale[i * ldc + j] = s as f32;
+                    }
+                }
+                let mode = if direct { BMode::Direct } else { BMode::Packed };
+                let g = Gemm::with_mode(isa, m, n, k, mode);
+                let mut ap = vec![0.0; gemm::packed_a_len(m, k)];
+                gemm::pack_a(m, k, &a, k, &mut ap);
+                let epi = Epilogue {
+                    bias: match (bias_kind, &bias) {
+                        (1, Some(bv)) => Bias::Row(bv),
+                        (2, Some(bv)) => Bias::Col(bv),
+                        _ => Bias::None,
+                    },
+                    residual: res.as_deref(),
+                    activation: act,
+                    accumulate,
+                };
+                let mut scratch = vec![0.0; g.scratch_len()];
+                let mut c = c0.clone();
+                g.run(&ap, &b, ldb, &mut c, ldc, &epi, &mut scratch);
+                let (mut gv, mut wv, mut sv) = (vec![], vec![], vec![]);
+                for i in 0..m {
+                    for j in 0..ldc {
+                        if j < n {
+                            gv.push(c[i * ldc + j]);
+                            wv.push(want[i * ldc + j]);
+                            sv.push(scale[i * ldc + j]);
+                        } else {
+                            // Padding columns of C are never touched.
+                            prop_assert_eq!(c[i * ldc + j].to_bits(), c0[i * ldc + j].to_bits());
+                        }
+                    }
+                }
+                check_close(&gv, &wv, &sv, k, &format!("{isa} gemm {m}x{n}x{k} {mode:?}"))?;
+                // Tiles in reverse order: bit-identical.
+                let mut c2 = c0.clone();
+                for t in (0..g.tiles()).rev() {
+                    g.run_tile(&ap, &b, ldb, &mut c2, ldc, &epi, &mut scratch, t);
+                }
+                prop_assert!(c.iter().zip(&c2).all(|(x, y)| x.to_bits() == y.to_bits()), "{isa}: tiles differ");
+                Ok(())
+            })
+            .unwrap_or_else(|e| panic!("{isa}: {e}"));
+    }
+}
+
+#[test]
+fn pack_a_layout_is_documented_one() {
+    // Element (i, k) of panel p (height h) at p·12·K + k·h + (i − p·12).
+    let (m, k) = (29, 5);
+    let a: Vec<f32> = (0..m * k).map(|v| v as f32).collect();
+    let mut p = vec![0.0; m * k];
+    gemm::pack_a(m, k, &a, k, &mut p);
+    for i in 0..m {
+        let p0 = i / 12 * 12;
+        let h = 12.min(m - p0);
+        for kk in 0..k {
+            assert_eq!(p[p0 * k + kk * h + (i - p0)], a[i * k + kk]);
+        }
+    }
+}
+
+#[test]
+fn nan_propagates_through_relu_and_clip() {
+    for isa in Isa::supported() {
+        for act in [Activation::Relu, Activation::Clip { min: 0.0, max: 6.0 }, Activation::LeakyRelu { alpha: 0.1 }] {
+            let conv = Conv {
+                in_channels: 2,
+                out_channels: 3,
+                kernel: [1, 1],
+                stride: [1, 1],
+                dilation: [1, 1],
+                pads: [0; 4],
+                groups: 1,
+                weight: 0,
+                bias: None,
+                activation: act,
+            };
+            let k = ConvKernel::new(isa, &conv, [2, 3, 3], [3, 3, 3]);
+            let mut x = vec![1.0f32; 18];
+            x[4] = f32::NAN;
+            let w = vec![1.0f32; 6];
+            let mut packed = vec![0.0; k.packed_weight_len()];
+            k.pack_weights(&w, &mut packed);
+            let mut out = vec![0.0; 27];
+            let mut scratch = vec![0.0; k.scratch_len()];
+            k.run(&packed, None, &x, None, &mut out, &mut scratch);
+            for o in 0..3 {
+                assert!(out[o * 9 + 4].is_nan(), "{isa} {act:?}");
+                assert_eq!(out[o * 9 + 3], 2.0f32.min(6.0));
+            }
+        }
+    }
+}
