@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use tract_linalg::multithread::Executor;
 use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::{ensure, DimLike, TractErrorContext};
 use tract_onnx::tract_core::runtime::RunOptions;
 use tract_onnx::tract_hir::infer::Factoid;
 
@@ -106,7 +107,7 @@ fn onnx_flops(model: &InferenceModel) -> f64 {
         };
         let in_shape = |i: usize| -> Option<Vec<usize>> { model.outlet_fact(*node.inputs.get(i)?).ok()?.shape.as_concrete_finite().ok()?.map(|v| v.to_vec()) };
         match op.as_ref() {
-            "Conv" => {
+            "Conv" | "ConvHir" => {
                 if let (Some(y), Some(w)) = (out_shape(0), in_shape(1)) {
                     macs += y.iter().product::<usize>() as f64 * w[1..].iter().product::<usize>() as f64;
                 }
