@@ -12,9 +12,64 @@ use cnnrt::kernels::conv::ConvKernel;
 use cnnrt::kernels::gemm::{self, BMode, Epilogue, Gemm};
 use cnnrt::kernels::linear::LinearKernel;
 use cnnrt::simd::Isa;
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::measurement::{Measurement, ValueFormatter, WallTime};
+use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use std::hint::black_box;
 use std::time::Duration;
+
+/// CPU time of the calling thread (`CLOCK_THREAD_CPUTIME_ID`), so that time slices taken
+/// by other processes on a shared machine do not count (cache pollution by them still
+/// does). Every benchmark here uses it.
+#[derive(Clone, Copy)]
+struct ThreadCpu;
+
+#[cfg(target_os = "linux")]
+fn thread_cpu_ns() -> u64 {
+    #[repr(C)]
+    struct Timespec {
+        tv_sec: i64,
+        tv_nsec: i64,
+    }
+    extern "C" {
+        fn clock_gettime(clk: i32, tp: *mut Timespec) -> i32;
+    }
+    const CLOCK_THREAD_CPUTIME_ID: i32 = 3;
+    let mut t = Timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec (two i64 on x86-64 Linux) to a valid pointer.
+    let rc = unsafe { clock_gettime(CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    assert_eq!(rc, 0);
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+#[cfg(not(target_os = "linux"))]
+fn thread_cpu_ns() -> u64 {
+    use std::sync::OnceLock;
+    static START: OnceLock<std::time::Instant> = OnceLock::new();
+    START.get_or_init(std::time::Instant::now).elapsed().as_nanos() as u64
+}
+
+impl Measurement for ThreadCpu {
+    type Intermediate = u64;
+    type Value = Duration;
+    fn start(&self) -> u64 {
+        thread_cpu_ns()
+    }
+    fn end(&self, i: u64) -> Duration {
+        Duration::from_nanos(thread_cpu_ns() - i)
+    }
+    fn add(&self, v1: &Duration, v2: &Duration) -> Duration {
+        *v1 + *v2
+    }
+    fn zero(&self) -> Duration {
+        Duration::ZERO
+    }
+    fn to_f64(&self, val: &Duration) -> f64 {
+        val.as_nanos() as f64
+    }
+    fn formatter(&self) -> &dyn ValueFormatter {
+        WallTime.formatter()
+    }
+}
 
 fn values(len: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -61,96 +116,314 @@ const CONVS: &[ConvShape] = &[
     cs("mobilenetv2/1x1_320-1280_7", 320, 1280, 1, 1, 0, 7),
 ];
 
-fn config() -> Criterion {
-    Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2)).sample_size(20)
+fn config() -> Criterion<ThreadCpu> {
+    Criterion::default().with_measurement(ThreadCpu).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2)).sample_size(20)
 }
 
-fn bench_gemm(c: &mut Criterion) {
-    cnnrt::simd::set_flush_denormals();
-    let mut g = c.benchmark_group("gemm");
-    for isa in Isa::supported() {
-        for (m, n, k) in [(512, 512, 512)] {
-            let a = values(m * k, 1);
-            let b = values(k * n, 2);
-            let mut ap = vec![0.0; m * k];
-            gemm::pack_a(m, k, &a, k, &mut ap);
-            let plan = Gemm::with_mode(isa, m, n, k, BMode::Packed);
-            let mut scratch = vec![0.0; plan.scratch_len()];
-            let mut cm = vec![0.0; m * n];
-            g.throughput(Throughput::Elements(2 * (m * n * k) as u64));
-            g.bench_function(BenchmarkId::new(format!("{m}x{n}x{k}"), isa.name()), |bch| {
-                bch.iter(|| plan.run(&ap, black_box(&b), n, &mut cm, n, &Epilogue::default(), &mut scratch))
-            });
+/// Register-only FMA loop: 12 independent accumulators, `iters` × 12 FMAs.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn fma_peak_avx2(iters: usize) -> f32 {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm256_set1_ps(0.0); 12];
+    let (a, b) = (_mm256_set1_ps(0.999), _mm256_set1_ps(0.001));
+    for _ in 0..iters {
+        for x in acc.iter_mut() {
+            *x = _mm256_fmadd_ps(*x, a, b);
         }
+    }
+    let mut s = _mm256_setzero_ps();
+    for x in acc {
+        s = _mm256_add_ps(s, x);
+    }
+    _mm256_cvtss_f32(s)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn fma_peak_avx512(iters: usize) -> f32 {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm512_set1_ps(0.0); 12];
+    let (a, b) = (_mm512_set1_ps(0.999), _mm512_set1_ps(0.001));
+    for _ in 0..iters {
+        for x in acc.iter_mut() {
+            *x = _mm512_fmadd_ps(*x, a, b);
+        }
+    }
+    let mut s = _mm512_setzero_ps();
+    for x in acc {
+        s = _mm512_add_ps(s, x);
+    }
+    _mm512_reduce_add_ps(s)
+}
+
+/// The FMA peak of one core, to read the other numbers against.
+fn bench_peak(c: &mut Criterion<ThreadCpu>) {
+    let mut g = c.benchmark_group("peak");
+    let iters = 1 << 16;
+    #[cfg(target_arch = "x86_64")]
+    for isa in Isa::supported() {
+        let lanes = match isa {
+            Isa::Avx512 => 16,
+            Isa::Avx2 => 8,
+            Isa::Scalar => continue,
+        };
+        g.throughput(Throughput::Elements((iters * 12 * lanes * 2) as u64));
+        g.bench_function(BenchmarkId::new("fma_registers", isa.name()), |bch| {
+            bch.iter(|| {
+                // SAFETY: `isa` is in Isa::supported(), so the CPU has its features.
+                unsafe {
+                    if isa == Isa::Avx512 {
+                        fma_peak_avx512(black_box(iters))
+                    } else {
+                        fma_peak_avx2(black_box(iters))
+                    }
+                }
+            })
+        });
     }
     g.finish();
 }
 
-fn bench_conv(c: &mut Criterion) {
-    cnnrt::simd::set_flush_denormals();
-    let mut g = c.benchmark_group("conv");
-    for isa in Isa::supported() {
-        for s in CONVS {
-            let conv = Conv {
-                in_channels: s.cin,
-                out_channels: s.cout,
-                kernel: [s.k, s.k],
-                stride: [s.stride, s.stride],
-                dilation: [1, 1],
-                pads: [s.pad; 4],
-                groups: 1,
-                weight: 0,
-                bias: Some(1),
-                activation: Activation::Relu,
-            };
-            let o = (s.hw + 2 * s.pad - s.k) / s.stride + 1;
-            let kern = ConvKernel::new(isa, &conv, [s.cin, s.hw, s.hw], [s.cout, o, o]);
-            let w = values(s.cout * s.cin * s.k * s.k, 3);
-            let mut packed = vec![0.0; kern.packed_weight_len()];
-            kern.pack_weights(&w, &mut packed);
-            let bias = values(s.cout, 4);
-            let x = values(s.cin * s.hw * s.hw, 5);
-            let mut out = vec![0.0; s.cout * o * o];
-            let mut scratch = vec![0.0; kern.scratch_len()];
-            g.throughput(Throughput::Elements(kern.flops()));
-            g.bench_function(BenchmarkId::new(format!("{}/{}", s.name, kern.algorithm()), isa.name()), |bch| {
-                bch.iter(|| kern.run(&packed, Some(&bias), black_box(&x), None, &mut out, &mut scratch))
+/// One benchmark: a closure that runs the kernel once, and how much work that is.
+struct Case {
+    group: &'static str,
+    name: String,
+    isa: Isa,
+    algorithm: &'static str,
+    /// FLOPs per run, or bytes of weights for the memory-bound GEMV cases.
+    work: u64,
+    bytes: bool,
+    /// Builds the data and returns the closure that runs the kernel once.
+    make: Box<dyn FnOnce() -> Box<dyn FnMut()>>,
+}
+
+impl Case {
+    fn id(&self) -> String {
+        format!("{}/{}/{}/{}", self.group, self.name, self.algorithm, self.isa.name())
+    }
+}
+
+fn gemm_cases(isa: Isa, out: &mut Vec<Case>) {
+    for (m, n, k, mode) in [
+        (12, 32, 256, BMode::Packed),
+        (96, 256, 256, BMode::Packed),
+        (512, 512, 512, BMode::Packed),
+        (512, 512, 512, BMode::Direct),
+        (64, 3136, 576, BMode::Packed),
+        (64, 3136, 576, BMode::Direct),
+        (64, 224, 288, BMode::Packed),
+        (64, 224, 288, BMode::Direct),
+        (512, 49, 4608, BMode::Packed),
+        (24, 49, 4608, BMode::Packed),
+        (24, 64, 4608, BMode::Packed),
+    ] {
+        out.push(Case {
+            group: "gemm",
+            name: format!("{m}x{n}x{k}"),
+            isa,
+            algorithm: if mode == BMode::Packed { "sgemm_packed_a" } else { "sgemm_packed_a_direct_b" },
+            work: 2 * (m * n * k) as u64,
+            bytes: false,
+            make: Box::new(move || {
+                let a = values(m * k, 1);
+                let b = values(k * n, 2);
+                let mut ap = vec![0.0; m * k];
+                gemm::pack_a(m, k, &a, k, &mut ap);
+                let plan = Gemm::with_mode(isa, m, n, k, mode);
+                let mut scratch = vec![0.0; plan.scratch_len()];
+                let mut cm = vec![0.0; m * n];
+                Box::new(move || plan.run(&ap, black_box(&b), n, &mut cm, n, &Epilogue::default(), &mut scratch))
+            }),
+        });
+    }
+}
+
+fn conv_cases(isa: Isa, out: &mut Vec<Case>) {
+    for s in CONVS {
+        let conv = Conv {
+            in_channels: s.cin,
+            out_channels: s.cout,
+            kernel: [s.k, s.k],
+            stride: [s.stride, s.stride],
+            dilation: [1, 1],
+            pads: [s.pad; 4],
+            groups: 1,
+            weight: 0,
+            bias: Some(1),
+            activation: Activation::Relu,
+        };
+        let o = (s.hw + 2 * s.pad - s.k) / s.stride + 1;
+        let kern = ConvKernel::new(isa, &conv, [s.cin, s.hw, s.hw], [s.cout, o, o]);
+        out.push(Case {
+            group: "conv",
+            name: s.name.to_string(),
+            isa,
+            algorithm: kern.algorithm(),
+            work: kern.flops(),
+            bytes: false,
+            make: Box::new({
+                let kern = kern.clone();
+                move || {
+                    let w = values(s.cout * s.cin * s.k * s.k, 3);
+                    let mut packed = vec![0.0; kern.packed_weight_len()];
+                    kern.pack_weights(&w, &mut packed);
+                    let bias = values(s.cout, 4);
+                    let x = values(s.cin * s.hw * s.hw, 5);
+                    let mut y = vec![0.0; s.cout * o * o];
+                    let mut scratch = vec![0.0; kern.scratch_len()];
+                    Box::new(move || kern.run(&packed, Some(&bias), black_box(&x), None, &mut y, &mut scratch))
+                }
+            }),
+        });
+        if kern.algorithm() == "im2col_gemm" {
+            // The im2col packing alone; "FLOP/s" here = the conv's FLOPs over the packing
+            // time, i.e. how fast the packing would let the conv run if it were free.
+            out.push(Case {
+                group: "im2col_only",
+                name: s.name.to_string(),
+                isa,
+                algorithm: "pack",
+                work: kern.flops(),
+                bytes: false,
+                make: Box::new(move || {
+                    let x = values(s.cin * s.hw * s.hw, 5);
+                    let mut scratch = vec![0.0; kern.scratch_len()];
+                    Box::new(move || kern.pack_only(black_box(&x), &mut scratch))
+                }),
             });
         }
     }
-    g.finish();
 }
 
-fn bench_linear(c: &mut Criterion) {
+fn linear_cases(isa: Isa, out: &mut Vec<Case>) {
+    for (fi, fo, n) in [(512, 1000, 1), (1280, 1000, 1), (4096, 4096, 1), (1280, 1000, 16)] {
+        let l = Linear { in_features: fi, out_features: fo, weight: 0, bias: Some(1), activation: Activation::Identity };
+        let kern = LinearKernel::new(isa, &l, n);
+        out.push(Case {
+            group: "linear",
+            name: format!("{fi}-{fo}_batch{n}"),
+            isa,
+            algorithm: kern.algorithm(),
+            work: if n == 1 { (4 * fi * fo) as u64 } else { kern.flops(n) },
+            bytes: n == 1,
+            make: Box::new(move || {
+                let w = values(fi * fo, 6);
+                let mut packed = vec![0.0; kern.packed_weight_len()];
+                kern.pack_weights(&w, &mut packed);
+                let bias = values(fo, 7);
+                let x = values(n * fi, 8);
+                let mut y = vec![0.0; n * fo];
+                let mut scratch = vec![0.0; kern.scratch_len()];
+                Box::new(move || kern.run(&packed, Some(&bias), black_box(&x), n, None, &mut y, &mut scratch))
+            }),
+        });
+    }
+}
+
+fn all_cases() -> Vec<Case> {
     cnnrt::simd::set_flush_denormals();
-    let mut g = c.benchmark_group("linear");
+    let mut v = Vec::new();
     for isa in Isa::supported() {
-        for (fi, fo, n) in [(512, 1000, 1), (1280, 1000, 1), (4096, 4096, 1), (1280, 1000, 16)] {
-            let l = Linear { in_features: fi, out_features: fo, weight: 0, bias: Some(1), activation: Activation::Identity };
-            let kern = LinearKernel::new(isa, &l, n);
-            let w = values(fi * fo, 6);
-            let mut packed = vec![0.0; kern.packed_weight_len()];
-            kern.pack_weights(&w, &mut packed);
-            let bias = values(fo, 7);
-            let x = values(n * fi, 8);
-            let mut out = vec![0.0; n * fo];
-            let mut scratch = vec![0.0; kern.scratch_len()];
-            if n == 1 {
-                g.throughput(Throughput::Bytes((4 * fi * fo) as u64));
-            } else {
-                g.throughput(Throughput::Elements(kern.flops(n)));
+        gemm_cases(isa, &mut v);
+        conv_cases(isa, &mut v);
+        linear_cases(isa, &mut v);
+    }
+    v
+}
+
+fn bench_kernels(c: &mut Criterion<ThreadCpu>) {
+    for case in all_cases() {
+        let mut g = c.benchmark_group(case.group);
+        g.throughput(if case.bytes { Throughput::Bytes(case.work) } else { Throughput::Elements(case.work) });
+        let id = BenchmarkId::new(format!("{}/{}", case.name, case.algorithm), case.isa.name());
+        let mut run: Option<Box<dyn FnMut()>> = None;
+        let mut make = Some(case.make);
+        g.bench_function(id, |b| {
+            // Build the data only if criterion's filter selected this benchmark.
+            let r = run.get_or_insert_with(|| (make.take().unwrap())());
+            b.iter(&mut *r)
+        });
+        g.finish();
+    }
+}
+
+/// `CNNRT_BENCH_TABLE=1 cargo bench --bench kernels [-- FILTER]`: instead of criterion,
+/// the best thread-CPU time of many short trials per case, printed as the markdown table of docs/KERNELS.md.
+fn table(filter: Option<&str>) {
+    const PEAK: f64 = 117.0;
+    // Minimum over many short trials (~1 ms each, ~1.5 s in all): on a shared machine
+    // the shortest trials are the ones no other process interrupted.
+    let best = |run: &mut dyn FnMut()| -> f64 {
+        run();
+        let t0 = thread_cpu_ns();
+        run();
+        let one = (thread_cpu_ns() - t0).max(1);
+        let reps = (1_000_000 / one).clamp(1, 10_000);
+        let start = std::time::Instant::now();
+        let mut best = f64::INFINITY;
+        let mut trials = 0;
+        while trials < 10 || (start.elapsed() < Duration::from_millis(1500) && trials < 1000) {
+            let t = thread_cpu_ns();
+            for _ in 0..reps {
+                run();
             }
-            g.bench_function(BenchmarkId::new(format!("{fi}-{fo}_batch{n}"), isa.name()), |bch| {
-                bch.iter(|| kern.run(&packed, Some(&bias), black_box(&x), n, None, &mut out, &mut scratch))
-            });
+            best = best.min((thread_cpu_ns() - t) as f64 / reps as f64);
+            trials += 1;
         }
+        best
+    };
+    #[cfg(target_arch = "x86_64")]
+    let measured_peak = if Isa::Avx2.is_supported() {
+        // SAFETY: AVX2 and FMA are present (checked just above).
+        let ns = best(&mut || {
+            black_box(unsafe { fma_peak_avx2(black_box(1 << 16)) });
+        });
+        (1u64 << 16) as f64 * 12.0 * 16.0 / ns
+    } else {
+        f64::NAN
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let measured_peak = f64::NAN;
+    println!("measured register-only FMA peak of this core: {measured_peak:.1} GFLOP/s\n");
+    println!("| kernel | shape | algorithm | tier | time | GFLOP/s (GB/s) | % of 117 | % of measured peak |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for case in all_cases() {
+        if filter.is_some_and(|f| !case.id().contains(f)) {
+            continue;
+        }
+        let mut run = (case.make)();
+        let ns = best(&mut *run);
+        let rate = case.work as f64 / ns;
+        let (unit, pct, pctm) = if case.bytes {
+            ("GB/s", "—".to_string(), "—".to_string())
+        } else {
+            ("", format!("{:.0}%", 100.0 * rate / PEAK), format!("{:.0}%", 100.0 * rate / measured_peak))
+        };
+        println!(
+            "| {} | {} | {} | {} | {:.3} ms | {:.1} {unit} | {pct} | {pctm} |",
+            case.group,
+            case.name,
+            case.algorithm,
+            case.isa.name(),
+            ns / 1e6,
+            rate
+        );
     }
-    g.finish();
 }
 
 criterion_group! {
     name = benches;
     config = config();
-    targets = bench_gemm, bench_conv, bench_linear
+    targets = bench_peak, bench_kernels
 }
-criterion_main!(benches);
+
+fn main() {
+    if std::env::var_os("CNNRT_BENCH_TABLE").is_some() {
+        let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+        table(filter.as_deref());
+    } else {
+        benches();
+        Criterion::default().configure_from_args().final_summary();
+    }
+}

@@ -55,10 +55,9 @@ impl Activation {
     pub fn apply_f64(&self, x: f64) -> f64 {
         match *self {
             Activation::Identity => x,
+            // NaN stays NaN (x > 0 is false for NaN, so test it explicitly).
             Activation::Relu => {
-                if x > 0.0 {
-                    x
-                } else if x.is_nan() {
+                if x > 0.0 || x.is_nan() {
                     x
                 } else {
                     0.0

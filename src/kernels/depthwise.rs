@@ -54,6 +54,11 @@ impl Axis {
     #[inline(always)]
     pub fn taps(&self, o: usize) -> (usize, usize) {
         let start = self.origin(o);
+        if self.dilation == 1 {
+            let lo = (-start).clamp(0, self.kernel as isize);
+            let hi = (self.input as isize - start).clamp(lo, self.kernel as isize);
+            return (lo as usize, hi as usize);
+        }
         let d = self.dilation as isize;
         let lo = if start >= 0 { 0 } else { ((-start + d - 1) / d) as usize };
         let last = self.input as isize - 1 - start;
@@ -112,6 +117,8 @@ pub struct DepthwiseKernel {
     channels: usize,
     rows: Axis,
     cols: Axis,
+    /// `cols.first_inner()`: output columns before it are done with masked loads.
+    inner_from: usize,
     activation: Activation,
 }
 
@@ -139,7 +146,8 @@ impl DepthwiseKernel {
             ([3, 3], [1, 1], _) => Algo::K3,
             _ => Algo::Rows,
         };
-        Some(DepthwiseKernel { isa: super::elementwise::clamp_isa(isa), algo, channels: c, rows, cols, activation: conv.activation })
+        let inner_from = cols.first_inner();
+        Some(DepthwiseKernel { isa: super::elementwise::clamp_isa(isa), algo, channels: c, rows, cols, inner_from, activation: conv.activation })
     }
 
     /// The tier the kernel runs on.
@@ -222,51 +230,38 @@ impl Row {
 unsafe fn plane<S: Simd>(s: S, k: &DepthwiseKernel, act: &ActV<S>, w: *const f32, bias: f32, x: *const f32, res: Option<*const f32>, out: *mut f32) {
     let (rows, cols) = (&k.rows, &k.cols);
     let ow = cols.output;
-    // SAFETY (whole body): every pointer below is derived from the plane bounds and the
-    // window geometry (see each helper).
     let mut wk = [[s.zero(); 3]; 3];
     if k.algo == Algo::K3 {
         for (r, wr) in wk.iter_mut().enumerate() {
             for (c, wv) in wr.iter_mut().enumerate() {
+                // SAFETY: a 3×3 kernel has 9 weights.
                 *wv = s.splat(unsafe { *w.add(r * 3 + c) });
             }
         }
     }
     for oy in 0..rows.output {
         let row = Row { x, iy0: rows.origin(oy), ky: rows.taps(oy), w, bias };
-        let o = unsafe { out.add(oy * ow) };
-        let mut xo = 0;
-        while xo < cols.first_inner() {
-            unsafe { *o.add(xo) = point(rows, cols, &row, xo) };
-            xo += 1;
-        }
-        if k.algo != Algo::Generic {
-            xo = unsafe {
-                match (k.algo, cols.stride) {
-                    (Algo::K3, 1) => body3::<S, 1>(s, rows, cols, &row, &wk, o, xo),
-                    (Algo::K3, _) => body3::<S, 2>(s, rows, cols, &row, &wk, o, xo),
-                    (_, 1) => body::<S, 1>(s, rows, cols, &row, o, xo),
-                    _ => body::<S, 2>(s, rows, cols, &row, o, xo),
+        // SAFETY: row oy of the OH*OW output (and residual) planes.
+        let (o, r) = unsafe { (out.add(oy * ow), res.map(|r| r.add(oy * ow))) };
+        // SAFETY (all arms): the helpers' bounds come from the window geometry.
+        unsafe {
+            match (k.algo, cols.stride) {
+                (Algo::K3, 1) => row3::<S, 1>(s, k, act, &row, &wk, o, r),
+                (Algo::K3, _) => row3::<S, 2>(s, k, act, &row, &wk, o, r),
+                (Algo::Rows, 1) => row_any::<S, 1>(s, k, act, &row, o, r),
+                (Algo::Rows, _) => row_any::<S, 2>(s, k, act, &row, o, r),
+                (Algo::Generic, _) => {
+                    for xo in 0..ow {
+                        *o.add(xo) = point(rows, cols, &row, xo);
+                    }
+                    epilogue(s, act, o, r, ow);
                 }
-            };
-            unsafe {
-                if cols.stride == 1 {
-                    tail::<S, 1>(s, rows, cols, &row, o, xo)
-                } else {
-                    tail::<S, 2>(s, rows, cols, &row, o, xo)
-                }
-            };
-        } else {
-            while xo < ow {
-                unsafe { *o.add(xo) = point(rows, cols, &row, xo) };
-                xo += 1;
             }
         }
-        unsafe { epilogue(s, act, o, res.map(|r| r.add(oy * ow)), ow) };
     }
 }
 
-/// One output, scalar, with bounds checks.
+/// One output, scalar, with bounds checks (the stride >= 3 path).
 #[inline(always)]
 unsafe fn point(rows: &Axis, cols: &Axis, row: &Row, xo: usize) -> f32 {
     let (lo, hi) = cols.taps(xo);
@@ -283,6 +278,56 @@ unsafe fn point(rows: &Axis, cols: &Axis, row: &Row, xo: usize) -> f32 {
         }
     }
     acc
+}
+
+/// The lane masks of one tap for `n` outputs whose first input column is `b` (negative
+/// in the left padding): the lanes that land inside the row `0..width`. Stride 2 reads
+/// `2n` raw floats in two vectors.
+#[derive(Clone, Copy)]
+pub(crate) struct Win<S: Simd> {
+    m0: S::L,
+    m1: S::L,
+}
+
+#[inline(always)]
+pub(crate) fn win<S: Simd, const SW: usize>(s: S, width: usize, b: isize, n: usize) -> Win<S> {
+    let span = (SW * n) as isize;
+    let lo = (-b).clamp(0, span);
+    let hi = (width as isize - b).clamp(lo, span);
+    if SW == 1 {
+        Win { m0: s.lanes(lo as usize, hi as usize), m1: s.lanes(0, 0) }
+    } else {
+        let l = S::LANES as isize;
+        Win { m0: s.lanes(lo.min(l) as usize, hi.min(l) as usize), m1: s.lanes((lo - l).max(0) as usize, (hi - l).max(0) as usize) }
+    }
+}
+
+/// The tap at input column `b` of the row `src` through the masks `w`; lanes outside
+/// the row are `fill` (zero when `None`, which skips a blend on AVX2).
+///
+/// # Safety
+/// `src` a row of the width `w` was made for.
+#[inline(always)]
+pub(crate) unsafe fn load_win<S: Simd, const SW: usize>(s: S, src: *const f32, b: isize, w: &Win<S>, fill: Option<S::V>) -> S::V {
+    #[inline(always)]
+    unsafe fn ld<S: Simd>(s: S, p: *const f32, m: S::L, fill: Option<S::V>) -> S::V {
+        // SAFETY: forwarded.
+        unsafe {
+            match fill {
+                Some(f) => s.load_m(p, m, f),
+                None => s.load_mz(p, m),
+            }
+        }
+    }
+    let p = src.wrapping_offset(b);
+    // SAFETY: the masks hold only lanes inside the row.
+    unsafe {
+        if SW == 1 {
+            ld(s, p, w.m0, fill)
+        } else {
+            s.deinterleave(ld(s, p, w.m0, fill), ld(s, p.wrapping_add(S::LANES), w.m1, fill)).0
+        }
+    }
 }
 
 /// Tap `kx` of outputs `xo..xo+LANES` from input row `src`, whole vectors.
@@ -303,37 +348,44 @@ pub(crate) unsafe fn tap<S: Simd, const SW: usize>(s: S, cols: &Axis, src: *cons
     }
 }
 
-/// Tap `kx` of outputs `xo..xo+n` from input row `src`, masked: lanes whose input column
-/// is past the row are `fill`.
+/// Adds the residual, applies the activation and stores `n` outputs at `o`.
 ///
 /// # Safety
-/// `xo >= cols.first_inner()`, `n <= LANES`, `src` a row of `cols.input` floats.
+/// `o..o+n` writable, `res..res+n` readable.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn tap_part<S: Simd, const SW: usize>(s: S, cols: &Axis, src: *const f32, xo: usize, kx: usize, n: usize, fill: S::V) -> S::V {
-    let b = xo * SW + kx * cols.dilation - cols.pad_begin;
-    let m = cols.input.saturating_sub(b).min(SW * n);
-    let p = src.wrapping_add(b);
-    // SAFETY: only `m` floats from `b`, all inside the row, are read.
+unsafe fn finish<S: Simd>(s: S, act: &ActV<S>, acc: S::V, o: *mut f32, res: Option<*const f32>, n: usize) {
+    let full = n == S::LANES;
+    // SAFETY: n floats at o / res (caller).
     unsafe {
-        if SW == 1 {
-            s.load_part(p, m, fill)
+        let v = match res {
+            Some(r) => s.add(acc, if full { s.load(r) } else { s.load_part(r, n, s.zero()) }),
+            None => acc,
+        };
+        let v = act.apply(s, v);
+        if full {
+            s.store(o, v)
         } else {
-            let l = S::LANES;
-            s.deinterleave(s.load_part(p, m.min(l), fill), s.load_part(p.wrapping_add(l), m.saturating_sub(l), fill)).0
+            s.store_part(o, n, v)
         }
     }
 }
 
-/// Whole vectors from `xo` while they fit; returns where it stopped.
+/// A row with any kernel: masked edges, whole vectors between.
 #[inline(always)]
-unsafe fn body<S: Simd, const SW: usize>(s: S, rows: &Axis, cols: &Axis, row: &Row, o: *mut f32, mut xo: usize) -> usize {
-    let l = S::LANES;
+unsafe fn row_any<S: Simd, const SW: usize>(s: S, k: &DepthwiseKernel, act: &ActV<S>, row: &Row, o: *mut f32, res: Option<*const f32>) {
+    let (rows, cols) = (&k.rows, &k.cols);
+    let (l, ow) = (S::LANES, cols.output);
     let bias = s.splat(row.bias);
+    // SAFETY (whole body): loads are bounded by `full` or by their masks; outputs by OW.
+    let mut xo = 0;
+    while xo < k.inner_from {
+        let n = l.min(ow - xo);
+        unsafe { edge_any::<S, SW>(s, k, act, row, o, res, xo, n) };
+        xo += n;
+    }
     while cols.full(xo, l) {
         let mut acc = bias;
         for ky in row.ky.0..row.ky.1 {
-            // SAFETY: `full(xo)` and xo >= first_inner (the caller starts there).
             unsafe {
                 let src = row.input(rows, cols, ky);
                 let wrow = row.w.add(ky * cols.kernel);
@@ -342,30 +394,34 @@ unsafe fn body<S: Simd, const SW: usize>(s: S, rows: &Axis, cols: &Axis, row: &R
                 }
             }
         }
-        // SAFETY: xo + l <= OW (`full`).
-        unsafe { s.store(o.add(xo), acc) };
+        unsafe { finish(s, act, acc, o.add(xo), res.map(|r| r.add(xo)), l) };
         xo += l;
     }
-    xo
+    while xo < ow {
+        let n = l.min(ow - xo);
+        unsafe { edge_any::<S, SW>(s, k, act, row, o, res, xo, n) };
+        xo += n;
+    }
 }
 
-/// [`body`] for 3×3, dilation 1, with the weights in registers.
+/// A 3×3 row (dilation 1), weights in registers.
 #[inline(always)]
-unsafe fn body3<S: Simd, const SW: usize>(s: S, rows: &Axis, cols: &Axis, row: &Row, wk: &[[S::V; 3]; 3], o: *mut f32, xo: usize) -> usize {
+unsafe fn row3<S: Simd, const SW: usize>(s: S, k: &DepthwiseKernel, act: &ActV<S>, row: &Row, wk: &[[S::V; 3]; 3], o: *mut f32, res: Option<*const f32>) {
     // SAFETY: forwarded; `row.ky` has 0 to 3 rows.
     unsafe {
         match row.ky.1 - row.ky.0 {
-            3 => body3n::<S, SW, 3>(s, rows, cols, row, wk, o, xo),
-            2 => body3n::<S, SW, 2>(s, rows, cols, row, wk, o, xo),
-            1 => body3n::<S, SW, 1>(s, rows, cols, row, wk, o, xo),
-            _ => body3n::<S, SW, 0>(s, rows, cols, row, wk, o, xo),
+            3 => row3n::<S, SW, 3>(s, k, act, row, wk, o, res),
+            2 => row3n::<S, SW, 2>(s, k, act, row, wk, o, res),
+            1 => row3n::<S, SW, 1>(s, k, act, row, wk, o, res),
+            _ => row3n::<S, SW, 0>(s, k, act, row, wk, o, res),
         }
     }
 }
 
 #[inline(always)]
-unsafe fn body3n<S: Simd, const SW: usize, const NR: usize>(s: S, rows: &Axis, cols: &Axis, row: &Row, wk: &[[S::V; 3]; 3], o: *mut f32, mut xo: usize) -> usize {
-    let l = S::LANES;
+unsafe fn row3n<S: Simd, const SW: usize, const NR: usize>(s: S, k: &DepthwiseKernel, act: &ActV<S>, row: &Row, wk: &[[S::V; 3]; 3], o: *mut f32, res: Option<*const f32>) {
+    let (rows, cols) = (&k.rows, &k.cols);
+    let (l, ow) = (S::LANES, cols.output);
     let bias = s.splat(row.bias);
     let ky0 = row.ky.0;
     let mut src = [row.x; 3];
@@ -375,51 +431,106 @@ unsafe fn body3n<S: Simd, const SW: usize, const NR: usize>(s: S, rows: &Axis, c
         src[r] = unsafe { row.input(rows, cols, ky0 + r) };
         w[r] = wk[ky0 + r];
     }
+    // SAFETY (whole body): loads are bounded by `full` or by their masks; outputs by OW.
+    let mut xo = 0;
+    while xo < k.inner_from {
+        let n = l.min(ow - xo);
+        unsafe { edge3::<S, SW, NR>(s, k, act, &src, &w, bias, o, res, xo, n) };
+        xo += n;
+    }
     while cols.full(xo, l) {
-        let mut acc = bias;
+        // One accumulator per kernel row (three short dependency chains, not one long
+        // one), the bias in the first; the same order as `edge3`.
+        let mut acc = [bias, s.zero(), s.zero()];
         for r in 0..NR {
-            // SAFETY: `full(xo)` and xo >= first_inner bound every load by the row.
             unsafe {
                 let p = src[r].add(xo * SW - cols.pad_begin);
-                if SW == 1 {
-                    acc = s.fmadd(s.load(p), w[r][0], acc);
-                    acc = s.fmadd(s.load(p.add(1)), w[r][1], acc);
-                    acc = s.fmadd(s.load(p.add(2)), w[r][2], acc);
+                let (t0, t1, t2) = if SW == 1 {
+                    (s.load(p), s.load(p.add(1)), s.load(p.add(2)))
                 } else {
                     let (e0, o0) = s.deinterleave(s.load(p), s.load(p.add(l)));
-                    let (e2, _) = s.deinterleave(s.load(p.add(2)), s.load(p.add(2 + l)));
-                    acc = s.fmadd(e0, w[r][0], acc);
-                    acc = s.fmadd(o0, w[r][1], acc);
-                    acc = s.fmadd(e2, w[r][2], acc);
-                }
+                    (e0, o0, s.deinterleave(s.load(p.add(2)), s.load(p.add(2 + l))).0)
+                };
+                acc[r] = s.fmadd(t0, w[r][0], acc[r]);
+                acc[r] = s.fmadd(t1, w[r][1], acc[r]);
+                acc[r] = s.fmadd(t2, w[r][2], acc[r]);
             }
         }
-        // SAFETY: xo + l <= OW (`full`).
-        unsafe { s.store(o.add(xo), acc) };
+        unsafe { finish(s, act, sum3::<S, NR>(s, acc), o.add(xo), res.map(|r| r.add(xo)), l) };
         xo += l;
     }
-    xo
+    while xo < ow {
+        let n = l.min(ow - xo);
+        unsafe { edge3::<S, SW, NR>(s, k, act, &src, &w, bias, o, res, xo, n) };
+        xo += n;
+    }
 }
 
-/// Outputs `xo..OW` with masked loads and stores.
+/// Outputs `xo..xo+n` of a row with any kernel, through masked loads.
+///
+/// # Safety
+/// As [`row_any`], with `xo + n <= OW`, `n <= LANES`.
 #[inline(always)]
-unsafe fn tail<S: Simd, const SW: usize>(s: S, rows: &Axis, cols: &Axis, row: &Row, o: *mut f32, mut xo: usize) {
-    let bias = s.splat(row.bias);
-    while xo < cols.output {
-        let n = S::LANES.min(cols.output - xo);
-        let mut acc = bias;
-        for ky in row.ky.0..row.ky.1 {
-            // SAFETY: xo >= first_inner (the caller's loops start there), n <= LANES.
-            unsafe {
-                let src = row.input(rows, cols, ky);
-                let wrow = row.w.add(ky * cols.kernel);
-                for kx in 0..cols.kernel {
-                    acc = s.fmadd(tap_part::<S, SW>(s, cols, src, xo, kx, n, s.zero()), s.splat(*wrow.add(kx)), acc);
-                }
+#[allow(clippy::too_many_arguments)]
+unsafe fn edge_any<S: Simd, const SW: usize>(s: S, k: &DepthwiseKernel, act: &ActV<S>, row: &Row, o: *mut f32, res: Option<*const f32>, xo: usize, n: usize) {
+    let (rows, cols) = (&k.rows, &k.cols);
+    let mut acc = s.splat(row.bias);
+    let b0 = cols.origin(xo);
+    for ky in row.ky.0..row.ky.1 {
+        // SAFETY: ky in row.ky; the masks keep every load inside the row.
+        unsafe {
+            let src = row.input(rows, cols, ky);
+            for kx in 0..cols.kernel {
+                let b = b0 + (kx * cols.dilation) as isize;
+                let v = load_win::<S, SW>(s, src, b, &win::<S, SW>(s, cols.input, b, n), None);
+                acc = s.fmadd(v, s.splat(*row.w.add(ky * cols.kernel + kx)), acc);
             }
         }
-        // SAFETY: xo + n <= OW.
-        unsafe { s.store_part(o.add(xo), n, acc) };
-        xo += n;
+    }
+    // SAFETY: xo + n <= OW.
+    unsafe { finish(s, act, acc, o.add(xo), res.map(|r| r.add(xo)), n) };
+}
+
+/// Outputs `xo..xo+n` of a 3×3 row through masked loads, the masks made once per tap
+/// column.
+///
+/// # Safety
+/// As [`row3n`], with `xo + n <= OW`, `n <= LANES`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn edge3<S: Simd, const SW: usize, const NR: usize>(
+    s: S,
+    k: &DepthwiseKernel,
+    act: &ActV<S>,
+    src: &[*const f32; 3],
+    w: &[[S::V; 3]; 3],
+    bias: S::V,
+    o: *mut f32,
+    res: Option<*const f32>,
+    xo: usize,
+    n: usize,
+) {
+    let cols = &k.cols;
+    let b0 = cols.origin(xo);
+    let m = [win::<S, SW>(s, cols.input, b0, n), win::<S, SW>(s, cols.input, b0 + 1, n), win::<S, SW>(s, cols.input, b0 + 2, n)];
+    let mut acc = [bias, s.zero(), s.zero()];
+    for r in 0..NR {
+        for kx in 0..3 {
+            // SAFETY: src[r] is an input row; the masks keep the load inside it.
+            let v = unsafe { load_win::<S, SW>(s, src[r], b0 + kx as isize, &m[kx], None) };
+            acc[r] = s.fmadd(v, w[r][kx], acc[r]);
+        }
+    }
+    // SAFETY: xo + n <= OW.
+    unsafe { finish(s, act, sum3::<S, NR>(s, acc), o.add(xo), res.map(|r| r.add(xo)), n) };
+}
+
+/// `acc[0] + acc[1] + acc[2]` over the first `NR` (at least the first, which holds the bias).
+#[inline(always)]
+fn sum3<S: Simd, const NR: usize>(s: S, acc: [S::V; 3]) -> S::V {
+    match NR {
+        3 => s.add(s.add(acc[0], acc[1]), acc[2]),
+        2 => s.add(acc[0], acc[1]),
+        _ => acc[0],
     }
 }

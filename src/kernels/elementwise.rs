@@ -67,16 +67,30 @@ pub(crate) trait Simd: Copy {
     /// # Safety
     /// `p..p + LANES` must be writable.
     unsafe fn store(self, p: *mut f32, v: Self::V);
-    /// Lanes `0..n` from `p`, the others from `fill`; nothing is read past `p + n`.
+    /// A set of lanes for masked loads and stores.
+    type L: Copy;
+    /// Lanes `lo..hi` (`lo <= hi <= LANES`).
+    fn lanes(self, lo: usize, hi: usize) -> Self::L;
+    /// The lanes in `m` from `p + lane`, the others from `fill`; only those lanes are read
+    /// (no fault, no access, elsewhere).
     ///
     /// # Safety
-    /// `n <= LANES` and `p..p + n` readable (any `p` when `n == 0`).
-    unsafe fn load_part(self, p: *const f32, n: usize, fill: Self::V) -> Self::V;
-    /// Stores lanes `0..n`; nothing is written past `p + n`.
+    /// `p + i` readable for each lane `i` in `m` (`p` itself may point anywhere).
+    unsafe fn load_m(self, p: *const f32, m: Self::L, fill: Self::V) -> Self::V;
+    /// [`Simd::load_m`] with zeros in the other lanes.
     ///
     /// # Safety
-    /// `n <= LANES` and `p..p + n` writable (any `p` when `n == 0`).
-    unsafe fn store_part(self, p: *mut f32, n: usize, v: Self::V);
+    /// As [`Simd::load_m`].
+    #[inline(always)]
+    unsafe fn load_mz(self, p: *const f32, m: Self::L) -> Self::V {
+        // SAFETY: forwarded.
+        unsafe { self.load_m(p, m, self.zero()) }
+    }
+    /// Stores the lanes in `m` to `p + lane`, nothing else.
+    ///
+    /// # Safety
+    /// `p + i` writable for each lane `i` in `m`.
+    unsafe fn store_m(self, p: *mut f32, m: Self::L, v: Self::V);
     fn add(self, a: Self::V, b: Self::V) -> Self::V;
     fn sub(self, a: Self::V, b: Self::V) -> Self::V;
     fn mul(self, a: Self::V, b: Self::V) -> Self::V;
@@ -112,6 +126,26 @@ pub(crate) trait Simd: Copy {
     #[inline(always)]
     fn zero(self) -> Self::V {
         self.splat(0.0)
+    }
+
+    /// Lanes `0..n` from `p`, the others from `fill`; nothing is read past `p + n`.
+    ///
+    /// # Safety
+    /// `n <= LANES` and `p..p + n` readable (any `p` when `n == 0`).
+    #[inline(always)]
+    unsafe fn load_part(self, p: *const f32, n: usize, fill: Self::V) -> Self::V {
+        // SAFETY: forwarded.
+        unsafe { self.load_m(p, self.lanes(0, n), fill) }
+    }
+
+    /// Stores lanes `0..n`; nothing is written past `p + n`.
+    ///
+    /// # Safety
+    /// `n <= LANES` and `p..p + n` writable (any `p` when `n == 0`).
+    #[inline(always)]
+    unsafe fn store_part(self, p: *mut f32, n: usize, v: Self::V) {
+        // SAFETY: forwarded.
+        unsafe { self.store_m(p, self.lanes(0, n), v) }
     }
 
     #[inline(always)]
@@ -177,20 +211,25 @@ impl Simd for Portable {
         // SAFETY: the caller guarantees 4 writable floats at `p`.
         unsafe { p.cast::<[f32; 4]>().write_unaligned(v) }
     }
+    type L = (usize, usize);
     #[inline(always)]
-    unsafe fn load_part(self, p: *const f32, n: usize, fill: [f32; 4]) -> [f32; 4] {
+    fn lanes(self, lo: usize, hi: usize) -> (usize, usize) {
+        (lo, hi)
+    }
+    #[inline(always)]
+    unsafe fn load_m(self, p: *const f32, (lo, hi): (usize, usize), fill: [f32; 4]) -> [f32; 4] {
         let mut v = fill;
-        for (i, lane) in v.iter_mut().enumerate().take(n) {
-            // SAFETY: i < n and the caller guarantees n readable floats at `p`.
-            *lane = unsafe { *p.add(i) };
+        for (i, lane) in v.iter_mut().enumerate().take(hi).skip(lo) {
+            // SAFETY: lane i is in the set, which the caller guarantees readable.
+            *lane = unsafe { *p.wrapping_add(i) };
         }
         v
     }
     #[inline(always)]
-    unsafe fn store_part(self, p: *mut f32, n: usize, v: [f32; 4]) {
-        for (i, &lane) in v.iter().enumerate().take(n) {
-            // SAFETY: i < n and the caller guarantees n writable floats at `p`.
-            unsafe { *p.add(i) = lane };
+    unsafe fn store_m(self, p: *mut f32, (lo, hi): (usize, usize), v: [f32; 4]) {
+        for (i, &lane) in v.iter().enumerate().take(hi).skip(lo) {
+            // SAFETY: lane i is in the set, which the caller guarantees writable.
+            unsafe { *p.wrapping_add(i) = lane };
         }
     }
     #[inline(always)]
@@ -345,10 +384,6 @@ mod x86 {
         }
     }
 
-    #[inline(always)]
-    fn mask8(n: usize) -> __m256i {
-        tf!(_mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)))
-    }
 
     impl Simd for Avx2Fma {
         const LANES: usize = 8;
@@ -370,24 +405,30 @@ mod x86 {
             // SAFETY: the caller guarantees 8 writable floats; the token guarantees AVX.
             unsafe { _mm256_storeu_ps(p, v) }
         }
+        type L = __m256i;
         #[inline(always)]
-        unsafe fn load_part(self, p: *const f32, n: usize, fill: __m256) -> __m256 {
-            if n == 0 {
-                return fill;
-            }
-            let m = mask8(n);
-            // SAFETY: masked-off lanes are neither read nor fault; lanes 0..n are readable
-            // (caller); the token guarantees AVX2.
+        fn lanes(self, lo: usize, hi: usize) -> __m256i {
+            tf!({
+                let i = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+                _mm256_andnot_si256(_mm256_cmpgt_epi32(_mm256_set1_epi32(lo as i32), i), _mm256_cmpgt_epi32(_mm256_set1_epi32(hi as i32), i))
+            })
+        }
+        #[inline(always)]
+        unsafe fn load_m(self, p: *const f32, m: __m256i, fill: __m256) -> __m256 {
+            // SAFETY: masked-off lanes are neither read nor fault (VMASKMOVPS); the lanes
+            // in `m` are readable (caller); the token guarantees AVX2.
             let v = unsafe { _mm256_maskload_ps(p, m) };
             tf!(_mm256_blendv_ps(fill, v, _mm256_castsi256_ps(m)))
         }
         #[inline(always)]
-        unsafe fn store_part(self, p: *mut f32, n: usize, v: __m256) {
-            if n == 0 {
-                return;
-            }
-            // SAFETY: only lanes 0..n, writable by the caller's guarantee, are written.
-            unsafe { _mm256_maskstore_ps(p, mask8(n), v) }
+        unsafe fn load_mz(self, p: *const f32, m: __m256i) -> __m256 {
+            // SAFETY: as `load_m`; VMASKMOVPS zeroes the masked-off lanes itself.
+            unsafe { _mm256_maskload_ps(p, m) }
+        }
+        #[inline(always)]
+        unsafe fn store_m(self, p: *mut f32, m: __m256i, v: __m256) {
+            // SAFETY: only the lanes in `m`, writable by the caller's guarantee, are written.
+            unsafe { _mm256_maskstore_ps(p, m, v) }
         }
         #[inline(always)]
         fn add(self, a: __m256, b: __m256) -> __m256 {
@@ -495,10 +536,6 @@ mod x86 {
         }
     }
 
-    #[inline(always)]
-    fn mask16(n: usize) -> __mmask16 {
-        ((1u32 << n) - 1) as __mmask16
-    }
 
     impl Simd for Avx512 {
         const LANES: usize = 16;
@@ -520,15 +557,26 @@ mod x86 {
             // SAFETY: the caller guarantees 16 writable floats; the token guarantees AVX-512F.
             unsafe { _mm512_storeu_ps(p, v) }
         }
+        type L = __mmask16;
         #[inline(always)]
-        unsafe fn load_part(self, p: *const f32, n: usize, fill: __m512) -> __m512 {
-            // SAFETY: masked-off lanes are neither read nor fault; lanes 0..n are readable.
-            unsafe { _mm512_mask_loadu_ps(fill, mask16(n), p) }
+        fn lanes(self, lo: usize, hi: usize) -> __mmask16 {
+            (((1u32 << hi) - 1) & !((1u32 << lo) - 1)) as __mmask16
         }
         #[inline(always)]
-        unsafe fn store_part(self, p: *mut f32, n: usize, v: __m512) {
-            // SAFETY: only lanes 0..n, writable by the caller's guarantee, are written.
-            unsafe { _mm512_mask_storeu_ps(p, mask16(n), v) }
+        unsafe fn load_m(self, p: *const f32, m: __mmask16, fill: __m512) -> __m512 {
+            // SAFETY: masked-off lanes are neither read nor fault; the lanes in `m` are
+            // readable (caller); the token guarantees AVX-512F.
+            unsafe { _mm512_mask_loadu_ps(fill, m, p) }
+        }
+        #[inline(always)]
+        unsafe fn load_mz(self, p: *const f32, m: __mmask16) -> __m512 {
+            // SAFETY: as `load_m`.
+            unsafe { _mm512_maskz_loadu_ps(m, p) }
+        }
+        #[inline(always)]
+        unsafe fn store_m(self, p: *mut f32, m: __mmask16, v: __m512) {
+            // SAFETY: only the lanes in `m`, writable by the caller's guarantee, are written.
+            unsafe { _mm512_mask_storeu_ps(p, m, v) }
         }
         #[inline(always)]
         fn add(self, a: __m512, b: __m512) -> __m512 {

@@ -8,3 +8,4 @@ pub mod linear;
 pub mod parallel;
 pub mod pool;
 pub mod reference;
+pub mod winograd;

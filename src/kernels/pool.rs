@@ -17,7 +17,7 @@
 //! for NaN in the raw loads of each vector of outputs and redo that vector with per-tap
 //! NaN tracking when they find one, so NaN costs nothing when there is none.
 
-use super::depthwise::{tap, tap_part, Axis};
+use super::depthwise::{load_win, tap, win, Axis};
 use super::elementwise::{dispatch, sum_f64, Simd};
 use crate::graph::shape::window_output;
 use crate::graph::{Pool, PoolKind};
@@ -41,6 +41,8 @@ pub struct PoolKernel {
     channels: usize,
     rows: Axis,
     cols: Axis,
+    /// `cols.first_inner()`: output columns before it are done with masked loads.
+    inner_from: usize,
 }
 
 impl PoolKernel {
@@ -74,6 +76,7 @@ impl PoolKernel {
             channels: in_shape[0],
             rows,
             cols,
+            inner_from: cols.first_inner(),
         })
     }
 
@@ -147,21 +150,25 @@ impl PoolKernel {
 #[inline(always)]
 unsafe fn plane<S: Simd>(s: S, k: &PoolKernel, x: *const f32, out: *mut f32) {
     let (rows, cols) = (&k.rows, &k.cols);
+    let (l, ow) = (S::LANES, cols.output);
     for oy in 0..rows.output {
         let ky = rows.taps(oy);
         let ry = if k.include_pad { rows.padded_taps(oy) } else { ky.1 - ky.0 };
         let row = Row { x, iy0: rows.origin(oy), ky, ry };
         // SAFETY (whole loop): pointers derive from the plane bounds and the window
         // geometry, as each helper states.
-        let o = unsafe { out.add(oy * cols.output) };
-        let mut xo = 0;
-        let border = if k.algo == Algo::Generic { cols.output } else { cols.first_inner() };
-        while xo < border {
-            unsafe { *o.add(xo) = point(k, &row, xo) };
-            xo += 1;
-        }
+        let o = unsafe { out.add(oy * ow) };
         if k.algo == Algo::Generic {
+            for xo in 0..ow {
+                unsafe { *o.add(xo) = point(k, &row, xo) };
+            }
             continue;
+        }
+        let mut xo = 0;
+        while xo < k.inner_from {
+            let n = l.min(ow - xo);
+            unsafe { edge_sw(s, k, &row, o, xo, n) };
+            xo += n;
         }
         xo = unsafe {
             match (k.algo, k.kind, cols.stride) {
@@ -171,17 +178,15 @@ unsafe fn plane<S: Simd>(s: S, k: &PoolKernel, x: *const f32, out: *mut f32) {
                 _ => body::<S, 2>(s, k, &row, o, xo),
             }
         };
-        unsafe {
-            if cols.stride == 1 {
-                tail::<S, 1>(s, k, &row, o, xo)
-            } else {
-                tail::<S, 2>(s, k, &row, o, xo)
-            }
+        while xo < ow {
+            let n = l.min(ow - xo);
+            unsafe { edge_sw(s, k, &row, o, xo, n) };
+            xo += n;
         }
     }
 }
 
-/// One output, scalar, with bounds checks.
+/// One output, scalar, with bounds checks (the stride >= 3 path).
 #[inline(always)]
 unsafe fn point(k: &PoolKernel, row: &Row, xo: usize) -> f32 {
     let (rows, cols) = (&k.rows, &k.cols);
@@ -205,26 +210,19 @@ unsafe fn point(k: &PoolKernel, row: &Row, xo: usize) -> f32 {
     }
 }
 
-/// Max (with NaN tracking) or sum of the taps of outputs `xo..xo+n`; `part` selects
-/// masked loads (`n <= LANES`) instead of whole vectors (`cols.full(xo, LANES)`).
+/// Max (with NaN tracking) or sum of the taps of one vector of outputs, each tap loaded
+/// by `load(src_row, kx, fill)`.
 #[inline(always)]
-unsafe fn reduce<S: Simd, const SW: usize>(s: S, k: &PoolKernel, row: &Row, xo: usize, n: usize, part: bool) -> S::V {
-    let (rows, cols) = (&k.rows, &k.cols);
+fn reduce<S: Simd>(s: S, k: &PoolKernel, row: &Row, load: impl Fn(*const f32, usize, S::V) -> S::V) -> S::V {
     let max = k.kind == PoolKind::Max;
     let fill = s.splat(if max { f32::NEG_INFINITY } else { 0.0 });
     let mut acc = fill;
     let mut nan = s.mask_none();
     for ky in row.ky.0..row.ky.1 {
-        // SAFETY: xo >= first_inner (callers start there) and `full` or masked loads.
-        let src = unsafe { row.input(rows, cols, ky) };
-        for kx in 0..cols.kernel {
-            let v = unsafe {
-                if part {
-                    tap_part::<S, SW>(s, cols, src, xo, kx, n, fill)
-                } else {
-                    tap::<S, SW>(s, cols, src, xo, kx)
-                }
-            };
+        // SAFETY: ky in row.ky.
+        let src = unsafe { row.input(&k.rows, &k.cols, ky) };
+        for kx in 0..k.cols.kernel {
+            let v = load(src, kx, fill);
             if max {
                 nan = s.mask_or(nan, s.is_nan(v));
                 acc = s.max(acc, v);
@@ -240,6 +238,16 @@ unsafe fn reduce<S: Simd, const SW: usize>(s: S, k: &PoolKernel, row: &Row, xo: 
     }
 }
 
+/// [`reduce`] over whole vectors at `xo`.
+///
+/// # Safety
+/// `cols.full(xo, LANES)`, `xo >= first_inner`.
+#[inline(always)]
+unsafe fn reduce_full<S: Simd, const SW: usize>(s: S, k: &PoolKernel, row: &Row, xo: usize) -> S::V {
+    // SAFETY: as the caller guarantees.
+    reduce(s, k, row, #[inline(always)] |src, kx, _| unsafe { tap::<S, SW>(s, &k.cols, src, xo, kx) })
+}
+
 /// Whole vectors from `xo` while they fit; returns where it stopped.
 #[inline(always)]
 unsafe fn body<S: Simd, const SW: usize>(s: S, k: &PoolKernel, row: &Row, o: *mut f32, mut xo: usize) -> usize {
@@ -248,7 +256,7 @@ unsafe fn body<S: Simd, const SW: usize>(s: S, k: &PoolKernel, row: &Row, o: *mu
     let inv = s.splat(1.0 / (row.ry * k.cols.kernel).max(1) as f32);
     while k.cols.full(xo, l) {
         // SAFETY: `full(xo)`, xo >= first_inner.
-        let mut v = unsafe { reduce::<S, SW>(s, k, row, xo, l, false) };
+        let mut v = unsafe { reduce_full::<S, SW>(s, k, row, xo) };
         if k.kind == PoolKind::Average {
             v = s.mul(v, inv);
         }
@@ -259,24 +267,51 @@ unsafe fn body<S: Simd, const SW: usize>(s: S, k: &PoolKernel, row: &Row, o: *mu
     xo
 }
 
-/// Outputs `xo..OW` with masked loads and stores; per-lane divisors for the average.
+/// [`edge`] for the kernel's stride.
+///
+/// # Safety
+/// As [`edge`].
 #[inline(always)]
-unsafe fn tail<S: Simd, const SW: usize>(s: S, k: &PoolKernel, row: &Row, o: *mut f32, mut xo: usize) {
-    while xo < k.cols.output {
-        let n = S::LANES.min(k.cols.output - xo);
-        // SAFETY: xo >= first_inner, n <= LANES.
-        let mut v = unsafe { reduce::<S, SW>(s, k, row, xo, n, true) };
-        if k.kind == PoolKind::Average {
-            let mut inv = [1.0f32; 16];
-            for (i, d) in inv.iter_mut().enumerate().take(n) {
-                *d = 1.0 / k.divisor(row, xo + i);
-            }
-            // SAFETY: `inv` has 16 >= n floats.
-            v = s.mul(v, unsafe { s.load_part(inv.as_ptr(), n, s.splat(1.0)) });
+unsafe fn edge_sw<S: Simd>(s: S, k: &PoolKernel, row: &Row, o: *mut f32, xo: usize, n: usize) {
+    // SAFETY: forwarded.
+    unsafe {
+        if k.cols.stride == 1 {
+            edge::<S, 1>(s, k, row, o, xo, n)
+        } else {
+            edge::<S, 2>(s, k, row, o, xo, n)
         }
-        // SAFETY: xo + n <= OW.
-        unsafe { s.store_part(o.add(xo), n, v) };
-        xo += n;
+    }
+}
+
+/// Outputs `xo..xo+n` with masked loads (lanes outside the input are `-inf` for max,
+/// `0` for average) and per-lane divisors for the average.
+///
+/// # Safety
+/// `xo + n <= OW`, `n <= LANES`.
+#[inline(always)]
+unsafe fn edge<S: Simd, const SW: usize>(s: S, k: &PoolKernel, row: &Row, o: *mut f32, xo: usize, n: usize) {
+    let cols = &k.cols;
+    let b0 = cols.origin(xo);
+    // SAFETY: the masks keep every load inside its row.
+    let mut v = reduce(s, k, row, #[inline(always)] |src, kx, fill| {
+        let b = b0 + (kx * cols.dilation) as isize;
+        unsafe { load_win::<S, SW>(s, src, b, &win::<S, SW>(s, cols.input, b, n), Some(fill)) }
+    });
+    if k.kind == PoolKind::Average {
+        let mut inv = [1.0f32; 16];
+        for (i, d) in inv.iter_mut().enumerate().take(n) {
+            *d = 1.0 / k.divisor(row, xo + i);
+        }
+        // SAFETY: `inv` has 16 >= n floats.
+        v = s.mul(v, unsafe { s.load_part(inv.as_ptr(), n, s.splat(1.0)) });
+    }
+    // SAFETY: xo + n <= OW.
+    unsafe {
+        if n == S::LANES {
+            s.store(o.add(xo), v)
+        } else {
+            s.store_part(o.add(xo), n, v)
+        }
     }
 }
 
@@ -327,7 +362,7 @@ unsafe fn body_s2_max<S: Simd>(s: S, k: &PoolKernel, row: &Row, o: *mut f32, mut
         let v = if s.any(nan) {
             // A NaN somewhere in the loads: redo this vector tap by tap.
             // SAFETY: as above.
-            unsafe { reduce::<S, 2>(s, k, row, xo, l, false) }
+            unsafe { reduce_full::<S, 2>(s, k, row, xo) }
         } else {
             let (e, od) = s.deinterleave(a, b);
             let m = s.max(e, od);

@@ -2,11 +2,18 @@
 //! column `j = oy·ow + ox`, holds `x[ci, oy·sh + ky·dh − pt, ox·sw + kx·dw − pl]` (zero in
 //! the padding). The full im2col matrix is never materialized: each `kc × nc` block is
 //! produced when the GEMM driver asks for it.
+//!
+//! Each row of a block is built contiguously (zeros for the padding, runs copied from the
+//! input rows), then copied into the panels. The x86 tiers build rows with inline vector
+//! copies and walk the kernel taps incrementally.
 
-use crate::kernels::gemm::{PackB, PanelWriter};
+use crate::kernels::gemm::{PackB, ROW_SLACK};
+use crate::simd::Isa;
 
 /// The input of one group (`cig × h × w`) and the convolution geometry.
 pub(crate) struct Im2col<'a> {
+    /// The tier whose panel width the GEMM uses (already clamped to this CPU).
+    pub isa: Isa,
     pub x: &'a [f32],
     pub h: usize,
     pub w: usize,
@@ -21,49 +28,249 @@ pub(crate) struct Im2col<'a> {
     pub ow: usize,
 }
 
-impl PackB for Im2col<'_> {
-    fn pack(&self, k0: usize, kc: usize, n0: usize, nc: usize, nr: usize, dst: &mut [f32]) {
-        let (h, w, ow, sw) = (self.h, self.w, self.ow, self.sw);
-        let plane_len = h * w;
-        let mut wr = PanelWriter::new(dst, kc, nr);
-        let end = n0 + nc;
-        for kk in 0..kc {
-            let kidx = k0 + kk;
-            let kx = kidx % self.kw;
-            let ky = (kidx / self.kw) % self.kh;
-            let ci = kidx / (self.kw * self.kh);
-            let plane = &self.x[ci * plane_len..(ci + 1) * plane_len];
-            // Input column of output column ox: ix = ox·sw + off.
-            let off = (kx * self.dw) as isize - self.pl as isize;
-            // Output columns whose ix falls inside 0..w: ox_lo .. ox_hi.
-            let ox_lo = if off >= 0 { 0 } else { (-off) as usize }.div_ceil(sw);
-            let ox_hi = if (w as isize) > off { (w as isize - off) as usize } else { 0 }.div_ceil(sw).min(ow);
-            wr.start_row(kk);
-            let mut j = n0;
-            while j < end {
-                let oy = j / ow;
-                let ox0 = j % ow;
-                let ox1 = ow.min(ox0 + (end - j));
-                let iy = (oy * self.sh + ky * self.dh) as isize - self.pt as isize;
-                if iy < 0 || iy >= h as isize {
-                    wr.zeros(ox1 - ox0);
-                } else {
-                    let row = &plane[iy as usize * w..(iy as usize + 1) * w];
-                    let a = ox_lo.clamp(ox0, ox1);
-                    let b = ox_hi.clamp(a, ox1);
-                    wr.zeros(a - ox0);
-                    if b > a {
-                        let ix0 = (a as isize * sw as isize + off) as usize;
-                        if sw == 1 {
-                            wr.copy(&row[ix0..ix0 + (b - a)]);
-                        } else {
-                            wr.copy_strided(&row[ix0..], sw, b - a);
-                        }
-                    }
-                    wr.zeros(ox1 - b);
+/// Where row `k` of B reads: the channel plane and the offsets of its kernel tap.
+struct Tap {
+    /// Index in `x` of the row's channel plane.
+    plane: usize,
+    /// Input column of output column ox: `ox·sw + off`.
+    off: isize,
+    /// Input row of output row oy: `oy·sh + ky_off`.
+    ky_off: isize,
+    /// Output columns whose input column is inside `0..w`: `ox_lo .. ox_hi`.
+    ox_lo: usize,
+    ox_hi: usize,
+}
+
+impl Im2col<'_> {
+    fn tap(&self, k: usize) -> Tap {
+        self.tap_at(k / (self.kw * self.kh), (k / self.kw) % self.kh, k % self.kw)
+    }
+
+    #[inline]
+    fn tap_at(&self, ci: usize, ky: usize, kx: usize) -> Tap {
+        let (w, sw, ow) = (self.w, self.sw, self.ow);
+        let off = (kx * self.dw) as isize - self.pl as isize;
+        let (lo, hi) = (if off >= 0 { 0 } else { (-off) as usize }, if (w as isize) > off { (w as isize - off) as usize } else { 0 });
+        let (ox_lo, ox_hi) = if sw == 1 { (lo, hi) } else { (lo.div_ceil(sw), hi.div_ceil(sw)) };
+        let ox_lo = ox_lo.min(ow);
+        Tap { plane: ci * self.h * w, off, ky_off: (ky * self.dh) as isize - self.pt as isize, ox_lo, ox_hi: ox_hi.clamp(ox_lo, ow) }
+    }
+
+    /// The taps of rows k0, k0+1, …, without a division per row.
+    fn taps(&self, k0: usize) -> impl Iterator<Item = Tap> + '_ {
+        let (mut ci, mut ky, mut kx) = (k0 / (self.kw * self.kh), (k0 / self.kw) % self.kh, k0 % self.kw);
+        std::iter::from_fn(move || {
+            let t = self.tap_at(ci, ky, kx);
+            kx += 1;
+            if kx == self.kw {
+                kx = 0;
+                ky += 1;
+                if ky == self.kh {
+                    ky = 0;
+                    ci += 1;
                 }
-                j += ox1 - ox0;
             }
+            Some(t)
+        })
+    }
+}
+
+impl PackB for Im2col<'_> {
+    fn pack_panels(&self, isa: Isa, k0: usize, kc: usize, n0: usize, nc: usize, nr: usize, dst: &mut [f32], tmp: &mut [f32]) -> bool {
+        let plane = self.h * self.w;
+        assert!(dst.len() >= kc * nc.div_ceil(nr) * nr, "im2col: panel buffer");
+        assert!(tmp.len() >= nc + ROW_SLACK && nc > 0, "im2col: row buffer");
+        assert!(plane > 0 && (k0 + kc).div_ceil(self.kh * self.kw) * plane <= self.x.len(), "im2col: channels");
+        match (isa, nr) {
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx2, 16) => {
+                // SAFETY: the AVX2 tier is only planned when the CPU has AVX2 and FMA; the
+                // asserts above bound `dst`, `tmp` and the channel planes rows k0..k0+kc read.
+                unsafe { simd_x86::pack_avx2(self, k0, kc, n0, nc, dst, tmp) };
+                true
+            }
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx512, 32) => {
+                // SAFETY: as above, for AVX-512 F/VL/BW (which include AVX2 and FMA here:
+                // Isa::detect requires them for the AVX-512 tier).
+                unsafe { simd_x86::pack_avx512(self, k0, kc, n0, nc, dst, tmp) };
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn row(&self, k: usize, n0: usize, nc: usize, row: &mut [f32]) {
+        assert!(row.len() >= nc + ROW_SLACK && nc > 0);
+        let t = self.tap(k);
+        assert!(t.plane + self.h * self.w <= self.x.len(), "im2col: channel");
+        match self.isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the tier is clamped to this CPU, so AVX2+FMA are present; `row` has
+            // nc + ROW_SLACK elements and the tap's plane is inside `x` (asserted).
+            Isa::Avx2 | Isa::Avx512 => unsafe { simd_x86::row_avx2(self, &t, n0, nc, row) },
+            _ => self.row_portable(&t, n0, &mut row[..nc]),
+        }
+    }
+}
+
+impl Im2col<'_> {
+    /// The output rows a block of columns covers, as pieces `(iy, ox0, len, pos)`: output
+    /// columns `ox0 .. ox0+len` of one output row, reading input row `iy` (maybe outside
+    /// `0..h`), written at `row[pos..]`.
+    #[inline]
+    fn pieces(&self, t: &Tap, n0: usize, nc: usize) -> impl Iterator<Item = (isize, usize, usize, usize)> {
+        let (ow, sh) = (self.ow, self.sh);
+        let (mut oy, mut ox0, mut pos) = (n0 / ow, n0 % ow, 0usize);
+        let ky_off = t.ky_off;
+        std::iter::from_fn(move || {
+            (pos < nc).then(|| {
+                let len = (ow - ox0).min(nc - pos);
+                let piece = ((oy * sh) as isize + ky_off, ox0, len, pos);
+                pos += len;
+                oy += 1;
+                ox0 = 0;
+                piece
+            })
+        })
+    }
+
+    fn row_portable(&self, t: &Tap, n0: usize, row: &mut [f32]) {
+        let (h, w, sw) = (self.h as isize, self.w, self.sw);
+        let plane = &self.x[t.plane..t.plane + self.h * w];
+        for (iy, ox0, len, pos) in self.pieces(t, n0, row.len()) {
+            let dst = &mut row[pos..pos + len];
+            if iy < 0 || iy >= h {
+                dst.fill(0.0);
+                continue;
+            }
+            let src = &plane[iy as usize * w..(iy as usize + 1) * w];
+            // Valid output columns a..b of this piece (relative to ox0).
+            let a = t.ox_lo.clamp(ox0, ox0 + len) - ox0;
+            let b = t.ox_hi.clamp(ox0 + a, ox0 + len) - ox0;
+            dst[..a].fill(0.0);
+            dst[b..].fill(0.0);
+            if b > a {
+                let ix0 = ((ox0 + a) as isize * sw as isize + t.off) as usize;
+                if sw == 1 {
+                    dst[a..b].copy_from_slice(&src[ix0..ix0 + (b - a)]);
+                } else {
+                    let sv = &src[ix0..ix0 + (b - a - 1) * sw + 1];
+                    for (i, d) in dst[a..b].iter_mut().enumerate() {
+                        *d = sv[i * sw];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Vectorized im2col for the x86 tiers: rows built with inline vector copies (no memcpy
+/// calls, no divisions per row), then copied into the panels with fixed-size moves.
+#[cfg(target_arch = "x86_64")]
+mod simd_x86 {
+    use super::{Im2col, Tap};
+    use crate::kernels::gemm::scatter_row;
+    use core::arch::x86_64::*;
+
+    /// Row builder with inline AVX2 copies: per output row, zeros for the padding and
+    /// one vector loop over the valid input run (the last vector overlapping, or one
+    /// masked load for runs under 8). Vectors may spill past their piece: pieces are
+    /// written left to right and each overwrites what the previous one spilled, and the
+    /// row has ROW_SLACK (16) elements of slack for the last.
+    ///
+    /// Safety: AVX2+FMA present; `row.len() >= nc + 16`; the tap's plane inside `p.x`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn row_avx2(p: &Im2col, t: &Tap, n0: usize, nc: usize, row: &mut [f32]) {
+        const W: usize = 8;
+        let (h, w, sw) = (p.h as isize, p.w, p.sw);
+        let plane = p.x.as_ptr().add(t.plane);
+        let out = row.as_mut_ptr();
+        let zero = _mm256_setzero_ps();
+        let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let even = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+        // Zeros at out[a..b] (spilling up to W−1 past b).
+        macro_rules! zeros {
+            ($a:expr, $b:expr) => {{
+                let (mut i, b) = ($a, $b);
+                while i < b {
+                    _mm256_storeu_ps(out.add(i), zero);
+                    i += W;
+                }
+            }};
+        }
+        for (iy, ox0, len, pos) in p.pieces(t, n0, nc) {
+            if iy < 0 || iy >= h {
+                zeros!(pos, pos + len);
+                continue;
+            }
+            let a = t.ox_lo.clamp(ox0, ox0 + len) - ox0;
+            let b = t.ox_hi.clamp(ox0 + a, ox0 + len) - ox0;
+            zeros!(pos, pos + a);
+            let n = b - a;
+            if n > 0 {
+                // Input columns ix0, ix0 + sw, …, ix0 + (n−1)·sw, all inside 0..w.
+                let ix0 = ((ox0 + a) as isize * sw as isize + t.off) as usize;
+                let src = plane.add(iy as usize * w + ix0);
+                let dst = out.add(pos + a);
+                if sw == 1 {
+                    if n >= W {
+                        let mut i = 0;
+                        while i + W < n {
+                            _mm256_storeu_ps(dst.add(i), _mm256_loadu_ps(src.add(i)));
+                            i += W;
+                        }
+                        _mm256_storeu_ps(dst.add(n - W), _mm256_loadu_ps(src.add(n - W)));
+                    } else {
+                        let m = _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), lanes);
+                        _mm256_storeu_ps(dst, _mm256_maskload_ps(src, m));
+                    }
+                } else if sw == 2 {
+                    // Full vectors while 2·W input elements stay inside the row.
+                    let mut i = 0;
+                    while i + W <= n && ix0 + 2 * (i + W) <= w {
+                        let s = src.add(2 * i);
+                        let lo = _mm256_permutevar8x32_ps(_mm256_loadu_ps(s), even);
+                        let hi = _mm256_permutevar8x32_ps(_mm256_loadu_ps(s.add(W)), even);
+                        _mm256_storeu_ps(dst.add(i), _mm256_blend_ps::<0b1111_0000>(lo, hi));
+                        i += W;
+                    }
+                    while i < n {
+                        *dst.add(i) = *src.add(2 * i);
+                        i += 1;
+                    }
+                } else {
+                    for i in 0..n {
+                        *dst.add(i) = *src.add(i * sw);
+                    }
+                }
+            }
+            zeros!(pos + b, pos + len);
+        }
+    }
+
+    /// Packs rows `k0 .. k0+kc` (columns `n0 .. n0+nc`) into 16-wide panels: each row
+    /// built contiguously in `tmp` by [`row_avx2`], then copied into the panels.
+    ///
+    /// Safety: AVX2+FMA present; `dst` holds `kc · ceil(nc/16) · 16`, `tmp` `nc + 16`
+    /// elements; the channels of rows `k0 .. k0+kc` inside `p.x`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn pack_avx2(p: &Im2col, k0: usize, kc: usize, n0: usize, nc: usize, dst: &mut [f32], tmp: &mut [f32]) {
+        for (kk, t) in (0..kc).zip(p.taps(k0)) {
+            row_avx2(p, &t, n0, nc, tmp);
+            scatter_row::<16>(&tmp[..nc], dst, kk, kc);
+        }
+    }
+
+    /// [`pack_avx2`] for the AVX-512 tier's 32-wide panels (zmm copies).
+    ///
+    /// Safety: AVX-512 F/VL/BW with AVX2+FMA present; `dst` holds `kc · ceil(nc/32) · 32`,
+    /// `tmp` `nc + 16` elements; the channels of rows `k0 .. k0+kc` inside `p.x`.
+    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx2,fma")]
+    pub(super) unsafe fn pack_avx512(p: &Im2col, k0: usize, kc: usize, n0: usize, nc: usize, dst: &mut [f32], tmp: &mut [f32]) {
+        for (kk, t) in (0..kc).zip(p.taps(k0)) {
+            row_avx2(p, &t, n0, nc, tmp);
+            scatter_row::<32>(&tmp[..nc], dst, kk, kc);
         }
     }
 }

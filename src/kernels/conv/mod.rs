@@ -88,7 +88,7 @@ impl ConvKernel {
         let one_by_one = conv.kernel == [1, 1] && conv.stride == [1, 1] && conv.pads == [0, 0, 0, 0];
         let algo = if !one_by_one {
             Algo::Im2col
-        } else if conv.out_channels / conv.groups.max(1) <= 4 * MR_PACK {
+        } else if gemm::prefer_direct_b(conv.out_channels / conv.groups.max(1), conv.in_channels / conv.groups.max(1), in_shape[1] * in_shape[2]) {
             Algo::Gemm1x1
         } else {
             Algo::Gemm1x1Packed
@@ -311,6 +311,37 @@ impl ConvKernel {
         self.block(packed_weights, bias, x, residual, out, scratch, g, m0, m1, nt);
     }
 
+    /// Packs every B block of group 0 without multiplying (benchmarks the im2col alone).
+    #[doc(hidden)]
+    pub fn pack_only(&self, x: &[f32], scratch: &mut [f32]) {
+        let plane = self.h * self.w;
+        let im2col = Im2col {
+            isa: self.isa,
+            x: &x[..self.cig * plane],
+            h: self.h,
+            w: self.w,
+            kh: self.kernel[0],
+            kw: self.kernel[1],
+            sh: self.stride[0],
+            sw: self.stride[1],
+            dh: self.dilation[0],
+            dw: self.dilation[1],
+            pt: self.pads[0],
+            pl: self.pads[1],
+            ow: self.ow,
+        };
+        let u = ukr(self.isa);
+        for n0 in (0..self.n).step_by(self.nc) {
+            let nc = self.nc.min(self.n - n0);
+            for k0 in (0..self.k).step_by(self.kc) {
+                let kc = self.kc.min(self.k - k0);
+                let len = kc * nc.div_ceil(u.nr) * u.nr;
+                let (dst, tmp) = scratch.split_at_mut(len);
+                gemm::pack_block(u, &im2col, k0, kc, n0, nc, dst, tmp);
+            }
+        }
+    }
+
     /// Output channels `m0..m1` of group `g`, N block `nt`.
     ///
     /// Safety: arguments checked by `check`; `m0` a multiple of MR_PACK; no concurrent
@@ -339,6 +370,7 @@ impl ConvKernel {
         let xg = &x[g * self.cig * plane..(g + 1) * self.cig * plane];
         let row0 = g * self.cog + m0;
         let im2col = Im2col {
+            isa: self.isa,
             x: xg,
             h: self.h,
             w: self.w,
@@ -352,7 +384,7 @@ impl ConvKernel {
             pl: self.pads[1],
             ow: self.ow,
         };
-        let plain = PlainRows { x: xg, ld: plane };
+        let plain = gemm::PlainB { b: xg, ldb: plane };
         let src = match self.algo {
             Algo::Gemm1x1 => BSrc::Direct { ptr: xg.as_ptr().add(n0), ldb: plane },
             Algo::Gemm1x1Packed => BSrc::Pack { packer: &plain, n0 },
@@ -382,18 +414,3 @@ impl ConvKernel {
     }
 }
 
-/// The input as a plain `[K × h·w]` matrix, for `gemm1x1_packed`.
-struct PlainRows<'a> {
-    x: &'a [f32],
-    ld: usize,
-}
-
-impl gemm::PackB for PlainRows<'_> {
-    fn pack(&self, k0: usize, kc: usize, n0: usize, nc: usize, nr: usize, dst: &mut [f32]) {
-        let mut w = gemm::PanelWriter::new(dst, kc, nr);
-        for kk in 0..kc {
-            w.start_row(kk);
-            w.copy(&self.x[(k0 + kk) * self.ld + n0..][..nc]);
-        }
-    }
-}

@@ -79,7 +79,14 @@ unsafe fn ukr<const R: usize, const NV: usize, const MASKED: bool>(
         }
     }
     let (mut ap, mut bp) = (a, b);
+    let mut pf = st.pf;
+    let do_pf = !pf.is_null();
     for _ in 0..kc {
+        if do_pf {
+            // A hint: never faults, whatever the address (wrapping arithmetic below).
+            _mm_prefetch::<_MM_HINT_T0>(pf as *const i8);
+            pf = pf.wrapping_add(st.pf_stride);
+        }
         let mut bv = [_mm256_setzero_ps(); NV];
         for (v, x) in bv.iter_mut().enumerate() {
             *x = load!(bp.add(8 * v), v);
@@ -143,6 +150,118 @@ unsafe fn ukr<const R: usize, const NV: usize, const MASKED: bool>(
     }
 }
 
+/// Column-tail kernel: all `h = lda <= 12` rows of an A panel (two ymm, masked) against
+/// `NV` columns of B, one broadcast per column and k. See `Ukr::tcol`.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tcol<const NV: usize>(
+    kc: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    _nv: usize,
+    st: &Store,
+) {
+    let h = lda;
+    debug_assert!((1..=12).contains(&h));
+    let m = [lane_mask(h.min(8)), lane_mask(h.saturating_sub(8))];
+    // SAFETY (all accesses below): A rows < h of steps < kc, B columns < NV, C, bias and
+    // residual rows < h / columns < NV are valid (UKernel contract, mr = h, nv = NV);
+    // masked-off lanes are not accessed.
+    let mut acc = [[_mm256_setzero_ps(); 2]; NV];
+    let mut tmp = [0f32; 16];
+    if st.load_c {
+        for (j, col) in acc.iter_mut().enumerate() {
+            for (i, x) in tmp.iter_mut().enumerate().take(h) {
+                *x = unsafe { *c.add(i * ldc + j) };
+            }
+            col[0] = _mm256_loadu_ps(tmp.as_ptr());
+            col[1] = _mm256_loadu_ps(tmp.as_ptr().add(8));
+        }
+    }
+    let (mut ap, mut bp) = (a, b);
+    let mut pf = st.pf;
+    let do_pf = !pf.is_null();
+    for _ in 0..kc {
+        if do_pf {
+            _mm_prefetch::<_MM_HINT_T0>(pf as *const i8);
+            pf = pf.wrapping_add(st.pf_stride);
+        }
+        let av = unsafe { [_mm256_maskload_ps(ap, m[0]), _mm256_maskload_ps(ap.add(8), m[1])] };
+        for (j, col) in acc.iter_mut().enumerate() {
+            let bj = _mm256_set1_ps(unsafe { *bp.add(j) });
+            col[0] = _mm256_fmadd_ps(av[0], bj, col[0]);
+            col[1] = _mm256_fmadd_ps(av[1], bj, col[1]);
+        }
+        ap = ap.wrapping_add(lda);
+        bp = bp.wrapping_add(ldb);
+    }
+    let vector_act = act_is_vector(st.act);
+    if st.finish {
+        if !st.bias_row.is_null() {
+            let bb = unsafe { [_mm256_maskload_ps(st.bias_row, m[0]), _mm256_maskload_ps(st.bias_row.add(8), m[1])] };
+            for col in acc.iter_mut() {
+                col[0] = _mm256_add_ps(col[0], bb[0]);
+                col[1] = _mm256_add_ps(col[1], bb[1]);
+            }
+        }
+        if !st.bias_col.is_null() {
+            for (j, col) in acc.iter_mut().enumerate() {
+                let bb = _mm256_set1_ps(unsafe { *st.bias_col.add(j) });
+                col[0] = _mm256_add_ps(col[0], bb);
+                col[1] = _mm256_add_ps(col[1], bb);
+            }
+        }
+        if !st.residual.is_null() {
+            for (j, col) in acc.iter_mut().enumerate() {
+                for (i, x) in tmp.iter_mut().enumerate().take(h) {
+                    *x = unsafe { *st.residual.add(i * ldc + j) };
+                }
+                col[0] = _mm256_add_ps(col[0], _mm256_loadu_ps(tmp.as_ptr()));
+                col[1] = _mm256_add_ps(col[1], _mm256_loadu_ps(tmp.as_ptr().add(8)));
+            }
+        }
+        if vector_act && !st.act.is_identity() {
+            for col in acc.iter_mut() {
+                col[0] = act_ymm(col[0], st.act);
+                col[1] = act_ymm(col[1], st.act);
+            }
+        }
+    }
+    for (j, col) in acc.iter().enumerate() {
+        _mm256_storeu_ps(tmp.as_mut_ptr(), col[0]);
+        _mm256_storeu_ps(tmp.as_mut_ptr().add(8), col[1]);
+        for (i, &x) in tmp.iter().enumerate().take(h) {
+            unsafe { *c.add(i * ldc + j) = x };
+        }
+    }
+    if st.finish && !vector_act {
+        unsafe { act_tile_scalar(c, ldc, h, NV, st.act) };
+    }
+}
+
+macro_rules! table12 {
+    ($nv:literal, $masked:literal) => {
+        [
+            ukr::<1, $nv, $masked> as UKernel, // index 0 unused
+            ukr::<1, $nv, $masked>,
+            ukr::<2, $nv, $masked>,
+            ukr::<3, $nv, $masked>,
+            ukr::<4, $nv, $masked>,
+            ukr::<5, $nv, $masked>,
+            ukr::<6, $nv, $masked>,
+            ukr::<7, $nv, $masked>,
+            ukr::<8, $nv, $masked>,
+            ukr::<9, $nv, $masked>,
+            ukr::<10, $nv, $masked>,
+            ukr::<11, $nv, $masked>,
+            ukr::<12, $nv, $masked>,
+        ]
+    };
+}
+
 macro_rules! table {
     ($nv:literal, $masked:literal) => {
         [
@@ -172,6 +291,10 @@ pub(crate) static UKR: Ukr = Ukr {
     nr: 16,
     full: table!(2, false),
     tail: table!(2, true),
-    narrow: table!(1, true),
+    // One ymm per row: 12 accumulators fit, so a narrow tile takes a whole panel.
+    narrow: table12!(1, true),
     narrow_max: 8,
+    narrow_mr: 12,
+    tcol: [tcol::<1>, tcol::<1>, tcol::<2>, tcol::<3>, tcol::<4>, tcol::<4>, tcol::<4>, tcol::<4>, tcol::<4>],
+    tcol_max: 4,
 };

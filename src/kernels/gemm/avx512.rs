@@ -65,7 +65,14 @@ unsafe fn ukr<const R: usize, const NV: usize, const MASKED: bool>(
         }
     }
     let (mut ap, mut bp) = (a, b);
+    let mut pf = st.pf;
+    let do_pf = !pf.is_null();
     for _ in 0..kc {
+        if do_pf {
+            // A hint: never faults, whatever the address (wrapping arithmetic below).
+            _mm_prefetch::<_MM_HINT_T0>(pf as *const i8);
+            pf = pf.wrapping_add(st.pf_stride);
+        }
         let mut bv = [_mm512_setzero_ps(); NV];
         for (v, x) in bv.iter_mut().enumerate() {
             // SAFETY: B row k, columns < nv (or all 16·NV when unmasked) are valid.
@@ -144,6 +151,89 @@ unsafe fn ukr<const R: usize, const NV: usize, const MASKED: bool>(
     }
 }
 
+/// Column-tail kernel: all `h = lda <= 12` rows of an A panel (one zmm, masked) against
+/// `NV` columns of B, one broadcast per column and k. See `Ukr::tcol`.
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx2,fma")]
+unsafe fn tcol<const NV: usize>(
+    kc: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    _nv: usize,
+    st: &Store,
+) {
+    let h = lda;
+    debug_assert!((1..=12).contains(&h));
+    let m: __mmask16 = ((1u32 << h) - 1) as u16;
+    // SAFETY (all accesses below): A rows < h of steps < kc, B columns < NV, C, bias and
+    // residual rows < h / columns < NV are valid (UKernel contract, mr = h, nv = NV);
+    // masked-off lanes are not accessed.
+    let mut acc = [_mm512_setzero_ps(); NV];
+    let mut tmp = [0f32; 16];
+    if st.load_c {
+        for (j, col) in acc.iter_mut().enumerate() {
+            for (i, x) in tmp.iter_mut().enumerate().take(h) {
+                *x = unsafe { *c.add(i * ldc + j) };
+            }
+            *col = _mm512_loadu_ps(tmp.as_ptr());
+        }
+    }
+    let (mut ap, mut bp) = (a, b);
+    let mut pf = st.pf;
+    let do_pf = !pf.is_null();
+    for _ in 0..kc {
+        if do_pf {
+            _mm_prefetch::<_MM_HINT_T0>(pf as *const i8);
+            pf = pf.wrapping_add(st.pf_stride);
+        }
+        let av = unsafe { _mm512_maskz_loadu_ps(m, ap) };
+        for (j, col) in acc.iter_mut().enumerate() {
+            *col = _mm512_fmadd_ps(av, _mm512_set1_ps(unsafe { *bp.add(j) }), *col);
+        }
+        ap = ap.wrapping_add(lda);
+        bp = bp.wrapping_add(ldb);
+    }
+    let vector_act = act_is_vector(st.act);
+    if st.finish {
+        if !st.bias_row.is_null() {
+            let bb = unsafe { _mm512_maskz_loadu_ps(m, st.bias_row) };
+            for col in acc.iter_mut() {
+                *col = _mm512_add_ps(*col, bb);
+            }
+        }
+        if !st.bias_col.is_null() {
+            for (j, col) in acc.iter_mut().enumerate() {
+                *col = _mm512_add_ps(*col, _mm512_set1_ps(unsafe { *st.bias_col.add(j) }));
+            }
+        }
+        if !st.residual.is_null() {
+            for (j, col) in acc.iter_mut().enumerate() {
+                for (i, x) in tmp.iter_mut().enumerate().take(h) {
+                    *x = unsafe { *st.residual.add(i * ldc + j) };
+                }
+                *col = _mm512_add_ps(*col, _mm512_loadu_ps(tmp.as_ptr()));
+            }
+        }
+        if vector_act && !st.act.is_identity() {
+            for col in acc.iter_mut() {
+                *col = act_zmm(*col, st.act);
+            }
+        }
+    }
+    for (j, col) in acc.iter().enumerate() {
+        _mm512_storeu_ps(tmp.as_mut_ptr(), *col);
+        for (i, &x) in tmp.iter().enumerate().take(h) {
+            unsafe { *c.add(i * ldc + j) = x };
+        }
+    }
+    if st.finish && !vector_act {
+        unsafe { act_tile_scalar(c, ldc, h, NV, st.act) };
+    }
+}
+
 macro_rules! table {
     ($nv:literal, $masked:literal) => {
         [
@@ -174,4 +264,7 @@ pub(crate) static UKR: Ukr = Ukr {
     tail: table!(2, true),
     narrow: table!(1, true),
     narrow_max: 16,
+    narrow_mr: MR,
+    tcol: [tcol::<1>, tcol::<1>, tcol::<2>, tcol::<3>, tcol::<4>, tcol::<5>, tcol::<6>, tcol::<7>, tcol::<8>],
+    tcol_max: 8,
 };

@@ -70,6 +70,10 @@ pub(crate) struct Store {
     pub bias_col: *const f32,
     pub residual: *const f32,
     pub act: Activation,
+    /// When not null, the kernel prefetches `pf + k·pf_stride` at step `k`: the A rows
+    /// the driver will need next, so they stream in while this tile computes.
+    pub pf: *const f32,
+    pub pf_stride: usize,
 }
 
 /// A micro-kernel: `C[mr × nv] (+)= A[mr × kc] · B[kc × nv]` with the epilogue of `st`.
@@ -93,9 +97,53 @@ pub(crate) struct Ukr {
     pub full: [UKernel; MR_MAX + 1],
     /// Masked tiles, any `nv < nr`.
     pub tail: [UKernel; MR_MAX + 1],
-    /// Masked tiles for `nv <= narrow_max` (half width), cheaper than `tail`.
+    /// Masked tiles for `nv <= narrow_max` (half width), cheaper than `tail`, up to
+    /// `narrow_mr` rows (half-width tiles have registers for more rows).
     pub narrow: [UKernel; MR_MAX + 1],
     pub narrow_max: usize,
+    pub narrow_mr: usize,
+    /// Column-tail kernels, indexed by the number of columns `1..=tcol_max`: they take a
+    /// whole A panel (`lda` = its height ≤ 12 rows, contiguous at each k) and vectorize
+    /// over its rows instead of over columns, so a tail of a few columns costs a few
+    /// FMAs per k instead of a whole row-vector tile. Same FMA chain per element as the
+    /// other kernels.
+    pub tcol: [UKernel; 9],
+    pub tcol_max: usize,
+}
+
+/// How a block's columns are covered.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// `nr` columns (or fewer, masked), `mr`-row slivers.
+    Wide,
+    /// At most `narrow_max` columns, `narrow_mr`-row slivers.
+    Narrow,
+    /// At most `tcol_max` columns, whole panels.
+    TCol,
+}
+
+/// Column chunks `(start, width, kind)` of a block of `ncur` columns from `jb`.
+fn chunks(u: &Ukr, jb: usize, ncur: usize) -> impl Iterator<Item = (usize, usize, Chunk)> {
+    let nr = u.nr;
+    let full = ncur / nr;
+    let r = ncur % nr;
+    let (wide_tail, narrow, tcol) = if r == 0 {
+        (0, 0, 0)
+    } else if r > u.narrow_max + u.tcol_max {
+        (r, 0, 0)
+    } else if r > u.narrow_max {
+        (0, u.narrow_max, r - u.narrow_max)
+    } else if r <= u.tcol_max {
+        (0, 0, r)
+    } else {
+        (0, r, 0)
+    };
+    let tail_start = jb + full * nr;
+    (0..full)
+        .map(move |i| (jb + i * nr, nr, Chunk::Wide))
+        .chain((wide_tail > 0).then_some((tail_start, wide_tail, Chunk::Wide)))
+        .chain((narrow > 0).then_some((tail_start, narrow, Chunk::Narrow)))
+        .chain((tcol > 0).then_some((tail_start + narrow, tcol, Chunk::TCol)))
 }
 
 /// The micro-kernel table for a tier the CPU supports (clamped to what it has).
@@ -165,101 +213,114 @@ pub fn pack_b_transposed(n: usize, k: usize, bt: &[f32], ldbt: usize, packed: &m
     }
 }
 
-/// A producer of B blocks packed for the micro-kernel (e.g. im2col).
+/// Elements past the end of a row that [`PackB::row`] may clobber (one zmm).
+pub const ROW_SLACK: usize = 16;
+
+/// A producer of B rows (e.g. im2col): the driver asks for rows of a `kc × nc` block and
+/// scatters them into the micro-kernel's `nr`-wide panels itself.
 pub trait PackB: Sync {
-    /// Writes `B[k0 .. k0+kc, n0 .. n0+nc]` into `dst` as panels of `nr` columns, K-major:
-    /// element `(k, j)` goes to `((j−n0)/nr)·kc·nr + (k−k0)·nr + (j−n0)%nr`. Columns of the
-    /// last panel past `nc` may be left as they are (the kernels mask them).
-    fn pack(&self, k0: usize, kc: usize, n0: usize, nc: usize, nr: usize, dst: &mut [f32]);
+    /// Row `k` of B, columns `n0 .. n0 + len`, when it is contiguous in memory already.
+    fn row_slice(&self, k: usize, n0: usize, len: usize) -> Option<&[f32]> {
+        let _ = (k, n0, len);
+        None
+    }
+    /// Writes row `k` of B, columns `n0 .. n0 + nc`, into `row[..nc]`. `row` has
+    /// [`ROW_SLACK`] more elements, which may be overwritten with anything. Called only
+    /// when `row_slice` returns `None`.
+    fn row(&self, k: usize, n0: usize, nc: usize, row: &mut [f32]);
+    /// Packs a whole block straight into the panel layout of [`pack_block`], if this
+    /// source has a faster way than row by row; returns `false` to use the rows.
+    /// `dst` holds `kc · ceil(nc/nr) · nr` elements (columns past `nc` may be written
+    /// with anything); `tmp` holds `nc + ROW_SLACK`.
+    #[allow(clippy::too_many_arguments)]
+    fn pack_panels(&self, isa: Isa, k0: usize, kc: usize, n0: usize, nc: usize, nr: usize, dst: &mut [f32], tmp: &mut [f32]) -> bool {
+        let _ = (isa, k0, kc, n0, nc, nr, dst, tmp);
+        false
+    }
 }
 
 /// A plain row-major matrix as a [`PackB`] source.
-struct PlainB<'a> {
-    b: &'a [f32],
-    ldb: usize,
+pub(crate) struct PlainB<'a> {
+    pub b: &'a [f32],
+    pub ldb: usize,
 }
 
 impl PackB for PlainB<'_> {
-    fn pack(&self, k0: usize, kc: usize, n0: usize, nc: usize, nr: usize, dst: &mut [f32]) {
-        let mut w = PanelWriter::new(dst, kc, nr);
-        for kk in 0..kc {
-            let row = &self.b[(k0 + kk) * self.ldb + n0..][..nc];
-            w.start_row(kk);
-            w.copy(row);
-        }
+    fn row_slice(&self, k: usize, n0: usize, len: usize) -> Option<&[f32]> {
+        Some(&self.b[k * self.ldb + n0..][..len])
+    }
+    fn row(&self, k: usize, n0: usize, nc: usize, row: &mut [f32]) {
+        row[..nc].copy_from_slice(&self.b[k * self.ldb + n0..][..nc]);
     }
 }
 
-/// Writes one K row of a packed B block, column after column, splitting at panel edges.
-pub struct PanelWriter<'a> {
-    dst: &'a mut [f32],
-    kc: usize,
-    nr: usize,
-    /// Index in `dst` of the next column's element.
-    pos: usize,
-    /// Columns left in the current panel.
-    left: usize,
+/// Packs `B[k0 .. k0+kc, n0 .. n0+nc]` into `dst` as panels of `nr` columns, K-major:
+/// element `(k, j)` at `((j−n0)/nr)·kc·nr + (k−k0)·nr + (j−n0)%nr`; the columns of the
+/// last panel past `nc` are left as they are (the kernels mask them). `tmp` holds
+/// `nc + ROW_SLACK`.
+#[doc(hidden)]
+pub(crate) fn pack_block(u: &Ukr, src: &dyn PackB, k0: usize, kc: usize, n0: usize, nc: usize, dst: &mut [f32], tmp: &mut [f32]) {
+    if src.pack_panels(u.isa, k0, kc, n0, nc, u.nr, dst, tmp) {
+        return;
+    }
+    match (u.isa, u.nr) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a Ukr of a tier exists only for tiers the CPU supports (`ukr` clamps).
+        (Isa::Avx2, 16) => unsafe { pack_block_avx2(src, k0, kc, n0, nc, dst, tmp) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        (Isa::Avx512, 32) => unsafe { pack_block_avx512(src, k0, kc, n0, nc, dst, tmp) },
+        (_, 8) => pack_block_nr::<8>(src, k0, kc, n0, nc, dst, tmp),
+        (_, 16) => pack_block_nr::<16>(src, k0, kc, n0, nc, dst, tmp),
+        (_, 32) => pack_block_nr::<32>(src, k0, kc, n0, nc, dst, tmp),
+        (_, nr) => unreachable!("no micro-kernel has nr = {nr}"),
+    }
 }
 
-impl<'a> PanelWriter<'a> {
-    pub fn new(dst: &'a mut [f32], kc: usize, nr: usize) -> Self {
-        PanelWriter { dst, kc, nr, pos: 0, left: nr }
-    }
+/// [`pack_block_nr`] compiled with AVX2, so its fixed-size copies are ymm moves.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn pack_block_avx2(src: &dyn PackB, k0: usize, kc: usize, n0: usize, nc: usize, dst: &mut [f32], tmp: &mut [f32]) {
+    pack_block_nr::<16>(src, k0, kc, n0, nc, dst, tmp)
+}
 
-    /// Positions the writer at column 0 of row `kk`.
-    #[inline]
-    pub fn start_row(&mut self, kk: usize) {
-        self.pos = kk * self.nr;
-        self.left = self.nr;
-    }
+/// [`pack_block_nr`] compiled with AVX-512, so its fixed-size copies are zmm moves.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx2,fma")]
+unsafe fn pack_block_avx512(src: &dyn PackB, k0: usize, kc: usize, n0: usize, nc: usize, dst: &mut [f32], tmp: &mut [f32]) {
+    pack_block_nr::<32>(src, k0, kc, n0, nc, dst, tmp)
+}
 
-    #[inline]
-    fn advance(&mut self, n: usize) {
-        self.pos += n;
-        self.left -= n;
-        if self.left == 0 {
-            self.pos += (self.kc - 1) * self.nr;
-            self.left = self.nr;
-        }
+/// Copies a contiguous row of `nc` columns into row `kk` of the panels (`kc` rows,
+/// `NR` columns each) of `dst`.
+#[inline(always)]
+pub(crate) fn scatter_row<const NR: usize>(row: &[f32], dst: &mut [f32], kk: usize, kc: usize) {
+    let nc = row.len();
+    let full = nc / NR;
+    let rem = nc % NR;
+    for p in 0..full {
+        // Constant-size copies: inlined vector moves, no memcpy call.
+        let d: &mut [f32; NR] = (&mut dst[p * kc * NR + kk * NR..][..NR]).try_into().unwrap();
+        let s: &[f32; NR] = row[p * NR..][..NR].try_into().unwrap();
+        *d = *s;
     }
-
-    /// Appends `n` zeros.
-    #[inline]
-    pub fn zeros(&mut self, mut n: usize) {
-        while n > 0 {
-            let t = n.min(self.left);
-            self.dst[self.pos..self.pos + t].fill(0.0);
-            self.advance(t);
-            n -= t;
-        }
+    if rem > 0 {
+        dst[full * kc * NR + kk * NR..][..rem].copy_from_slice(&row[full * NR..]);
     }
+}
 
-    /// Appends the values of `src`.
-    #[inline]
-    pub fn copy(&mut self, mut src: &[f32]) {
-        while !src.is_empty() {
-            let t = src.len().min(self.left);
-            self.dst[self.pos..self.pos + t].copy_from_slice(&src[..t]);
-            self.advance(t);
-            src = &src[t..];
-        }
-    }
-
-    /// Appends `n` values `src[0], src[stride], src[2·stride], …`.
-    #[inline]
-    pub fn copy_strided(&mut self, src: &[f32], stride: usize, mut n: usize) {
-        let mut s = 0;
-        while n > 0 {
-            let t = n.min(self.left);
-            let d = &mut self.dst[self.pos..self.pos + t];
-            let sv = &src[s..s + (t - 1) * stride + 1];
-            for (i, o) in d.iter_mut().enumerate() {
-                *o = sv[i * stride];
+#[inline(always)]
+fn pack_block_nr<const NR: usize>(src: &dyn PackB, k0: usize, kc: usize, n0: usize, nc: usize, dst: &mut [f32], tmp: &mut [f32]) {
+    assert!(dst.len() >= kc * nc.div_ceil(NR) * NR && tmp.len() >= nc + ROW_SLACK);
+    for kk in 0..kc {
+        let row: &[f32] = match src.row_slice(k0 + kk, n0, nc) {
+            Some(r) => r,
+            None => {
+                src.row(k0 + kk, n0, nc, &mut tmp[..nc + ROW_SLACK]);
+                &tmp[..nc]
             }
-            s += t * stride;
-            self.advance(t);
-            n -= t;
-        }
+        };
+        scatter_row::<NR>(row, dst, kk, kc);
     }
 }
 
@@ -322,6 +383,10 @@ impl<'a> SharedOut<'a> {
 
 /// The K block: the whole K up to 384, else K split evenly into blocks of at most 256.
 pub(crate) fn choose_kc(k: usize) -> usize {
+    if let Some(v) = std::env::var("CNNRT_KC").ok().and_then(|v| v.parse::<usize>().ok()) {
+        let nb = k.div_ceil(v).max(1);
+        return k.div_ceil(nb).max(1);
+    }
     if k <= 384 {
         k.max(1)
     } else {
@@ -333,6 +398,7 @@ pub(crate) fn choose_kc(k: usize) -> usize {
 /// The N block for a packed `kc × nc` B block of about `bytes` bytes, a multiple of `nr`,
 /// balanced over N.
 pub(crate) fn choose_nc(n: usize, kc: usize, nr: usize, bytes: usize) -> usize {
+    let bytes = std::env::var("CNNRT_NCB").ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(bytes);
     let target = (bytes / (4 * kc.max(1))).max(nr) / nr * nr;
     let nb = n.div_ceil(target).max(1);
     n.div_ceil(nb).div_ceil(nr).max(1) * nr
@@ -373,7 +439,7 @@ pub(crate) struct Tile {
 /// Scratch (f32 elements) that [`drive`] needs for a packed B block, including room to
 /// align it to 64 bytes.
 pub(crate) fn pack_scratch_len(kc: usize, nc: usize, nr: usize) -> usize {
-    kc * nc.div_ceil(nr) * nr + 16
+    kc * nc.div_ceil(nr) * nr + nc + ROW_SLACK + 16
 }
 
 /// Splits a panel of `h` rows into slivers of at most `mr` rows, as even as possible.
@@ -402,7 +468,11 @@ pub(crate) unsafe fn drive(u: &Ukr, t: &Tile, b: &BSrc, scratch: &mut [f32]) {
     let off = scratch.as_ptr().align_offset(64).min(16);
     let kc_max = t.kc.max(1);
     let nblocks_k = k.div_ceil(kc_max).max(1);
-    let prepacked = matches!(b, BSrc::Prepacked { .. });
+    // Loop order: with B packed per block, the A sliver (mr × kc) stays in L1 while the
+    // packed block streams from L2 (B is written once, read once per sliver). With B
+    // read in place (constant or direct), each B sliver (kc × nr) stays in L1 while the
+    // rows of A stream past it, so B comes from memory once.
+    let b_outer = !matches!(b, BSrc::Pack { .. });
     for jb in (0..n).step_by(t.nc) {
         let ncur = t.nc.min(n - jb);
         for kb in 0..nblocks_k {
@@ -412,8 +482,8 @@ pub(crate) unsafe fn drive(u: &Ukr, t: &Tile, b: &BSrc, scratch: &mut [f32]) {
             let last = kb + 1 == nblocks_k;
             let packed: *const f32 = if let BSrc::Pack { packer, n0 } = b {
                 let len = kcur * ncur.div_ceil(nr) * nr;
-                let dst = &mut scratch[off..off + len];
-                packer.pack(k0, kcur, n0 + jb, ncur, nr, dst);
+                let (dst, tmp) = scratch[off..].split_at_mut(len);
+                pack_block(u, *packer, k0, kcur, n0 + jb, ncur, dst, tmp);
                 dst.as_ptr()
             } else {
                 std::ptr::null()
@@ -430,15 +500,10 @@ pub(crate) unsafe fn drive(u: &Ukr, t: &Tile, b: &BSrc, scratch: &mut [f32]) {
                     }
                 }
             };
-            let call = |r0: usize, mr: usize, a: *const f32, lda: usize, j: usize| {
-                let nv = nr.min(jb + ncur - j);
-                let kern = if nv == nr {
-                    u.full[mr]
-                } else if nv <= u.narrow_max {
-                    u.narrow[mr]
-                } else {
-                    u.tail[mr]
-                };
+            // One kernel call: rows r0 .. r0+mr (A at `a`, K stride `lda`), columns
+            // j .. j+nv, with `kern` of the right kind.
+            let call = |kern: UKernel, r0: usize, mr: usize, a: *const f32, lda: usize, j: usize, nv: usize, pf: (*const f32, usize)| {
+                let _ = mr;
                 let (bp, ldb) = bcol(j);
                 let st = Store {
                     load_c: !first || t.accumulate,
@@ -447,35 +512,82 @@ pub(crate) unsafe fn drive(u: &Ukr, t: &Tile, b: &BSrc, scratch: &mut [f32]) {
                     bias_col: if t.bias_col.is_null() { t.bias_col } else { t.bias_col.add(j) },
                     residual: if t.residual.is_null() { t.residual } else { t.residual.add(r0 * t.ldc + j) },
                     act: t.act,
+                    pf: pf.0,
+                    pf_stride: pf.1,
                 };
                 kern(kcur, a, lda, bp, ldb, t.c.add(r0 * t.ldc + j), t.ldc, nv, &st);
             };
-            if prepacked {
-                // B sliver (kc × nr) stays in L1 while the rows of A stream past it.
-                for j in (jb..jb + ncur).step_by(nr) {
-                    for p0 in (0..m).step_by(MR_PACK) {
-                        let h = MR_PACK.min(m - p0);
-                        let ap = t.a.add(p0 * k + k0 * h);
-                        for (s0, mr) in slivers(h, u.mr) {
-                            call(p0 + s0, mr, ap.add(s0), h, j);
+            // Every sliver of one panel (rows p0 .. p0+h) against one column chunk.
+            let panel_chunk = |p0: usize, h: usize, (j, nv, kind): (usize, usize, Chunk), pf: (*const f32, usize)| {
+                let ap = t.a.add(p0 * k + k0 * h);
+                match kind {
+                    Chunk::TCol => call(u.tcol[nv], p0, h, ap, h, j, nv, pf),
+                    Chunk::Narrow => {
+                        for (si, (s0, mr)) in slivers(h, u.narrow_mr).enumerate() {
+                            call(u.narrow[mr], p0 + s0, mr, ap.add(s0), h, j, nv, if si == 0 { pf } else { NO_PF });
+                        }
+                    }
+                    Chunk::Wide => {
+                        for (si, (s0, mr)) in slivers(h, u.mr).enumerate() {
+                            let kern = if nv == nr {
+                                u.full[mr]
+                            } else if nv <= u.narrow_max {
+                                u.narrow[mr]
+                            } else {
+                                u.tail[mr]
+                            };
+                            call(kern, p0 + s0, mr, ap.add(s0), h, j, nv, if si == 0 { pf } else { NO_PF });
                         }
                     }
                 }
+            };
+            if b_outer {
+                for ch in chunks(u, jb, ncur) {
+                    for p0 in (0..m).step_by(MR_PACK) {
+                        panel_chunk(p0, MR_PACK.min(m - p0), ch, NO_PF);
+                    }
+                }
             } else {
-                // A sliver (mr × kc) stays in L1 while the B block streams from L2.
                 for p0 in (0..m).step_by(MR_PACK) {
                     let h = MR_PACK.min(m - p0);
+                    // While the first tile of this panel computes, prefetch the next
+                    // panel's rows of this K block (it may be coming from L3).
+                    let next = p0 + MR_PACK;
+                    let mut pf = if next < m {
+                        let hn = MR_PACK.min(m - next);
+                        (t.a.add(next * k + k0 * hn), hn)
+                    } else {
+                        NO_PF
+                    };
                     let ap = t.a.add(p0 * k + k0 * h);
+                    // Wide chunks sliver-major, so each A sliver stays in L1 across them.
                     for (s0, mr) in slivers(h, u.mr) {
-                        for j in (jb..jb + ncur).step_by(nr) {
-                            call(p0 + s0, mr, ap.add(s0), h, j);
+                        for (j, nv, kind) in chunks(u, jb, ncur) {
+                            if kind != Chunk::Wide {
+                                continue;
+                            }
+                            let kern = if nv == nr {
+                                u.full[mr]
+                            } else if nv <= u.narrow_max {
+                                u.narrow[mr]
+                            } else {
+                                u.tail[mr]
+                            };
+                            call(kern, p0 + s0, mr, ap.add(s0), h, j, nv, pf);
+                            pf = NO_PF;
                         }
+                    }
+                    for ch in chunks(u, jb, ncur).filter(|c| c.2 != Chunk::Wide) {
+                        panel_chunk(p0, h, ch, pf);
+                        pf = NO_PF;
                     }
                 }
             }
         }
     }
 }
+
+const NO_PF: (*const f32, usize) = (std::ptr::null(), 0);
 
 /// Applies `act` to an `mr × nv` tile in place with the scalar definition (the
 /// activations the vector epilogues do not cover: sigmoid, SiLU, tanh).
@@ -533,10 +645,17 @@ pub struct Gemm {
     mode: BMode,
 }
 
+/// Whether reading B in place beats packing it, for an `m × k` by `k × n` product: yes
+/// when the rows of A for one K block fit comfortably in L2 (they stream past each B
+/// sliver held in L1) and B rows are long enough for whole cache lines.
+pub fn prefer_direct_b(m: usize, k: usize, n: usize) -> bool {
+    m * k.min(256) <= 40 * 1024 && n >= 64
+}
+
 impl Gemm {
     /// Plans for `isa` (clamped to what this CPU supports).
     pub fn new(isa: Isa, m: usize, n: usize, k: usize) -> Gemm {
-        let mode = if m <= 2 * MR_PACK { BMode::Direct } else { BMode::Packed };
+        let mode = if prefer_direct_b(m, k, n) { BMode::Direct } else { BMode::Packed };
         Gemm::with_mode(isa, m, n, k, mode)
     }
 

@@ -102,4 +102,8 @@ pub(crate) static UKR: Ukr = Ukr {
     tail: table!(false),
     narrow: table!(false),
     narrow_max: NR,
+    narrow_mr: MR,
+    // No column-tail kernels: the portable tiles are only 8 wide.
+    tcol: [ukr::<1, false>; 9],
+    tcol_max: 0,
 };

@@ -1,0 +1,205 @@
+//! The tile shuffles the transforms need on top of [`Simd`]: gathering the columns of
+//! `LANES` consecutive tiles of one tile row (stride 4 for F(4x4,3x3), stride 2 for
+//! F(2x2,3x3)) into one vector per column, and the inverse for the output rows.
+//!
+//! Implemented for the portable tier (4 lanes) and AVX2 (8 lanes); the AVX-512 tier runs
+//! the transforms with the AVX2 token (its GEMM still uses the AVX-512 micro-kernels).
+
+use crate::kernels::elementwise::{Portable, Simd};
+
+pub(crate) trait Lanes: Simd {
+    /// Columns `0..6` of `LANES` tiles 4 apart: lane `i` of `out[j]` is `p[4i + j]`.
+    ///
+    /// # Safety
+    /// `p[0 .. 4·LANES + 2]` readable.
+    unsafe fn gather_s4(self, p: *const f32) -> [Self::V; 6];
+
+    /// Columns `0..4` of `LANES` tiles 2 apart: lane `i` of `out[j]` is `p[2i + j]`.
+    ///
+    /// # Safety
+    /// `p[0 .. 2·LANES + 2]` readable.
+    unsafe fn gather_s2(self, p: *const f32) -> [Self::V; 4];
+
+    /// The inverse of a 4-wide gather: lane `i` of `y[j]` (tile `i`, column `j`) goes to
+    /// flat position `4i + j` of the `4·LANES` values `out[0] ‖ out[1] ‖ out[2] ‖ out[3]`.
+    fn scatter_s4(self, y: [Self::V; 4]) -> [Self::V; 4];
+
+    /// Lane `i` of `y[j]` goes to flat position `2i + j` of `out[0] ‖ out[1]`.
+    fn scatter_s2(self, y: [Self::V; 2]) -> [Self::V; 2];
+}
+
+impl Lanes for Portable {
+    #[inline(always)]
+    unsafe fn gather_s4(self, p: *const f32) -> [[f32; 4]; 6] {
+        // SAFETY: 4i + j <= 12 + 5 = 4·4 + 1 < 4·LANES + 2 (caller).
+        std::array::from_fn(|j| std::array::from_fn(|i| unsafe { *p.add(4 * i + j) }))
+    }
+    #[inline(always)]
+    unsafe fn gather_s2(self, p: *const f32) -> [[f32; 4]; 4] {
+        // SAFETY: 2i + j <= 6 + 3 = 2·4 + 1 < 2·LANES + 2 (caller).
+        std::array::from_fn(|j| std::array::from_fn(|i| unsafe { *p.add(2 * i + j) }))
+    }
+    #[inline(always)]
+    fn scatter_s4(self, y: [[f32; 4]; 4]) -> [[f32; 4]; 4] {
+        // Flat 4q + e is tile q, column e.
+        std::array::from_fn(|q| std::array::from_fn(|e| y[e][q]))
+    }
+    #[inline(always)]
+    fn scatter_s2(self, y: [[f32; 4]; 2]) -> [[f32; 4]; 2] {
+        // Flat 4q + e is tile 2q + e/2, column e%2.
+        std::array::from_fn(|q| std::array::from_fn(|e| y[e % 2][2 * q + e / 2]))
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::Lanes;
+    use crate::kernels::elementwise::Avx2Fma;
+    use std::arch::x86_64::*;
+
+    /// Lane `i` of the result is lane `i + 1` of `v`, lane 7 is `*last`.
+    ///
+    /// Safety: AVX2 present (the token), `last` readable.
+    #[inline(always)]
+    unsafe fn shift_in(v: __m256, last: *const f32) -> __m256 {
+        // SAFETY: the caller's guarantees.
+        unsafe {
+            let s = _mm256_permutevar8x32_ps(v, _mm256_setr_epi32(1, 2, 3, 4, 5, 6, 7, 7));
+            _mm256_blend_ps::<0x80>(s, _mm256_broadcast_ss(&*last))
+        }
+    }
+
+    impl Lanes for Avx2Fma {
+        #[inline(always)]
+        unsafe fn gather_s4(self, p: *const f32) -> [__m256; 6] {
+            // SAFETY: reads p[0..34] (caller); the token proves AVX2.
+            unsafe {
+                // a = tiles 0,1; b = 2,3; c = 4,5; d = 6,7 (4 columns each).
+                let a = _mm256_loadu_ps(p);
+                let b = _mm256_loadu_ps(p.add(8));
+                let c = _mm256_loadu_ps(p.add(16));
+                let d = _mm256_loadu_ps(p.add(24));
+                let p0 = _mm256_permute2f128_ps::<0x20>(a, c); // t0 | t4
+                let p1 = _mm256_permute2f128_ps::<0x31>(a, c); // t1 | t5
+                let p2 = _mm256_permute2f128_ps::<0x20>(b, d); // t2 | t6
+                let p3 = _mm256_permute2f128_ps::<0x31>(b, d); // t3 | t7
+                // 4×4 transposes inside each 128-bit half.
+                let u0 = _mm256_unpacklo_ps(p0, p1);
+                let u1 = _mm256_unpackhi_ps(p0, p1);
+                let u2 = _mm256_unpacklo_ps(p2, p3);
+                let u3 = _mm256_unpackhi_ps(p2, p3);
+                let c0 = _mm256_shuffle_ps::<0x44>(u0, u2);
+                let c1 = _mm256_shuffle_ps::<0xEE>(u0, u2);
+                let c2 = _mm256_shuffle_ps::<0x44>(u1, u3);
+                let c3 = _mm256_shuffle_ps::<0xEE>(u1, u3);
+                // Columns 4 and 5 are columns 0 and 1 of the next tile.
+                let c4 = shift_in(c0, p.add(32));
+                let c5 = shift_in(c1, p.add(33));
+                [c0, c1, c2, c3, c4, c5]
+            }
+        }
+
+        #[inline(always)]
+        unsafe fn gather_s2(self, p: *const f32) -> [__m256; 4] {
+            // SAFETY: reads p[0..18] (caller); the token proves AVX2.
+            unsafe {
+                let a = _mm256_loadu_ps(p);
+                let b = _mm256_loadu_ps(p.add(8));
+                // Per half [a0 a2 b0 b2 | a4 a6 b4 b6], then 64-bit blocks 0, 2, 1, 3.
+                let e = _mm256_shuffle_ps::<0x88>(a, b);
+                let o = _mm256_shuffle_ps::<0xDD>(a, b);
+                let c0 = _mm256_castpd_ps(_mm256_permute4x64_pd::<0xD8>(_mm256_castps_pd(e)));
+                let c1 = _mm256_castpd_ps(_mm256_permute4x64_pd::<0xD8>(_mm256_castps_pd(o)));
+                let c2 = shift_in(c0, p.add(16));
+                let c3 = shift_in(c1, p.add(17));
+                [c0, c1, c2, c3]
+            }
+        }
+
+        #[inline(always)]
+        fn scatter_s4(self, y: [__m256; 4]) -> [__m256; 4] {
+            // SAFETY: value-only intrinsics; the token proves AVX2.
+            unsafe {
+                let u0 = _mm256_unpacklo_ps(y[0], y[1]);
+                let u1 = _mm256_unpackhi_ps(y[0], y[1]);
+                let u2 = _mm256_unpacklo_ps(y[2], y[3]);
+                let u3 = _mm256_unpackhi_ps(y[2], y[3]);
+                let r0 = _mm256_shuffle_ps::<0x44>(u0, u2); // t0 | t4
+                let r1 = _mm256_shuffle_ps::<0xEE>(u0, u2); // t1 | t5
+                let r2 = _mm256_shuffle_ps::<0x44>(u1, u3); // t2 | t6
+                let r3 = _mm256_shuffle_ps::<0xEE>(u1, u3); // t3 | t7
+                [
+                    _mm256_permute2f128_ps::<0x20>(r0, r1),
+                    _mm256_permute2f128_ps::<0x20>(r2, r3),
+                    _mm256_permute2f128_ps::<0x31>(r0, r1),
+                    _mm256_permute2f128_ps::<0x31>(r2, r3),
+                ]
+            }
+        }
+
+        #[inline(always)]
+        fn scatter_s2(self, y: [__m256; 2]) -> [__m256; 2] {
+            // SAFETY: value-only intrinsics; the token proves AVX2.
+            unsafe {
+                let lo = _mm256_unpacklo_ps(y[0], y[1]); // t0 t1 | t4 t5
+                let hi = _mm256_unpackhi_ps(y[0], y[1]); // t2 t3 | t6 t7
+                [_mm256_permute2f128_ps::<0x20>(lo, hi), _mm256_permute2f128_ps::<0x31>(lo, hi)]
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check<S: Lanes>(s: S) {
+        let l = S::LANES;
+        let src: Vec<f32> = (0..64).map(|i| i as f32).collect();
+        let g4 = unsafe { s.gather_s4(src.as_ptr()) };
+        for (j, v) in g4.iter().enumerate() {
+            let a = s.to_array(*v);
+            for i in 0..l {
+                assert_eq!(a[i], (4 * i + j) as f32, "s4 col {j} lane {i}");
+            }
+        }
+        let g2 = unsafe { s.gather_s2(src.as_ptr()) };
+        for (j, v) in g2.iter().enumerate() {
+            let a = s.to_array(*v);
+            for i in 0..l {
+                assert_eq!(a[i], (2 * i + j) as f32, "s2 col {j} lane {i}");
+            }
+        }
+        // Scatter: y[j] lane i = 100 j + i must land at 4i + j.
+        let mk = |j: usize| unsafe { s.load((0..16).map(|i| (100 * j + i) as f32).collect::<Vec<_>>().as_ptr()) };
+        let w4 = s.scatter_s4([mk(0), mk(1), mk(2), mk(3)]);
+        let flat: Vec<f32> = w4.iter().flat_map(|v| s.to_array(*v)[..l].to_vec()).collect();
+        for (f, &v) in flat.iter().enumerate() {
+            assert_eq!(v, (100 * (f % 4) + f / 4) as f32, "scatter s4 at {f}");
+        }
+        let w2 = s.scatter_s2([mk(0), mk(1)]);
+        let flat: Vec<f32> = w2.iter().flat_map(|v| s.to_array(*v)[..l].to_vec()).collect();
+        for (f, &v) in flat.iter().enumerate() {
+            assert_eq!(v, (100 * (f % 2) + f / 2) as f32, "scatter s2 at {f}");
+        }
+    }
+
+    #[test]
+    fn shuffles_portable() {
+        check(Portable);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn shuffles_avx2() {
+        use crate::kernels::elementwise::Avx2Fma;
+        if crate::simd::Isa::Avx2.is_supported() {
+            // SAFETY: AVX2 and FMA are present.
+            let t = unsafe { Avx2Fma::new_unchecked() };
+            t.vectorize(
+                #[inline(always)]
+                |s| check(s),
+            );
+        }
+    }
+}

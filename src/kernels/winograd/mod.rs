@@ -1,0 +1,926 @@
+//! Winograd convolution for 3×3, stride-1, dilation-1, ungrouped layers (any padding):
+//! F(4x4,3x3) on 6×6 input tiles and F(2x2,3x3) on 4×4 input tiles.
+//!
+//! With `m` the output tile (4 or 2), `t = m + 2` the input tile and `T = t²` the
+//! transformed positions, each output tile `Y` (m×m, one output channel) is
+//!
+//! ```text
+//! Y = Aᵀ [ Σ_c (G g_c Gᵀ) ⊙ (Bᵀ d_c B) ] A
+//! ```
+//!
+//! with `d_c` the t×t input tile of channel `c` (zero outside the image) and `g_c` the
+//! 3×3 filter. Per position `ξ` the sum over channels is a GEMM
+//! `M_ξ[cout × tiles] = U_ξ[cout × cin] · V_ξ[cin × tiles]`, so one layer is
+//!
+//! 1. input transform `V = Bᵀ d B` (SIMD, `LANES` tiles of one tile row at a time: the
+//!    columns of 8 consecutive tiles are gathered with in-register shuffles from a
+//!    zero-padded copy of the tile row's `t` input rows, the "strip");
+//! 2. `T` independent GEMMs on the packed-GEMM micro-kernels (U pre-packed as packed A);
+//! 3. output transform `Y = Aᵀ M A` (SIMD, same grouping), with bias, residual and the
+//!    fused activation applied in the store; partial tiles at the right and bottom edges
+//!    store only what lies inside the output.
+//!
+//! The work is cache-blocked over tiles: a block of `tb` tiles (raster order) is
+//! transformed into `V` (`T × cin × tb`, sized for L2), multiplied into `M`
+//! (`T × mcc × tb` for a chunk of `mcc` output channels at a time), and transformed back
+//! before the next chunk or block.
+//!
+//! Matrices (Lavin & Gray; interpolation points 0, ±1, ±2 for F4x4, 0, ±1 for F2x2):
+//!
+//! ```text
+//! F(4x4,3x3)  Bᵀ = [4  0 -5  0  1  0]   G = [ 1/4     0    0 ]   Aᵀ = [1 1  1 1  1 0]
+//!                  [0 -4 -4  1  1  0]       [-1/6 -1/6 -1/6 ]        [0 1 -1 2 -2 0]
+//!                  [0  4 -4 -1  1  0]       [-1/6  1/6 -1/6 ]        [0 1  1 4  4 0]
+//!                  [0 -2 -1  2  1  0]       [1/24 1/12  1/6 ]        [0 1 -1 8 -8 1]
+//!                  [0  2 -1 -2  1  0]       [1/24 -1/12 1/6 ]
+//!                  [0  4  0 -5  0  1]       [   0    0    1 ]
+//! F(2x2,3x3)  Bᵀ = [1  0 -1  0]   G = [ 1    0   0 ]   Aᵀ = [1 1  1  0]
+//!                  [0  1  1  0]       [1/2  1/2 1/2]        [0 1 -1 -1]
+//!                  [0 -1  1  0]       [1/2 -1/2 1/2]
+//!                  [0  1  0 -1]       [ 0    0   1 ]
+//! ```
+//!
+//! # Packed weight layout (ISA independent)
+//!
+//! `U_ξ = G g Gᵀ` is computed in f64 from the OIHW weights and rounded once to f32.
+//! Position `ξ = k·t + l` (`k` the transformed row, `l` the column) holds the
+//! `cout × cin` matrix `U_ξ[o][c]` in the [`gemm`](crate::kernels::gemm) packed-A layout
+//! (panels of [`MR_PACK`] = 12 output channels, the last one short and unpadded, K-major
+//! inside): element `(o, c)` of position `ξ`, with `p = o / 12`, `h = min(12, cout − 12p)`,
+//! is at `ξ·cout·cin + 12p·cin + c·h + (o − 12p)`. Length `T·cout·cin` (36× or 16× the
+//! weight count ÷ 9, i.e. 4× or 1.78× the plain weights).
+//!
+//! # Tiles and determinism
+//!
+//! [`WinogradKernel::tiles`] independent work items: (block of tiles) × (block of output
+//! channels). Every output element is computed by the same arithmetic whatever the
+//! split: the transforms work lane-wise (a tile's lane position changes nothing), and the
+//! GEMM computes each element of `M` as one in-order FMA chain over the input channels
+//! (see the gemm module). So tiles in any order or on any number of threads give
+//! bit-identical results (per ISA tier).
+//!
+//! # Accuracy
+//!
+//! Winograd trades multiplications for a larger rounding error (the transforms scale
+//! values by up to ~10 in F4x4 and the GEMM sums transformed products that cancel
+//! afterwards). [`measure_relative_error`] measures it for one layer on a calibration
+//! input, for the converter to decide per layer; see `tests/prop_winograd.rs` for the
+//! measured bounds.
+
+mod lanes;
+
+use crate::graph::{Activation, Conv};
+use crate::kernels::elementwise::{ActV, Portable, Simd};
+use crate::kernels::reference;
+use crate::kernels::gemm::{self, choose_kc, drive, ukr, BSrc, SharedOut, Tile, MR_PACK};
+use crate::simd::Isa;
+use lanes::Lanes;
+
+/// `with_lanes!(isa, |s| body)`: evaluates `body` with `s` the transforms' SIMD token for
+/// `isa` (already clamped to this CPU) inside its `#[target_feature]` trampoline: AVX2 for
+/// the AVX2 and AVX-512 tiers, portable otherwise.
+macro_rules! with_lanes {
+    ($isa:expr, |$s:ident| $body:expr) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            if $isa >= Isa::Avx2 {
+                // SAFETY: `isa` comes from `ukr(..).isa`, clamped to `Isa::detect()`, so
+                // this CPU has AVX2 and FMA.
+                let t = unsafe { crate::kernels::elementwise::Avx2Fma::new_unchecked() };
+                t.vectorize(
+                    #[inline(always)]
+                    |$s| $body,
+                )
+            } else {
+                let $s = Portable;
+                $body
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let $s = Portable;
+            $body
+        }
+    }};
+}
+
+/// Which Winograd algorithm.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WinogradVariant {
+    /// F(4x4,3x3): 6×6 input tiles, 36 GEMMs, 4× fewer multiplications than direct.
+    F4x4,
+    /// F(2x2,3x3): 4×4 input tiles, 16 GEMMs, 2.25× fewer multiplications; more accurate.
+    F2x2,
+}
+
+impl WinogradVariant {
+    pub const ALL: [WinogradVariant; 2] = [WinogradVariant::F4x4, WinogradVariant::F2x2];
+
+    /// Output tile side `m`.
+    pub fn output_tile(self) -> usize {
+        match self {
+            WinogradVariant::F4x4 => 4,
+            WinogradVariant::F2x2 => 2,
+        }
+    }
+
+    /// Input tile side `m + 2`.
+    pub fn input_tile(self) -> usize {
+        self.output_tile() + 2
+    }
+
+    /// Transformed positions (`(m + 2)²`): the number of GEMMs.
+    pub fn positions(self) -> usize {
+        self.input_tile() * self.input_tile()
+    }
+
+    /// `"winograd_f4x4"` / `"winograd_f2x2"`.
+    pub fn algorithm(self) -> &'static str {
+        match self {
+            WinogradVariant::F4x4 => "winograd_f4x4",
+            WinogradVariant::F2x2 => "winograd_f2x2",
+        }
+    }
+
+    /// The filter transform `G` (`t × 3`), exact in f64 up to the thirds.
+    fn g(self) -> &'static [[f64; 3]] {
+        const G4: [[f64; 3]; 6] = [
+            [1.0 / 4.0, 0.0, 0.0],
+            [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+            [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+            [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+            [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+            [0.0, 0.0, 1.0],
+        ];
+        const G2: [[f64; 3]; 4] = [[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]];
+        match self {
+            WinogradVariant::F4x4 => &G4,
+            WinogradVariant::F2x2 => &G2,
+        }
+    }
+}
+
+/// Bytes of transformed input `V` per tile block that the block size aims for (L2).
+const V_BYTES: usize = 192 << 10;
+/// Bytes of GEMM output `M` per channel chunk that the chunk size aims for.
+const M_BYTES: usize = 128 << 10;
+/// Work items the split aims for, so that small layers still parallelize.
+const WANT_TILES: usize = 4;
+/// Output channels per work item below which output channels are not split.
+const MIN_MC: usize = 48;
+/// Widest group of tiles any tier transforms at once (sizes the strip).
+const MAX_LANES: usize = 16;
+/// Extra floats between the positions' matrices in V and M (breaks 4 KiB aliasing of
+/// the 36 streams).
+const XI_PAD: usize = 16;
+
+/// A 3×3 stride-1 convolution planned as Winograd for one ISA tier and one input shape.
+#[derive(Clone, Debug)]
+pub struct WinogradKernel {
+    isa: Isa,
+    variant: WinogradVariant,
+    cin: usize,
+    h: usize,
+    w: usize,
+    cout: usize,
+    oh: usize,
+    ow: usize,
+    /// Top and left padding.
+    pt: usize,
+    pl: usize,
+    activation: Activation,
+    /// Output tile side, input tile side, positions.
+    m: usize,
+    t: usize,
+    t2: usize,
+    /// Tiles per row, in all.
+    ntx: usize,
+    ntiles: usize,
+    /// Tiles per block, blocks, and the row length of V and M (>= tb).
+    tb: usize,
+    nblocks: usize,
+    ld: usize,
+    /// Output channels per work item (a multiple of MR_PACK), work items over channels,
+    /// output channels per M chunk (a multiple of MR_PACK).
+    mc: usize,
+    m_tiles: usize,
+    mcc: usize,
+    kc: usize,
+    /// Distance between consecutive positions in V and in M.
+    vxs: usize,
+    mxs: usize,
+    /// Row length of the strip.
+    wstrip: usize,
+}
+
+impl WinogradKernel {
+    /// Plans `conv` for `isa` (clamped to what this CPU supports) on a `[c, h, w]` input
+    /// producing `out_shape`. `None` unless the kernel is 3×3 with stride 1, dilation 1
+    /// and one group (any padding).
+    pub fn new(isa: Isa, conv: &Conv, in_shape: [usize; 3], out_shape: [usize; 3], variant: WinogradVariant) -> Option<WinogradKernel> {
+        if conv.kernel != [3, 3] || conv.stride != [1, 1] || conv.dilation != [1, 1] || conv.groups != 1 {
+            return None;
+        }
+        let [cin, h, w] = in_shape;
+        let [cout, oh, ow] = out_shape;
+        assert_eq!(cin, conv.in_channels, "winograd: input channels");
+        assert_eq!(cout, conv.out_channels, "winograd: output channels");
+        let span_h = h + conv.pads[0] + conv.pads[2];
+        let span_w = w + conv.pads[1] + conv.pads[3];
+        assert!(span_h >= 3 && span_w >= 3, "winograd: kernel larger than the padded input");
+        assert_eq!(oh, span_h - 2, "winograd: output height");
+        assert_eq!(ow, span_w - 2, "winograd: output width");
+
+        let u = ukr(isa);
+        let m = variant.output_tile();
+        let t = variant.input_tile();
+        let t2 = t * t;
+        let ntx = ow.div_ceil(m);
+        let ntiles = ntx * oh.div_ceil(m);
+        let nr = u.nr;
+        // Tile blocks: V (t2 · cin · tb floats) about V_BYTES, tb a multiple of nr,
+        // balanced over the tiles.
+        let per_tile = 4 * t2 * cin.max(1);
+        let tb_max = (V_BYTES / per_tile / nr * nr).max(nr);
+        let nblocks = ntiles.div_ceil(tb_max).max(1);
+        let tb = ntiles.div_ceil(nblocks).div_ceil(nr) * nr;
+        let tb = tb.min(ntiles.div_ceil(8) * 8).max(1);
+        let ld = tb.div_ceil(8) * 8;
+        let nblocks = ntiles.div_ceil(tb).max(1);
+        // Output channels: split when there are too few blocks to parallelize.
+        let mut mc = cout.max(1);
+        if nblocks < WANT_TILES && cout >= 2 * MIN_MC {
+            let split = WANT_TILES.div_ceil(nblocks).min(cout / MIN_MC).max(1);
+            mc = cout.div_ceil(split).div_ceil(MR_PACK) * MR_PACK;
+        }
+        let m_tiles = cout.div_ceil(mc).max(1);
+        // M chunks: t2 · mcc · ld floats about M_BYTES, a multiple of MR_PACK.
+        let mcc_max = (M_BYTES / (4 * t2 * ld) / MR_PACK * MR_PACK).max(MR_PACK);
+        let chunks = mc.div_ceil(mcc_max).max(1);
+        let mcc = mc.div_ceil(chunks).div_ceil(MR_PACK) * MR_PACK;
+        let mcc = mcc.min(mc);
+        Some(WinogradKernel {
+            isa: u.isa,
+            variant,
+            cin,
+            h,
+            w,
+            cout,
+            oh,
+            ow,
+            pt: conv.pads[0],
+            pl: conv.pads[1],
+            activation: conv.activation,
+            m,
+            t,
+            t2,
+            ntx,
+            ntiles,
+            tb,
+            nblocks,
+            ld,
+            mc,
+            m_tiles,
+            mcc,
+            kc: choose_kc(cin),
+            vxs: cin * ld + XI_PAD,
+            mxs: mcc * ld + XI_PAD,
+            wstrip: ((ntx + MAX_LANES) * m + 2).div_ceil(8) * 8,
+        })
+    }
+
+    /// The tier the GEMMs run (the requested one, clamped to this CPU). The transforms
+    /// of the AVX-512 tier use AVX2.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    pub fn variant(&self) -> WinogradVariant {
+        self.variant
+    }
+
+    /// `"winograd_f4x4"` or `"winograd_f2x2"`.
+    pub fn algorithm(&self) -> &'static str {
+        self.variant.algorithm()
+    }
+
+    /// `[cout, oh, ow]`.
+    pub fn out_shape(&self) -> [usize; 3] {
+        [self.cout, self.oh, self.ow]
+    }
+
+    /// Multiply-adds times two of the equivalent direct convolution (`2·cout·cin·9·oh·ow`),
+    /// the figure GFLOP/s are quoted in.
+    pub fn flops(&self) -> u64 {
+        2 * (self.cout * self.cin * 9 * self.oh * self.ow) as u64
+    }
+
+    /// `T · cout · cin` (see the module doc for the layout).
+    pub fn packed_weight_len(&self) -> usize {
+        self.t2 * self.cout * self.cin
+    }
+
+    /// Transforms OIHW weights (`[cout, cin, 3, 3]`) into `U_ξ = G g Gᵀ` (in f64, rounded
+    /// once) and packs them in the layout of the module doc. Deterministic and ISA
+    /// independent. Allocates (a `cout × cin` staging matrix); run it once, ahead of time.
+    pub fn pack_weights(&self, plain_oihw: &[f32], packed: &mut [f32]) {
+        let (cout, cin, t) = (self.cout, self.cin, self.t);
+        assert_eq!(plain_oihw.len(), cout * cin * 9, "winograd: weight length");
+        assert_eq!(packed.len(), self.packed_weight_len(), "winograd: packed weight length");
+        let g = self.variant.g();
+        // u[ξ][o·cin + c]
+        let mut u = vec![vec![0f32; cout * cin]; self.t2];
+        for o in 0..cout {
+            for c in 0..cin {
+                let f = &plain_oihw[(o * cin + c) * 9..][..9];
+                // gg = G · f  (t × 3)
+                let mut gg = [[0f64; 3]; 6];
+                for (k, row) in gg.iter_mut().enumerate().take(t) {
+                    for (b, v) in row.iter_mut().enumerate() {
+                        *v = (0..3).map(|a| g[k][a] * f[a * 3 + b] as f64).sum();
+                    }
+                }
+                for k in 0..t {
+                    for l in 0..t {
+                        let v: f64 = (0..3).map(|b| gg[k][b] * g[l][b]).sum();
+                        u[k * t + l][o * cin + c] = v as f32;
+                    }
+                }
+            }
+        }
+        let len = cout * cin;
+        for (xi, ux) in u.iter().enumerate() {
+            gemm::pack_a(cout, cin, ux, cin, &mut packed[xi * len..(xi + 1) * len]);
+        }
+    }
+
+    /// Offsets of V, M and the strip in the (64-byte aligned) scratch, and its length.
+    fn layout(&self) -> (usize, usize, usize) {
+        let v = self.t2 * self.vxs;
+        let mm = self.t2 * self.mxs;
+        let strip = self.t * self.wstrip;
+        (v, v + mm, v + mm + strip)
+    }
+
+    /// f32 elements of scratch one `run` (or one concurrent `run_tile`) needs.
+    pub fn scratch_len(&self) -> usize {
+        self.layout().2 + 16
+    }
+
+    /// Number of independent tiles (work items).
+    pub fn tiles(&self) -> usize {
+        self.nblocks * self.m_tiles
+    }
+
+    fn check(&self, packed: &[f32], bias: Option<&[f32]>, x: &[f32], residual: Option<&[f32]>, out_len: usize, scratch: &[f32]) {
+        assert_eq!(packed.len(), self.packed_weight_len(), "winograd: packed weight length");
+        if let Some(b) = bias {
+            assert_eq!(b.len(), self.cout, "winograd: bias length");
+        }
+        assert_eq!(x.len(), self.cin * self.h * self.w, "winograd: input length");
+        let out_elems = self.cout * self.oh * self.ow;
+        assert_eq!(out_len, out_elems, "winograd: output length");
+        if let Some(r) = residual {
+            assert_eq!(r.len(), out_elems, "winograd: residual length");
+        }
+        assert!(scratch.len() >= self.scratch_len(), "winograd: scratch too short");
+    }
+
+    /// `out = act(conv(x) + bias + residual)` for one sample (`x`: `cin × h × w`, `out` and
+    /// `residual`: `cout × oh × ow`), all tiles in order on this thread. No allocation.
+    pub fn run(&self, packed: &[f32], bias: Option<&[f32]>, x: &[f32], residual: Option<&[f32]>, out: &mut [f32], scratch: &mut [f32]) {
+        self.check(packed, bias, x, residual, out.len(), scratch);
+        let out = SharedOut::new(out);
+        for b in 0..self.nblocks {
+            // SAFETY: checked above; one thread, each block once.
+            unsafe { self.block(packed, bias, x, residual, out, scratch, b, 0, self.m_tiles) };
+        }
+    }
+
+    /// Runs tile `tile` (`< tiles()`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_tile(
+        &self,
+        packed: &[f32],
+        bias: Option<&[f32]>,
+        x: &[f32],
+        residual: Option<&[f32]>,
+        out: &mut [f32],
+        scratch: &mut [f32],
+        tile: usize,
+    ) {
+        // SAFETY: `out` is borrowed mutably, so nothing else writes or reads it.
+        unsafe { self.run_tile_shared(packed, bias, x, residual, SharedOut::new(out), scratch, tile) }
+    }
+
+    /// [`WinogradKernel::run_tile`] writing through a [`SharedOut`], so that threads can
+    /// run different tiles at once (each with its own scratch).
+    ///
+    /// # Safety
+    /// No concurrent call may run the same tile index on the same output, and nothing may
+    /// read `out` until all calls are done.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn run_tile_shared(
+        &self,
+        packed: &[f32],
+        bias: Option<&[f32]>,
+        x: &[f32],
+        residual: Option<&[f32]>,
+        out: SharedOut,
+        scratch: &mut [f32],
+        tile: usize,
+    ) {
+        self.check(packed, bias, x, residual, out.len(), scratch);
+        assert!(tile < self.tiles(), "winograd: tile index");
+        let b = tile / self.m_tiles;
+        let mt = tile % self.m_tiles;
+        // SAFETY: checked above; the caller guarantees no concurrent writer of this tile.
+        unsafe { self.block(packed, bias, x, residual, out, scratch, b, mt, mt + 1) };
+    }
+
+    /// Tile block `b`, output-channel work items `mt0..mt1`.
+    ///
+    /// Safety: arguments checked by `check`; no concurrent writer of the same outputs.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn block(
+        &self,
+        packed: &[f32],
+        bias: Option<&[f32]>,
+        x: &[f32],
+        residual: Option<&[f32]>,
+        out: SharedOut,
+        scratch: &mut [f32],
+        b: usize,
+        mt0: usize,
+        mt1: usize,
+    ) {
+        let t0 = b * self.tb;
+        if t0 >= self.ntiles {
+            return;
+        }
+        let t1 = self.ntiles.min(t0 + self.tb);
+        let (off_m, off_s, len) = self.layout();
+        let al = scratch.as_ptr().align_offset(64).min(16);
+        let sc = &mut scratch[al..al + len];
+        let base = sc.as_mut_ptr();
+        let vbuf = base;
+        // SAFETY: V, M and the strip are disjoint ranges of `sc` (layout).
+        let (mbuf, strip) = unsafe { (base.add(off_m), base.add(off_s)) };
+        // SAFETY: V has t2·vxs floats, the strip t·wstrip; x was checked by `check`.
+        with_lanes!(self.isa, |s| unsafe { self.input_block(s, x, t0, t1, vbuf, strip) });
+        let u = ukr(self.isa);
+        let n = t1 - t0;
+        let (cout, cin) = (self.cout, self.cin);
+        for mt in mt0..mt1 {
+            let m0 = mt * self.mc;
+            let m1 = cout.min(m0 + self.mc);
+            for c0 in (m0..m1).step_by(self.mcc) {
+                let c1 = m1.min(c0 + self.mcc);
+                for xi in 0..self.t2 {
+                    // SAFETY: c0 is a multiple of MR_PACK, so rows c0.. of U_ξ form whole
+                    // panels from c0·cin on (`check` verified the packed length); V_ξ
+                    // has cin rows of ld >= n columns; M_ξ c1 − c0 <= mcc rows of ld.
+                    unsafe {
+                        let tile = Tile {
+                            m: c1 - c0,
+                            n,
+                            k: cin,
+                            kc: self.kc,
+                            nc: self.ld,
+                            a: packed.as_ptr().add(xi * cout * cin + c0 * cin),
+                            c: mbuf.add(xi * self.mxs),
+                            ldc: self.ld,
+                            bias_row: std::ptr::null(),
+                            bias_col: std::ptr::null(),
+                            residual: std::ptr::null(),
+                            act: Activation::Identity,
+                            accumulate: false,
+                        };
+                        drive(u, &tile, &BSrc::Direct { ptr: vbuf.add(xi * self.vxs), ldb: self.ld }, &mut []);
+                    }
+                }
+                // SAFETY: M holds the chunk; `check` verified out, residual and bias; the
+                // caller guarantees no concurrent writer of these outputs.
+                with_lanes!(self.isa, |s| unsafe { self.output_block(s, mbuf, t0, t1, c0, c1, bias, residual, out.ptr()) });
+            }
+        }
+    }
+
+    /// Tile rows `ty0..=ty1` of tiles `t0..t1`, each with its column range `txa..txb`.
+    #[inline(always)]
+    fn rows(&self, t0: usize, t1: usize) -> impl Iterator<Item = (usize, usize, usize)> {
+        let ntx = self.ntx;
+        let (ty0, ty1) = (t0 / ntx, (t1 - 1) / ntx);
+        (ty0..=ty1).map(move |ty| {
+            let txa = if ty == ty0 { t0 % ntx } else { 0 };
+            let txb = if ty == ty1 { (t1 - 1) % ntx + 1 } else { ntx };
+            (ty, txa, txb)
+        })
+    }
+
+    /// `V[ξ][c][i] = (Bᵀ d B)[ξ]` for tiles `t0 + i`, `i < t1 − t0`, every channel.
+    ///
+    /// Safety: `v` has `t2 · vxs` floats, `strip` `t · wstrip`.
+    #[inline(always)]
+    unsafe fn input_block<S: Lanes>(&self, s: S, x: &[f32], t0: usize, t1: usize, v: *mut f32, strip: *mut f32) {
+        let (m, t, lanes) = (self.m, self.t, S::LANES);
+        let plane = self.h * self.w;
+        for c in 0..self.cin {
+            let xc = &x[c * plane..(c + 1) * plane];
+            for (ty, txa, txb) in self.rows(t0, t1) {
+                let groups = (txb - txa).div_ceil(lanes);
+                // The gathers read strip columns txa·m .. (txa + groups·lanes)·m + 2.
+                let ja = txa * m;
+                let jb = (txa + groups * lanes) * m + 2;
+                debug_assert!(jb <= self.wstrip);
+                for i in 0..t {
+                    // SAFETY: row i of the strip, columns ja..jb < wstrip.
+                    let row = unsafe { std::slice::from_raw_parts_mut(strip.add(i * self.wstrip + ja), jb - ja) };
+                    self.fill_strip_row(xc, (ty * m + i) as isize - self.pt as isize, ja, row);
+                }
+                for g in 0..groups {
+                    let tx = txa + g * lanes;
+                    let n = lanes.min(txb - tx);
+                    let tl = ty * self.ntx + tx - t0;
+                    // SAFETY: strip columns tx·m .. tx·m + lanes·m + 2 <= jb filled above;
+                    // V rows c of each position, columns tl .. tl + n <= t1 − t0 <= ld.
+                    unsafe {
+                        let src = strip.add(tx * m);
+                        let dst = v.add(c * self.ld + tl);
+                        if m == 4 {
+                            in_group_f4(s, src, self.wstrip, n, dst, self.vxs);
+                        } else {
+                            in_group_f2(s, src, self.wstrip, n, dst, self.vxs);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Strip columns `ja .. ja + row.len()` of input row `y` (zero outside the image).
+    #[inline(always)]
+    fn fill_strip_row(&self, xc: &[f32], y: isize, ja: usize, row: &mut [f32]) {
+        if y < 0 || y >= self.h as isize {
+            row.fill(0.0);
+            return;
+        }
+        let src = &xc[y as usize * self.w..][..self.w];
+        // Strip column j is input column j − pl.
+        let jb = ja + row.len();
+        let lo = self.pl.clamp(ja, jb); // first column inside the image
+        let hi = (self.pl + self.w).clamp(ja, jb); // one past the last
+        row[..lo - ja].fill(0.0);
+        row[lo - ja..hi - ja].copy_from_slice(&src[lo - self.pl..hi - self.pl]);
+        row[hi - ja..].fill(0.0);
+    }
+
+    /// Output channels `c0..c1` of tiles `t0..t1` from `M` (chunk-local rows).
+    ///
+    /// Safety: `mb` holds the chunk's `M` (t2 · mxs floats); `out` has `cout·oh·ow` floats
+    /// and no concurrent writer of these elements.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    unsafe fn output_block<S: Lanes>(
+        &self,
+        s: S,
+        mb: *const f32,
+        t0: usize,
+        t1: usize,
+        c0: usize,
+        c1: usize,
+        bias: Option<&[f32]>,
+        residual: Option<&[f32]>,
+        out: *mut f32,
+    ) {
+        let (m, lanes) = (self.m, S::LANES);
+        let act = ActV::new(s, self.activation);
+        let oplane = self.oh * self.ow;
+        for co in c0..c1 {
+            let bv = bias.map(|b| s.splat(b[co]));
+            for (ty, txa, txb) in self.rows(t0, t1) {
+                let rows = m.min(self.oh - ty * m);
+                let mut tx = txa;
+                while tx < txb {
+                    let n = lanes.min(txb - tx);
+                    let tl = ty * self.ntx + tx - t0;
+                    let vc = (m * n).min(self.ow - m * tx);
+                    let o = co * oplane + ty * m * self.ow + tx * m;
+                    // SAFETY: M row co − c0 of each position, columns tl .. tl + n; output
+                    // and residual rows ty·m .. + rows < oh, columns tx·m .. + vc <= ow.
+                    unsafe {
+                        let src = mb.add((co - c0) * self.ld + tl);
+                        let dst = out.add(o);
+                        let res = residual.map_or(std::ptr::null(), |r| r.as_ptr().add(o));
+                        let st = OutStore { ow: self.ow, rows, vc, bias: bv, res, act: &act };
+                        if m == 4 {
+                            out_group_f4(s, src, self.mxs, n, dst, &st);
+                        } else {
+                            out_group_f2(s, src, self.mxs, n, dst, &st);
+                        }
+                    }
+                    tx += lanes;
+                }
+            }
+        }
+    }
+}
+
+
+// ---------------------------------------------------------------------------------------
+// Transforms of one group of `LANES` tiles (one tile per lane)
+// ---------------------------------------------------------------------------------------
+
+/// The 1-D F(4,3) input transform `Bᵀ d`.
+#[inline(always)]
+fn bt4<S: Simd>(s: S, d: [S::V; 6]) -> [S::V; 6] {
+    let (m4, m5, p4) = (s.splat(-4.0), s.splat(-5.0), s.splat(4.0));
+    let p = s.fmadd(m4, d[2], d[4]); // d4 − 4 d2
+    let q = s.fmadd(m4, d[1], d[3]); // d3 − 4 d1
+    let r = s.sub(d[4], d[2]);
+    let e = s.sub(d[3], d[1]);
+    let e2 = s.add(e, e);
+    [
+        s.fmadd(p4, d[0], s.fmadd(m5, d[2], d[4])),
+        s.add(p, q),
+        s.sub(p, q),
+        s.add(r, e2),
+        s.sub(r, e2),
+        s.fmadd(p4, d[1], s.fmadd(m5, d[3], d[5])),
+    ]
+}
+
+/// The 1-D F(4,3) output transform `Aᵀ m`.
+#[inline(always)]
+fn at4<S: Simd>(s: S, m: [S::V; 6]) -> [S::V; 4] {
+    let a = s.add(m[1], m[2]);
+    let b = s.sub(m[1], m[2]);
+    let c = s.add(m[3], m[4]);
+    let d = s.sub(m[3], m[4]);
+    [
+        s.add(s.add(m[0], a), c),
+        s.fmadd(s.splat(2.0), d, b),
+        s.fmadd(s.splat(4.0), c, a),
+        s.add(s.fmadd(s.splat(8.0), d, b), m[5]),
+    ]
+}
+
+/// The 1-D F(2,3) input transform `Bᵀ d`.
+#[inline(always)]
+fn bt2<S: Simd>(s: S, d: [S::V; 4]) -> [S::V; 4] {
+    [s.sub(d[0], d[2]), s.add(d[1], d[2]), s.sub(d[2], d[1]), s.sub(d[1], d[3])]
+}
+
+/// The 1-D F(2,3) output transform `Aᵀ m`.
+#[inline(always)]
+fn at2<S: Simd>(s: S, m: [S::V; 4]) -> [S::V; 2] {
+    [s.add(s.add(m[0], m[1]), m[2]), s.sub(s.sub(m[1], m[2]), m[3])]
+}
+
+/// Stores `v` at `p`: all lanes, or the first `n`.
+///
+/// Safety: `p[0..n]` writable.
+#[inline(always)]
+unsafe fn store_n<S: Simd>(s: S, p: *mut f32, n: usize, v: S::V) {
+    // SAFETY: the caller's guarantee.
+    unsafe {
+        if n == S::LANES {
+            s.store(p, v)
+        } else {
+            s.store_part(p, n, v)
+        }
+    }
+}
+
+/// Loads `p[0..n]` (zero in the other lanes).
+///
+/// Safety: `p[0..n]` readable.
+#[inline(always)]
+unsafe fn load_n<S: Simd>(s: S, p: *const f32, n: usize) -> S::V {
+    // SAFETY: the caller's guarantee.
+    unsafe {
+        if n == S::LANES {
+            s.load(p)
+        } else {
+            s.load_part(p, n, s.zero())
+        }
+    }
+}
+
+/// F(4x4): transforms the 6×6 input tiles of `n <= LANES` tiles whose top-left corners are
+/// `src + 4i` (rows `lds` apart) and stores position `ξ` of tile `i` at `dst + ξ·xs + i`.
+///
+/// Safety: `src[r·lds + 0 .. r·lds + 4·LANES + 2]` readable for `r < 6`;
+/// `dst[ξ·xs .. ξ·xs + n]` writable for `ξ < 36`.
+#[inline(always)]
+unsafe fn in_group_f4<S: Lanes>(s: S, src: *const f32, lds: usize, n: usize, dst: *mut f32, xs: usize) {
+    let mut t = [[s.zero(); 6]; 6];
+    for (i, ti) in t.iter_mut().enumerate() {
+        // SAFETY: row i (caller).
+        *ti = bt4(s, unsafe { s.gather_s4(src.add(i * lds)) });
+    }
+    for l in 0..6 {
+        let col = bt4(s, std::array::from_fn(|i| t[i][l]));
+        for (k, &v) in col.iter().enumerate() {
+            // SAFETY: position k·6 + l < 36 (caller).
+            unsafe { store_n(s, dst.add((k * 6 + l) * xs), n, v) };
+        }
+    }
+}
+
+/// F(2x2): as [`in_group_f4`] with 4×4 tiles 2 apart and 16 positions.
+///
+/// Safety: `src[r·lds .. r·lds + 2·LANES + 2]` readable for `r < 4`;
+/// `dst[ξ·xs .. ξ·xs + n]` writable for `ξ < 16`.
+#[inline(always)]
+unsafe fn in_group_f2<S: Lanes>(s: S, src: *const f32, lds: usize, n: usize, dst: *mut f32, xs: usize) {
+    let mut t = [[s.zero(); 4]; 4];
+    for (i, ti) in t.iter_mut().enumerate() {
+        // SAFETY: row i (caller).
+        *ti = bt2(s, unsafe { s.gather_s2(src.add(i * lds)) });
+    }
+    for l in 0..4 {
+        let col = bt2(s, std::array::from_fn(|i| t[i][l]));
+        for (k, &v) in col.iter().enumerate() {
+            // SAFETY: position k·4 + l < 16 (caller).
+            unsafe { store_n(s, dst.add((k * 4 + l) * xs), n, v) };
+        }
+    }
+}
+
+/// Where and how one group's output rows are stored.
+struct OutStore<'a, S: Simd> {
+    /// Output row stride.
+    ow: usize,
+    /// Valid rows (< m at the bottom edge) and valid columns from the group's first.
+    rows: usize,
+    vc: usize,
+    bias: Option<S::V>,
+    /// Residual at the group's first output element, or null.
+    res: *const f32,
+    act: &'a ActV<S>,
+}
+
+/// Stores one output row of a group: `w` holds its consecutive values, of which the first
+/// `st.vc` are inside the output; adds bias and residual, applies the activation.
+///
+/// Safety: `dst[0..vc]` writable, `res[0..vc]` readable unless null.
+#[inline(always)]
+unsafe fn store_row<S: Simd>(s: S, w: &[S::V], dst: *mut f32, res: *const f32, st: &OutStore<S>) {
+    for (q, &v) in w.iter().enumerate() {
+        let off = q * S::LANES;
+        let cnt = st.vc.saturating_sub(off).min(S::LANES);
+        if cnt == 0 {
+            break;
+        }
+        let mut v = v;
+        if let Some(b) = st.bias {
+            v = s.add(v, b);
+        }
+        // SAFETY: off + cnt <= vc (caller).
+        unsafe {
+            if !res.is_null() {
+                v = s.add(v, load_n(s, res.add(off), cnt));
+            }
+            store_n(s, dst.add(off), cnt, st.act.apply(s, v));
+        }
+    }
+}
+
+/// F(4x4): reads position `ξ` of tile `i` at `src + ξ·xs + i` (`i < n`), transforms back
+/// and stores the tiles' 4×4 outputs side by side at `dst` (rows `st.ow` apart).
+///
+/// Safety: `src[ξ·xs .. ξ·xs + n]` readable for `ξ < 36`; `dst` (and `st.res` unless
+/// null) valid for rows `< st.rows` of `st.vc` elements.
+#[inline(always)]
+unsafe fn out_group_f4<S: Lanes>(s: S, src: *const f32, xs: usize, n: usize, dst: *mut f32, st: &OutStore<S>) {
+    let mut o = [[s.zero(); 6]; 4];
+    for l in 0..6 {
+        // SAFETY: positions k·6 + l < 36 (caller).
+        let col = at4(s, std::array::from_fn(|k| unsafe { load_n(s, src.add((k * 6 + l) * xs), n) }));
+        for (r, &v) in col.iter().enumerate() {
+            o[r][l] = v;
+        }
+    }
+    for (r, &or) in o.iter().enumerate().take(st.rows) {
+        let w = s.scatter_s4(at4(s, or));
+        let res = if st.res.is_null() { st.res } else { st.res.wrapping_add(r * st.ow) };
+        // SAFETY: row r < rows (caller).
+        unsafe { store_row(s, &w, dst.add(r * st.ow), res, st) };
+    }
+}
+
+/// F(2x2): as [`out_group_f4`] with 16 positions and 2×2 outputs.
+///
+/// Safety: as [`out_group_f4`] with `ξ < 16`.
+#[inline(always)]
+unsafe fn out_group_f2<S: Lanes>(s: S, src: *const f32, xs: usize, n: usize, dst: *mut f32, st: &OutStore<S>) {
+    let mut o = [[s.zero(); 4]; 2];
+    for l in 0..4 {
+        // SAFETY: positions k·4 + l < 16 (caller).
+        let col = at2(s, std::array::from_fn(|k| unsafe { load_n(s, src.add((k * 4 + l) * xs), n) }));
+        for (r, &v) in col.iter().enumerate() {
+            o[r][l] = v;
+        }
+    }
+    for (r, &or) in o.iter().enumerate().take(st.rows) {
+        let w = s.scatter_s2(at2(s, or));
+        let res = if st.res.is_null() { st.res } else { st.res.wrapping_add(r * st.ow) };
+        // SAFETY: row r < rows (caller).
+        unsafe { store_row(s, &w, dst.add(r * st.ow), res, st) };
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Accuracy measurement
+// ---------------------------------------------------------------------------------------
+
+/// Runs `conv` as Winograd `variant` on `isa` and as the f64 [`reference::conv2d`] on
+/// `input_sample` (one or more `cin × h × w` samples, back to back), without the fused
+/// activation (so the figure is the linear part's, which bounds the activated output's
+/// error for the 1-Lipschitz activations), and returns `max |diff| / max |ref|` over all
+/// outputs (0 when both are all zero). `f64::INFINITY` when the layer is not eligible.
+/// For the converter, to decide per layer against an error budget (1e-4 by default).
+#[allow(clippy::too_many_arguments)]
+pub fn measure_relative_error(
+    isa: Isa,
+    conv: &Conv,
+    in_shape: [usize; 3],
+    out_shape: [usize; 3],
+    variant: WinogradVariant,
+    plain_weights: &[f32],
+    bias: Option<&[f32]>,
+    input_sample: &[f32],
+) -> f64 {
+    let lin = Conv { activation: Activation::Identity, ..conv.clone() };
+    let Some(k) = WinogradKernel::new(isa, &lin, in_shape, out_shape, variant) else {
+        return f64::INFINITY;
+    };
+    let n_in = in_shape.iter().product::<usize>();
+    let n_out = out_shape.iter().product::<usize>();
+    assert!(n_in > 0 && input_sample.len() % n_in == 0, "winograd: calibration input length");
+    let mut packed = vec![0f32; k.packed_weight_len()];
+    k.pack_weights(plain_weights, &mut packed);
+    let mut scratch = vec![0f32; k.scratch_len()];
+    let mut got = vec![0f32; n_out];
+    let mut want = vec![0f32; n_out];
+    let (mut max_diff, mut max_ref) = (0f64, 0f64);
+    for x in input_sample.chunks_exact(n_in) {
+        k.run(&packed, bias, x, None, &mut got, &mut scratch);
+        reference::conv2d(x, 1, &in_shape, &lin, plain_weights, bias, None, &out_shape, &mut want);
+        for (&g, &r) in got.iter().zip(&want) {
+            max_diff = max_diff.max((g as f64 - r as f64).abs());
+            max_ref = max_ref.max((r as f64).abs());
+        }
+    }
+    if max_diff.is_nan() {
+        f64::INFINITY
+    } else if max_ref == 0.0 {
+        if max_diff == 0.0 {
+            0.0
+        } else {
+            f64::INFINITY
+        }
+    } else {
+        max_diff / max_ref
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The transforms in f64 compute the 1-D correlation `y[i] = Σ_k d[i + k] g[k]`.
+    #[test]
+    fn transforms_are_exact_in_1d() {
+        for v in WinogradVariant::ALL {
+            let (m, t) = (v.output_tile(), v.input_tile());
+            let d: Vec<f64> = (0..t).map(|i| (i as f64 * 0.37).sin() + 0.5).collect();
+            let g = [0.3, -1.1, 0.7];
+            // U = G g, V = Bᵀ d, then Aᵀ (U ⊙ V); Bᵀ and Aᵀ from the portable transforms.
+            let u: Vec<f64> = v.g().iter().map(|r| r[0] * g[0] + r[1] * g[1] + r[2] * g[2]).collect();
+            let s = Portable;
+            let lanes = |x: &[f64]| -> Vec<[f32; 4]> { x.iter().map(|&a| [a as f32; 4]).collect() };
+            let (vv, yy): (Vec<f64>, Vec<f64>);
+            if m == 4 {
+                let dv = lanes(&d);
+                let b = bt4(s, std::array::from_fn(|i| dv[i]));
+                vv = b.iter().map(|x| x[0] as f64).collect();
+                let prod: Vec<f64> = vv.iter().zip(&u).map(|(a, b)| a * b).collect();
+                let pv = lanes(&prod);
+                yy = at4(s, std::array::from_fn(|i| pv[i])).iter().map(|x| x[0] as f64).collect();
+            } else {
+                let dv = lanes(&d);
+                let b = bt2(s, std::array::from_fn(|i| dv[i]));
+                vv = b.iter().map(|x| x[0] as f64).collect();
+                let prod: Vec<f64> = vv.iter().zip(&u).map(|(a, b)| a * b).collect();
+                let pv = lanes(&prod);
+                yy = at2(s, std::array::from_fn(|i| pv[i])).iter().map(|x| x[0] as f64).collect();
+            }
+            for i in 0..m {
+                let want: f64 = (0..3).map(|k| d[i + k] * g[k]).sum();
+                assert!((yy[i] - want).abs() < 1e-5, "{v:?} y[{i}] = {} want {want}", yy[i]);
+            }
+        }
+    }
+}

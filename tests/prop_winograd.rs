@@ -1,0 +1,283 @@
+//! Winograd convolution (F(4x4,3x3) and F(2x2,3x3)) against `kernels::reference::conv2d`,
+//! for every ISA tier this CPU supports.
+//!
+//! Tolerance, per output element of one sample:
+//! `|got − ref| <= ε_v · sqrt(cin) · S_max · slope + 1e-6`, where `S_max` is the largest,
+//! over the sample's outputs, of `Σ|x·w| + |bias| + |residual|` (the reference run on
+//! absolute values), `slope` = 1.5 (the steepest activation drawn, HardSwish at 3), and
+//! `ε_v` = 2e-6 for F4x4, 5e-7 for F2x2.
+//!
+//! Why a layer-wide scale and not the element's own `Σ|x·w|` as in `prop_conv`: a
+//! Winograd output's rounding error comes from the whole input tile (6×6 or 4×4) and from
+//! the transformed filters, not from its own 3×3 window, so an output whose window is
+//! small (near zero padding, say) still carries the error of its tile. Why these `ε_v`:
+//! the GEMM sums `cin` transformed products per position (error growing like `sqrt(cin)`
+//! for random signs), and the transforms amplify it by a constant: measured over this
+//! test's cases (`WINO_REPORT=1 cargo test --test prop_winograd -- --nocapture` prints the
+//! largest `|err| / (sqrt(cin) · S_max)`), F4x4 peaks at about 2.3e-7 and F2x2 at about
+//! 6e-8, so the bounds leave about an 8× margin. For comparison, the direct conv's
+//! worst case in these units is about `9·u ≈ 5e-7`, so F4x4 is about as accurate as a
+//! sequential f32 sum, at worst; the typical relative error on N(0,1) data is reported by
+//! `measure_relative_error` (see the benches' notes).
+
+use cnnrt::graph::{Activation, Conv};
+use cnnrt::kernels::reference;
+use cnnrt::kernels::winograd::{measure_relative_error, WinogradKernel, WinogradVariant};
+use cnnrt::simd::Isa;
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+use std::sync::Mutex;
+
+fn activations() -> impl Strategy<Value = Activation> {
+    prop_oneof![
+        Just(Activation::Identity),
+        Just(Activation::Relu),
+        (0.0f32..1.0).prop_map(|alpha| Activation::LeakyRelu { alpha }),
+        (-1.0f32..0.5, 0.5f32..2.0).prop_map(|(min, max)| Activation::Clip { min, max }),
+        Just(Activation::Sigmoid),
+        (0.05f32..1.0, -0.5f32..0.5).prop_map(|(alpha, beta)| Activation::HardSigmoid { alpha, beta }),
+        Just(Activation::HardSwish),
+        Just(Activation::Silu),
+        Just(Activation::Tanh),
+    ]
+}
+
+/// Deterministic pseudo-random values in [-1, 1).
+fn values(len: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn abs(v: &[f32]) -> Vec<f32> {
+    v.iter().map(|x| x.abs()).collect()
+}
+
+fn eps(v: WinogradVariant) -> f64 {
+    match v {
+        WinogradVariant::F4x4 => 2e-6,
+        WinogradVariant::F2x2 => 5e-7,
+    }
+}
+
+/// Largest `|err| / (sqrt(cin) · S_max)` seen per variant (for `WINO_REPORT`).
+static WORST: Mutex<[f64; 2]> = Mutex::new([0.0; 2]);
+
+#[derive(Debug, Clone)]
+struct Case {
+    cin: usize,
+    cout: usize,
+    h: usize,
+    w: usize,
+    pads: [usize; 4],
+    bias: bool,
+    residual: bool,
+    act: Activation,
+    seed: u64,
+    scratch_offset: usize,
+}
+
+impl Case {
+    fn conv(&self) -> Conv {
+        Conv {
+            in_channels: self.cin,
+            out_channels: self.cout,
+            kernel: [3, 3],
+            stride: [1, 1],
+            dilation: [1, 1],
+            pads: self.pads,
+            groups: 1,
+            weight: 0,
+            bias: None,
+            activation: self.act,
+        }
+    }
+    fn out_hw(&self) -> (usize, usize) {
+        (self.h + self.pads[0] + self.pads[2] - 2, self.w + self.pads[1] + self.pads[3] - 2)
+    }
+}
+
+fn cases() -> impl Strategy<Value = Case> {
+    (
+        (1usize..=40, 1usize..=40),
+        (1usize..=20, 1usize..=20),
+        [0usize..=1, 0usize..=1, 0usize..=1, 0usize..=1],
+        (any::<bool>(), any::<bool>(), activations()),
+        (any::<u64>(), 0usize..=3),
+    )
+        .prop_filter_map("kernel larger than the padded input", |((cin, cout), (h, w), pads, (bias, residual, act), (seed, off))| {
+            (h + pads[0] + pads[2] >= 3 && w + pads[1] + pads[3] >= 3)
+                .then_some(Case { cin, cout, h, w, pads, bias, residual, act, seed, scratch_offset: off })
+        })
+}
+
+/// Checks `case` with `variant` on `isa`: values against the reference, and tiles run
+/// forward and in reverse bit-identical to `run`.
+fn check(isa: Isa, variant: WinogradVariant, case: &Case) -> Result<(), TestCaseError> {
+    let conv = case.conv();
+    let (oh, ow) = case.out_hw();
+    let in_shape = [case.cin, case.h, case.w];
+    let out_shape = [case.cout, oh, ow];
+    let kernel = WinogradKernel::new(isa, &conv, in_shape, out_shape, variant).expect("3x3 stride 1 is eligible");
+    prop_assert_eq!(kernel.isa(), isa);
+    prop_assert_eq!(kernel.algorithm(), variant.algorithm());
+    let n_in = case.cin * case.h * case.w;
+    let n_out = case.cout * oh * ow;
+    let wts = values(case.cout * case.cin * 9, case.seed);
+    let bias = case.bias.then(|| values(case.cout, case.seed ^ 1));
+    let x = values(n_in, case.seed ^ 2);
+    let res = case.residual.then(|| values(n_out, case.seed ^ 3));
+
+    let mut want = vec![0.0; n_out];
+    reference::conv2d(&x, 1, &in_shape, &conv, &wts, bias.as_deref(), res.as_deref(), &out_shape, &mut want);
+    let mut scale = vec![0.0; n_out];
+    let cabs = Conv { activation: Activation::Identity, ..conv.clone() };
+    let (xa, wa, ba, ra) = (abs(&x), abs(&wts), bias.as_deref().map(abs), res.as_deref().map(abs));
+    reference::conv2d(&xa, 1, &in_shape, &cabs, &wa, ba.as_deref(), ra.as_deref(), &out_shape, &mut scale);
+    let s_max = scale.iter().fold(0f64, |m, &s| m.max(s as f64));
+
+    let mut packed = vec![0.0; kernel.packed_weight_len()];
+    kernel.pack_weights(&wts, &mut packed);
+    let mut scratch_buf = vec![f32::NAN; kernel.scratch_len() + case.scratch_offset];
+    let scratch = &mut scratch_buf[case.scratch_offset..];
+    let mut got = vec![f32::NAN; n_out];
+    kernel.run(&packed, bias.as_deref(), &x, res.as_deref(), &mut got, scratch);
+
+    let unit = (case.cin as f64).sqrt() * s_max;
+    let tol = eps(variant) * unit * 1.5 + 1e-6;
+    let mut worst = 0f64;
+    for (i, (&g, &r)) in got.iter().zip(&want).enumerate() {
+        let d = (g as f64 - r as f64).abs();
+        prop_assert!(d <= tol, "{isa} {variant:?} {case:?}: element {i}: got {g}, want {r}, |diff| {d} > tol {tol}");
+        worst = worst.max(d / unit);
+    }
+    if case.act.is_identity() || matches!(case.act, Activation::Relu) {
+        let mut w = WORST.lock().unwrap();
+        let slot = &mut w[(variant == WinogradVariant::F2x2) as usize];
+        *slot = slot.max(worst);
+    }
+
+    for reverse in [false, true] {
+        let mut tiled = vec![f32::NAN; n_out];
+        let mut ts: Vec<usize> = (0..kernel.tiles()).collect();
+        if reverse {
+            ts.reverse();
+        }
+        for t in ts {
+            kernel.run_tile(&packed, bias.as_deref(), &x, res.as_deref(), &mut tiled, scratch, t);
+        }
+        let same = tiled.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits());
+        prop_assert!(same, "{isa} {variant:?}: tiles (reverse={reverse}) differ from run; {} tiles", kernel.tiles());
+    }
+    Ok(())
+}
+
+fn report() {
+    if std::env::var_os("WINO_REPORT").is_some() {
+        let w = WORST.lock().unwrap();
+        println!("largest |err| / (sqrt(cin) * S_max): F4x4 {:.3e}, F2x2 {:.3e}", w[0], w[1]);
+    }
+}
+
+#[test]
+fn winograd_matches_reference_every_tier() {
+    for isa in Isa::supported() {
+        for variant in WinogradVariant::ALL {
+            TestRunner::new(Config { cases: 48, failure_persistence: None, ..Config::default() })
+                .run(&cases(), |case| check(isa, variant, &case))
+                .unwrap_or_else(|e| panic!("{isa} {variant:?}: {e}"));
+        }
+    }
+    report();
+}
+
+/// Shapes random sampling does not reach: several tile blocks with blocks starting
+/// mid-row, several output-channel chunks and work items, K split into blocks (cin >
+/// 384), a single tile, 1×1 inputs with padding.
+#[test]
+fn winograd_large_shapes_every_tier() {
+    let mk = |cin, cout, h, w, pads| Case {
+        cin,
+        cout,
+        h,
+        w,
+        pads,
+        bias: true,
+        residual: true,
+        act: Activation::Relu,
+        seed: 11,
+        scratch_offset: 1,
+    };
+    let shapes = [
+        mk(48, 64, 30, 26, [1, 1, 1, 1]),
+        mk(64, 200, 5, 5, [1, 0, 1, 1]),
+        mk(20, 30, 41, 37, [0, 1, 1, 0]),
+        mk(400, 13, 6, 6, [1, 1, 1, 1]),
+        mk(3, 5, 1, 1, [1, 1, 1, 1]),
+        mk(7, 9, 3, 3, [0, 0, 0, 0]),
+    ];
+    for isa in Isa::supported() {
+        for variant in WinogradVariant::ALL {
+            for case in &shapes {
+                check(isa, variant, case).unwrap_or_else(|e| panic!("{isa} {variant:?} {case:?}: {e}"));
+            }
+        }
+    }
+}
+
+#[test]
+fn ineligible_layers_are_refused() {
+    let base = mk_conv(8, 8, [3, 3], [1, 1], [1, 1], 1);
+    assert!(WinogradKernel::new(Isa::Scalar, &base, [8, 8, 8], [8, 8, 8], WinogradVariant::F4x4).is_some());
+    for (c, out) in [
+        (mk_conv(8, 8, [3, 3], [2, 2], [1, 1], 1), [8, 4, 4]),
+        (mk_conv(8, 8, [3, 3], [1, 1], [2, 2], 1), [8, 6, 6]),
+        (mk_conv(8, 8, [3, 3], [1, 1], [1, 1], 2), [8, 8, 8]),
+        (mk_conv(8, 8, [5, 5], [1, 1], [1, 1], 1), [8, 6, 6]),
+        (mk_conv(8, 8, [1, 1], [1, 1], [1, 1], 1), [8, 10, 10]),
+    ] {
+        for v in WinogradVariant::ALL {
+            assert!(WinogradKernel::new(Isa::Scalar, &c, [8, 8, 8], out, v).is_none(), "{c:?}");
+            let e = measure_relative_error(Isa::Scalar, &c, [8, 8, 8], out, v, &[], None, &[0.0; 512]);
+            assert!(e.is_infinite());
+        }
+    }
+}
+
+fn mk_conv(cin: usize, cout: usize, kernel: [usize; 2], stride: [usize; 2], dilation: [usize; 2], groups: usize) -> Conv {
+    Conv {
+        in_channels: cin,
+        out_channels: cout,
+        kernel,
+        stride,
+        dilation,
+        pads: [1; 4],
+        groups,
+        weight: 0,
+        bias: None,
+        activation: Activation::Relu,
+    }
+}
+
+/// `measure_relative_error` on a ResNet-like layer: small, and consistent with running the
+/// kernel by hand; F2x2 more accurate than F4x4.
+#[test]
+fn relative_error_is_small() {
+    let conv = Conv { activation: Activation::Relu, ..mk_conv(32, 32, [3, 3], [1, 1], [1, 1], 1) };
+    let (ins, outs) = ([32, 12, 12], [32, 12, 12]);
+    let w = values(32 * 32 * 9, 5);
+    let b = values(32, 6);
+    let x = values(2 * 32 * 144, 7);
+    for isa in Isa::supported() {
+        let e4 = measure_relative_error(isa, &conv, ins, outs, WinogradVariant::F4x4, &w, Some(&b), &x);
+        let e2 = measure_relative_error(isa, &conv, ins, outs, WinogradVariant::F2x2, &w, Some(&b), &x);
+        assert!(e4 > 0.0 && e4 < 1e-5, "{isa}: F4x4 relative error {e4}");
+        assert!(e2 > 0.0 && e2 < 1e-5, "{isa}: F2x2 relative error {e2}");
+    }
+}
