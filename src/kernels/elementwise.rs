@@ -943,6 +943,7 @@ pub(crate) unsafe fn map2<S: Simd>(
     }
     if i < len {
         let n = len - i;
+        // SAFETY: the n = len - i tail elements from i lie inside a, b and dst (len each).
         unsafe {
             let x = s.load_part(a.add(i), n, s.zero());
             let y = s.load_part(b.add(i), n, s.zero());

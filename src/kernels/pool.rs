@@ -187,11 +187,12 @@ unsafe fn plane<S: Simd>(s: S, k: &PoolKernel, x: *const f32, out: *mut f32) {
             ky,
             ry,
         };
-        // SAFETY (whole loop): pointers derive from the plane bounds and the window
-        // geometry, as each helper states.
+        // SAFETY: oy < oh, so row oy of the checked `oh × ow` output plane is in bounds;
+        // the pointers below derive from the plane bounds and window geometry.
         let o = unsafe { out.add(oy * ow) };
         if k.algo == Algo::Generic {
             for xo in 0..ow {
+                // SAFETY: xo < ow stays inside output row oy; `point` reads in-plane taps.
                 unsafe { *o.add(xo) = point(k, &row, xo) };
             }
             continue;
@@ -422,6 +423,9 @@ unsafe fn raw<S: Simd>(s: S, k: &PoolKernel, row: &Row, ky: usize, xo: usize) ->
 }
 
 /// 2×2 / 3×3 stride-2 max: rows combined on the raw loads, then de-interleaved once.
+///
+/// # Safety
+/// `o` points at a full output row and `row` at in-bounds input rows of this window.
 #[inline(always)]
 unsafe fn body_s2_max<S: Simd>(
     s: S,
