@@ -34,7 +34,10 @@ fn thread_cpu_ns() -> u64 {
         fn clock_gettime(clk: i32, tp: *mut Timespec) -> i32;
     }
     const CLOCK_THREAD_CPUTIME_ID: i32 = 3;
-    let mut t = Timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut t = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes one timespec (two i64 on x86-64 Linux) to a valid pointer.
     let rc = unsafe { clock_gettime(CLOCK_THREAD_CPUTIME_ID, &mut t) };
     assert_eq!(rc, 0);
@@ -45,7 +48,10 @@ fn thread_cpu_ns() -> u64 {
 fn thread_cpu_ns() -> u64 {
     use std::sync::OnceLock;
     static START: OnceLock<std::time::Instant> = OnceLock::new();
-    START.get_or_init(std::time::Instant::now).elapsed().as_nanos() as u64
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_nanos() as u64
 }
 
 impl Measurement for ThreadCpu {
@@ -93,8 +99,24 @@ struct ConvShape {
     hw: usize,
 }
 
-const fn cs(name: &'static str, cin: usize, cout: usize, k: usize, stride: usize, pad: usize, hw: usize) -> ConvShape {
-    ConvShape { name, cin, cout, k, stride, pad, hw }
+const fn cs(
+    name: &'static str,
+    cin: usize,
+    cout: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    hw: usize,
+) -> ConvShape {
+    ConvShape {
+        name,
+        cin,
+        cout,
+        k,
+        stride,
+        pad,
+        hw,
+    }
 }
 
 const CONVS: &[ConvShape] = &[
@@ -117,7 +139,11 @@ const CONVS: &[ConvShape] = &[
 ];
 
 fn config() -> Criterion<ThreadCpu> {
-    Criterion::default().with_measurement(ThreadCpu).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2)).sample_size(20)
+    Criterion::default()
+        .with_measurement(ThreadCpu)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(20)
 }
 
 /// Register-only FMA loop: 12 independent accumulators, `iters` × 12 FMAs.
@@ -200,7 +226,13 @@ struct Case {
 
 impl Case {
     fn id(&self) -> String {
-        format!("{}/{}/{}/{}", self.group, self.name, self.algorithm, self.isa.name())
+        format!(
+            "{}/{}/{}/{}",
+            self.group,
+            self.name,
+            self.algorithm,
+            self.isa.name()
+        )
     }
 }
 
@@ -222,7 +254,11 @@ fn gemm_cases(isa: Isa, out: &mut Vec<Case>) {
             group: "gemm",
             name: format!("{m}x{n}x{k}"),
             isa,
-            algorithm: if mode == BMode::Packed { "sgemm_packed_a" } else { "sgemm_packed_a_direct_b" },
+            algorithm: if mode == BMode::Packed {
+                "sgemm_packed_a"
+            } else {
+                "sgemm_packed_a_direct_b"
+            },
             work: 2 * (m * n * k) as u64,
             bytes: false,
             make: Box::new(move || {
@@ -233,7 +269,17 @@ fn gemm_cases(isa: Isa, out: &mut Vec<Case>) {
                 let plan = Gemm::with_mode(isa, m, n, k, mode);
                 let mut scratch = vec![0.0; plan.scratch_len()];
                 let mut cm = vec![0.0; m * n];
-                Box::new(move || plan.run(&ap, black_box(&b), n, &mut cm, n, &Epilogue::default(), &mut scratch))
+                Box::new(move || {
+                    plan.run(
+                        &ap,
+                        black_box(&b),
+                        n,
+                        &mut cm,
+                        n,
+                        &Epilogue::default(),
+                        &mut scratch,
+                    )
+                })
             }),
         });
     }
@@ -272,7 +318,16 @@ fn conv_cases(isa: Isa, out: &mut Vec<Case>) {
                     let x = values(s.cin * s.hw * s.hw, 5);
                     let mut y = vec![0.0; s.cout * o * o];
                     let mut scratch = vec![0.0; kern.scratch_len()];
-                    Box::new(move || kern.run(&packed, Some(&bias), black_box(&x), None, &mut y, &mut scratch))
+                    Box::new(move || {
+                        kern.run(
+                            &packed,
+                            Some(&bias),
+                            black_box(&x),
+                            None,
+                            &mut y,
+                            &mut scratch,
+                        )
+                    })
                 }
             }),
         });
@@ -297,15 +352,30 @@ fn conv_cases(isa: Isa, out: &mut Vec<Case>) {
 }
 
 fn linear_cases(isa: Isa, out: &mut Vec<Case>) {
-    for (fi, fo, n) in [(512, 1000, 1), (1280, 1000, 1), (4096, 4096, 1), (1280, 1000, 16)] {
-        let l = Linear { in_features: fi, out_features: fo, weight: 0, bias: Some(1), activation: Activation::Identity };
+    for (fi, fo, n) in [
+        (512, 1000, 1),
+        (1280, 1000, 1),
+        (4096, 4096, 1),
+        (1280, 1000, 16),
+    ] {
+        let l = Linear {
+            in_features: fi,
+            out_features: fo,
+            weight: 0,
+            bias: Some(1),
+            activation: Activation::Identity,
+        };
         let kern = LinearKernel::new(isa, &l, n);
         out.push(Case {
             group: "linear",
             name: format!("{fi}-{fo}_batch{n}"),
             isa,
             algorithm: kern.algorithm(),
-            work: if n == 1 { (4 * fi * fo) as u64 } else { kern.flops(n) },
+            work: if n == 1 {
+                (4 * fi * fo) as u64
+            } else {
+                kern.flops(n)
+            },
             bytes: n == 1,
             make: Box::new(move || {
                 let w = values(fi * fo, 6);
@@ -315,7 +385,17 @@ fn linear_cases(isa: Isa, out: &mut Vec<Case>) {
                 let x = values(n * fi, 8);
                 let mut y = vec![0.0; n * fo];
                 let mut scratch = vec![0.0; kern.scratch_len()];
-                Box::new(move || kern.run(&packed, Some(&bias), black_box(&x), n, None, &mut y, &mut scratch))
+                Box::new(move || {
+                    kern.run(
+                        &packed,
+                        Some(&bias),
+                        black_box(&x),
+                        n,
+                        None,
+                        &mut y,
+                        &mut scratch,
+                    )
+                })
             }),
         });
     }
@@ -335,7 +415,11 @@ fn all_cases() -> Vec<Case> {
 fn bench_kernels(c: &mut Criterion<ThreadCpu>) {
     for case in all_cases() {
         let mut g = c.benchmark_group(case.group);
-        g.throughput(if case.bytes { Throughput::Bytes(case.work) } else { Throughput::Elements(case.work) });
+        g.throughput(if case.bytes {
+            Throughput::Bytes(case.work)
+        } else {
+            Throughput::Elements(case.work)
+        });
         let id = BenchmarkId::new(format!("{}/{}", case.name, case.algorithm), case.isa.name());
         let mut run: Option<Box<dyn FnMut()>> = None;
         let mut make = Some(case.make);
@@ -398,7 +482,11 @@ fn table(filter: Option<&str>) {
         let (unit, pct, pctm) = if case.bytes {
             ("GB/s", "—".to_string(), "—".to_string())
         } else {
-            ("", format!("{:.0}%", 100.0 * rate / PEAK), format!("{:.0}%", 100.0 * rate / measured_peak))
+            (
+                "",
+                format!("{:.0}%", 100.0 * rate / PEAK),
+                format!("{:.0}%", 100.0 * rate / measured_peak),
+            )
         };
         println!(
             "| {} | {} | {} | {} | {:.3} ms | {:.1} {unit} | {pct} | {pctm} |",

@@ -27,7 +27,9 @@ fn cache_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("CNNRT_MODELS") {
         return PathBuf::from(d);
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".cache").join("cnnrt-models")
 }
 
@@ -107,7 +109,11 @@ fn bench_models(c: &mut Criterion) {
         }
         for threads in [1usize, 2] {
             let opts = SessionOptions {
-                threads: if threads == 1 { Threads::Caller } else { Threads::Count(threads) },
+                threads: if threads == 1 {
+                    Threads::Caller
+                } else {
+                    Threads::Count(threads)
+                },
                 ..Default::default()
             };
             let mut session = match model.session(opts) {

@@ -44,13 +44,37 @@ struct Case {
     run: Box<dyn FnMut()>,
 }
 
-fn case(group: &'static str, id: String, bytes: usize, flops: usize, run: impl FnMut() + 'static) -> Case {
-    Case { group, id, bytes, flops, run: Box::new(run) }
+fn case(
+    group: &'static str,
+    id: String,
+    bytes: usize,
+    flops: usize,
+    run: impl FnMut() + 'static,
+) -> Case {
+    Case {
+        group,
+        id,
+        bytes,
+        flops,
+        run: Box::new(run),
+    }
 }
 
 fn cases() -> Vec<Case> {
     let mut v = Vec::new();
-    let dw = [(1usize, &[(32usize, 112usize), (144, 56), (192, 28), (576, 14), (960, 7)][..]), (2, &[(96, 112), (144, 56), (192, 28), (576, 14)][..])];
+    let dw = [
+        (
+            1usize,
+            &[
+                (32usize, 112usize),
+                (144, 56),
+                (192, 28),
+                (576, 14),
+                (960, 7),
+            ][..],
+        ),
+        (2, &[(96, 112), (144, 56), (192, 28), (576, 14)][..]),
+    ];
     for (stride, shapes) in dw {
         for &(ch, hw) in shapes {
             let conv = Conv {
@@ -73,36 +97,85 @@ fn cases() -> Vec<Case> {
                 let k = DepthwiseKernel::new(isa, &conv, [ch, hw, hw], [ch, o, o]).unwrap();
                 let group = if stride == 1 { "dw3x3_s1" } else { "dw3x3_s2" };
                 let run = move || k.run(black_box(&w), Some(&b), black_box(&x), None, &mut out);
-                v.push(case(group, format!("{ch}x{hw}x{hw}/{isa}"), bytes, 18 * ch * o * o, run));
+                v.push(case(
+                    group,
+                    format!("{ch}x{hw}x{hw}/{isa}"),
+                    bytes,
+                    18 * ch * o * o,
+                    run,
+                ));
             }
         }
     }
-    let p = Pool { kind: PoolKind::Max, kernel: [3, 3], stride: [2, 2], dilation: [1, 1], pads: [1, 1, 1, 1], ceil_mode: false, count_include_pad: false };
+    let p = Pool {
+        kind: PoolKind::Max,
+        kernel: [3, 3],
+        stride: [2, 2],
+        dilation: [1, 1],
+        pads: [1, 1, 1, 1],
+        ceil_mode: false,
+        count_include_pad: false,
+    };
     for isa in Isa::supported() {
         let x = data(64 * 112 * 112, 4);
         let mut out = vec![0.0; 64 * 56 * 56];
         let k = PoolKernel::new(isa, &p, [64, 112, 112], [64, 56, 56]).unwrap();
         let (bytes, flops) = (4 * (x.len() + out.len()), 8 * out.len());
-        v.push(case("maxpool3x3_s2", format!("64x112x112/{isa}"), bytes, flops, move || k.run(black_box(&x), &mut out)));
+        v.push(case(
+            "maxpool3x3_s2",
+            format!("64x112x112/{isa}"),
+            bytes,
+            flops,
+            move || k.run(black_box(&x), &mut out),
+        ));
     }
     for isa in Isa::supported() {
         let x = data(512 * 49, 5);
         let mut out = vec![0.0; 512];
         let (bytes, flops) = (4 * (x.len() + out.len()), x.len());
-        v.push(case("global_avgpool", format!("512x7x7/{isa}"), bytes, flops, move || global_pool(isa, PoolKind::Average, black_box(&x), 512, 49, &mut out)));
+        v.push(case(
+            "global_avgpool",
+            format!("512x7x7/{isa}"),
+            bytes,
+            flops,
+            move || global_pool(isa, PoolKind::Average, black_box(&x), 512, 49, &mut out),
+        ));
     }
     let shape = [64usize, 56, 56];
     let n: usize = shape.iter().product();
     for isa in Isa::supported() {
         let x = data(n, 6);
         let mut out = vec![0.0; n];
-        v.push(case("relu", format!("64x56x56/{isa}"), 8 * n, n, move || activation(isa, black_box(&x), Activation::Relu, &mut out)));
+        v.push(case(
+            "relu",
+            format!("64x56x56/{isa}"),
+            8 * n,
+            n,
+            move || activation(isa, black_box(&x), Activation::Relu, &mut out),
+        ));
     }
     for isa in Isa::supported() {
         let (x, scale, shift) = (data(n, 6), data(64, 7), data(64, 8));
         let mut out = vec![0.0; n];
-        let run = move || channel_affine(isa, black_box(&x), 1, &shape, Some(&scale), Some(&shift), Activation::Relu, &mut out);
-        v.push(case("affine_relu", format!("64x56x56/{isa}"), 8 * n, 3 * n, run));
+        let run = move || {
+            channel_affine(
+                isa,
+                black_box(&x),
+                1,
+                &shape,
+                Some(&scale),
+                Some(&shift),
+                Activation::Relu,
+                &mut out,
+            )
+        };
+        v.push(case(
+            "affine_relu",
+            format!("64x56x56/{isa}"),
+            8 * n,
+            3 * n,
+            run,
+        ));
     }
     v
 }
@@ -113,7 +186,9 @@ fn run<M: Measurement>(mut c: Criterion<M>) {
     while i < all.len() {
         let name = all[i].group;
         let mut g = c.benchmark_group(name);
-        g.warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1)).sample_size(20);
+        g.warm_up_time(Duration::from_millis(300))
+            .measurement_time(Duration::from_secs(1))
+            .sample_size(20);
         while i < all.len() && all[i].group == name {
             let case = &mut all[i];
             g.throughput(Throughput::BytesDecimal(case.bytes as u64));
@@ -151,7 +226,9 @@ fn fast_time(f: &mut dyn FnMut()) -> f64 {
 /// (half read, half written) timed the same way right after it: what the memory system
 /// gave at that moment, for that working-set size.
 fn table() {
-    println!("| kernel | shape / tier | µs | GB/s | GFLOP/s | % of 20 GB/s | copy GB/s | % of copy |");
+    println!(
+        "| kernel | shape / tier | µs | GB/s | GFLOP/s | % of 20 GB/s | copy GB/s | % of copy |"
+    );
     println!("|---|---|---:|---:|---:|---:|---:|---:|");
     for mut c in cases() {
         let t = fast_time(&mut c.run);
@@ -178,9 +255,13 @@ fn main() {
     if std::env::var_os("CNNRT_BENCH_TABLE").is_some() {
         table();
     } else if cfg!(target_os = "linux") && std::env::var_os("CNNRT_BENCH_WALL").is_none() {
-        run(Criterion::default().with_measurement(CpuTime).configure_from_args());
+        run(Criterion::default()
+            .with_measurement(CpuTime)
+            .configure_from_args());
     } else {
-        run(Criterion::default().with_measurement(WallTime).configure_from_args());
+        run(Criterion::default()
+            .with_measurement(WallTime)
+            .configure_from_args());
     }
 }
 
@@ -207,7 +288,10 @@ fn thread_cpu_ns() -> u64 {
 #[cfg(not(target_os = "linux"))]
 fn thread_cpu_ns() -> u64 {
     static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    START.get_or_init(std::time::Instant::now).elapsed().as_nanos() as u64
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_nanos() as u64
 }
 
 /// Thread CPU time as a criterion measurement (nanoseconds).
@@ -253,10 +337,17 @@ impl ValueFormatter for NsFormatter {
         unit
     }
 
-    fn scale_throughputs(&self, _typical: f64, throughput: &Throughput, values: &mut [f64]) -> &'static str {
+    fn scale_throughputs(
+        &self,
+        _typical: f64,
+        throughput: &Throughput,
+        values: &mut [f64],
+    ) -> &'static str {
         let (amount, unit) = match *throughput {
             Throughput::Bytes(b) | Throughput::BytesDecimal(b) => (b as f64 / 1e9, "GB/s"),
-            Throughput::Elements(e) | Throughput::ElementsAndBytes { elements: e, .. } => (e as f64 / 1e9, "Gelem/s"),
+            Throughput::Elements(e) | Throughput::ElementsAndBytes { elements: e, .. } => {
+                (e as f64 / 1e9, "Gelem/s")
+            }
             Throughput::Bits(b) => (b as f64 / 1e9, "Gbit/s"),
         };
         // values are ns per iteration: amount / (ns * 1e-9) / 1e9 = amount / ns * 1e9.

@@ -27,7 +27,9 @@ fn normal(len: usize, seed: u64) -> Vec<f32> {
         s ^= s << 17;
         ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
     };
-    (0..len).map(|_| (uni() + uni() + uni() + uni()) * 0.5 * 3f32.sqrt()).collect()
+    (0..len)
+        .map(|_| (uni() + uni() + uni() + uni()) * 0.5 * 3f32.sqrt())
+        .collect()
 }
 
 struct Layer {
@@ -37,10 +39,26 @@ struct Layer {
 }
 
 const LAYERS: &[Layer] = &[
-    Layer { name: "conv3x3_stress/64-64_56", c: 64, hw: 56 },
-    Layer { name: "resnet18/128-128_28", c: 128, hw: 28 },
-    Layer { name: "resnet18/256-256_14", c: 256, hw: 14 },
-    Layer { name: "resnet18/512-512_7", c: 512, hw: 7 },
+    Layer {
+        name: "conv3x3_stress/64-64_56",
+        c: 64,
+        hw: 56,
+    },
+    Layer {
+        name: "resnet18/128-128_28",
+        c: 128,
+        hw: 28,
+    },
+    Layer {
+        name: "resnet18/256-256_14",
+        c: 256,
+        hw: 14,
+    },
+    Layer {
+        name: "resnet18/512-512_7",
+        c: 512,
+        hw: 7,
+    },
 ];
 
 fn conv(c: usize, act: Activation) -> Conv {
@@ -59,12 +77,18 @@ fn conv(c: usize, act: Activation) -> Conv {
 }
 
 fn config() -> Criterion {
-    Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2)).sample_size(20)
+    Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(20)
 }
 
 fn bench(c: &mut Criterion) {
     cnnrt::simd::set_flush_denormals();
-    let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
     let wanted = |name: &str| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str()));
     let mut g = c.benchmark_group("winograd");
     for l in LAYERS {
@@ -78,7 +102,16 @@ fn bench(c: &mut Criterion) {
         g.throughput(Throughput::Elements(flops));
         if wanted(l.name) && std::env::var_os("WINO_NO_ERR").is_none() {
             for v in WinogradVariant::ALL {
-                let e = measure_relative_error(Isa::select(None), &cv, shape, shape, v, &w, Some(&b), &x);
+                let e = measure_relative_error(
+                    Isa::select(None),
+                    &cv,
+                    shape,
+                    shape,
+                    v,
+                    &w,
+                    Some(&b),
+                    &x,
+                );
                 println!("{} {}: relative error {e:.2e}", l.name, v.algorithm());
             }
         }
@@ -89,17 +122,43 @@ fn bench(c: &mut Criterion) {
                 let mut packed = vec![0f32; k.packed_weight_len()];
                 k.pack_weights(&w, &mut packed);
                 let mut scratch = vec![0f32; k.scratch_len()];
-                g.bench_with_input(BenchmarkId::new(format!("{}/{}", l.name, v.algorithm()), isa), &isa, |bch, _| {
-                    bch.iter(|| k.run(&packed, Some(&b), black_box(&x), None, &mut out, &mut scratch))
-                });
+                g.bench_with_input(
+                    BenchmarkId::new(format!("{}/{}", l.name, v.algorithm()), isa),
+                    &isa,
+                    |bch, _| {
+                        bch.iter(|| {
+                            k.run(
+                                &packed,
+                                Some(&b),
+                                black_box(&x),
+                                None,
+                                &mut out,
+                                &mut scratch,
+                            )
+                        })
+                    },
+                );
             }
             let k = ConvKernel::with_algorithm(isa, &cv, shape, shape, "im2col_gemm");
             let mut packed = vec![0f32; k.packed_weight_len()];
             k.pack_weights(&w, &mut packed);
             let mut scratch = vec![0f32; k.scratch_len()];
-            g.bench_with_input(BenchmarkId::new(format!("{}/im2col_gemm", l.name), isa), &isa, |bch, _| {
-                bch.iter(|| k.run(&packed, Some(&b), black_box(&x), None, &mut out, &mut scratch))
-            });
+            g.bench_with_input(
+                BenchmarkId::new(format!("{}/im2col_gemm", l.name), isa),
+                &isa,
+                |bch, _| {
+                    bch.iter(|| {
+                        k.run(
+                            &packed,
+                            Some(&b),
+                            black_box(&x),
+                            None,
+                            &mut out,
+                            &mut scratch,
+                        )
+                    })
+                },
+            );
         }
     }
     g.finish();
