@@ -59,6 +59,47 @@ fn calibration_input(len: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
+/// Rough single-thread time of a convolution layer per algorithm, to choose between
+/// Winograd and direct GEMM ahead of time. Deterministic and ISA independent (the file
+/// must not depend on the converting machine); the rates are round figures for one
+/// x86-64 core of this class, and only their ratios matter.
+mod cost {
+    use crate::graph::Conv;
+    use crate::kernels::winograd::WinogradVariant;
+
+    /// GEMM micro-kernel rate (FLOP/s).
+    const GEMM: f64 = 90e9;
+    /// Winograd transforms, counted as 4 operations per transformed element (FLOP/s).
+    const TRANSFORM: f64 = 20e9;
+    /// Streaming weights from memory (bytes/s): a model's weights rarely stay cached.
+    const MEMORY: f64 = 20e9;
+    /// The GEMMs vectorize over tiles: fewer tiles than this leave lanes empty.
+    const TILE_LANES: usize = 16;
+
+    /// `winograd` for a 3×3 stride-1 layer from `[cin, h, w]` to `[cout, oh, ow]`.
+    pub fn winograd(variant: WinogradVariant, i: [usize; 3], o: [usize; 3]) -> f64 {
+        let (cin, cout) = (i[0] as f64, o[0] as f64);
+        let m = variant.output_tile();
+        let t2 = variant.positions() as f64;
+        let tiles = o[1].div_ceil(m) * o[2].div_ceil(m);
+        let lanes = tiles.div_ceil(TILE_LANES) * TILE_LANES;
+        let gemm = 2.0 * t2 * cin * cout * lanes as f64 / GEMM;
+        let transforms = 4.0 * (cin + cout) * tiles as f64 * t2 / TRANSFORM;
+        let weights = 4.0 * t2 * cin * cout / MEMORY;
+        gemm + transforms + weights
+    }
+
+    /// im2col (or 1×1) GEMM for any convolution.
+    pub fn im2col_gemm(c: &Conv, i: [usize; 3], o: [usize; 3]) -> f64 {
+        let k = (i[0] / c.groups.max(1) * c.kernel[0] * c.kernel[1]) as f64;
+        let pixels = (o[1] * o[2]) as f64;
+        let gemm = 2.0 * o[0] as f64 * k * pixels / GEMM;
+        let columns = 8.0 * k * pixels * c.groups.max(1) as f64 / MEMORY;
+        let weights = 4.0 * o[0] as f64 * k / MEMORY;
+        gemm + columns + weights
+    }
+}
+
 /// Imports ONNX bytes and runs the passes.
 pub fn convert_onnx(bytes: &[u8], options: &ConvertOptions) -> Result<Converted> {
     let imported = crate::onnx::import(bytes)?;
@@ -116,9 +157,11 @@ impl Converted {
     /// weights packed for the GEMM kernels (ISA-independent layouts), so sessions use them
     /// in place. Depthwise convolutions keep the plain layout their kernel reads.
     ///
-    /// 3×3 stride-1 layers use Winograd F(4x4,3x3), or F(2x2,3x3), when its error measured
-    /// against direct convolution on a calibration input is within the budget; each
-    /// Winograd candidate's algorithm and error are returned as layer notes.
+    /// 3×3 stride-1 layers use Winograd F(4x4,3x3) or F(2x2,3x3) when its error measured
+    /// against direct convolution on a calibration input is within the budget and a cost
+    /// model (tiles per lane group, transforms, weight traffic: small maps with many
+    /// channels favour F(2x2) or direct GEMM) estimates it faster; each Winograd
+    /// candidate's algorithm and error are returned as layer notes.
     pub fn packed_for_file(&self) -> (Graph, Vec<Vec<f32>>, Vec<LayerNote>) {
         let mut graph = self.graph.clone();
         let mut weights = self.weights.clone();
@@ -187,10 +230,15 @@ impl Converted {
         let plain = &self.weights[c.weight];
         let bias = c.bias.map(|b| self.weights[b].as_slice());
         let mut best_err = f64::INFINITY;
-        for variant in [WinogradVariant::F4x4, WinogradVariant::F2x2] {
+        // Cheapest first by the cost model; the first one within the error budget wins,
+        // and none if direct GEMM is estimated cheaper than every Winograd variant left.
+        let direct = cost::im2col_gemm(c, i, o);
+        let mut variants = [WinogradVariant::F4x4, WinogradVariant::F2x2];
+        variants.sort_by(|a, b| cost::winograd(*a, i, o).total_cmp(&cost::winograd(*b, i, o)));
+        for variant in variants {
             let err = measure_relative_error(Isa::Scalar, c, i, o, variant, plain, bias, &x);
             best_err = best_err.min(err);
-            if err <= self.winograd_max_error {
+            if err <= self.winograd_max_error && cost::winograd(variant, i, o) < direct {
                 let k = WinogradKernel::new(Isa::Scalar, c, i, o, variant)?;
                 let mut packed = vec![0.0; k.packed_weight_len()];
                 k.pack_weights(plain, &mut packed);

@@ -6,7 +6,8 @@
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::graph::{Graph, Op, WeightId, WeightLayout};
+use crate::graph::{Conv, Graph, Op, WeightId, WeightLayout};
+use crate::kernels::conv::direct::DirectKernel;
 use crate::kernels::conv::ConvKernel;
 use crate::kernels::depthwise::DepthwiseKernel;
 use crate::kernels::linear::LinearKernel;
@@ -91,6 +92,12 @@ enum NodeKernel {
         weight: WeightId,
         bias: Option<WeightId>,
     },
+    /// Direct convolution on `conv_gemm`-packed weights.
+    Direct {
+        kernel: DirectKernel,
+        weight: Packed,
+        bias: Option<WeightId>,
+    },
     Depthwise {
         kernel: DepthwiseKernel,
         weight: WeightId,
@@ -115,6 +122,7 @@ impl NodeKernel {
         match self {
             NodeKernel::Conv { kernel, .. } => kernel.algorithm(),
             NodeKernel::Winograd { kernel, .. } => kernel.algorithm(),
+            NodeKernel::Direct { kernel, .. } => kernel.algorithm(),
             NodeKernel::Depthwise { kernel, .. } => kernel.algorithm(),
             NodeKernel::Linear { kernel, .. } => kernel.algorithm(),
             NodeKernel::Pool(k) => k.algorithm(),
@@ -128,6 +136,7 @@ impl NodeKernel {
         match self {
             NodeKernel::Conv { kernel, .. } => kernel.scratch_len(),
             NodeKernel::Winograd { kernel, .. } => kernel.scratch_len(),
+            NodeKernel::Direct { kernel, .. } => kernel.scratch_len(),
             NodeKernel::Linear { kernel, .. } => kernel.scratch_len(),
             _ => 0,
         }
@@ -161,11 +170,9 @@ fn plan_kernels(
             Op::Conv(c) => {
                 let (ins, outs) = (spatial(in_shape), spatial(out_shape));
                 match graph.weights[c.weight].layout {
-                    WeightLayout::ConvGemm => NodeKernel::Conv {
-                        kernel: ConvKernel::new(isa, c, ins, outs),
-                        weight: Packed::InFile(c.weight),
-                        bias: c.bias,
-                    },
+                    WeightLayout::ConvGemm => {
+                        gemm_conv(isa, c, ins, outs, Packed::InFile(c.weight))
+                    }
                     WeightLayout::Plain => match DepthwiseKernel::new(isa, c, ins, outs) {
                         Some(kernel) => NodeKernel::Depthwise {
                             kernel,
@@ -177,11 +184,7 @@ fn plan_kernels(
                             let mut packed = vec![0.0; kernel.packed_weight_len()];
                             kernel.pack_weights(model.weight(c.weight), &mut packed);
                             owned.push(packed);
-                            NodeKernel::Conv {
-                                kernel,
-                                weight: Packed::Owned(owned.len() - 1),
-                                bias: c.bias,
-                            }
+                            gemm_conv(isa, c, ins, outs, Packed::Owned(owned.len() - 1))
                         }
                     },
                     WeightLayout::WinogradF4x4 | WeightLayout::WinogradF2x2 => {
@@ -409,11 +412,23 @@ impl Session {
     /// Runs once like [`Session::run`] and returns the wall time of each node, in node
     /// order (for `cnnrt bench --profile`; allocates, unlike `run`).
     pub fn profile(&mut self, input: &[f32], batch: usize) -> Result<Vec<std::time::Duration>> {
+        let epoch = std::time::Instant::now();
+        self.profile_with_clock(input, batch, &|| epoch.elapsed())
+    }
+
+    /// [`Session::profile`] with the layers timed by `clock` (any monotonic reading, e.g.
+    /// the process CPU time, which a shared machine disturbs less than wall time).
+    pub fn profile_with_clock(
+        &mut self,
+        input: &[f32],
+        batch: usize,
+        clock: &(dyn Fn() -> std::time::Duration + Sync),
+    ) -> Result<Vec<std::time::Duration>> {
         self.run(input, batch)?;
         let mut times = vec![std::time::Duration::ZERO; self.kernels.len()];
         match self.pool.clone() {
-            Some(pool) => pool.install(|| self.execute(batch, Some(&mut times))),
-            None => self.execute(batch, Some(&mut times)),
+            Some(pool) => pool.install(|| self.execute(batch, Some((&mut times, clock)))),
+            None => self.execute(batch, Some((&mut times, clock))),
         }
         Ok(times)
     }
@@ -427,13 +442,13 @@ impl Session {
         &self.arena[off..off + len]
     }
 
-    fn execute(&mut self, n: usize, mut times: Option<&mut [std::time::Duration]>) {
+    fn execute(&mut self, n: usize, mut times: Option<Timing>) {
         crate::simd::set_flush_denormals();
         let model = &*self.model;
         let graph: &Graph = model.graph();
         let isa = self.isa;
         for (i, node) in graph.nodes.iter().enumerate() {
-            let started = times.is_some().then(std::time::Instant::now);
+            let started = times.as_ref().map(|t| (t.1)());
             let out_off = self.arena_plan.offsets[node.output];
             let out_len = n * graph.values[node.output].shape.iter().product::<usize>();
             let (left, rest) = self.arena.split_at_mut(out_off);
@@ -460,6 +475,19 @@ impl Session {
             let sample_out = out_len / n;
             match &self.kernels[i] {
                 NodeKernel::Conv {
+                    kernel,
+                    weight,
+                    bias,
+                } => {
+                    let (w, b) = (packed(*weight), bias.map(|b| model.weight(b)));
+                    for s in 0..n {
+                        let x = &ins[0][s * sample_in..(s + 1) * sample_in];
+                        let r = ins.get(1).map(|r| &r[s * sample_out..(s + 1) * sample_out]);
+                        let o = &mut out[s * sample_out..(s + 1) * sample_out];
+                        parallel::run_tiles(kernel, self.slots, w, b, x, r, o, &mut self.scratch);
+                    }
+                }
+                NodeKernel::Direct {
                     kernel,
                     weight,
                     bias,
@@ -537,12 +565,38 @@ impl Session {
                 NodeKernel::Copy => out.copy_from_slice(ins[0]),
                 NodeKernel::Reference => reference::run_node_into(graph, i, model, ins, n, out),
             }
-            if let (Some(t), Some(start)) = (times.as_deref_mut(), started) {
-                t[i] = start.elapsed();
+            if let (Some((t, clock)), Some(start)) = (times.as_mut(), started) {
+                t[i] = clock().saturating_sub(start);
             }
         }
     }
 }
+
+/// The kernel for a convolution whose weights are `conv_gemm`-packed at `weight`: direct
+/// when it suits the layer (see [`DirectKernel::suits`]), the GEMM otherwise.
+fn gemm_conv(isa: Isa, c: &Conv, ins: [usize; 3], outs: [usize; 3], weight: Packed) -> NodeKernel {
+    let direct = (DirectKernel::suits(c) && std::env::var_os("CNNRT_DEV_NO_DIRECT").is_none())
+        .then(|| DirectKernel::new(isa, c, ins, outs))
+        .flatten();
+    match direct {
+        Some(kernel) => NodeKernel::Direct {
+            kernel,
+            weight,
+            bias: c.bias,
+        },
+        None => NodeKernel::Conv {
+            kernel: ConvKernel::new(isa, c, ins, outs),
+            weight,
+            bias: c.bias,
+        },
+    }
+}
+
+/// Per-layer times being filled in, and the clock that measures them.
+type Timing<'a> = (
+    &'a mut [std::time::Duration],
+    &'a (dyn Fn() -> std::time::Duration + Sync),
+);
 
 /// The element-wise, normalization and global-pooling ops.
 fn run_vector(

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 use cnnrt::convert::{convert_file, convert_onnx, ConvertOptions};
-use cnnrt::format::ChannelOrder;
+use cnnrt::format::{ChannelOrder, OpenOptions};
 use cnnrt::graph::stats::total_macs;
 use cnnrt::inspect::{layer_table, thousands};
 use cnnrt::{Error, Isa, Model, Result, SessionOptions, Threads};
@@ -92,7 +92,52 @@ enum Command {
         /// FP32 peak of one core in GFLOP/s, for the profile's % of peak.
         #[arg(long, default_value_t = 117.0)]
         peak_gflops: f64,
+        /// What times runs and layers: `wall` (elapsed time), or `cpu` (the process's CPU
+        /// time, which a busy shared machine disturbs far less; with several threads it
+        /// is their sum, not a latency).
+        #[arg(long, value_enum, default_value_t = Clock::Wall)]
+        clock: Clock,
+        /// Skip the weight checksum at open (structure is still validated); shows the
+        /// open time a service gets with `OpenOptions::verify_weight_checksum = false`.
+        #[arg(long)]
+        no_verify: bool,
     },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Clock {
+    Wall,
+    Cpu,
+}
+
+impl Clock {
+    /// A monotonic reading of this clock, from an arbitrary origin.
+    fn now(self, epoch: Instant) -> std::time::Duration {
+        match self {
+            Clock::Wall => epoch.elapsed(),
+            Clock::Cpu => process_cpu_time().unwrap_or_else(|| epoch.elapsed()),
+        }
+    }
+}
+
+/// CPU time used by this process so far (all threads).
+fn process_cpu_time() -> Option<std::time::Duration> {
+    cpu_time::ProcessTime::try_now()
+        .ok()
+        .map(|t| t.as_duration())
+}
+
+/// `cnnrt bench`'s settings.
+struct BenchOptions {
+    threads: usize,
+    batch: usize,
+    iters: usize,
+    isa: Option<Isa>,
+    json: bool,
+    /// Per-core peak GFLOP/s when a per-layer profile is wanted.
+    profile: Option<f64>,
+    clock: Clock,
+    verify: bool,
 }
 
 fn threads_option(n: usize) -> Threads {
@@ -223,17 +268,16 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-fn bench(
-    model: &Path,
-    threads: usize,
-    batch: usize,
-    iters: usize,
-    isa: Option<Isa>,
-    json: bool,
-    profile: Option<f64>,
-) -> Result<()> {
+fn bench(model: &Path, o: &BenchOptions) -> Result<()> {
+    let (threads, batch, iters, isa) = (o.threads, o.batch, o.iters, o.isa);
     let t0 = Instant::now();
-    let m = Model::open(model)?;
+    let m = Model::open_with(
+        model,
+        &OpenOptions {
+            verify_weight_checksum: o.verify,
+            ..OpenOptions::default()
+        },
+    )?;
     let open_ms = t0.elapsed().as_secs_f64() * 1e3;
     let t1 = Instant::now();
     let mut session = m.session(SessionOptions {
@@ -260,10 +304,11 @@ fn bench(
         session.run(&input, batch)?;
     }
     let mut times = Vec::with_capacity(iters.max(1));
+    let epoch = Instant::now();
     for _ in 0..iters.max(1) {
-        let t = Instant::now();
+        let t = o.clock.now(epoch);
         session.run(&input, batch)?;
-        times.push(t.elapsed().as_secs_f64() * 1e3);
+        times.push((o.clock.now(epoch) - t).as_secs_f64() * 1e3);
     }
     times.sort_by(|a, b| a.total_cmp(b));
     let median = percentile(&times, 0.5);
@@ -280,18 +325,22 @@ fn bench(
     );
     println!("open       {open_ms:.3} ms (+ session {session_ms:.3} ms)");
     println!("first run  {first_run_ms:.3} ms");
+    let clock = match o.clock {
+        Clock::Wall => "",
+        Clock::Cpu => " (CPU time)",
+    };
     println!(
-        "latency    median {median:.3} ms, p90 {p90:.3} ms, p99 {p99:.3} ms over {} runs",
+        "latency    median {median:.3} ms, p90 {p90:.3} ms, p99 {p99:.3} ms over {} runs{clock}",
         times.len()
     );
     println!(
         "throughput {ips:.1} images/s, {gflops:.1} GFLOP/s ({:.3} GFLOP per run)",
         flops / 1e9
     );
-    if let Some(peak) = profile {
-        print_profile(&m, &mut session, &input, batch, iters, threads, peak)?;
+    if let Some(peak) = o.profile {
+        print_profile(&m, &mut session, &input, o, peak)?;
     }
-    if json {
+    if o.json {
         println!(
             "{{\"model\":{:?},\"isa\":\"{}\",\"threads\":{threads},\"batch\":{batch},\"open_ms\":{open_ms:.4},\"session_ms\":{session_ms:.4},\"first_run_ms\":{first_run_ms:.4},\"median_ms\":{median:.4},\"p90_ms\":{p90:.4},\"p99_ms\":{p99:.4},\"images_per_s\":{ips:.2},\"gflops\":{gflops:.3},\"workspace_bytes\":{}}}",
             model.display().to_string(),
@@ -303,21 +352,22 @@ fn bench(
 }
 
 /// Per-layer medians over `iters` profiled runs.
-#[allow(clippy::too_many_arguments)]
 fn print_profile(
     m: &Model,
     session: &mut cnnrt::Session,
     input: &[f32],
-    batch: usize,
-    iters: usize,
-    threads: usize,
+    o: &BenchOptions,
     peak: f64,
 ) -> Result<()> {
+    let (batch, iters, threads) = (o.batch, o.iters, o.threads);
+    let epoch = Instant::now();
+    let clock = o.clock;
     let graph = m.graph();
     let stats = cnnrt::graph::stats::layer_stats(graph);
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); graph.nodes.len()];
     for _ in 0..iters.clamp(5, 50) {
-        for (i, t) in session.profile(input, batch)?.iter().enumerate() {
+        let times = session.profile_with_clock(input, batch, &|| clock.now(epoch))?;
+        for (i, t) in times.iter().enumerate() {
             samples[i].push(t.as_secs_f64() * 1e3);
         }
     }
@@ -418,14 +468,20 @@ fn main() -> ExitCode {
             json,
             profile,
             peak_gflops,
+            clock,
+            no_verify,
         } => bench(
             &model,
-            threads,
-            batch,
-            iters,
-            isa,
-            json,
-            profile.then_some(peak_gflops),
+            &BenchOptions {
+                threads,
+                batch,
+                iters,
+                isa,
+                json,
+                profile: profile.then_some(peak_gflops),
+                clock,
+                verify: !no_verify,
+            },
         ),
     };
     match result {

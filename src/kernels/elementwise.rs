@@ -445,6 +445,36 @@ mod x86 {
             unsafe { _mm256_maskstore_ps(p, m, v) }
         }
         #[inline(always)]
+        unsafe fn store_part(self, p: *mut f32, n: usize, v: __m256) {
+            // VMASKMOVPS stores are microcoded and slow on AMD cores (Zen 1–4): plain
+            // stores of 4, 2 and 1 lanes write exactly lanes 0..n instead.
+            // SAFETY: `p..p + n` writable (caller), each store below stays inside it; the
+            // token guarantees AVX2.
+            unsafe {
+                if n >= 8 {
+                    _mm256_storeu_ps(p, v);
+                    return;
+                }
+                let (mut p, mut n) = (p, n);
+                let mut lo = _mm256_castps256_ps128(v);
+                if n >= 4 {
+                    _mm_storeu_ps(p, lo);
+                    lo = _mm256_extractf128_ps::<1>(v);
+                    p = p.add(4);
+                    n -= 4;
+                }
+                if n >= 2 {
+                    _mm_store_sd(p.cast(), _mm_castps_pd(lo));
+                    lo = _mm_movehl_ps(lo, lo);
+                    p = p.add(2);
+                    n -= 2;
+                }
+                if n == 1 {
+                    _mm_store_ss(p, lo);
+                }
+            }
+        }
+        #[inline(always)]
         fn add(self, a: __m256, b: __m256) -> __m256 {
             tf!(_mm256_add_ps(a, b))
         }

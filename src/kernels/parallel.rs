@@ -6,6 +6,7 @@
 
 use rayon::prelude::*;
 
+use crate::kernels::conv::direct::DirectKernel;
 use crate::kernels::conv::ConvKernel;
 use crate::kernels::depthwise::DepthwiseKernel;
 use crate::kernels::gemm::SharedOut;
@@ -79,6 +80,7 @@ macro_rules! tiled_conv {
     };
 }
 tiled_conv!(ConvKernel);
+tiled_conv!(DirectKernel);
 tiled_conv!(WinogradKernel);
 
 /// `out = act(conv(x) + bias + residual)` for one sample, tiles spread over `slots`

@@ -625,17 +625,17 @@ impl WinogradKernel {
                 }
                 for g in 0..groups {
                     let tx = txa + g * lanes;
-                    let n = lanes.min(txb - tx);
                     let tl = ty * self.ntx + tx - t0;
                     // SAFETY: strip columns tx·m .. tx·m + lanes·m + 2 <= jb filled above;
-                    // V rows c of each position, columns tl .. tl + n <= t1 − t0 <= ld.
+                    // V row c of each position, columns tl .. tl + lanes: tl < ld, and
+                    // past row c's ld columns come row c + 1 or XI_PAD >= lanes floats.
                     unsafe {
                         let src = strip.add(tx * m);
                         let dst = v.add(c * self.ld + tl);
                         if m == 4 {
-                            in_group_f4(s, src, self.wstrip, n, dst, self.vxs);
+                            in_group_f4(s, src, self.wstrip, dst, self.vxs);
                         } else {
-                            in_group_f2(s, src, self.wstrip, n, dst, self.vxs);
+                            in_group_f2(s, src, self.wstrip, dst, self.vxs);
                         }
                     }
                 }
@@ -691,8 +691,10 @@ impl WinogradKernel {
                     let tl = ty * self.ntx + tx - t0;
                     let vc = (m * n).min(self.ow - m * tx);
                     let o = co * oplane + ty * m * self.ow + tx * m;
-                    // SAFETY: M row co − c0 of each position, columns tl .. tl + n; output
-                    // and residual rows ty·m .. + rows < oh, columns tx·m .. + vc <= ow.
+                    // SAFETY: M row co − c0 of each position, columns tl .. tl + lanes
+                    // (past the row's ld columns: the next row or XI_PAD >= lanes floats);
+                    // output and residual rows ty·m .. + rows < oh, columns tx·m .. + vc
+                    // <= ow.
                     unsafe {
                         let src = mb.add((co - c0) * self.ld + tl);
                         let dst = out.add(o);
@@ -706,9 +708,9 @@ impl WinogradKernel {
                             act: &act,
                         };
                         if m == 4 {
-                            out_group_f4(s, src, self.mxs, n, dst, &st);
+                            out_group_f4(s, src, self.mxs, dst, &st);
                         } else {
-                            out_group_f2(s, src, self.mxs, n, dst, &st);
+                            out_group_f2(s, src, self.mxs, dst, &st);
                         }
                     }
                     tx += lanes;
@@ -809,27 +811,25 @@ unsafe fn load_n<S: Simd>(s: S, p: *const f32, n: usize) -> S::V {
 /// F(4x4): transforms the 6×6 input tiles of `n <= LANES` tiles whose top-left corners are
 /// `src + 4i` (rows `lds` apart) and stores position `ξ` of tile `i` at `dst + ξ·xs + i`.
 ///
+/// All `LANES` lanes are stored even when `n < LANES` (masked stores are slow on AMD
+/// cores): the extra columns land on tiles or channels written later, or in the padding.
+///
 /// Safety: `src[r·lds + 0 .. r·lds + 4·LANES + 2]` readable for `r < 6`;
-/// `dst[ξ·xs .. ξ·xs + n]` writable for `ξ < 36`.
+/// `dst[ξ·xs .. ξ·xs + LANES]` writable for `ξ < 36`.
 #[inline(always)]
-unsafe fn in_group_f4<S: Lanes>(
-    s: S,
-    src: *const f32,
-    lds: usize,
-    n: usize,
-    dst: *mut f32,
-    xs: usize,
-) {
+unsafe fn in_group_f4<S: Lanes>(s: S, src: *const f32, lds: usize, dst: *mut f32, xs: usize) {
     let mut t = [[s.zero(); 6]; 6];
     for (i, ti) in t.iter_mut().enumerate() {
         // SAFETY: row i (caller).
         *ti = bt4(s, unsafe { s.gather_s4(src.add(i * lds)) });
     }
     for l in 0..6 {
-        let col = bt4(s, std::array::from_fn(|i| t[i][l]));
+        // Explicit arrays, not `array::from_fn`: its closure can end up outside the
+        // `#[target_feature]` function, with every intrinsic an out-of-line call.
+        let col = bt4(s, [t[0][l], t[1][l], t[2][l], t[3][l], t[4][l], t[5][l]]);
         for (k, &v) in col.iter().enumerate() {
             // SAFETY: position k·6 + l < 36 (caller).
-            unsafe { store_n(s, dst.add((k * 6 + l) * xs), n, v) };
+            unsafe { s.store(dst.add((k * 6 + l) * xs), v) };
         }
     }
 }
@@ -837,26 +837,19 @@ unsafe fn in_group_f4<S: Lanes>(
 /// F(2x2): as [`in_group_f4`] with 4×4 tiles 2 apart and 16 positions.
 ///
 /// Safety: `src[r·lds .. r·lds + 2·LANES + 2]` readable for `r < 4`;
-/// `dst[ξ·xs .. ξ·xs + n]` writable for `ξ < 16`.
+/// `dst[ξ·xs .. ξ·xs + LANES]` writable for `ξ < 16`.
 #[inline(always)]
-unsafe fn in_group_f2<S: Lanes>(
-    s: S,
-    src: *const f32,
-    lds: usize,
-    n: usize,
-    dst: *mut f32,
-    xs: usize,
-) {
+unsafe fn in_group_f2<S: Lanes>(s: S, src: *const f32, lds: usize, dst: *mut f32, xs: usize) {
     let mut t = [[s.zero(); 4]; 4];
     for (i, ti) in t.iter_mut().enumerate() {
         // SAFETY: row i (caller).
         *ti = bt2(s, unsafe { s.gather_s2(src.add(i * lds)) });
     }
     for l in 0..4 {
-        let col = bt2(s, std::array::from_fn(|i| t[i][l]));
+        let col = bt2(s, [t[0][l], t[1][l], t[2][l], t[3][l]]);
         for (k, &v) in col.iter().enumerate() {
             // SAFETY: position k·4 + l < 16 (caller).
-            unsafe { store_n(s, dst.add((k * 4 + l) * xs), n, v) };
+            unsafe { s.store(dst.add((k * 4 + l) * xs), v) };
         }
     }
 }
@@ -903,24 +896,35 @@ unsafe fn store_row<S: Simd>(s: S, w: &[S::V], dst: *mut f32, res: *const f32, s
 /// F(4x4): reads position `ξ` of tile `i` at `src + ξ·xs + i` (`i < n`), transforms back
 /// and stores the tiles' 4×4 outputs side by side at `dst` (rows `st.ow` apart).
 ///
-/// Safety: `src[ξ·xs .. ξ·xs + n]` readable for `ξ < 36`; `dst` (and `st.res` unless
+/// Safety: `src[ξ·xs .. ξ·xs + LANES]` readable for `ξ < 36`; `dst` (and `st.res` unless
 /// null) valid for rows `< st.rows` of `st.vc` elements.
 #[inline(always)]
 unsafe fn out_group_f4<S: Lanes>(
     s: S,
     src: *const f32,
     xs: usize,
-    n: usize,
     dst: *mut f32,
     st: &OutStore<S>,
 ) {
     let mut o = [[s.zero(); 6]; 4];
     for l in 0..6 {
-        // SAFETY: positions k·6 + l < 36 (caller).
-        let col = at4(
-            s,
-            std::array::from_fn(|k| unsafe { load_n(s, src.add((k * 6 + l) * xs), n) }),
-        );
+        // Whole vectors even past tile n: M has XI_PAD >= LANES floats of slack after
+        // every row, and lanes past n only feed outputs that are not stored.
+        let p = |k: usize| src.wrapping_add((k * 6 + l) * xs);
+        // SAFETY: positions k·6 + l < 36, LANES floats each (caller).
+        let col = unsafe {
+            at4(
+                s,
+                [
+                    s.load(p(0)),
+                    s.load(p(1)),
+                    s.load(p(2)),
+                    s.load(p(3)),
+                    s.load(p(4)),
+                    s.load(p(5)),
+                ],
+            )
+        };
         for (r, &v) in col.iter().enumerate() {
             o[r][l] = v;
         }
@@ -945,17 +949,14 @@ unsafe fn out_group_f2<S: Lanes>(
     s: S,
     src: *const f32,
     xs: usize,
-    n: usize,
     dst: *mut f32,
     st: &OutStore<S>,
 ) {
     let mut o = [[s.zero(); 4]; 2];
     for l in 0..4 {
-        // SAFETY: positions k·4 + l < 16 (caller).
-        let col = at2(
-            s,
-            std::array::from_fn(|k| unsafe { load_n(s, src.add((k * 4 + l) * xs), n) }),
-        );
+        let p = |k: usize| src.wrapping_add((k * 4 + l) * xs);
+        // SAFETY: positions k·4 + l < 16, LANES floats each (caller).
+        let col = unsafe { at2(s, [s.load(p(0)), s.load(p(1)), s.load(p(2)), s.load(p(3))]) };
         for (r, &v) in col.iter().enumerate() {
             o[r][l] = v;
         }
