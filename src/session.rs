@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::graph::{Conv, Graph, Op, WeightId, WeightLayout};
-use crate::kernels::conv::direct::DirectKernel;
 use crate::kernels::conv::ConvKernel;
 use crate::kernels::depthwise::DepthwiseKernel;
 use crate::kernels::linear::LinearKernel;
@@ -92,12 +91,6 @@ enum NodeKernel {
         weight: WeightId,
         bias: Option<WeightId>,
     },
-    /// Direct convolution on `conv_gemm`-packed weights.
-    Direct {
-        kernel: DirectKernel,
-        weight: Packed,
-        bias: Option<WeightId>,
-    },
     Depthwise {
         kernel: DepthwiseKernel,
         weight: WeightId,
@@ -122,7 +115,6 @@ impl NodeKernel {
         match self {
             NodeKernel::Conv { kernel, .. } => kernel.algorithm(),
             NodeKernel::Winograd { kernel, .. } => kernel.algorithm(),
-            NodeKernel::Direct { kernel, .. } => kernel.algorithm(),
             NodeKernel::Depthwise { kernel, .. } => kernel.algorithm(),
             NodeKernel::Linear { kernel, .. } => kernel.algorithm(),
             NodeKernel::Pool(k) => k.algorithm(),
@@ -136,7 +128,6 @@ impl NodeKernel {
         match self {
             NodeKernel::Conv { kernel, .. } => kernel.scratch_len(),
             NodeKernel::Winograd { kernel, .. } => kernel.scratch_len(),
-            NodeKernel::Direct { kernel, .. } => kernel.scratch_len(),
             NodeKernel::Linear { kernel, .. } => kernel.scratch_len(),
             _ => 0,
         }
@@ -487,19 +478,6 @@ impl Session {
                         parallel::run_tiles(kernel, self.slots, w, b, x, r, o, &mut self.scratch);
                     }
                 }
-                NodeKernel::Direct {
-                    kernel,
-                    weight,
-                    bias,
-                } => {
-                    let (w, b) = (packed(*weight), bias.map(|b| model.weight(b)));
-                    for s in 0..n {
-                        let x = &ins[0][s * sample_in..(s + 1) * sample_in];
-                        let r = ins.get(1).map(|r| &r[s * sample_out..(s + 1) * sample_out]);
-                        let o = &mut out[s * sample_out..(s + 1) * sample_out];
-                        parallel::run_tiles(kernel, self.slots, w, b, x, r, o, &mut self.scratch);
-                    }
-                }
                 NodeKernel::Winograd {
                     kernel,
                     weight,
@@ -572,23 +550,12 @@ impl Session {
     }
 }
 
-/// The kernel for a convolution whose weights are `conv_gemm`-packed at `weight`: direct
-/// when it suits the layer (see [`DirectKernel::suits`]), the GEMM otherwise.
+/// The GEMM kernel for a convolution whose weights are `conv_gemm`-packed at `weight`.
 fn gemm_conv(isa: Isa, c: &Conv, ins: [usize; 3], outs: [usize; 3], weight: Packed) -> NodeKernel {
-    let direct = (DirectKernel::suits(c) && std::env::var_os("CNNRT_DEV_NO_DIRECT").is_none())
-        .then(|| DirectKernel::new(isa, c, ins, outs))
-        .flatten();
-    match direct {
-        Some(kernel) => NodeKernel::Direct {
-            kernel,
-            weight,
-            bias: c.bias,
-        },
-        None => NodeKernel::Conv {
-            kernel: ConvKernel::new(isa, c, ins, outs),
-            weight,
-            bias: c.bias,
-        },
+    NodeKernel::Conv {
+        kernel: ConvKernel::new(isa, c, ins, outs),
+        weight,
+        bias: c.bias,
     }
 }
 

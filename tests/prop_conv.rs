@@ -12,7 +12,6 @@
 //! the final rounding to f32.
 
 use cnnrt::graph::{Activation, Conv};
-use cnnrt::kernels::conv::direct::DirectKernel;
 use cnnrt::kernels::conv::ConvKernel;
 use cnnrt::kernels::gemm::{self, BMode, Bias, Epilogue, Gemm};
 use cnnrt::kernels::reference;
@@ -149,93 +148,17 @@ fn cases() -> impl Strategy<Value = Case> {
         )
 }
 
-/// The GEMM-based kernels or the direct one (same packed weights).
-enum Kernel {
-    Gemm(ConvKernel),
-    Direct(DirectKernel),
-}
-
-impl Kernel {
-    fn isa(&self) -> Isa {
-        match self {
-            Kernel::Gemm(k) => k.isa(),
-            Kernel::Direct(k) => k.isa(),
-        }
-    }
-    fn algorithm(&self) -> &'static str {
-        match self {
-            Kernel::Gemm(k) => k.algorithm(),
-            Kernel::Direct(k) => k.algorithm(),
-        }
-    }
-    fn scratch_len(&self) -> usize {
-        match self {
-            Kernel::Gemm(k) => k.scratch_len(),
-            Kernel::Direct(k) => k.scratch_len(),
-        }
-    }
-    fn tiles(&self) -> usize {
-        match self {
-            Kernel::Gemm(k) => k.tiles(),
-            Kernel::Direct(k) => k.tiles(),
-        }
-    }
-    #[allow(clippy::too_many_arguments)]
-    fn run_tile(
-        &self,
-        packed: &[f32],
-        bias: Option<&[f32]>,
-        x: &[f32],
-        residual: Option<&[f32]>,
-        out: &mut [f32],
-        scratch: &mut [f32],
-        tile: usize,
-    ) {
-        match self {
-            Kernel::Gemm(k) => k.run_tile(packed, bias, x, residual, out, scratch, tile),
-            Kernel::Direct(k) => k.run_tile(packed, bias, x, residual, out, scratch, tile),
-        }
-    }
-    fn run(
-        &self,
-        packed: &[f32],
-        bias: Option<&[f32]>,
-        x: &[f32],
-        residual: Option<&[f32]>,
-        out: &mut [f32],
-        scratch: &mut [f32],
-    ) {
-        match self {
-            Kernel::Gemm(k) => k.run(packed, bias, x, residual, out, scratch),
-            Kernel::Direct(k) => k.run(packed, bias, x, residual, out, scratch),
-        }
-    }
-}
-
-/// Runs `case` through `algorithm` (or the default choice; `"direct"` for the direct
-/// kernel) on `isa` and checks it.
+/// Runs `case` through `algorithm` (or the default choice) on `isa` and checks it.
 fn check_conv(isa: Isa, case: &Case, algorithm: Option<&str>) -> Result<(), TestCaseError> {
     let c = &case.conv;
     let (oh, ow) = out_dims(c, case.h, case.w);
     let in_shape = [c.in_channels, case.h, case.w];
     let out_shape = [c.out_channels, oh, ow];
-    let gemm_kernel = ConvKernel::new(isa, c, in_shape, out_shape);
-    let (kernel, want_isa) = match algorithm {
-        Some("direct") => (
-            Kernel::Direct(DirectKernel::new(isa, c, in_shape, out_shape).expect("direct")),
-            // The AVX2 kernel serves the AVX-512 tier.
-            isa.min(Isa::Avx2),
-        ),
-        Some(a) => (
-            Kernel::Gemm(ConvKernel::with_algorithm(isa, c, in_shape, out_shape, a)),
-            isa,
-        ),
-        None => (
-            Kernel::Gemm(ConvKernel::new(isa, c, in_shape, out_shape)),
-            isa,
-        ),
+    let kernel = match algorithm {
+        Some(a) => ConvKernel::with_algorithm(isa, c, in_shape, out_shape, a),
+        None => ConvKernel::new(isa, c, in_shape, out_shape),
     };
-    prop_assert_eq!(kernel.isa(), want_isa);
+    prop_assert_eq!(kernel.isa(), isa);
     let cig = c.in_channels / c.groups;
     let k = cig * c.kernel[0] * c.kernel[1];
     let n_in = c.in_channels * case.h * case.w;
@@ -282,9 +205,8 @@ fn check_conv(isa: Isa, case: &Case, algorithm: Option<&str>) -> Result<(), Test
         &mut scale,
     );
 
-    // Every kernel here reads the `conv_gemm` layout.
-    let mut packed = vec![0.0; gemm_kernel.packed_weight_len()];
-    gemm_kernel.pack_weights(&wts, &mut packed);
+    let mut packed = vec![0.0; kernel.packed_weight_len()];
+    kernel.pack_weights(&wts, &mut packed);
     let mut scratch_buf = vec![0.0; kernel.scratch_len() + case.scratch_offset];
     let scratch = &mut scratch_buf[case.scratch_offset..];
     let mut got = vec![f32::NAN; case.batch * n_out];
@@ -353,9 +275,6 @@ fn conv_matches_reference_every_tier() {
             .run(&cases(), |case| {
                 check_conv(isa, &case, None)?;
                 let c = &case.conv;
-                if c.groups == 1 {
-                    check_conv(isa, &case, Some("direct"))?;
-                }
                 if c.kernel == [1, 1] && c.stride == [1, 1] && c.pads == [0; 4] {
                     for a in ["gemm1x1", "gemm1x1_packed", "im2col_gemm"] {
                         check_conv(isa, &case, Some(a))?;
@@ -405,10 +324,6 @@ fn conv_large_shapes_every_tier() {
                 scratch_offset: 1,
             };
             check_conv(isa, &case, None).unwrap_or_else(|e| panic!("{isa} {conv:?}: {e}"));
-            if conv.groups == 1 {
-                check_conv(isa, &case, Some("direct"))
-                    .unwrap_or_else(|e| panic!("{isa} direct {conv:?}: {e}"));
-            }
         }
     }
 }

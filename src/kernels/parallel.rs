@@ -6,7 +6,6 @@
 
 use rayon::prelude::*;
 
-use crate::kernels::conv::direct::DirectKernel;
 use crate::kernels::conv::ConvKernel;
 use crate::kernels::depthwise::DepthwiseKernel;
 use crate::kernels::gemm::SharedOut;
@@ -80,7 +79,6 @@ macro_rules! tiled_conv {
     };
 }
 tiled_conv!(ConvKernel);
-tiled_conv!(DirectKernel);
 tiled_conv!(WinogradKernel);
 
 /// `out = act(conv(x) + bias + residual)` for one sample, tiles spread over `slots`

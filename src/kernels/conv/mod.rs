@@ -31,7 +31,6 @@
 //! (see the gemm module), so running tiles in any order or on any number of threads
 //! gives bit-identical results.
 
-pub mod direct;
 mod im2col;
 
 use crate::graph::Conv;
