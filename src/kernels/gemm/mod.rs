@@ -668,7 +668,18 @@ pub(crate) unsafe fn drive(u: &Ukr, t: &Tile, b: &BSrc, scratch: &mut [f32]) {
             if b_outer {
                 for ch in chunks(u, jb, ncur) {
                     for p0 in (0..m).step_by(MR_PACK) {
-                        panel_chunk(p0, MR_PACK.min(m - p0), ch, NO_PF);
+                        // On the first column chunk, prefetch the next panel's rows of
+                        // this K block while this one computes: with few columns (Winograd
+                        // blocks, small maps) A streams from memory and would otherwise
+                        // stall every broadcast.
+                        let next = p0 + MR_PACK;
+                        let pf = if ch.0 == jb && next < m {
+                            let hn = MR_PACK.min(m - next);
+                            (t.a.add(next * k + k0 * hn), hn)
+                        } else {
+                            NO_PF
+                        };
+                        panel_chunk(p0, MR_PACK.min(m - p0), ch, pf);
                     }
                 }
             } else {
