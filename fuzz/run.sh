@@ -73,7 +73,7 @@ for t in "${targets[@]}"; do
   nice -n "$nice_level" "$bin/$t" "${dirs[@]}" \
     -max_total_time="$secs" -timeout=30 -rss_limit_mb=2048 -max_len=262144 \
     -artifact_prefix="artifacts/$t/" -print_final_stats=1 >"logs/$t.log" 2>&1 || rc=$?
-  grep -E "^(INFO: seed corpus|#[0-9]+ *DONE)" "logs/$t.log" || true
+  grep -E "^(INFO: seed corpus|Done [0-9]+ runs)" "logs/$t.log" || true
   runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "logs/$t.log" | tail -1)
   rss=$(sed -n 's/^stat::peak_rss_mb: *//p' "logs/$t.log" | tail -1)
   line="$t: ${runs:-?} executions, peak RSS ${rss:-?} MB, corpus $(ls "corpus/$t" | wc -l) files"

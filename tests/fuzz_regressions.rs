@@ -30,14 +30,20 @@ fn lenet() -> Arc<cnnrt::Model> {
     cnnrt::Model::open(root().join("models/lenet5.cnnrt")).unwrap()
 }
 
+/// A saved input that takes longer than this (in the test profile) counts as a failure:
+/// libFuzzer's per-input timeout in `fuzz/run.sh` is 30 s, and the slow inputs found so far
+/// took minutes before their fix and milliseconds after.
+const MAX_SECONDS_PER_INPUT: f64 = 5.0;
+
 /// Runs `target`'s harness on every file under `fuzz/<kind>/<target>/`; returns how many ran
-/// and the ones that panicked.
+/// and the ones that panicked or were too slow.
 fn replay(kind: &str, target: &str) -> (usize, Vec<String>) {
     let model = lenet();
     let mut failures = Vec::new();
     let inputs = files(&root().join("fuzz").join(kind).join(target));
     for path in &inputs {
         let data = std::fs::read(path).unwrap();
+        let t0 = std::time::Instant::now();
         let r = catch_unwind(AssertUnwindSafe(|| match target {
             "model_open" => harness::model_open(&data),
             "onnx_import" => harness::onnx_import(&data),
@@ -45,8 +51,11 @@ fn replay(kind: &str, target: &str) -> (usize, Vec<String>) {
             "session_run" => harness::session_run(&model, &data),
             _ => unreachable!(),
         }));
+        let secs = t0.elapsed().as_secs_f64();
         if r.is_err() {
-            failures.push(path.display().to_string());
+            failures.push(format!("{}: panicked", path.display()));
+        } else if secs > MAX_SECONDS_PER_INPUT {
+            failures.push(format!("{}: took {secs:.1} s", path.display()));
         }
     }
     (inputs.len(), failures)
@@ -60,7 +69,7 @@ fn saved_crashes_stay_fixed() {
         eprintln!("fuzz/regressions/{t}: {n} inputs");
         failures.extend(f);
     }
-    assert!(failures.is_empty(), "panicked on: {failures:#?}");
+    assert!(failures.is_empty(), "{failures:#?}");
 }
 
 #[test]
@@ -71,7 +80,43 @@ fn seeds_run_without_panic() {
         eprintln!("fuzz/seeds/{t}: {n} inputs");
         failures.extend(f);
     }
-    assert!(failures.is_empty(), "panicked on: {failures:#?}");
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// npyz parses `.npy` headers with a backtracking parser, exponential in the nesting
+/// depth (fuzz/regressions/input_decode/timeout-*: minutes), and allocates the declared
+/// header length first. Both are refused before npyz sees them, with a message.
+#[test]
+fn npy_hostile_headers_are_refused() {
+    let dir = root().join("fuzz/regressions/input_decode");
+    for (file, expect) in [
+        ("timeout-490d21b7-npy-nested-header", "nests brackets"),
+        ("npy_header_nested_24.npy", "nests brackets 26 deep"),
+        ("npy_v2_header_len_4g.npy", "header is 4294967280 bytes"),
+    ] {
+        let bytes = std::fs::read(dir.join(file)).unwrap();
+        let e = cnnrt::input::npy_from_bytes(&bytes).unwrap_err();
+        assert!(e.contains(expect), "{file}: {e}");
+        let e = cnnrt::input::read_npy(&dir.join(file), &[2, 3]).unwrap_err();
+        assert!(e.to_string().contains(file), "{e}");
+    }
+}
+
+/// The header checks must not refuse real files: every test input still decodes.
+#[test]
+fn real_npy_inputs_still_decode() {
+    let mut n = 0;
+    for entry in std::fs::read_dir(root().join("tests/data/models")).unwrap() {
+        let p = entry.unwrap().path().join("input.npy");
+        if p.is_file() {
+            let bytes = std::fs::read(&p).unwrap();
+            let (v, shape) = cnnrt::input::npy_from_bytes(&bytes)
+                .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            assert_eq!(v.len(), shape.iter().product::<usize>());
+            n += 1;
+        }
+    }
+    assert!(n > 10);
 }
 
 /// The committed `.cnnrt` seeds must stay valid, or the model_open fuzzer would start from
