@@ -49,7 +49,7 @@ fn check_model(bytes: &[u8]) {
     let _ = cnnrt::inspect::layer_table(g, None, &[]);
     let sample: usize = model.input_shape().iter().product();
     let out: usize = model.output_shape().iter().product();
-    if !total_elements(g).is_some_and(|t| t <= MAX_RUN_ELEMENTS) {
+    if total_elements(g).is_none_or(|t| t > MAX_RUN_ELEMENTS) {
         return;
     }
     let Ok(mut s) = model.session(SessionOptions::default()) else {
@@ -108,7 +108,7 @@ pub fn onnx_import(data: &[u8]) {
     else {
         return;
     };
-    if !total_elements(&c.graph).is_some_and(|t| t <= MAX_RUN_ELEMENTS) {
+    if total_elements(&c.graph).is_none_or(|t| t > MAX_RUN_ELEMENTS) {
         return;
     }
     let (graph, weights, notes) = c.packed_for_file();
@@ -147,11 +147,12 @@ pub fn input_decode(data: &[u8]) {
     }
 }
 
-/// `session_run`: `Session::run` on a valid model (the shipped LeNet-5) with arbitrary
-/// input bytes. The first byte picks the batch (0..=3, max_batch 3, so 0 and too-short or
-/// too-long inputs must be errors); the rest are little-endian f32s (any bits: NaN, Inf,
-/// denormals). Either a typed error or an output of `batch × 10` values.
-pub fn session_run(model: &Arc<Model>, data: &[u8]) {
+/// `session_run`: `Session::run` on a valid model (the shipped LeNet-5, in a session planned
+/// for batch 3 that is reused across inputs, as a service would) with arbitrary input bytes.
+/// The first byte picks the batch (0..=3: 0 must be an error, and so must a length that is
+/// not `batch × 784`); the rest are little-endian f32s (any bits: NaN, Inf, denormals).
+/// Either a typed error or an output of `batch × 10` values.
+pub fn session_run(session: &mut cnnrt::Session, data: &[u8]) {
     let Some((&b, rest)) = data.split_first() else {
         return;
     };
@@ -160,10 +161,14 @@ pub fn session_run(model: &Arc<Model>, data: &[u8]) {
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect();
-    let mut s = model
-        .session(SessionOptions::default().max_batch(3))
-        .expect("a session for the shipped model");
-    if let Ok(out) = s.run(&x, batch) {
+    if let Ok(out) = session.run(&x, batch) {
         assert_eq!(out.len(), batch * 10);
     }
+}
+
+/// The session [`session_run`] runs in.
+pub fn lenet_session(model: &Arc<Model>) -> cnnrt::Session {
+    model
+        .session(SessionOptions::default().max_batch(3))
+        .expect("a session for the shipped model")
 }

@@ -21,7 +21,7 @@ fn files(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
         .unwrap_or_default();
-    v.retain(|p| p.is_file() && !p.file_name().is_some_and(|n| n == "README.md"));
+    v.retain(|p| p.is_file() && p.file_name().is_none_or(|n| n != "README.md"));
     v.sort();
     v
 }
@@ -38,7 +38,7 @@ const MAX_SECONDS_PER_INPUT: f64 = 5.0;
 /// Runs `target`'s harness on every file under `fuzz/<kind>/<target>/`; returns how many ran
 /// and the ones that panicked or were too slow.
 fn replay(kind: &str, target: &str) -> (usize, Vec<String>) {
-    let model = lenet();
+    let mut session = harness::lenet_session(&lenet());
     let mut failures = Vec::new();
     let inputs = files(&root().join("fuzz").join(kind).join(target));
     for path in &inputs {
@@ -48,7 +48,7 @@ fn replay(kind: &str, target: &str) -> (usize, Vec<String>) {
             "model_open" => harness::model_open(&data),
             "onnx_import" => harness::onnx_import(&data),
             "input_decode" => harness::input_decode(&data),
-            "session_run" => harness::session_run(&model, &data),
+            "session_run" => harness::session_run(&mut session, &data),
             _ => unreachable!(),
         }));
         let secs = t0.elapsed().as_secs_f64();
