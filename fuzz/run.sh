@@ -26,7 +26,8 @@
 # Minimize it:       ... <target> -minimize_crash=1 -runs=10000 <crash file>
 #
 # Environment: FUZZ_SECONDS (per target, default 60), FUZZ_TARGETS (space-separated subset),
-# FUZZ_NICE (nice level for the fuzzing processes, default 0).
+# FUZZ_NICE (nice level for the fuzzing processes, default 0), FUZZ_CODEGEN_UNITS (passed
+# to `cargo fuzz build --codegen-units`; unset: cargo-fuzz's default of 1).
 set -euo pipefail
 cd "$(dirname "$0")"
 secs="${FUZZ_SECONDS:-60}"
@@ -58,8 +59,10 @@ copy_real() { # TARGET FILE...: real files as seeds, named after their path
 copy_real onnx_import $root/tests/data/models/*/model.onnx
 copy_real input_decode $root/models/samples/*.png $root/tests/data/models/*/input.npy
 
-echo "== build (cargo fuzz build -s none --release)"
-cargo fuzz build -s none --release
+build_args=(-s none --release)
+[ -n "${FUZZ_CODEGEN_UNITS:-}" ] && build_args+=(--codegen-units "$FUZZ_CODEGEN_UNITS")
+echo "== build (cargo fuzz build ${build_args[*]})"
+cargo fuzz build "${build_args[@]}"
 bin="target/$(rustc -vV | sed -n 's/^host: //p')/release"
 
 failed=()
