@@ -1,28 +1,98 @@
 #!/usr/bin/env bash
-# Runs every fuzz target for FUZZ_SECONDS (default 60) on stable (no sanitizer: `-s none`),
-# seeded from real files, then replays the regression corpus. Installs cargo-fuzz if needed.
+# Fuzzes every target for FUZZ_SECONDS (default 60) each, on the stable toolchain, and
+# exits non-zero if any target crashed (panic, abort, fatal signal), hit the per-input
+# timeout or the RSS limit. Works from a clean checkout: installs cargo-fuzz if missing.
+#
+# Stable, no nightly: `cargo fuzz build -s none` (cargo-fuzz 0.13.2) passes only stable
+# rustc options (-Cpasses=sancov-module, -Cllvm-args=-sanitizer-coverage-*, --cfg fuzzing,
+# -Ccodegen-units=1) and no -Z flag; the sanitizer flags are what would need nightly, and
+# `-s none` leaves them out. libfuzzer-sys compiles libFuzzer itself (needs a C++
+# compiler). The binaries are then run directly rather than through `cargo fuzz run`, so
+# the exit status and the statistics are libFuzzer's own. Without a sanitizer, a bug is
+# caught when it panics (bounds checks, unwrap, overflow in explicit checks: libfuzzer-sys
+# turns a panic into an abort) or faults; unsafe code reading out of bounds inside a
+# mapping would go unnoticed, which is what tests/safety_comments.rs and review cover.
+#
+# Layout (all under fuzz/):
+#   seeds/<target>/        small committed seeds (regenerate: cargo test --test
+#                          fuzz_regressions -- --ignored write_seeds), plus real files this
+#                          script copies in from models/ and tests/data/models/
+#   regressions/<target>/  every input that ever crashed, kept after its fix; replayed here
+#                          and by `cargo test --test fuzz_regressions` (no cargo-fuzz needed)
+#   corpus/<target>/       the growing working corpus (not committed)
+#   artifacts/<target>/    crash-*, timeout-*, oom-* inputs (not committed)
+#   logs/<target>.log      libFuzzer's full output (not committed)
+# Reproduce a crash: fuzz/target/<host triple>/release/<target> fuzz/artifacts/<target>/crash-...
+# Minimize it:       ... <target> -minimize_crash=1 -runs=10000 <crash file>
+#
+# Environment: FUZZ_SECONDS (per target, default 60), FUZZ_TARGETS (space-separated subset),
+# FUZZ_NICE (nice level for the fuzzing processes, default 0), FUZZ_CODEGEN_UNITS (passed
+# to `cargo fuzz build --codegen-units`; unset: cargo-fuzz's default of 1).
 set -euo pipefail
 cd "$(dirname "$0")"
 secs="${FUZZ_SECONDS:-60}"
-command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked --version 0.13.2
+targets=(${FUZZ_TARGETS:-model_open onnx_import input_decode session_run})
+nice_level="${FUZZ_NICE:-0}"
+
+if ! command -v cargo-fuzz >/dev/null 2>&1; then
+  echo "== installing cargo-fuzz 0.13.2"
+  cargo install cargo-fuzz --locked --version 0.13.2
+fi
+
+echo "== seeds"
 root=..
-mkdir -p corpus/model_open corpus/onnx_import corpus/input_decode corpus/session_run
-cp -f $root/models/*.cnnrt corpus/model_open/ 2>/dev/null || true
-for f in $root/models/*.onnx $root/tests/data/models/*/model.onnx; do
-  [ -f "$f" ] && cp -f "$f" "corpus/onnx_import/$(echo "$f" | tr '/' '_')"
+for t in "${targets[@]}"; do
+  mkdir -p "corpus/$t" "artifacts/$t" logs
+  for f in seeds/"$t"/*; do
+    [ -f "$f" ] && cp -f "$f" "corpus/$t/"
+  done
 done
-cp -f $root/models/samples/*.png corpus/input_decode/ 2>/dev/null || true
-for f in $root/tests/data/models/*/input.npy; do
-  [ -f "$f" ] && cp -f "$f" "corpus/input_decode/$(echo "$f" | tr '/' '_')"
-done
-cargo fuzz build -s none --release
-for t in model_open onnx_import input_decode session_run; do
+copy_real() { # TARGET FILE...: real files as seeds, named after their path
+  local t="$1"
+  shift
+  [ -d "corpus/$t" ] || return 0
+  for f in "$@"; do
+    [ -f "$f" ] && cp -f "$f" "corpus/$t/$(echo "${f#../}" | tr '/' '_')"
+  done
+  return 0
+}
+copy_real onnx_import $root/tests/data/models/*/model.onnx
+copy_real input_decode $root/models/samples/*.png $root/tests/data/models/*/input.npy
+
+build_args=(-s none --release)
+[ -n "${FUZZ_CODEGEN_UNITS:-}" ] && build_args+=(--codegen-units "$FUZZ_CODEGEN_UNITS")
+echo "== build (cargo fuzz build ${build_args[*]})"
+cargo fuzz build "${build_args[@]}"
+bin="target/$(rustc -vV | sed -n 's/^host: //p')/release"
+
+failed=()
+summary=()
+for t in "${targets[@]}"; do
   echo "== fuzz $t for ${secs}s"
-  seeds=()
-  [ -d "regressions/$t" ] && seeds+=("regressions/$t")
-  cargo fuzz run -s none --release "$t" "corpus/$t" "${seeds[@]}" -- \
-    -max_total_time="$secs" -rss_limit_mb=2048 -max_len=1048576 -print_final_stats=1 2>&1 \
-    | grep -E "^(#[0-9]+ *DONE|stat::number_of_executed_units|stat::peak_rss|==|INFO: seed corpus)" || true
-  # grep hides libFuzzer's chatter; a crash makes cargo fuzz exit non-zero:
-  test "${PIPESTATUS[0]}" -eq 0
+  dirs=("corpus/$t")
+  [ -d "regressions/$t" ] && dirs+=("regressions/$t")
+  rc=0
+  # First directory: the corpus libFuzzer adds to; the others are read (and so replayed).
+  nice -n "$nice_level" "$bin/$t" "${dirs[@]}" \
+    -max_total_time="$secs" -timeout=30 -rss_limit_mb=2048 -max_len=262144 \
+    -artifact_prefix="artifacts/$t/" -print_final_stats=1 >"logs/$t.log" 2>&1 || rc=$?
+  grep -E "^(INFO: seed corpus|Done [0-9]+ runs)" "logs/$t.log" || true
+  runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "logs/$t.log" | tail -1)
+  rss=$(sed -n 's/^stat::peak_rss_mb: *//p' "logs/$t.log" | tail -1)
+  line="$t: ${runs:-?} executions, peak RSS ${rss:-?} MB, corpus $(ls "corpus/$t" | wc -l) files"
+  if [ "$rc" -ne 0 ]; then
+    failed+=("$t")
+    line="$line, FAILED (exit $rc)"
+    echo "-- $t failed (exit $rc); end of logs/$t.log:"
+    tail -n 80 "logs/$t.log"
+    ls -l "artifacts/$t/"
+  fi
+  summary+=("$line")
 done
+
+echo "== fuzz summary (${secs}s per target)"
+printf '%s\n' "${summary[@]}"
+if [ "${#failed[@]}" -ne 0 ]; then
+  echo "FUZZ FAILURE in: ${failed[*]} (inputs in fuzz/artifacts/<target>/; fix, then add them to fuzz/regressions/<target>/)"
+  exit 1
+fi

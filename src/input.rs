@@ -43,6 +43,7 @@ pub fn read_npy(path: &Path, sample_shape: &[usize]) -> Result<InputBatch> {
 
 /// Decodes a float32 `.npy` (C order) from memory, checking its size before allocating.
 pub fn npy_from_bytes(bytes: &[u8]) -> std::result::Result<(Vec<f32>, Vec<usize>), String> {
+    check_npy_header(bytes)?;
     let npy = npyz::NpyFile::new(bytes).map_err(|e| format!("not a readable .npy file: {e}"))?;
     let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
     if npy.order() != npyz::Order::C {
@@ -70,6 +71,61 @@ pub fn npy_from_bytes(bytes: &[u8]) -> std::result::Result<(Vec<f32>, Vec<usize>
         ));
     }
     Ok((data, shape))
+}
+
+/// Longest `.npy` header accepted (numpy's own default `max_header_size`).
+const MAX_NPY_HEADER: usize = 10_000;
+/// Deepest bracket nesting accepted in a `.npy` header. A float32 array's header needs 2
+/// (the dict and its shape tuple).
+const MAX_NPY_HEADER_DEPTH: usize = 4;
+
+/// Checks what npyz does not before it parses the header: the header's declared length
+/// (npyz allocates it before reading, up to 4 GiB for a version 2 header), and its bracket
+/// nesting (npyz parses the header, a Python literal, with a backtracking parser whose time
+/// doubles with every level: 20 nested `[` take minutes). Anything that is not a `.npy`
+/// preamble is left for npyz to report.
+fn check_npy_header(bytes: &[u8]) -> std::result::Result<(), String> {
+    if bytes.len() < 10 || !bytes.starts_with(b"\x93NUMPY") {
+        return Ok(());
+    }
+    let (len, start) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        2 | 3 if bytes.len() >= 12 => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
+        _ => return Ok(()),
+    };
+    if len > MAX_NPY_HEADER {
+        return Err(format!(
+            "the .npy header is {len} bytes (at most {MAX_NPY_HEADER})"
+        ));
+    }
+    let header = bytes.get(start..start + len).ok_or_else(|| {
+        format!(
+            "the .npy header is {len} bytes but the file ends after {}",
+            bytes.len() - start
+        )
+    })?;
+    // Brackets inside strings count too: that can only over-count, and float32 headers
+    // have none there.
+    let (mut depth, mut max_depth) = (0usize, 0usize);
+    for &c in header {
+        match c {
+            b'[' | b'(' | b'{' => {
+                depth += 1;
+                max_depth = max_depth.max(depth);
+            }
+            b']' | b')' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    if max_depth > MAX_NPY_HEADER_DEPTH {
+        return Err(format!(
+            "the .npy header nests brackets {max_depth} deep (at most {MAX_NPY_HEADER_DEPTH}; a float32 array needs 2)"
+        ));
+    }
+    Ok(())
 }
 
 /// Writes a float32 `.npy` file.

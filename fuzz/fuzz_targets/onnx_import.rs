@@ -1,7 +1,8 @@
-//! The ONNX importer and converter passes on arbitrary bytes.
+//! The ONNX importer, converter passes, weight packing and writer on arbitrary bytes.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    let _ = cnnrt::convert::convert_onnx(data, &cnnrt::convert::ConvertOptions::default());
-});
+#[path = "../harness.rs"]
+mod harness;
+
+fuzz_target!(|data: &[u8]| harness::onnx_import(data));
