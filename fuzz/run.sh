@@ -5,13 +5,16 @@
 #
 # Stable, no nightly: `cargo fuzz build -s none` (cargo-fuzz 0.13.2) passes only stable
 # rustc options (-Cpasses=sancov-module, -Cllvm-args=-sanitizer-coverage-*, --cfg fuzzing,
-# -Ccodegen-units=1) and no -Z flag; the sanitizer flags are what would need nightly, and
+# -Ccodegen-units) and no -Z flag; the sanitizer flags are what would need nightly, and
 # `-s none` leaves them out. libfuzzer-sys compiles libFuzzer itself (needs a C++
 # compiler). The binaries are then run directly rather than through `cargo fuzz run`, so
-# the exit status and the statistics are libFuzzer's own. Without a sanitizer, a bug is
-# caught when it panics (bounds checks, unwrap, overflow in explicit checks: libfuzzer-sys
-# turns a panic into an abort) or faults; unsafe code reading out of bounds inside a
-# mapping would go unnoticed, which is what tests/safety_comments.rs and review cover.
+# the exit status and the statistics are libFuzzer's own (by hand, `cargo fuzz run -s none
+# --codegen-units 16 <target>` reuses this build). Without a sanitizer, a bug is caught
+# when it panics (bounds checks, unwrap, assertions; libfuzzer-sys turns a panic into an
+# abort), faults, or runs past the timeout / RSS limit; release builds wrap on integer
+# overflow (`cargo fuzz build -s none -a` adds overflow checks and debug assertions), and
+# unsafe code reading out of bounds without faulting goes unnoticed (that is what
+# tests/safety_comments.rs and review cover).
 #
 # Layout (all under fuzz/):
 #   seeds/<target>/        small committed seeds (regenerate: cargo test --test
@@ -25,9 +28,14 @@
 # Reproduce a crash: fuzz/target/<host triple>/release/<target> fuzz/artifacts/<target>/crash-...
 # Minimize it:       ... <target> -minimize_crash=1 -runs=10000 <crash file>
 #
+# Build time (CI has 2 cores and no cache, so this step is mostly compiling): cargo-fuzz is
+# installed as a debug build (it only drives cargo; saves about 45 CPU-seconds), and the
+# targets are built with 16 codegen units instead of cargo-fuzz's 1, so that the big cnnrt
+# crate compiles on both cores: measured on the corpus, that costs 0-35% executions per
+# second. For long local campaigns use FUZZ_CODEGEN_UNITS=1.
+#
 # Environment: FUZZ_SECONDS (per target, default 60), FUZZ_TARGETS (space-separated subset),
-# FUZZ_NICE (nice level for the fuzzing processes, default 0), FUZZ_CODEGEN_UNITS (passed
-# to `cargo fuzz build --codegen-units`; unset: cargo-fuzz's default of 1).
+# FUZZ_NICE (nice level for the fuzzing processes, default 0), FUZZ_CODEGEN_UNITS (default 16).
 set -euo pipefail
 cd "$(dirname "$0")"
 secs="${FUZZ_SECONDS:-60}"
@@ -36,7 +44,7 @@ nice_level="${FUZZ_NICE:-0}"
 
 if ! command -v cargo-fuzz >/dev/null 2>&1; then
   echo "== installing cargo-fuzz 0.13.2"
-  cargo install cargo-fuzz --locked --version 0.13.2
+  cargo install cargo-fuzz --locked --version 0.13.2 --debug
 fi
 
 echo "== seeds"
@@ -59,8 +67,7 @@ copy_real() { # TARGET FILE...: real files as seeds, named after their path
 copy_real onnx_import $root/tests/data/models/*/model.onnx
 copy_real input_decode $root/models/samples/*.png $root/tests/data/models/*/input.npy
 
-build_args=(-s none --release)
-[ -n "${FUZZ_CODEGEN_UNITS:-}" ] && build_args+=(--codegen-units "$FUZZ_CODEGEN_UNITS")
+build_args=(-s none --release --codegen-units "${FUZZ_CODEGEN_UNITS:-16}")
 echo "== build (cargo fuzz build ${build_args[*]})"
 cargo fuzz build "${build_args[@]}"
 bin="target/$(rustc -vV | sed -n 's/^host: //p')/release"
