@@ -35,12 +35,16 @@
 # second. For long local campaigns use FUZZ_CODEGEN_UNITS=1.
 #
 # Environment: FUZZ_SECONDS (per target, default 60), FUZZ_TARGETS (space-separated subset),
-# FUZZ_NICE (nice level for the fuzzing processes, default 0), FUZZ_CODEGEN_UNITS (default 16).
+# FUZZ_NICE (nice level for the fuzzing processes, default 0), FUZZ_CODEGEN_UNITS (default
+# 16), FUZZ_JOBS (targets fuzzed at once, default: the number of CPUs; each target still
+# gets FUZZ_SECONDS of its own, single-threaded, so on CI's 2 cores the 4 targets take
+# 2 × FUZZ_SECONDS).
 set -euo pipefail
 cd "$(dirname "$0")"
 secs="${FUZZ_SECONDS:-60}"
 targets=(${FUZZ_TARGETS:-model_open onnx_import input_decode session_run})
 nice_level="${FUZZ_NICE:-0}"
+jobs="${FUZZ_JOBS:-$(nproc 2>/dev/null || echo 1)}"
 
 if ! command -v cargo-fuzz >/dev/null 2>&1; then
   echo "== installing cargo-fuzz 0.13.2"
@@ -72,22 +76,39 @@ echo "== build (cargo fuzz build ${build_args[*]})"
 cargo fuzz build "${build_args[@]}"
 bin="target/$(rustc -vV | sed -n 's/^host: //p')/release"
 
-failed=()
-summary=()
-for t in "${targets[@]}"; do
-  echo "== fuzz $t for ${secs}s"
-  dirs=("corpus/$t")
+fuzz_one() { # TARGET: runs it, leaves logs/TARGET.log and logs/TARGET.rc
+  local t="$1" rc=0
+  local dirs=("corpus/$t")
   [ -d "regressions/$t" ] && dirs+=("regressions/$t")
-  rc=0
   # First directory: the corpus libFuzzer adds to; the others are read (and so replayed).
   nice -n "$nice_level" "$bin/$t" "${dirs[@]}" \
     -max_total_time="$secs" -timeout=30 -rss_limit_mb=2048 -max_len=262144 \
     -artifact_prefix="artifacts/$t/" -print_final_stats=1 >"logs/$t.log" 2>&1 || rc=$?
-  grep -E "^(INFO: seed corpus|Done [0-9]+ runs)" "logs/$t.log" || true
+  echo "$rc" >"logs/$t.rc"
+}
+
+# Each target runs single-threaded for $secs; up to $jobs of them at once.
+running=0
+for t in "${targets[@]}"; do
+  if [ "$running" -ge "$jobs" ]; then
+    wait -n || true
+    running=$((running - 1))
+  fi
+  rm -f "logs/$t.rc"
+  echo "== fuzz $t for ${secs}s"
+  fuzz_one "$t" &
+  running=$((running + 1))
+done
+wait
+
+failed=()
+summary=()
+for t in "${targets[@]}"; do
+  rc=$(cat "logs/$t.rc" 2>/dev/null || echo "?")
   runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "logs/$t.log" | tail -1)
   rss=$(sed -n 's/^stat::peak_rss_mb: *//p' "logs/$t.log" | tail -1)
   line="$t: ${runs:-?} executions, peak RSS ${rss:-?} MB, corpus $(ls "corpus/$t" | wc -l) files"
-  if [ "$rc" -ne 0 ]; then
+  if [ "$rc" != 0 ]; then
     failed+=("$t")
     line="$line, FAILED (exit $rc)"
     echo "-- $t failed (exit $rc); end of logs/$t.log:"
@@ -97,7 +118,7 @@ for t in "${targets[@]}"; do
   summary+=("$line")
 done
 
-echo "== fuzz summary (${secs}s per target)"
+echo "== fuzz summary (${secs}s per target, $jobs at a time)"
 printf '%s\n' "${summary[@]}"
 if [ "${#failed[@]}" -ne 0 ]; then
   echo "FUZZ FAILURE in: ${failed[*]} (inputs in fuzz/artifacts/<target>/; fix, then add them to fuzz/regressions/<target>/)"
