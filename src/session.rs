@@ -143,6 +143,7 @@ fn plan_kernels(
     model: &Model,
     isa: Isa,
     max_batch: usize,
+    threads: usize,
     owned: &mut Vec<Vec<f32>>,
 ) -> Result<Vec<NodeKernel>> {
     let graph = model.graph();
@@ -162,7 +163,7 @@ fn plan_kernels(
                 let (ins, outs) = (spatial(in_shape), spatial(out_shape));
                 match graph.weights[c.weight].layout {
                     WeightLayout::ConvGemm => {
-                        gemm_conv(isa, c, ins, outs, Packed::InFile(c.weight))
+                        gemm_conv(isa, c, ins, outs, threads, Packed::InFile(c.weight))
                     }
                     WeightLayout::Plain => match DepthwiseKernel::new(isa, c, ins, outs) {
                         Some(kernel) => NodeKernel::Depthwise {
@@ -175,7 +176,7 @@ fn plan_kernels(
                             let mut packed = vec![0.0; kernel.packed_weight_len()];
                             kernel.pack_weights(model.weight(c.weight), &mut packed);
                             owned.push(packed);
-                            gemm_conv(isa, c, ins, outs, Packed::Owned(owned.len() - 1))
+                            gemm_conv(isa, c, ins, outs, threads, Packed::Owned(owned.len() - 1))
                         }
                     },
                     WeightLayout::WinogradF4x4 | WeightLayout::WinogradF2x2 => {
@@ -294,8 +295,6 @@ impl Session {
                     limits::MAX_WORKSPACE_BYTES
                 ))
             })?;
-        let mut owned = Vec::new();
-        let kernels = plan_kernels(&model, isa, options.max_batch, &mut owned)?;
         let pool = match &options.threads {
             Threads::Caller => None,
             Threads::Pool(p) => Some(p.clone()),
@@ -313,6 +312,8 @@ impl Session {
             p.broadcast(|_| crate::simd::set_flush_denormals());
         }
         let slots = pool.as_ref().map_or(1, |p| p.current_num_threads()).max(1);
+        let mut owned = Vec::new();
+        let kernels = plan_kernels(&model, isa, options.max_batch, slots, &mut owned)?;
         let scratch_per_slot = kernels
             .iter()
             .map(NodeKernel::scratch_len)
@@ -520,25 +521,20 @@ impl Session {
                     weight,
                     bias,
                 } => {
-                    let scratch = &mut self.scratch[..kernel.scratch_len()];
-                    kernel.run(
+                    parallel::linear(
+                        kernel,
+                        self.slots,
                         packed(*weight),
                         bias.map(|b| model.weight(b)),
                         ins[0],
                         n,
                         ins.get(1).copied(),
                         out,
-                        scratch,
+                        &mut self.scratch,
                     );
                 }
-                NodeKernel::Pool(k) => {
-                    for s in 0..n {
-                        k.run(
-                            &ins[0][s * sample_in..(s + 1) * sample_in],
-                            &mut out[s * sample_out..(s + 1) * sample_out],
-                        );
-                    }
-                }
+                // Every sample's planes at once: they are independent.
+                NodeKernel::Pool(k) => parallel::pool(k, self.slots, ins[0], out),
                 NodeKernel::Vector => run_vector(isa, graph, i, model, ins, n, out),
                 NodeKernel::Copy => out.copy_from_slice(ins[0]),
                 NodeKernel::Reference => reference::run_node_into(graph, i, model, ins, n, out),
@@ -551,9 +547,16 @@ impl Session {
 }
 
 /// The GEMM kernel for a convolution whose weights are `conv_gemm`-packed at `weight`.
-fn gemm_conv(isa: Isa, c: &Conv, ins: [usize; 3], outs: [usize; 3], weight: Packed) -> NodeKernel {
+fn gemm_conv(
+    isa: Isa,
+    c: &Conv,
+    ins: [usize; 3],
+    outs: [usize; 3],
+    threads: usize,
+    weight: Packed,
+) -> NodeKernel {
     NodeKernel::Conv {
-        kernel: ConvKernel::new(isa, c, ins, outs),
+        kernel: ConvKernel::new(isa, c, ins, outs).split_for_threads(threads),
         weight,
         bias: c.bias,
     }

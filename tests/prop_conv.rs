@@ -257,6 +257,33 @@ fn check_conv(isa: Isa, case: &Case, algorithm: Option<&str>) -> Result<(), Test
             kernel.tiles()
         );
     }
+
+    // The tiles planned for several threads cover the output the same way, bit for bit.
+    for threads in [2, 3, 4] {
+        let split = kernel.clone().split_for_threads(threads);
+        let mut tiled = vec![f32::NAN; n_out];
+        let mut scr = vec![0.0; split.scratch_len()];
+        for t in (0..split.tiles()).rev() {
+            split.run_tile(
+                &packed,
+                bias.as_deref(),
+                &x[..n_in],
+                r0,
+                &mut tiled,
+                &mut scr,
+                t,
+            );
+        }
+        let same = tiled
+            .iter()
+            .zip(&got[..n_out])
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        prop_assert!(
+            same,
+            "{isa}: {threads}-thread tiles differ from run; {} tiles",
+            split.tiles()
+        );
+    }
     Ok(())
 }
 

@@ -1,20 +1,24 @@
 //! Running a kernel's independent tiles on the current rayon pool.
 //!
-//! Tiles are dealt to `slots` workers round-robin; each worker owns one slice of the
-//! scratch buffer. Every tile computes whole output elements in a fixed order, so the
+//! Workers claim tiles from a shared counter; each worker owns one slice of the scratch
+//! buffer. Every tile computes whole output elements in a fixed order, so the
 //! result is bit-identical for any number of slots. Nothing here allocates.
 
 use rayon::prelude::*;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::kernels::conv::ConvKernel;
 use crate::kernels::depthwise::DepthwiseKernel;
 use crate::kernels::gemm::SharedOut;
+use crate::kernels::linear::LinearKernel;
+use crate::kernels::pool::PoolKernel;
 use crate::kernels::winograd::WinogradKernel;
 
 /// A convolution whose work splits into independent tiles (GEMM-based and Winograd).
 pub trait TiledConv: Sync {
     fn tiles(&self) -> usize;
     fn scratch_len(&self) -> usize;
+    fn flops(&self) -> u64;
     fn run(
         &self,
         packed: &[f32],
@@ -47,6 +51,9 @@ macro_rules! tiled_conv {
             }
             fn scratch_len(&self) -> usize {
                 <$t>::scratch_len(self)
+            }
+            fn flops(&self) -> u64 {
+                <$t>::flops(self)
             }
             fn run(
                 &self,
@@ -95,9 +102,9 @@ pub fn run_tiles(
     scratch: &mut [f32],
 ) {
     let tiles = kernel.tiles();
-    let per = kernel.scratch_len().max(1);
+    let per = kernel.scratch_len();
     let slots = slots.min(tiles).max(1);
-    if slots == 1 {
+    if slots == 1 || kernel.flops() < MIN_PARALLEL_FLOPS {
         kernel.run(
             packed,
             bias,
@@ -113,18 +120,48 @@ pub fn run_tiles(
         "conv: scratch for {slots} slots"
     );
     let shared = SharedOut::new(out);
-    scratch[..slots * per]
-        .par_chunks_mut(per)
-        .enumerate()
-        .for_each(|(slot, scr)| {
-            crate::simd::set_flush_denormals();
-            for tile in (slot..tiles).step_by(slots) {
-                // SAFETY: each tile index runs exactly once (tiles are dealt round-robin to
-                // distinct slots), tiles write disjoint parts of `out`, and `out` is read only
-                // after for_each returns; each slot has its own scratch slice.
-                unsafe { kernel.run_tile_shared(packed, bias, x, residual, shared, scr, tile) };
+    for_tiles(
+        slots,
+        tiles,
+        &mut scratch[..slots * per],
+        per,
+        |scr, tile| {
+            // SAFETY: `for_tiles` runs each tile index exactly once, tiles write disjoint parts
+            // of `out`, and `out` is read only after it returns; each slot has its own scratch.
+            unsafe { kernel.run_tile_shared(packed, bias, x, residual, shared, scr, tile) };
+        },
+    );
+}
+
+/// Runs `f(scratch_of_slot, tile)` for every `tile < tiles` on `slots` workers of the
+/// current pool. Workers claim tiles one at a time from a shared counter, so unequal tiles
+/// or a late worker do not leave the others idle; which worker runs a tile never changes
+/// its result (the kernels compute each output element the same way in any tile order).
+/// `scratch` holds `slots × per` floats (`per` may be 0). Sets FTZ/DAZ on every worker.
+/// No allocation.
+pub fn for_tiles(
+    slots: usize,
+    tiles: usize,
+    scratch: &mut [f32],
+    per: usize,
+    f: impl Fn(&mut [f32], usize) + Sync,
+) {
+    let next = AtomicUsize::new(0);
+    let work = |scr: &mut [f32]| {
+        crate::simd::set_flush_denormals();
+        loop {
+            let tile = next.fetch_add(1, Ordering::Relaxed);
+            if tile >= tiles {
+                break;
             }
-        });
+            f(scr, tile);
+        }
+    };
+    if per == 0 {
+        (0..slots).into_par_iter().for_each(|_| work(&mut []));
+    } else {
+        scratch[..slots * per].par_chunks_mut(per).for_each(work);
+    }
 }
 
 /// Depthwise convolution of one sample, channels split into contiguous blocks over
@@ -156,3 +193,62 @@ pub fn depthwise_channels(
             kernel.run_channels(c0..c1, weights, bias, x, r, o);
         });
 }
+
+/// A fully connected layer (all `n` batch rows), blocks of output features over `slots`
+/// workers. `scratch` holds `slots × kernel.scratch_len()` floats.
+#[allow(clippy::too_many_arguments)]
+pub fn linear(
+    kernel: &LinearKernel,
+    slots: usize,
+    packed: &[f32],
+    bias: Option<&[f32]>,
+    x: &[f32],
+    n: usize,
+    residual: Option<&[f32]>,
+    out: &mut [f32],
+    scratch: &mut [f32],
+) {
+    let tiles = kernel.tiles();
+    let per = kernel.scratch_len();
+    let slots = slots.min(tiles).max(1);
+    if slots == 1 || kernel.flops(n) < MIN_PARALLEL_FLOPS {
+        kernel.run(packed, bias, x, n, residual, out, &mut scratch[..per]);
+        return;
+    }
+    let shared = SharedOut::new(out);
+    for_tiles(
+        slots,
+        tiles,
+        &mut scratch[..slots * per],
+        per,
+        |scr, tile| {
+            // SAFETY: `for_tiles` runs each tile index exactly once, tiles write disjoint
+            // output features, `out` is read only after it returns; scratch is per slot.
+            unsafe { kernel.run_tile_shared(packed, bias, x, n, residual, shared, scr, tile) };
+        },
+    );
+}
+
+/// Pooling of whole planes (`x`: `p` input planes, `out`: `p` output planes), contiguous
+/// blocks of planes over `slots` workers when there is enough of it.
+pub fn pool(kernel: &PoolKernel, slots: usize, x: &[f32], out: &mut [f32]) {
+    let (isz, osz) = kernel.plane_sizes();
+    let planes = out.len() / osz.max(1);
+    if slots <= 1 || planes < 2 || x.len() < MIN_PARALLEL_ELEMS {
+        kernel.run_planes(x, out);
+        return;
+    }
+    let per = planes.div_ceil(slots.min(planes));
+    out.par_chunks_mut(per * osz)
+        .zip(x.par_chunks(per * isz))
+        .for_each(|(o, xi)| {
+            crate::simd::set_flush_denormals();
+            kernel.run_planes(xi, o)
+        });
+}
+
+/// Below this many FLOPs a layer runs on the calling thread: waking a worker costs
+/// more than it saves.
+pub const MIN_PARALLEL_FLOPS: u64 = 1 << 20;
+/// The same for memory-bound layers, in input elements.
+pub const MIN_PARALLEL_ELEMS: usize = 1 << 15;

@@ -116,13 +116,34 @@ impl PoolKernel {
 
     /// Pools one sample: `x` is `[C, H, W]`, `out` `[C, OH, OW]`.
     pub fn run(&self, x: &[f32], out: &mut [f32]) {
-        let (rows, cols) = (self.rows, self.cols);
-        let (isz, osz) = (rows.input * cols.input, rows.output * cols.output);
+        let (isz, osz) = self.plane_sizes();
         assert_eq!(x.len(), self.channels * isz, "input");
         assert_eq!(out.len(), self.channels * osz, "output");
+        self.run_planes(x, out);
+    }
+
+    /// Elements of one input plane and of one output plane.
+    pub fn plane_sizes(&self) -> (usize, usize) {
+        (
+            self.rows.input * self.cols.input,
+            self.rows.output * self.cols.output,
+        )
+    }
+
+    /// Pools any number of whole planes (a block of channels, or several samples):
+    /// `x` holds `p` input planes and `out` `p` output planes.
+    pub fn run_planes(&self, x: &[f32], out: &mut [f32]) {
+        let (isz, osz) = self.plane_sizes();
+        let planes = x.len() / isz.max(1);
+        assert_eq!(x.len(), planes * isz, "input: whole planes");
+        assert_eq!(
+            out.len(),
+            planes * osz,
+            "output: as many planes as the input"
+        );
         let (xp, op) = (x.as_ptr(), out.as_mut_ptr());
         dispatch!(self.isa, |s| {
-            for ch in 0..self.channels {
+            for ch in 0..planes {
                 // SAFETY: the asserted lengths hold plane `ch` of input and output.
                 unsafe { plane(s, self, xp.add(ch * isz), op.add(ch * osz)) }
             }

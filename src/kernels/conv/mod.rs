@@ -84,6 +84,53 @@ const MIN_MC: usize = 96;
 /// Tiles per group the split aims for, so that small-N layers still parallelize.
 const WANT_TILES: usize = 4;
 
+/// Tiles of one group's `cog × n` output: `(mc, m_tiles, nc, n_tiles)`.
+///
+/// One worker: N blocks of a packed B block of about 256 KiB (L2), and output channels
+/// split only when there are fewer than [`WANT_TILES`] blocks (for callers that run the
+/// tiles themselves). Several workers: the tiles of all groups must share out evenly,
+/// so N is cut into a multiple of `threads` blocks of equal width (in whole micro-kernel
+/// columns), or, when that leaves a block much narrower than the others, the output
+/// channels are cut into `threads` blocks instead (B is then packed once per block).
+fn split(
+    g: usize,
+    cog: usize,
+    n: usize,
+    kc: usize,
+    nr: usize,
+    threads: usize,
+) -> (usize, usize, usize, usize) {
+    let nc = choose_nc(n, kc, nr, 256 << 10);
+    let n_tiles = n.div_ceil(nc).max(1);
+    let m_split = |parts: usize| {
+        let mc = cog.div_ceil(parts).div_ceil(MR_PACK) * MR_PACK;
+        (mc.min(cog.max(1)), cog.div_ceil(mc).max(1))
+    };
+    if threads <= 1 {
+        let (mut mc, mut m_tiles) = (cog.max(1), 1);
+        if n_tiles < WANT_TILES && g < WANT_TILES && cog >= 2 * MIN_MC {
+            (mc, m_tiles) = m_split(WANT_TILES.div_ceil(n_tiles).min(cog / MIN_MC).max(1));
+        }
+        return (mc, m_tiles, nc, n_tiles);
+    }
+    // Enough groups to share out as they are (workers claim tiles dynamically).
+    if g % threads == 0 || g >= 4 * threads {
+        return (cog.max(1), 1, nc, n_tiles);
+    }
+    let parts = n_tiles.div_ceil(threads) * threads;
+    let nc_even = n.div_ceil(parts).div_ceil(nr) * nr;
+    let tiles_even = n.div_ceil(nc_even);
+    let last = n - (tiles_even - 1) * nc_even;
+    if tiles_even % threads == 0 && 4 * last >= 3 * nc_even {
+        return (cog.max(1), 1, nc_even, tiles_even);
+    }
+    if cog >= 2 * threads * MR_PACK {
+        let (mc, m_tiles) = m_split(threads);
+        return (mc, m_tiles, nc, n_tiles);
+    }
+    (cog.max(1), 1, nc_even, tiles_even)
+}
+
 impl ConvKernel {
     /// Plans `conv` for `isa` (clamped to what this CPU supports) on a `[c, h, w]` input
     /// producing `out_shape`.
@@ -177,14 +224,7 @@ impl ConvKernel {
         let k = cig * kh * kw;
         let n = oh * ow;
         let kc = choose_kc(k);
-        let nc = choose_nc(n, kc, u.nr, 256 << 10);
-        let n_tiles = n.div_ceil(nc).max(1);
-        let mut mc = cog.max(1);
-        if n_tiles < WANT_TILES && g < WANT_TILES && cog >= 2 * MIN_MC {
-            let split = WANT_TILES.div_ceil(n_tiles).min(cog / MIN_MC).max(1);
-            mc = cog.div_ceil(split).div_ceil(MR_PACK) * MR_PACK;
-        }
-        let m_tiles = cog.div_ceil(mc).max(1);
+        let (mc, m_tiles, nc, n_tiles) = split(g, cog, n, kc, u.nr, 1);
         ConvKernel {
             isa: u.isa,
             algo,
@@ -228,6 +268,16 @@ impl ConvKernel {
             Algo::Gemm1x1Packed => "gemm1x1_packed",
             Algo::Im2col => "im2col_gemm",
         }
+    }
+
+    /// Re-plans the tiles for `threads` workers: tile counts that divide evenly among
+    /// them (N blocks first, output-channel blocks when N is too small to split). The
+    /// results are bit-identical for any split (module doc); only the speed changes.
+    pub fn split_for_threads(mut self, threads: usize) -> ConvKernel {
+        let nr = ukr(self.isa).nr;
+        (self.mc, self.m_tiles, self.nc, self.n_tiles) =
+            split(self.groups, self.cog, self.n, self.kc, nr, threads.max(1));
+        self
     }
 
     /// Multiply-adds times two for one sample.
