@@ -472,12 +472,18 @@ impl Session {
                     bias,
                 } => {
                     let (w, b) = (packed(*weight), bias.map(|b| model.weight(b)));
-                    for s in 0..n {
-                        let x = &ins[0][s * sample_in..(s + 1) * sample_in];
-                        let r = ins.get(1).map(|r| &r[s * sample_out..(s + 1) * sample_out]);
-                        let o = &mut out[s * sample_out..(s + 1) * sample_out];
-                        parallel::run_tiles(kernel, self.slots, w, b, x, r, o, &mut self.scratch);
-                    }
+                    let r = ins.get(1).copied();
+                    parallel::run_tiles_batch(
+                        kernel,
+                        self.slots,
+                        n,
+                        w,
+                        b,
+                        ins[0],
+                        r,
+                        out,
+                        &mut self.scratch,
+                    );
                 }
                 NodeKernel::Winograd {
                     kernel,
@@ -485,12 +491,18 @@ impl Session {
                     bias,
                 } => {
                     let (w, b) = (model.weight(*weight), bias.map(|b| model.weight(b)));
-                    for s in 0..n {
-                        let x = &ins[0][s * sample_in..(s + 1) * sample_in];
-                        let r = ins.get(1).map(|r| &r[s * sample_out..(s + 1) * sample_out]);
-                        let o = &mut out[s * sample_out..(s + 1) * sample_out];
-                        parallel::run_tiles(kernel, self.slots, w, b, x, r, o, &mut self.scratch);
-                    }
+                    let r = ins.get(1).copied();
+                    parallel::run_tiles_batch(
+                        kernel,
+                        self.slots,
+                        n,
+                        w,
+                        b,
+                        ins[0],
+                        r,
+                        out,
+                        &mut self.scratch,
+                    );
                 }
                 NodeKernel::Depthwise {
                     kernel,

@@ -133,6 +133,73 @@ pub fn run_tiles(
     );
 }
 
+/// [`run_tiles`] for a batch of `n` samples (`x`: `n` samples of `x.len() / n`, `out` and
+/// `residual`: `n` of `out.len() / n`) in one parallel region: the tiles of every sample
+/// are shared out together, so small layers still fill the workers and there is one
+/// hand-off per layer instead of one per sample.
+#[allow(clippy::too_many_arguments)]
+pub fn run_tiles_batch(
+    kernel: &impl TiledConv,
+    slots: usize,
+    n: usize,
+    packed: &[f32],
+    bias: Option<&[f32]>,
+    x: &[f32],
+    residual: Option<&[f32]>,
+    out: &mut [f32],
+    scratch: &mut [f32],
+) {
+    let n = n.max(1);
+    let (sin, sout) = (x.len() / n, out.len() / n);
+    assert!(
+        x.len() == n * sin && out.len() == n * sout,
+        "conv: batch lengths"
+    );
+    let per_sample = kernel.tiles();
+    let tiles = n * per_sample;
+    let slots = slots.min(tiles).max(1);
+    if n == 1 || slots == 1 || kernel.flops() < MIN_PARALLEL_FLOPS {
+        for s in 0..n {
+            run_tiles(
+                kernel,
+                slots,
+                packed,
+                bias,
+                &x[s * sin..(s + 1) * sin],
+                residual.map(|r| &r[s * sout..(s + 1) * sout]),
+                &mut out[s * sout..(s + 1) * sout],
+                scratch,
+            );
+        }
+        return;
+    }
+    let per = kernel.scratch_len();
+    assert!(
+        scratch.len() >= slots * per,
+        "conv: scratch for {slots} slots"
+    );
+    let shared = SharedOut::new(out);
+    for_tiles(slots, tiles, &mut scratch[..slots * per], per, |scr, t| {
+        let (s, tile) = (t / per_sample, t % per_sample);
+        let xs = &x[s * sin..(s + 1) * sin];
+        let rs = residual.map(|r| &r[s * sout..(s + 1) * sout]);
+        // SAFETY: `for_tiles` runs each (sample, tile) exactly once; tiles of one sample
+        // write disjoint parts of that sample's output, samples disjoint slices; `out` is
+        // read only after it returns; each slot has its own scratch.
+        unsafe {
+            kernel.run_tile_shared(
+                packed,
+                bias,
+                xs,
+                rs,
+                shared.slice(s * sout, sout),
+                scr,
+                tile,
+            )
+        };
+    });
+}
+
 /// Runs `f(scratch_of_slot, tile)` for every `tile < tiles` on `slots` workers of the
 /// current pool. Workers claim tiles one at a time from a shared counter, so unequal tiles
 /// or a late worker do not leave the others idle; which worker runs a tile never changes

@@ -445,6 +445,20 @@ impl<'a> SharedOut<'a> {
     pub(crate) fn ptr(&self) -> *mut f32 {
         self.ptr
     }
+    /// The elements `start .. start + len` (e.g. one sample of a batch), shared the same
+    /// way. Panics if the range is out of bounds.
+    pub fn slice(&self, start: usize, len: usize) -> SharedOut<'a> {
+        assert!(
+            start.checked_add(len).is_some_and(|e| e <= self.len),
+            "SharedOut::slice out of bounds"
+        );
+        SharedOut {
+            // SAFETY: start + len <= self.len, so the range lies inside the borrowed slice.
+            ptr: unsafe { self.ptr.add(start) },
+            len,
+            _borrow: PhantomData,
+        }
+    }
 }
 
 /// The K block: the whole K up to 384, else K split evenly into blocks of at most 256.

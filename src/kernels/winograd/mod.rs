@@ -183,6 +183,14 @@ const MAX_LANES: usize = 16;
 /// the 36 streams).
 const XI_PAD: usize = 16;
 
+/// A block size, overridable through the environment for tuning experiments.
+fn env_bytes(var: &str, default: usize) -> usize {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// A 3×3 stride-1 convolution planned as Winograd for one ISA tier and one input shape.
 #[derive(Clone, Debug)]
 pub struct WinogradKernel {
@@ -263,7 +271,8 @@ impl WinogradKernel {
         // Tile blocks: V (t2 · cin · tb floats) about V_BYTES, tb a multiple of nr,
         // balanced over the tiles.
         let per_tile = 4 * t2 * cin.max(1);
-        let tb_max = (V_BYTES / per_tile / nr * nr).max(nr);
+        let v_bytes = env_bytes("CNNRT_WINO_VBYTES", V_BYTES);
+        let tb_max = (v_bytes / per_tile / nr * nr).max(nr);
         let nblocks = ntiles.div_ceil(tb_max).max(1);
         let tb = ntiles.div_ceil(nblocks).div_ceil(nr) * nr;
         let tb = tb.min(ntiles.div_ceil(8) * 8).max(1);
@@ -277,7 +286,8 @@ impl WinogradKernel {
         }
         let m_tiles = cout.div_ceil(mc).max(1);
         // M chunks: t2 · mcc · ld floats about M_BYTES, a multiple of MR_PACK.
-        let mcc_max = (M_BYTES / (4 * t2 * ld) / MR_PACK * MR_PACK).max(MR_PACK);
+        let m_bytes = env_bytes("CNNRT_WINO_MBYTES", M_BYTES);
+        let mcc_max = (m_bytes / (4 * t2 * ld) / MR_PACK * MR_PACK).max(MR_PACK);
         let chunks = mc.div_ceil(mcc_max).max(1);
         let mcc = mc.div_ceil(chunks).div_ceil(MR_PACK) * MR_PACK;
         let mcc = mcc.min(mc);
@@ -608,8 +618,18 @@ impl WinogradKernel {
     ) {
         let (m, t, lanes) = (self.m, self.t, S::LANES);
         let plane = self.h * self.w;
+        // Input rows the block reads (the same for every channel).
+        let (ty0, ty1) = (t0 / self.ntx, (t1 - 1) / self.ntx);
+        let y0 = (ty0 * m).saturating_sub(self.pt).min(self.h);
+        let y1 = (ty1 * m + t).saturating_sub(self.pt).min(self.h);
         for c in 0..self.cin {
             let xc = &x[c * plane..(c + 1) * plane];
+            // The rows of the next channel plane: a few short runs far apart, which the
+            // hardware prefetchers do not see coming; every load of the strip copy would
+            // otherwise wait for its line.
+            if c + 1 < self.cin {
+                prefetch_rows(x[(c + 1) * plane..].as_ptr(), self.w, y0, y1, self.w);
+            }
             for (ty, txa, txb) in self.rows(t0, t1) {
                 let groups = (txb - txa).div_ceil(lanes);
                 // The gathers read strip columns txa·m .. (txa + groups·lanes)·m + 2.
@@ -617,11 +637,17 @@ impl WinogradKernel {
                 let jb = (txa + groups * lanes) * m + 2;
                 debug_assert!(jb <= self.wstrip);
                 for i in 0..t {
-                    // SAFETY: row i of the strip, columns ja..jb < wstrip.
-                    let row = unsafe {
-                        std::slice::from_raw_parts_mut(strip.add(i * self.wstrip + ja), jb - ja)
+                    // SAFETY: row i of the strip, columns ja..jb < wstrip; xc is a plane.
+                    unsafe {
+                        self.fill_strip_row(
+                            s,
+                            xc,
+                            (ty * m + i) as isize - self.pt as isize,
+                            ja,
+                            jb,
+                            strip.add(i * self.wstrip),
+                        )
                     };
-                    self.fill_strip_row(xc, (ty * m + i) as isize - self.pt as isize, ja, row);
                 }
                 for g in 0..groups {
                     let tx = txa + g * lanes;
@@ -643,21 +669,38 @@ impl WinogradKernel {
         }
     }
 
-    /// Strip columns `ja .. ja + row.len()` of input row `y` (zero outside the image).
+    /// Strip columns `ja .. jb` of input row `y` (zero outside the image) into `row`
+    /// (the strip row, column 0 at `row`). Inline vector copies, not `copy_from_slice` /
+    /// `fill`: the pieces are a few dozen floats, where a libc call costs more than the
+    /// copy.
+    ///
+    /// Safety: `row[ja..jb]` writable (nothing outside it is written).
     #[inline(always)]
-    fn fill_strip_row(&self, xc: &[f32], y: isize, ja: usize, row: &mut [f32]) {
-        if y < 0 || y >= self.h as isize {
-            row.fill(0.0);
-            return;
-        }
-        let src = &xc[y as usize * self.w..][..self.w];
+    unsafe fn fill_strip_row<S: Simd>(
+        &self,
+        s: S,
+        xc: &[f32],
+        y: isize,
+        ja: usize,
+        jb: usize,
+        row: *mut f32,
+    ) {
         // Strip column j is input column j − pl.
-        let jb = ja + row.len();
-        let lo = self.pl.clamp(ja, jb); // first column inside the image
-        let hi = (self.pl + self.w).clamp(ja, jb); // one past the last
-        row[..lo - ja].fill(0.0);
-        row[lo - ja..hi - ja].copy_from_slice(&src[lo - self.pl..hi - self.pl]);
-        row[hi - ja..].fill(0.0);
+        let (lo, hi) = if y < 0 || y >= self.h as isize {
+            (jb, jb)
+        } else {
+            (self.pl.clamp(ja, jb), (self.pl + self.w).clamp(ja, jb))
+        };
+        // SAFETY: ja <= lo <= hi <= jb; the source columns lo − pl .. hi − pl lie in row y
+        // of the plane (0 <= lo − pl, hi − pl <= w).
+        unsafe {
+            zero_n(s, row.add(ja), lo - ja);
+            if hi > lo {
+                let src = xc.as_ptr().add(y as usize * self.w + lo - self.pl);
+                copy_n(s, row.add(lo), src, hi - lo);
+            }
+            zero_n(s, row.add(hi), jb - hi);
+        }
     }
 
     /// Output channels `c0..c1` of tiles `t0..t1` from `M` (chunk-local rows).
@@ -681,8 +724,18 @@ impl WinogradKernel {
         let (m, lanes) = (self.m, S::LANES);
         let act = ActV::new(s, self.activation);
         let oplane = self.oh * self.ow;
+        let (ty0, ty1) = (t0 / self.ntx, (t1 - 1) / self.ntx);
+        let (y0, y1) = (ty0 * m, (ty1 * m + m).min(self.oh));
         for co in c0..c1 {
             let bv = bias.map(|b| s.splat(b[co]));
+            // The next channel's output (and residual) rows, as in `input_block`.
+            if co + 1 < c1 {
+                let o = (co + 1) * oplane;
+                prefetch_rows(out.add(o), self.ow, y0, y1, self.ow);
+                if let Some(r) = residual {
+                    prefetch_rows(r.as_ptr().add(o), self.ow, y0, y1, self.ow);
+                }
+            }
             for (ty, txa, txb) in self.rows(t0, t1) {
                 let rows = m.min(self.oh - ty * m);
                 let mut tx = txa;
@@ -790,6 +843,77 @@ unsafe fn store_n<S: Simd>(s: S, p: *mut f32, n: usize, v: S::V) {
         } else {
             s.store_part(p, n, v)
         }
+    }
+}
+
+/// Prefetches rows `y0..y1` (row stride `ld`, `len` floats each) of the plane at `p`
+/// into L1, one hint per cache line.
+#[inline(always)]
+fn prefetch_rows(p: *const f32, ld: usize, y0: usize, y1: usize, len: usize) {
+    for y in y0..y1 {
+        let row = p.wrapping_add(y * ld);
+        for j in (0..len).step_by(16) {
+            prefetch(row.wrapping_add(j));
+        }
+        prefetch(row.wrapping_add(len - 1));
+    }
+}
+
+/// A cache-line prefetch hint (a no-op off x86-64).
+#[inline(always)]
+fn prefetch(p: *const f32) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint: it never faults and has no effect on memory, whatever
+    // the address (SSE is part of x86-64).
+    unsafe {
+        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(p as *const i8)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+/// Copies `n` floats from `src` to `dst` in whole vectors (the last one overlapping the
+/// one before it when `n` is not a multiple of the width), nothing outside `0..n`.
+///
+/// Safety: `src[0..n]` readable, `dst[0..n]` writable, not overlapping.
+#[inline(always)]
+unsafe fn copy_n<S: Simd>(s: S, dst: *mut f32, src: *const f32, n: usize) {
+    let l = S::LANES;
+    // SAFETY: every access lies in 0..n (caller).
+    unsafe {
+        if n < l {
+            for i in 0..n {
+                *dst.add(i) = *src.add(i);
+            }
+            return;
+        }
+        let mut i = 0;
+        while i + l < n {
+            s.store(dst.add(i), s.load(src.add(i)));
+            i += l;
+        }
+        s.store(dst.add(n - l), s.load(src.add(n - l)));
+    }
+}
+
+/// Writes `n` zeros at `p` (nothing outside `0..n`).
+///
+/// Safety: `p[0..n]` writable.
+#[inline(always)]
+unsafe fn zero_n<S: Simd>(s: S, p: *mut f32, n: usize) {
+    let l = S::LANES;
+    // SAFETY: every store lies in 0..n (caller).
+    unsafe {
+        if n < l {
+            s.store_part(p, n, s.zero());
+            return;
+        }
+        let mut i = 0;
+        while i + l < n {
+            s.store(p.add(i), s.zero());
+            i += l;
+        }
+        s.store(p.add(n - l), s.zero());
     }
 }
 
