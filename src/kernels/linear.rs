@@ -20,7 +20,9 @@
 //! order of tiles never change a result.
 
 use crate::graph::{Activation, Linear};
-use crate::kernels::gemm::{drive, pack_a, pack_b_transposed, ukr, BSrc, SharedOut, Tile, NR_PACK};
+use crate::kernels::gemm::{
+    drive, pack_a, pack_b_transposed, row_panel_kernel, ukr, BSrc, SharedOut, Store, Tile, NR_PACK,
+};
 use crate::simd::Isa;
 
 /// Output features per tile (a multiple of NR_PACK).
@@ -242,8 +244,45 @@ impl LinearKernel {
         if n == 0 || o0 >= fo {
             return;
         }
-        let cols = self.tile_cols.min(fo - o0);
+        let mut cols = self.tile_cols.min(fo - o0);
         let u = ukr(self.isa);
+        let mut o0 = o0;
+        if n == 1 {
+            if let Some(kern) = row_panel_kernel(self.isa) {
+                // Whole panels one call each (o0 is a multiple of NR_PACK).
+                while cols >= NR_PACK {
+                    let st = Store {
+                        load_c: false,
+                        finish: true,
+                        bias_row: std::ptr::null(),
+                        bias_col: bias.map_or(std::ptr::null(), |b| b.as_ptr().add(o0)),
+                        residual: residual.map_or(std::ptr::null(), |r| r.as_ptr().add(o0)),
+                        act: self.activation,
+                        pf: std::ptr::null(),
+                        pf_stride: 0,
+                    };
+                    // SAFETY: `check` verified the lengths: x holds `fi` floats (lda 1);
+                    // the full panel of columns o0..o0+32 holds fi·32 weights from
+                    // o0·fi, 32 apart per k; output, bias and residual cover o0..o0+32.
+                    kern(
+                        fi,
+                        a.as_ptr(),
+                        1,
+                        packed.as_ptr().add(o0 * fi),
+                        NR_PACK,
+                        out.ptr().add(o0),
+                        fo,
+                        NR_PACK,
+                        &st,
+                    );
+                    o0 += NR_PACK;
+                    cols -= NR_PACK;
+                }
+                if cols == 0 {
+                    return;
+                }
+            }
+        }
         // One row sliver: stream each weight panel once over the whole K. Several: block
         // K so that the weight sliver stays in L1 while the slivers of x pass over it.
         let kc = if n <= u.mr {

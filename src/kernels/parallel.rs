@@ -6,6 +6,7 @@
 
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
 
 use crate::kernels::conv::ConvKernel;
 use crate::kernels::depthwise::DepthwiseKernel;
@@ -104,7 +105,7 @@ pub fn run_tiles(
     let tiles = kernel.tiles();
     let per = kernel.scratch_len();
     let slots = slots.min(tiles).max(1);
-    if slots == 1 || kernel.flops() < MIN_PARALLEL_FLOPS {
+    if slots == 1 || kernel.flops() < min_parallel_flops() {
         kernel.run(
             packed,
             bias,
@@ -158,7 +159,7 @@ pub fn run_tiles_batch(
     let per_sample = kernel.tiles();
     let tiles = n * per_sample;
     let slots = slots.min(tiles).max(1);
-    if n == 1 || slots == 1 || kernel.flops() < MIN_PARALLEL_FLOPS {
+    if n == 1 || slots == 1 || kernel.flops() < min_parallel_flops() {
         for s in 0..n {
             run_tiles(
                 kernel,
@@ -278,7 +279,7 @@ pub fn linear(
     let tiles = kernel.tiles();
     let per = kernel.scratch_len();
     let slots = slots.min(tiles).max(1);
-    if slots == 1 || kernel.flops(n) < MIN_PARALLEL_FLOPS {
+    if slots == 1 || kernel.flops(n) < min_parallel_flops() {
         kernel.run(packed, bias, x, n, residual, out, &mut scratch[..per]);
         return;
     }
@@ -301,7 +302,7 @@ pub fn linear(
 pub fn pool(kernel: &PoolKernel, slots: usize, x: &[f32], out: &mut [f32]) {
     let (isz, osz) = kernel.plane_sizes();
     let planes = out.len() / osz.max(1);
-    if slots <= 1 || planes < 2 || x.len() < MIN_PARALLEL_ELEMS {
+    if slots <= 1 || planes < 2 || x.len() < min_parallel_elems() {
         kernel.run_planes(x, out);
         return;
     }
@@ -314,8 +315,21 @@ pub fn pool(kernel: &PoolKernel, slots: usize, x: &[f32], out: &mut [f32]) {
         });
 }
 
-/// Below this many FLOPs a layer runs on the calling thread: waking a worker costs
-/// more than it saves.
-pub const MIN_PARALLEL_FLOPS: u64 = 1 << 20;
-/// The same for memory-bound layers, in input elements.
-pub const MIN_PARALLEL_ELEMS: usize = 1 << 15;
+/// Below this many FLOPs a layer runs on the calling thread: waking a worker costs more
+/// than it saves (LeNet-5's first convolution, 0.8 MFLOP, runs faster alone). The
+/// environment variable `CNNRT_PARALLEL_MIN_FLOPS` overrides it (read once per process;
+/// `0` sends every layer to the pool, which the tests use to cover the parallel paths).
+pub fn min_parallel_flops() -> u64 {
+    static MIN: OnceLock<u64> = OnceLock::new();
+    *MIN.get_or_init(|| {
+        std::env::var("CNNRT_PARALLEL_MIN_FLOPS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1 << 20)
+    })
+}
+
+/// The same for memory-bound layers, in input elements (1/32 of the FLOP threshold).
+fn min_parallel_elems() -> usize {
+    (min_parallel_flops() / 32) as usize
+}

@@ -336,3 +336,8 @@ pub(crate) static UKR: Ukr = Ukr {
     ],
     tcol_max: 4,
 };
+
+/// One row × 32 columns (four ymm accumulators): a batch-1 fully connected layer over a
+/// whole pre-packed 32-wide weight panel, four independent FMA chains instead of the two
+/// of a 16-wide tile (one row has no other chains to hide the FMA latency behind).
+pub(crate) const ROW32: UKernel = ukr::<1, 4, false>;

@@ -167,6 +167,18 @@ pub(crate) fn ukr(isa: Isa) -> &'static Ukr {
     }
 }
 
+/// A one-row kernel over a whole [`NR_PACK`]-wide panel of pre-packed constant B (called
+/// with `lda = 1`, `ldb = NR_PACK`, `nv = NR_PACK`, the whole K in one call), for tiers
+/// where it beats the `nr`-wide tiles; `None` where the ordinary tiles already span a panel.
+/// Same FMA chain per element as every other kernel.
+pub(crate) fn row_panel_kernel(isa: Isa) -> Option<UKernel> {
+    match ukr(isa).isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => Some(avx2::ROW32),
+        _ => None,
+    }
+}
+
 /// Micro-kernel geometry of the tier `isa` resolves to on this CPU: `(isa, mr, nr)`.
 pub fn micro_tile(isa: Isa) -> (Isa, usize, usize) {
     let u = ukr(isa);
