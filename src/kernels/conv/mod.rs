@@ -4,9 +4,16 @@
 //! with `K = cig·kh·kw`:
 //!
 //! * `gemm1x1`: 1×1 kernel, stride 1, no padding: `B_g` is the input itself
-//!   (`cig × h·w`, rows contiguous), read in place by the micro-kernels.
+//!   (`cig × h·w`, rows contiguous), read in place by the micro-kernels (chosen for at
+//!   most 32 output channels per group).
 //! * `gemm1x1_packed`: the same GEMM with B packed block by block into panels (pays off
 //!   when there are many output channels to reuse each B block).
+//!
+//! Both run each A sliver across a whole block of columns before the next sliver, with
+//! runs of full tiles in one micro-kernel call, so that short K (few input channels)
+//! does not drown in per-call overhead; and both write C a few rows at a time, long
+//! rows of it, which the hardware prefetchers and the L1 associativity handle well even
+//! when the plane size is a multiple of a large power of two.
 //! * `im2col_gemm`: anything else (any kernel, stride, dilation, padding, groups): each
 //!   `kc × nc` block of the im2col matrix is gathered straight into the packed-B panels
 //!   (never materialized whole), then multiplied.
@@ -78,6 +85,10 @@ pub struct ConvKernel {
     activation: crate::graph::Activation,
 }
 
+/// Output channels (per group) up to which a 1×1 convolution reads its input in place
+/// (`gemm1x1`): with so few rows, packing B block by block would cost more than the
+/// contiguous panels save (each packed block would serve at most a few A slivers).
+const DIRECT_MAX_M: usize = 32;
 /// Output channels per M tile below which M is not split (B would be packed once per
 /// M tile).
 const MIN_MC: usize = 96;
@@ -92,11 +103,7 @@ impl ConvKernel {
             conv.kernel == [1, 1] && conv.stride == [1, 1] && conv.pads == [0, 0, 0, 0];
         let algo = if !one_by_one {
             Algo::Im2col
-        } else if gemm::prefer_direct_b(
-            conv.out_channels / conv.groups.max(1),
-            conv.in_channels / conv.groups.max(1),
-            in_shape[1] * in_shape[2],
-        ) {
+        } else if conv.out_channels / conv.groups.max(1) <= DIRECT_MAX_M {
             Algo::Gemm1x1
         } else {
             Algo::Gemm1x1Packed
@@ -478,7 +485,7 @@ impl ConvKernel {
         };
         let plain = gemm::PlainB { b: xg, ldb: plane };
         let src = match self.algo {
-            Algo::Gemm1x1 => BSrc::Direct {
+            Algo::Gemm1x1 => BSrc::DirectRows {
                 ptr: xg.as_ptr().add(n0),
                 ldb: plane,
             },
