@@ -276,7 +276,7 @@ fn conv_matches_reference_every_tier() {
                 check_conv(isa, &case, None)?;
                 let c = &case.conv;
                 if c.kernel == [1, 1] && c.stride == [1, 1] && c.pads == [0; 4] {
-                    for a in ["gemm1x1", "gemm1x1_packed", "im2col_gemm"] {
+                    for a in ["gemm1x1", "gemm1x1_rows", "gemm1x1_packed", "im2col_gemm"] {
                         check_conv(isa, &case, Some(a))?;
                     }
                 }
@@ -549,7 +549,7 @@ fn conv1x1_short_k_every_tier() {
                         scratch_offset: off,
                     };
                     check_conv(isa, &case, None)?;
-                    for a in ["gemm1x1", "gemm1x1_packed", "im2col_gemm"] {
+                    for a in ["gemm1x1", "gemm1x1_rows", "gemm1x1_packed", "im2col_gemm"] {
                         check_conv(isa, &case, Some(a))?;
                     }
                     Ok(())
