@@ -303,7 +303,7 @@ fn conv_matches_reference_every_tier() {
                 check_conv(isa, &case, None)?;
                 let c = &case.conv;
                 if c.kernel == [1, 1] && c.stride == [1, 1] && c.pads == [0; 4] {
-                    for a in ["gemm1x1", "gemm1x1_packed", "im2col_gemm"] {
+                    for a in ["gemm1x1", "gemm1x1_rows", "gemm1x1_packed", "im2col_gemm"] {
                         check_conv(isa, &case, Some(a))?;
                     }
                 }
@@ -519,5 +519,69 @@ fn nan_propagates_through_relu_and_clip() {
                 assert_eq!(out[o * 9 + 3], 2.0f32.min(6.0));
             }
         }
+    }
+}
+
+/// 1×1 convolutions with short K (the MobileNet shapes): output channels around the
+/// micro-tile heights (6, 12) and the in-place limit (32), planes whose size leaves every
+/// remainder modulo the tile widths, several N blocks, K split into blocks, every
+/// algorithm.
+#[test]
+fn conv1x1_short_k_every_tier() {
+    let strat = (
+        prop_oneof![
+            3 => 1usize..=24,
+            1 => 25usize..=64,
+            1 => Just(400usize),
+        ],
+        prop_oneof![
+            2 => 1usize..=14,
+            2 => 30usize..=34,
+            1 => 46usize..=50,
+            1 => 94usize..=98,
+        ],
+        prop_oneof![
+            3 => (1usize..=20, 1usize..=20),
+            1 => (60usize..=75, 60usize..=75),
+        ],
+        (any::<bool>(), any::<bool>(), activations()),
+        (any::<u64>(), 0usize..=3),
+    );
+    for isa in Isa::supported() {
+        runner()
+            .run(
+                &strat,
+                |(cin, cout, (h, w), (bias, residual, act), (seed, off))| {
+                    // Keep the big planes to short K (the reference is slow).
+                    prop_assume!(h * w <= 400 || cin <= 24);
+                    let case = Case {
+                        conv: Conv {
+                            in_channels: cin,
+                            out_channels: cout,
+                            kernel: [1, 1],
+                            stride: [1, 1],
+                            dilation: [1, 1],
+                            pads: [0; 4],
+                            groups: 1,
+                            weight: 0,
+                            bias: None,
+                            activation: act,
+                        },
+                        h,
+                        w,
+                        batch: 1,
+                        bias,
+                        residual,
+                        seed,
+                        scratch_offset: off,
+                    };
+                    check_conv(isa, &case, None)?;
+                    for a in ["gemm1x1", "gemm1x1_rows", "gemm1x1_packed", "im2col_gemm"] {
+                        check_conv(isa, &case, Some(a))?;
+                    }
+                    Ok(())
+                },
+            )
+            .unwrap_or_else(|e| panic!("{isa}: {e}"));
     }
 }

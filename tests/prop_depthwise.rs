@@ -394,3 +394,110 @@ fn run_channels_matches_run() {
         assert_eq!(whole, parts, "{isa}");
     }
 }
+
+/// 3×3 shapes for the padded-row path (stride along W 1 or 2, left and right padding at
+/// most 1, rows up to 512 wide): widths around the vector widths and the 512 limit, every
+/// stride and padding combination, and planes tall enough for several bands of rows.
+fn padded_case() -> impl Strategy<Value = Case> {
+    let width = prop_oneof![
+        3 => 1usize..=40,
+        1 => 100usize..=130,
+        1 => 500usize..=520,
+    ];
+    (
+        1usize..=5,
+        1usize..=40,
+        width,
+        (1usize..=2, 1usize..=3),
+        (0usize..=1, 0usize..=1, 0usize..=2, 0usize..=2),
+        activation(),
+        any::<bool>(),
+        any::<bool>(),
+        any::<u64>(),
+    )
+        .prop_map(
+            |(c, h, w, (sw, sh), (pl, pr, pt, pb), act, bias, residual, seed)| Case {
+                c,
+                h,
+                w,
+                kernel: [3, 3],
+                stride: [sh, sw],
+                dilation: [1, 1],
+                pads: [pt, pl, pb, pr],
+                act,
+                bias,
+                residual,
+                seed,
+            },
+        )
+        .prop_filter("window larger than the padded input", |c| {
+            c.out_hw().is_some()
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    #[test]
+    fn padded_rows_match_reference(case in padded_case()) {
+        check(&case)?;
+    }
+}
+
+/// The padded-row 3×3 path at its edges: widths a vector short of, at and past the
+/// vector widths and the 512 limit, planes of several bands of buffered rows (short rows
+/// need many), one-row and one-column planes, every padding of 0 and 1.
+#[test]
+fn padded_rows_edges() {
+    let mut cases = vec![];
+    for &(h, w) in &[
+        (1, 1),
+        (1, 9),
+        (5, 1),
+        (3, 2),
+        (7, 7),
+        (9, 8),
+        (6, 15),
+        (6, 16),
+        (6, 17),
+        (4, 31),
+        (4, 33),
+        (40, 112),
+        (33, 113),
+        (470, 16),
+        (300, 35),
+        (40, 511),
+        (40, 512),
+        (20, 513),
+    ] {
+        for stride in [[1, 1], [2, 2], [1, 2], [2, 1]] {
+            for pads in [[1, 1, 1, 1], [0, 0, 0, 0], [0, 0, 1, 1], [1, 1, 0, 0], [2, 0, 1, 1]] {
+                let mut case = mk([3, 3], stride, [1, 1], pads, 2, h, w);
+                case.seed = (h * 1000 + w) as u64;
+                if case.out_hw().is_some() {
+                    cases.push(case);
+                }
+            }
+        }
+    }
+    for case in &cases {
+        check(case).unwrap_or_else(|e| panic!("{case:?}: {e}"));
+    }
+    // Every activation (those other than clamps take another epilogue) and no bias or
+    // residual, on a plane with a tail.
+    for act in [
+        Activation::Identity,
+        Activation::Relu,
+        Activation::LeakyRelu { alpha: 0.1 },
+        Activation::HardSwish,
+        Activation::Sigmoid,
+    ] {
+        for stride in [[1, 1], [2, 2]] {
+            let mut case = mk([3, 3], stride, [1, 1], [1, 1, 1, 1], 3, 13, 29);
+            case.act = act;
+            case.bias = false;
+            case.residual = false;
+            check(&case).unwrap_or_else(|e| panic!("{case:?}: {e}"));
+        }
+    }
+}

@@ -125,6 +125,8 @@ pub struct DepthwiseKernel {
     cols: Axis,
     /// `cols.first_inner()`: output columns before it are done with masked loads.
     inner_from: usize,
+    /// 3×3 through padded row copies (see [`Self::padded_ok`]).
+    padded: bool,
     activation: Activation,
 }
 
@@ -169,6 +171,11 @@ impl DepthwiseKernel {
             _ => Algo::Rows,
         };
         let inner_from = cols.first_inner();
+        let padded = algo == Algo::K3
+            && cols.input <= PAD_MAX_W
+            && cols.pad_begin <= 1
+            && cols.pad_end <= 1
+            && cols.stride <= 2;
         Some(DepthwiseKernel {
             isa: super::elementwise::clamp_isa(isa),
             algo,
@@ -176,6 +183,7 @@ impl DepthwiseKernel {
             rows,
             cols,
             inner_from,
+            padded,
             activation: conv.activation,
         })
     }
@@ -247,6 +255,33 @@ impl DepthwiseKernel {
             out.as_mut_ptr(),
             residual.map(|r| r.as_ptr()),
         );
+        if self.padded {
+            // The padded rows' buffer, zeroed once: the fills write only data positions
+            // and zeros, so the padding stays zero.
+            let mut slots = [0f32; PAD_BUF];
+            let sp = slots.as_mut_ptr();
+            dispatch!(self.isa, |s| {
+                let act = ActV::new(s, self.activation);
+                for (i, ch) in channels.clone().enumerate() {
+                    let b = bias.map_or(0.0, |b| b[ch]);
+                    // SAFETY: as below; `slots` holds PAD_BUF floats.
+                    unsafe {
+                        plane_padded(
+                            s,
+                            self,
+                            &act,
+                            wp.add(ch * ksize),
+                            b,
+                            xp.add(ch * isize_),
+                            rp.map(|r| r.add(i * osize)),
+                            op.add(i * osize),
+                            sp,
+                        );
+                    }
+                }
+            });
+            return;
+        }
         dispatch!(self.isa, |s| {
             let act = ActV::new(s, self.activation);
             for (i, ch) in channels.clone().enumerate() {
@@ -267,6 +302,247 @@ impl DepthwiseKernel {
                 }
             }
         })
+    }
+}
+
+/// Widest input row the padded 3×3 path takes (its buffer lives on the stack).
+const PAD_MAX_W: usize = 512;
+/// Floats of padded input rows the buffer holds (a band of rows at a time).
+const BAND: usize = 8192;
+/// Floats of the all-zero row that stands for the rows of the top and bottom padding
+/// (the longest padded row, plus whole vectors of the widest tier).
+const ZROW: usize = PAD_MAX_W + 128;
+/// Floats the padded path's buffer holds: the band, room for whole-vector reads and
+/// writes past its last row, and the zero row.
+const PAD_BUF: usize = BAND + 64 + ZROW;
+
+/// A 3×3 plane (dilation 1, stride along W 1 or 2, left and right padding at most 1)
+/// through padded copies of its input rows, so that every output vector is made of
+/// whole-vector loads, with no masks and no bounds checks, edges included.
+///
+/// A band of input rows at a time is copied into `buf`, one padded row every `pw`
+/// floats:
+///
+/// * stride 1: `P[pl + i] = x[i]`, zeros around; tap `kx` of outputs `xo..` is
+///   `P[xo + kx ..]`;
+/// * stride 2: the padded row split into its even and odd columns, `E[j] = P[2j]` then
+///   `O[j] = P[2j + 1]` `pw / 2` floats on; taps 0, 1, 2 of outputs `xo..` are `E[xo..]`,
+///   `O[xo..]`, `E[xo + 1..]`, so the de-interleave happens once per input row, not
+///   per tap.
+///
+/// Rows of the top and bottom padding read an all-zero row. Every output is the same
+/// chain of operations, whatever its position: the bias, then the nine taps in order
+/// through one FMA each (padded taps contributing `0·w`). Lanes of an output vector past
+/// the row's end are junk: they are stored anyway, into the next rows of the plane,
+/// which are written afterwards; only where a vector would pass the plane's end is the
+/// store partial.
+///
+/// # Safety
+/// `w`: 9 weights; `x`: an H*W plane; `out` (and `res`): OH*OW; `buf`: PAD_BUF floats,
+/// zero except where earlier calls of this kernel wrote row data.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn plane_padded<S: Simd>(
+    s: S,
+    k: &DepthwiseKernel,
+    act: &ActV<S>,
+    w: *const f32,
+    bias: f32,
+    x: *const f32,
+    res: Option<*const f32>,
+    out: *mut f32,
+    buf: *mut f32,
+) {
+    let (rows, cols) = (&k.rows, &k.cols);
+    let (ow, oh, ih) = (cols.output, rows.output, rows.input);
+    let pw = pad_row_len::<S>(cols);
+    let band_rows = BAND / pw;
+    debug_assert!(band_rows >= 3);
+    let mut wk = [s.zero(); 9];
+    for (i, wv) in wk.iter_mut().enumerate() {
+        // SAFETY: a 3×3 kernel has 9 weights.
+        *wv = s.splat(unsafe { *w.add(i) });
+    }
+    // SAFETY: the zero row follows the band and its slack.
+    let zero = unsafe { buf.add(BAND + 64) } as *const f32;
+    let bias = s.splat(bias);
+    // Identity, ReLU and Clip as one clamp, applied with no branch per vector.
+    let clamp = match k.activation {
+        Activation::Identity => Some((f32::NEG_INFINITY, f32::INFINITY)),
+        Activation::Relu => Some((0.0, f32::INFINITY)),
+        Activation::Clip { min, max } => Some((min, max)),
+        _ => None,
+    }
+    .map(|(lo, hi)| (s.splat(lo), s.splat(hi)));
+    // Output rows per band: their windows span (n − 1)·sh + 3 input rows.
+    let per_band = ((band_rows - 3) / rows.stride + 1).max(1);
+    let mut oy0 = 0;
+    while oy0 < oh {
+        let oy1 = oh.min(oy0 + per_band);
+        let lo = rows.origin(oy0).max(0) as usize;
+        let hi = ((rows.origin(oy1 - 1) + 3).max(0) as usize).min(ih);
+        // Fill in increasing row order: a row's tail may write zeros over the start of
+        // the next one, which is filled after it.
+        for iy in lo..hi {
+            // SAFETY: iy < H; buffer row iy − lo < band_rows.
+            unsafe { fill_row(s, cols, x.add(iy * cols.input), buf.add((iy - lo) * pw), pw) };
+        }
+        for oy in oy0..oy1 {
+            let iy0 = rows.origin(oy);
+            let mut src = [zero; 3];
+            for (ky, sp) in src.iter_mut().enumerate() {
+                let iy = iy0 + ky as isize;
+                if iy >= 0 && (iy as usize) < ih {
+                    // SAFETY: a filled row of the band.
+                    *sp = unsafe { buf.add((iy as usize - lo) * pw) };
+                }
+            }
+            // SAFETY: row oy of the output (and residual) plane; `room` floats from
+            // its start to the plane's end.
+            unsafe {
+                let o = out.add(oy * ow);
+                let r = res.map(|r| r.add(oy * ow));
+                let room = (oh - oy) * ow;
+                match (cols.stride, clamp) {
+                    (1, Some(c)) => {
+                        row_padded::<S, 1>(s, act, &src, &wk, bias, o, r, ow, room, pw, Some(c))
+                    }
+                    (1, None) => {
+                        row_padded::<S, 1>(s, act, &src, &wk, bias, o, r, ow, room, pw, None)
+                    }
+                    (_, Some(c)) => {
+                        row_padded::<S, 2>(s, act, &src, &wk, bias, o, r, ow, room, pw, Some(c))
+                    }
+                    (_, None) => {
+                        row_padded::<S, 2>(s, act, &src, &wk, bias, o, r, ow, room, pw, None)
+                    }
+                }
+            }
+        }
+        oy0 = oy1;
+    }
+}
+
+/// Floats from one padded row to the next in [`plane_padded`]'s buffer: stride 1, the
+/// padded row; stride 2, two halves, each with room for a whole vector past its data
+/// (the tail of a fill writes one).
+#[inline(always)]
+fn pad_row_len<S: Simd>(cols: &Axis) -> usize {
+    if cols.stride == 1 {
+        cols.input + 2
+    } else {
+        2 * (cols.input / 2 + S::LANES + 3)
+    }
+}
+
+/// Copies input row `xr` into the padded row at `d` (layout in [`plane_padded`]),
+/// writing the data positions and, past them, zeros or nothing, so that the padding
+/// stays zero.
+///
+/// # Safety
+/// `xr`: `cols.input` floats; `d`: `pw` floats plus a whole vector after them.
+#[inline(always)]
+unsafe fn fill_row<S: Simd>(s: S, cols: &Axis, xr: *const f32, d: *mut f32, pw: usize) {
+    let (l, w, pl) = (S::LANES, cols.input, cols.pad_begin);
+    // SAFETY: reads stay in the row (whole vectors while they fit, then partial loads);
+    // writes stay below pl + w + l (stride 1) or each half's w/2 + 1 + l (stride 2), at
+    // most a vector past the row (`pad_row_len`).
+    unsafe {
+        if cols.stride == 1 {
+            let d = d.add(pl);
+            let mut i = 0;
+            while i + l <= w {
+                s.store(d.add(i), s.load(xr.add(i)));
+                i += l;
+            }
+            if i < w {
+                // Zeros past the data: padding.
+                s.store(d.add(i), s.load_part(xr.add(i), w - i, s.zero()));
+            }
+        } else {
+            // x[2m] is P[pl + 2m], x[2m + 1] is P[pl + 2m + 1].
+            let (e, o) = (d, d.add(pw / 2));
+            let (de, dod) = if pl == 0 { (e, o) } else { (o, e.add(1)) };
+            let mut m = 0;
+            while 2 * m + 2 * l <= w {
+                let (ev, od) = s.deinterleave(s.load(xr.add(2 * m)), s.load(xr.add(2 * m + l)));
+                s.store(de.add(m), ev);
+                s.store(dod.add(m), od);
+                m += l;
+            }
+            let i = 2 * m;
+            if i < w {
+                let n = w - i;
+                let (ev, od) = s.deinterleave(
+                    s.load_part(xr.add(i), n.min(l), s.zero()),
+                    s.load_part(xr.add(i + l), n.saturating_sub(l), s.zero()),
+                );
+                s.store(de.add(m), ev);
+                s.store(dod.add(m), od);
+            }
+        }
+    }
+}
+
+/// One output row of [`plane_padded`] from the padded rows `src` (kernel rows 0, 1, 2),
+/// stride `SW`.
+///
+/// # Safety
+/// `src`: padded rows (or the zero row) with whole vectors readable past them; `o` (and
+/// `res`) valid for `room >= ow` floats.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn row_padded<S: Simd, const SW: usize>(
+    s: S,
+    act: &ActV<S>,
+    src: &[*const f32; 3],
+    w: &[S::V; 9],
+    bias: S::V,
+    o: *mut f32,
+    res: Option<*const f32>,
+    ow: usize,
+    room: usize,
+    pw: usize,
+    clamp: Option<(S::V, S::V)>,
+) {
+    let l = S::LANES;
+    let mut xo = 0;
+    while xo < ow {
+        let mut acc = bias;
+        for (r, &sp) in src.iter().enumerate() {
+            // SAFETY: junk lanes read at most a vector past a row (buffer slack).
+            unsafe {
+                let (t0, t1, t2) = if SW == 1 {
+                    let p = sp.add(xo);
+                    (s.load(p), s.load(p.add(1)), s.load(p.add(2)))
+                } else {
+                    let (e, od) = (sp.add(xo), sp.add(pw / 2 + xo));
+                    (s.load(e), s.load(od), s.load(e.add(1)))
+                };
+                acc = s.fmadd(t0, w[3 * r], acc);
+                acc = s.fmadd(t1, w[3 * r + 1], acc);
+                acc = s.fmadd(t2, w[3 * r + 2], acc);
+            }
+        }
+        // Whole vector unless it would pass the plane's end; lanes past the row's end
+        // are rewritten by the next rows.
+        // SAFETY: n floats from xo are inside the plane (o / res hold `room`).
+        unsafe {
+            if xo + l <= room {
+                let mut v = acc;
+                if let Some(r) = res {
+                    v = s.add(v, s.load(r.add(xo)));
+                }
+                v = match clamp {
+                    Some((lo, hi)) => s.min(hi, s.max(lo, v)),
+                    None => act.apply(s, v),
+                };
+                s.store(o.add(xo), v);
+            } else {
+                finish(s, act, acc, o.add(xo), res.map(|r| r.add(xo)), ow - xo);
+            }
+        }
+        xo += l;
     }
 }
 

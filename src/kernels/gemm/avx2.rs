@@ -1,7 +1,7 @@
 //! AVX2+FMA micro-kernels: up to 6 rows × 16 columns (two ymm per row, 12 accumulators),
 //! broadcast A, FMA; `vmaskmov` loads and stores for the N remainder.
 
-use super::{act_is_vector, act_tile_scalar, Store, UKernel, Ukr, MR_MAX};
+use super::{act_is_vector, act_tile_scalar, clamp_of, MultiKernel, Store, UKernel, Ukr, MR_MAX};
 use crate::graph::Activation;
 use crate::simd::Isa;
 use core::arch::x86_64::*;
@@ -60,6 +60,76 @@ unsafe fn ukr<const R: usize, const NV: usize, const MASKED: bool>(
     nv: usize,
     st: &Store,
 ) {
+    // SAFETY: forwarded (same contract).
+    unsafe { body::<R, NV, MASKED>(kc, a, lda, b, ldb, c, ldc, nv, st.pf, st) }
+}
+
+/// `nt` full 6-or-fewer × 16 tiles side by side (see `Ukr::multi`): tile `t` reads B at
+/// `b + t·bstep` and writes C (bias_col, residual) 16·t columns on. Prefetches `st.pf`
+/// during the first tile only.
+#[target_feature(enable = "avx2,fma")]
+/// # Safety
+/// AVX2 and FMA present (dispatch); every tile satisfies the UKernel contract for
+/// `ukr::<R, 2, false>` at its B, C, bias_col and residual addresses.
+#[allow(clippy::too_many_arguments)]
+unsafe fn multi<const R: usize>(
+    kc: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    ldb: usize,
+    bstep: usize,
+    nt: usize,
+    c: *mut f32,
+    ldc: usize,
+    st: &Store,
+) {
+    let mut s = *st;
+    let mut pf = st.pf;
+    for t in 0..nt {
+        // SAFETY: tile t's addresses (caller); wrapping adds only form them.
+        unsafe {
+            body::<R, 2, false>(
+                kc,
+                a,
+                lda,
+                b.wrapping_add(t * bstep),
+                ldb,
+                c.wrapping_add(16 * t),
+                ldc,
+                16,
+                pf,
+                &s,
+            );
+        }
+        pf = std::ptr::null();
+        if !s.bias_col.is_null() {
+            s.bias_col = s.bias_col.wrapping_add(16);
+        }
+        if !s.residual.is_null() {
+            s.residual = s.residual.wrapping_add(16);
+        }
+    }
+}
+
+/// The body of [`ukr`], inlined into each caller so that it compiles with AVX2 and FMA.
+///
+/// # Safety
+/// As [`ukr`]; `pf` replaces `st.pf` (null: no prefetch).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn body<const R: usize, const NV: usize, const MASKED: bool>(
+    kc: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    nv: usize,
+    pf: *const f32,
+    st: &Store,
+) {
     let all = _mm256_set1_epi32(-1);
     let mut mask = [all; NV];
     if MASKED {
@@ -89,29 +159,45 @@ unsafe fn ukr<const R: usize, const NV: usize, const MASKED: bool>(
         }
     }
     let (mut ap, mut bp) = (a, b);
-    let mut pf = st.pf;
-    let do_pf = !pf.is_null();
-    for _ in 0..kc {
-        if do_pf {
+    // One k step: NV vectors of B, R broadcasts of A, R·NV FMAs.
+    macro_rules! step {
+        () => {{
+            let mut bv = [_mm256_setzero_ps(); NV];
+            for (v, x) in bv.iter_mut().enumerate() {
+                *x = load!(bp.add(8 * v), v);
+            }
+            for (i, row) in acc.iter_mut().enumerate() {
+                // SAFETY: i < R, inside this k's A column.
+                let av = _mm256_set1_ps(unsafe { *ap.add(i) });
+                for (v, x) in row.iter_mut().enumerate() {
+                    *x = _mm256_fmadd_ps(av, bv[v], *x);
+                }
+            }
+            ap = ap.wrapping_add(lda);
+            bp = bp.wrapping_add(ldb);
+        }};
+    }
+    if !pf.is_null() {
+        let mut pf = pf;
+        for _ in 0..kc {
             // A hint: never faults, whatever the address (wrapping arithmetic below).
             _mm_prefetch::<_MM_HINT_T0>(pf as *const i8);
             pf = pf.wrapping_add(st.pf_stride);
+            step!();
         }
-        let mut bv = [_mm256_setzero_ps(); NV];
-        for (v, x) in bv.iter_mut().enumerate() {
-            *x = load!(bp.add(8 * v), v);
+    } else {
+        // Unrolled by 4: short K blocks (1×1 convolutions with few input channels)
+        // spend less on loop control.
+        for _ in 0..kc / 4 {
+            step!();
+            step!();
+            step!();
+            step!();
         }
-        for (i, row) in acc.iter_mut().enumerate() {
-            // SAFETY: i < R, inside this k's A column.
-            let av = _mm256_set1_ps(unsafe { *ap.add(i) });
-            for (v, x) in row.iter_mut().enumerate() {
-                *x = _mm256_fmadd_ps(av, bv[v], *x);
-            }
+        for _ in 0..kc % 4 {
+            step!();
         }
-        ap = ap.wrapping_add(lda);
-        bp = bp.wrapping_add(ldb);
     }
-    let vector_act = act_is_vector(st.act);
     if st.finish {
         if !st.bias_row.is_null() {
             for (i, row) in acc.iter_mut().enumerate() {
@@ -137,10 +223,13 @@ unsafe fn ukr<const R: usize, const NV: usize, const MASKED: bool>(
                 }
             }
         }
-        if vector_act && !st.act.is_identity() {
+        // Clamps here, with the accumulators in registers; other activations after the
+        // store (below).
+        if let Some((lo, hi)) = clamp_of(st.act) {
+            let (lo, hi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
             for row in acc.iter_mut() {
                 for x in row.iter_mut() {
-                    *x = act_ymm(*x, st.act);
+                    *x = _mm256_min_ps(hi, _mm256_max_ps(lo, *x));
                 }
             }
         }
@@ -157,10 +246,39 @@ unsafe fn ukr<const R: usize, const NV: usize, const MASKED: bool>(
             }
         }
     }
-    if st.finish && !vector_act {
+    if st.finish && clamp_of(st.act).is_none() && !st.act.is_identity() {
         let w = if MASKED { nv } else { 8 * NV };
         // SAFETY: the R × w tile of C was just written and is valid (UKernel contract).
-        unsafe { act_tile_scalar(c, ldc, R, w, st.act) };
+        unsafe {
+            if act_is_vector(st.act) {
+                act_tile(c, ldc, R, w, st.act)
+            } else {
+                act_tile_scalar(c, ldc, R, w, st.act)
+            }
+        };
+    }
+}
+
+/// Applies a vector activation other than a clamp to an `r × w` tile of C in place (a
+/// second pass, out of line, so that the micro-kernels keep their accumulators in
+/// registers).
+///
+/// # Safety
+/// AVX2 and FMA present; `c + i·ldc + j` valid for `i < r`, `j < w`.
+#[target_feature(enable = "avx2,fma")]
+#[inline(never)]
+unsafe fn act_tile(c: *mut f32, ldc: usize, r: usize, w: usize, act: Activation) {
+    for i in 0..r {
+        let mut j = 0;
+        while j < w {
+            let m = lane_mask((w - j).min(8));
+            // SAFETY: row i < r, lanes j.. below w only (mask).
+            unsafe {
+                let p = c.add(i * ldc + j);
+                _mm256_maskstore_ps(p, m, act_ymm(_mm256_maskload_ps(p, m), act));
+            }
+            j += 8;
+        }
     }
 }
 
@@ -325,6 +443,22 @@ pub(crate) static UKR: Ukr = Ukr {
     mr: MR,
     nr: 16,
     full: table!(2, false),
+    multi: Some(&[
+        multi::<1> as MultiKernel, // index 0 unused
+        multi::<1>,
+        multi::<2>,
+        multi::<3>,
+        multi::<4>,
+        multi::<5>,
+        multi::<6>,
+        // Never selected (mr <= 6).
+        multi::<6>,
+        multi::<6>,
+        multi::<6>,
+        multi::<6>,
+        multi::<6>,
+        multi::<6>,
+    ]),
     tail: table!(2, true),
     // One ymm per row: 12 accumulators fit, so a narrow tile takes a whole panel.
     narrow: table12!(1, true),

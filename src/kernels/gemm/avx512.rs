@@ -276,6 +276,7 @@ pub(crate) static UKR: Ukr = Ukr {
     mr: MR,
     nr: 32,
     full: table!(2, false),
+    multi: None,
     tail: table!(2, true),
     narrow: table!(1, true),
     narrow_max: 16,

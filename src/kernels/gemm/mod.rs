@@ -97,6 +97,25 @@ pub(crate) type UKernel = unsafe fn(
     st: &Store,
 );
 
+/// `nt` full-width tiles side by side in one call: tile `t` is the [`UKernel`] call with
+/// B at `b + t·bstep`, C, column bias and residual `t·nr` columns on, `nv = nr`; the
+/// prefetch of `st` runs during the first tile only. Saves the per-call overhead when K
+/// is short.
+///
+/// Safety: every tile satisfies the [`UKernel`] contract.
+pub(crate) type MultiKernel = unsafe fn(
+    kc: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    ldb: usize,
+    bstep: usize,
+    nt: usize,
+    c: *mut f32,
+    ldc: usize,
+    st: &Store,
+);
+
 /// One tier's micro-kernels, indexed by the number of rows (index 0 unused).
 pub(crate) struct Ukr {
     pub isa: Isa,
@@ -104,6 +123,8 @@ pub(crate) struct Ukr {
     pub nr: usize,
     /// Full `nr`-wide tiles.
     pub full: [UKernel; MR_MAX + 1],
+    /// Runs of full tiles (rows up to `mr`), where the tier has them.
+    pub multi: Option<&'static [MultiKernel; MR_MAX + 1]>,
     /// Masked tiles, any `nv < nr`.
     pub tail: [UKernel; MR_MAX + 1],
     /// Masked tiles for `nv <= narrow_max` (half width), cheaper than `tail`, up to
@@ -506,6 +527,10 @@ pub(crate) fn choose_nc(n: usize, kc: usize, nr: usize, bytes: usize) -> usize {
 pub(crate) enum BSrc<'a> {
     /// In place: row-major, `ptr` at the tile's `(0, 0)`, row stride `ldb`.
     Direct { ptr: *const f32, ldb: usize },
+    /// In place like `Direct`, but run like `Pack` (each A sliver across the columns of
+    /// an `nc` block, in runs of full tiles): for a small M, where packing B costs more
+    /// than it saves.
+    DirectRows { ptr: *const f32, ldb: usize },
     /// Packed into scratch block by block; `n0` is the tile's first column in the
     /// packer's coordinates.
     Pack { packer: &'a dyn PackB, n0: usize },
@@ -570,7 +595,12 @@ pub(crate) unsafe fn drive(u: &Ukr, t: &Tile, b: &BSrc, scratch: &mut [f32]) {
     // packed block streams from L2 (B is written once, read once per sliver). With B
     // read in place (constant or direct), each B sliver (kc × nr) stays in L1 while the
     // rows of A stream past it, so B comes from memory once.
-    let b_outer = !matches!(b, BSrc::Pack { .. });
+    let b_outer = !matches!(b, BSrc::Pack { .. } | BSrc::DirectRows { .. });
+    // Pointer step from one full tile of B to the next, for runs of tiles.
+    let bstep = |kcur: usize| match b {
+        BSrc::DirectRows { .. } => nr,
+        _ => kcur * nr,
+    };
     for jb in (0..n).step_by(t.nc) {
         let ncur = t.nc.min(n - jb);
         for kb in 0..nblocks_k {
@@ -589,7 +619,9 @@ pub(crate) unsafe fn drive(u: &Ukr, t: &Tile, b: &BSrc, scratch: &mut [f32]) {
             // Address and stride of B's column `j` (tile coordinates) at row k0.
             let bcol = |j: usize| -> (*const f32, usize) {
                 match *b {
-                    BSrc::Direct { ptr, ldb } => (ptr.add(k0 * ldb + j), ldb),
+                    BSrc::Direct { ptr, ldb } | BSrc::DirectRows { ptr, ldb } => {
+                        (ptr.add(k0 * ldb + j), ldb)
+                    }
                     BSrc::Pack { .. } => {
                         (packed.add(((j - jb) / nr) * kcur * nr + (j - jb) % nr), nr)
                     }
@@ -722,8 +754,51 @@ pub(crate) unsafe fn drive(u: &Ukr, t: &Tile, b: &BSrc, scratch: &mut [f32]) {
                     };
                     let ap = t.a.add(p0 * k + k0 * h);
                     // Wide chunks sliver-major, so each A sliver stays in L1 across them.
+                    let nfull = ncur / nr;
                     for (s0, mr) in slivers(h, u.mr) {
-                        for (j, nv, kind) in chunks(u, jb, ncur) {
+                        let skip = match u.multi {
+                            Some(mk) if nfull > 0 => {
+                                let (bp, ldb) = bcol(jb);
+                                let st = Store {
+                                    load_c: !first || t.accumulate,
+                                    finish: last,
+                                    bias_row: if t.bias_row.is_null() {
+                                        t.bias_row
+                                    } else {
+                                        t.bias_row.add(p0 + s0)
+                                    },
+                                    bias_col: if t.bias_col.is_null() {
+                                        t.bias_col
+                                    } else {
+                                        t.bias_col.add(jb)
+                                    },
+                                    residual: if t.residual.is_null() {
+                                        t.residual
+                                    } else {
+                                        t.residual.add((p0 + s0) * t.ldc + jb)
+                                    },
+                                    act: t.act,
+                                    pf: pf.0,
+                                    pf_stride: pf.1,
+                                };
+                                mk[mr](
+                                    kcur,
+                                    ap.add(s0),
+                                    h,
+                                    bp,
+                                    ldb,
+                                    bstep(kcur),
+                                    nfull,
+                                    t.c.add((p0 + s0) * t.ldc + jb),
+                                    t.ldc,
+                                    &st,
+                                );
+                                pf = NO_PF;
+                                nfull
+                            }
+                            _ => 0,
+                        };
+                        for (j, nv, kind) in chunks(u, jb, ncur).skip(skip) {
                             if kind != Chunk::Wide {
                                 continue;
                             }
@@ -773,6 +848,18 @@ pub(crate) unsafe fn act_tile_scalar(
 #[inline]
 pub(crate) fn act_f32(act: Activation, x: f32) -> f32 {
     act.apply_f64(x as f64) as f32
+}
+
+/// `act` as `min(hi, max(lo, x))` (max and min returning their second operand when
+/// either is NaN, as x86 does), for ReLU and Clip: the epilogues apply these two with no
+/// branch per vector.
+#[inline(always)]
+pub(crate) fn clamp_of(act: Activation) -> Option<(f32, f32)> {
+    match act {
+        Activation::Relu => Some((0.0, f32::INFINITY)),
+        Activation::Clip { min, max } => Some((min, max)),
+        _ => None,
+    }
 }
 
 /// Whether the vector epilogues apply `act` themselves.

@@ -114,6 +114,7 @@ pub(crate) static UKR: Ukr = Ukr {
     mr: MR,
     nr: NR,
     full: table!(true),
+    multi: None,
     tail: table!(false),
     narrow: table!(false),
     narrow_max: NR,
