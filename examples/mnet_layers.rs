@@ -169,7 +169,17 @@ fn dw(isa: Isa, name: String, ch: usize, stride: usize, hw: usize) -> Layer {
 }
 
 fn layers(isa: Isa) -> Vec<Layer> {
-    let mut v = vec![conv(isa, "features.0".into(), 3, 32, 3, 2, 224, relu6(), false)];
+    let mut v = vec![conv(
+        isa,
+        "features.0".into(),
+        3,
+        32,
+        3,
+        2,
+        224,
+        relu6(),
+        false,
+    )];
     // (expansion t, output channels c, repeats n, first stride s)
     let cfg = [
         (1, 16, 1, 1),
@@ -199,7 +209,13 @@ fn layers(isa: Isa) -> Vec<Layer> {
                     false,
                 ));
             }
-            v.push(dw(isa, format!("{f}.dw {hidden} s{stride} @{hw}"), hidden, stride, hw));
+            v.push(dw(
+                isa,
+                format!("{f}.dw {hidden} s{stride} @{hw}"),
+                hidden,
+                stride,
+                hw,
+            ));
             let ohw = (hw - 1) / stride + 1;
             let res = stride == 1 && cin == c;
             v.push(conv(
@@ -361,9 +377,20 @@ fn main() {
             let mut scratch = vec![0.0; plan.scratch_len()];
             let mut c = vec![0.0; m * n];
             let ns = best(&mut || {
-                plan.run(&ap, black_box(&b), n, &mut c, n, &Epilogue::default(), &mut scratch)
+                plan.run(
+                    &ap,
+                    black_box(&b),
+                    n,
+                    &mut c,
+                    n,
+                    &Epilogue::default(),
+                    &mut scratch,
+                )
             });
-            println!("gemm {m}x{n}x{k}: {:.1} GFLOP/s", 2.0 * (m * n * k) as f64 / ns);
+            println!(
+                "gemm {m}x{n}x{k}: {:.1} GFLOP/s",
+                2.0 * (m * n * k) as f64 / ns
+            );
         }
         return;
     }

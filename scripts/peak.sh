@@ -19,4 +19,11 @@ bin="${TMPDIR:-/tmp}/cnnrt-peak"
 gcc -O2 -march=native -pthread -o "$bin" "$src"
 echo "# $(date -u '+%Y-%m-%d %H:%M UTC'), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), $(nproc) CPUs, loadavg $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "# flags: $(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -E '^(avx2|fma|avx512f|avx512_bf16)$' | tr '\n' ' ')"
-"$bin" "${1:-2}"
+if grep -qw avx512f /proc/cpuinfo; then
+    "$bin" "${1:-2}"
+else
+    # peak.c runs AVX-512 code unconditionally; without it, measure the AVX2 FMA peak.
+    echo "# no AVX-512 on this CPU: AVX2 FMA peak from scripts/peak_fma.c"
+    gcc -O2 -mavx2 -mfma -pthread -o "$bin-fma" "$here/peak_fma.c"
+    "$bin-fma" "${1:-2}"
+fi

@@ -471,7 +471,13 @@ fn padded_rows_edges() {
         (20, 513),
     ] {
         for stride in [[1, 1], [2, 2], [1, 2], [2, 1]] {
-            for pads in [[1, 1, 1, 1], [0, 0, 0, 0], [0, 0, 1, 1], [1, 1, 0, 0], [2, 0, 1, 1]] {
+            for pads in [
+                [1, 1, 1, 1],
+                [0, 0, 0, 0],
+                [0, 0, 1, 1],
+                [1, 1, 0, 0],
+                [2, 0, 1, 1],
+            ] {
                 let mut case = mk([3, 3], stride, [1, 1], pads, 2, h, w);
                 case.seed = (h * 1000 + w) as u64;
                 if case.out_hw().is_some() {

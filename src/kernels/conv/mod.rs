@@ -151,14 +151,14 @@ fn split(
         return (mc, m_tiles, nc, n_tiles);
     }
     // Enough groups to share out as they are (workers claim tiles dynamically).
-    if g % threads == 0 || g >= 4 * threads {
+    if g.is_multiple_of(threads) || g >= 4 * threads {
         return (cog.max(1), 1, nc, n_tiles);
     }
     let parts = n_tiles.div_ceil(threads) * threads;
     let nc_even = n.div_ceil(parts).div_ceil(nr) * nr;
     let tiles_even = n.div_ceil(nc_even);
     let last = n - (tiles_even - 1) * nc_even;
-    if tiles_even % threads == 0 && 4 * last >= 3 * nc_even {
+    if tiles_even.is_multiple_of(threads) && 4 * last >= 3 * nc_even {
         return (cog.max(1), 1, nc_even, tiles_even);
     }
     if cog >= 2 * threads * MR_PACK {
