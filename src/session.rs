@@ -186,8 +186,9 @@ fn plan_kernels(
                             } else {
                                 WinogradVariant::F2x2
                             };
-                        let kernel = WinogradKernel::new(isa, c, ins, outs, variant)
-                            .ok_or_else(|| layout_err(c.weight, "this convolution"))?;
+                        let kernel =
+                            WinogradKernel::new_for_threads(isa, c, ins, outs, variant, threads)
+                                .ok_or_else(|| layout_err(c.weight, "this convolution"))?;
                         NodeKernel::Winograd {
                             kernel,
                             weight: c.weight,

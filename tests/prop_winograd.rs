@@ -246,6 +246,36 @@ fn check(isa: Isa, variant: WinogradVariant, case: &Case) -> Result<(), TestCase
             kernel.tiles()
         );
     }
+
+    // Tiles planned for several workers (other block sizes, a longer last block) cover the
+    // output the same way, bit for bit.
+    for threads in [2, 3] {
+        let split =
+            WinogradKernel::new_for_threads(isa, &conv, in_shape, out_shape, variant, threads)
+                .expect("3x3 stride 1 is eligible");
+        let mut scr = vec![0.0; split.scratch_len()];
+        let mut tiled = vec![f32::NAN; n_out];
+        for t in (0..split.tiles()).rev() {
+            split.run_tile(
+                &packed,
+                bias.as_deref(),
+                &x,
+                res.as_deref(),
+                &mut tiled,
+                &mut scr,
+                t,
+            );
+        }
+        let same = tiled
+            .iter()
+            .zip(&got)
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        prop_assert!(
+            same,
+            "{isa} {variant:?}: {threads}-thread tiles differ from run; {} tiles",
+            split.tiles()
+        );
+    }
     Ok(())
 }
 
@@ -397,5 +427,36 @@ fn relative_error_is_small() {
         );
         assert!(e4 > 0.0 && e4 < 1e-5, "{isa}: F4x4 relative error {e4}");
         assert!(e2 > 0.0 && e2 < 1e-5, "{isa}: F2x2 relative error {e2}");
+    }
+}
+
+/// The large shapes again with tile blocks forced small (`CNNRT_WINO_VBYTES`, read at plan
+/// time), so that every layer has several blocks and a last block that takes a remainder.
+/// Other tests of this file may plan with the small blocks too while it is set; that only
+/// changes their blocking, which must not change any result.
+#[test]
+fn winograd_small_blocks_every_tier() {
+    std::env::set_var("CNNRT_WINO_VBYTES", "8192");
+    let mk = |cin, cout, h, w| Case {
+        cin,
+        cout,
+        h,
+        w,
+        pads: [1, 1, 1, 1],
+        bias: true,
+        residual: true,
+        act: Activation::Relu,
+        seed: 5,
+        scratch_offset: 3,
+    };
+    // F4x4: 100 / 81 / 56 tiles; F2x2: 380 / 289 / 210.
+    let shapes = [mk(20, 30, 40, 37), mk(3, 5, 34, 34), mk(48, 64, 30, 26)];
+    for isa in Isa::supported() {
+        for variant in WinogradVariant::ALL {
+            for case in &shapes {
+                check(isa, variant, case)
+                    .unwrap_or_else(|e| panic!("{isa} {variant:?} {case:?}: {e}"));
+            }
+        }
     }
 }

@@ -169,10 +169,12 @@ impl WinogradVariant {
     }
 }
 
-/// Bytes of transformed input `V` per tile block that the block size aims for (L2).
-const V_BYTES: usize = 192 << 10;
+/// Bytes of transformed input `V` per tile block that the block size aims for (half of a
+/// 1 MiB L2; measured on conv3x3_stress: 192 KiB blocks of 16 tiles were 7–10% slower,
+/// 384 KiB – 1.2 MiB all within noise of each other).
+const V_BYTES: usize = 512 << 10;
 /// Bytes of GEMM output `M` per channel chunk that the chunk size aims for.
-const M_BYTES: usize = 128 << 10;
+const M_BYTES: usize = 512 << 10;
 /// Work items the split aims for, so that small layers still parallelize.
 const WANT_TILES: usize = 4;
 /// Output channels per work item below which output channels are not split.
@@ -213,7 +215,8 @@ pub struct WinogradKernel {
     /// Tiles per row, in all.
     ntx: usize,
     ntiles: usize,
-    /// Tiles per block, blocks, and the row length of V and M (>= tb).
+    /// Tiles per block (the last block may have up to 1.5×), blocks, and the row length
+    /// of V and M (>= every block).
     tb: usize,
     nblocks: usize,
     ld: usize,
@@ -241,6 +244,21 @@ impl WinogradKernel {
         out_shape: [usize; 3],
         variant: WinogradVariant,
     ) -> Option<WinogradKernel> {
+        Self::new_for_threads(isa, conv, in_shape, out_shape, variant, 1)
+    }
+
+    /// [`WinogradKernel::new`] with the tiles planned for `threads` workers: when there
+    /// are few tile blocks, their number aims at a multiple of `threads`. Results are
+    /// bit-identical for any plan (module doc).
+    pub fn new_for_threads(
+        isa: Isa,
+        conv: &Conv,
+        in_shape: [usize; 3],
+        out_shape: [usize; 3],
+        variant: WinogradVariant,
+        threads: usize,
+    ) -> Option<WinogradKernel> {
+        let threads = threads.max(1);
         if conv.kernel != [3, 3]
             || conv.stride != [1, 1]
             || conv.dilation != [1, 1]
@@ -268,16 +286,27 @@ impl WinogradKernel {
         let ntx = ow.div_ceil(m);
         let ntiles = ntx * oh.div_ceil(m);
         let nr = u.nr;
-        // Tile blocks: V (t2 · cin · tb floats) about V_BYTES, tb a multiple of nr,
-        // balanced over the tiles.
+        // Tile blocks: V (t2 · cin · tb floats) about V_BYTES, at least nr tiles (each
+        // block streams all the weights once), tb a multiple of nr (whole micro-kernel
+        // tiles), their number a multiple of the workers' where there are few. The last
+        // block takes the remainder when it is under half a block (a short block of its
+        // own would stream all the weights for a few tiles).
         let per_tile = 4 * t2 * cin.max(1);
         let v_bytes = env_bytes("CNNRT_WINO_VBYTES", V_BYTES);
         let tb_max = (v_bytes / per_tile / nr * nr).max(nr);
-        let nblocks = ntiles.div_ceil(tb_max).max(1);
-        let tb = ntiles.div_ceil(nblocks).div_ceil(nr) * nr;
-        let tb = tb.min(ntiles.div_ceil(8) * 8).max(1);
-        let ld = tb.div_ceil(8) * 8;
-        let nblocks = ntiles.div_ceil(tb).max(1);
+        let mut want = ntiles.div_ceil(tb_max).max(1);
+        if threads > 1 && want < 4 * threads {
+            want = want.div_ceil(threads) * threads;
+        }
+        let tb = (ntiles.div_ceil(want).div_ceil(nr) * nr)
+            .min(ntiles.div_ceil(8) * 8)
+            .max(1);
+        let mut nblocks = (ntiles / tb).max(1);
+        if ntiles > nblocks * tb && 2 * (ntiles - nblocks * tb) >= tb {
+            nblocks += 1;
+        }
+        let last = ntiles - (nblocks - 1) * tb;
+        let ld = tb.max(last).div_ceil(8) * 8;
         // Output channels: split when there are too few blocks to parallelize.
         let mut mc = cout.max(1);
         if nblocks < WANT_TILES && cout >= 2 * MIN_MC {
@@ -531,7 +560,12 @@ impl WinogradKernel {
         if t0 >= self.ntiles {
             return;
         }
-        let t1 = self.ntiles.min(t0 + self.tb);
+        // The last block takes the remainder (see `new_for_threads`).
+        let t1 = if b + 1 == self.nblocks {
+            self.ntiles
+        } else {
+            self.ntiles.min(t0 + self.tb)
+        };
         let (off_m, off_s, len) = self.layout();
         let al = scratch.as_ptr().align_offset(64).min(16);
         let sc = &mut scratch[al..al + len];
