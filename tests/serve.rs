@@ -541,34 +541,48 @@ fn a_full_queue_answers_503_with_retry_after() {
     .write_to(&mut std::io::Cursor::new(&mut big), image::ImageFormat::Png)
     .unwrap();
     let small = Arc::new(digit_png(5));
-    let barrier = Arc::new(std::sync::Barrier::new(17));
-    let slow = {
-        let barrier = barrier.clone();
-        std::thread::spawn(move || {
-            barrier.wait();
-            classify(addr, "", "image/png", &big)
-        })
-    };
-    let quick: Vec<_> = (0..16)
-        .map(|_| {
-            let (barrier, small) = (barrier.clone(), small.clone());
+    let big = Arc::new(big);
+    // The overlap is a race with the scheduler (on a loaded 2-core machine the slow
+    // request can finish before the burst arrives), so a few attempts are allowed; a
+    // server that never turns a request away fails every one of them.
+    let (mut ok, mut busy) = (0, 0);
+    for _attempt in 0..5 {
+        let barrier = Arc::new(std::sync::Barrier::new(17));
+        let slow = {
+            let (barrier, big) = (barrier.clone(), big.clone());
             std::thread::spawn(move || {
                 barrier.wait();
-                std::thread::sleep(Duration::from_millis(20));
-                classify(addr, "", "image/png", &small)
+                classify(addr, "", "image/png", &big)
             })
-        })
-        .collect();
-    assert_eq!(slow.join().unwrap().status, 200);
-    let (mut ok, mut busy) = (0, 0);
-    for r in quick.into_iter().map(|t| t.join().unwrap()) {
-        if r.status == 200 {
-            assert_eq!(top1(&r.json()), "5");
-            ok += 1;
-        } else {
-            assert_eq!(r.header("retry-after"), Some("1"));
-            assert!(r.error(503).contains("busy"));
-            busy += 1;
+        };
+        let quick: Vec<_> = (0..16)
+            .map(|_| {
+                let (barrier, small) = (barrier.clone(), small.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    std::thread::sleep(Duration::from_millis(20));
+                    classify(addr, "", "image/png", &small)
+                })
+            })
+            .collect();
+        // The slow request is usually the one served first; when a quick one wins the
+        // session instead, the slow one is turned away like the rest.
+        let slow = slow.join().unwrap();
+        let replies = quick.into_iter().map(|t| (t.join().unwrap(), "5"));
+        for (r, want) in std::iter::once((slow, "")).chain(replies) {
+            if r.status == 200 {
+                if !want.is_empty() {
+                    assert_eq!(top1(&r.json()), want);
+                }
+                ok += 1;
+            } else {
+                assert_eq!(r.header("retry-after"), Some("1"));
+                assert!(r.error(503).contains("busy"));
+                busy += 1;
+            }
+        }
+        if busy >= 1 {
+            break;
         }
     }
     assert!(busy >= 1, "no request was turned away ({ok} answered)");
