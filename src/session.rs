@@ -474,7 +474,7 @@ impl Session {
                 } => {
                     let (w, b) = (packed(*weight), bias.map(|b| model.weight(b)));
                     let r = ins.get(1).copied();
-                    parallel::run_tiles_batch(
+                    parallel::run_tiles(
                         kernel,
                         self.slots,
                         n,
@@ -493,7 +493,7 @@ impl Session {
                 } => {
                     let (w, b) = (model.weight(*weight), bias.map(|b| model.weight(b)));
                     let r = ins.get(1).copied();
-                    parallel::run_tiles_batch(
+                    parallel::run_tiles(
                         kernel,
                         self.slots,
                         n,

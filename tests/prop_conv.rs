@@ -228,58 +228,45 @@ fn check_conv(isa: Isa, case: &Case, algorithm: Option<&str>) -> Result<(), Test
         &format!("{isa} {} {c:?} in {in_shape:?}", kernel.algorithm()),
     )?;
 
-    // Tiles forward and in reverse give bit-identical results, equal to `run`'s.
+    // Whether running every tile of `k` (in reverse order or not) reproduces `run` bit for
+    // bit (scratch at the case's misaligned offset, as above).
     let r0 = res.as_deref().map(|r| &r[..n_out]);
-    for order in [false, true] {
+    let tiles_match = |k: &ConvKernel, reverse: bool| {
         let mut tiled = vec![f32::NAN; n_out];
-        let mut ts: Vec<usize> = (0..kernel.tiles()).collect();
-        if order {
+        let mut scr = vec![0.0; k.scratch_len() + case.scratch_offset];
+        let mut ts: Vec<usize> = (0..k.tiles()).collect();
+        if reverse {
             ts.reverse();
         }
         for t in ts {
-            kernel.run_tile(
+            k.run_tile(
                 &packed,
                 bias.as_deref(),
                 &x[..n_in],
                 r0,
                 &mut tiled,
-                scratch,
+                &mut scr[case.scratch_offset..],
                 t,
             );
         }
-        let same = tiled
+        tiled
             .iter()
             .zip(&got[..n_out])
-            .all(|(a, b)| a.to_bits() == b.to_bits());
+            .all(|(a, b)| a.to_bits() == b.to_bits())
+    };
+    // Tiles forward and in reverse give bit-identical results, equal to `run`'s.
+    for reverse in [false, true] {
         prop_assert!(
-            same,
-            "{isa}: tiles (reverse={order}) differ from run; {} tiles",
+            tiles_match(&kernel, reverse),
+            "{isa}: tiles (reverse={reverse}) differ from run; {} tiles",
             kernel.tiles()
         );
     }
-
     // The tiles planned for several threads cover the output the same way, bit for bit.
     for threads in [2, 3, 4] {
         let split = kernel.clone().split_for_threads(threads);
-        let mut tiled = vec![f32::NAN; n_out];
-        let mut scr = vec![0.0; split.scratch_len()];
-        for t in (0..split.tiles()).rev() {
-            split.run_tile(
-                &packed,
-                bias.as_deref(),
-                &x[..n_in],
-                r0,
-                &mut tiled,
-                &mut scr,
-                t,
-            );
-        }
-        let same = tiled
-            .iter()
-            .zip(&got[..n_out])
-            .all(|(a, b)| a.to_bits() == b.to_bits());
         prop_assert!(
-            same,
+            tiles_match(&split, true),
             "{isa}: {threads}-thread tiles differ from run; {} tiles",
             split.tiles()
         );

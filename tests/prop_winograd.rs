@@ -219,59 +219,46 @@ fn check(isa: Isa, variant: WinogradVariant, case: &Case) -> Result<(), TestCase
         *slot = slot.max(worst);
     }
 
-    for reverse in [false, true] {
+    // Whether running every tile of `k` (in reverse order or not) reproduces `run` bit for
+    // bit (scratch at the case's offset, as above).
+    let tiles_match = |k: &WinogradKernel, reverse: bool| {
         let mut tiled = vec![f32::NAN; n_out];
-        let mut ts: Vec<usize> = (0..kernel.tiles()).collect();
+        let mut scr = vec![f32::NAN; k.scratch_len() + case.scratch_offset];
+        let mut ts: Vec<usize> = (0..k.tiles()).collect();
         if reverse {
             ts.reverse();
         }
         for t in ts {
-            kernel.run_tile(
+            k.run_tile(
                 &packed,
                 bias.as_deref(),
                 &x,
                 res.as_deref(),
                 &mut tiled,
-                scratch,
+                &mut scr[case.scratch_offset..],
                 t,
             );
         }
-        let same = tiled
+        tiled
             .iter()
             .zip(&got)
-            .all(|(a, b)| a.to_bits() == b.to_bits());
+            .all(|(a, b)| a.to_bits() == b.to_bits())
+    };
+    for reverse in [false, true] {
         prop_assert!(
-            same,
+            tiles_match(&kernel, reverse),
             "{isa} {variant:?}: tiles (reverse={reverse}) differ from run; {} tiles",
             kernel.tiles()
         );
     }
-
     // Tiles planned for several workers (other block sizes, a longer last block) cover the
     // output the same way, bit for bit.
     for threads in [2, 3] {
         let split =
             WinogradKernel::new_for_threads(isa, &conv, in_shape, out_shape, variant, threads)
                 .expect("3x3 stride 1 is eligible");
-        let mut scr = vec![0.0; split.scratch_len()];
-        let mut tiled = vec![f32::NAN; n_out];
-        for t in (0..split.tiles()).rev() {
-            split.run_tile(
-                &packed,
-                bias.as_deref(),
-                &x,
-                res.as_deref(),
-                &mut tiled,
-                &mut scr,
-                t,
-            );
-        }
-        let same = tiled
-            .iter()
-            .zip(&got)
-            .all(|(a, b)| a.to_bits() == b.to_bits());
         prop_assert!(
-            same,
+            tiles_match(&split, true),
             "{isa} {variant:?}: {threads}-thread tiles differ from run; {} tiles",
             split.tiles()
         );

@@ -89,57 +89,13 @@ macro_rules! tiled_conv {
 tiled_conv!(ConvKernel);
 tiled_conv!(WinogradKernel);
 
-/// `out = act(conv(x) + bias + residual)` for one sample, tiles spread over `slots`
-/// workers of the current pool. `scratch` holds `slots × kernel.scratch_len()` floats.
+/// `out = act(conv(x) + bias + residual)` for a batch of `n` samples (`x`: `n` samples of
+/// `x.len() / n`, `out` and `residual`: `n` of `out.len() / n`), the tiles of every sample
+/// shared out over `slots` workers of the current pool in one parallel region (small
+/// layers still fill the workers, one hand-off per layer instead of one per sample).
+/// `scratch` holds `slots × kernel.scratch_len()` floats.
 #[allow(clippy::too_many_arguments)]
 pub fn run_tiles(
-    kernel: &impl TiledConv,
-    slots: usize,
-    packed: &[f32],
-    bias: Option<&[f32]>,
-    x: &[f32],
-    residual: Option<&[f32]>,
-    out: &mut [f32],
-    scratch: &mut [f32],
-) {
-    let tiles = kernel.tiles();
-    let per = kernel.scratch_len();
-    let slots = slots.min(tiles).max(1);
-    if slots == 1 || kernel.flops() < min_parallel_flops() {
-        kernel.run(
-            packed,
-            bias,
-            x,
-            residual,
-            out,
-            &mut scratch[..kernel.scratch_len()],
-        );
-        return;
-    }
-    assert!(
-        scratch.len() >= slots * per,
-        "conv: scratch for {slots} slots"
-    );
-    let shared = SharedOut::new(out);
-    for_tiles(
-        slots,
-        tiles,
-        &mut scratch[..slots * per],
-        per,
-        |scr, tile| {
-            // SAFETY: `for_tiles` runs each tile index exactly once, tiles write disjoint parts
-            // of `out`, and `out` is read only after it returns; each slot has its own scratch.
-            unsafe { kernel.run_tile_shared(packed, bias, x, residual, shared, scr, tile) };
-        },
-    );
-}
-
-/// [`run_tiles`] for a batch of `n` samples (`x`: `n` samples of `x.len() / n`, `out` and
-/// `residual`: `n` of `out.len() / n`) in one parallel region: the tiles of every sample
-/// are shared out together, so small layers still fill the workers and there is one
-/// hand-off per layer instead of one per sample.
-#[allow(clippy::too_many_arguments)]
-pub fn run_tiles_batch(
     kernel: &impl TiledConv,
     slots: usize,
     n: usize,
@@ -158,23 +114,21 @@ pub fn run_tiles_batch(
     );
     let per_sample = kernel.tiles();
     let tiles = n * per_sample;
+    let per = kernel.scratch_len();
     let slots = slots.min(tiles).max(1);
-    if n == 1 || slots == 1 || kernel.flops() < min_parallel_flops() {
+    if slots == 1 || kernel.flops() < min_parallel_flops() {
         for s in 0..n {
-            run_tiles(
-                kernel,
-                slots,
+            kernel.run(
                 packed,
                 bias,
                 &x[s * sin..(s + 1) * sin],
                 residual.map(|r| &r[s * sout..(s + 1) * sout]),
                 &mut out[s * sout..(s + 1) * sout],
-                scratch,
+                &mut scratch[..per],
             );
         }
         return;
     }
-    let per = kernel.scratch_len();
     assert!(
         scratch.len() >= slots * per,
         "conv: scratch for {slots} slots"

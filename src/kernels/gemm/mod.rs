@@ -632,6 +632,29 @@ pub(crate) unsafe fn drive(u: &Ukr, t: &Tile, b: &BSrc, scratch: &mut [f32]) {
                     }
                 }
             };
+            // The epilogue of the tile at row r0, column j (tile coordinates).
+            let store_at = |r0: usize, j: usize, pf: (*const f32, usize)| Store {
+                load_c: !first || t.accumulate,
+                finish: last,
+                bias_row: if t.bias_row.is_null() {
+                    t.bias_row
+                } else {
+                    t.bias_row.add(r0)
+                },
+                bias_col: if t.bias_col.is_null() {
+                    t.bias_col
+                } else {
+                    t.bias_col.add(j)
+                },
+                residual: if t.residual.is_null() {
+                    t.residual
+                } else {
+                    t.residual.add(r0 * t.ldc + j)
+                },
+                act: t.act,
+                pf: pf.0,
+                pf_stride: pf.1,
+            };
             // One kernel call: rows r0 .. r0+mr (A at `a`, K stride `lda`), columns
             // j .. j+nv, with `kern` of the right kind.
             let call = |kern: UKernel,
@@ -644,28 +667,7 @@ pub(crate) unsafe fn drive(u: &Ukr, t: &Tile, b: &BSrc, scratch: &mut [f32]) {
                         pf: (*const f32, usize)| {
                 let _ = mr;
                 let (bp, ldb) = bcol(j);
-                let st = Store {
-                    load_c: !first || t.accumulate,
-                    finish: last,
-                    bias_row: if t.bias_row.is_null() {
-                        t.bias_row
-                    } else {
-                        t.bias_row.add(r0)
-                    },
-                    bias_col: if t.bias_col.is_null() {
-                        t.bias_col
-                    } else {
-                        t.bias_col.add(j)
-                    },
-                    residual: if t.residual.is_null() {
-                        t.residual
-                    } else {
-                        t.residual.add(r0 * t.ldc + j)
-                    },
-                    act: t.act,
-                    pf: pf.0,
-                    pf_stride: pf.1,
-                };
+                let st = store_at(r0, j, pf);
                 kern(
                     kcur,
                     a,
@@ -759,28 +761,7 @@ pub(crate) unsafe fn drive(u: &Ukr, t: &Tile, b: &BSrc, scratch: &mut [f32]) {
                         let skip = match u.multi {
                             Some(mk) if nfull > 0 => {
                                 let (bp, ldb) = bcol(jb);
-                                let st = Store {
-                                    load_c: !first || t.accumulate,
-                                    finish: last,
-                                    bias_row: if t.bias_row.is_null() {
-                                        t.bias_row
-                                    } else {
-                                        t.bias_row.add(p0 + s0)
-                                    },
-                                    bias_col: if t.bias_col.is_null() {
-                                        t.bias_col
-                                    } else {
-                                        t.bias_col.add(jb)
-                                    },
-                                    residual: if t.residual.is_null() {
-                                        t.residual
-                                    } else {
-                                        t.residual.add((p0 + s0) * t.ldc + jb)
-                                    },
-                                    act: t.act,
-                                    pf: pf.0,
-                                    pf_stride: pf.1,
-                                };
+                                let st = store_at(p0 + s0, jb, pf);
                                 mk[mr](
                                     kcur,
                                     ap.add(s0),
