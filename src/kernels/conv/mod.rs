@@ -127,8 +127,9 @@ const WANT_TILES: usize = 4;
 /// split only when there are fewer than [`WANT_TILES`] blocks (for callers that run the
 /// tiles themselves). Several workers: the tiles of all groups must share out evenly,
 /// so N is cut into a multiple of `threads` blocks of equal width (in whole micro-kernel
-/// columns), or, when that leaves a block much narrower than the others, the output
-/// channels are cut into `threads` blocks instead (B is then packed once per block).
+/// columns), or, when that leaves few blocks and one much narrower than the others, the
+/// output channels are cut into `threads` blocks instead (B is then packed once per
+/// block, so each worker repeats the im2col of the whole layer).
 fn split(
     g: usize,
     cog: usize,
@@ -158,7 +159,10 @@ fn split(
     let nc_even = n.div_ceil(parts).div_ceil(nr) * nr;
     let tiles_even = n.div_ceil(nc_even);
     let last = n - (tiles_even - 1) * nc_even;
-    if tiles_even.is_multiple_of(threads) && 4 * last >= 3 * nc_even {
+    // Many tiles share out well under dynamic claiming whatever the last one's width;
+    // few must be of equal width.
+    if tiles_even >= 4 * threads || (tiles_even.is_multiple_of(threads) && 4 * last >= 3 * nc_even)
+    {
         return (cog.max(1), 1, nc_even, tiles_even);
     }
     if cog >= 2 * threads * MR_PACK {
