@@ -307,10 +307,17 @@ impl WinogradKernel {
         }
         let last = ntiles - (nblocks - 1) * tb;
         let ld = tb.max(last).div_ceil(8) * 8;
-        // Output channels: split when there are too few blocks to parallelize.
+        // Output channels: split when there are too few blocks to parallelize. Every
+        // channel block transforms the whole tile block's input again, so with one tile
+        // block and several workers the split is one channel block per worker.
         let mut mc = cout.max(1);
         if nblocks < WANT_TILES && cout >= 2 * MIN_MC {
-            let split = WANT_TILES.div_ceil(nblocks).min(cout / MIN_MC).max(1);
+            let want = if threads > 1 && nblocks == 1 {
+                threads
+            } else {
+                WANT_TILES.div_ceil(nblocks)
+            };
+            let split = want.min(cout / MIN_MC).max(1);
             mc = cout.div_ceil(split).div_ceil(MR_PACK) * MR_PACK;
         }
         let m_tiles = cout.div_ceil(mc).max(1);
