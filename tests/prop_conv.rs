@@ -300,6 +300,72 @@ fn conv_matches_reference_every_tier() {
     }
 }
 
+/// The first-layer direct kernel (few input channels read in place through tap offsets,
+/// `direct`) on the tiers that have it, over the shapes it accepts: any kernel size,
+/// stride, dilation and padding (asymmetric too), rows not a multiple of 16 (masked
+/// tails), heights that the bands of 8 rows do not divide, output channels not a
+/// multiple of the 12-row panels or 6-row slivers, bias, residual, activations, batch.
+#[test]
+fn direct_first_layer_every_tier() {
+    let strat = (
+        1usize..=4,
+        1usize..=30,
+        (
+            (1usize..=7, 1usize..=7),
+            (1usize..=3, 1usize..=3),
+            (1usize..=2, 1usize..=2),
+        ),
+        [0usize..=3, 0usize..=3, 0usize..=3, 0usize..=3],
+        (1usize..=30, 8usize..=60),
+        (any::<bool>(), any::<bool>(), activations()),
+        (1usize..=2, any::<u64>(), 0usize..=3),
+    )
+        .prop_filter_map(
+            "not a direct-kernel shape",
+            |(
+                ci,
+                co,
+                (kernel, stride, dil),
+                pads,
+                (h, w),
+                (bias, residual, act),
+                (batch, seed, off),
+            )| {
+                let conv = Conv {
+                    in_channels: ci,
+                    out_channels: co,
+                    kernel: [kernel.0, kernel.1],
+                    stride: [stride.0, stride.1],
+                    dilation: [dil.0, dil.1],
+                    pads,
+                    groups: 1,
+                    weight: 0,
+                    bias: None,
+                    activation: act,
+                };
+                let eh = dil.0 * (kernel.0 - 1) + 1;
+                let ew = dil.1 * (kernel.1 - 1) + 1;
+                let fits = h + pads[0] + pads[2] >= eh && w + pads[1] + pads[3] >= ew;
+                let ow = fits.then(|| out_dims(&conv, h, w).1).unwrap_or(0);
+                (fits && conv.kernel != [1, 1] && ow >= 8).then_some(Case {
+                    conv,
+                    h,
+                    w,
+                    batch,
+                    bias,
+                    residual,
+                    seed,
+                    scratch_offset: off,
+                })
+            },
+        );
+    for isa in Isa::supported().into_iter().filter(|&i| i >= Isa::Avx2) {
+        runner()
+            .run(&strat, |case| check_conv(isa, &case, Some("direct")))
+            .unwrap_or_else(|e| panic!("{isa}: {e}"));
+    }
+}
+
 /// Shapes random sampling rarely reaches: M split into several tiles (many output
 /// channels, few pixels), many N tiles, K split into several blocks, grouped 1×1.
 #[test]

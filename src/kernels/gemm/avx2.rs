@@ -1,10 +1,13 @@
 //! AVX2+FMA micro-kernels: up to 6 rows × 16 columns (two ymm per row, 12 accumulators),
 //! broadcast A, FMA; `vmaskmov` loads and stores for the N remainder.
 
-use super::{act_is_vector, act_tile_scalar, clamp_of, MultiKernel, Store, UKernel, Ukr, MR_MAX};
+use super::{
+    act_is_vector, act_tile_scalar, clamp_of, MultiKernel, OffsKernel, Store, UKernel, Ukr, MR_MAX,
+};
 use crate::graph::Activation;
 use crate::simd::Isa;
 use core::arch::x86_64::*;
+use std::ptr::null;
 
 const MR: usize = 6;
 
@@ -61,8 +64,47 @@ unsafe fn ukr<const R: usize, const NV: usize, const MASKED: bool>(
     st: &Store,
 ) {
     // SAFETY: forwarded (same contract).
-    unsafe { body::<R, NV, MASKED>(kc, a, lda, b, ldb, c, ldc, nv, st.pf, st) }
+    unsafe { body::<R, NV, MASKED, false>(kc, a, lda, b, ldb, null(), c, ldc, nv, st.pf, st) }
 }
+
+#[target_feature(enable = "avx2,fma")]
+/// # Safety
+/// As [`ukr`], with row `k` of B at `b + offs[k]` (`offs` has `kc` entries).
+unsafe fn ukr_offs<const R: usize, const MASKED: bool>(
+    kc: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    offs: *const usize,
+    c: *mut f32,
+    ldc: usize,
+    nv: usize,
+    st: &Store,
+) {
+    // SAFETY: forwarded (same contract).
+    unsafe { body::<R, 2, MASKED, true>(kc, a, lda, b, 0, offs, c, ldc, nv, st.pf, st) }
+}
+
+/// Offset-addressed 16-wide kernels (see [`OffsKernel`]), indexed by rows `1..=6`: full
+/// width and masked (`nv < 16`).
+pub(crate) static OFFS_FULL: [OffsKernel; MR + 1] = [
+    ukr_offs::<1, false>,
+    ukr_offs::<1, false>,
+    ukr_offs::<2, false>,
+    ukr_offs::<3, false>,
+    ukr_offs::<4, false>,
+    ukr_offs::<5, false>,
+    ukr_offs::<6, false>,
+];
+pub(crate) static OFFS_TAIL: [OffsKernel; MR + 1] = [
+    ukr_offs::<1, true>,
+    ukr_offs::<1, true>,
+    ukr_offs::<2, true>,
+    ukr_offs::<3, true>,
+    ukr_offs::<4, true>,
+    ukr_offs::<5, true>,
+    ukr_offs::<6, true>,
+];
 
 /// `nt` full 6-or-fewer × 16 tiles side by side (see `Ukr::multi`): tile `t` reads B at
 /// `b + t·bstep` and writes C (bias_col, residual) 16·t columns on. Prefetches `st.pf`
@@ -89,12 +131,13 @@ unsafe fn multi<const R: usize>(
     for t in 0..nt {
         // SAFETY: tile t's addresses (caller); wrapping adds only form them.
         unsafe {
-            body::<R, 2, false>(
+            body::<R, 2, false, false>(
                 kc,
                 a,
                 lda,
                 b.wrapping_add(t * bstep),
                 ldb,
+                null(),
                 c.wrapping_add(16 * t),
                 ldc,
                 16,
@@ -118,12 +161,13 @@ unsafe fn multi<const R: usize>(
 /// As [`ukr`]; `pf` replaces `st.pf` (null: no prefetch).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn body<const R: usize, const NV: usize, const MASKED: bool>(
+unsafe fn body<const R: usize, const NV: usize, const MASKED: bool, const OFFS: bool>(
     kc: usize,
     a: *const f32,
     lda: usize,
     b: *const f32,
     ldb: usize,
+    offs: *const usize,
     c: *mut f32,
     ldc: usize,
     nv: usize,
@@ -158,10 +202,16 @@ unsafe fn body<const R: usize, const NV: usize, const MASKED: bool>(
             }
         }
     }
-    let (mut ap, mut bp) = (a, b);
-    // One k step: NV vectors of B, R broadcasts of A, R·NV FMAs.
+    let (mut ap, mut bp, mut op) = (a, b, offs);
+    // One k step: NV vectors of B, R broadcasts of A, R·NV FMAs. With OFFS, row k of B
+    // is at `b + offs[k]` instead of `b + k·ldb`.
     macro_rules! step {
         () => {{
+            if OFFS {
+                // SAFETY: offs has kc entries (OffsKernel contract); one per step.
+                bp = b.wrapping_add(unsafe { *op });
+                op = op.wrapping_add(1);
+            }
             let mut bv = [_mm256_setzero_ps(); NV];
             for (v, x) in bv.iter_mut().enumerate() {
                 *x = load!(bp.add(8 * v), v);
@@ -174,7 +224,9 @@ unsafe fn body<const R: usize, const NV: usize, const MASKED: bool>(
                 }
             }
             ap = ap.wrapping_add(lda);
-            bp = bp.wrapping_add(ldb);
+            if !OFFS {
+                bp = bp.wrapping_add(ldb);
+            }
         }};
     }
     if !pf.is_null() {

@@ -97,6 +97,34 @@ pub(crate) type UKernel = unsafe fn(
     st: &Store,
 );
 
+/// A [`UKernel`] whose B rows are not evenly spaced: row `k` of B is at `b + offs[k]`
+/// (`offs` has `kc` entries). The first-layer direct convolution reads its input in place
+/// this way, each k a kernel tap. 16 columns (AVX2); same FMA chain per element as the
+/// other kernels.
+pub(crate) type OffsKernel = unsafe fn(
+    kc: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    offs: *const usize,
+    c: *mut f32,
+    ldc: usize,
+    nv: usize,
+    st: &Store,
+);
+
+/// The offset-addressed kernels (full width, masked), indexed by rows `1..=6`, where the
+/// tier has them (AVX2, also run by the AVX-512 tier).
+pub(crate) fn offs_kernels(
+    isa: Isa,
+) -> Option<(&'static [OffsKernel; 7], &'static [OffsKernel; 7])> {
+    match isa.min(Isa::detect()) {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512 => Some((&avx2::OFFS_FULL, &avx2::OFFS_TAIL)),
+        _ => None,
+    }
+}
+
 /// `nt` full-width tiles side by side in one call: tile `t` is the [`UKernel`] call with
 /// B at `b + t·bstep`, C, column bias and residual `t·nr` columns on, `nv = nr`; the
 /// prefetch of `st` runs during the first tile only. Saves the per-call overhead when K

@@ -1,0 +1,190 @@
+//! First-layer direct convolution (few input channels, e.g. an RGB stem): the GEMM
+//! micro-kernels read the input in place instead of an im2col matrix.
+//!
+//! With `K = cig·kh·kw` taps of a few channels, im2col copies every input pixel `kh·kw`
+//! times, a large share of such a layer's time. Here each band of output rows first
+//! copies its input rows once into a zero-padded buffer split into `sw` column phases
+//! (`buf[ci][phase][row][col]` holds padded input column `col·sw + phase`). Output column
+//! `ox` of tap `(ci, ky, kx)` then reads buffer column `ox + (kx·dw) / sw` of phase
+//! `(kx·dw) % sw`, so for 16 consecutive output columns every tap is 16 consecutive
+//! floats at a fixed offset from the output row's base: the offset-addressed micro-kernel
+//! ([`OffsKernel`]) takes B row `k` at `base + offs[k]`.
+//!
+//! Same packed weights as im2col (K in `(ci, ky, kx)` order), and with `K` in one block
+//! (`K <= 384`, see `choose_kc`) the same FMA chain per output element: bit-identical to
+//! `im2col_gemm` on the same tier.
+
+use super::ConvKernel;
+use crate::kernels::gemm::{OffsKernel, SharedOut, Store, MR_PACK};
+
+/// Output rows per band (work item) at most.
+pub(super) const BAND: usize = 8;
+/// Columns one micro-kernel call covers.
+const NR: usize = 16;
+/// Micro-kernel rows.
+const MR: usize = 6;
+
+/// The buffer geometry and tap offsets of a planned layer.
+#[derive(Clone, Debug)]
+pub(super) struct DirectPlan {
+    /// Output rows per band.
+    pub band: usize,
+    /// Buffer rows per phase plane: `(band − 1)·sh + (kh − 1)·dh + 1`.
+    rows: usize,
+    /// Buffer row length: the phase's padded columns and a vector of slack.
+    rs: usize,
+    /// `offs[k]`: where tap `k`'s row of B starts, from the output row's base.
+    offs: Vec<usize>,
+}
+
+impl DirectPlan {
+    pub(super) fn new(k: &ConvKernel, band: usize) -> DirectPlan {
+        let [kh, kw] = k.kernel;
+        let [sh, sw] = k.stride;
+        let [dh, dw] = k.dilation;
+        let band = band.clamp(1, k.oh.max(1));
+        let rows = (band - 1) * sh + (kh - 1) * dh + 1;
+        let padded_w = k.w + k.pads[1] + k.pads[3];
+        let rs = padded_w.div_ceil(sw) + NR;
+        let mut offs = Vec::with_capacity(k.cig * kh * kw);
+        for ci in 0..k.cig {
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    let (phase, col) = ((kx * dw) % sw, (kx * dw) / sw);
+                    offs.push(((ci * sw + phase) * rows + ky * dh) * rs + col);
+                }
+            }
+        }
+        DirectPlan {
+            band,
+            rows,
+            rs,
+            offs,
+        }
+    }
+
+    /// f32 elements of the band buffer.
+    pub(super) fn buffer_len(&self, cig: usize, sw: usize) -> usize {
+        cig * sw * self.rows * self.rs
+    }
+}
+
+/// The output rows of band `b`.
+fn band_rows(k: &ConvKernel, d: &DirectPlan, b: usize) -> (usize, usize) {
+    let oy0 = b * d.band;
+    (oy0, k.oh.min(oy0 + d.band))
+}
+
+/// Copies the input rows of output rows `oy0..` into `buf` (see the module doc), zero
+/// outside the image.
+fn fill(k: &ConvKernel, d: &DirectPlan, x: &[f32], oy0: usize, buf: &mut [f32]) {
+    let sw = k.stride[1];
+    let (h, w, pt, pl) = (k.h as isize, k.w, k.pads[0] as isize, k.pads[1]);
+    for ci in 0..k.cig {
+        let plane = &x[ci * k.h * w..(ci + 1) * k.h * w];
+        for r in 0..d.rows {
+            let iy = (oy0 * k.stride[0] + r) as isize - pt;
+            for phase in 0..sw {
+                let dst = &mut buf[((ci * sw + phase) * d.rows + r) * d.rs..][..d.rs];
+                if iy < 0 || iy >= h {
+                    dst.fill(0.0);
+                    continue;
+                }
+                let src = &plane[iy as usize * w..(iy as usize + 1) * w];
+                // Buffer column c holds input column c·sw + phase − pl.
+                let lo = pl.saturating_sub(phase).div_ceil(sw).min(d.rs);
+                let hi = (w + pl).saturating_sub(phase).div_ceil(sw).clamp(lo, d.rs);
+                dst[..lo].fill(0.0);
+                dst[hi..].fill(0.0);
+                let first = lo * sw + phase - pl;
+                for (c, v) in dst[lo..hi].iter_mut().enumerate() {
+                    *v = src[first + c * sw];
+                }
+            }
+        }
+    }
+}
+
+/// Band `b` (all output channels of group 0) of `out = act(conv(x) + bias + residual)`.
+///
+/// Safety: `k` planned as direct with `d`; the arguments checked by `ConvKernel::check`;
+/// `kernels` the tier's offset kernels (its CPU features present); no concurrent writer
+/// of this band's outputs.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn band(
+    k: &ConvKernel,
+    d: &DirectPlan,
+    kernels: (&[OffsKernel; 7], &[OffsKernel; 7]),
+    packed: &[f32],
+    bias: Option<&[f32]>,
+    x: &[f32],
+    residual: Option<&[f32]>,
+    out: SharedOut,
+    scratch: &mut [f32],
+    b: usize,
+) {
+    let (oy0, oy1) = band_rows(k, d, b);
+    if oy0 >= oy1 {
+        return;
+    }
+    let sw = k.stride[1];
+    let len = d.buffer_len(k.cig, sw);
+    let buf = &mut scratch[..len];
+    fill(k, d, x, oy0, buf);
+    let (kk, plane) = (k.k, k.oh * k.ow);
+    assert_eq!(d.offs.len(), kk, "direct conv: taps");
+    // Sliver-major: each sliver of A stays in L1 while it sweeps the output row, and
+    // its rows of C are written left to right (a few sequential streams).
+    for oy in oy0..oy1 {
+        let base = (oy - oy0) * k.stride[0] * d.rs;
+        for p0 in (0..k.cog).step_by(MR_PACK) {
+            let h = MR_PACK.min(k.cog - p0);
+            let mut s0 = 0;
+            while s0 < h {
+                let mr = MR.min(h - s0);
+                for ox0 in (0..k.ow).step_by(NR) {
+                    let nv = NR.min(k.ow - ox0);
+                    // B row k at bp + offs[k]: columns ox0 .. ox0 + 16 of tap k, inside
+                    // the buffer (rows < d.rows by construction, columns < rs thanks to
+                    // its slack).
+                    let bp = buf[base + ox0..].as_ptr();
+                    let row = p0 + s0;
+                    let at = row * plane + oy * k.ow + ox0;
+                    let st = Store {
+                        load_c: false,
+                        finish: true,
+                        bias_row: bias.map_or(std::ptr::null(), |v| v[row..].as_ptr()),
+                        bias_col: std::ptr::null(),
+                        residual: residual.map_or(std::ptr::null(), |r| r[at..].as_ptr()),
+                        act: k.activation,
+                        pf: std::ptr::null(),
+                        pf_stride: 0,
+                    };
+                    let kern = if nv == NR {
+                        kernels.0[mr]
+                    } else {
+                        kernels.1[mr]
+                    };
+                    // SAFETY: A rows p0+s0 .. +mr of the packed panel at p0·K (lda = h)
+                    // for K steps; B as above; C rows `row..row+mr` at column
+                    // oy·ow + ox0 .. + nv of planes of oh·ow (checked lengths); the
+                    // caller guarantees the tier and exclusive access to the band.
+                    unsafe {
+                        kern(
+                            kk,
+                            packed.as_ptr().add(p0 * kk + s0),
+                            h,
+                            bp,
+                            d.offs.as_ptr(),
+                            out.ptr().add(at),
+                            plane,
+                            nv,
+                            &st,
+                        )
+                    };
+                }
+                s0 += mr;
+            }
+        }
+    }
+}
