@@ -346,7 +346,7 @@ fn direct_first_layer_every_tier() {
                 let eh = dil.0 * (kernel.0 - 1) + 1;
                 let ew = dil.1 * (kernel.1 - 1) + 1;
                 let fits = h + pads[0] + pads[2] >= eh && w + pads[1] + pads[3] >= ew;
-                let ow = fits.then(|| out_dims(&conv, h, w).1).unwrap_or(0);
+                let ow = if fits { out_dims(&conv, h, w).1 } else { 0 };
                 (fits && conv.kernel != [1, 1] && ow >= 8).then_some(Case {
                     conv,
                     h,
