@@ -101,6 +101,9 @@ pub(crate) type UKernel = unsafe fn(
 /// (`offs` has `kc` entries). The first-layer direct convolution reads its input in place
 /// this way, each k a kernel tap. 16 columns (AVX2); same FMA chain per element as the
 /// other kernels.
+///
+/// Safety: as [`UKernel`], with `offs[0..kc]` readable and `b + offs[k] + j` valid for
+/// `j < nv` (all 16 columns for the full-width kernels).
 pub(crate) type OffsKernel = unsafe fn(
     kc: usize,
     a: *const f32,
