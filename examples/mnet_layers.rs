@@ -324,6 +324,7 @@ fn main() {
                 max_batch: 1,
                 max_isa: None,
                 threads: cnnrt::Threads::Caller,
+                ..Default::default()
             })
             .unwrap();
         let input = values(m.input_shape().iter().product(), 11);

@@ -1,6 +1,8 @@
 //! Workspace planning: one arena for every activation, offsets chosen once from tensor
 //! lifetimes (greedy best-fit, largest first), so runs never allocate.
 
+use std::ops::Range;
+
 use crate::graph::Graph;
 
 /// Floats per alignment unit: 64 bytes.
@@ -25,6 +27,17 @@ impl ArenaPlan {
     /// Plans offsets for every value read or written by the graph. Values whose lifetimes
     /// overlap never share memory; a node's output never overlaps its inputs.
     pub fn new(graph: &Graph, max_batch: usize) -> Option<ArenaPlan> {
+        Self::with_blocks(graph, max_batch, &[])
+    }
+
+    /// Like [`ArenaPlan::new`] with each range of `blocks` run as one step at its last
+    /// node (`kernels::fused`): the values its other nodes produce get no memory, and
+    /// every value the block reads lives until that last node.
+    pub fn with_blocks(
+        graph: &Graph,
+        max_batch: usize,
+        blocks: &[Range<usize>],
+    ) -> Option<ArenaPlan> {
         let nv = graph.values.len();
         let nn = graph.nodes.len();
         // Lifetime as node-step interval [first, last]; graph inputs are written at step 0.
@@ -34,10 +47,16 @@ impl ArenaPlan {
             first[v] = 0;
         }
         for (i, n) in graph.nodes.iter().enumerate() {
-            first[n.output] = first[n.output].min(i);
-            last[n.output] = last[n.output].max(i);
+            let step = blocks
+                .iter()
+                .find(|b| b.contains(&i))
+                .map_or(i, |b| b.end - 1);
+            if step == i {
+                first[n.output] = first[n.output].min(i);
+                last[n.output] = last[n.output].max(i);
+            }
             for &v in &n.inputs {
-                last[v] = last[v].max(i);
+                last[v] = last[v].max(step);
             }
         }
         for &v in &graph.outputs {

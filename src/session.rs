@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::graph::{Conv, Graph, Op, WeightId, WeightLayout};
 use crate::kernels::conv::ConvKernel;
 use crate::kernels::depthwise::DepthwiseKernel;
+use crate::kernels::fused::{self, BlockKernel, BlockWeights};
 use crate::kernels::linear::LinearKernel;
 use crate::kernels::pool::PoolKernel;
 use crate::kernels::reference::{self, WeightSource};
@@ -42,6 +43,10 @@ pub struct SessionOptions {
     /// Highest kernel tier to use (further lowered by `CNNRT_MAX_ISA` and the CPU).
     pub max_isa: Option<Isa>,
     pub threads: Threads,
+    /// Run each 1×1 expansion → depthwise → 1×1 projection chain (MobileNet's inverted
+    /// residual blocks) as one band-by-band step (`kernels::fused`). Same results bit
+    /// for bit; off only to compare or to profile the layers one by one.
+    pub fuse_blocks: bool,
 }
 
 impl Default for SessionOptions {
@@ -50,6 +55,7 @@ impl Default for SessionOptions {
             max_batch: 1,
             max_isa: None,
             threads: Threads::Caller,
+            fuse_blocks: true,
         }
     }
 }
@@ -65,6 +71,10 @@ impl SessionOptions {
     }
     pub fn threads(mut self, t: Threads) -> Self {
         self.threads = t;
+        self
+    }
+    pub fn fuse_blocks(mut self, on: bool) -> Self {
+        self.fuse_blocks = on;
         self
     }
 }
@@ -102,6 +112,20 @@ enum NodeKernel {
         bias: Option<WeightId>,
     },
     Pool(PoolKernel),
+    /// An expansion → depthwise → projection chain run as one step, at the projection's
+    /// node; `first` is the expansion's node.
+    Block {
+        kernel: Box<BlockKernel>,
+        first: usize,
+        expand: Packed,
+        expand_bias: Option<WeightId>,
+        depthwise: WeightId,
+        depthwise_bias: Option<WeightId>,
+        project: Packed,
+        project_bias: Option<WeightId>,
+    },
+    /// Computed inside the [`NodeKernel::Block`] that follows it.
+    InBlock,
     /// Element-wise, normalization and global pooling ops (vectorized, `kernels::elementwise`).
     Vector,
     /// A reshape that leaves the data as it is: a copy of the input.
@@ -118,6 +142,8 @@ impl NodeKernel {
             NodeKernel::Depthwise { kernel, .. } => kernel.algorithm(),
             NodeKernel::Linear { kernel, .. } => kernel.algorithm(),
             NodeKernel::Pool(k) => k.algorithm(),
+            NodeKernel::Block { .. } => "fused_block",
+            NodeKernel::InBlock => "in_block",
             NodeKernel::Vector => "vector",
             NodeKernel::Copy => "copy",
             NodeKernel::Reference => "reference",
@@ -129,6 +155,7 @@ impl NodeKernel {
             NodeKernel::Conv { kernel, .. } => kernel.scratch_len(),
             NodeKernel::Winograd { kernel, .. } => kernel.scratch_len(),
             NodeKernel::Linear { kernel, .. } => kernel.scratch_len(),
+            NodeKernel::Block { kernel, .. } => kernel.scratch_len(),
             _ => 0,
         }
     }
@@ -236,6 +263,103 @@ fn plan_kernels(
     Ok(kernels)
 }
 
+/// Bytes of a worker's band buffers in a fused block: `CNNRT_FUSE_BAND_KB` (KiB, for
+/// tuning) or [`fused::DEFAULT_BAND_BYTES`].
+fn band_bytes() -> usize {
+    std::env::var("CNNRT_FUSE_BAND_KB")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .map_or(fused::DEFAULT_BAND_BYTES, |kb| kb << 10)
+}
+
+/// Turns every 1×1 conv → depthwise conv → 1×1 conv chain whose two intermediate values
+/// have no other reader into a [`NodeKernel::Block`]; returns the node ranges fused.
+fn fuse_blocks(
+    graph: &Graph,
+    kernels: &mut [NodeKernel],
+    isa: Isa,
+    threads: usize,
+) -> Vec<std::ops::Range<usize>> {
+    let consumers = graph.consumers();
+    let private = |i: usize| {
+        let v = graph.nodes[i].output;
+        consumers[v] == [i + 1] && !graph.outputs.contains(&v)
+    };
+    let bytes = band_bytes();
+    let mut blocks = Vec::new();
+    let mut i = 0;
+    while i + 2 < graph.nodes.len() {
+        let (a, b, c) = (&graph.nodes[i], &graph.nodes[i + 1], &graph.nodes[i + 2]);
+        let chain = match (&a.op, &b.op, &c.op, &kernels[i..i + 3]) {
+            (
+                Op::Conv(e),
+                Op::Conv(d),
+                Op::Conv(p),
+                [NodeKernel::Conv { .. }, NodeKernel::Depthwise { .. }, NodeKernel::Conv { .. }],
+            ) if a.inputs.len() == 1
+                && b.inputs == [a.output]
+                && c.inputs[0] == b.output
+                && private(i)
+                && private(i + 1) =>
+            {
+                BlockKernel::new(
+                    isa,
+                    e,
+                    d,
+                    p,
+                    spatial(graph.shape(a.inputs[0])),
+                    spatial(graph.shape(c.output)),
+                    threads,
+                    bytes,
+                )
+            }
+            _ => None,
+        };
+        let Some(kernel) = chain.filter(|k| k.expanded_bytes() >= fused::MIN_EXPANDED_BYTES) else {
+            i += 1;
+            continue;
+        };
+        let take = |k: &mut NodeKernel| std::mem::replace(k, NodeKernel::InBlock);
+        let (
+            NodeKernel::Conv {
+                weight: ew,
+                bias: eb,
+                ..
+            },
+            NodeKernel::Depthwise {
+                weight: dw,
+                bias: db,
+                ..
+            },
+            NodeKernel::Conv {
+                weight: pw,
+                bias: pb,
+                ..
+            },
+        ) = (
+            take(&mut kernels[i]),
+            take(&mut kernels[i + 1]),
+            take(&mut kernels[i + 2]),
+        )
+        else {
+            unreachable!("matched above");
+        };
+        kernels[i + 2] = NodeKernel::Block {
+            kernel: Box::new(kernel),
+            first: i,
+            expand: ew,
+            expand_bias: eb,
+            depthwise: dw,
+            depthwise_bias: db,
+            project: pw,
+            project_bias: pb,
+        };
+        blocks.push(i..i + 3);
+        i += 3;
+    }
+    blocks
+}
+
 /// A planned model plus its workspace. `Send`, not shared: one per worker thread.
 pub struct Session {
     model: Arc<Model>,
@@ -283,7 +407,26 @@ impl Session {
             }
         }
         let isa = Isa::select(options.max_isa);
-        let arena_plan = ArenaPlan::new(graph, options.max_batch)
+        let pool = match &options.threads {
+            Threads::Caller => None,
+            Threads::Pool(p) => Some(p.clone()),
+            Threads::Count(n) => Some(Arc::new(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(*n)
+                    .thread_name(|i| format!("cnnrt-{i}"))
+                    .build()
+                    .map_err(|e| Error::Other(format!("cannot start {n} threads: {e}")))?,
+            )),
+        };
+        let slots = pool.as_ref().map_or(1, |p| p.current_num_threads()).max(1);
+        let mut owned = Vec::new();
+        let mut kernels = plan_kernels(&model, isa, options.max_batch, slots, &mut owned)?;
+        let blocks = if options.fuse_blocks {
+            fuse_blocks(graph, &mut kernels, isa, slots)
+        } else {
+            Vec::new()
+        };
+        let arena_plan = ArenaPlan::with_blocks(graph, options.max_batch, &blocks)
             .filter(|p| {
                 p.len
                     .checked_mul(4)
@@ -296,25 +439,11 @@ impl Session {
                     limits::MAX_WORKSPACE_BYTES
                 ))
             })?;
-        let pool = match &options.threads {
-            Threads::Caller => None,
-            Threads::Pool(p) => Some(p.clone()),
-            Threads::Count(n) => Some(Arc::new(
-                rayon::ThreadPoolBuilder::new()
-                    .num_threads(*n)
-                    .thread_name(|i| format!("cnnrt-{i}"))
-                    .build()
-                    .map_err(|e| Error::Other(format!("cannot start {n} threads: {e}")))?,
-            )),
-        };
         if let Some(p) = &pool {
             // Runs on every worker and returns once all have started, so no thread start-up
             // (and its allocations) happens inside a run; sets FTZ/DAZ on caller pools too.
             p.broadcast(|_| crate::simd::set_flush_denormals());
         }
-        let slots = pool.as_ref().map_or(1, |p| p.current_num_threads()).max(1);
-        let mut owned = Vec::new();
-        let kernels = plan_kernels(&model, isa, options.max_batch, slots, &mut owned)?;
         let scratch_per_slot = kernels
             .iter()
             .map(NodeKernel::scratch_len)
@@ -441,6 +570,9 @@ impl Session {
         let graph: &Graph = model.graph();
         let isa = self.isa;
         for (i, node) in graph.nodes.iter().enumerate() {
+            if matches!(self.kernels[i], NodeKernel::InBlock) {
+                continue;
+            }
             let started = times.as_ref().map(|t| (t.1)());
             let out_off = self.arena_plan.offsets[node.output];
             let out_len = n * graph.values[node.output].shape.iter().product::<usize>();
@@ -448,15 +580,52 @@ impl Session {
             let (out, right) = rest.split_at_mut(out_len);
             let (left, right): (&[f32], &[f32]) = (left, right);
             let right_base = out_off + out_len;
-            let mut ins: [&[f32]; MAX_NODE_INPUTS] = [&[]; MAX_NODE_INPUTS];
-            for (slot, &v) in ins.iter_mut().zip(&node.inputs) {
+            // A value other than the output: wholly before or after it (the arena plan
+            // never overlaps a node's inputs with its output).
+            let value = |v: usize| -> &[f32] {
                 let off = self.arena_plan.offsets[v];
                 let len = n * graph.values[v].shape.iter().product::<usize>();
-                *slot = if off + len <= out_off {
+                if off + len <= out_off {
                     &left[off..off + len]
                 } else {
                     &right[off - right_base..off - right_base + len]
+                }
+            };
+            if let NodeKernel::Block {
+                kernel,
+                first,
+                expand,
+                expand_bias,
+                depthwise,
+                depthwise_bias,
+                project,
+                project_bias,
+            } = &self.kernels[i]
+            {
+                let w = |b: &Option<WeightId>| b.map(|b| model.weight(b));
+                let packed = |p: &Packed| match *p {
+                    Packed::InFile(w) => model.weight(w),
+                    Packed::Owned(j) => self.owned[j].as_slice(),
                 };
+                let weights = BlockWeights {
+                    expand: packed(expand),
+                    expand_bias: w(expand_bias),
+                    depthwise: model.weight(*depthwise),
+                    depthwise_bias: w(depthwise_bias),
+                    project: packed(project),
+                    project_bias: w(project_bias),
+                };
+                let x = value(graph.nodes[*first].inputs[0]);
+                let r = node.inputs.get(1).map(|&v| value(v));
+                kernel.run(self.slots, n, &weights, x, r, out, &mut self.scratch);
+                if let (Some((t, clock)), Some(start)) = (times.as_mut(), started) {
+                    t[i] = clock().saturating_sub(start);
+                }
+                continue;
+            }
+            let mut ins: [&[f32]; MAX_NODE_INPUTS] = [&[]; MAX_NODE_INPUTS];
+            for (slot, &v) in ins.iter_mut().zip(&node.inputs) {
+                *slot = value(v);
             }
             let ins = &ins[..node.inputs.len()];
             let packed = |p: Packed| match p {
@@ -551,6 +720,7 @@ impl Session {
                 NodeKernel::Vector => run_vector(isa, graph, i, model, ins, n, out),
                 NodeKernel::Copy => out.copy_from_slice(ins[0]),
                 NodeKernel::Reference => reference::run_node_into(graph, i, model, ins, n, out),
+                NodeKernel::Block { .. } | NodeKernel::InBlock => unreachable!("handled above"),
             }
             if let (Some((t, clock)), Some(start)) = (times.as_mut(), started) {
                 t[i] = clock().saturating_sub(start);

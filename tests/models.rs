@@ -72,6 +72,7 @@ fn test_models_match_onnxruntime_on_every_tier() {
                         max_batch: batch,
                         max_isa: Some(isa),
                         threads: threads.clone(),
+                        ..Default::default()
                     })
                     .unwrap();
                 let got = s.run(&x, batch).unwrap().to_vec();

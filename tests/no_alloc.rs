@@ -43,19 +43,25 @@ fn run_does_not_allocate() {
     // Every layer through the pool, however small, so the parallel paths are counted too
     // (read once per process; this file has no other test).
     std::env::set_var("CNNRT_PARALLEL_MIN_FLOPS", "0");
-    let zoo = common::zoo(42);
-    let model = zoo.model();
+    // The zoo (every op) and two fused inverted-residual blocks (`kernels::fused`).
+    let zoos = [common::zoo(42), common::inverted_residuals()];
     let mut seed = 9u64;
-    let x = common::rand_vec(&mut seed, 3 * 3 * 20 * 20, -1.0, 1.0);
     // Sessions are kept alive to the end: a dropped pool's threads allocate as they exit.
     let mut keep = Vec::new();
-    for isa in Isa::supported() {
+    for (zoo, isa) in zoos
+        .iter()
+        .flat_map(|z| Isa::supported().into_iter().map(move |i| (z, i)))
+    {
+        let model = zoo.model();
+        let sample: usize = zoo.graph.shape(zoo.graph.inputs[0]).iter().product();
+        let x = common::rand_vec(&mut seed, 3 * sample, -1.0, 1.0);
         for threads in [Threads::Caller, Threads::Count(2)] {
             let mut s = model
                 .session(SessionOptions {
                     max_batch: 3,
                     max_isa: Some(isa),
                     threads: threads.clone(),
+                    ..Default::default()
                 })
                 .unwrap();
             // Warm-up: the first run may touch lazily created pool state.

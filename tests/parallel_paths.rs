@@ -24,6 +24,7 @@ fn check(model: &Arc<Model>, x: &[f32], max_batch: usize, what: &str) {
                         max_batch,
                         max_isa: Some(isa),
                         threads: Threads::Count(t),
+                        ..Default::default()
                     })
                     .unwrap();
                 let got = s.run(&x[..batch * per], batch).unwrap();

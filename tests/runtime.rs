@@ -58,6 +58,7 @@ fn results_are_bit_identical_for_any_thread_count() {
                     max_batch: 3,
                     max_isa: Some(isa),
                     threads: Threads::Count(t),
+                    ..Default::default()
                 })
                 .unwrap();
             let got = s.run(&x, 3).unwrap();
@@ -79,6 +80,7 @@ fn results_are_bit_identical_for_any_thread_count() {
                 max_batch: 3,
                 max_isa: Some(isa),
                 threads: Threads::Pool(pool),
+                ..Default::default()
             })
             .unwrap();
         assert!(s

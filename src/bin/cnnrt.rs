@@ -101,6 +101,10 @@ enum Command {
         /// open time a service gets with `OpenOptions::verify_weight_checksum = false`.
         #[arg(long)]
         no_verify: bool,
+        /// Run MobileNet-style expansion → depthwise → projection blocks layer by layer
+        /// instead of as one fused step (to compare, or to profile each layer).
+        #[arg(long)]
+        no_fuse: bool,
     },
 }
 
@@ -138,6 +142,7 @@ struct BenchOptions {
     profile: Option<f64>,
     clock: Clock,
     verify: bool,
+    fuse: bool,
 }
 
 fn threads_option(n: usize) -> Threads {
@@ -230,6 +235,7 @@ fn run(
         max_batch: batch.batch,
         max_isa: isa,
         threads: threads_option(threads),
+        ..Default::default()
     })?;
     let out = session.run(&batch.data, batch.batch)?;
     let per = out.len() / batch.batch;
@@ -284,6 +290,7 @@ fn bench(model: &Path, o: &BenchOptions) -> Result<()> {
         max_batch: batch,
         max_isa: isa,
         threads: threads_option(threads),
+        fuse_blocks: o.fuse,
     })?;
     let session_ms = t1.elapsed().as_secs_f64() * 1e3;
     let sample: usize = m.input_shape().iter().product();
@@ -387,8 +394,16 @@ fn print_profile(
         "{:<4} {:<28} {:<14} {:>9} {:>6} {:>8} {:>7}  kernel",
         "#", "layer", "op", "ms", "share", "GFLOP/s", "% peak"
     );
+    // A fused block's time is on its last node; its other nodes' FLOPs count there.
+    let mut in_block = 0.0;
     for (i, node) in graph.nodes.iter().enumerate() {
-        let flops = 2.0 * stats[i].macs as f64 * batch as f64;
+        let mut flops = 2.0 * stats[i].macs as f64 * batch as f64;
+        if algos[i] == "in_block" {
+            in_block += flops;
+            flops = 0.0;
+        } else {
+            flops += std::mem::take(&mut in_block);
+        }
         let gf = if med[i] > 0.0 {
             flops / (med[i] * 1e-3) / 1e9
         } else {
@@ -470,6 +485,7 @@ fn main() -> ExitCode {
             peak_gflops,
             clock,
             no_verify,
+            no_fuse,
         } => bench(
             &model,
             &BenchOptions {
@@ -481,6 +497,7 @@ fn main() -> ExitCode {
                 profile: profile.then_some(peak_gflops),
                 clock,
                 verify: !no_verify,
+                fuse: !no_fuse,
             },
         ),
     };

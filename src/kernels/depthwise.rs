@@ -188,6 +188,11 @@ impl DepthwiseKernel {
         })
     }
 
+    /// Taps per output (`kh · kw`).
+    pub(crate) fn taps(&self) -> usize {
+        self.rows.kernel * self.cols.kernel
+    }
+
     /// The tier the kernel runs on.
     pub fn isa(&self) -> Isa {
         self.isa
@@ -229,6 +234,24 @@ impl DepthwiseKernel {
         residual: Option<&[f32]>,
         out: &mut [f32],
     ) {
+        let isize_ = self.rows.input * self.cols.input;
+        assert_eq!(x.len(), self.channels * isize_, "input");
+        self.run_strided(channels, weights, bias, x, isize_, residual, out)
+    }
+
+    /// As [`Self::run_channels`] with input plane `c` at `x[c · x_stride ..]` (a band of
+    /// rows kept in a buffer sized for the tallest band: `kernels::fused`).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn run_strided(
+        &self,
+        channels: Range<usize>,
+        weights: &[f32],
+        bias: Option<&[f32]>,
+        x: &[f32],
+        x_stride: usize,
+        residual: Option<&[f32]>,
+        out: &mut [f32],
+    ) {
         let (rows, cols) = (self.rows, self.cols);
         let (ksize, isize_, osize) = (
             rows.kernel * cols.kernel,
@@ -241,7 +264,10 @@ impl DepthwiseKernel {
             self.channels
         );
         assert_eq!(weights.len(), self.channels * ksize, "weights");
-        assert_eq!(x.len(), self.channels * isize_, "input");
+        assert!(
+            x_stride >= isize_ && x.len() >= (self.channels - 1) * x_stride + isize_,
+            "input"
+        );
         assert_eq!(out.len(), channels.len() * osize, "output");
         if let Some(b) = bias {
             assert_eq!(b.len(), self.channels, "bias");
@@ -272,7 +298,7 @@ impl DepthwiseKernel {
                             &act,
                             wp.add(ch * ksize),
                             b,
-                            xp.add(ch * isize_),
+                            xp.add(ch * x_stride),
                             rp.map(|r| r.add(i * osize)),
                             op.add(i * osize),
                             sp,
@@ -287,7 +313,7 @@ impl DepthwiseKernel {
             for (i, ch) in channels.clone().enumerate() {
                 let b = bias.map_or(0.0, |b| b[ch]);
                 // SAFETY: the lengths asserted above hold channel `ch`'s weights, input
-                // plane, and output / residual plane `i`.
+                // plane (`x_stride` apart), and output / residual plane `i`.
                 unsafe {
                     plane(
                         s,
@@ -295,7 +321,7 @@ impl DepthwiseKernel {
                         &act,
                         wp.add(ch * ksize),
                         b,
-                        xp.add(ch * isize_),
+                        xp.add(ch * x_stride),
                         rp.map(|r| r.add(i * osize)),
                         op.add(i * osize),
                     );

@@ -3,6 +3,7 @@
 pub mod conv;
 pub mod depthwise;
 pub mod elementwise;
+pub mod fused;
 pub mod gemm;
 pub mod linear;
 pub mod parallel;

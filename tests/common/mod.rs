@@ -326,3 +326,113 @@ pub fn zoo(seed: u64) -> Zoo {
         weights: w,
     }
 }
+
+const RELU6: Activation = Activation::Clip { min: 0.0, max: 6.0 };
+
+/// A convolution with no weights attached yet (`weight` 0, no bias).
+pub fn plain_conv(
+    cin: usize,
+    cout: usize,
+    k: usize,
+    stride: usize,
+    pads: [usize; 4],
+    groups: usize,
+    act: Activation,
+) -> Conv {
+    Conv {
+        in_channels: cin,
+        out_channels: cout,
+        kernel: [k, k],
+        stride: [stride; 2],
+        dilation: [1, 1],
+        pads,
+        groups,
+        weight: 0,
+        bias: None,
+        activation: act,
+    }
+}
+
+/// Two inverted-residual blocks (the first with a residual, the second stride 2) whose
+/// expanded tensors exceed `kernels::fused::MIN_EXPANDED_BYTES` (1 MiB), then global pooling.
+pub fn inverted_residuals() -> Zoo {
+    let mut g = Graph::default();
+    let mut w: Vec<Vec<f32>> = Vec::new();
+    let mut seed = 3u64;
+    let (c, e, hw) = (8, 64, 66);
+    let x = g.add_value("input", vec![c, hw, hw]);
+    let mut add_conv = |g: &mut Graph, w: &mut Vec<Vec<f32>>, mut cv: Conv| {
+        let k = cv.kernel[0];
+        let per = cv.in_channels / cv.groups * k * k;
+        cv.weight = g.add_weight(
+            format!("w{}", g.weights.len()),
+            vec![cv.out_channels, per / (k * k), k, k],
+        );
+        w.push(rand_vec(&mut seed, cv.out_channels * per, -0.4, 0.4));
+        let b = g.add_weight(format!("b{}", g.weights.len()), vec![cv.out_channels]);
+        w.push(rand_vec(&mut seed, cv.out_channels, -0.2, 0.2));
+        cv.bias = Some(b);
+        cv
+    };
+    let mut nodes = Vec::new();
+    let mut prev = x;
+    let mut hw_now = hw;
+    for (i, stride) in [1usize, 2].into_iter().enumerate() {
+        let ohw = (hw_now + 2 - 3) / stride + 1;
+        let v1 = g.add_value(format!("e{i}"), vec![e, hw_now, hw_now]);
+        let v2 = g.add_value(format!("d{i}"), vec![e, ohw, ohw]);
+        let v3 = g.add_value(format!("p{i}"), vec![c, ohw, ohw]);
+        let ec = add_conv(&mut g, &mut w, plain_conv(c, e, 1, 1, [0; 4], 1, RELU6));
+        let dc = add_conv(
+            &mut g,
+            &mut w,
+            plain_conv(e, e, 3, stride, [1; 4], e, RELU6),
+        );
+        let pc = add_conv(
+            &mut g,
+            &mut w,
+            plain_conv(e, c, 1, 1, [0; 4], 1, Activation::Identity),
+        );
+        nodes.push(Node {
+            name: format!("expand{i}"),
+            op: Op::Conv(ec),
+            inputs: vec![prev],
+            output: v1,
+        });
+        nodes.push(Node {
+            name: format!("dw{i}"),
+            op: Op::Conv(dc),
+            inputs: vec![v1],
+            output: v2,
+        });
+        let inputs = if stride == 1 {
+            vec![v2, prev]
+        } else {
+            vec![v2]
+        };
+        nodes.push(Node {
+            name: format!("project{i}"),
+            op: Op::Conv(pc),
+            inputs,
+            output: v3,
+        });
+        prev = v3;
+        hw_now = ohw;
+    }
+    let out = g.add_value("output", vec![c, 1, 1]);
+    nodes.push(Node {
+        name: "gap".into(),
+        op: Op::GlobalPool {
+            kind: PoolKind::Average,
+        },
+        inputs: vec![prev],
+        output: out,
+    });
+    g.nodes = nodes;
+    g.inputs = vec![x];
+    g.outputs = vec![out];
+    Zoo {
+        graph: g,
+        weights: w,
+    }
+}

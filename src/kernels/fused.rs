@@ -1,0 +1,490 @@
+//! Inverted-residual blocks (MobileNetV2 and its kin) as one step: a 1×1 expansion, a
+//! depthwise convolution and a 1×1 projection, run band by band of output rows.
+//!
+//! Why: the expanded tensor has about six times the block's channels. Run layer by
+//! layer, it is written to the arena by the expansion, read back by the depthwise layer,
+//! whose output (as large again at stride 1) is written and read back by the projection;
+//! on the 112×112 and 56×56 layers that traffic costs more than the arithmetic. Here each
+//! worker holds one band of it in a buffer sized for its L2 cache and the arena sees only
+//! the block's input and output.
+//!
+//! Per band of output rows `o0..o1`, a worker
+//! 1. expands the input rows the band's depthwise windows cover (rows it already holds
+//!    from the previous band are moved to the front of the buffer, not recomputed),
+//! 2. runs the depthwise kernel on them (a kernel planned for that band's rows and its
+//!    share of the top / bottom padding),
+//! 3. projects the band into the output rows, adding bias and the residual in the store.
+//!
+//! Results are bit-identical to running the three layers one by one: each element comes
+//! from the same micro-kernel with the same K blocks (1×1 layers) or the same taps in the
+//! same order (depthwise); only which rows are computed together changes.
+
+use std::ops::Range;
+
+use crate::graph::{Activation, Conv};
+use crate::kernels::depthwise::DepthwiseKernel;
+use crate::kernels::gemm::{self, BMode, BSrc, PlainB, SharedOut, Tile};
+use crate::kernels::parallel;
+use crate::simd::Isa;
+
+/// Default bytes of one worker's band buffers (expanded rows and depthwise output): half
+/// of this machine's 1 MiB L2, the rest left to the weights and the packed B blocks.
+pub const DEFAULT_BAND_BYTES: usize = 512 << 10;
+
+/// Bytes of a sample's expanded tensor from which fusing pays: below about the L2 size
+/// the unfused layers find it in cache anyway, and the per-band overheads (smaller GEMM
+/// calls, halo rows through the depthwise padded copies) win. Measured on MobileNetV2
+/// (AVX2, 1 thread, per-block profile): the 112×112 and 56×56 blocks 5–19% faster fused,
+/// the 14×14 and 7×7 blocks 0–10% slower.
+pub const MIN_EXPANDED_BYTES: usize = 1 << 20;
+
+/// A 1×1 stride-1 convolution over a run of pixels: `C[m × n] = act(A·B + bias +
+/// residual)`, A the conv-gemm packed weights, B `k` rows of stride `ldb`.
+#[derive(Clone, Debug)]
+struct Pointwise {
+    m: usize,
+    k: usize,
+    kc: usize,
+    nc: usize,
+    mode: BMode,
+    activation: Activation,
+}
+
+impl Pointwise {
+    fn new(isa: Isa, conv: &Conv, n_max: usize, mode: BMode) -> Pointwise {
+        let kc = gemm::choose_kc(conv.in_channels);
+        Pointwise {
+            m: conv.out_channels,
+            k: conv.in_channels,
+            kc,
+            nc: gemm::choose_nc(n_max, kc, gemm::ukr(isa).nr, 256 << 10),
+            mode,
+            activation: conv.activation,
+        }
+    }
+
+    fn scratch_len(&self, isa: Isa) -> usize {
+        match self.mode {
+            BMode::Direct => 0,
+            BMode::Packed => gemm::pack_scratch_len(self.kc, self.nc, gemm::ukr(isa).nr),
+        }
+    }
+
+    /// Safety: `c` (and `residual` unless null) hold `m` rows of stride `ldc` with `n`
+    /// valid columns each, written by no one else meanwhile; `b` holds `k` rows of
+    /// stride `ldb` with `n` columns; `a` is `m·k` packed, `bias` `m` long; `scratch`
+    /// at least `scratch_len`.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn run(
+        &self,
+        isa: Isa,
+        a: &[f32],
+        bias: Option<&[f32]>,
+        b: &[f32],
+        ldb: usize,
+        n: usize,
+        c: *mut f32,
+        ldc: usize,
+        residual: *const f32,
+        scratch: &mut [f32],
+    ) {
+        debug_assert!(a.len() == self.m * self.k && b.len() >= (self.k - 1) * ldb + n);
+        let u = gemm::ukr(isa);
+        let plain = PlainB { b, ldb };
+        for n0 in (0..n).step_by(self.nc) {
+            let t = Tile {
+                m: self.m,
+                n: self.nc.min(n - n0),
+                k: self.k,
+                kc: self.kc,
+                nc: self.nc,
+                a: a.as_ptr(),
+                c: c.add(n0),
+                ldc,
+                bias_row: bias.map_or(std::ptr::null(), |v| v.as_ptr()),
+                bias_col: std::ptr::null(),
+                residual: if residual.is_null() {
+                    residual
+                } else {
+                    residual.add(n0)
+                },
+                act: self.activation,
+                accumulate: false,
+            };
+            let src = match self.mode {
+                BMode::Direct => BSrc::Direct {
+                    ptr: b.as_ptr().add(n0),
+                    ldb,
+                },
+                BMode::Packed => BSrc::Pack { packer: &plain, n0 },
+            };
+            gemm::drive(u, &t, &src, scratch);
+        }
+    }
+}
+
+/// One band of output rows and the input rows its depthwise windows cover.
+#[derive(Clone, Debug)]
+struct Band {
+    out_rows: Range<usize>,
+    in_rows: Range<usize>,
+    /// Index of the depthwise kernel planned for this band's geometry.
+    kernel: usize,
+}
+
+/// The weights of one block, in node order.
+#[derive(Clone, Copy, Debug)]
+pub struct BlockWeights<'a> {
+    /// Conv-gemm packed (`ConvKernel::pack_weights`), `cexp × cin`.
+    pub expand: &'a [f32],
+    pub expand_bias: Option<&'a [f32]>,
+    /// `[cexp, 1, kh, kw]`.
+    pub depthwise: &'a [f32],
+    pub depthwise_bias: Option<&'a [f32]>,
+    /// Conv-gemm packed, `cout × cexp`.
+    pub project: &'a [f32],
+    pub project_bias: Option<&'a [f32]>,
+}
+
+/// A planned expansion → depthwise → projection block for one input shape.
+#[derive(Clone, Debug)]
+pub struct BlockKernel {
+    isa: Isa,
+    cin: usize,
+    cexp: usize,
+    cout: usize,
+    h: usize,
+    w: usize,
+    oh: usize,
+    ow: usize,
+    expand: Pointwise,
+    project: Pointwise,
+    depthwise: Vec<DepthwiseKernel>,
+    bands: Vec<Band>,
+    /// Bands each worker runs in order (consecutive bands share input rows).
+    runs: Vec<Range<usize>>,
+    /// Floats per channel of the expanded-rows buffer (the tallest band's input rows).
+    exp_stride: usize,
+    /// Output rows per band (the last may have fewer).
+    band_rows: usize,
+}
+
+impl BlockKernel {
+    /// Plans the block, or `None` if the three convolutions are not a 1×1 stride-1
+    /// expansion, a depthwise convolution with multiplier 1 and a 1×1 stride-1
+    /// projection chained on these shapes. `band_bytes` bounds a worker's buffers;
+    /// `threads` workers split every sample's bands.
+    pub fn new(
+        isa: Isa,
+        expand: &Conv,
+        depthwise: &Conv,
+        project: &Conv,
+        in_shape: [usize; 3],
+        out_shape: [usize; 3],
+        threads: usize,
+        band_bytes: usize,
+    ) -> Option<BlockKernel> {
+        let pointwise = |c: &Conv| {
+            c.kernel == [1, 1] && c.stride == [1, 1] && c.pads == [0; 4] && c.groups == 1
+        };
+        let [cin, h, w] = in_shape;
+        let [cout, oh, ow] = out_shape;
+        let cexp = expand.out_channels;
+        if !pointwise(expand)
+            || !pointwise(project)
+            || expand.in_channels != cin
+            || depthwise.in_channels != cexp
+            || project.in_channels != cexp
+            || project.out_channels != cout
+            || cin == 0
+            || cexp == 0
+            || cout == 0
+            || oh == 0
+            || ow == 0
+        {
+            return None;
+        }
+        // Validates the depthwise geometry on the whole plane.
+        DepthwiseKernel::new(isa, depthwise, [cexp, h, w], [cexp, oh, ow])?;
+        let [kh, _] = depthwise.kernel;
+        let (sh, dh, pt) = (
+            depthwise.stride[0],
+            depthwise.dilation[0],
+            depthwise.pads[0],
+        );
+        let span = dh * (kh - 1) + 1;
+        let in_rows_for = |b: usize| (b - 1) * sh + span;
+        let fit = (1..=oh)
+            .take_while(|&b| 4 * cexp * (in_rows_for(b) * w + b * ow) <= band_bytes)
+            .last()
+            .unwrap_or(1);
+        let band_rows = fit.min(oh.div_ceil(threads.max(1))).max(1);
+        let mut kinds: Vec<(usize, usize, usize, usize)> = Vec::new();
+        let mut depthwise_kernels = Vec::new();
+        let mut bands = Vec::new();
+        for o0 in (0..oh).step_by(band_rows) {
+            let o1 = (o0 + band_rows).min(oh);
+            // Input rows of the windows, padding included: start .. end.
+            let start = (o0 * sh) as isize - pt as isize;
+            let end = ((o1 - 1) * sh + span) as isize - pt as isize;
+            let lo = start.max(0) as usize;
+            let hi = (end.min(h as isize)).max(0) as usize;
+            if lo >= hi {
+                return None;
+            }
+            let pad_top = (-start).max(0) as usize;
+            let pad_bottom = (end - h as isize).max(0) as usize;
+            let key = (pad_top, pad_bottom, hi - lo, o1 - o0);
+            let kernel = match kinds.iter().position(|k| *k == key) {
+                Some(i) => i,
+                None => {
+                    let mut conv = depthwise.clone();
+                    conv.pads[0] = pad_top;
+                    conv.pads[2] = pad_bottom;
+                    depthwise_kernels.push(DepthwiseKernel::new(
+                        isa,
+                        &conv,
+                        [cexp, hi - lo, w],
+                        [cexp, o1 - o0, ow],
+                    )?);
+                    kinds.push(key);
+                    kinds.len() - 1
+                }
+            };
+            bands.push(Band {
+                out_rows: o0..o1,
+                in_rows: lo..hi,
+                kernel,
+            });
+        }
+        let exp_stride = bands.iter().map(|b| b.in_rows.len()).max()? * w;
+        let workers = threads.max(1).min(bands.len());
+        let per = bands.len().div_ceil(workers);
+        let runs = (0..bands.len())
+            .step_by(per)
+            .map(|b0| b0..(b0 + per).min(bands.len()))
+            .collect();
+        let isa = gemm::ukr(isa).isa;
+        Some(BlockKernel {
+            isa,
+            cin,
+            cexp,
+            cout,
+            h,
+            w,
+            oh,
+            ow,
+            expand: Pointwise::new(isa, expand, exp_stride, BMode::Packed),
+            // Like the unfused choice (`conv::choose_1x1`): B in place when the weights'
+            // rows for one K block fit in L2 next to it.
+            project: Pointwise::new(
+                isa,
+                project,
+                band_rows * ow,
+                if gemm::prefer_direct_b(cout, cexp, band_rows * ow) {
+                    BMode::Direct
+                } else {
+                    BMode::Packed
+                },
+            ),
+            depthwise: depthwise_kernels,
+            bands,
+            runs,
+            exp_stride,
+            band_rows,
+        })
+    }
+
+    /// Bytes of one sample's expanded tensor (what fusing keeps out of the arena).
+    pub fn expanded_bytes(&self) -> usize {
+        4 * self.cexp * self.h * self.w
+    }
+
+    /// Output rows per band.
+    pub fn band_rows(&self) -> usize {
+        self.band_rows
+    }
+
+    /// Multiply-adds times two for one sample.
+    pub fn flops(&self) -> u64 {
+        let taps = self.depthwise_taps();
+        let (hw, ohw) = ((self.h * self.w) as u64, (self.oh * self.ow) as u64);
+        2 * (self.cexp * self.cin) as u64 * hw
+            + 2 * (self.cexp * taps) as u64 * ohw
+            + 2 * (self.cout * self.cexp) as u64 * ohw
+    }
+
+    fn depthwise_taps(&self) -> usize {
+        self.depthwise.first().map_or(0, |k| k.taps())
+    }
+
+    /// f32 elements of scratch one worker needs.
+    pub fn scratch_len(&self) -> usize {
+        self.cexp * self.exp_stride
+            + self.cexp * self.band_rows * self.ow
+            + self
+                .expand
+                .scratch_len(self.isa)
+                .max(self.project.scratch_len(self.isa))
+    }
+
+    /// Runs `n` samples (`x`: `n × [cin, h, w]`; `residual`, `out`: `n × [cout, oh, ow]`)
+    /// on `slots` workers of the current pool, each with `scratch_len` floats of
+    /// `scratch`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run(
+        &self,
+        slots: usize,
+        n: usize,
+        weights: &BlockWeights,
+        x: &[f32],
+        residual: Option<&[f32]>,
+        out: &mut [f32],
+        scratch: &mut [f32],
+    ) {
+        let (sin, sout) = (self.cin * self.h * self.w, self.cout * self.oh * self.ow);
+        let taps = self.depthwise_taps();
+        assert_eq!(x.len(), n * sin, "block: input length");
+        assert_eq!(out.len(), n * sout, "block: output length");
+        if let Some(r) = residual {
+            assert_eq!(r.len(), n * sout, "block: residual length");
+        }
+        assert_eq!(
+            weights.expand.len(),
+            self.cexp * self.cin,
+            "block: expand weights"
+        );
+        assert_eq!(
+            weights.project.len(),
+            self.cout * self.cexp,
+            "block: project weights"
+        );
+        assert_eq!(
+            weights.depthwise.len(),
+            self.cexp * taps,
+            "block: depthwise weights"
+        );
+        for (b, len) in [
+            (weights.expand_bias, self.cexp),
+            (weights.depthwise_bias, self.cexp),
+            (weights.project_bias, self.cout),
+        ] {
+            if let Some(b) = b {
+                assert_eq!(b.len(), len, "block: bias length");
+            }
+        }
+        let per = self.scratch_len();
+        let runs = self.runs.len();
+        let slots = slots.clamp(1, n * runs);
+        assert!(scratch.len() >= slots * per, "block: scratch");
+        let shared = SharedOut::new(out);
+        let work = |scr: &mut [f32], t: usize| {
+            let (s, run) = (t / runs, t % runs);
+            let xs = &x[s * sin..(s + 1) * sin];
+            let rs = residual.map(|r| &r[s * sout..(s + 1) * sout]);
+            // SAFETY: each (sample, run) pair is claimed once; a run's bands write only
+            // its own output rows of its own sample.
+            unsafe {
+                self.run_bands(
+                    weights,
+                    xs,
+                    rs,
+                    shared.slice(s * sout, sout),
+                    scr,
+                    self.runs[run].clone(),
+                )
+            };
+        };
+        if slots == 1 {
+            for t in 0..n * runs {
+                work(&mut scratch[..per], t);
+            }
+        } else {
+            parallel::for_tiles(slots, n * runs, &mut scratch[..slots * per], per, work);
+        }
+    }
+
+    /// Bands `bands` of one sample.
+    ///
+    /// Safety: no concurrent call writes the same bands' rows of `out`; lengths checked
+    /// by `run`.
+    unsafe fn run_bands(
+        &self,
+        weights: &BlockWeights,
+        x: &[f32],
+        residual: Option<&[f32]>,
+        out: SharedOut,
+        scratch: &mut [f32],
+        bands: Range<usize>,
+    ) {
+        let (w, ow) = (self.w, self.ow);
+        let stride = self.exp_stride;
+        let (expanded, rest) = scratch.split_at_mut(self.cexp * stride);
+        let (dw_out, pack) = rest.split_at_mut(self.cexp * self.band_rows * ow);
+        let mut held: Range<usize> = 0..0;
+        for band in &self.bands[bands] {
+            let rows = band.in_rows.clone();
+            // Rows the previous band expanded that this one needs again.
+            let keep = if held.start <= rows.start && rows.start < held.end {
+                held.end - rows.start
+            } else {
+                0
+            };
+            let from = (rows.start - held.start.min(rows.start)) * w;
+            if keep > 0 && from > 0 {
+                for c in 0..self.cexp {
+                    let base = c * stride;
+                    expanded.copy_within(base + from..base + from + keep * w, base);
+                }
+            }
+            let first_new = rows.start + keep;
+            if first_new < rows.end {
+                let n = (rows.end - first_new) * w;
+                // SAFETY: B is the input's channels (stride h·w) from row `first_new`,
+                // `n` columns inside each plane; C is the buffer's channels (stride
+                // `stride` ≥ rows.len()·w) from row `keep`, `n` columns inside each.
+                self.expand.run(
+                    self.isa,
+                    weights.expand,
+                    weights.expand_bias,
+                    &x[first_new * w..],
+                    self.h * w,
+                    n,
+                    expanded.as_mut_ptr().add(keep * w),
+                    stride,
+                    std::ptr::null(),
+                    pack,
+                );
+            }
+            held = rows;
+            let n_out = band.out_rows.len() * ow;
+            let dw = &mut dw_out[..self.cexp * n_out];
+            self.depthwise[band.kernel].run_strided(
+                0..self.cexp,
+                weights.depthwise,
+                weights.depthwise_bias,
+                expanded,
+                stride,
+                None,
+                dw,
+            );
+            let o0 = band.out_rows.start * ow;
+            let plane = self.oh * ow;
+            // SAFETY: B is the band's depthwise output (`cexp` rows of `n_out`); C and
+            // the residual are the output's channels (stride `plane`) from pixel `o0`,
+            // `n_out` columns inside each plane; these rows belong to this call alone.
+            self.project.run(
+                self.isa,
+                weights.project,
+                weights.project_bias,
+                dw,
+                n_out,
+                n_out,
+                out.ptr().add(o0),
+                plane,
+                residual.map_or(std::ptr::null(), |r| r.as_ptr().add(o0)),
+                pack,
+            );
+        }
+    }
+}

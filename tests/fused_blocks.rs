@@ -1,0 +1,181 @@
+//! Fused expansion → depthwise → projection blocks (`kernels::fused`): the same bits as
+//! the three layers run one by one, for any band size and worker count, on every tier;
+//! and the session fuses such chains (and only when asked).
+
+mod common;
+
+use cnnrt::graph::{Activation, Conv};
+use cnnrt::kernels::conv::ConvKernel;
+use cnnrt::kernels::depthwise::DepthwiseKernel;
+use cnnrt::kernels::fused::{BlockKernel, BlockWeights};
+use cnnrt::kernels::reference::run_graph;
+use cnnrt::{Isa, SessionOptions, Threads};
+
+const RELU6: Activation = Activation::Clip { min: 0.0, max: 6.0 };
+
+use common::plain_conv as conv;
+
+fn out_len(h: usize, k: usize, s: usize, p0: usize, p1: usize) -> usize {
+    (h + p0 + p1 - k) / s + 1
+}
+
+fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
+/// `(cin, cexp, cout, h, w, kernel, stride, pads [t, l, b, r])`: odd widths, channel
+/// counts off the micro-kernel sizes, stride 2 with even and odd heights, asymmetric
+/// padding, a 5×5 depthwise kernel.
+type Case = (usize, usize, usize, usize, usize, usize, usize, [usize; 4]);
+
+const CASES: [Case; 5] = [
+    (8, 50, 8, 23, 19, 3, 1, [1; 4]),
+    (6, 36, 10, 24, 21, 3, 2, [1; 4]),
+    (5, 30, 7, 25, 17, 3, 2, [0, 1, 1, 1]),
+    (4, 26, 4, 17, 33, 5, 1, [2; 4]),
+    (7, 21, 9, 14, 12, 3, 1, [0, 0, 2, 1]),
+];
+
+#[test]
+fn block_kernel_equals_the_layers_bit_for_bit() {
+    let mut seed = 11u64;
+    for (cin, cexp, cout, h, w, k, s, pads) in CASES {
+        let oh = out_len(h, k, s, pads[0], pads[2]);
+        let ow = out_len(w, k, s, pads[1], pads[3]);
+        let e = conv(cin, cexp, 1, 1, [0; 4], 1, RELU6);
+        let d = conv(cexp, cexp, k, s, pads, cexp, RELU6);
+        let p = conv(cexp, cout, 1, 1, [0; 4], 1, Activation::Identity);
+        let x = common::rand_vec(&mut seed, 2 * cin * h * w, -2.0, 2.0);
+        let res = common::rand_vec(&mut seed, 2 * cout * oh * ow, -1.0, 1.0);
+        let ew = common::rand_vec(&mut seed, cexp * cin, -0.5, 0.5);
+        let dw = common::rand_vec(&mut seed, cexp * k * k, -0.5, 0.5);
+        let pw = common::rand_vec(&mut seed, cout * cexp, -0.5, 0.5);
+        let eb = common::rand_vec(&mut seed, cexp, -0.2, 0.2);
+        let db = common::rand_vec(&mut seed, cexp, -0.2, 0.2);
+        let pb = common::rand_vec(&mut seed, cout, -0.2, 0.2);
+        for isa in Isa::supported() {
+            let ek = ConvKernel::new(isa, &e, [cin, h, w], [cexp, h, w]);
+            let dk = DepthwiseKernel::new(isa, &d, [cexp, h, w], [cexp, oh, ow]).unwrap();
+            let pk = ConvKernel::new(isa, &p, [cexp, oh, ow], [cout, oh, ow]);
+            let mut ep = vec![0.0; ek.packed_weight_len()];
+            ek.pack_weights(&ew, &mut ep);
+            let mut pp = vec![0.0; pk.packed_weight_len()];
+            pk.pack_weights(&pw, &mut pp);
+            // The layers one by one, sample by sample.
+            let mut want = vec![0.0; 2 * cout * oh * ow];
+            let mut scratch = vec![0.0; ek.scratch_len().max(pk.scratch_len())];
+            for n in 0..2 {
+                let mut mid = vec![0.0; cexp * h * w];
+                let mut mid2 = vec![0.0; cexp * oh * ow];
+                let xs = &x[n * cin * h * w..(n + 1) * cin * h * w];
+                let o = n * cout * oh * ow..(n + 1) * cout * oh * ow;
+                ek.run(&ep, Some(&eb), xs, None, &mut mid, &mut scratch);
+                dk.run(&dw, Some(&db), &mid, None, &mut mid2);
+                pk.run(
+                    &pp,
+                    Some(&pb),
+                    &mid2,
+                    Some(&res[o.clone()]),
+                    &mut want[o],
+                    &mut scratch,
+                );
+            }
+            let weights = BlockWeights {
+                expand: &ep,
+                expand_bias: Some(&eb),
+                depthwise: &dw,
+                depthwise_bias: Some(&db),
+                project: &pp,
+                project_bias: Some(&pb),
+            };
+            // Bands of 1 row, of a few rows (halo rows carried over), and the whole map.
+            for band_bytes in [1, 4 * cexp * (6 * w + 3 * ow), 64 << 20] {
+                for threads in [1usize, 3] {
+                    let block = BlockKernel::new(
+                        isa,
+                        &e,
+                        &d,
+                        &p,
+                        [cin, h, w],
+                        [cout, oh, ow],
+                        threads,
+                        band_bytes,
+                    )
+                    .expect("a fusable block");
+                    let mut got = vec![f32::NAN; want.len()];
+                    let mut scratch = vec![0.0; threads * block.scratch_len()];
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .unwrap();
+                    pool.install(|| {
+                        block.run(threads, 2, &weights, &x, Some(&res), &mut got, &mut scratch)
+                    });
+                    assert!(
+                        same_bits(&got, &want),
+                        "[{isa}] case {:?}, band rows {}, {threads} threads: fused differs",
+                        (cin, cexp, cout, h, w, k, s, pads),
+                        block.band_rows()
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn block_kernel_rejects_chains_it_cannot_run() {
+    let e = conv(8, 48, 1, 1, [0; 4], 1, RELU6);
+    let d = conv(48, 48, 3, 1, [1; 4], 48, RELU6);
+    let p = conv(48, 8, 1, 1, [0; 4], 1, Activation::Identity);
+    let plan = |e: &Conv, d: &Conv, p: &Conv, out: [usize; 3]| {
+        BlockKernel::new(Isa::Scalar, e, d, p, [8, 10, 10], out, 1, 1 << 20)
+    };
+    assert!(plan(&e, &d, &p, [8, 10, 10]).is_some());
+    // A 3×3 expansion, a grouped (not depthwise) middle layer, a strided projection,
+    // a wrong output shape.
+    let e3 = conv(8, 48, 3, 1, [1; 4], 1, RELU6);
+    assert!(plan(&e3, &d, &p, [8, 10, 10]).is_none());
+    let g2 = conv(48, 48, 3, 1, [1; 4], 2, RELU6);
+    assert!(plan(&e, &g2, &p, [8, 10, 10]).is_none());
+    let p2 = conv(48, 8, 1, 2, [0; 4], 1, Activation::Identity);
+    assert!(plan(&e, &d, &p2, [8, 10, 10]).is_none());
+    assert!(plan(&e, &d, &p, [8, 9, 10]).is_none());
+}
+
+#[test]
+fn session_fuses_blocks_with_the_same_results() {
+    let zoo = common::inverted_residuals();
+    let refs: Vec<&[f32]> = zoo.weights.iter().map(|w| w.as_slice()).collect();
+    let model = zoo.model();
+    let graph = &zoo.graph;
+    let mut seed = 9u64;
+    let n = 2;
+    let x = common::rand_vec(&mut seed, n * 8 * 66 * 66, -2.0, 2.0);
+    let expect = run_graph(graph, &refs, &[&x], n).unwrap().remove(0);
+    for isa in Isa::supported() {
+        let opts = SessionOptions::default().max_batch(n).max_isa(isa);
+        let mut plain = model.session(opts.clone().fuse_blocks(false)).unwrap();
+        assert!(!plain.algorithms().contains(&"fused_block"));
+        let want = plain.run(&x, n).unwrap().to_vec();
+        let err = common::rel_err(&want, &expect);
+        assert!(err < 1e-4, "[{isa}] unfused rel err {err:.2e}");
+        for threads in [1usize, 2, 3] {
+            let mut fused = model
+                .session(opts.clone().threads(Threads::Count(threads)))
+                .unwrap();
+            let algos = fused.algorithms();
+            assert_eq!(
+                algos.iter().filter(|a| **a == "fused_block").count(),
+                2,
+                "[{isa}] {algos:?}"
+            );
+            assert!(fused.workspace_bytes() < plain.workspace_bytes());
+            let got = fused.run(&x, n).unwrap();
+            assert!(
+                same_bits(got, &want),
+                "[{isa}] fused, {threads} threads, differs from unfused"
+            );
+        }
+    }
+}
