@@ -73,6 +73,12 @@ impl SessionOptions {
         self.threads = t;
         self
     }
+    /// Fuse inverted-residual blocks (the default) or run every layer on its own:
+    ///
+    /// ```
+    /// let layer_by_layer = cnnrt::SessionOptions::default().fuse_blocks(false);
+    /// assert!(!layer_by_layer.fuse_blocks);
+    /// ```
     pub fn fuse_blocks(mut self, on: bool) -> Self {
         self.fuse_blocks = on;
         self
