@@ -413,6 +413,23 @@ impl Session {
             }
         }
         let isa = Isa::select(options.max_isa);
+        let workspace = |blocks: &[std::ops::Range<usize>]| {
+            ArenaPlan::with_blocks(graph, options.max_batch, blocks)
+                .filter(|p| {
+                    p.len
+                        .checked_mul(4)
+                        .is_some_and(|b| b <= limits::MAX_WORKSPACE_BYTES)
+                })
+                .ok_or_else(|| {
+                    Error::Limit(format!(
+                        "the workspace for batch {} exceeds {} bytes",
+                        options.max_batch,
+                        limits::MAX_WORKSPACE_BYTES
+                    ))
+                })
+        };
+        // Checked before any kernel is planned (planning sizes buffers from the shapes).
+        let unfused = workspace(&[])?;
         let pool = match &options.threads {
             Threads::Caller => None,
             Threads::Pool(p) => Some(p.clone()),
@@ -432,19 +449,11 @@ impl Session {
         } else {
             Vec::new()
         };
-        let arena_plan = ArenaPlan::with_blocks(graph, options.max_batch, &blocks)
-            .filter(|p| {
-                p.len
-                    .checked_mul(4)
-                    .is_some_and(|b| b <= limits::MAX_WORKSPACE_BYTES)
-            })
-            .ok_or_else(|| {
-                Error::Limit(format!(
-                    "the workspace for batch {} exceeds {} bytes",
-                    options.max_batch,
-                    limits::MAX_WORKSPACE_BYTES
-                ))
-            })?;
+        let arena_plan = if blocks.is_empty() {
+            unfused
+        } else {
+            workspace(&blocks)?
+        };
         if let Some(p) = &pool {
             // Runs on every worker and returns once all have started, so no thread start-up
             // (and its allocations) happens inside a run; sets FTZ/DAZ on caller pools too.
