@@ -606,6 +606,10 @@ impl Session {
                     &right[off - right_base..off - right_base + len]
                 }
             };
+            let packed = |p: Packed| match p {
+                Packed::InFile(w) => model.weight(w),
+                Packed::Owned(j) => self.owned[j].as_slice(),
+            };
             if let NodeKernel::Block {
                 kernel,
                 first,
@@ -618,16 +622,12 @@ impl Session {
             } = &self.kernels[i]
             {
                 let w = |b: &Option<WeightId>| b.map(|b| model.weight(b));
-                let packed = |p: &Packed| match *p {
-                    Packed::InFile(w) => model.weight(w),
-                    Packed::Owned(j) => self.owned[j].as_slice(),
-                };
                 let weights = BlockWeights {
-                    expand: packed(expand),
+                    expand: packed(*expand),
                     expand_bias: w(expand_bias),
                     depthwise: model.weight(*depthwise),
                     depthwise_bias: w(depthwise_bias),
-                    project: packed(project),
+                    project: packed(*project),
                     project_bias: w(project_bias),
                 };
                 let x = value(graph.nodes[*first].inputs[0]);
@@ -643,10 +643,6 @@ impl Session {
                 *slot = value(v);
             }
             let ins = &ins[..node.inputs.len()];
-            let packed = |p: Packed| match p {
-                Packed::InFile(w) => model.weight(w),
-                Packed::Owned(j) => self.owned[j].as_slice(),
-            };
             let in_shape = graph.shape(node.inputs[0]);
             let sample_in: usize = in_shape.iter().product();
             let sample_out = out_len / n;
