@@ -63,16 +63,9 @@ fn conv(
     let bid = g.add_weight(format!("b{}", g.weights.len()), vec![cout]);
     w.push(rand_vec(seed, cout, -0.2, 0.2));
     Conv {
-        in_channels: cin,
-        out_channels: cout,
-        kernel: [k, k],
-        stride: [stride; 2],
-        dilation: [1, 1],
-        pads: [k / 2; 4],
-        groups,
         weight: wid,
         bias: Some(bid),
-        activation: act,
+        ..plain_conv(cin, cout, k, stride, [k / 2; 4], groups, act)
     }
 }
 
