@@ -198,6 +198,22 @@ fn check(case: &Case) -> Result<(), TestCaseError> {
         prop_assert_eq!(k.isa(), isa);
         let mut got = vec![f32::NAN; want.len()];
         k.run(&d.w, d.b.as_deref(), &d.x, d.r.as_deref(), &mut got);
+        if k.algorithm().contains("interleaved") {
+            // The interleaved path repeats the row path's operations exactly.
+            let rows = k.clone().without_interleaved();
+            let mut by_rows = vec![f32::NAN; want.len()];
+            rows.run(&d.w, d.b.as_deref(), &d.x, d.r.as_deref(), &mut by_rows);
+            prop_assert!(
+                got.iter()
+                    .zip(&by_rows)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{} {} differs from {}: {:?}",
+                isa,
+                k.algorithm(),
+                rows.algorithm(),
+                case
+            );
+        }
         for i in 0..want.len() {
             let tol = 1e-5 * mag[i] + 1e-6 * want[i].abs() + 1e-6;
             prop_assert!(
@@ -505,5 +521,84 @@ fn padded_rows_edges() {
             case.residual = false;
             check(&case).unwrap_or_else(|e| panic!("{case:?}: {e}"));
         }
+    }
+}
+
+/// 3×3 shapes for the channel-interleaved path (small planes, at least a vector of
+/// channels): channel counts off the vector widths (groups with a remainder), planes whose
+/// pixel count is not a multiple of the vector width, strides 1 and 2 along each axis,
+/// paddings 0 and 1 (0 to 2 along H), planes split by channels.
+fn interleaved_case() -> impl Strategy<Value = Case> {
+    (
+        16usize..=41,
+        1usize..=20,
+        1usize..=16,
+        (1usize..=2, 1usize..=2),
+        (0usize..=1, 0usize..=1, 0usize..=2, 0usize..=2),
+        activation(),
+        any::<bool>(),
+        any::<bool>(),
+        any::<u64>(),
+    )
+        .prop_map(
+            |(c, h, w, (sw, sh), (pl, pr, pt, pb), act, bias, residual, seed)| Case {
+                c,
+                h,
+                w,
+                kernel: [3, 3],
+                stride: [sh, sw],
+                dilation: [1, 1],
+                pads: [pt, pl, pb, pr],
+                act,
+                bias,
+                residual,
+                seed,
+            },
+        )
+        .prop_filter("window larger than the padded input", |c| {
+            c.out_hw().is_some()
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 160, ..ProptestConfig::default() })]
+
+    #[test]
+    fn interleaved_matches_reference_and_rows(case in interleaved_case()) {
+        check(&case)?;
+        let (oh, ow) = case.out_hw().unwrap();
+        for isa in Isa::supported() {
+            let k = DepthwiseKernel::new(isa, &case.conv(), [case.c, case.h, case.w], [case.c, oh, ow]).unwrap();
+            prop_assert!(k.algorithm().contains("interleaved"), "{} {}: {:?}", isa, k.algorithm(), case);
+        }
+    }
+}
+
+/// The interleaved path over a channel split that cuts its groups: the same bits as the
+/// whole sample (which the threads rely on).
+#[test]
+fn interleaved_run_channels_matches_run() {
+    let case = mk([3, 3], [1, 1], [1, 1], [1, 1, 1, 1], 37, 14, 14);
+    let (oh, ow) = case.out_hw().unwrap();
+    let d = data(&case);
+    let plane = oh * ow;
+    for isa in Isa::supported() {
+        let k = DepthwiseKernel::new(isa, &case.conv(), [37, 14, 14], [37, oh, ow]).unwrap();
+        assert!(k.algorithm().contains("interleaved"), "{isa}");
+        let mut whole = vec![0.0; 37 * plane];
+        k.run(&d.w, d.b.as_deref(), &d.x, d.r.as_deref(), &mut whole);
+        let mut parts = vec![0.0; 37 * plane];
+        let (a, b) = parts.split_at_mut(11 * plane);
+        let r = d.r.as_deref().unwrap();
+        k.run_channels(0..11, &d.w, d.b.as_deref(), &d.x, Some(&r[..11 * plane]), a);
+        k.run_channels(
+            11..37,
+            &d.w,
+            d.b.as_deref(),
+            &d.x,
+            Some(&r[11 * plane..]),
+            b,
+        );
+        assert_eq!(whole, parts, "{isa}");
     }
 }

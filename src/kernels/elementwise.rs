@@ -172,6 +172,29 @@ pub(crate) trait Simd: Copy {
         buf
     }
 
+    /// Transposes the `LANES × LANES` block in `v[..LANES]`: lane `j` of `v[i]` becomes
+    /// lane `i` of `v[j]`. Through memory here; tiers with a register shuffle network
+    /// override it.
+    #[inline(always)]
+    fn transpose(self, v: &mut [Self::V]) {
+        let l = Self::LANES;
+        assert!(v.len() >= l && l <= 16);
+        let (mut rows, mut cols) = ([0.0f32; 256], [0.0f32; 256]);
+        for (i, &vi) in v.iter().take(l).enumerate() {
+            // SAFETY: rows holds 16 · 16 >= (i + 1) · LANES floats.
+            unsafe { self.store(rows.as_mut_ptr().add(i * l), vi) };
+        }
+        for i in 0..l {
+            for j in 0..l {
+                cols[j * l + i] = rows[i * l + j];
+            }
+        }
+        for (j, vj) in v.iter_mut().take(l).enumerate() {
+            // SAFETY: as above.
+            *vj = unsafe { self.load(cols.as_ptr().add(j * l)) };
+        }
+    }
+
     #[inline(always)]
     fn hmax(self, v: Self::V) -> f32 {
         let a = self.to_array(v);
@@ -542,6 +565,37 @@ mod x86 {
             tf!(_mm256_castsi256_ps(_mm256_slli_epi32::<23>(
                 _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127))
             )))
+        }
+        #[inline(always)]
+        fn transpose(self, v: &mut [__m256]) {
+            assert!(v.len() >= 8);
+            tf!({
+                // 2×2 blocks of floats, then of pairs, then of 128-bit halves.
+                let t0 = _mm256_unpacklo_ps(v[0], v[1]);
+                let t1 = _mm256_unpackhi_ps(v[0], v[1]);
+                let t2 = _mm256_unpacklo_ps(v[2], v[3]);
+                let t3 = _mm256_unpackhi_ps(v[2], v[3]);
+                let t4 = _mm256_unpacklo_ps(v[4], v[5]);
+                let t5 = _mm256_unpackhi_ps(v[4], v[5]);
+                let t6 = _mm256_unpacklo_ps(v[6], v[7]);
+                let t7 = _mm256_unpackhi_ps(v[6], v[7]);
+                let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+                let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+                let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+                let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+                let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+                let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+                let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+                let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+                v[0] = _mm256_permute2f128_ps::<0x20>(u0, u4);
+                v[1] = _mm256_permute2f128_ps::<0x20>(u1, u5);
+                v[2] = _mm256_permute2f128_ps::<0x20>(u2, u6);
+                v[3] = _mm256_permute2f128_ps::<0x20>(u3, u7);
+                v[4] = _mm256_permute2f128_ps::<0x31>(u0, u4);
+                v[5] = _mm256_permute2f128_ps::<0x31>(u1, u5);
+                v[6] = _mm256_permute2f128_ps::<0x31>(u2, u6);
+                v[7] = _mm256_permute2f128_ps::<0x31>(u3, u7);
+            })
         }
         #[inline(always)]
         fn deinterleave(self, a: __m256, b: __m256) -> (__m256, __m256) {
