@@ -420,11 +420,22 @@ fn padded_case() -> impl Strategy<Value = Case> {
         1 => 100usize..=130,
         1 => 500usize..=520,
     ];
+    case_3x3(1usize..=5, 1usize..=40, width, 1usize..=3)
+}
+
+/// 3×3 depthwise cases over the given channel counts, heights, widths and strides along
+/// H (stride along W 1 or 2, left / right padding 0 or 1, top / bottom 0 to 2).
+fn case_3x3(
+    c: impl Strategy<Value = usize>,
+    h: impl Strategy<Value = usize>,
+    w: impl Strategy<Value = usize>,
+    sh: impl Strategy<Value = usize>,
+) -> impl Strategy<Value = Case> {
     (
-        1usize..=5,
-        1usize..=40,
-        width,
-        (1usize..=2, 1usize..=3),
+        c,
+        h,
+        w,
+        (1usize..=2, sh),
         (0usize..=1, 0usize..=1, 0usize..=2, 0usize..=2),
         activation(),
         any::<bool>(),
@@ -529,35 +540,7 @@ fn padded_rows_edges() {
 /// pixel count is not a multiple of the vector width, strides 1 and 2 along each axis,
 /// paddings 0 and 1 (0 to 2 along H), planes split by channels.
 fn interleaved_case() -> impl Strategy<Value = Case> {
-    (
-        16usize..=41,
-        1usize..=20,
-        1usize..=16,
-        (1usize..=2, 1usize..=2),
-        (0usize..=1, 0usize..=1, 0usize..=2, 0usize..=2),
-        activation(),
-        any::<bool>(),
-        any::<bool>(),
-        any::<u64>(),
-    )
-        .prop_map(
-            |(c, h, w, (sw, sh), (pl, pr, pt, pb), act, bias, residual, seed)| Case {
-                c,
-                h,
-                w,
-                kernel: [3, 3],
-                stride: [sh, sw],
-                dilation: [1, 1],
-                pads: [pt, pl, pb, pr],
-                act,
-                bias,
-                residual,
-                seed,
-            },
-        )
-        .prop_filter("window larger than the padded input", |c| {
-            c.out_hw().is_some()
-        })
+    case_3x3(16usize..=41, 1usize..=20, 1usize..=16, 1usize..=2)
 }
 
 proptest! {

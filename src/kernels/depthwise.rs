@@ -472,13 +472,7 @@ unsafe fn planes_interleaved<S: Simd>(
         std::ptr::write_bytes(accs.add(osize * l), 0, l * l);
     }
     let act = ActV::new(s, k.activation);
-    let clamp = match k.activation {
-        Activation::Identity => Some((f32::NEG_INFINITY, f32::INFINITY)),
-        Activation::Relu => Some((0.0, f32::INFINITY)),
-        Activation::Clip { min, max } => Some((min, max)),
-        _ => None,
-    }
-    .map(|(lo, hi)| (s.splat(lo), s.splat(hi)));
+    let clamp = clamp_bounds(s, k.activation);
     let mut v = [s.zero(); 16];
     let mut g0 = channels.start;
     while g0 < channels.end {
@@ -646,14 +640,7 @@ unsafe fn plane_padded<S: Simd>(
     // SAFETY: the zero row follows the band and its slack.
     let zero = unsafe { buf.add(BAND + 64) } as *const f32;
     let bias = s.splat(bias);
-    // Identity, ReLU and Clip as one clamp, applied with no branch per vector.
-    let clamp = match k.activation {
-        Activation::Identity => Some((f32::NEG_INFINITY, f32::INFINITY)),
-        Activation::Relu => Some((0.0, f32::INFINITY)),
-        Activation::Clip { min, max } => Some((min, max)),
-        _ => None,
-    }
-    .map(|(lo, hi)| (s.splat(lo), s.splat(hi)));
+    let clamp = clamp_bounds(s, k.activation);
     // Output rows per band: their windows span (n − 1)·sh + 3 input rows.
     let per_band = ((band_rows - 3) / rows.stride + 1).max(1);
     let mut oy0 = 0;
@@ -701,6 +688,19 @@ unsafe fn plane_padded<S: Simd>(
         }
         oy0 = oy1;
     }
+}
+
+/// Identity, ReLU and Clip as the bounds of one clamp, applied with no branch per
+/// vector; `None` for the other activations.
+#[inline(always)]
+fn clamp_bounds<S: Simd>(s: S, act: Activation) -> Option<(S::V, S::V)> {
+    match act {
+        Activation::Identity => Some((f32::NEG_INFINITY, f32::INFINITY)),
+        Activation::Relu => Some((0.0, f32::INFINITY)),
+        Activation::Clip { min, max } => Some((min, max)),
+        _ => None,
+    }
+    .map(|(lo, hi)| (s.splat(lo), s.splat(hi)))
 }
 
 /// Floats from one padded row to the next in [`plane_padded`]'s buffer: stride 1, the
