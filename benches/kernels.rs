@@ -139,6 +139,9 @@ const CONVS: &[ConvShape] = &[
     cs("mobilenetv2/1x1_192-64_14", 192, 64, 1, 1, 0, 14),
     cs("mobilenetv2/1x1_960-320_7", 960, 320, 1, 1, 0, 7),
     cs("mobilenetv2/1x1_320-1280_7", 320, 1280, 1, 1, 0, 7),
+    // LeNet-5 (small maps: im2col rows of a few short pieces)
+    cs("lenet5/5x5_1-20_28", 1, 20, 5, 1, 2, 28),
+    cs("lenet5/5x5_20-50_14", 20, 50, 5, 1, 2, 14),
 ];
 
 fn config() -> Criterion<ThreadCpu> {

@@ -90,7 +90,7 @@ fn block_kernel_equals_the_layers_bit_for_bit() {
             };
             // Bands of 1 row, of a few rows (halo rows carried over), and the whole map.
             for band_bytes in [1, 4 * cexp * (6 * w + 3 * ow), 64 << 20] {
-                for threads in [1usize, 3] {
+                for threads in [1usize, 2, 3] {
                     let block = BlockKernel::new(
                         isa,
                         &e,

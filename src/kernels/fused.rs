@@ -123,6 +123,14 @@ impl Pointwise {
     }
 }
 
+/// `len` split into `parts` consecutive pieces `(start, len)` whose lengths differ by at
+/// most one.
+fn even_parts(len: usize, parts: usize) -> impl Iterator<Item = (usize, usize)> {
+    let parts = parts.max(1);
+    let (base, extra) = (len / parts, len % parts);
+    (0..parts).map(move |i| (i * base + i.min(extra), base + usize::from(i < extra)))
+}
+
 /// One band of output rows and the input rows its depthwise windows cover.
 #[derive(Clone, Debug)]
 struct Band {
@@ -218,12 +226,23 @@ impl BlockKernel {
             .take_while(|&b| 4 * cexp * (in_rows_for(b) * w + b * ow) <= band_bytes)
             .last()
             .unwrap_or(1);
-        let band_rows = fit.min(oh.div_ceil(threads.max(1))).max(1);
+        // Each worker gets an equal share of the output rows (to a row), cut into bands
+        // of at most `fit` rows, as equal as possible: cutting the plane into `fit`-row
+        // bands first and handing them out in runs left one worker up to a band more
+        // than the other (MobileNetV2's 28-row block at 2 threads: 18 rows against 10).
+        let workers = threads.clamp(1, oh);
+        let mut bounds = Vec::new();
+        let mut run_lens = Vec::with_capacity(workers);
+        for (s0, len) in even_parts(oh, workers) {
+            let parts = len.div_ceil(fit);
+            run_lens.push(parts);
+            bounds.extend(even_parts(len, parts).map(|(b0, l)| (s0 + b0, s0 + b0 + l)));
+        }
+        let band_rows = bounds.iter().map(|&(o0, o1)| o1 - o0).max()?;
         let mut kinds: Vec<(usize, usize, usize, usize)> = Vec::new();
         let mut depthwise_kernels = Vec::new();
         let mut bands = Vec::new();
-        for o0 in (0..oh).step_by(band_rows) {
-            let o1 = (o0 + band_rows).min(oh);
+        for &(o0, o1) in &bounds {
             // Input rows of the windows, padding included: start .. end.
             let start = (o0 * sh) as isize - pt as isize;
             let end = ((o1 - 1) * sh + span) as isize - pt as isize;
@@ -258,11 +277,13 @@ impl BlockKernel {
             });
         }
         let exp_stride = bands.iter().map(|b| b.in_rows.len()).max()? * w;
-        let workers = threads.max(1).min(bands.len());
-        let per = bands.len().div_ceil(workers);
-        let runs = (0..bands.len())
-            .step_by(per)
-            .map(|b0| b0..(b0 + per).min(bands.len()))
+        let runs = run_lens
+            .iter()
+            .scan(0, |b0, &len| {
+                let r = *b0..*b0 + len;
+                *b0 += len;
+                Some(r)
+            })
             .collect();
         let isa = gemm::ukr(isa).isa;
         Some(BlockKernel {

@@ -225,10 +225,86 @@ mod simd_x86 {
     /// written left to right and each overwrites what the previous one spilled, and the
     /// row has ROW_SLACK (16) elements of slack for the last.
     ///
+    /// Whole output rows (all but the block's first and last piece) share the tap's
+    /// valid columns, so their bounds are worked out once per row of B and the loop
+    /// over them only steps pointers: on small maps (LeNet-5's 14-wide rows) the
+    /// per-piece bookkeeping, not the copying, was most of the packing time.
+    ///
     /// Safety: AVX2+FMA present; `row.len() >= nc + 16`; the tap's plane inside `p.x`.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn row_avx2(p: &Im2col, t: &Tap, n0: usize, nc: usize, row: &mut [f32]) {
-        const W: usize = 8;
+        let (ow, sh) = (p.ow, p.sh);
+        let (mut oy, ox0) = (n0 / ow, n0 % ow);
+        let mut pos = 0;
+        // SAFETY (all calls below): pieces lie inside row[..nc] (+ spill into the
+        // slack), input rows are checked against 0..h and columns are the tap's valid
+        // ones, as `piece_avx2` requires.
+        if ox0 != 0 {
+            let len = (ow - ox0).min(nc);
+            piece_avx2(p, t, (oy * sh) as isize + t.ky_off, ox0, len, pos, row);
+            pos += len;
+            oy += 1;
+        }
+        // Whole rows: valid columns a..b, the same for each.
+        let a = t.ox_lo.min(ow);
+        let b = t.ox_hi.clamp(a, ow);
+        let n = b - a;
+        let h = p.h as isize;
+        let plane = p.x.as_ptr().add(t.plane);
+        let out = row.as_mut_ptr();
+        let zero = _mm256_setzero_ps();
+        let ix0 = (a as isize * p.sw as isize + t.off) as usize;
+        while pos + ow <= nc {
+            let iy = (oy * sh) as isize + t.ky_off;
+            if p.sw != 1 || n < W || iy < 0 || iy >= h {
+                piece_avx2(p, t, iy, 0, ow, pos, row);
+            } else {
+                let dst = out.add(pos);
+                let mut i = 0;
+                while i < a {
+                    _mm256_storeu_ps(dst.add(i), zero);
+                    i += W;
+                }
+                let src = plane.add(iy as usize * p.w + ix0);
+                let d = dst.add(a);
+                let mut i = 0;
+                while i + W < n {
+                    _mm256_storeu_ps(d.add(i), _mm256_loadu_ps(src.add(i)));
+                    i += W;
+                }
+                _mm256_storeu_ps(d.add(n - W), _mm256_loadu_ps(src.add(n - W)));
+                let mut i = b;
+                while i < ow {
+                    _mm256_storeu_ps(dst.add(i), zero);
+                    i += W;
+                }
+            }
+            pos += ow;
+            oy += 1;
+        }
+        if pos < nc {
+            piece_avx2(p, t, (oy * sh) as isize + t.ky_off, 0, nc - pos, pos, row);
+        }
+    }
+
+    const W: usize = 8;
+
+    /// Output columns `ox0 .. ox0+len` of one output row (input row `iy`, maybe outside
+    /// `0..h`) written at `row[pos..]`: zeros for the padding, the valid run copied.
+    ///
+    /// Safety: AVX2+FMA present; `pos + len + 16 <= row.len()`; the tap's plane inside
+    /// `p.x`; `ox0 + len <= ow`.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn piece_avx2(
+        p: &Im2col,
+        t: &Tap,
+        iy: isize,
+        ox0: usize,
+        len: usize,
+        pos: usize,
+        row: &mut [f32],
+    ) {
         let (h, w, sw) = (p.h as isize, p.w, p.sw);
         let plane = p.x.as_ptr().add(t.plane);
         let out = row.as_mut_ptr();
@@ -245,54 +321,52 @@ mod simd_x86 {
                 }
             }};
         }
-        for (iy, ox0, len, pos) in p.pieces(t, n0, nc) {
-            if iy < 0 || iy >= h {
-                zeros!(pos, pos + len);
-                continue;
-            }
-            let a = t.ox_lo.clamp(ox0, ox0 + len) - ox0;
-            let b = t.ox_hi.clamp(ox0 + a, ox0 + len) - ox0;
-            zeros!(pos, pos + a);
-            let n = b - a;
-            if n > 0 {
-                // Input columns ix0, ix0 + sw, …, ix0 + (n−1)·sw, all inside 0..w.
-                let ix0 = ((ox0 + a) as isize * sw as isize + t.off) as usize;
-                let src = plane.add(iy as usize * w + ix0);
-                let dst = out.add(pos + a);
-                if sw == 1 {
-                    if n >= W {
-                        let mut i = 0;
-                        while i + W < n {
-                            _mm256_storeu_ps(dst.add(i), _mm256_loadu_ps(src.add(i)));
-                            i += W;
-                        }
-                        _mm256_storeu_ps(dst.add(n - W), _mm256_loadu_ps(src.add(n - W)));
-                    } else {
-                        let m = _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), lanes);
-                        _mm256_storeu_ps(dst, _mm256_maskload_ps(src, m));
-                    }
-                } else if sw == 2 {
-                    // Full vectors while 2·W input elements stay inside the row.
+        if iy < 0 || iy >= h {
+            zeros!(pos, pos + len);
+            return;
+        }
+        let a = t.ox_lo.clamp(ox0, ox0 + len) - ox0;
+        let b = t.ox_hi.clamp(ox0 + a, ox0 + len) - ox0;
+        zeros!(pos, pos + a);
+        let n = b - a;
+        if n > 0 {
+            // Input columns ix0, ix0 + sw, …, ix0 + (n−1)·sw, all inside 0..w.
+            let ix0 = ((ox0 + a) as isize * sw as isize + t.off) as usize;
+            let src = plane.add(iy as usize * w + ix0);
+            let dst = out.add(pos + a);
+            if sw == 1 {
+                if n >= W {
                     let mut i = 0;
-                    while i + W <= n && ix0 + 2 * (i + W) <= w {
-                        let s = src.add(2 * i);
-                        let lo = _mm256_permutevar8x32_ps(_mm256_loadu_ps(s), even);
-                        let hi = _mm256_permutevar8x32_ps(_mm256_loadu_ps(s.add(W)), even);
-                        _mm256_storeu_ps(dst.add(i), _mm256_blend_ps::<0b1111_0000>(lo, hi));
+                    while i + W < n {
+                        _mm256_storeu_ps(dst.add(i), _mm256_loadu_ps(src.add(i)));
                         i += W;
                     }
-                    while i < n {
-                        *dst.add(i) = *src.add(2 * i);
-                        i += 1;
-                    }
+                    _mm256_storeu_ps(dst.add(n - W), _mm256_loadu_ps(src.add(n - W)));
                 } else {
-                    for i in 0..n {
-                        *dst.add(i) = *src.add(i * sw);
-                    }
+                    let m = _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), lanes);
+                    _mm256_storeu_ps(dst, _mm256_maskload_ps(src, m));
+                }
+            } else if sw == 2 {
+                // Full vectors while 2·W input elements stay inside the row.
+                let mut i = 0;
+                while i + W <= n && ix0 + 2 * (i + W) <= w {
+                    let s = src.add(2 * i);
+                    let lo = _mm256_permutevar8x32_ps(_mm256_loadu_ps(s), even);
+                    let hi = _mm256_permutevar8x32_ps(_mm256_loadu_ps(s.add(W)), even);
+                    _mm256_storeu_ps(dst.add(i), _mm256_blend_ps::<0b1111_0000>(lo, hi));
+                    i += W;
+                }
+                while i < n {
+                    *dst.add(i) = *src.add(2 * i);
+                    i += 1;
+                }
+            } else {
+                for i in 0..n {
+                    *dst.add(i) = *src.add(i * sw);
                 }
             }
-            zeros!(pos + b, pos + len);
         }
+        zeros!(pos + b, pos + len);
     }
 
     /// Packs rows `k0 .. k0+kc` (columns `n0 .. n0+nc`) into 16-wide panels: each row
