@@ -408,6 +408,105 @@ fn conv_large_shapes_every_tier() {
     }
 }
 
+/// One GEMM against the f64 reference (tolerance as `check_close`), then its tiles run in
+/// reverse order: bit-identical. Returns C.
+#[allow(clippy::too_many_arguments)]
+fn check_gemm(
+    isa: Isa,
+    (m, n, k): (usize, usize, usize),
+    (pad_b, pad_c): (usize, usize),
+    (bias_kind, residual, accumulate, act): (u8, bool, bool, Activation),
+    (direct, seed): (bool, u64),
+) -> Result<Vec<f32>, TestCaseError> {
+    let (ldb, ldc) = (n + pad_b, n + pad_c);
+    let a = values(m * k, seed);
+    let b = values(k * ldb, seed ^ 1);
+    let c0 = values(m * ldc, seed ^ 2);
+    let bias = match bias_kind {
+        1 => Some(values(m, seed ^ 3)),
+        2 => Some(values(n, seed ^ 3)),
+        _ => None,
+    };
+    let res = residual.then(|| values(m * ldc, seed ^ 4));
+    // Reference in f64, and the |·| scale.
+    let mut want = vec![0f32; m * ldc];
+    let mut scale = vec![0f32; m * ldc];
+    for i in 0..m {
+        for j in 0..n {
+            let (mut acc, mut s) = (0f64, 0f64);
+            for kk in 0..k {
+                let p = a[i * k + kk] as f64 * b[kk * ldb + j] as f64;
+                acc += p;
+                s += p.abs();
+            }
+            let mut add = |v: f32| {
+                acc += v as f64;
+                s += (v as f64).abs();
+            };
+            if accumulate {
+                add(c0[i * ldc + j]);
+            }
+            match (bias_kind, &bias) {
+                (1, Some(bv)) => add(bv[i]),
+                (2, Some(bv)) => add(bv[j]),
+                _ => {}
+            }
+            if let Some(r) = &res {
+                add(r[i * ldc + j]);
+            }
+            want[i * ldc + j] = act.apply_f64(acc) as f32;
+            scale[i * ldc + j] = s as f32;
+        }
+    }
+    let mode = if direct { BMode::Direct } else { BMode::Packed };
+    let g = Gemm::with_mode(isa, m, n, k, mode);
+    let mut ap = vec![0.0; gemm::packed_a_len(m, k)];
+    gemm::pack_a(m, k, &a, k, &mut ap);
+    let epi = Epilogue {
+        bias: match (bias_kind, &bias) {
+            (1, Some(bv)) => Bias::Row(bv),
+            (2, Some(bv)) => Bias::Col(bv),
+            _ => Bias::None,
+        },
+        residual: res.as_deref(),
+        activation: act,
+        accumulate,
+    };
+    let mut scratch = vec![0.0; g.scratch_len()];
+    let mut c = c0.clone();
+    g.run(&ap, &b, ldb, &mut c, ldc, &epi, &mut scratch);
+    let (mut gv, mut wv, mut sv) = (vec![], vec![], vec![]);
+    for i in 0..m {
+        for j in 0..ldc {
+            if j < n {
+                gv.push(c[i * ldc + j]);
+                wv.push(want[i * ldc + j]);
+                sv.push(scale[i * ldc + j]);
+            } else {
+                // Padding columns of C are never touched.
+                prop_assert_eq!(c[i * ldc + j].to_bits(), c0[i * ldc + j].to_bits());
+            }
+        }
+    }
+    check_close(
+        &gv,
+        &wv,
+        &sv,
+        k,
+        &format!("{isa} gemm {m}x{n}x{k} {mode:?}"),
+    )?;
+    // Tiles in reverse order: bit-identical.
+    let mut c2 = c0.clone();
+    for t in (0..g.tiles()).rev() {
+        g.run_tile(&ap, &b, ldb, &mut c2, ldc, &epi, &mut scratch, t);
+    }
+    prop_assert!(
+        c.iter().zip(&c2).all(|(x, y)| x.to_bits() == y.to_bits()),
+        "{isa}: tiles differ"
+    );
+    Ok(c)
+}
+
 #[test]
 fn gemm_matches_reference_every_tier() {
     let strat = (
@@ -418,106 +517,50 @@ fn gemm_matches_reference_every_tier() {
     );
     for isa in Isa::supported() {
         runner()
-            .run(
-                &strat,
-                |(
-                    (m, n, k),
-                    (pad_b, pad_c),
-                    (bias_kind, residual, accumulate, act),
-                    (direct, seed),
-                )| {
-                    let (ldb, ldc) = (n + pad_b, n + pad_c);
-                    let a = values(m * k, seed);
-                    let b = values(k * ldb, seed ^ 1);
-                    let c0 = values(m * ldc, seed ^ 2);
-                    let bias = match bias_kind {
-                        1 => Some(values(m, seed ^ 3)),
-                        2 => Some(values(n, seed ^ 3)),
-                        _ => None,
-                    };
-                    let res = residual.then(|| values(m * ldc, seed ^ 4));
-                    // Reference in f64, and the |·| scale.
-                    let mut want = vec![0f32; m * ldc];
-                    let mut scale = vec![0f32; m * ldc];
-                    for i in 0..m {
-                        for j in 0..n {
-                            let (mut acc, mut s) = (0f64, 0f64);
-                            for kk in 0..k {
-                                let p = a[i * k + kk] as f64 * b[kk * ldb + j] as f64;
-                                acc += p;
-                                s += p.abs();
-                            }
-                            let mut add = |v: f32| {
-                                acc += v as f64;
-                                s += (v as f64).abs();
-                            };
-                            if accumulate {
-                                add(c0[i * ldc + j]);
-                            }
-                            match (bias_kind, &bias) {
-                                (1, Some(bv)) => add(bv[i]),
-                                (2, Some(bv)) => add(bv[j]),
-                                _ => {}
-                            }
-                            if let Some(r) = &res {
-                                add(r[i * ldc + j]);
-                            }
-                            want[i * ldc + j] = act.apply_f64(acc) as f32;
-                            scale[i * ldc + j] = s as f32;
-                        }
+            .run(&strat, |(dims, pads, epi, mode)| {
+                check_gemm(isa, dims, pads, epi, mode).map(|_| ())
+            })
+            .unwrap_or_else(|e| panic!("{isa}: {e}"));
+    }
+}
+
+/// One- and two-column tails (`n = 16q + 1`, `16q + 2`, as a 7×7 map's 49 pixels) over
+/// many row panels, where the column-tail kernels run several panels per call: against
+/// the reference, and bit for bit against the same columns computed inside full tiles
+/// (the same B with 16 more columns), since every kernel runs the same FMA chain.
+#[test]
+fn gemm_column_tails_every_tier() {
+    let strat = (
+        (24usize..=110, 0usize..=3, 1usize..=2, 1usize..=300),
+        (0u8..3, any::<bool>(), any::<bool>(), activations()),
+        (any::<bool>(), any::<u64>()),
+    );
+    for isa in Isa::supported() {
+        runner()
+            .run(&strat, |((m, q, r, k), epi, (direct, seed))| {
+                let n = 16 * q + r;
+                // Both runs have ldb = ldc = n + 16, so they draw the same A, B, C,
+                // residual and bias (a prefix of the same sequence); the narrow run's
+                // last 16 columns are padding (checked untouched).
+                let narrow = check_gemm(isa, (m, n, k), (16, 16), epi, (direct, seed))?;
+                let wide = check_gemm(isa, (m, n + 16, k), (0, 0), epi, (direct, seed))?;
+                for i in 0..m {
+                    for j in 0..n {
+                        prop_assert_eq!(
+                            narrow[i * (n + 16) + j].to_bits(),
+                            wide[i * (n + 16) + j].to_bits(),
+                            "{} gemm {}x{}x{}: element ({}, {}) differs from a full tile's",
+                            isa,
+                            m,
+                            n,
+                            k,
+                            i,
+                            j
+                        );
                     }
-                    let mode = if direct { BMode::Direct } else { BMode::Packed };
-                    let g = Gemm::with_mode(isa, m, n, k, mode);
-                    let mut ap = vec![0.0; gemm::packed_a_len(m, k)];
-                    gemm::pack_a(m, k, &a, k, &mut ap);
-                    let epi = Epilogue {
-                        bias: match (bias_kind, &bias) {
-                            (1, Some(bv)) => Bias::Row(bv),
-                            (2, Some(bv)) => Bias::Col(bv),
-                            _ => Bias::None,
-                        },
-                        residual: res.as_deref(),
-                        activation: act,
-                        accumulate,
-                    };
-                    let mut scratch = vec![0.0; g.scratch_len()];
-                    let mut c = c0.clone();
-                    g.run(&ap, &b, ldb, &mut c, ldc, &epi, &mut scratch);
-                    let (mut gv, mut wv, mut sv) = (vec![], vec![], vec![]);
-                    for i in 0..m {
-                        for j in 0..ldc {
-                            if j < n {
-                                gv.push(c[i * ldc + j]);
-                                wv.push(want[i * ldc + j]);
-                                sv.push(scale[i * ldc + j]);
-                            } else {
-                                // Padding columns of C are never touched.
-                                prop_assert_eq!(
-                                    c[i * ldc + j].to_bits(),
-                                    c0[i * ldc + j].to_bits()
-                                );
-                            }
-                        }
-                    }
-                    check_close(
-                        &gv,
-                        &wv,
-                        &sv,
-                        k,
-                        &format!("{isa} gemm {m}x{n}x{k} {mode:?}"),
-                    )?;
-                    // Tiles in reverse order: bit-identical.
-                    let mut c2 = c0.clone();
-                    for t in (0..g.tiles()).rev() {
-                        g.run_tile(&ap, &b, ldb, &mut c2, ldc, &epi, &mut scratch, t);
-                    }
-                    prop_assert!(
-                        c.iter().zip(&c2).all(|(x, y)| x.to_bits() == y.to_bits()),
-                        "{isa}: tiles differ"
-                    );
-                    Ok(())
-                },
-            )
+                }
+                Ok(())
+            })
             .unwrap_or_else(|e| panic!("{isa}: {e}"));
     }
 }

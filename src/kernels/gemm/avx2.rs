@@ -358,16 +358,8 @@ unsafe fn tcol<const NV: usize>(
     // residual rows < h / columns < NV are valid (UKernel contract, mr = h, nv = NV);
     // masked-off lanes are not accessed.
     let mut acc = [[_mm256_setzero_ps(); 2]; NV];
-    let mut tmp = [0f32; 16];
     if st.load_c {
-        for (j, col) in acc.iter_mut().enumerate() {
-            for (i, x) in tmp.iter_mut().enumerate().take(h) {
-                // SAFETY: i < h and j < NV, inside the C tile.
-                *x = unsafe { *c.add(i * ldc + j) };
-            }
-            col[0] = _mm256_loadu_ps(tmp.as_ptr());
-            col[1] = _mm256_loadu_ps(tmp.as_ptr().add(8));
-        }
+        unsafe { tcol_load_c(&mut acc, c, ldc, h) };
     }
     let (mut ap, mut bp) = (a, b);
     let mut pf = st.pf;
@@ -393,6 +385,110 @@ unsafe fn tcol<const NV: usize>(
         ap = ap.wrapping_add(lda);
         bp = bp.wrapping_add(ldb);
     }
+    // SAFETY: as above.
+    unsafe { tcol_finish(acc, h, c, ldc, st) };
+}
+
+/// [`tcol`] over `P` consecutive full (12-row) panels of A in one call: `2·P·NV`
+/// independent FMA chains instead of `2·NV`. With one or two columns, `tcol`'s two or
+/// four chains leave the FMA units waiting on latency most of the time (a 7×7 map's
+/// 49 = 3·16 + 1 columns: that one column took about 8% of the layer). Each element's
+/// chain of FMAs over k is the same as in every other kernel.
+#[target_feature(enable = "avx2,fma")]
+/// # Safety
+/// AVX2 and FMA present (dispatch); for each `p < P`, the [`tcol`] contract with
+/// `h = lda = 12` for the panel whose A starts at `a + p·pstride` and whose C rows, row
+/// bias and residual rows start `12·p` rows on.
+unsafe fn tcol_panels<const NV: usize, const P: usize>(
+    kc: usize,
+    a: *const f32,
+    pstride: usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    st: &Store,
+) {
+    const H: usize = 12;
+    let m4 = lane_mask(4);
+    // SAFETY (all accesses below): as the contract, panel by panel; the masked loads
+    // read rows 8..12 of a full panel.
+    let mut acc = [[[_mm256_setzero_ps(); 2]; NV]; P];
+    if st.load_c {
+        for (p, accp) in acc.iter_mut().enumerate() {
+            unsafe { tcol_load_c(accp, c.add(p * H * ldc), ldc, H) };
+        }
+    }
+    let mut bp = b;
+    let mut ak = 0;
+    for _ in 0..kc {
+        let mut bj = [_mm256_setzero_ps(); NV];
+        for (j, x) in bj.iter_mut().enumerate() {
+            *x = _mm256_set1_ps(unsafe { *bp.add(j) });
+        }
+        for (p, accp) in acc.iter_mut().enumerate() {
+            let ap = unsafe { a.add(p * pstride + ak) };
+            let a0 = unsafe { _mm256_loadu_ps(ap) };
+            let a1 = unsafe { _mm256_maskload_ps(ap.add(8), m4) };
+            for (col, &bv) in accp.iter_mut().zip(&bj) {
+                col[0] = _mm256_fmadd_ps(a0, bv, col[0]);
+                col[1] = _mm256_fmadd_ps(a1, bv, col[1]);
+            }
+        }
+        ak += H;
+        bp = bp.wrapping_add(ldb);
+    }
+    for (p, accp) in acc.into_iter().enumerate() {
+        let off = |q: *const f32, n: usize| if q.is_null() { q } else { q.wrapping_add(n) };
+        let sp = Store {
+            bias_row: off(st.bias_row, p * H),
+            residual: off(st.residual, p * H * ldc),
+            ..*st
+        };
+        unsafe { tcol_finish(accp, H, c.add(p * H * ldc), ldc, &sp) };
+    }
+}
+
+/// Loads an `h × NV` tile of C into column accumulators (rows as lanes).
+///
+/// # Safety
+/// AVX2 present; C valid for `h <= 12` rows of stride `ldc` and `NV` columns.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tcol_load_c<const NV: usize>(
+    acc: &mut [[__m256; 2]; NV],
+    c: *const f32,
+    ldc: usize,
+    h: usize,
+) {
+    let mut tmp = [0f32; 16];
+    for (j, col) in acc.iter_mut().enumerate() {
+        for (i, x) in tmp.iter_mut().enumerate().take(h) {
+            // SAFETY: i < h and j < NV, inside the C tile.
+            *x = unsafe { *c.add(i * ldc + j) };
+        }
+        col[0] = _mm256_loadu_ps(tmp.as_ptr());
+        col[1] = _mm256_loadu_ps(tmp.as_ptr().add(8));
+    }
+}
+
+/// The epilogue of a column tile (rows as lanes): bias, residual and activation on the
+/// last K block, then the store of its `h × NV` elements.
+///
+/// # Safety
+/// AVX2 present; C (and the residual) valid for `h <= 12` rows of stride `ldc` and `NV`
+/// columns, a non-null row bias for `h` and column bias for `NV` floats.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tcol_finish<const NV: usize>(
+    mut acc: [[__m256; 2]; NV],
+    h: usize,
+    c: *mut f32,
+    ldc: usize,
+    st: &Store,
+) {
+    let m = [lane_mask(h.min(8)), lane_mask(h.saturating_sub(8))];
+    let mut tmp = [0f32; 16];
     let vector_act = act_is_vector(st.act);
     if st.finish {
         if !st.bias_row.is_null() {
@@ -521,6 +617,17 @@ pub(crate) static UKR: Ukr = Ukr {
         tcol::<4>,
     ],
     tcol_max: 4,
+    tcol_panels: [
+        None,
+        Some((tcol_panels::<1, 4>, 4)),
+        Some((tcol_panels::<2, 2>, 2)),
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+    ],
 };
 
 /// One row × 32 columns (four ymm accumulators): a batch-1 fully connected layer over a

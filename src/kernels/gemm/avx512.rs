@@ -286,4 +286,5 @@ pub(crate) static UKR: Ukr = Ukr {
         tcol::<8>,
     ],
     tcol_max: 8,
+    tcol_panels: [None; 9],
 };

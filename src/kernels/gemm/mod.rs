@@ -147,6 +147,22 @@ pub(crate) type MultiKernel = unsafe fn(
     st: &Store,
 );
 
+/// A column-tail kernel over consecutive full [`MR_PACK`]-row panels of packed A (panel
+/// `p` at `a + p·pstride`, its C rows, row bias and residual rows `12·p` on), the
+/// columns and epilogue as [`Ukr::tcol`]; same FMA chain per element.
+///
+/// Safety: every panel satisfies the [`UKernel`] contract with `lda = mr = 12`.
+pub(crate) type TColPanels = unsafe fn(
+    kc: usize,
+    a: *const f32,
+    pstride: usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    st: &Store,
+);
+
 /// One tier's micro-kernels, indexed by the number of rows (index 0 unused).
 pub(crate) struct Ukr {
     pub isa: Isa,
@@ -170,6 +186,9 @@ pub(crate) struct Ukr {
     /// other kernels.
     pub tcol: [UKernel; 9],
     pub tcol_max: usize,
+    /// Column-tail kernels over several full panels at once, by number of columns:
+    /// `(kernel, panels per call)`, where the tier has them.
+    pub tcol_panels: [Option<(TColPanels, usize)>; 9],
 }
 
 /// How a block's columns are covered.
@@ -756,9 +775,36 @@ pub(crate) unsafe fn drive(u: &Ukr, t: &Tile, b: &BSrc, scratch: &mut [f32]) {
                     }
                 }
             };
+            // `pp` full panels from row p0 against a column-tail chunk in one call.
+            let tcol_group = |kern: TColPanels, p0: usize, (j, _, _): (usize, usize, Chunk)| {
+                let (bp, ldb) = bcol(j);
+                kern(
+                    kcur,
+                    t.a.add(p0 * k + k0 * MR_PACK),
+                    MR_PACK * k,
+                    bp,
+                    ldb,
+                    t.c.add(p0 * t.ldc + j),
+                    t.ldc,
+                    &store_at(p0, j, NO_PF),
+                );
+            };
+            let grouped = |(_, nv, kind): (usize, usize, Chunk)| match kind {
+                Chunk::TCol => u.tcol_panels[nv],
+                _ => None,
+            };
             if b_outer {
                 for ch in chunks(u, jb, ncur) {
-                    for p0 in (0..m).step_by(MR_PACK) {
+                    let group = grouped(ch);
+                    let mut p0 = 0;
+                    while p0 < m {
+                        if let Some((kern, pp)) = group {
+                            if m - p0 >= pp * MR_PACK {
+                                tcol_group(kern, p0, ch);
+                                p0 += pp * MR_PACK;
+                                continue;
+                            }
+                        }
                         // On the first column chunk, prefetch the next panel's rows of
                         // this K block while this one computes: with few columns (Winograd
                         // blocks, small maps) A streams from memory and would otherwise
@@ -771,6 +817,7 @@ pub(crate) unsafe fn drive(u: &Ukr, t: &Tile, b: &BSrc, scratch: &mut [f32]) {
                             NO_PF
                         };
                         panel_chunk(p0, MR_PACK.min(m - p0), ch, pf);
+                        p0 += MR_PACK;
                     }
                 }
             } else {
@@ -826,6 +873,19 @@ pub(crate) unsafe fn drive(u: &Ukr, t: &Tile, b: &BSrc, scratch: &mut [f32]) {
                         }
                     }
                     for ch in chunks(u, jb, ncur).filter(|c| c.2 != Chunk::Wide) {
+                        // A column tail over the full panels goes `pp` panels at a time,
+                        // once the last of each group has had its wide chunks (its A
+                        // rows still in cache); the panels after the last whole group
+                        // one by one.
+                        if let Some((kern, pp)) = grouped(ch) {
+                            let pi = p0 / MR_PACK;
+                            if pi < m / MR_PACK / pp * pp {
+                                if pi % pp == pp - 1 {
+                                    tcol_group(kern, p0 - (pp - 1) * MR_PACK, ch);
+                                }
+                                continue;
+                            }
+                        }
                         panel_chunk(p0, h, ch, pf);
                         pf = NO_PF;
                     }

@@ -122,4 +122,5 @@ pub(crate) static UKR: Ukr = Ukr {
     // No column-tail kernels: the portable tiles are only 8 wide.
     tcol: [ukr::<1, false>; 9],
     tcol_max: 0,
+    tcol_panels: [None; 9],
 };
