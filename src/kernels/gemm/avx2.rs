@@ -359,6 +359,7 @@ unsafe fn tcol<const NV: usize>(
     // masked-off lanes are not accessed.
     let mut acc = [[_mm256_setzero_ps(); 2]; NV];
     if st.load_c {
+        // SAFETY: C is valid for h rows and NV columns (contract).
         unsafe { tcol_load_c(&mut acc, c, ldc, h) };
     }
     let (mut ap, mut bp) = (a, b);
@@ -416,6 +417,7 @@ unsafe fn tcol_panels<const NV: usize, const P: usize>(
     let mut acc = [[[_mm256_setzero_ps(); 2]; NV]; P];
     if st.load_c {
         for (p, accp) in acc.iter_mut().enumerate() {
+            // SAFETY: panel p's C rows (12 of them) and NV columns are valid (contract).
             unsafe { tcol_load_c(accp, c.add(p * H * ldc), ldc, H) };
         }
     }
@@ -424,11 +426,16 @@ unsafe fn tcol_panels<const NV: usize, const P: usize>(
     for _ in 0..kc {
         let mut bj = [_mm256_setzero_ps(); NV];
         for (j, x) in bj.iter_mut().enumerate() {
+            // SAFETY: j < NV, inside this k's B row.
             *x = _mm256_set1_ps(unsafe { *bp.add(j) });
         }
         for (p, accp) in acc.iter_mut().enumerate() {
+            // SAFETY: panel p (p < P) holds 12 rows at each of the kc steps (contract):
+            // rows 0..8 by the plain load, rows 8..12 by the masked one.
             let ap = unsafe { a.add(p * pstride + ak) };
+            // SAFETY: as above.
             let a0 = unsafe { _mm256_loadu_ps(ap) };
+            // SAFETY: as above.
             let a1 = unsafe { _mm256_maskload_ps(ap.add(8), m4) };
             for (col, &bv) in accp.iter_mut().zip(&bj) {
                 col[0] = _mm256_fmadd_ps(a0, bv, col[0]);
@@ -445,6 +452,8 @@ unsafe fn tcol_panels<const NV: usize, const P: usize>(
             residual: off(st.residual, p * H * ldc),
             ..*st
         };
+        // SAFETY: panel p's C rows, row bias and residual rows (offset above) are valid
+        // for 12 rows and NV columns (contract).
         unsafe { tcol_finish(accp, H, c.add(p * H * ldc), ldc, &sp) };
     }
 }
