@@ -13,6 +13,7 @@ use crate::kernels::fused::{self, BlockKernel, BlockWeights};
 use crate::kernels::linear::LinearKernel;
 use crate::kernels::pool::PoolKernel;
 use crate::kernels::reference::{self, WeightSource};
+use crate::kernels::team::{self, Crew};
 use crate::kernels::winograd::{WinogradKernel, WinogradVariant};
 use crate::kernels::{elementwise, parallel, pool};
 use crate::limits;
@@ -29,9 +30,13 @@ pub enum Threads {
     /// On the thread that calls `run`.
     #[default]
     Caller,
-    /// On a caller-supplied rayon pool (services usually own one).
+    /// On a caller-supplied rayon pool (services usually own one). Each run is installed
+    /// on the pool and holds all of its threads for the run's length (they take each
+    /// layer's tiles without parking between layers; see `kernels::team`).
     Pool(Arc<rayon::ThreadPool>),
-    /// On a pool of this many threads that the session creates and owns.
+    /// On the calling thread plus this many minus one helper threads that the session
+    /// creates and owns (0 and 1 mean [`Threads::Caller`]). Helpers spin for work only
+    /// during a run and for 200 µs after it, then park until the next run.
     Count(usize),
 }
 
@@ -379,8 +384,36 @@ pub struct Session {
     /// Per-worker scratch: `slots ×` the largest kernel scratch.
     scratch: Vec<f32>,
     slots: usize,
-    pool: Option<Arc<rayon::ThreadPool>>,
+    workers: Workers,
     batch: usize,
+}
+
+/// Who runs a session's kernels besides the calling thread (`kernels::team`).
+#[derive(Clone)]
+enum Workers {
+    Caller,
+    /// Threads the session owns; the calling thread leads them.
+    Crew(Arc<Crew>),
+    /// A caller-supplied pool; runs are installed on it.
+    Pool(Arc<rayon::ThreadPool>),
+}
+
+impl Workers {
+    fn size(&self) -> usize {
+        match self {
+            Workers::Caller => 1,
+            Workers::Crew(c) => c.size(),
+            Workers::Pool(p) => p.current_num_threads(),
+        }
+    }
+
+    fn run<R: Send>(&self, body: impl FnOnce() -> R + Send) -> R {
+        match self {
+            Workers::Caller => body(),
+            Workers::Crew(c) => c.lead(body),
+            Workers::Pool(p) => team::lead_on_pool(p, body),
+        }
+    }
 }
 
 impl std::fmt::Debug for Session {
@@ -430,18 +463,16 @@ impl Session {
         };
         // Checked before any kernel is planned (planning sizes buffers from the shapes).
         let unfused = workspace(&[])?;
-        let pool = match &options.threads {
-            Threads::Caller => None,
-            Threads::Pool(p) => Some(p.clone()),
-            Threads::Count(n) => Some(Arc::new(
-                rayon::ThreadPoolBuilder::new()
-                    .num_threads(*n)
-                    .thread_name(|i| format!("cnnrt-{i}"))
-                    .build()
-                    .map_err(|e| Error::Other(format!("cannot start {n} threads: {e}")))?,
-            )),
+        let workers = match &options.threads {
+            Threads::Caller | Threads::Count(0 | 1) => Workers::Caller,
+            Threads::Pool(p) => Workers::Pool(p.clone()),
+            Threads::Count(n) => {
+                Workers::Crew(Arc::new(Crew::new(*n).map_err(|e| {
+                    Error::Other(format!("cannot start {n} threads: {e}"))
+                })?))
+            }
         };
-        let slots = pool.as_ref().map_or(1, |p| p.current_num_threads()).max(1);
+        let slots = workers.size().max(1);
         let mut owned = Vec::new();
         let mut kernels = plan_kernels(&model, isa, options.max_batch, slots, &mut owned)?;
         let blocks = if options.fuse_blocks {
@@ -454,7 +485,7 @@ impl Session {
         } else {
             workspace(&blocks)?
         };
-        if let Some(p) = &pool {
+        if let Workers::Pool(p) = &workers {
             // Runs on every worker and returns once all have started, so no thread start-up
             // (and its allocations) happens inside a run; sets FTZ/DAZ on caller pools too.
             p.broadcast(|_| crate::simd::set_flush_denormals());
@@ -474,7 +505,7 @@ impl Session {
             isa,
             max_batch: options.max_batch,
             model,
-            pool,
+            workers,
             batch: 0,
         })
     }
@@ -539,10 +570,7 @@ impl Session {
             self.arena[off..off + want].copy_from_slice(data);
         }
         self.batch = batch;
-        match self.pool.clone() {
-            Some(pool) => pool.install(|| self.execute(batch, None)),
-            None => self.execute(batch, None),
-        }
+        self.workers.clone().run(|| self.execute(batch, None));
         Ok(())
     }
 
@@ -563,10 +591,9 @@ impl Session {
     ) -> Result<Vec<std::time::Duration>> {
         self.run(input, batch)?;
         let mut times = vec![std::time::Duration::ZERO; self.kernels.len()];
-        match self.pool.clone() {
-            Some(pool) => pool.install(|| self.execute(batch, Some((&mut times, clock)))),
-            None => self.execute(batch, Some((&mut times, clock))),
-        }
+        self.workers
+            .clone()
+            .run(|| self.execute(batch, Some((&mut times, clock))));
         Ok(times)
     }
 

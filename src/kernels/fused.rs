@@ -421,7 +421,7 @@ impl BlockKernel {
                 work(&mut scratch[..per], t);
             }
         } else {
-            parallel::for_tiles(slots, n * runs, &mut scratch[..slots * per], per, work);
+            parallel::for_tiles(slots, n * runs, scratch, per, work);
         }
     }
 

@@ -9,4 +9,5 @@ pub mod linear;
 pub mod parallel;
 pub mod pool;
 pub mod reference;
+pub mod team;
 pub mod winograd;

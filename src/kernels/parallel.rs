@@ -13,6 +13,7 @@ use crate::kernels::depthwise::DepthwiseKernel;
 use crate::kernels::gemm::SharedOut;
 use crate::kernels::linear::LinearKernel;
 use crate::kernels::pool::PoolKernel;
+use crate::kernels::team;
 use crate::kernels::winograd::WinogradKernel;
 
 /// A convolution whose work splits into independent tiles (GEMM-based and Winograd).
@@ -134,7 +135,7 @@ pub fn run_tiles(
         "conv: scratch for {slots} slots"
     );
     let shared = SharedOut::new(out);
-    for_tiles(slots, tiles, &mut scratch[..slots * per], per, |scr, t| {
+    for_tiles(slots, tiles, scratch, per, |scr, t| {
         let (s, tile) = (t / per_sample, t % per_sample);
         let xs = &x[s * sin..(s + 1) * sin];
         let rs = residual.map(|r| &r[s * sout..(s + 1) * sout]);
@@ -155,11 +156,13 @@ pub fn run_tiles(
     });
 }
 
-/// Runs `f(scratch_of_slot, tile)` for every `tile < tiles` on `slots` workers of the
-/// current pool. Workers claim tiles one at a time from a shared counter, so unequal tiles
-/// or a late worker do not leave the others idle; which worker runs a tile never changes
-/// its result (the kernels compute each output element the same way in any tile order).
-/// `scratch` holds `slots × per` floats (`per` may be 0). Sets FTZ/DAZ on every worker.
+/// Runs `f(scratch_of_slot, tile)` for every `tile < tiles`: on the team this thread leads
+/// (`kernels::team`, inside a session's run), else on `slots` workers of the current rayon
+/// pool. Workers claim tiles one at a time, so unequal tiles or a late worker do not leave
+/// the others idle; which worker runs a tile never changes its result (the kernels compute
+/// each output element the same way in any tile order). `scratch` holds `per` floats for
+/// each worker slot (`per` may be 0): at least `slots`, and the team's size for the team to
+/// be used. Sets FTZ/DAZ on every rayon worker (team members set it when they start).
 /// No allocation.
 pub fn for_tiles(
     slots: usize,
@@ -168,22 +171,67 @@ pub fn for_tiles(
     per: usize,
     f: impl Fn(&mut [f32], usize) + Sync,
 ) {
+    let avail = scratch.len().checked_div(per).unwrap_or(usize::MAX);
+    let base = ScratchBase(scratch.as_mut_ptr());
+    let run = |slot: usize, tile: usize| {
+        assert!(slot < avail, "parallel: no scratch for worker slot {slot}");
+        // SAFETY: slot < avail, so the `per` floats at slot·per lie inside `scratch`; each
+        // slot is used by one worker at a time (team slots and rayon slots are unique).
+        let scr = unsafe { std::slice::from_raw_parts_mut(base.get().add(slot * per), per) };
+        f(scr, tile)
+    };
+    if team::share_current(tiles, avail, &run) {
+        return;
+    }
+    let slots = slots.min(avail).max(1);
     let next = AtomicUsize::new(0);
-    let work = |scr: &mut [f32]| {
+    (0..slots).into_par_iter().for_each(|slot| {
         crate::simd::set_flush_denormals();
         loop {
             let tile = next.fetch_add(1, Ordering::Relaxed);
             if tile >= tiles {
                 break;
             }
-            f(scr, tile);
+            run(slot, tile);
         }
-    };
-    if per == 0 {
-        (0..slots).into_par_iter().for_each(|_| work(&mut []));
-    } else {
-        scratch[..slots * per].par_chunks_mut(per).for_each(work);
+    });
+}
+
+/// `f(part)` for every `part < parts`, on the team this thread leads or else the current
+/// rayon pool (parts without scratch).
+fn for_parts(parts: usize, f: impl Fn(usize) + Sync) {
+    let run = |_slot: usize, part: usize| f(part);
+    if team::share_current(parts, usize::MAX, &run) {
+        return;
     }
+    (0..parts).into_par_iter().for_each(|part| {
+        crate::simd::set_flush_denormals();
+        f(part)
+    });
+}
+
+/// The base of a scratch buffer that workers carve their own slices from.
+#[derive(Clone, Copy)]
+struct ScratchBase(*mut f32);
+// SAFETY: workers only form disjoint slices from it (one slot each, see `for_tiles`).
+unsafe impl Send for ScratchBase {}
+// SAFETY: as above.
+unsafe impl Sync for ScratchBase {}
+impl ScratchBase {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// The elements `start .. start + len` of `out` as a slice of their own.
+///
+/// # Safety
+/// No other live slice or writer overlaps that range.
+unsafe fn out_range<'a>(out: &SharedOut<'a>, start: usize, len: usize) -> &'a mut [f32] {
+    let s = out.slice(start, len);
+    // SAFETY: `slice` checked the range inside the borrowed output; the caller
+    // guarantees exclusivity.
+    unsafe { std::slice::from_raw_parts_mut(s.ptr(), s.len()) }
 }
 
 /// Depthwise convolution of one sample, channels split into contiguous blocks over
@@ -204,16 +252,18 @@ pub fn depthwise_channels(
         kernel.run(weights, bias, x, residual, out);
         return;
     }
+    assert_eq!(out.len(), channels * out_plane, "depthwise: output length");
     let per = channels.div_ceil(slots.min(channels));
-    out.par_chunks_mut(per * out_plane)
-        .enumerate()
-        .for_each(|(j, o)| {
-            crate::simd::set_flush_denormals();
-            let c0 = j * per;
-            let c1 = (c0 + per).min(channels);
-            let r = residual.map(|r| &r[c0 * out_plane..c1 * out_plane]);
-            kernel.run_channels(c0..c1, weights, bias, x, r, o);
-        });
+    let parts = channels.div_ceil(per);
+    let shared = SharedOut::new(out);
+    for_parts(parts, |j| {
+        let c0 = j * per;
+        let c1 = (c0 + per).min(channels);
+        let r = residual.map(|r| &r[c0 * out_plane..c1 * out_plane]);
+        // SAFETY: part j is the only writer of channels c0..c1.
+        let o = unsafe { out_range(&shared, c0 * out_plane, (c1 - c0) * out_plane) };
+        kernel.run_channels(c0..c1, weights, bias, x, r, o);
+    });
 }
 
 /// A fully connected layer (all `n` batch rows), blocks of output features over `slots`
@@ -238,17 +288,11 @@ pub fn linear(
         return;
     }
     let shared = SharedOut::new(out);
-    for_tiles(
-        slots,
-        tiles,
-        &mut scratch[..slots * per],
-        per,
-        |scr, tile| {
-            // SAFETY: `for_tiles` runs each tile index exactly once, tiles write disjoint
-            // output features, `out` is read only after it returns; scratch is per slot.
-            unsafe { kernel.run_tile_shared(packed, bias, x, n, residual, shared, scr, tile) };
-        },
-    );
+    for_tiles(slots, tiles, scratch, per, |scr, tile| {
+        // SAFETY: `for_tiles` runs each tile index exactly once, tiles write disjoint
+        // output features, `out` is read only after it returns; scratch is per slot.
+        unsafe { kernel.run_tile_shared(packed, bias, x, n, residual, shared, scr, tile) };
+    });
 }
 
 /// Pooling of whole planes (`x`: `p` input planes, `out`: `p` output planes), contiguous
@@ -261,12 +305,15 @@ pub fn pool(kernel: &PoolKernel, slots: usize, x: &[f32], out: &mut [f32]) {
         return;
     }
     let per = planes.div_ceil(slots.min(planes));
-    out.par_chunks_mut(per * osz)
-        .zip(x.par_chunks(per * isz))
-        .for_each(|(o, xi)| {
-            crate::simd::set_flush_denormals();
-            kernel.run_planes(xi, o)
-        });
+    let parts = planes.div_ceil(per);
+    let shared = SharedOut::new(out);
+    for_parts(parts, |j| {
+        let p0 = j * per;
+        let p1 = (p0 + per).min(planes);
+        // SAFETY: part j is the only writer of planes p0..p1.
+        let o = unsafe { out_range(&shared, p0 * osz, (p1 - p0) * osz) };
+        kernel.run_planes(&x[p0 * isz..p1 * isz], o)
+    });
 }
 
 /// Below this many FLOPs a layer runs on the calling thread: waking a worker costs more
