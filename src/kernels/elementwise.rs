@@ -755,6 +755,43 @@ mod x86 {
             )))
         }
         #[inline(always)]
+        fn transpose(self, v: &mut [__m512]) {
+            assert!(v.len() >= 16);
+            tf!({
+                // Rows a, b interleaved per 128-bit lane (t[2k], t[2k + 1]); then 4×4
+                // blocks inside each lane: u[4g + j] lane q holds rows 4g..4g + 4 of
+                // column 4q + j; then the 4×4 transpose of 128-bit lanes across
+                // u[j], u[4 + j], u[8 + j], u[12 + j] gives columns j, 4 + j, 8 + j, 12 + j.
+                let t: [__m512; 16] = std::array::from_fn(|i| {
+                    let (a, b) = (v[i & !1], v[i | 1]);
+                    if i % 2 == 0 {
+                        _mm512_unpacklo_ps(a, b)
+                    } else {
+                        _mm512_unpackhi_ps(a, b)
+                    }
+                });
+                let u: [__m512; 16] = std::array::from_fn(|i| {
+                    let (g, j) = (i / 4, i % 4);
+                    let (a, b) = (t[4 * g + j / 2], t[4 * g + 2 + j / 2]);
+                    if j % 2 == 0 {
+                        _mm512_shuffle_ps::<0x44>(a, b)
+                    } else {
+                        _mm512_shuffle_ps::<0xEE>(a, b)
+                    }
+                });
+                for j in 0..4 {
+                    let x0 = _mm512_shuffle_f32x4::<0x44>(u[j], u[4 + j]);
+                    let x1 = _mm512_shuffle_f32x4::<0xEE>(u[j], u[4 + j]);
+                    let y0 = _mm512_shuffle_f32x4::<0x44>(u[8 + j], u[12 + j]);
+                    let y1 = _mm512_shuffle_f32x4::<0xEE>(u[8 + j], u[12 + j]);
+                    v[j] = _mm512_shuffle_f32x4::<0x88>(x0, y0);
+                    v[4 + j] = _mm512_shuffle_f32x4::<0xDD>(x0, y0);
+                    v[8 + j] = _mm512_shuffle_f32x4::<0x88>(x1, y1);
+                    v[12 + j] = _mm512_shuffle_f32x4::<0xDD>(x1, y1);
+                }
+            })
+        }
+        #[inline(always)]
         fn deinterleave(self, a: __m512, b: __m512) -> (__m512, __m512) {
             tf!({
                 // Indices 0..15 pick from `a`, 16..31 from `b`.
@@ -1678,6 +1715,30 @@ pub fn instance_norm(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `transpose` against the definition (lane j of vector i becomes lane i of vector
+    /// j), on every tier this CPU has.
+    #[test]
+    fn transpose_every_tier() {
+        fn check<S: Simd>(s: S) {
+            let l = S::LANES;
+            let src: Vec<f32> = (0..l * l).map(|i| i as f32).collect();
+            // SAFETY: src holds l·l floats; vector i reads l of them from i·l.
+            let mut v: Vec<S::V> = (0..l)
+                .map(|i| unsafe { s.load(src[i * l..].as_ptr()) })
+                .collect();
+            s.transpose(&mut v);
+            for (j, vj) in v.iter().enumerate() {
+                let a = s.to_array(*vj);
+                for (i, &x) in a.iter().enumerate().take(l) {
+                    assert_eq!(x, (i * l + j) as f32, "lanes {l}: vector {j} lane {i}");
+                }
+            }
+        }
+        for isa in Isa::supported() {
+            dispatch!(isa, |s| check(s));
+        }
+    }
 
     /// Max relative error of `f` against `reference` over every `step`-th f32 in
     /// `[lo, hi]`, both signs' bit patterns walked in order; results whose reference is
