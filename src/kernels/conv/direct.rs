@@ -6,8 +6,8 @@
 //! copies its input rows once into a zero-padded buffer split into `sw` column phases
 //! (`buf[ci][phase][row][col]` holds padded input column `col·sw + phase`). Output column
 //! `ox` of tap `(ci, ky, kx)` then reads buffer column `ox + (kx·dw) / sw` of phase
-//! `(kx·dw) % sw`, so for 16 consecutive output columns every tap is 16 consecutive
-//! floats at a fixed offset from the output row's base: the offset-addressed micro-kernel
+//! `(kx·dw) % sw`, so for `nr` consecutive output columns (16 on AVX2, 32 on AVX-512) every
+//! tap is `nr` consecutive floats at a fixed offset from the output row's base: the offset-addressed micro-kernel
 //! ([`OffsKernel`]) takes B row `k` at `base + offs[k]`.
 //!
 //! Same packed weights as im2col (K in `(ci, ky, kx)` order), and with `K` in one block
@@ -15,14 +15,10 @@
 //! `im2col_gemm` on the same tier.
 
 use super::ConvKernel;
-use crate::kernels::gemm::{OffsKernel, SharedOut, Store, MR_PACK};
+use crate::kernels::gemm::{OffsKernels, SharedOut, Store, MR_PACK, OFFS_NR_MAX};
 
 /// Output rows per band (work item) at most.
 pub(super) const BAND: usize = 8;
-/// Columns one micro-kernel call covers.
-const NR: usize = 16;
-/// Micro-kernel rows.
-const MR: usize = 6;
 
 /// The buffer geometry and tap offsets of a planned layer.
 #[derive(Clone, Debug)]
@@ -45,7 +41,7 @@ impl DirectPlan {
         let band = band.clamp(1, k.oh.max(1));
         let rows = (band - 1) * sh + (kh - 1) * dh + 1;
         let padded_w = k.w + k.pads[1] + k.pads[3];
-        let rs = padded_w.div_ceil(sw) + NR;
+        let rs = padded_w.div_ceil(sw) + OFFS_NR_MAX;
         let mut offs = Vec::with_capacity(k.cig * kh * kw);
         for ci in 0..k.cig {
             for ky in 0..kh {
@@ -114,7 +110,7 @@ fn fill(k: &ConvKernel, d: &DirectPlan, x: &[f32], oy0: usize, buf: &mut [f32]) 
 pub(super) unsafe fn band(
     k: &ConvKernel,
     d: &DirectPlan,
-    kernels: (&[OffsKernel; 7], &[OffsKernel; 7]),
+    kernels: OffsKernels,
     packed: &[f32],
     bias: Option<&[f32]>,
     x: &[f32],
@@ -141,10 +137,10 @@ pub(super) unsafe fn band(
             let h = MR_PACK.min(k.cog - p0);
             let mut s0 = 0;
             while s0 < h {
-                let mr = MR.min(h - s0);
-                for ox0 in (0..k.ow).step_by(NR) {
-                    let nv = NR.min(k.ow - ox0);
-                    // B row k at bp + offs[k]: columns ox0 .. ox0 + 16 of tap k, inside
+                let mr = kernels.mr.min(h - s0);
+                for ox0 in (0..k.ow).step_by(kernels.nr) {
+                    let nv = kernels.nr.min(k.ow - ox0);
+                    // B row k at bp + offs[k]: columns ox0 .. ox0 + nr of tap k, inside
                     // the buffer (rows < d.rows by construction, columns < rs thanks to
                     // its slack).
                     let bp = buf[base + ox0..].as_ptr();
@@ -160,10 +156,10 @@ pub(super) unsafe fn band(
                         pf: std::ptr::null(),
                         pf_stride: 0,
                     };
-                    let kern = if nv == NR {
-                        kernels.0[mr]
+                    let kern = if nv == kernels.nr {
+                        kernels.full[mr]
                     } else {
-                        kernels.1[mr]
+                        kernels.tail[mr]
                     };
                     // SAFETY: A rows p0+s0 .. +mr of the packed panel at p0·K (lda = h)
                     // for K steps; B as above; C rows `row..row+mr` at column

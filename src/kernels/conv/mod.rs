@@ -21,7 +21,7 @@
 //!   `kc × nc` block of the im2col matrix is gathered straight into the packed-B panels
 //!   (never materialized whole), then multiplied.
 //! * `direct`: first layers (one group, at most 4 input channels, K from 64 to 384, rows
-//!   of 8 or more outputs; AVX2 micro-kernels on both x86 tiers): no im2col at all, the
+//!   of 8 or more outputs; 6 × 16 micro-kernels on AVX2, 12 × 32 on AVX-512): no im2col at all, the
 //!   micro-kernels read each tap's row of input in place (`direct` module). Bit-identical
 //!   to `im2col_gemm` (the same FMA chain per element).
 //!
@@ -76,6 +76,10 @@ const DIRECT_MAX_CIN: usize = 4;
 /// thread, interleaved A/B against im2col): the ResNet-18 stem (K = 147) 11% faster
 /// with its max pool, LeNet-5's first layer (K = 25) 7% slower.
 const DIRECT_MIN_K: usize = 64;
+/// The same for stride-1 layers on AVX-512 (12 × 32 offset kernels): LeNet-5's first
+/// layer (K = 25) 13 → 8.5 µs; MobileNetV2's stride-2 stem (K = 27) stays im2col (0.33
+/// against 0.36 ms direct). Measured 1 thread, `cnnrt bench --profile`, 2026-12-03.
+const DIRECT_MIN_K_S1_AVX512: usize = 16;
 
 /// Whether `conv` on this input can run the first-layer direct kernel: one group, few
 /// input channels, a kernel bigger than 1×1, K in one block (so it matches im2col bit
@@ -212,7 +216,12 @@ impl ConvKernel {
         let one_by_one =
             conv.kernel == [1, 1] && conv.stride == [1, 1] && conv.pads == [0, 0, 0, 0];
         let taps = conv.in_channels / conv.groups.max(1) * conv.kernel[0] * conv.kernel[1];
-        let algo = if taps >= DIRECT_MIN_K && direct_eligible(isa, conv, in_shape, out_shape) {
+        let min_k = if conv.stride == [1, 1] && isa.min(Isa::detect()) == Isa::Avx512 {
+            DIRECT_MIN_K_S1_AVX512
+        } else {
+            DIRECT_MIN_K
+        };
+        let algo = if taps >= min_k && direct_eligible(isa, conv, in_shape, out_shape) {
             Algo::Direct
         } else if !one_by_one {
             Algo::Im2col

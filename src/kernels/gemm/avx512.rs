@@ -1,7 +1,7 @@
 //! AVX-512 micro-kernels: up to 12 rows × 32 columns (two zmm per row, 24 accumulators),
 //! broadcast A, FMA; masked loads and stores for the N remainder.
 
-use super::{act_is_vector, act_tile_scalar, Store, UKernel, Ukr, MR_MAX};
+use super::{act_is_vector, act_tile_scalar, OffsKernel, Store, UKernel, Ukr, MR_MAX};
 use crate::graph::Activation;
 use crate::simd::Isa;
 use core::arch::x86_64::*;
@@ -53,6 +53,49 @@ unsafe fn ukr<const R: usize, const NV: usize, const MASKED: bool>(
     nv: usize,
     st: &Store,
 ) {
+    // SAFETY: forwarded (same contract).
+    unsafe { body::<R, NV, MASKED, false>(kc, a, lda, b, ldb, std::ptr::null(), c, ldc, nv, st) }
+}
+
+/// The offset-addressed kernel (see [`OffsKernel`]): B row `k` at `b + offs[k]`.
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx2,fma")]
+/// # Safety
+/// AVX-512 present (dispatch); the OffsKernel contract.
+#[allow(clippy::too_many_arguments)]
+unsafe fn ukr_offs<const R: usize, const MASKED: bool>(
+    kc: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    offs: *const usize,
+    c: *mut f32,
+    ldc: usize,
+    nv: usize,
+    st: &Store,
+) {
+    // SAFETY: forwarded (same contract).
+    unsafe { body::<R, 2, MASKED, true>(kc, a, lda, b, 0, offs, c, ldc, nv, st) }
+}
+
+/// The body of [`ukr`] and [`ukr_offs`], inlined into each so that it compiles with
+/// AVX-512. With `OFFS`, row `k` of B is at `b + offs[k]` instead of `b + k·ldb`.
+///
+/// # Safety
+/// As [`ukr`]; with `OFFS`, as [`OffsKernel`].
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn body<const R: usize, const NV: usize, const MASKED: bool, const OFFS: bool>(
+    kc: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    ldb: usize,
+    offs: *const usize,
+    c: *mut f32,
+    ldc: usize,
+    nv: usize,
+    st: &Store,
+) {
     let mut mask = [0xffffu16; NV];
     if MASKED {
         for (v, m) in mask.iter_mut().enumerate() {
@@ -69,7 +112,7 @@ unsafe fn ukr<const R: usize, const NV: usize, const MASKED: bool>(
             }
         }
     }
-    let (mut ap, mut bp) = (a, b);
+    let (mut ap, mut bp, mut op) = (a, b, offs);
     let mut pf = st.pf;
     let do_pf = !pf.is_null();
     for _ in 0..kc {
@@ -77,6 +120,11 @@ unsafe fn ukr<const R: usize, const NV: usize, const MASKED: bool>(
             // A hint: never faults, whatever the address (wrapping arithmetic below).
             _mm_prefetch::<_MM_HINT_T0>(pf as *const i8);
             pf = pf.wrapping_add(st.pf_stride);
+        }
+        if OFFS {
+            // SAFETY: offs has kc entries (OffsKernel contract); one per step.
+            bp = b.wrapping_add(unsafe { *op });
+            op = op.wrapping_add(1);
         }
         let mut bv = [_mm512_setzero_ps(); NV];
         for (v, x) in bv.iter_mut().enumerate() {
@@ -98,7 +146,9 @@ unsafe fn ukr<const R: usize, const NV: usize, const MASKED: bool>(
         }
         // Wrapping: the pointers step one past the block on the last iteration.
         ap = ap.wrapping_add(lda);
-        bp = bp.wrapping_add(ldb);
+        if !OFFS {
+            bp = bp.wrapping_add(ldb);
+        }
     }
     let vector_act = act_is_vector(st.act);
     if st.finish {
@@ -288,3 +338,36 @@ pub(crate) static UKR: Ukr = Ukr {
     tcol_max: 8,
     tcol_panels: [None; 9],
 };
+
+/// Offset-addressed 32-wide kernels (see [`OffsKernel`]), indexed by rows `1..=12`: full
+/// width and masked (`nv < 32`).
+pub(crate) static OFFS_FULL: [OffsKernel; MR + 1] = [
+    ukr_offs::<1, false>,
+    ukr_offs::<1, false>,
+    ukr_offs::<2, false>,
+    ukr_offs::<3, false>,
+    ukr_offs::<4, false>,
+    ukr_offs::<5, false>,
+    ukr_offs::<6, false>,
+    ukr_offs::<7, false>,
+    ukr_offs::<8, false>,
+    ukr_offs::<9, false>,
+    ukr_offs::<10, false>,
+    ukr_offs::<11, false>,
+    ukr_offs::<12, false>,
+];
+pub(crate) static OFFS_TAIL: [OffsKernel; MR + 1] = [
+    ukr_offs::<1, true>,
+    ukr_offs::<1, true>,
+    ukr_offs::<2, true>,
+    ukr_offs::<3, true>,
+    ukr_offs::<4, true>,
+    ukr_offs::<5, true>,
+    ukr_offs::<6, true>,
+    ukr_offs::<7, true>,
+    ukr_offs::<8, true>,
+    ukr_offs::<9, true>,
+    ukr_offs::<10, true>,
+    ukr_offs::<11, true>,
+    ukr_offs::<12, true>,
+];

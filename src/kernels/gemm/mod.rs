@@ -99,8 +99,8 @@ pub(crate) type UKernel = unsafe fn(
 
 /// A [`UKernel`] whose B rows are not evenly spaced: row `k` of B is at `b + offs[k]`
 /// (`offs` has `kc` entries). The first-layer direct convolution reads its input in place
-/// this way, each k a kernel tap. 16 columns (AVX2); same FMA chain per element as the
-/// other kernels.
+/// this way, each k a kernel tap. 16 columns on AVX2, 32 on AVX-512; same FMA chain per
+/// element as the other kernels.
 ///
 /// Safety: as [`UKernel`], with `offs[0..kc]` readable and `b + offs[k] + j` valid for
 /// `j < nv` (all 16 columns for the full-width kernels).
@@ -116,14 +116,37 @@ pub(crate) type OffsKernel = unsafe fn(
     st: &Store,
 );
 
-/// The offset-addressed kernels (full width, masked), indexed by rows `1..=6`, where the
-/// tier has them (AVX2, also run by the AVX-512 tier).
-pub(crate) fn offs_kernels(
-    isa: Isa,
-) -> Option<(&'static [OffsKernel; 7], &'static [OffsKernel; 7])> {
+/// A tier's offset-addressed kernels: `full[r]` / `tail[r]` take `r` rows (`1..=mr`) of
+/// `nr` columns / fewer (masked).
+#[derive(Clone, Copy)]
+pub(crate) struct OffsKernels {
+    pub full: &'static [OffsKernel],
+    pub tail: &'static [OffsKernel],
+    pub mr: usize,
+    pub nr: usize,
+}
+
+/// The widest `OffsKernels::nr` of any tier (sizes the direct convolution's row slack).
+pub(crate) const OFFS_NR_MAX: usize = 32;
+
+/// The offset-addressed kernels of `isa` (clamped to this CPU), where the tier has them:
+/// 6 × 16 on AVX2, 12 × 32 on AVX-512.
+pub(crate) fn offs_kernels(isa: Isa) -> Option<OffsKernels> {
     match isa.min(Isa::detect()) {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512 => Some((&avx2::OFFS_FULL, &avx2::OFFS_TAIL)),
+        Isa::Avx2 => Some(OffsKernels {
+            full: &avx2::OFFS_FULL,
+            tail: &avx2::OFFS_TAIL,
+            mr: 6,
+            nr: 16,
+        }),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => Some(OffsKernels {
+            full: &avx512::OFFS_FULL,
+            tail: &avx512::OFFS_TAIL,
+            mr: 12,
+            nr: 32,
+        }),
         _ => None,
     }
 }

@@ -2,8 +2,7 @@
 //! `LANES` consecutive tiles of one tile row (stride 4 for F(4x4,3x3), stride 2 for
 //! F(2x2,3x3)) into one vector per column, and the inverse for the output rows.
 //!
-//! Implemented for the portable tier (4 lanes) and AVX2 (8 lanes); the AVX-512 tier runs
-//! the transforms with the AVX2 token (its GEMM still uses the AVX-512 micro-kernels).
+//! Implemented for the portable tier (4 lanes), AVX2 (8 lanes) and AVX-512 (16 lanes).
 
 use crate::kernels::elementwise::{Portable, Simd};
 
@@ -153,14 +152,135 @@ mod x86 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod x86_512 {
+    use super::Lanes;
+    use crate::kernels::elementwise::Avx512;
+    use std::arch::x86_64::*;
+
+    /// Index vectors for `_mm512_permutex2var_ps` (0..15 pick from the first source,
+    /// 16..31 from the second).
+    #[inline(always)]
+    fn idx(f: impl Fn(i32) -> i32) -> __m512i {
+        let a: [i32; 16] = std::array::from_fn(|m| f(m as i32));
+        // SAFETY: an unaligned load of 16 i32 from a local array (SSE2/AVX-512F baseline
+        // for this module's callers, which hold the AVX-512 token).
+        unsafe { _mm512_loadu_si512(a.as_ptr().cast()) }
+    }
+
+    impl Lanes for Avx512 {
+        #[inline(always)]
+        unsafe fn gather_s4(self, p: *const f32) -> [__m512; 6] {
+            // SAFETY: reads p[0..66] (caller: 4·16 + 2); the token proves AVX-512F.
+            unsafe {
+                let (a, b) = (_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16)));
+                let (c, d) = (_mm512_loadu_ps(p.add(32)), _mm512_loadu_ps(p.add(48)));
+                // Lanes 0..8: column j of tiles 0..8 (of a‖b or c‖d); lanes 8..16:
+                // column j + 1.
+                let i01 = idx(|m| 4 * (m % 8) + m / 8);
+                let i23 = idx(|m| 4 * (m % 8) + m / 8 + 2);
+                let (e01, f01) = (
+                    _mm512_permutex2var_ps(a, i01, b),
+                    _mm512_permutex2var_ps(c, i01, d),
+                );
+                let (e23, f23) = (
+                    _mm512_permutex2var_ps(a, i23, b),
+                    _mm512_permutex2var_ps(c, i23, d),
+                );
+                let c0 = _mm512_shuffle_f32x4::<0x44>(e01, f01);
+                let c1 = _mm512_shuffle_f32x4::<0xEE>(e01, f01);
+                let c2 = _mm512_shuffle_f32x4::<0x44>(e23, f23);
+                let c3 = _mm512_shuffle_f32x4::<0xEE>(e23, f23);
+                // Columns 4 and 5 are columns 0 and 1 of the next tile: shift one lane
+                // down and bring in p[64], p[65].
+                let c4 = _mm512_castsi512_ps(_mm512_alignr_epi32::<1>(
+                    _mm512_castps_si512(_mm512_set1_ps(*p.add(64))),
+                    _mm512_castps_si512(c0),
+                ));
+                let c5 = _mm512_castsi512_ps(_mm512_alignr_epi32::<1>(
+                    _mm512_castps_si512(_mm512_set1_ps(*p.add(65))),
+                    _mm512_castps_si512(c1),
+                ));
+                [c0, c1, c2, c3, c4, c5]
+            }
+        }
+
+        #[inline(always)]
+        // Safety: the caller guarantees p[0..2·LANES+2] readable (Lanes::gather_s2 contract).
+        unsafe fn gather_s2(self, p: *const f32) -> [__m512; 4] {
+            // SAFETY: reads p[0..34] (caller); the token proves AVX-512F.
+            unsafe {
+                let (a, b) = (_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16)));
+                let c0 = _mm512_permutex2var_ps(a, idx(|m| 2 * m), b);
+                let c1 = _mm512_permutex2var_ps(a, idx(|m| 2 * m + 1), b);
+                let c2 = _mm512_castsi512_ps(_mm512_alignr_epi32::<1>(
+                    _mm512_castps_si512(_mm512_set1_ps(*p.add(32))),
+                    _mm512_castps_si512(c0),
+                ));
+                let c3 = _mm512_castsi512_ps(_mm512_alignr_epi32::<1>(
+                    _mm512_castps_si512(_mm512_set1_ps(*p.add(33))),
+                    _mm512_castps_si512(c1),
+                ));
+                [c0, c1, c2, c3]
+            }
+        }
+
+        #[inline(always)]
+        fn scatter_s4(self, y: [__m512; 4]) -> [__m512; 4] {
+            // SAFETY: value-only intrinsics; the token proves AVX-512F.
+            unsafe {
+                // e01: column 0 of tiles 0..8 ‖ column 1 of tiles 0..8; f01 the same for
+                // tiles 8..16; e23 / f23 for columns 2 and 3.
+                let e01 = _mm512_shuffle_f32x4::<0x44>(y[0], y[1]);
+                let f01 = _mm512_shuffle_f32x4::<0xEE>(y[0], y[1]);
+                let e23 = _mm512_shuffle_f32x4::<0x44>(y[2], y[3]);
+                let f23 = _mm512_shuffle_f32x4::<0xEE>(y[2], y[3]);
+                // Flat lane m = 4i + j (tile i of the four, column j): column j < 2 at
+                // lane 8j + i of e01, column j >= 2 at lane 8(j − 2) + i of e23 (+16).
+                let pick = |t0: i32| {
+                    idx(move |m| {
+                        let (i, j) = (m / 4 + t0, m % 4);
+                        if j < 2 {
+                            8 * j + i
+                        } else {
+                            16 + 8 * (j - 2) + i
+                        }
+                    })
+                };
+                let (lo, hi) = (pick(0), pick(4));
+                [
+                    _mm512_permutex2var_ps(e01, lo, e23),
+                    _mm512_permutex2var_ps(e01, hi, e23),
+                    _mm512_permutex2var_ps(f01, lo, f23),
+                    _mm512_permutex2var_ps(f01, hi, f23),
+                ]
+            }
+        }
+
+        #[inline(always)]
+        fn scatter_s2(self, y: [__m512; 2]) -> [__m512; 2] {
+            // SAFETY: value-only intrinsics; the token proves AVX-512F.
+            unsafe {
+                // Flat lane m = 2i + j: lane i of y[j].
+                let lo = idx(|m| 16 * (m % 2) + m / 2);
+                let hi = idx(|m| 16 * (m % 2) + m / 2 + 8);
+                [
+                    _mm512_permutex2var_ps(y[0], lo, y[1]),
+                    _mm512_permutex2var_ps(y[0], hi, y[1]),
+                ]
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn check<S: Lanes>(s: S) {
         let l = S::LANES;
-        let src: Vec<f32> = (0..64).map(|i| i as f32).collect();
-        // SAFETY: src holds 64 floats, more than the 4·LANES + 2 that gather_s4 reads.
+        let src: Vec<f32> = (0..80).map(|i| i as f32).collect();
+        // SAFETY: src holds 80 floats, more than the 4·LANES + 2 <= 66 that gather_s4 reads.
         let g4 = unsafe { s.gather_s4(src.as_ptr()) };
         for (j, v) in g4.iter().enumerate() {
             let a = s.to_array(*v);
@@ -168,7 +288,7 @@ mod tests {
                 assert_eq!(a[i], (4 * i + j) as f32, "s4 col {j} lane {i}");
             }
         }
-        // SAFETY: src holds 64 floats, more than the 2·LANES + 2 that gather_s2 reads.
+        // SAFETY: src holds 80 floats, more than the 2·LANES + 2 that gather_s2 reads.
         let g2 = unsafe { s.gather_s2(src.as_ptr()) };
         for (j, v) in g2.iter().enumerate() {
             let a = s.to_array(*v);
@@ -207,6 +327,17 @@ mod tests {
     #[test]
     fn shuffles_portable() {
         check(Portable);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn shuffles_avx512() {
+        use crate::kernels::elementwise::Avx512;
+        if crate::simd::Isa::Avx512.is_supported() {
+            // SAFETY: AVX-512 F/BW/VL, AVX2 and FMA are present.
+            let t = unsafe { Avx512::new_unchecked() };
+            t.vectorize(check);
+        }
     }
 
     #[cfg(target_arch = "x86_64")]
