@@ -225,19 +225,10 @@ unsafe fn tcol<const NV: usize>(
     let h = lda;
     debug_assert!((1..=12).contains(&h));
     let m: __mmask16 = ((1u32 << h) - 1) as u16;
-    // SAFETY (all accesses below): A rows < h of steps < kc, B columns < NV, C, bias and
-    // residual rows < h / columns < NV are valid (UKernel contract, mr = h, nv = NV);
-    // masked-off lanes are not accessed.
     let mut acc = [_mm512_setzero_ps(); NV];
-    let mut tmp = [0f32; 16];
     if st.load_c {
-        for (j, col) in acc.iter_mut().enumerate() {
-            for (i, x) in tmp.iter_mut().enumerate().take(h) {
-                // SAFETY: i < h and j < NV, inside the C tile.
-                *x = unsafe { *c.add(i * ldc + j) };
-            }
-            *col = _mm512_loadu_ps(tmp.as_ptr());
-        }
+        // SAFETY: C rows < h, columns < NV are valid (UKernel contract, mr = h, nv = NV).
+        unsafe { tcol_load_c(&mut acc, c, ldc, h) };
     }
     let (mut ap, mut bp) = (a, b);
     let mut pf = st.pf;
@@ -256,6 +247,109 @@ unsafe fn tcol<const NV: usize>(
         ap = ap.wrapping_add(lda);
         bp = bp.wrapping_add(ldb);
     }
+    // SAFETY: C, bias and residual rows < h / columns < NV are valid (UKernel contract).
+    unsafe { tcol_finish(acc, h, c, ldc, st) };
+}
+
+/// [`tcol`] over `P` consecutive full 12-row panels at once (panel `p`'s A at
+/// `a + p·pstride`, its C rows, row bias and residual rows `12·p` on): `P·NV`
+/// independent FMA chains instead of `NV`, which a one- or two-column tail needs to keep
+/// the FMA units busy. Same FMA chain per element as [`tcol`].
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx2,fma")]
+/// # Safety
+/// AVX-512 present (dispatch); for each `p < P`, the [`tcol`] contract with
+/// `h = lda = 12` for the panel whose A starts at `a + p·pstride` and whose C rows, row
+/// bias and residual rows start `12·p` rows on.
+unsafe fn tcol_panels<const NV: usize, const P: usize>(
+    kc: usize,
+    a: *const f32,
+    pstride: usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    st: &Store,
+) {
+    const H: usize = 12;
+    let m: __mmask16 = ((1u32 << H) - 1) as u16;
+    let mut acc = [[_mm512_setzero_ps(); NV]; P];
+    if st.load_c {
+        for (p, accp) in acc.iter_mut().enumerate() {
+            // SAFETY: panel p's C rows (12 of them) and NV columns are valid (contract).
+            unsafe { tcol_load_c(accp, c.add(p * H * ldc), ldc, H) };
+        }
+    }
+    let mut bp = b;
+    let mut ak = 0;
+    for _ in 0..kc {
+        let mut bj = [_mm512_setzero_ps(); NV];
+        for (j, x) in bj.iter_mut().enumerate() {
+            // SAFETY: j < NV, inside this k's B row.
+            *x = _mm512_set1_ps(unsafe { *bp.add(j) });
+        }
+        for (p, accp) in acc.iter_mut().enumerate() {
+            // SAFETY: panel p (p < P) holds 12 rows at each of the kc steps (contract);
+            // mask m covers exactly those 12.
+            let av = unsafe { _mm512_maskz_loadu_ps(m, a.add(p * pstride + ak)) };
+            for (col, &bv) in accp.iter_mut().zip(&bj) {
+                *col = _mm512_fmadd_ps(av, bv, *col);
+            }
+        }
+        ak += H;
+        bp = bp.wrapping_add(ldb);
+    }
+    for (p, accp) in acc.into_iter().enumerate() {
+        let off = |q: *const f32, n: usize| if q.is_null() { q } else { q.wrapping_add(n) };
+        let sp = Store {
+            bias_row: off(st.bias_row, p * H),
+            residual: off(st.residual, p * H * ldc),
+            ..*st
+        };
+        // SAFETY: panel p's C rows, row bias and residual rows (offset above) are valid
+        // for 12 rows and NV columns (contract).
+        unsafe { tcol_finish(accp, H, c.add(p * H * ldc), ldc, &sp) };
+    }
+}
+
+/// Loads an `h × NV` tile of C into column accumulators (rows as lanes).
+///
+/// # Safety
+/// AVX-512 present; C valid for `h <= 12` rows of stride `ldc` and `NV` columns.
+#[inline]
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx2,fma")]
+unsafe fn tcol_load_c<const NV: usize>(
+    acc: &mut [__m512; NV],
+    c: *const f32,
+    ldc: usize,
+    h: usize,
+) {
+    let mut tmp = [0f32; 16];
+    for (j, col) in acc.iter_mut().enumerate() {
+        for (i, x) in tmp.iter_mut().enumerate().take(h) {
+            // SAFETY: i < h and j < NV, inside the C tile.
+            *x = unsafe { *c.add(i * ldc + j) };
+        }
+        *col = _mm512_loadu_ps(tmp.as_ptr());
+    }
+}
+
+/// The epilogue of a column tile (rows as lanes): bias, residual and activation on the
+/// last K block, then the store of its `h × NV` elements.
+///
+/// # Safety
+/// AVX-512 present; C (and the residual) valid for `h <= 12` rows of stride `ldc` and
+/// `NV` columns, a non-null row bias for `h` and column bias for `NV` floats.
+#[inline]
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx2,fma")]
+unsafe fn tcol_finish<const NV: usize>(
+    mut acc: [__m512; NV],
+    h: usize,
+    c: *mut f32,
+    ldc: usize,
+    st: &Store,
+) {
+    let m: __mmask16 = ((1u32 << h) - 1) as u16;
+    let mut tmp = [0f32; 16];
     let vector_act = act_is_vector(st.act);
     if st.finish {
         if !st.bias_row.is_null() {
@@ -336,7 +430,18 @@ pub(crate) static UKR: Ukr = Ukr {
         tcol::<8>,
     ],
     tcol_max: 8,
-    tcol_panels: [None; 9],
+    // 8 and 4 panels: 8 FMA chains, enough to cover the FMA latency on both ports.
+    tcol_panels: [
+        None,
+        Some((tcol_panels::<1, 8>, 8)),
+        Some((tcol_panels::<2, 4>, 4)),
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+    ],
 };
 
 /// Offset-addressed 32-wide kernels (see [`OffsKernel`]), indexed by rows `1..=12`: full
