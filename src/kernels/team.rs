@@ -63,6 +63,9 @@ pub struct Team {
     shutdown: AtomicBool,
     /// Slots handed to helpers recruited from a rayon pool.
     joined: AtomicUsize,
+    /// Crew helpers that have started (a thread's start-up allocates; `Crew::new` waits
+    /// for it, so that none happens inside a run).
+    started: AtomicUsize,
 }
 
 thread_local! {
@@ -102,6 +105,7 @@ impl Team {
             running: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
             joined: AtomicUsize::new(1),
+            started: AtomicUsize::new(0),
         }
     }
 
@@ -269,6 +273,9 @@ impl Crew {
                 }
             }
         }
+        while team.started.load(Ordering::Acquire) < helpers.len() {
+            std::thread::yield_now();
+        }
         Ok(Crew { team, helpers })
     }
 
@@ -302,6 +309,9 @@ impl Drop for Crew {
 
 fn crew_helper(team: &Team, slot: usize) {
     crate::simd::set_flush_denormals();
+    // Touch what the first park needs (the thread handle), then report in.
+    let _ = std::thread::current();
+    team.started.fetch_add(1, Ordering::Release);
     loop {
         // Between runs: park, unless within the grace period after the last one.
         let ended = Instant::now();
