@@ -89,9 +89,10 @@ enum Command {
         /// Also print per-layer time, share, GFLOP/s, % of peak and kernel (medians).
         #[arg(long)]
         profile: bool,
-        /// FP32 peak of one core in GFLOP/s, for the profile's % of peak.
-        #[arg(long, default_value_t = 117.0)]
-        peak_gflops: f64,
+        /// FP32 peak of one core in GFLOP/s, for the profile's % of peak [default: measured
+        /// on this core for the session's kernel tier, a register-only FMA loop].
+        #[arg(long)]
+        peak_gflops: Option<f64>,
         /// What times runs and layers: `wall` (elapsed time), or `cpu` (the process's CPU
         /// time, which a busy shared machine disturbs far less; with several threads it
         /// is their sum, not a latency).
@@ -138,8 +139,8 @@ struct BenchOptions {
     iters: usize,
     isa: Option<Isa>,
     json: bool,
-    /// Per-core peak GFLOP/s when a per-layer profile is wanted.
-    profile: Option<f64>,
+    /// Per-core peak GFLOP/s (None: measure it) when a per-layer profile is wanted.
+    profile: Option<Option<f64>>,
     clock: Clock,
     verify: bool,
     fuse: bool,
@@ -345,6 +346,11 @@ fn bench(model: &Path, o: &BenchOptions) -> Result<()> {
         flops / 1e9
     );
     if let Some(peak) = o.profile {
+        // Measured on this core for the tier the session runs, unless given.
+        let peak = peak.unwrap_or_else(|| {
+            let p = cnnrt::kernels::peak::fma_peak_gflops(session.isa(), 20);
+            (p * 10.0).round() / 10.0
+        });
         print_profile(&m, &mut session, &input, o, peak)?;
     }
     if o.json {

@@ -7,6 +7,7 @@ pub mod fused;
 pub mod gemm;
 pub mod linear;
 pub mod parallel;
+pub mod peak;
 pub mod pool;
 pub mod reference;
 pub mod team;
