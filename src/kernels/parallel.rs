@@ -172,12 +172,12 @@ pub fn for_tiles(
     f: impl Fn(&mut [f32], usize) + Sync,
 ) {
     let avail = scratch.len().checked_div(per).unwrap_or(usize::MAX);
-    let base = ScratchBase(scratch.as_mut_ptr());
+    let scratch = SharedOut::new(scratch);
     let run = |slot: usize, tile: usize| {
         assert!(slot < avail, "parallel: no scratch for worker slot {slot}");
-        // SAFETY: slot < avail, so the `per` floats at slot·per lie inside `scratch`; each
-        // slot is used by one worker at a time (team slots and rayon slots are unique).
-        let scr = unsafe { std::slice::from_raw_parts_mut(base.get().add(slot * per), per) };
+        // SAFETY: each slot is used by one worker at a time (team slots and rayon slots
+        // are unique), so its `per` floats have no other user.
+        let scr = unsafe { out_range(&scratch, slot * per, per) };
         f(scr, tile)
     };
     if team::share_current(tiles, avail, &run) {
@@ -210,20 +210,8 @@ fn for_parts(parts: usize, f: impl Fn(usize) + Sync) {
     });
 }
 
-/// The base of a scratch buffer that workers carve their own slices from.
-#[derive(Clone, Copy)]
-struct ScratchBase(*mut f32);
-// SAFETY: workers only form disjoint slices from it (one slot each, see `for_tiles`).
-unsafe impl Send for ScratchBase {}
-// SAFETY: as above.
-unsafe impl Sync for ScratchBase {}
-impl ScratchBase {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
-/// The elements `start .. start + len` of `out` as a slice of their own.
+/// The elements `start .. start + len` of `out` (an output or a scratch buffer that
+/// workers share) as a slice of their own.
 ///
 /// # Safety
 /// No other live slice or writer overlaps that range.

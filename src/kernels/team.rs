@@ -109,11 +109,6 @@ impl Team {
         }
     }
 
-    /// Members, the leader included; slots passed to jobs are `< size()`.
-    pub fn size(&self) -> usize {
-        self.size
-    }
-
     /// Runs `f(slot, part)` for every `part < parts` on the members of this team (the
     /// caller, its leader, takes part too) and returns when all are done. Only the
     /// leader calls this. A panic in any part is re-raised here once all parts are done.
@@ -229,17 +224,6 @@ pub fn share_current(parts: usize, scratch_slots: usize, f: &PartFn<'_>) -> bool
     }
     team.share(parts, f);
     true
-}
-
-/// The members of the team this thread leads (1 when it leads none).
-pub fn current_size() -> usize {
-    let team = CURRENT.with(|c| c.get());
-    if team.is_null() {
-        1
-    } else {
-        // SAFETY: as in `share_current`.
-        unsafe { (*team).size }
-    }
 }
 
 /// Helper threads a session owns; the thread that calls [`Crew::lead`] is the leader.
@@ -377,6 +361,17 @@ fn recruit(team: &Team, helpers: usize, leader: impl FnOnce() + Send) {
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicU32;
+
+    /// The members of the team this thread leads (1 when it leads none).
+    fn current_size() -> usize {
+        let team = CURRENT.with(|c| c.get());
+        if team.is_null() {
+            1
+        } else {
+            // SAFETY: as in `share_current`.
+            unsafe { (*team).size }
+        }
+    }
 
     /// Many jobs of uneven part counts: every part runs exactly once, on a valid slot.
     fn check_parts(lead: impl Fn(&(dyn Fn() + Sync))) {

@@ -6,9 +6,9 @@
 //! copies its input rows once into a zero-padded buffer split into `sw` column phases
 //! (`buf[ci][phase][row][col]` holds padded input column `col·sw + phase`). Output column
 //! `ox` of tap `(ci, ky, kx)` then reads buffer column `ox + (kx·dw) / sw` of phase
-//! `(kx·dw) % sw`, so for `nr` consecutive output columns (16 on AVX2, 32 on AVX-512) every
-//! tap is `nr` consecutive floats at a fixed offset from the output row's base: the offset-addressed micro-kernel
-//! ([`OffsKernel`]) takes B row `k` at `base + offs[k]`.
+//! `(kx·dw) % sw`, so for `nr` consecutive output columns (16 on AVX2, 32 on AVX-512)
+//! every tap is `nr` consecutive floats at a fixed offset from the output row's base: the
+//! offset-addressed micro-kernel ([`OffsKernel`]) takes B row `k` at `base + offs[k]`.
 //!
 //! Same packed weights as im2col (K in `(ci, ky, kx)` order), and with `K` in one block
 //! (`K <= 384`, see `choose_kc`) the same FMA chain per output element: bit-identical to
@@ -137,7 +137,7 @@ pub(super) unsafe fn band(
             let h = MR_PACK.min(k.cog - p0);
             let mut s0 = 0;
             while s0 < h {
-                let mr = kernels.mr.min(h - s0);
+                let mr = kernels.mr().min(h - s0);
                 for ox0 in (0..k.ow).step_by(kernels.nr) {
                     let nv = kernels.nr.min(k.ow - ox0);
                     // B row k at bp + offs[k]: columns ox0 .. ox0 + nr of tap k, inside

@@ -20,10 +20,11 @@
 //! * `im2col_gemm`: anything else (any kernel, stride, dilation, padding, groups): each
 //!   `kc × nc` block of the im2col matrix is gathered straight into the packed-B panels
 //!   (never materialized whole), then multiplied.
-//! * `direct`: first layers (one group, at most 4 input channels, K from 64 to 384, rows
-//!   of 8 or more outputs; 6 × 16 micro-kernels on AVX2, 12 × 32 on AVX-512): no im2col at all, the
-//!   micro-kernels read each tap's row of input in place (`direct` module). Bit-identical
-//!   to `im2col_gemm` (the same FMA chain per element).
+//! * `direct`: first layers (one group, at most 4 input channels, K from 64 to 384, or
+//!   from 16 for stride-1 layers on AVX-512; rows of 8 or more outputs; 6 × 16
+//!   micro-kernels on AVX2, 12 × 32 on AVX-512): no im2col at all, the micro-kernels read
+//!   each tap's row of input in place (`direct` module). Bit-identical to `im2col_gemm`
+//!   (the same FMA chain per element).
 //!
 //! Bias, residual and activation are applied in the micro-kernels' store.
 //!

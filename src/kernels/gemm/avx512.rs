@@ -393,22 +393,24 @@ unsafe fn tcol_finish<const NV: usize>(
     }
 }
 
+/// `[f::<1, args>, f::<1, args>, f::<2, args>, …, f::<12, args>]` as fn pointers of type
+/// `ty` (index 0 unused): one kernel per row count.
 macro_rules! table {
-    ($nv:literal, $masked:literal) => {
+    ($ty:ty, $f:ident, $($arg:literal),+) => {
         [
-            ukr::<1, $nv, $masked> as UKernel, // index 0 unused
-            ukr::<1, $nv, $masked>,
-            ukr::<2, $nv, $masked>,
-            ukr::<3, $nv, $masked>,
-            ukr::<4, $nv, $masked>,
-            ukr::<5, $nv, $masked>,
-            ukr::<6, $nv, $masked>,
-            ukr::<7, $nv, $masked>,
-            ukr::<8, $nv, $masked>,
-            ukr::<9, $nv, $masked>,
-            ukr::<10, $nv, $masked>,
-            ukr::<11, $nv, $masked>,
-            ukr::<12, $nv, $masked>,
+            $f::<1, $($arg),+> as $ty, // index 0 unused
+            $f::<1, $($arg),+>,
+            $f::<2, $($arg),+>,
+            $f::<3, $($arg),+>,
+            $f::<4, $($arg),+>,
+            $f::<5, $($arg),+>,
+            $f::<6, $($arg),+>,
+            $f::<7, $($arg),+>,
+            $f::<8, $($arg),+>,
+            $f::<9, $($arg),+>,
+            $f::<10, $($arg),+>,
+            $f::<11, $($arg),+>,
+            $f::<12, $($arg),+>,
         ]
     };
 }
@@ -419,10 +421,10 @@ pub(crate) static UKR: Ukr = Ukr {
     isa: Isa::Avx512,
     mr: MR,
     nr: 32,
-    full: table!(2, false),
+    full: table!(UKernel, ukr, 2, false),
     multi: None,
-    tail: table!(2, true),
-    narrow: table!(1, true),
+    tail: table!(UKernel, ukr, 2, true),
+    narrow: table!(UKernel, ukr, 1, true),
     narrow_max: 16,
     narrow_mr: MR,
     tcol: [
@@ -446,33 +448,5 @@ pub(crate) static UKR: Ukr = Ukr {
 
 /// Offset-addressed 32-wide kernels (see [`OffsKernel`]), indexed by rows `1..=12`: full
 /// width and masked (`nv < 32`).
-pub(crate) static OFFS_FULL: [OffsKernel; MR + 1] = [
-    ukr_offs::<1, false>,
-    ukr_offs::<1, false>,
-    ukr_offs::<2, false>,
-    ukr_offs::<3, false>,
-    ukr_offs::<4, false>,
-    ukr_offs::<5, false>,
-    ukr_offs::<6, false>,
-    ukr_offs::<7, false>,
-    ukr_offs::<8, false>,
-    ukr_offs::<9, false>,
-    ukr_offs::<10, false>,
-    ukr_offs::<11, false>,
-    ukr_offs::<12, false>,
-];
-pub(crate) static OFFS_TAIL: [OffsKernel; MR + 1] = [
-    ukr_offs::<1, true>,
-    ukr_offs::<1, true>,
-    ukr_offs::<2, true>,
-    ukr_offs::<3, true>,
-    ukr_offs::<4, true>,
-    ukr_offs::<5, true>,
-    ukr_offs::<6, true>,
-    ukr_offs::<7, true>,
-    ukr_offs::<8, true>,
-    ukr_offs::<9, true>,
-    ukr_offs::<10, true>,
-    ukr_offs::<11, true>,
-    ukr_offs::<12, true>,
-];
+pub(crate) static OFFS_FULL: [OffsKernel; MR + 1] = table!(OffsKernel, ukr_offs, false);
+pub(crate) static OFFS_TAIL: [OffsKernel; MR + 1] = table!(OffsKernel, ukr_offs, true);

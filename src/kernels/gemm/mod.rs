@@ -103,7 +103,7 @@ pub(crate) type UKernel = unsafe fn(
 /// element as the other kernels.
 ///
 /// Safety: as [`UKernel`], with `offs[0..kc]` readable and `b + offs[k] + j` valid for
-/// `j < nv` (all 16 columns for the full-width kernels).
+/// `j < nv` (all `nr` columns for the full-width kernels).
 pub(crate) type OffsKernel = unsafe fn(
     kc: usize,
     a: *const f32,
@@ -116,14 +116,20 @@ pub(crate) type OffsKernel = unsafe fn(
     st: &Store,
 );
 
-/// A tier's offset-addressed kernels: `full[r]` / `tail[r]` take `r` rows (`1..=mr`) of
-/// `nr` columns / fewer (masked).
+/// A tier's offset-addressed kernels: `full[r]` / `tail[r]` take `r` rows (`1..=mr()`)
+/// of `nr` columns / fewer (masked).
 #[derive(Clone, Copy)]
 pub(crate) struct OffsKernels {
     pub full: &'static [OffsKernel],
     pub tail: &'static [OffsKernel],
-    pub mr: usize,
     pub nr: usize,
+}
+
+impl OffsKernels {
+    /// Most rows one call takes (the tables are indexed by rows, index 0 unused).
+    pub fn mr(&self) -> usize {
+        self.full.len() - 1
+    }
 }
 
 /// The widest `OffsKernels::nr` of any tier (sizes the direct convolution's row slack).
@@ -137,14 +143,12 @@ pub(crate) fn offs_kernels(isa: Isa) -> Option<OffsKernels> {
         Isa::Avx2 => Some(OffsKernels {
             full: &avx2::OFFS_FULL,
             tail: &avx2::OFFS_TAIL,
-            mr: 6,
             nr: 16,
         }),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => Some(OffsKernels {
             full: &avx512::OFFS_FULL,
             tail: &avx512::OFFS_TAIL,
-            mr: 12,
             nr: 32,
         }),
         _ => None,

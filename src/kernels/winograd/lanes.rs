@@ -168,6 +168,20 @@ mod x86_512 {
         unsafe { _mm512_loadu_si512(a.as_ptr().cast()) }
     }
 
+    /// Lane `i` of the result is lane `i + 1` of `v`, lane 15 is `*last`.
+    ///
+    /// Safety: AVX-512F present (the token), `last` readable.
+    #[inline(always)]
+    unsafe fn shift_in(v: __m512, last: *const f32) -> __m512 {
+        // SAFETY: the caller's guarantees.
+        unsafe {
+            _mm512_castsi512_ps(_mm512_alignr_epi32::<1>(
+                _mm512_castps_si512(_mm512_set1_ps(*last)),
+                _mm512_castps_si512(v),
+            ))
+        }
+    }
+
     impl Lanes for Avx512 {
         #[inline(always)]
         unsafe fn gather_s4(self, p: *const f32) -> [__m512; 6] {
@@ -193,14 +207,8 @@ mod x86_512 {
                 let c3 = _mm512_shuffle_f32x4::<0xEE>(e23, f23);
                 // Columns 4 and 5 are columns 0 and 1 of the next tile: shift one lane
                 // down and bring in p[64], p[65].
-                let c4 = _mm512_castsi512_ps(_mm512_alignr_epi32::<1>(
-                    _mm512_castps_si512(_mm512_set1_ps(*p.add(64))),
-                    _mm512_castps_si512(c0),
-                ));
-                let c5 = _mm512_castsi512_ps(_mm512_alignr_epi32::<1>(
-                    _mm512_castps_si512(_mm512_set1_ps(*p.add(65))),
-                    _mm512_castps_si512(c1),
-                ));
+                let c4 = shift_in(c0, p.add(64));
+                let c5 = shift_in(c1, p.add(65));
                 [c0, c1, c2, c3, c4, c5]
             }
         }
@@ -213,14 +221,8 @@ mod x86_512 {
                 let (a, b) = (_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16)));
                 let c0 = _mm512_permutex2var_ps(a, idx(|m| 2 * m), b);
                 let c1 = _mm512_permutex2var_ps(a, idx(|m| 2 * m + 1), b);
-                let c2 = _mm512_castsi512_ps(_mm512_alignr_epi32::<1>(
-                    _mm512_castps_si512(_mm512_set1_ps(*p.add(32))),
-                    _mm512_castps_si512(c0),
-                ));
-                let c3 = _mm512_castsi512_ps(_mm512_alignr_epi32::<1>(
-                    _mm512_castps_si512(_mm512_set1_ps(*p.add(33))),
-                    _mm512_castps_si512(c1),
-                ));
+                let c2 = shift_in(c0, p.add(32));
+                let c3 = shift_in(c1, p.add(33));
                 [c0, c1, c2, c3]
             }
         }
