@@ -1,5 +1,5 @@
 //! A session's workers for the length of a run: they hand out each layer's parts through
-//! one atomic word and wait for the next layer by spinning, not by sleeping.
+//! atomic claim words and wait for the next layer by spinning, not by sleeping.
 //!
 //! Why not a rayon parallel loop per layer: measured on this project's 2-vCPU VMs, a
 //! parked rayon worker takes 25–50 µs to wake, rayon parks an idle worker after a few
@@ -10,10 +10,19 @@
 //!
 //! A [`Team`] is a leader (the thread that runs the model) and helpers. The leader
 //! publishes one job at a time ([`Team::share`]: a function of `(slot, part)` and a part
-//! count) in a single claim word (epoch, parts, next part); every member claims parts
-//! with a compare-and-swap until none is left, and the leader waits until all are done.
-//! Which member runs a part never changes its result (the kernels compute each output
-//! element the same way in any tile order), so results stay bit-identical.
+//! count); every member claims parts with a compare-and-swap until none is left, and the
+//! leader waits until all are done. Which member runs a part never changes its result
+//! (the kernels compute each output element the same way in any tile order), so results
+//! stay bit-identical.
+//!
+//! Parts are dealt in contiguous ranges, one per member, each in its own claim word
+//! (epoch, end, next): a member takes its own range from the front, then steals from the
+//! back of the others'. Kernels number their parts in memory order (tile blocks, pixel
+//! blocks, samples), so a member keeps working on the same region of each layer's
+//! activations layer after layer and mostly reads what its own core wrote, while a late
+//! or slow member still gets help. Measured on 2 vCPUs against one shared claim word
+//! (each part to whoever came first, so each core read about half of its input from the
+//! other core's cache): conv3x3_stress 1.45 → 1.31 ms, ResNet-18 11.0 → 10.75 ms.
 //!
 //! Helpers come from one of two places:
 //! - [`Crew`]: threads a session owns (`Threads::Count`). The caller's thread leads, so a
@@ -38,11 +47,63 @@ pub const GRACE: Duration = Duration::from_micros(200);
 /// between checks (a long serial layer on the leader).
 const SPIN_BEFORE_YIELD: Duration = Duration::from_micros(50);
 
-/// Claim word: epoch (bits 40..64) | parts (20..40) | next unclaimed part (0..20).
+/// Range claim word: epoch (bits 40..64) | end of the range (20..40) | next unclaimed
+/// part from the front (0..20). The range is empty when next >= end.
 const PART_BITS: u32 = 20;
 const MAX_PARTS: usize = (1 << PART_BITS) - 1;
-const PARTS_SHIFT: u32 = PART_BITS;
+const END_SHIFT: u32 = PART_BITS;
 const EPOCH_SHIFT: u32 = 2 * PART_BITS;
+const FIELD: u64 = MAX_PARTS as u64;
+/// Claim ranges per team: members beyond this share ranges (slot modulo), which stays
+/// correct and only loosens the affinity. Inline, so a team needs no allocation.
+const MAX_RANGES: usize = 64;
+
+/// One member's claim range on a cache line of its own (members claim from their own
+/// range most of the time).
+#[repr(align(64))]
+struct Range(AtomicU64);
+
+impl Range {
+    /// Takes the first unclaimed part, if any.
+    fn claim_front(&self) -> Option<usize> {
+        let mut cur = self.0.load(Ordering::Acquire);
+        loop {
+            let (next, end) = (cur & FIELD, (cur >> END_SHIFT) & FIELD);
+            if next >= end {
+                return None;
+            }
+            // next < end <= MAX_PARTS: the increment stays inside its field.
+            match self
+                .0
+                .compare_exchange_weak(cur, cur + 1, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return Some(next as usize),
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// Takes the last unclaimed part, if any.
+    fn claim_back(&self) -> Option<usize> {
+        let mut cur = self.0.load(Ordering::Acquire);
+        loop {
+            let (next, end) = (cur & FIELD, (cur >> END_SHIFT) & FIELD);
+            if next >= end {
+                return None;
+            }
+            // end > next >= 0: the decrement stays inside its field.
+            match self.0.compare_exchange_weak(
+                cur,
+                cur - (1 << END_SHIFT),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Some((end - 1) as usize),
+                Err(now) => cur = now,
+            }
+        }
+    }
+}
 
 type PartFn<'a> = dyn Fn(usize, usize) + Sync + 'a;
 
@@ -54,7 +115,11 @@ struct Job<'a> {
 /// The job board the members of one session's team share.
 pub struct Team {
     size: usize,
-    claim: AtomicU64,
+    /// Ranges in use: min(size, MAX_RANGES).
+    nranges: usize,
+    ranges: [Range; MAX_RANGES],
+    /// The current job's epoch (written by the leader only).
+    epoch: AtomicU64,
     job: AtomicPtr<Job<'static>>,
     done: AtomicUsize,
     panicked: AtomicBool,
@@ -98,7 +163,9 @@ impl Team {
     fn new(size: usize) -> Team {
         Team {
             size: size.max(1),
-            claim: AtomicU64::new(0),
+            nranges: size.clamp(1, MAX_RANGES),
+            ranges: std::array::from_fn(|_| Range(AtomicU64::new(0))),
+            epoch: AtomicU64::new(0),
             job: AtomicPtr::new(std::ptr::null_mut()),
             done: AtomicUsize::new(0),
             panicked: AtomicBool::new(false),
@@ -136,52 +203,51 @@ impl Team {
             &job as *const Job<'_> as *mut Job<'static>,
             Ordering::Relaxed,
         );
-        let epoch = ((self.claim.load(Ordering::Relaxed) >> EPOCH_SHIFT) + 1) & 0xff_ffff;
-        // Release: a member that claims a part of this epoch sees `job` and `done` above.
-        self.claim.store(
-            (epoch << EPOCH_SHIFT) | ((parts as u64) << PARTS_SHIFT),
-            Ordering::Release,
-        );
+        let epoch = (self.epoch.load(Ordering::Relaxed) + 1) & 0xff_ffff;
+        self.epoch.store(epoch, Ordering::Relaxed);
+        // Contiguous ranges, one per member (member s of n takes parts s·P/n ..). Release:
+        // a member that claims a part of this epoch sees `job` and `done` above.
+        let n = self.nranges;
+        for (r, range) in self.ranges[..n].iter().enumerate() {
+            let (start, end) = (r * parts / n, (r + 1) * parts / n);
+            range.0.store(
+                (epoch << EPOCH_SHIFT) | ((end as u64) << END_SHIFT) | start as u64,
+                Ordering::Release,
+            );
+        }
         self.work(0);
         while self.done.load(Ordering::Acquire) < parts {
             std::hint::spin_loop();
         }
     }
 
+    /// The next part for the member in `slot`: the front of its own range, else the back
+    /// of another's (nearest first).
+    fn claim(&self, slot: usize) -> Option<usize> {
+        let n = self.nranges;
+        let own = slot % n;
+        if let Some(p) = self.ranges[own].claim_front() {
+            return Some(p);
+        }
+        (1..n).find_map(|i| self.ranges[(own + i) % n].claim_back())
+    }
+
     /// Claims and runs parts of the current job until none is left; whether it ran any.
     fn work(&self, slot: usize) -> bool {
         let mut ran = false;
-        let mut cur = self.claim.load(Ordering::Acquire);
-        loop {
-            let mask = MAX_PARTS as u64;
-            let parts = ((cur >> PARTS_SHIFT) & mask) as usize;
-            let next = (cur & mask) as usize;
-            if next >= parts {
-                return ran;
+        while let Some(part) = self.claim(slot) {
+            let job = self.job.load(Ordering::Acquire);
+            // SAFETY: `part` of this epoch is now ours and not yet done, so the leader is
+            // still inside `share_chunk` of this epoch, whose `Job` (stored before the
+            // range word we claimed from) is alive.
+            let f = unsafe { (*job).f };
+            if catch_unwind(AssertUnwindSafe(|| f(slot, part))).is_err() {
+                self.panicked.store(true, Ordering::Relaxed);
             }
-            // next + 1 <= parts <= MAX_PARTS: the increment stays inside its field.
-            match self.claim.compare_exchange_weak(
-                cur,
-                cur + 1,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => {
-                    let job = self.job.load(Ordering::Acquire);
-                    // SAFETY: part `next` of this epoch is now ours and not yet done, so
-                    // the leader is still inside `share_chunk` of this epoch, whose `Job`
-                    // (stored before the claim word we just read from) is alive.
-                    let f = unsafe { (*job).f };
-                    if catch_unwind(AssertUnwindSafe(|| f(slot, next))).is_err() {
-                        self.panicked.store(true, Ordering::Relaxed);
-                    }
-                    self.done.fetch_add(1, Ordering::Release);
-                    ran = true;
-                    cur = self.claim.load(Ordering::Acquire);
-                }
-                Err(now) => cur = now,
-            }
+            self.done.fetch_add(1, Ordering::Release);
+            ran = true;
         }
+        ran
     }
 
     /// A helper inside a run: takes parts until the run ends (or the team shuts down).
@@ -395,6 +461,20 @@ mod tests {
             let want = (0..500).filter(|job| job % 61 >= p).count() as u32;
             assert_eq!(c.load(Ordering::Relaxed), want, "part {p}");
         }
+    }
+
+    /// A member takes its own range from the front, then steals the others' from the
+    /// back, nearest range first: alone in a team of 3 (ranges 0..3, 3..6, 6..10), the
+    /// leader runs 0, 1, 2, then 5, 4, 3, then 9, 8, 7, 6.
+    #[test]
+    fn claims_own_range_first_then_steals_from_the_back() {
+        let team = Team::new(3);
+        let order = std::sync::Mutex::new(Vec::new());
+        team.share(10, &|slot, p| {
+            assert_eq!(slot, 0);
+            order.lock().unwrap().push(p);
+        });
+        assert_eq!(*order.lock().unwrap(), [0, 1, 2, 5, 4, 3, 9, 8, 7, 6]);
     }
 
     #[test]
