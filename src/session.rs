@@ -161,6 +161,14 @@ impl NodeKernel {
         }
     }
 
+    /// Scratch all workers share, besides `scratch_len` per worker (laid out first).
+    fn shared_scratch_len(&self) -> usize {
+        match self {
+            NodeKernel::Conv { kernel, .. } => kernel.shared_b_len(),
+            _ => 0,
+        }
+    }
+
     fn scratch_len(&self) -> usize {
         match self {
             NodeKernel::Conv { kernel, .. } => kernel.scratch_len(),
@@ -490,15 +498,15 @@ impl Session {
             // (and its allocations) happens inside a run; sets FTZ/DAZ on caller pools too.
             p.broadcast(|_| crate::simd::set_flush_denormals());
         }
-        let scratch_per_slot = kernels
+        let scratch_len = kernels
             .iter()
-            .map(NodeKernel::scratch_len)
+            .map(|k| slots * k.scratch_len() + k.shared_scratch_len())
             .max()
             .unwrap_or(0);
         Ok(Session {
             arena: vec![0.0; arena_plan.len],
             owned,
-            scratch: vec![0.0; slots * scratch_per_slot],
+            scratch: vec![0.0; scratch_len],
             slots,
             arena_plan,
             kernels,
@@ -681,7 +689,7 @@ impl Session {
                 } => {
                     let (w, b) = (packed(*weight), bias.map(|b| model.weight(b)));
                     let r = ins.get(1).copied();
-                    parallel::run_tiles(
+                    parallel::run_conv(
                         kernel,
                         self.slots,
                         n,

@@ -13,11 +13,12 @@
 
 use cnnrt::graph::{Activation, Conv};
 use cnnrt::kernels::conv::ConvKernel;
-use cnnrt::kernels::gemm::{self, BMode, Bias, Epilogue, Gemm};
+use cnnrt::kernels::gemm::{self, BMode, Bias, Epilogue, Gemm, SharedOut};
 use cnnrt::kernels::reference;
 use cnnrt::simd::Isa;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 fn activations() -> impl Strategy<Value = Activation> {
     prop_oneof![
@@ -270,9 +271,46 @@ fn check_conv(isa: Isa, case: &Case, algorithm: Option<&str>) -> Result<(), Test
             "{isa}: {threads}-thread tiles differ from run; {} tiles",
             split.tiles()
         );
+        // So does the shared-B plan (forced, whatever the heuristics choose): every pack
+        // part, then every multiply tile, each phase in reverse order (panels start as
+        // NaN, so a part left out shows).
+        let split = kernel.clone().with_shared_b(threads);
+        let len = split.shared_b_len();
+        if len > 0 {
+            SHARED_B_CHECKED.fetch_add(1, Ordering::Relaxed);
+            let mut panels = vec![f32::NAN; len];
+            let al = panels.as_ptr().align_offset(64).min(16);
+            let mut tmp = vec![0.0; split.scratch_len()];
+            {
+                let shared = SharedOut::new(&mut panels[al..]);
+                for p in (0..split.pack_parts()).rev() {
+                    // SAFETY: one part at a time; panels read only after the loop.
+                    unsafe { split.pack_part(&x[..n_in], shared, &mut tmp, p) };
+                }
+            }
+            let mut out = vec![f32::NAN; n_out];
+            let shared_out = SharedOut::new(&mut out);
+            for t in (0..split.multiply_tiles()).rev() {
+                // SAFETY: the panels are complete; one tile at a time; `out` read after.
+                unsafe {
+                    split.multiply_tile(&packed, bias.as_deref(), r0, &panels[al..], shared_out, t)
+                };
+            }
+            prop_assert!(
+                out.iter()
+                    .zip(&got[..n_out])
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{isa}: {threads}-thread shared-B plan differs from run ({} pack parts, {} tiles)",
+                split.pack_parts(),
+                split.multiply_tiles()
+            );
+        }
     }
     Ok(())
 }
+
+/// Shared-B plans `check_conv` has compared (every im2col layer of one group has one).
+static SHARED_B_CHECKED: AtomicUsize = AtomicUsize::new(0);
 
 fn runner() -> TestRunner {
     TestRunner::new(Config {
@@ -390,6 +428,10 @@ fn conv_large_shapes_every_tier() {
         (mk(64, 64, 1, 1, 0, 4), 13, 13),
         (mk(3, 16, 7, 2, 3, 1), 40, 40),
         (mk(24, 24, 3, 1, 1, 24), 10, 10),
+        // Stride-2 3×3 layers like those that get shared-B plans, with K in several
+        // blocks (the last one shorter for cin = 43) and a short last panel.
+        (mk(64, 128, 3, 2, 1, 1), 19, 19),
+        (mk(43, 128, 3, 2, 1, 1), 15, 15),
     ];
     for isa in Isa::supported() {
         for (conv, h, w) in &shapes {
@@ -406,6 +448,10 @@ fn conv_large_shapes_every_tier() {
             check_conv(isa, &case, None).unwrap_or_else(|e| panic!("{isa} {conv:?}: {e}"));
         }
     }
+    assert!(
+        SHARED_B_CHECKED.load(Ordering::Relaxed) > 0,
+        "no shared-B plan checked"
+    );
 }
 
 /// One GEMM against the f64 reference (tolerance as `check_close`), then its tiles run in

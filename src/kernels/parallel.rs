@@ -156,6 +156,69 @@ pub fn run_tiles(
     });
 }
 
+/// [`run_tiles`] for a convolution, through its shared-B plan (when
+/// `ConvKernel::shared_b_len` is not 0) if the batch is smaller than the workers: per
+/// sample, all workers pack the im2col matrix once into shared panels, then multiply
+/// tiles of it. `scratch` holds `shared_b_len()` floats for the panels, then
+/// `slots × scratch_len()` for the workers. Bit-identical to one thread (see the
+/// `shared_b` module).
+#[allow(clippy::too_many_arguments)]
+pub fn run_conv(
+    kernel: &ConvKernel,
+    slots: usize,
+    n: usize,
+    packed: &[f32],
+    bias: Option<&[f32]>,
+    x: &[f32],
+    residual: Option<&[f32]>,
+    out: &mut [f32],
+    scratch: &mut [f32],
+) {
+    let shared_len = kernel.shared_b_len();
+    let n = n.max(1);
+    if shared_len == 0 || slots <= 1 || n >= slots || kernel.flops() < min_parallel_flops() {
+        let skip = shared_len.min(scratch.len());
+        run_tiles(
+            kernel,
+            slots,
+            n,
+            packed,
+            bias,
+            x,
+            residual,
+            out,
+            &mut scratch[skip..],
+        );
+        return;
+    }
+    let (sin, sout) = (x.len() / n, out.len() / n);
+    assert!(
+        x.len() == n * sin && out.len() == n * sout,
+        "conv: batch lengths"
+    );
+    let (panels, rest) = scratch.split_at_mut(shared_len);
+    let al = panels.as_ptr().align_offset(64).min(16);
+    let panels = SharedOut::new(&mut panels[al..]);
+    let per = kernel.scratch_len();
+    for s in 0..n {
+        let xs = &x[s * sin..(s + 1) * sin];
+        // SAFETY: every pack part runs exactly once and writes its own rows of the
+        // panels; they are read only after `for_tiles` returns.
+        for_tiles(slots, kernel.pack_parts(), rest, per, |tmp, p| unsafe {
+            kernel.pack_part(xs, panels, tmp, p)
+        });
+        // SAFETY: the panels are complete and no longer written.
+        let b = unsafe { out_range(&panels, 0, panels.len()) as &[f32] };
+        let outs = SharedOut::new(&mut out[s * sout..(s + 1) * sout]);
+        let rs = residual.map(|r| &r[s * sout..(s + 1) * sout]);
+        // SAFETY: every tile runs exactly once and writes its own block of the sample's
+        // output, which is read only after `for_tiles` returns.
+        for_tiles(slots, kernel.multiply_tiles(), rest, 0, |_, t| unsafe {
+            kernel.multiply_tile(packed, bias, rs, b, outs, t)
+        });
+    }
+}
+
 /// Runs `f(scratch_of_slot, tile)` for every `tile < tiles`: on the team this thread leads
 /// (`kernels::team`, inside a session's run), else on `slots` workers of the current rayon
 /// pool. Workers claim tiles one at a time, so unequal tiles or a late worker do not leave

@@ -48,6 +48,7 @@
 
 mod direct;
 mod im2col;
+mod shared_b;
 
 use crate::graph::Conv;
 use crate::kernels::gemm::{
@@ -125,6 +126,8 @@ pub struct ConvKernel {
     activation: crate::graph::Activation,
     /// Band geometry and tap offsets of [`Algo::Direct`].
     direct: Option<DirectPlan>,
+    /// Two-phase plan for several workers on one sample (`shared_b` module).
+    shared: Option<shared_b::SharedB>,
 }
 
 /// Output channels (per group) up to which a 1×1 convolution on a large plane reads its
@@ -153,6 +156,13 @@ fn choose_1x1(m: usize, k: usize, n: usize) -> Algo {
         Algo::Gemm1x1Packed
     }
 }
+/// Micro-kernel column panels per worker from which a layer whose thread split repeats
+/// the im2col gets a shared-B plan. Measured on 2 threads (ResNet-18, `--profile`,
+/// against the output-channel split): the 28×28 stride-2 3×3 layer (25 panels) 0.65 →
+/// 0.53 ms; the 14×14 (7 panels) and 7×7 (2 panels) ones 6–8% slower, and their 1×1
+/// downsamples up to 25% slower (each worker then reads most of its panels and weights
+/// from the other core's cache).
+const SHARED_B_MIN_PANELS_PER_THREAD: usize = 4;
 /// Output channels per M tile below which M is not split (B would be packed once per
 /// M tile).
 const MIN_MC: usize = 96;
@@ -343,6 +353,7 @@ impl ConvKernel {
             n_tiles,
             activation: conv.activation,
             direct: None,
+            shared: None,
         };
         kernel.plan_direct(1)
     }
@@ -385,11 +396,51 @@ impl ConvKernel {
     /// Re-plans the tiles for `threads` workers: tile counts that divide evenly among
     /// them (N blocks first, output-channel blocks when N is too small to split). The
     /// results are bit-identical for any split (module doc); only the speed changes.
+    ///
+    /// An `im2col_gemm` layer of one group whose split would repeat the im2col in every
+    /// output-channel block gets a shared-B plan instead (`shared_b` module) for batches
+    /// smaller than the worker count, and keeps the one-worker tiles for larger batches
+    /// (a sample per worker), where the map is wide enough for every worker to own
+    /// [`SHARED_B_MIN_PANELS_PER_THREAD`] panels of pixels.
     pub fn split_for_threads(mut self, threads: usize) -> ConvKernel {
         let nr = ukr(self.isa).nr;
+        let threads = threads.max(1);
+        let split_t = split(self.groups, self.cog, self.n, self.kc, nr, threads);
+        let m_tiles = split_t.1;
+        self.shared = None;
+        if threads > 1
+            && self.groups == 1
+            && self.algo == Algo::Im2col
+            && m_tiles > 1
+            && self.n.div_ceil(nr) >= SHARED_B_MIN_PANELS_PER_THREAD * threads
+        {
+            return self.with_shared_b(threads);
+        }
+        (self.mc, self.m_tiles, self.nc, self.n_tiles) = split_t;
+        self.plan_direct(threads)
+    }
+
+    /// The shared-B plan for `threads` workers (and the one-worker tiles for batches),
+    /// whatever the heuristics of [`ConvKernel::split_for_threads`] would choose; for
+    /// tests. Unchanged unless the layer is `im2col_gemm` with one group.
+    #[doc(hidden)]
+    pub fn with_shared_b(mut self, threads: usize) -> ConvKernel {
+        if self.groups != 1 || self.algo != Algo::Im2col {
+            return self;
+        }
+        let nr = ukr(self.isa).nr;
         (self.mc, self.m_tiles, self.nc, self.n_tiles) =
-            split(self.groups, self.cog, self.n, self.kc, nr, threads.max(1));
-        self.plan_direct(threads.max(1))
+            split(self.groups, self.cog, self.n, self.kc, nr, 1);
+        self.shared = Some(shared_b::SharedB::new(
+            self.cog,
+            self.k,
+            self.kc,
+            self.n,
+            self.nc,
+            nr,
+            threads.max(1),
+        ));
+        self
     }
 
     /// Multiply-adds times two for one sample.
@@ -569,13 +620,11 @@ impl ConvKernel {
         );
     }
 
-    /// Packs every B block of group 0 without multiplying (benchmarks the im2col alone).
-    #[doc(hidden)]
-    pub fn pack_only(&self, x: &[f32], scratch: &mut [f32]) {
-        let plane = self.h * self.w;
-        let im2col = Im2col {
+    /// The im2col matrix of one group's input `xg` as a B source.
+    fn im2col<'a>(&self, xg: &'a [f32]) -> Im2col<'a> {
+        Im2col {
             isa: self.isa,
-            x: &x[..self.cig * plane],
+            x: xg,
             h: self.h,
             w: self.w,
             kh: self.kernel[0],
@@ -587,7 +636,14 @@ impl ConvKernel {
             pt: self.pads[0],
             pl: self.pads[1],
             ow: self.ow,
-        };
+        }
+    }
+
+    /// Packs every B block of group 0 without multiplying (benchmarks the im2col alone).
+    #[doc(hidden)]
+    pub fn pack_only(&self, x: &[f32], scratch: &mut [f32]) {
+        let plane = self.h * self.w;
+        let im2col = self.im2col(&x[..self.cig * plane]);
         let u = ukr(self.isa);
         for n0 in (0..self.n).step_by(self.nc) {
             let nc = self.nc.min(self.n - n0);
@@ -646,21 +702,7 @@ impl ConvKernel {
         let plane = self.h * self.w;
         let xg = &x[g * self.cig * plane..(g + 1) * self.cig * plane];
         let row0 = g * self.cog + m0;
-        let im2col = Im2col {
-            isa: self.isa,
-            x: xg,
-            h: self.h,
-            w: self.w,
-            kh: self.kernel[0],
-            kw: self.kernel[1],
-            sh: self.stride[0],
-            sw: self.stride[1],
-            dh: self.dilation[0],
-            dw: self.dilation[1],
-            pt: self.pads[0],
-            pl: self.pads[1],
-            ow: self.ow,
-        };
+        let im2col = self.im2col(xg);
         let plain = gemm::PlainB { b: xg, ldb: plane };
         let src = match self.algo {
             Algo::Gemm1x1 => BSrc::Direct {

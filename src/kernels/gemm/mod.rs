@@ -615,6 +615,17 @@ pub(crate) enum BSrc<'a> {
     /// first column (a multiple of [`NR_PACK`]), `n_rest` columns from there to the
     /// matrix's end (the last panel's width follows from it), `k` rows.
     Prepacked { ptr: *const f32, n_rest: usize },
+    /// Packed ahead, the whole matrix: K blocks of the tile's `kc` rows one after the
+    /// other, each as [`pack_block`] lays out a block `npad` columns wide (`npad` a
+    /// multiple of `nr`): element `(k, j)` of B, `k` in the block from `k0`, at `base +
+    /// k0·npad + (j/nr)·kcur·nr + (k−k0)·nr + j%nr`. `n0` is the tile's first column (a
+    /// multiple of `nr`). Run like `Pack`, without packing (several workers share one
+    /// such B: see `ConvKernel`'s shared-B plan).
+    Panels {
+        base: *const f32,
+        npad: usize,
+        n0: usize,
+    },
 }
 
 /// One tile of work for [`drive`]: rows `0..m` of packed A starting at a panel boundary,
@@ -672,7 +683,10 @@ pub(crate) unsafe fn drive(u: &Ukr, t: &Tile, b: &BSrc, scratch: &mut [f32]) {
     // packed block streams from L2 (B is written once, read once per sliver). With B
     // read in place (constant or direct), each B sliver (kc × nr) stays in L1 while the
     // rows of A stream past it, so B comes from memory once.
-    let b_outer = !matches!(b, BSrc::Pack { .. } | BSrc::DirectRows { .. });
+    let b_outer = !matches!(
+        b,
+        BSrc::Pack { .. } | BSrc::DirectRows { .. } | BSrc::Panels { .. }
+    );
     // Pointer step from one full tile of B to the next, for runs of tiles.
     let bstep = |kcur: usize| match b {
         BSrc::DirectRows { .. } => nr,
@@ -702,6 +716,10 @@ pub(crate) unsafe fn drive(u: &Ukr, t: &Tile, b: &BSrc, scratch: &mut [f32]) {
                     BSrc::Pack { .. } => {
                         (packed.add(((j - jb) / nr) * kcur * nr + (j - jb) % nr), nr)
                     }
+                    BSrc::Panels { base, npad, n0 } => (
+                        base.add(k0 * npad + ((n0 + j) / nr) * kcur * nr + j % nr),
+                        nr,
+                    ),
                     BSrc::Prepacked { ptr, n_rest } => {
                         let q = j / NR_PACK;
                         let w = NR_PACK.min(n_rest - q * NR_PACK);
