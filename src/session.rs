@@ -334,7 +334,9 @@ fn fuse_blocks(
             }
             _ => None,
         };
-        let Some(kernel) = chain.filter(|k| k.expanded_bytes() >= fused::MIN_EXPANDED_BYTES) else {
+        let Some(kernel) =
+            chain.filter(|k| k.expanded_bytes() >= fused::min_expanded_bytes(threads))
+        else {
             i += 1;
             continue;
         };

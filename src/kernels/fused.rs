@@ -31,12 +31,28 @@ use crate::simd::Isa;
 /// of this machine's 1 MiB L2, the rest left to the weights and the packed B blocks.
 pub const DEFAULT_BAND_BYTES: usize = 512 << 10;
 
-/// Bytes of a sample's expanded tensor from which fusing pays: below about the L2 size
-/// the unfused layers find it in cache anyway, and the per-band overheads (smaller GEMM
-/// calls, halo rows through the depthwise padded copies) win. Measured on MobileNetV2
-/// (AVX2, 1 thread, per-block profile): the 112×112 and 56×56 blocks 5–19% faster fused,
-/// the 14×14 and 7×7 blocks 0–10% slower.
+/// Bytes of a sample's expanded tensor from which fusing pays on one thread: below about
+/// the L2 size the unfused layers find it in cache anyway, and the per-band overheads
+/// (smaller GEMM calls, halo rows through the depthwise padded copies) win. Measured on
+/// MobileNetV2 (AVX2, 1 thread, per-block profile): the 112×112 and 56×56 blocks 5–19%
+/// faster fused, the 14×14 and 7×7 blocks 0–10% slower.
 pub const MIN_EXPANDED_BYTES: usize = 1 << 20;
+/// The same with several workers. Unfused, the depthwise layer splits by channels and
+/// the 1×1 layers around it by pixels, so each core reads about half of every expanded
+/// tensor from the other core's cache; fused, a worker keeps its bands. Measured on
+/// MobileNetV2 (AVX-512, 2 threads, whole model, 2 rounds): 4.36–4.41 ms with the 1 MiB
+/// threshold, 4.13–4.18 fusing from 400 KB (the 28×28 blocks too), 3.91–3.93 from
+/// 256 KiB (the 14×14 ones too), 4.02–4.04 fusing every block (the 7×7 ones too).
+pub const MIN_EXPANDED_BYTES_THREADS: usize = 256 << 10;
+
+/// The expanded-tensor size from which a block is fused for `threads` workers.
+pub fn min_expanded_bytes(threads: usize) -> usize {
+    if threads > 1 {
+        MIN_EXPANDED_BYTES_THREADS
+    } else {
+        MIN_EXPANDED_BYTES
+    }
+}
 
 /// A 1×1 stride-1 convolution over a run of pixels: `C[m × n] = act(A·B + bias +
 /// residual)`, A the conv-gemm packed weights, B `k` rows of stride `ldb`.
