@@ -334,7 +334,11 @@ pub fn linear(
     let tiles = kernel.tiles();
     let per = kernel.scratch_len();
     let slots = slots.min(tiles).max(1);
-    if slots == 1 || kernel.flops(n) < min_parallel_flops() {
+    // At batch 1 a fully connected layer streams its weights (about 1 FLOP per 2 bytes):
+    // worth splitting by bytes as well as by FLOPs (ResNet-18's 512 → 1000 layer is
+    // 2 MB and 1.02 MFLOP, just under the FLOP threshold).
+    let streamed = std::mem::size_of_val(packed) >= MIN_PARALLEL_WEIGHT_BYTES;
+    if slots == 1 || (kernel.flops(n) < min_parallel_flops() && !streamed) {
         kernel.run(packed, bias, x, n, residual, out, &mut scratch[..per]);
         return;
     }
@@ -345,6 +349,10 @@ pub fn linear(
         unsafe { kernel.run_tile_shared(packed, bias, x, n, residual, shared, scr, tile) };
     });
 }
+
+/// Weight bytes from which a fully connected layer is split over workers whatever its
+/// FLOPs (memory-bound at small batches: two cores read about twice as fast as one).
+const MIN_PARALLEL_WEIGHT_BYTES: usize = 512 << 10;
 
 /// Pooling of whole planes (`x`: `p` input planes, `out`: `p` output planes), contiguous
 /// blocks of planes over `slots` workers when there is enough of it.
