@@ -1,7 +1,7 @@
 //! cnnrt: a CPU inference runtime for convolutional neural networks.
 //!
 //! Data flow: `model.onnx` → [`onnx`] import → [`graph::Graph`] → [`passes`] (BatchNorm
-//! folding, activation fusion, denormal flush) → [`format`] writer → `model.cnnrt`;
+//! folding, activation fusion, denormal flush) → [`format`](mod@format) writer → `model.cnnrt`;
 //! then [`Model::open`] maps and validates the file once, [`Model::session`] plans kernels
 //! and a workspace, and [`Session::run`] runs it as many times as needed.
 

@@ -4,8 +4,8 @@
 //!
 //! # The SIMD layer
 //!
-//! Each kernel body is written once, generic over [`Simd`], a zero-sized token whose type
-//! names a tier: [`Portable`] (`[f32; 4]` lanes, plain Rust, runs anywhere), `Avx2Fma`
+//! Each kernel body is written once, generic over `Simd`, a zero-sized token whose type
+//! names a tier: `Portable` (`[f32; 4]` lanes, plain Rust, runs anywhere), `Avx2Fma`
 //! (`__m256`) and `Avx512` (`__m512`, masked tails). `dispatch!` picks the token for an
 //! [`Isa`] (clamped to [`Isa::detect`]) and runs the body inside a
 //! `#[target_feature]` trampoline, so that everything `#[inline(always)]` below it compiles

@@ -32,7 +32,7 @@
 //!
 //! ISA independent, so the converter can store it in the model file: groups one after
 //! another; group `g` holds its `cog × K` weight matrix (OIHW order, row `o`, column
-//! `(ci·kh + ky)·kw + kx`) in the [`gemm`](crate::kernels::gemm) packed-A layout: panels
+//! `(ci·kh + ky)·kw + kx`) in the [`gemm`] packed-A layout: panels
 //! of [`MR_PACK`] = 12 output channels (the last one short, unpadded), K-major inside.
 //! Weight `(o, ci, ky, kx)` of group `g`, with `o` local to the group, `p = o / 12`,
 //! `h = min(12, cog − 12p)`, `k = (ci·kh + ky)·kw + kx`, is at
@@ -401,7 +401,7 @@ impl ConvKernel {
     /// output-channel block gets a shared-B plan instead (`shared_b` module) for batches
     /// smaller than the worker count, and keeps the one-worker tiles for larger batches
     /// (a sample per worker), where the map is wide enough for every worker to own
-    /// [`SHARED_B_MIN_PANELS_PER_THREAD`] panels of pixels.
+    /// `SHARED_B_MIN_PANELS_PER_THREAD` panels of pixels.
     pub fn split_for_threads(mut self, threads: usize) -> ConvKernel {
         let nr = ukr(self.isa).nr;
         let threads = threads.max(1);

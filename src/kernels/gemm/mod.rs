@@ -353,7 +353,7 @@ pub trait PackB: Sync {
     /// [`ROW_SLACK`] more elements, which may be overwritten with anything. Called only
     /// when `row_slice` returns `None`.
     fn row(&self, k: usize, n0: usize, nc: usize, row: &mut [f32]);
-    /// Packs a whole block straight into the panel layout of [`pack_block`], if this
+    /// Packs a whole block straight into the panel layout of `pack_block`, if this
     /// source has a faster way than row by row; returns `false` to use the rows.
     /// `dst` holds `kc · ceil(nc/nr) · nr` elements (columns past `nc` may be written
     /// with anything); `tmp` holds `nc + ROW_SLACK`.

@@ -44,7 +44,7 @@
 //!
 //! `U_ξ = G g Gᵀ` is computed in f64 from the OIHW weights and rounded once to f32.
 //! Position `ξ = k·t + l` (`k` the transformed row, `l` the column) holds the
-//! `cout × cin` matrix `U_ξ[o][c]` in the [`gemm`](crate::kernels::gemm) packed-A layout
+//! `cout × cin` matrix `U_ξ[o][c]` in the [`gemm`] packed-A layout
 //! (panels of [`MR_PACK`] = 12 output channels, the last one short and unpadded, K-major
 //! inside): element `(o, c)` of position `ξ`, with `p = o / 12`, `h = min(12, cout − 12p)`,
 //! is at `ξ·cout·cin + 12p·cin + c·h + (o − 12p)`. Length `T·cout·cin` (36× or 16× the
