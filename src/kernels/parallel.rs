@@ -108,11 +108,7 @@ pub fn run_tiles(
     scratch: &mut [f32],
 ) {
     let n = n.max(1);
-    let (sin, sout) = (x.len() / n, out.len() / n);
-    assert!(
-        x.len() == n * sin && out.len() == n * sout,
-        "conv: batch lengths"
-    );
+    let (sin, sout) = sample_lens(x, out, n);
     let per_sample = kernel.tiles();
     let tiles = n * per_sample;
     let per = kernel.scratch_len();
@@ -156,6 +152,16 @@ pub fn run_tiles(
     });
 }
 
+/// Elements of one sample of the input `x` and of the output `out` of a batch of `n`.
+fn sample_lens(x: &[f32], out: &[f32], n: usize) -> (usize, usize) {
+    let (sin, sout) = (x.len() / n, out.len() / n);
+    assert!(
+        x.len() == n * sin && out.len() == n * sout,
+        "conv: batch lengths"
+    );
+    (sin, sout)
+}
+
 /// [`run_tiles`] for a convolution, through its shared-B plan (when
 /// `ConvKernel::shared_b_len` is not 0) if the batch is smaller than the workers: per
 /// sample, all workers pack the im2col matrix once into shared panels, then multiply
@@ -191,11 +197,7 @@ pub fn run_conv(
         );
         return;
     }
-    let (sin, sout) = (x.len() / n, out.len() / n);
-    assert!(
-        x.len() == n * sin && out.len() == n * sout,
-        "conv: batch lengths"
-    );
+    let (sin, sout) = sample_lens(x, out, n);
     let (panels, rest) = scratch.split_at_mut(shared_len);
     let al = panels.as_ptr().align_offset(64).min(16);
     let panels = SharedOut::new(&mut panels[al..]);

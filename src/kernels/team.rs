@@ -64,41 +64,26 @@ const MAX_RANGES: usize = 64;
 struct Range(AtomicU64);
 
 impl Range {
-    /// Takes the first unclaimed part, if any.
-    fn claim_front(&self) -> Option<usize> {
+    /// Takes the first unclaimed part (`front`) or the last one, if any.
+    fn claim(&self, front: bool) -> Option<usize> {
         let mut cur = self.0.load(Ordering::Acquire);
         loop {
             let (next, end) = (cur & FIELD, (cur >> END_SHIFT) & FIELD);
             if next >= end {
                 return None;
             }
-            // next < end <= MAX_PARTS: the increment stays inside its field.
+            // next < end <= MAX_PARTS: raising next or lowering end stays inside its
+            // field.
+            let (new, part) = if front {
+                (cur + 1, next)
+            } else {
+                (cur - (1 << END_SHIFT), end - 1)
+            };
             match self
                 .0
-                .compare_exchange_weak(cur, cur + 1, Ordering::AcqRel, Ordering::Acquire)
+                .compare_exchange_weak(cur, new, Ordering::AcqRel, Ordering::Acquire)
             {
-                Ok(_) => return Some(next as usize),
-                Err(now) => cur = now,
-            }
-        }
-    }
-
-    /// Takes the last unclaimed part, if any.
-    fn claim_back(&self) -> Option<usize> {
-        let mut cur = self.0.load(Ordering::Acquire);
-        loop {
-            let (next, end) = (cur & FIELD, (cur >> END_SHIFT) & FIELD);
-            if next >= end {
-                return None;
-            }
-            // end > next >= 0: the decrement stays inside its field.
-            match self.0.compare_exchange_weak(
-                cur,
-                cur - (1 << END_SHIFT),
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => return Some((end - 1) as usize),
+                Ok(_) => return Some(part as usize),
                 Err(now) => cur = now,
             }
         }
@@ -226,10 +211,10 @@ impl Team {
     fn claim(&self, slot: usize) -> Option<usize> {
         let n = self.nranges;
         let own = slot % n;
-        if let Some(p) = self.ranges[own].claim_front() {
+        if let Some(p) = self.ranges[own].claim(true) {
             return Some(p);
         }
-        (1..n).find_map(|i| self.ranges[(own + i) % n].claim_back())
+        (1..n).find_map(|i| self.ranges[(own + i) % n].claim(false))
     }
 
     /// Claims and runs parts of the current job until none is left; whether it ran any.

@@ -431,15 +431,7 @@ impl ConvKernel {
         let nr = ukr(self.isa).nr;
         (self.mc, self.m_tiles, self.nc, self.n_tiles) =
             split(self.groups, self.cog, self.n, self.kc, nr, 1);
-        self.shared = Some(shared_b::SharedB::new(
-            self.cog,
-            self.k,
-            self.kc,
-            self.n,
-            self.nc,
-            nr,
-            threads.max(1),
-        ));
+        self.shared = Some(shared_b::SharedB::new(&self, threads.max(1)));
         self
     }
 

@@ -45,17 +45,11 @@ pub(super) struct SharedB {
 }
 
 impl SharedB {
-    /// The plan for an `m × n` output with `k` im2col rows in blocks of `kc`, at most
-    /// `nc_max` columns packed at once, `nr`-column micro-kernels and `threads` workers.
-    pub(super) fn new(
-        m: usize,
-        k: usize,
-        kc: usize,
-        n: usize,
-        nc_max: usize,
-        nr: usize,
-        threads: usize,
-    ) -> SharedB {
+    /// The plan of `kernel` (one group) for `threads` workers; packing parts at most
+    /// as wide as its one-worker N block.
+    pub(super) fn new(kernel: &ConvKernel, threads: usize) -> SharedB {
+        let (m, k, kc, n, nc_max) = (kernel.cog, kernel.k, kernel.kc, kernel.n, kernel.nc);
+        let nr = ukr(kernel.isa).nr;
         let want = PARTS_PER_WORKER * threads.max(1);
         let panels = n.div_ceil(nr).max(1);
         let k_blocks = k.div_ceil(kc.max(1)).max(1);
