@@ -75,6 +75,10 @@ fn band_rows(k: &ConvKernel, d: &DirectPlan, b: usize) -> (usize, usize) {
 /// outside the image.
 fn fill(k: &ConvKernel, d: &DirectPlan, x: &[f32], oy0: usize, buf: &mut [f32]) {
     let sw = k.stride[1];
+    if sw == 2 {
+        fill_s2(k, d, x, oy0, buf);
+        return;
+    }
     let (h, w, pt, pl) = (k.h as isize, k.w, k.pads[0] as isize, k.pads[1]);
     for ci in 0..k.cig {
         let plane = &x[ci * k.h * w..(ci + 1) * k.h * w];
@@ -93,9 +97,54 @@ fn fill(k: &ConvKernel, d: &DirectPlan, x: &[f32], oy0: usize, buf: &mut [f32]) 
                 dst[..lo].fill(0.0);
                 dst[hi..].fill(0.0);
                 let first = lo * sw + phase - pl;
-                for (c, v) in dst[lo..hi].iter_mut().enumerate() {
-                    *v = src[first + c * sw];
+                if sw == 1 {
+                    dst[lo..hi].copy_from_slice(&src[first..first + (hi - lo)]);
+                } else {
+                    for (c, v) in dst[lo..hi].iter_mut().enumerate() {
+                        *v = src[first + c * sw];
+                    }
                 }
+            }
+        }
+    }
+}
+
+/// [`fill`] for stride 2 (the RGB stems): each input row split into its even and odd
+/// columns in one pass with a constant stride, which the compiler vectorizes, instead of
+/// one strided pass per phase (the ResNet-18 stem spent about a tenth of its time there).
+fn fill_s2(k: &ConvKernel, d: &DirectPlan, x: &[f32], oy0: usize, buf: &mut [f32]) {
+    let (h, w, pt, pl) = (k.h as isize, k.w, k.pads[0] as isize, k.pads[1]);
+    // Input column i lands in phase (i + pl) % 2 at column (i + pl) / 2: the even
+    // columns 2m in phase pl % 2 from column pl / 2, the odd ones in the other phase
+    // from column (pl + 1) / 2.
+    let (even_phase, even_col) = (pl % 2, pl / 2);
+    let (odd_phase, odd_col) = ((pl + 1) % 2, pl.div_ceil(2));
+    for ci in 0..k.cig {
+        let plane = &x[ci * k.h * w..(ci + 1) * k.h * w];
+        for r in 0..d.rows {
+            let row = |phase: usize| ((ci * 2 + phase) * d.rows + r) * d.rs;
+            let (e0, o0) = (row(even_phase), row(odd_phase));
+            buf[e0..e0 + d.rs].fill(0.0);
+            buf[o0..o0 + d.rs].fill(0.0);
+            let iy = (oy0 * k.stride[0] + r) as isize - pt;
+            if iy < 0 || iy >= h {
+                continue;
+            }
+            let src = &plane[iy as usize * w..(iy as usize + 1) * w];
+            let (lo, hi) = (e0.min(o0), e0.max(o0));
+            let (first, second) = buf.split_at_mut(hi);
+            let (even, odd) = if e0 < o0 {
+                (&mut first[lo + even_col..], &mut second[odd_col..])
+            } else {
+                (&mut second[even_col..], &mut first[lo + odd_col..])
+            };
+            let pairs = src.chunks_exact(2);
+            if let [last] = pairs.remainder() {
+                even[w / 2] = *last;
+            }
+            for ((e, o), p) in even.iter_mut().zip(odd.iter_mut()).zip(pairs) {
+                *e = p[0];
+                *o = p[1];
             }
         }
     }
