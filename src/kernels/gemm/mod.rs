@@ -798,7 +798,17 @@ pub(crate) unsafe fn drive(u: &Ukr, t: &Tile, b: &BSrc, scratch: &mut [f32]) {
                         }
                     }
                     Chunk::Wide => {
+                        // The next panel's prefetch is spread over all slivers, each
+                        // taking a contiguous share at an even rate: issued all in the
+                        // first sliver, the hints outran memory and stalled its loads.
+                        let ns = h.div_ceil(u.mr).max(1);
+                        let share = pf.1.div_ceil(ns);
                         for (si, (s0, mr)) in slivers(h, u.mr).enumerate() {
+                            let pf = if pf.0.is_null() {
+                                NO_PF
+                            } else {
+                                (pf.0.wrapping_add(si * share * kcur), share)
+                            };
                             let kern = if nv == nr {
                                 u.full[mr]
                             } else if nv <= u.narrow_max {
@@ -806,16 +816,7 @@ pub(crate) unsafe fn drive(u: &Ukr, t: &Tile, b: &BSrc, scratch: &mut [f32]) {
                             } else {
                                 u.tail[mr]
                             };
-                            call(
-                                kern,
-                                p0 + s0,
-                                mr,
-                                ap.add(s0),
-                                h,
-                                j,
-                                nv,
-                                if si == 0 { pf } else { NO_PF },
-                            );
+                            call(kern, p0 + s0, mr, ap.add(s0), h, j, nv, pf);
                         }
                     }
                 }
