@@ -40,87 +40,162 @@ const CASES: [Case; 5] = [
 fn block_kernel_equals_the_layers_bit_for_bit() {
     let mut seed = 11u64;
     for (cin, cexp, cout, h, w, k, s, pads) in CASES {
-        let oh = out_len(h, k, s, pads[0], pads[2]);
-        let ow = out_len(w, k, s, pads[1], pads[3]);
         let e = conv(cin, cexp, 1, 1, [0; 4], 1, RELU6);
         let d = conv(cexp, cexp, k, s, pads, cexp, RELU6);
-        let p = conv(cexp, cout, 1, 1, [0; 4], 1, Activation::Identity);
-        let x = common::rand_vec(&mut seed, 2 * cin * h * w, -2.0, 2.0);
-        let res = common::rand_vec(&mut seed, 2 * cout * oh * ow, -1.0, 1.0);
-        let ew = common::rand_vec(&mut seed, cexp * cin, -0.5, 0.5);
-        let dw = common::rand_vec(&mut seed, cexp * k * k, -0.5, 0.5);
-        let pw = common::rand_vec(&mut seed, cout * cexp, -0.5, 0.5);
-        let eb = common::rand_vec(&mut seed, cexp, -0.2, 0.2);
-        let db = common::rand_vec(&mut seed, cexp, -0.2, 0.2);
-        let pb = common::rand_vec(&mut seed, cout, -0.2, 0.2);
-        for isa in Isa::supported() {
-            let ek = ConvKernel::new(isa, &e, [cin, h, w], [cexp, h, w]);
-            let dk = DepthwiseKernel::new(isa, &d, [cexp, h, w], [cexp, oh, ow]).unwrap();
-            let pk = ConvKernel::new(isa, &p, [cexp, oh, ow], [cout, oh, ow]);
-            let mut ep = vec![0.0; ek.packed_weight_len()];
-            ek.pack_weights(&ew, &mut ep);
-            let mut pp = vec![0.0; pk.packed_weight_len()];
-            pk.pack_weights(&pw, &mut pp);
-            // The layers one by one, sample by sample.
-            let mut want = vec![0.0; 2 * cout * oh * ow];
-            let mut scratch = vec![0.0; ek.scratch_len().max(pk.scratch_len())];
-            for n in 0..2 {
-                let mut mid = vec![0.0; cexp * h * w];
-                let mut mid2 = vec![0.0; cexp * oh * ow];
-                let xs = &x[n * cin * h * w..(n + 1) * cin * h * w];
-                let o = n * cout * oh * ow..(n + 1) * cout * oh * ow;
-                ek.run(&ep, Some(&eb), xs, None, &mut mid, &mut scratch);
-                dk.run(&dw, Some(&db), &mid, None, &mut mid2);
-                pk.run(
-                    &pp,
-                    Some(&pb),
-                    &mid2,
-                    Some(&res[o.clone()]),
-                    &mut want[o],
-                    &mut scratch,
+        let fused = check_block(&mut seed, cin, cout, h, w, &e, &d);
+        assert_eq!(
+            fused,
+            Isa::supported().len(),
+            "every tier fuses a 1x1 expansion"
+        );
+    }
+}
+
+/// A strided 3×3 (or 5×5) expansion, as a network's stem before its first depthwise
+/// layer: run as im2col band by band, the same bits as the layers one by one.
+/// `(cin, cexp, cout, h, w, expansion kernel, stride, pads, depthwise stride)`.
+#[test]
+fn block_kernel_with_a_stem_expansion_equals_the_layers_bit_for_bit() {
+    type StemCase = (
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        [usize; 4],
+        usize,
+    );
+    const STEM_CASES: [StemCase; 4] = [
+        (3, 32, 16, 29, 31, 3, 2, [1; 4], 1),
+        (3, 20, 8, 24, 20, 3, 2, [0, 1, 1, 0], 2),
+        (8, 12, 6, 17, 13, 5, 1, [2; 4], 1),
+        (6, 18, 5, 20, 26, 3, 1, [1, 0, 0, 1], 2),
+    ];
+    let mut seed = 23u64;
+    let mut fused = 0;
+    for (cin, cexp, cout, h, w, k, s, pads, ds) in STEM_CASES {
+        let e = conv(cin, cexp, k, s, pads, 1, RELU6);
+        let d = conv(cexp, cexp, 3, ds, [1; 4], cexp, RELU6);
+        fused += check_block(&mut seed, cin, cout, h, w, &e, &d);
+    }
+    // The tiers that plan these layers as im2col_gemm fuse them (the scalar one always).
+    assert!(fused >= STEM_CASES.len(), "only {fused} stem blocks fused");
+}
+
+/// Runs expansion `e` → depthwise `d` → a 1×1 projection to `cout` channels on 2 samples
+/// of `[cin, h, w]`, layer by layer and as a [`BlockKernel`] with several band sizes and
+/// worker counts, on every tier, and requires the same bits. Returns on how many tiers
+/// the block was fused (a tier that does not run `e` as im2col must refuse it).
+fn check_block(
+    seed: &mut u64,
+    cin: usize,
+    cout: usize,
+    h: usize,
+    w: usize,
+    e: &Conv,
+    d: &Conv,
+) -> usize {
+    let cexp = e.out_channels;
+    let eh = out_len(h, e.kernel[0], e.stride[0], e.pads[0], e.pads[2]);
+    let ew = out_len(w, e.kernel[1], e.stride[1], e.pads[1], e.pads[3]);
+    let (k, s) = (d.kernel[0], d.stride[0]);
+    let oh = out_len(eh, k, s, d.pads[0], d.pads[2]);
+    let ow = out_len(ew, k, s, d.pads[1], d.pads[3]);
+    let p = conv(cexp, cout, 1, 1, [0; 4], 1, Activation::Identity);
+    let ek_len = cexp * cin * e.kernel[0] * e.kernel[1];
+    let x = common::rand_vec(seed, 2 * cin * h * w, -2.0, 2.0);
+    let res = common::rand_vec(seed, 2 * cout * oh * ow, -1.0, 1.0);
+    let ew_plain = common::rand_vec(seed, ek_len, -0.5, 0.5);
+    let dw = common::rand_vec(seed, cexp * k * k, -0.5, 0.5);
+    let pw = common::rand_vec(seed, cout * cexp, -0.5, 0.5);
+    let eb = common::rand_vec(seed, cexp, -0.2, 0.2);
+    let db = common::rand_vec(seed, cexp, -0.2, 0.2);
+    let pb = common::rand_vec(seed, cout, -0.2, 0.2);
+    let mut fused = 0;
+    for isa in Isa::supported() {
+        let ek = ConvKernel::new(isa, e, [cin, h, w], [cexp, eh, ew]);
+        let plan = |threads: usize, band_bytes: usize| {
+            BlockKernel::new(
+                isa,
+                e,
+                d,
+                &p,
+                [cin, h, w],
+                [cout, oh, ow],
+                threads,
+                band_bytes,
+            )
+        };
+        if !ek.algorithm().starts_with("gemm1x1") && ek.algorithm() != "im2col_gemm" {
+            assert!(
+                plan(1, 64 << 20).is_none(),
+                "[{isa}] fused a {} expansion",
+                ek.algorithm()
+            );
+            continue;
+        }
+        let dk = DepthwiseKernel::new(isa, d, [cexp, eh, ew], [cexp, oh, ow]).unwrap();
+        let pk = ConvKernel::new(isa, &p, [cexp, oh, ow], [cout, oh, ow]);
+        let mut ep = vec![0.0; ek.packed_weight_len()];
+        ek.pack_weights(&ew_plain, &mut ep);
+        let mut pp = vec![0.0; pk.packed_weight_len()];
+        pk.pack_weights(&pw, &mut pp);
+        // The layers one by one, sample by sample.
+        let mut want = vec![0.0; 2 * cout * oh * ow];
+        let mut scratch = vec![0.0; ek.scratch_len().max(pk.scratch_len())];
+        for n in 0..2 {
+            let mut mid = vec![0.0; cexp * eh * ew];
+            let mut mid2 = vec![0.0; cexp * oh * ow];
+            let xs = &x[n * cin * h * w..(n + 1) * cin * h * w];
+            let o = n * cout * oh * ow..(n + 1) * cout * oh * ow;
+            ek.run(&ep, Some(&eb), xs, None, &mut mid, &mut scratch);
+            dk.run(&dw, Some(&db), &mid, None, &mut mid2);
+            pk.run(
+                &pp,
+                Some(&pb),
+                &mid2,
+                Some(&res[o.clone()]),
+                &mut want[o],
+                &mut scratch,
+            );
+        }
+        let weights = BlockWeights {
+            expand: &ep,
+            expand_bias: Some(&eb),
+            depthwise: &dw,
+            depthwise_bias: Some(&db),
+            project: &pp,
+            project_bias: Some(&pb),
+        };
+        // Bands of 1 row, of a few rows (halo rows carried over), and the whole map.
+        for band_bytes in [1, 4 * cexp * (6 * ew + 3 * ow), 64 << 20] {
+            for threads in [1usize, 2, 3] {
+                let block = plan(threads, band_bytes).expect("a fusable block");
+                let mut got = vec![f32::NAN; want.len()];
+                let mut scratch = vec![0.0; threads * block.scratch_len()];
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                pool.install(|| {
+                    block.run(threads, 2, &weights, &x, Some(&res), &mut got, &mut scratch)
+                });
+                assert!(
+                    same_bits(&got, &want),
+                    "[{isa}] expansion {:?} s{:?} on {:?}, depthwise k{k} s{s}, band rows {}, \
+                     {threads} threads: fused differs",
+                    e.kernel,
+                    e.stride,
+                    [cin, h, w],
+                    block.band_rows()
                 );
             }
-            let weights = BlockWeights {
-                expand: &ep,
-                expand_bias: Some(&eb),
-                depthwise: &dw,
-                depthwise_bias: Some(&db),
-                project: &pp,
-                project_bias: Some(&pb),
-            };
-            // Bands of 1 row, of a few rows (halo rows carried over), and the whole map.
-            for band_bytes in [1, 4 * cexp * (6 * w + 3 * ow), 64 << 20] {
-                for threads in [1usize, 2, 3] {
-                    let block = BlockKernel::new(
-                        isa,
-                        &e,
-                        &d,
-                        &p,
-                        [cin, h, w],
-                        [cout, oh, ow],
-                        threads,
-                        band_bytes,
-                    )
-                    .expect("a fusable block");
-                    let mut got = vec![f32::NAN; want.len()];
-                    let mut scratch = vec![0.0; threads * block.scratch_len()];
-                    let pool = rayon::ThreadPoolBuilder::new()
-                        .num_threads(threads)
-                        .build()
-                        .unwrap();
-                    pool.install(|| {
-                        block.run(threads, 2, &weights, &x, Some(&res), &mut got, &mut scratch)
-                    });
-                    assert!(
-                        same_bits(&got, &want),
-                        "[{isa}] case {:?}, band rows {}, {threads} threads: fused differs",
-                        (cin, cexp, cout, h, w, k, s, pads),
-                        block.band_rows()
-                    );
-                }
-            }
         }
+        fused += 1;
     }
+    fused
 }
 
 #[test]
@@ -132,9 +207,9 @@ fn block_kernel_rejects_chains_it_cannot_run() {
         BlockKernel::new(Isa::Scalar, e, d, p, [8, 10, 10], out, 1, 1 << 20)
     };
     assert!(plan(&e, &d, &p, [8, 10, 10]).is_some());
-    // A 3×3 expansion, a grouped (not depthwise) middle layer, a strided projection,
+    // A grouped expansion, a grouped (not depthwise) middle layer, a strided projection,
     // a wrong output shape.
-    let e3 = conv(8, 48, 3, 1, [1; 4], 1, RELU6);
+    let e3 = conv(8, 48, 3, 1, [1; 4], 2, RELU6);
     assert!(plan(&e3, &d, &p, [8, 10, 10]).is_none());
     let g2 = conv(48, 48, 3, 1, [1; 4], 2, RELU6);
     assert!(plan(&e, &g2, &p, [8, 10, 10]).is_none());

@@ -47,7 +47,7 @@
 //! gives bit-identical results.
 
 mod direct;
-mod im2col;
+pub(crate) mod im2col;
 mod shared_b;
 
 use crate::graph::Conv;
