@@ -134,6 +134,8 @@ enum NodeKernel {
         depthwise_bias: Option<WeightId>,
         project: Packed,
         project_bias: Option<WeightId>,
+        /// `owned` index of the weights of the channels-last band path, if it runs.
+        channels_last: Option<usize>,
     },
     /// Computed inside the [`NodeKernel::Block`] that follows it.
     InBlock,
@@ -291,20 +293,38 @@ fn band_bytes() -> usize {
         .map_or(fused::DEFAULT_BAND_BYTES, |kb| kb << 10)
 }
 
+/// `CNNRT_FUSE_CHANNELS_LAST` (`0` / `1`, for comparing the two): whether fused blocks
+/// take the channels-last band path where they can; unset, the tier's default.
+fn channels_last_choice() -> Option<bool> {
+    match std::env::var("CNNRT_FUSE_CHANNELS_LAST").ok()?.as_str() {
+        "0" => Some(false),
+        "1" => Some(true),
+        _ => None,
+    }
+}
+
 /// Turns every 1×1 conv → depthwise conv → 1×1 conv chain whose two intermediate values
-/// have no other reader into a [`NodeKernel::Block`]; returns the node ranges fused.
+/// have no other reader, and whose expanded tensor is at least
+/// [`fused::min_expanded_bytes`] (or `CNNRT_FUSE_MIN_KB` KiB, for tuning), into a
+/// [`NodeKernel::Block`]; returns the node ranges fused. Weights a block's kernel reads
+/// in another layout go to `owned`.
 fn fuse_blocks(
-    graph: &Graph,
+    model: &Model,
     kernels: &mut [NodeKernel],
+    owned: &mut Vec<Vec<f32>>,
     isa: Isa,
     threads: usize,
 ) -> Vec<std::ops::Range<usize>> {
+    let graph = model.graph();
     let consumers = graph.consumers();
     let private = |i: usize| {
         let v = graph.nodes[i].output;
         consumers[v] == [i + 1] && !graph.outputs.contains(&v)
     };
     let bytes = band_bytes();
+    let min_expanded_kb = std::env::var("CNNRT_FUSE_MIN_KB")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok());
     let mut blocks = Vec::new();
     let mut i = 0;
     while i + 2 < graph.nodes.len() {
@@ -334,9 +354,17 @@ fn fuse_blocks(
             }
             _ => None,
         };
-        let Some(kernel) =
-            chain.filter(|k| k.expanded_bytes() >= fused::min_expanded_bytes(threads))
-        else {
+        let chain = match (chain, channels_last_choice()) {
+            (Some(k), Some(on)) => k.clone().with_channels_last(on).or(Some(k)),
+            (chain, _) => chain,
+        };
+        let Some(kernel) = chain.filter(|k| {
+            k.expanded_bytes()
+                >= min_expanded_kb.map_or(
+                    fused::min_expanded_bytes(threads, k.is_channels_last()),
+                    |kb| kb << 10,
+                )
+        }) else {
             i += 1;
             continue;
         };
@@ -365,8 +393,27 @@ fn fuse_blocks(
         else {
             unreachable!("matched above");
         };
+        let packed = |p: Packed| match p {
+            Packed::InFile(w) => model.weight(w),
+            Packed::Owned(j) => owned[j].as_slice(),
+        };
+        let channels_last = kernel
+            .channels_last_weights(&BlockWeights {
+                expand: packed(ew),
+                expand_bias: None,
+                depthwise: model.weight(dw),
+                depthwise_bias: None,
+                project: packed(pw),
+                project_bias: None,
+                channels_last: None,
+            })
+            .map(|w| {
+                owned.push(w);
+                owned.len() - 1
+            });
         kernels[i + 2] = NodeKernel::Block {
             kernel: Box::new(kernel),
+            channels_last,
             first: i,
             expand: ew,
             expand_bias: eb,
@@ -486,7 +533,7 @@ impl Session {
         let mut owned = Vec::new();
         let mut kernels = plan_kernels(&model, isa, options.max_batch, slots, &mut owned)?;
         let blocks = if options.fuse_blocks {
-            fuse_blocks(graph, &mut kernels, isa, slots)
+            fuse_blocks(&model, &mut kernels, &mut owned, isa, slots)
         } else {
             Vec::new()
         };
@@ -656,6 +703,7 @@ impl Session {
                 depthwise_bias,
                 project,
                 project_bias,
+                channels_last,
             } = &self.kernels[i]
             {
                 let w = |b: &Option<WeightId>| b.map(|b| model.weight(b));
@@ -666,6 +714,7 @@ impl Session {
                     depthwise_bias: w(depthwise_bias),
                     project: packed(*project),
                     project_bias: w(project_bias),
+                    channels_last: channels_last.map(|j| self.owned[j].as_slice()),
                 };
                 let x = value(graph.nodes[*first].inputs[0]);
                 let r = node.inputs.get(1).map(|&v| value(v));

@@ -28,27 +28,44 @@ fn same_bits(a: &[f32], b: &[f32]) -> bool {
 /// padding, a 5×5 depthwise kernel.
 type Case = (usize, usize, usize, usize, usize, usize, usize, [usize; 4]);
 
-const CASES: [Case; 5] = [
+/// The channel counts that are multiples of 16 (and 8, 4) also run the channels-last
+/// band path on every tier (3×3 depthwise only): rows wider and narrower than two
+/// micro-kernel tiles, widths off the vector, no padding on one side.
+const CASES: [Case; 9] = [
     (8, 50, 8, 23, 19, 3, 1, [1; 4]),
     (6, 36, 10, 24, 21, 3, 2, [1; 4]),
     (5, 30, 7, 25, 17, 3, 2, [0, 1, 1, 1]),
     (4, 26, 4, 17, 33, 5, 1, [2; 4]),
     (7, 21, 9, 14, 12, 3, 1, [0, 0, 2, 1]),
+    (8, 48, 8, 23, 19, 3, 1, [1; 4]),
+    (6, 32, 10, 24, 29, 3, 2, [1; 4]),
+    (5, 64, 7, 9, 7, 3, 2, [0, 1, 1, 0]),
+    (3, 80, 9, 6, 13, 3, 1, [1, 0, 0, 1]),
 ];
 
 #[test]
 fn block_kernel_equals_the_layers_bit_for_bit() {
     let mut seed = 11u64;
+    let mut channels_last = 0;
     for (cin, cexp, cout, h, w, k, s, pads) in CASES {
         let e = conv(cin, cexp, 1, 1, [0; 4], 1, RELU6);
         let d = conv(cexp, cexp, k, s, pads, cexp, RELU6);
-        let fused = check_block(&mut seed, cin, cout, h, w, &e, &d);
+        let (fused, cl) = check_block(&mut seed, cin, cout, h, w, &e, &d);
         assert_eq!(
             fused,
             Isa::supported().len(),
             "every tier fuses a 1x1 expansion"
         );
+        if k == 3 && cexp % 16 == 0 {
+            assert_eq!(
+                cl,
+                Isa::supported().len(),
+                "every tier takes the channels-last path with {cexp} channels"
+            );
+        }
+        channels_last += cl;
     }
+    assert!(channels_last >= 4 * Isa::supported().len());
 }
 
 /// A strided 3×3 (or 5×5) expansion, as a network's stem before its first depthwise
@@ -67,27 +84,36 @@ fn block_kernel_with_a_stem_expansion_equals_the_layers_bit_for_bit() {
         [usize; 4],
         usize,
     );
-    const STEM_CASES: [StemCase; 4] = [
+    const STEM_CASES: [StemCase; 5] = [
         (3, 32, 16, 29, 31, 3, 2, [1; 4], 1),
         (3, 20, 8, 24, 20, 3, 2, [0, 1, 1, 0], 2),
         (8, 12, 6, 17, 13, 5, 1, [2; 4], 1),
         (6, 18, 5, 20, 26, 3, 1, [1, 0, 0, 1], 2),
+        (3, 48, 8, 27, 35, 3, 2, [0, 1, 1, 0], 2),
     ];
     let mut seed = 23u64;
-    let mut fused = 0;
+    let (mut fused, mut channels_last) = (0, 0);
     for (cin, cexp, cout, h, w, k, s, pads, ds) in STEM_CASES {
         let e = conv(cin, cexp, k, s, pads, 1, RELU6);
         let d = conv(cexp, cexp, 3, ds, [1; 4], cexp, RELU6);
-        fused += check_block(&mut seed, cin, cout, h, w, &e, &d);
+        let (f, cl) = check_block(&mut seed, cin, cout, h, w, &e, &d);
+        fused += f;
+        channels_last += cl;
     }
     // The tiers that plan these layers as im2col_gemm fuse them (the scalar one always).
     assert!(fused >= STEM_CASES.len(), "only {fused} stem blocks fused");
+    assert!(
+        channels_last >= 2,
+        "only {channels_last} stem blocks channels-last"
+    );
 }
 
 /// Runs expansion `e` → depthwise `d` → a 1×1 projection to `cout` channels on 2 samples
 /// of `[cin, h, w]`, layer by layer and as a [`BlockKernel`] with several band sizes and
-/// worker counts, on every tier, and requires the same bits. Returns on how many tiers
-/// the block was fused (a tier that does not run `e` as im2col must refuse it).
+/// worker counts, on every tier and on both band paths (planar, and channels-last where
+/// the block can take it), with and without biases, and requires the same bits. Returns
+/// on how many tiers the block was fused (a tier that does not run `e` as im2col must
+/// refuse it) and on how many it also ran channels-last.
 fn check_block(
     seed: &mut u64,
     cin: usize,
@@ -96,7 +122,7 @@ fn check_block(
     w: usize,
     e: &Conv,
     d: &Conv,
-) -> usize {
+) -> (usize, usize) {
     let cexp = e.out_channels;
     let eh = out_len(h, e.kernel[0], e.stride[0], e.pads[0], e.pads[2]);
     let ew = out_len(w, e.kernel[1], e.stride[1], e.pads[1], e.pads[3]);
@@ -113,7 +139,7 @@ fn check_block(
     let eb = common::rand_vec(seed, cexp, -0.2, 0.2);
     let db = common::rand_vec(seed, cexp, -0.2, 0.2);
     let pb = common::rand_vec(seed, cout, -0.2, 0.2);
-    let mut fused = 0;
+    let (mut fused, mut channels_last) = (0, 0);
     for isa in Isa::supported() {
         let ek = ConvKernel::new(isa, e, [cin, h, w], [cexp, eh, ew]);
         let plan = |threads: usize, band_bytes: usize| {
@@ -142,60 +168,85 @@ fn check_block(
         ek.pack_weights(&ew_plain, &mut ep);
         let mut pp = vec![0.0; pk.packed_weight_len()];
         pk.pack_weights(&pw, &mut pp);
-        // The layers one by one, sample by sample.
-        let mut want = vec![0.0; 2 * cout * oh * ow];
-        let mut scratch = vec![0.0; ek.scratch_len().max(pk.scratch_len())];
-        for n in 0..2 {
-            let mut mid = vec![0.0; cexp * eh * ew];
-            let mut mid2 = vec![0.0; cexp * oh * ow];
-            let xs = &x[n * cin * h * w..(n + 1) * cin * h * w];
-            let o = n * cout * oh * ow..(n + 1) * cout * oh * ow;
-            ek.run(&ep, Some(&eb), xs, None, &mut mid, &mut scratch);
-            dk.run(&dw, Some(&db), &mid, None, &mut mid2);
-            pk.run(
-                &pp,
-                Some(&pb),
-                &mid2,
-                Some(&res[o.clone()]),
-                &mut want[o],
-                &mut scratch,
-            );
-        }
-        let weights = BlockWeights {
-            expand: &ep,
-            expand_bias: Some(&eb),
-            depthwise: &dw,
-            depthwise_bias: Some(&db),
-            project: &pp,
-            project_bias: Some(&pb),
-        };
-        // Bands of 1 row, of a few rows (halo rows carried over), and the whole map.
-        for band_bytes in [1, 4 * cexp * (6 * ew + 3 * ow), 64 << 20] {
-            for threads in [1usize, 2, 3] {
-                let block = plan(threads, band_bytes).expect("a fusable block");
-                let mut got = vec![f32::NAN; want.len()];
-                let mut scratch = vec![0.0; threads * block.scratch_len()];
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .unwrap();
-                pool.install(|| {
-                    block.run(threads, 2, &weights, &x, Some(&res), &mut got, &mut scratch)
-                });
-                assert!(
-                    same_bits(&got, &want),
-                    "[{isa}] expansion {:?} s{:?} on {:?}, depthwise k{k} s{s}, band rows {}, \
-                     {threads} threads: fused differs",
-                    e.kernel,
-                    e.stride,
-                    [cin, h, w],
-                    block.band_rows()
+        let can_channels_last = plan(1, 64 << 20)
+            .and_then(|b| b.with_channels_last(true))
+            .is_some();
+        for biases in [true, false] {
+            let (eb, db, pb) = if biases {
+                (Some(&eb[..]), Some(&db[..]), Some(&pb[..]))
+            } else {
+                (None, None, None)
+            };
+            // The layers one by one, sample by sample.
+            let mut want = vec![0.0; 2 * cout * oh * ow];
+            let mut scratch = vec![0.0; ek.scratch_len().max(pk.scratch_len())];
+            for n in 0..2 {
+                let mut mid = vec![0.0; cexp * eh * ew];
+                let mut mid2 = vec![0.0; cexp * oh * ow];
+                let xs = &x[n * cin * h * w..(n + 1) * cin * h * w];
+                let o = n * cout * oh * ow..(n + 1) * cout * oh * ow;
+                ek.run(&ep, eb, xs, None, &mut mid, &mut scratch);
+                dk.run(&dw, db, &mid, None, &mut mid2);
+                pk.run(
+                    &pp,
+                    pb,
+                    &mid2,
+                    Some(&res[o.clone()]),
+                    &mut want[o],
+                    &mut scratch,
                 );
+            }
+            // Bands of 1 row, of a few rows (halo rows carried over), and the whole map.
+            for band_bytes in [1, 4 * cexp * (6 * ew + 3 * ow), 64 << 20] {
+                for threads in [1usize, 2, 3] {
+                    for layout_cl in [false, true] {
+                        let Some(block) = plan(threads, band_bytes)
+                            .expect("a fusable block")
+                            .with_channels_last(layout_cl)
+                        else {
+                            assert!(layout_cl && !can_channels_last);
+                            continue;
+                        };
+                        let mut weights = BlockWeights {
+                            expand: &ep,
+                            expand_bias: eb,
+                            depthwise: &dw,
+                            depthwise_bias: db,
+                            project: &pp,
+                            project_bias: pb,
+                            channels_last: None,
+                        };
+                        let clw = block.channels_last_weights(&weights);
+                        assert_eq!(clw.is_some(), layout_cl);
+                        weights.channels_last = clw.as_deref();
+                        let mut got = vec![f32::NAN; want.len()];
+                        // Scratch full of junk: neither path may rely on zeros in it.
+                        let mut scratch = vec![f32::NAN; threads * block.scratch_len()];
+                        let pool = rayon::ThreadPoolBuilder::new()
+                            .num_threads(threads)
+                            .build()
+                            .unwrap();
+                        pool.install(|| {
+                            block.run(threads, 2, &weights, &x, Some(&res), &mut got, &mut scratch)
+                        });
+                        assert!(
+                            same_bits(&got, &want),
+                            "[{isa}] expansion {:?} s{:?} on {:?}, depthwise k{k} s{s}, band \
+                             rows {}, {threads} threads, channels-last {layout_cl}, biases \
+                             {biases}: fused differs",
+                            e.kernel,
+                            e.stride,
+                            [cin, h, w],
+                            block.band_rows()
+                        );
+                    }
+                }
             }
         }
         fused += 1;
+        channels_last += usize::from(can_channels_last);
     }
-    fused
+    (fused, channels_last)
 }
 
 #[test]

@@ -41,6 +41,39 @@ struct Tap {
     ox_hi: usize,
 }
 
+impl<'a> Im2col<'a> {
+    /// The im2col matrix of `x` (`cig × h × w`) for a window of `kernel`, `stride` and
+    /// `dilation` (rows, columns) whose padding starts with `top_left`, and `ow` output
+    /// columns. `isa`: the tier whose panel width the GEMM uses.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        isa: Isa,
+        x: &'a [f32],
+        [h, w]: [usize; 2],
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        dilation: [usize; 2],
+        top_left: [usize; 2],
+        ow: usize,
+    ) -> Im2col<'a> {
+        Im2col {
+            isa,
+            x,
+            h,
+            w,
+            kh: kernel[0],
+            kw: kernel[1],
+            sh: stride[0],
+            sw: stride[1],
+            dh: dilation[0],
+            dw: dilation[1],
+            pt: top_left[0],
+            pl: top_left[1],
+            ow,
+        }
+    }
+}
+
 impl Im2col<'_> {
     fn tap(&self, k: usize) -> Tap {
         self.tap_at(

@@ -614,21 +614,16 @@ impl ConvKernel {
 
     /// The im2col matrix of one group's input `xg` as a B source.
     fn im2col<'a>(&self, xg: &'a [f32]) -> Im2col<'a> {
-        Im2col {
-            isa: self.isa,
-            x: xg,
-            h: self.h,
-            w: self.w,
-            kh: self.kernel[0],
-            kw: self.kernel[1],
-            sh: self.stride[0],
-            sw: self.stride[1],
-            dh: self.dilation[0],
-            dw: self.dilation[1],
-            pt: self.pads[0],
-            pl: self.pads[1],
-            ow: self.ow,
-        }
+        Im2col::new(
+            self.isa,
+            xg,
+            [self.h, self.w],
+            self.kernel,
+            self.stride,
+            self.dilation,
+            [self.pads[0], self.pads[1]],
+            self.ow,
+        )
     }
 
     /// Packs every B block of group 0 without multiplying (benchmarks the im2col alone).

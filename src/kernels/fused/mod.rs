@@ -24,13 +24,15 @@
 //! from the same micro-kernel with the same K blocks (1×1 layers) or the same taps in the
 //! same order (depthwise); only which rows are computed together changes.
 
+mod channels_last;
+
 use std::ops::Range;
 
 use crate::graph::{Activation, Conv};
 use crate::kernels::conv::im2col::Im2col;
 use crate::kernels::conv::ConvKernel;
 use crate::kernels::depthwise::DepthwiseKernel;
-use crate::kernels::gemm::{self, BMode, BSrc, PackB, PlainB, SharedOut, Tile};
+use crate::kernels::gemm::{self, BMode, BSrc, PackB, PlainB, SharedOut, Tile, ROW_SLACK};
 use crate::kernels::parallel;
 use crate::simd::Isa;
 
@@ -38,11 +40,15 @@ use crate::simd::Isa;
 /// of this machine's 1 MiB L2, the rest left to the weights and the packed B blocks.
 pub const DEFAULT_BAND_BYTES: usize = 512 << 10;
 
-/// Bytes of a sample's expanded tensor from which fusing pays on one thread: below about
-/// the L2 size the unfused layers find it in cache anyway, and the per-band overheads
-/// (smaller GEMM calls, halo rows through the depthwise padded copies) win. Measured on
-/// MobileNetV2 (AVX2, 1 thread, per-block profile): the 112×112 and 56×56 blocks 5–19%
-/// faster fused, the 14×14 and 7×7 blocks 0–10% slower.
+/// Bytes of a sample's expanded tensor from which fusing pays on one thread, on the
+/// planar band path: below about the L2 size the unfused layers find it in cache
+/// anyway, and the per-band overheads (smaller GEMM calls, halo rows through the
+/// depthwise padded copies) win. Measured on MobileNetV2 (AVX2, 1 thread, per-block
+/// profile): the 112×112 and 56×56 blocks 5–19% faster fused, the 14×14 and 7×7 blocks
+/// 0–10% slower. On the channels-last path a block fuses from
+/// [`MIN_EXPANDED_BYTES_THREADS`] on one thread too (MobileNetV2, AVX2, 1 thread,
+/// 4 interleaved rounds: 8.57–8.64 ms with 1 MiB, 8.50–8.60 with 500 KiB, 8.36–8.44
+/// with 256 KiB, the same fusing every block).
 pub const MIN_EXPANDED_BYTES: usize = 1 << 20;
 /// The same with several workers. Unfused, the depthwise layer splits by channels and
 /// the 1×1 layers around it by pixels, so each core reads about half of every expanded
@@ -52,9 +58,10 @@ pub const MIN_EXPANDED_BYTES: usize = 1 << 20;
 /// 256 KiB (the 14×14 ones too), 4.02–4.04 fusing every block (the 7×7 ones too).
 pub const MIN_EXPANDED_BYTES_THREADS: usize = 256 << 10;
 
-/// The expanded-tensor size from which a block is fused for `threads` workers.
-pub fn min_expanded_bytes(threads: usize) -> usize {
-    if threads > 1 {
+/// The expanded-tensor size from which a block is fused for `threads` workers, on the
+/// channels-last band path or the planar one.
+pub fn min_expanded_bytes(threads: usize, channels_last: bool) -> usize {
+    if threads > 1 || channels_last {
         MIN_EXPANDED_BYTES_THREADS
     } else {
         MIN_EXPANDED_BYTES
@@ -228,6 +235,9 @@ pub struct BlockWeights<'a> {
     /// Conv-gemm packed, `cout × cexp`.
     pub project: &'a [f32],
     pub project_bias: Option<&'a [f32]>,
+    /// [`BlockKernel::channels_last_weights`] of the weights above, for a kernel on
+    /// the channels-last path (`None` otherwise).
+    pub channels_last: Option<&'a [f32]>,
 }
 
 /// A planned expansion → depthwise → projection block for one input shape.
@@ -258,6 +268,12 @@ pub struct BlockKernel {
     exp_stride: usize,
     /// Output rows per band (the last may have fewer).
     band_rows: usize,
+    /// The channels-last band path ([`channels_last`]) and its depthwise geometry, where
+    /// the block can take it and it is chosen.
+    channels_last: Option<channels_last::Dw3>,
+    /// Whether the block can take the channels-last path: 3×3 depthwise with dilation 1
+    /// and stride ≤ 2, a clamp activation, channels a multiple of the vector.
+    channels_last_geometry: Option<channels_last::Dw3>,
 }
 
 impl BlockKernel {
@@ -397,6 +413,25 @@ impl BlockKernel {
             })
             .collect();
         let isa = gemm::ukr(isa).isa;
+        let geometry = (depthwise.kernel == [3, 3]
+            && depthwise.dilation == [1, 1]
+            && matches!(depthwise.stride, [1 | 2, 1 | 2])
+            && cexp.is_multiple_of(channels_last::lanes(isa)))
+            .then(|| channels_last::clamp_of(depthwise.activation))
+            .flatten()
+            .map(|(lo, hi)| channels_last::Dw3 {
+                eh,
+                ew,
+                ow,
+                cexp,
+                sh: depthwise.stride[0],
+                sw: depthwise.stride[1],
+                pt,
+                pl: depthwise.pads[1],
+                pr: depthwise.pads[3],
+                lo,
+                hi,
+            });
         Some(BlockKernel {
             isa,
             cin,
@@ -435,7 +470,44 @@ impl BlockKernel {
             runs,
             exp_stride,
             band_rows,
+            // Measured faster on AVX2 for MobileNetV2's blocks on maps 14 to 112 wide
+            // (0.86–0.92× the planar path's time), slower on the 7×7 ones (1.05×,
+            // whose rows are narrower than two tiles); the other tiers' planar path
+            // was not measured against it.
+            channels_last: geometry.filter(|_| isa == Isa::Avx2 && ew >= 2 * gemm::ukr(isa).mr),
+            channels_last_geometry: geometry,
         })
+    }
+
+    /// The same plan on the channels-last band path (`on`) or the planar one; `None` if
+    /// the block cannot take the channels-last path. The two give the same bits.
+    pub fn with_channels_last(mut self, on: bool) -> Option<Self> {
+        if on {
+            self.channels_last = Some(self.channels_last_geometry?);
+        } else {
+            self.channels_last = None;
+        }
+        Some(self)
+    }
+
+    /// Whether the block runs on the channels-last band path.
+    pub fn is_channels_last(&self) -> bool {
+        self.channels_last.is_some()
+    }
+
+    /// The weights the channels-last path reads besides `weights` (the expansion and
+    /// the depthwise taps transposed, channels fastest), made once per session; `None`
+    /// on the planar path.
+    pub fn channels_last_weights(&self, weights: &BlockWeights) -> Option<Vec<f32>> {
+        self.channels_last?;
+        Some(channels_last::channels_last_weights(
+            self.isa,
+            self.expand.k,
+            self.cexp,
+            self.depthwise_taps(),
+            weights.expand,
+            weights.depthwise,
+        ))
     }
 
     /// Bytes of one sample's expanded tensor (what fusing keeps out of the arena).
@@ -463,12 +535,35 @@ impl BlockKernel {
 
     /// f32 elements of scratch one worker needs.
     pub fn scratch_len(&self) -> usize {
-        self.cexp * self.exp_stride
+        self.expanded_len()
             + self.cexp * self.band_rows * self.ow
             + self
                 .expand
                 .scratch_len(self.isa)
                 .max(self.project.scratch_len(self.isa))
+                .max(self.im2col_rows_len())
+    }
+
+    /// Floats of the expanded rows' buffer: planar, `cexp` planes of `exp_stride`;
+    /// channels-last, the rows with their zero columns and the slack after them.
+    fn expanded_len(&self) -> usize {
+        match &self.channels_last {
+            None => self.cexp * self.exp_stride,
+            Some(g) => {
+                let rows = self.exp_stride / self.ew;
+                let slack = channels_last::Dw3::slack_pixels(channels_last::lanes(self.isa));
+                (rows * g.row_pixels() + slack) * self.cexp
+            }
+        }
+    }
+
+    /// Floats of the im2col rows of a channels-last stem expansion (its GEMM's A).
+    fn im2col_rows_len(&self) -> usize {
+        if self.channels_last.is_some() && self.expand_im2col.is_some() {
+            self.expand.k * (self.exp_stride + ROW_SLACK)
+        } else {
+            0
+        }
     }
 
     /// Runs `n` samples (`x`: `n × [cin, h, w]`; `residual`, `out`: `n × [cout, oh, ow]`)
@@ -507,6 +602,16 @@ impl BlockKernel {
             self.cexp * taps,
             "block: depthwise weights"
         );
+        if self.channels_last.is_some() {
+            assert_eq!(
+                weights.channels_last.map(<[f32]>::len),
+                Some(
+                    channels_last::expand_weights_len(self.isa, self.expand.k, self.cexp)
+                        + taps * self.cexp
+                ),
+                "block: channels-last weights"
+            );
+        }
         for (b, len) in [
             (weights.expand_bias, self.cexp),
             (weights.depthwise_bias, self.cexp),
@@ -560,14 +665,15 @@ impl BlockKernel {
         scratch: &mut [f32],
         bands: Range<usize>,
     ) {
-        let (w, ow) = (self.ew, self.ow);
+        let (w, ow, cexp) = (self.ew, self.ow, self.cexp);
         let stride = self.exp_stride;
-        let (expanded, rest) = scratch.split_at_mut(self.cexp * stride);
-        let (dw_out, pack) = rest.split_at_mut(self.cexp * self.band_rows * ow);
+        let (expanded, rest) = scratch.split_at_mut(self.expanded_len());
+        let (dw_out, pack) = rest.split_at_mut(cexp * self.band_rows * ow);
         let mut held: Range<usize> = 0..0;
         for band in &self.bands[bands] {
             let rows = band.in_rows.clone();
-            // Rows the previous band expanded that this one needs again.
+            // Rows the previous band expanded that this one needs again, moved to the
+            // front of the buffer.
             let keep = if held.start <= rows.start && rows.start < held.end {
                 held.end - rows.start
             } else {
@@ -575,76 +681,67 @@ impl BlockKernel {
             };
             let from = (rows.start - held.start.min(rows.start)) * w;
             if keep > 0 && from > 0 {
-                for c in 0..self.cexp {
-                    let base = c * stride;
-                    expanded.copy_within(base + from..base + from + keep * w, base);
-                }
-            }
-            let first_new = rows.start + keep;
-            if first_new < rows.end {
-                let n = (rows.end - first_new) * w;
-                let c = expanded.as_mut_ptr().add(keep * w);
-                match &self.expand_im2col {
-                    // SAFETY: B is the input's channels (stride h·w, the expanded
-                    // plane's for a 1×1 expansion) from row `first_new`, `n` columns
-                    // inside each plane; C is the buffer's channels (stride `stride` ≥
-                    // rows.len()·w) from row `keep`, `n` columns inside each.
-                    None => self.expand.run(
-                        self.isa,
-                        weights.expand,
-                        weights.expand_bias,
-                        &x[first_new * w..],
-                        self.h * self.w,
-                        n,
-                        c,
-                        stride,
-                        std::ptr::null(),
-                        pack,
-                    ),
-                    Some(e) => {
-                        let packer = Im2col {
-                            isa: self.isa,
-                            x,
-                            h: self.h,
-                            w: self.w,
-                            kh: e.kernel[0],
-                            kw: e.kernel[1],
-                            sh: e.stride[0],
-                            sw: e.stride[1],
-                            dh: e.dilation[0],
-                            dw: e.dilation[1],
-                            pt: e.pads[0],
-                            pl: e.pads[1],
-                            ow: w,
-                        };
-                        // SAFETY: the packer's columns first_new·w .. rows.end·w are
-                        // expanded pixels (rows < eh); C as above.
-                        self.expand.run_packer(
-                            self.isa,
-                            weights.expand,
-                            weights.expand_bias,
-                            &packer,
-                            first_new * w,
-                            n,
-                            c,
-                            stride,
-                            pack,
-                        );
+                if let Some(g) = &self.channels_last {
+                    let row = g.row_pixels() * cexp;
+                    let from = from / w * row;
+                    expanded.copy_within(from..from + keep * row, 0);
+                } else {
+                    for c in 0..cexp {
+                        let base = c * stride;
+                        expanded.copy_within(base + from..base + from + keep * w, base);
                     }
                 }
             }
+            if rows.start + keep < rows.end {
+                // SAFETY: the new rows go after the kept ones, inside the buffer (sized
+                // for the tallest band); `x` is the whole input (checked by `run`).
+                unsafe {
+                    self.expand_rows(
+                        weights,
+                        x,
+                        expanded,
+                        keep,
+                        rows.start + keep..rows.end,
+                        pack,
+                    )
+                };
+            }
             held = rows;
             let n_out = band.out_rows.len() * ow;
-            let dw = &mut dw_out[..self.cexp * n_out];
-            self.depthwise[band.kernel].run_strided(
-                0..self.cexp,
-                weights.depthwise,
-                weights.depthwise_bias,
-                expanded,
-                stride,
-                None,
-                dw,
-            );
+            let dw = &mut dw_out[..cexp * n_out];
+            match (&self.channels_last, weights.channels_last) {
+                (Some(g), Some(clw)) => {
+                    let taps =
+                        &clw[channels_last::expand_weights_len(self.isa, self.expand.k, cexp)..];
+                    // SAFETY: `held` holds every map row the band's windows reach inside
+                    // the map (`Band::in_rows`), channels-last from the buffer's start;
+                    // `taps` has 9·cexp weights (checked by `run`), the bias cexp; `dw`
+                    // is cexp rows of n_out; cexp is a multiple of the vector (`new`).
+                    unsafe {
+                        channels_last::depthwise3x3(
+                            self.isa,
+                            g,
+                            expanded.as_ptr(),
+                            held.clone(),
+                            taps.as_ptr(),
+                            weights
+                                .depthwise_bias
+                                .map_or(std::ptr::null(), |b| b.as_ptr()),
+                            band.out_rows.clone(),
+                            dw.as_mut_ptr(),
+                        )
+                    }
+                }
+                _ => self.depthwise[band.kernel].run_strided(
+                    0..cexp,
+                    weights.depthwise,
+                    weights.depthwise_bias,
+                    expanded,
+                    stride,
+                    None,
+                    dw,
+                ),
+            }
             let o0 = band.out_rows.start * ow;
             let plane = self.oh * ow;
             // SAFETY: B is the band's depthwise output (`cexp` rows of `n_out`); C and
@@ -662,6 +759,122 @@ impl BlockKernel {
                 residual.map_or(std::ptr::null(), |r| r.as_ptr().add(o0)),
                 pack,
             );
+        }
+    }
+
+    /// Expands map rows `rows` into the band buffer after its first `keep` rows: planar
+    /// (channel `c`'s row `i` at `c·exp_stride + i·ew`) or channels-last (pixel `p` of
+    /// the buffer at `p·cexp`).
+    ///
+    /// Safety: `rows.end <= eh`, `keep + rows.len()` rows fit the buffer; `x` is the
+    /// sample's whole input; `pack` holds the larger of the GEMMs' scratch and
+    /// [`Self::im2col_rows_len`].
+    unsafe fn expand_rows(
+        &self,
+        weights: &BlockWeights,
+        x: &[f32],
+        expanded: &mut [f32],
+        keep: usize,
+        rows: Range<usize>,
+        pack: &mut [f32],
+    ) {
+        let (w, cexp) = (self.ew, self.cexp);
+        let (p0, n) = (rows.start * w, rows.len() * w);
+        let bias = weights.expand_bias;
+        let packer = self.expand_im2col.as_ref().map(|e| {
+            Im2col::new(
+                self.isa,
+                x,
+                [self.h, self.w],
+                e.kernel,
+                e.stride,
+                e.dilation,
+                [e.pads[0], e.pads[1]],
+                w,
+            )
+        });
+        match (&self.channels_last, weights.channels_last, &packer) {
+            (Some(g), Some(clw), packer) => {
+                let k = self.expand.k;
+                let bias = bias.map_or(std::ptr::null(), |b| b.as_ptr());
+                // A: the input's planes in place (a 1×1 expansion's pixels are the
+                // map's), or the im2col rows of these map rows.
+                let (a, lda) = match packer {
+                    None => (x[p0..].as_ptr(), self.h * self.w),
+                    Some(packer) => {
+                        let lda = n + ROW_SLACK;
+                        for (kk, row) in pack.chunks_exact_mut(lda).take(k).enumerate() {
+                            packer.row(kk, p0, n, row);
+                        }
+                        (pack.as_ptr(), lda)
+                    }
+                };
+                // Row by row (tiles of whole rows: the buffer's rows have zero columns
+                // between them), each written in place.
+                let row = g.row_pixels() * cexp;
+                for i in 0..rows.len() {
+                    let r0 = (keep + i) * row;
+                    let (lead, rest) = expanded[r0..r0 + row].split_at_mut(g.pl * cexp);
+                    let (data, trail) = rest.split_at_mut(w * cexp);
+                    lead.fill(0.0);
+                    trail.fill(0.0);
+                    // SAFETY: A has k rows of n pixels at stride lda (the input's planes
+                    // from pixel p0 < h·w, or the rows just made), this row's from pixel
+                    // i·w; Wᵀ holds `expand_weights_len` (checked by `run`); C is the
+                    // row's w pixels between its zero columns.
+                    unsafe {
+                        channels_last::expand(
+                            self.isa,
+                            k,
+                            w,
+                            a.add(i * w),
+                            lda,
+                            clw.as_ptr(),
+                            bias,
+                            self.expand.activation,
+                            data.as_mut_ptr(),
+                            cexp,
+                        )
+                    };
+                }
+            }
+            (_, _, None) => {
+                // SAFETY: B is the input's channels (stride h·w, the expanded plane's
+                // for a 1×1 expansion) from pixel p0, `n` columns inside each plane; C
+                // is the buffer's channels (stride `exp_stride` ≥ (keep + rows)·w) from
+                // row `keep`, `n` columns inside each.
+                unsafe {
+                    self.expand.run(
+                        self.isa,
+                        weights.expand,
+                        bias,
+                        &x[p0..],
+                        self.h * self.w,
+                        n,
+                        expanded.as_mut_ptr().add(keep * w),
+                        self.exp_stride,
+                        std::ptr::null(),
+                        pack,
+                    )
+                }
+            }
+            (_, _, Some(packer)) => {
+                // SAFETY: the packer's columns p0 .. p0 + n are expanded pixels (rows
+                // < eh); C as above.
+                unsafe {
+                    self.expand.run_packer(
+                        self.isa,
+                        weights.expand,
+                        bias,
+                        packer,
+                        p0,
+                        n,
+                        expanded.as_mut_ptr().add(keep * w),
+                        self.exp_stride,
+                        pack,
+                    )
+                }
+            }
         }
     }
 }

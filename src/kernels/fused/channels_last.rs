@@ -1,0 +1,348 @@
+//! The channels-last band path of a fused block: the expansion writes its band rows as
+//! `[row][column][channel]`, and the 3×3 depthwise kernel reads them one vector of
+//! channels per pixel and tap, writing its output back as planar rows (what the
+//! projection's GEMM reads) through one `LANES × LANES` transpose per group of pixels.
+//!
+//! Why: in planar rows a depthwise tap is a vector of pixels, so rows of 7–112 pixels
+//! cost partial vectors, padded row copies and a per-row setup on every channel plane
+//! (dw layers at 11–30 GFLOP/s on this project's AVX2 machines, against 96 of FMA peak).
+//! Channels-last, every tap is a whole vector whatever the width, `LANES` neighbouring
+//! output pixels are independent FMA chains that share their input loads, and no
+//! padded copy is made: taps in the padding read a zero vector.
+//!
+//! The expansion swaps the GEMM's roles: the micro-kernel's rows are pixels, read in
+//! place from the planar input (`a + k·lda + i` with `lda` the plane), and its vector
+//! columns are output channels, from the expansion weights transposed to `k × cexp`
+//! (made once per session by [`channels_last_weights`]); the bias is a column bias.
+//!
+//! Bit-identical to the planar path: every expanded element is the same chain of FMAs
+//! over k, then the bias, then the activation (the same micro-kernel, only its tiles
+//! cover other elements); every depthwise output is the bias, then the nine taps in
+//! order with padded taps contributing `0·w`, then the clamp, as in
+//! `depthwise::plane_padded`.
+
+use std::ops::Range;
+use std::ptr::null;
+
+use crate::graph::Activation;
+use crate::kernels::elementwise::{dispatch, Simd};
+use crate::kernels::gemm::{self, Store, MR_PACK};
+use crate::simd::Isa;
+
+/// Bytes of the expansion's outputs done channel tile by channel tile (8 to 64 KiB
+/// measured the same on MobileNetV2's blocks, AVX2).
+const PIXEL_BLOCK_BYTES: usize = 24 << 10;
+
+/// The depthwise geometry on the whole expanded map (3×3, dilation 1).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Dw3 {
+    pub eh: usize,
+    pub ew: usize,
+    pub ow: usize,
+    pub cexp: usize,
+    pub sh: usize,
+    pub sw: usize,
+    pub pt: usize,
+    /// Zero columns before and after each row of the buffer: the window's padding.
+    pub pl: usize,
+    pub pr: usize,
+    /// The activation as a clamp (Identity, ReLU and Clip only).
+    pub lo: f32,
+    pub hi: f32,
+}
+
+impl Dw3 {
+    /// Pixels per buffer row: the map's row between its zero columns.
+    pub fn row_pixels(&self) -> usize {
+        self.pl + self.ew + self.pr
+    }
+
+    /// Pixels the buffer holds past its last row: a group of outputs past the row's end
+    /// (whose lanes are not stored) still reads whole vectors.
+    pub fn slack_pixels(lanes: usize) -> usize {
+        2 * lanes + 3
+    }
+}
+
+/// The clamp bounds of `act`, if it is one (the depthwise activations this path takes).
+pub(super) fn clamp_of(act: Activation) -> Option<(f32, f32)> {
+    match act {
+        Activation::Identity => Some((f32::NEG_INFINITY, f32::INFINITY)),
+        Activation::Relu => Some((0.0, f32::INFINITY)),
+        Activation::Clip { min, max } => Some((min, max)),
+        _ => None,
+    }
+}
+
+/// f32 lanes of `isa`'s vectors (the channel granule of this path).
+pub(super) fn lanes(isa: Isa) -> usize {
+    match crate::kernels::elementwise::clamp_isa(isa) {
+        Isa::Avx512 => 16,
+        Isa::Avx2 => 8,
+        Isa::Scalar => 4,
+    }
+}
+
+/// Floats of the transposed expansion weights for `isa`: `k × cexp` in panels of the
+/// micro-kernel's `nr` channels (the last one padded with zeros).
+pub(super) fn expand_weights_len(isa: Isa, k: usize, cexp: usize) -> usize {
+    let nr = gemm::ukr(isa).nr;
+    cexp.div_ceil(nr) * nr * k
+}
+
+/// The weights this path reads, from the block's: the expansion transposed (from its
+/// conv-gemm packed layout, see `gemm`) into panels of `nr` channels, K-major inside —
+/// channel `c` of step `kk` at `(c / nr)·nr·k + kk·nr + c % nr`, so that a tile's
+/// weights are contiguous —, then the depthwise taps transposed to `taps × cexp`.
+pub(super) fn channels_last_weights(
+    isa: Isa,
+    k: usize,
+    cexp: usize,
+    taps: usize,
+    expand_packed: &[f32],
+    depthwise: &[f32],
+) -> Vec<f32> {
+    assert_eq!(expand_packed.len(), k * cexp, "block: expand weights");
+    assert_eq!(depthwise.len(), taps * cexp, "block: depthwise weights");
+    let nr = gemm::ukr(isa).nr;
+    let elen = expand_weights_len(isa, k, cexp);
+    let mut out = vec![0.0; elen + taps * cexp];
+    let (et, dt) = out.split_at_mut(elen);
+    for c in 0..cexp {
+        let (p, i) = (c / MR_PACK, c % MR_PACK);
+        let h = MR_PACK.min(cexp - p * MR_PACK);
+        let (t, j) = (c / nr, c % nr);
+        for kk in 0..k {
+            et[t * nr * k + kk * nr + j] = expand_packed[p * MR_PACK * k + kk * h + i];
+        }
+        for tap in 0..taps {
+            dt[tap * cexp + c] = depthwise[c * taps + tap];
+        }
+    }
+    out
+}
+
+/// `C[n × cexp] = act(Aᵀ · Wᵀ + bias)`, channels-last: pixel `p`'s channels at
+/// `c + p·cexp`, from `A` = `k` rows of `n` pixels (row `kk` at `a + kk·lda`) and
+/// `wt` the transposed weights in panels ([`channels_last_weights`]).
+///
+/// # Safety
+/// `a + kk·lda + p` readable for `kk < k`, `p < n`; `wt` holds
+/// [`expand_weights_len`], `bias` (unless null) `cexp`; `c` writable for `n·cexp`
+/// floats, written by no one else meanwhile.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn expand(
+    isa: Isa,
+    k: usize,
+    n: usize,
+    a: *const f32,
+    lda: usize,
+    wt: *const f32,
+    bias: *const f32,
+    act: Activation,
+    c: *mut f32,
+    cexp: usize,
+) {
+    let u = gemm::ukr(isa);
+    let (mr, nr) = (u.mr, u.nr);
+    let (nt, tail) = (cexp / nr, cexp % nr);
+    let st = Store {
+        load_c: false,
+        finish: true,
+        bias_row: null(),
+        bias_col: bias,
+        residual: null(),
+        act,
+        pf: null(),
+        pf_stride: 0,
+    };
+    // Blocks of pixels whose outputs (all channels) stay in L1, each done channel tile
+    // by channel tile: a tile's weights are read once per block, and the block's C
+    // lines are complete before it moves on.
+    let block = (PIXEL_BLOCK_BYTES / (4 * cexp)).max(mr);
+    for b0 in (0..n).step_by(block) {
+        let nb = block.min(n - b0);
+        // Tiles of nearly equal rows (14 pixels as 5 + 5 + 4, not 6 + 6 + 2): a tile
+        // of r rows has 2r independent FMA chains.
+        let tiles = nb.div_ceil(mr);
+        for t in 0..nt + usize::from(tail > 0) {
+            let (c0, nv) = (t * nr, nr.min(cexp - t * nr));
+            let s = Store {
+                bias_col: if bias.is_null() {
+                    bias
+                } else {
+                    bias.wrapping_add(c0)
+                },
+                ..st
+            };
+            let kernels = if nv == nr { &u.full } else { &u.tail };
+            let mut p0 = b0;
+            for i in 0..tiles {
+                let r = nb / tiles + usize::from(i < nb % tiles);
+                // SAFETY: rows p0..p0 + r of A (pixels) and of C; columns c0 .. c0 + nv
+                // (channels, below cexp) of the tile's weights (nr wide), the bias and C.
+                unsafe {
+                    kernels[r](
+                        k,
+                        a.add(p0),
+                        lda,
+                        wt.add(t * nr * k),
+                        nr,
+                        c.add(p0 * cexp + c0),
+                        cexp,
+                        nv,
+                        &s,
+                    )
+                };
+                p0 += r;
+            }
+        }
+    }
+}
+
+/// The 3×3 depthwise convolution of output rows `out_rows` from the channels-last rows
+/// `held` of the expanded map, written as planar rows: channel `ch`'s outputs at
+/// `out + ch·n_out`, `n_out = out_rows.len()·ow`. Map row `iy` is at
+/// `x + (iy − held.start)·row_pixels·cexp`: `pl` zero pixels, the row's `ew`, `pr` zero
+/// pixels.
+///
+/// # Safety
+/// `held` covers every input row inside the map that the output rows' windows reach, and
+/// `x` holds those rows with their zero columns, then `slack_pixels` readable pixels;
+/// `w` holds `9·cexp` (tap-major), `bias` (unless null) `cexp`; `out` is writable for
+/// `cexp·n_out` floats; `g.cexp` is a multiple of `lanes(isa)`.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn depthwise3x3(
+    isa: Isa,
+    g: &Dw3,
+    x: *const f32,
+    held: Range<usize>,
+    w: *const f32,
+    bias: *const f32,
+    out_rows: Range<usize>,
+    out: *mut f32,
+) {
+    dispatch!(isa, |s| {
+        // SAFETY: forwarded (same contract).
+        unsafe { rows(s, g, x, held.clone(), w, bias, out_rows.clone(), out) }
+    })
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn rows<S: Simd>(
+    s: S,
+    g: &Dw3,
+    x: *const f32,
+    held: Range<usize>,
+    w: *const f32,
+    bias: *const f32,
+    out_rows: Range<usize>,
+    out: *mut f32,
+) {
+    let l = S::LANES;
+    let (ow, cexp) = (g.ow, g.cexp);
+    debug_assert!(cexp.is_multiple_of(l));
+    let n_out = out_rows.len() * ow;
+    let row_len = g.row_pixels() * cexp;
+    let (lo, hi) = (s.splat(g.lo), s.splat(g.hi));
+    for (r, oy) in out_rows.enumerate() {
+        // Rows in the top / bottom padding: null, their taps add 0·w.
+        let mut src = [null::<f32>(); 3];
+        for (dy, sp) in src.iter_mut().enumerate() {
+            let iy = (oy * g.sh + dy) as isize - g.pt as isize;
+            if iy >= 0 && (iy as usize) < g.eh {
+                let iy = iy as usize;
+                debug_assert!(held.contains(&iy));
+                *sp = x.wrapping_add((iy - held.start) * row_len);
+            }
+        }
+        let mut ox0 = 0;
+        while ox0 < ow {
+            let n = l.min(ow - ox0);
+            // Buffer column of tap 0 of output ox0 (the zero columns included).
+            let col0 = ox0 * g.sw;
+            let o = out.wrapping_add(r * ow + ox0);
+            for c in (0..cexp).step_by(l) {
+                let b = if bias.is_null() {
+                    s.zero()
+                } else {
+                    // SAFETY: c + LANES <= cexp floats of bias.
+                    unsafe { s.load(bias.add(c)) }
+                };
+                // SAFETY: the group reads held rows (non-null `src`), buffer columns
+                // col0 .. col0 + (LANES − 1)·sw + 3, inside the row for the outputs
+                // below ow and in the next row or the slack past the last row for the
+                // others; channels c .. c + LANES.
+                let mut acc = unsafe {
+                    if g.sw == 1 {
+                        group::<S, 1>(s, &src, col0, cexp, c, w, b)
+                    } else {
+                        group::<S, 2>(s, &src, col0, cexp, c, w, b)
+                    }
+                };
+                for v in acc.iter_mut().take(l) {
+                    *v = s.min(hi, s.max(lo, *v));
+                }
+                s.transpose(&mut acc[..l]);
+                for (ch, v) in acc.iter().take(l).enumerate() {
+                    // SAFETY: channel c + ch < cexp, pixels r·ow + ox0 .. + n < n_out.
+                    unsafe {
+                        let p = o.add((c + ch) * n_out);
+                        if n == l {
+                            s.store(p, *v);
+                        } else {
+                            s.store_part(p, n, *v);
+                        }
+                    }
+                }
+            }
+            ox0 += l;
+        }
+    }
+}
+
+/// `LANES` outputs of one row for channels `c .. c + LANES`: lane `ch` of result `p` is
+/// output pixel `p` of the group, channel `c + ch` (before the clamp). `col0` is the
+/// buffer column of tap 0 of the first output; stride `SW` along the row; null rows are
+/// padding (every tap `0·w`).
+///
+/// # Safety
+/// Non-null `src` rows are readable from column `col0` to `col0 + (LANES − 1)·SW + 3`
+/// (`cexp` floats per column); `w` holds the 9 taps' `cexp` weights.
+#[inline(always)]
+unsafe fn group<S: Simd, const SW: usize>(
+    s: S,
+    src: &[*const f32; 3],
+    col0: usize,
+    cexp: usize,
+    c: usize,
+    w: *const f32,
+    bias: S::V,
+) -> [S::V; 16] {
+    let l = S::LANES;
+    let mut acc = [bias; 16];
+    // Tap by tap, each tap's weights once, then one FMA per output: each output's chain
+    // is the bias then taps 0..9 in order; the outputs' chains are independent.
+    for (dy, &row) in src.iter().enumerate() {
+        for dx in 0..3 {
+            // SAFETY: tap 3·dy + dx, channels c .. c + LANES of `w`.
+            let wv = unsafe { s.load(w.add((3 * dy + dx) * cexp + c)) };
+            if row.is_null() {
+                for a in acc.iter_mut().take(l) {
+                    *a = s.fmadd(s.zero(), wv, *a);
+                }
+                continue;
+            }
+            // Output p's input at column col0 + p·SW + dx: a pointer stepped by SW
+            // pixels (no multiply per load).
+            let mut q = row.wrapping_add((col0 + dx) * cexp + c);
+            for a in acc.iter_mut().take(l) {
+                // SAFETY: inside the row or its slack (the caller).
+                *a = s.fmadd(unsafe { s.load(q) }, wv, *a);
+                q = q.wrapping_add(SW * cexp);
+            }
+        }
+    }
+    acc
+}
