@@ -99,6 +99,16 @@ enum Packed {
     Owned(usize),
 }
 
+impl Packed {
+    /// The packed weights, from the model file or the session's `owned` ones.
+    fn weights<'a>(self, model: &'a Model, owned: &'a [Vec<f32>]) -> &'a [f32] {
+        match self {
+            Packed::InFile(w) => model.weight(w),
+            Packed::Owned(j) => owned[j].as_slice(),
+        }
+    }
+}
+
 /// How one node runs, chosen at plan time.
 #[derive(Debug)]
 enum NodeKernel {
@@ -393,10 +403,7 @@ fn fuse_blocks(
         else {
             unreachable!("matched above");
         };
-        let packed = |p: Packed| match p {
-            Packed::InFile(w) => model.weight(w),
-            Packed::Owned(j) => owned[j].as_slice(),
-        };
+        let packed = |p: Packed| p.weights(model, owned);
         let channels_last = kernel
             .channels_last_weights(&BlockWeights {
                 expand: packed(ew),
@@ -690,10 +697,7 @@ impl Session {
                     &right[off - right_base..off - right_base + len]
                 }
             };
-            let packed = |p: Packed| match p {
-                Packed::InFile(w) => model.weight(w),
-                Packed::Owned(j) => self.owned[j].as_slice(),
-            };
+            let packed = |p: Packed| p.weights(model, &self.owned);
             if let NodeKernel::Block {
                 kernel,
                 first,

@@ -417,21 +417,21 @@ impl BlockKernel {
             && depthwise.dilation == [1, 1]
             && matches!(depthwise.stride, [1 | 2, 1 | 2])
             && cexp.is_multiple_of(channels_last::lanes(isa)))
-            .then(|| channels_last::clamp_of(depthwise.activation))
-            .flatten()
-            .map(|(lo, hi)| channels_last::Dw3 {
-                eh,
-                ew,
-                ow,
-                cexp,
-                sh: depthwise.stride[0],
-                sw: depthwise.stride[1],
-                pt,
-                pl: depthwise.pads[1],
-                pr: depthwise.pads[3],
-                lo,
-                hi,
-            });
+        .then(|| channels_last::clamp_of(depthwise.activation))
+        .flatten()
+        .map(|(lo, hi)| channels_last::Dw3 {
+            eh,
+            ew,
+            ow,
+            cexp,
+            sh: depthwise.stride[0],
+            sw: depthwise.stride[1],
+            pt,
+            pl: depthwise.pads[1],
+            pr: depthwise.pads[3],
+            lo,
+            hi,
+        });
         Some(BlockKernel {
             isa,
             cin,
@@ -803,6 +803,7 @@ impl BlockKernel {
                     None => (x[p0..].as_ptr(), self.h * self.w),
                     Some(packer) => {
                         let lda = n + ROW_SLACK;
+                        assert!(pack.len() >= k * lda, "block: im2col rows");
                         for (kk, row) in pack.chunks_exact_mut(lda).take(k).enumerate() {
                             packer.row(kk, p0, n, row);
                         }
