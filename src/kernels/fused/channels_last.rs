@@ -12,8 +12,10 @@
 //!
 //! The expansion swaps the GEMM's roles: the micro-kernel's rows are pixels, read in
 //! place from the planar input (`a + k·lda + i` with `lda` the plane), and its vector
-//! columns are output channels, from the expansion weights transposed to `k × cexp`
-//! (made once per session by [`channels_last_weights`]); the bias is a column bias.
+//! columns are output channels, from the expansion weights transposed into panels of the
+//! micro-kernel's width (made once per session by [`channels_last_weights`]); the bias is
+//! a column bias. A tile stays within a row, since the buffer's rows have zero columns
+//! between them.
 //!
 //! Bit-identical to the planar path: every expanded element is the same chain of FMAs
 //! over k, then the bias, then the activation (the same micro-kernel, only its tiles

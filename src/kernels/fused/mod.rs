@@ -107,45 +107,6 @@ impl Pointwise {
         self
     }
 
-    /// As [`Pointwise::run`] with B produced by `packer` (columns `n0..n0 + n` of its
-    /// matrix), no residual.
-    ///
-    /// Safety: as `run`, with `packer` able to pack those columns.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn run_packer(
-        &self,
-        isa: Isa,
-        a: &[f32],
-        bias: Option<&[f32]>,
-        packer: &dyn PackB,
-        n0: usize,
-        n: usize,
-        c: *mut f32,
-        ldc: usize,
-        scratch: &mut [f32],
-    ) {
-        debug_assert!(a.len() == self.m * self.k && self.mode == BMode::Packed);
-        let u = gemm::ukr(isa);
-        for j in (0..n).step_by(self.nc) {
-            let t = Tile {
-                m: self.m,
-                n: self.nc.min(n - j),
-                k: self.k,
-                kc: self.kc,
-                nc: self.nc,
-                a: a.as_ptr(),
-                c: c.add(j),
-                ldc,
-                bias_row: bias.map_or(std::ptr::null(), |v| v.as_ptr()),
-                bias_col: std::ptr::null(),
-                residual: std::ptr::null(),
-                act: self.activation,
-                accumulate: false,
-            };
-            gemm::drive(u, &t, &BSrc::Pack { packer, n0: n0 + j }, scratch);
-        }
-    }
-
     fn scratch_len(&self, isa: Isa) -> usize {
         match self.mode {
             BMode::Direct => 0,
@@ -154,26 +115,31 @@ impl Pointwise {
     }
 
     /// Safety: `c` (and `residual` unless null) hold `m` rows of stride `ldc` with `n`
-    /// valid columns each, written by no one else meanwhile; `b` holds `k` rows of
-    /// stride `ldb` with `n` columns; `a` is `m·k` packed, `bias` `m` long; `scratch`
-    /// at least `scratch_len`.
+    /// valid columns each, written by no one else meanwhile; `b` has `k` rows of `n`
+    /// columns (a packer: it can pack them); `a` is `m·k` packed, `bias` `m` long;
+    /// `scratch` at least `scratch_len`.
     #[allow(clippy::too_many_arguments)]
     unsafe fn run(
         &self,
         isa: Isa,
         a: &[f32],
         bias: Option<&[f32]>,
-        b: &[f32],
-        ldb: usize,
+        b: PointwiseB,
         n: usize,
         c: *mut f32,
         ldc: usize,
         residual: *const f32,
         scratch: &mut [f32],
     ) {
-        debug_assert!(a.len() == self.m * self.k && b.len() >= (self.k - 1) * ldb + n);
+        debug_assert!(a.len() == self.m * self.k);
         let u = gemm::ukr(isa);
-        let plain = PlainB { b, ldb };
+        let plain = match b {
+            PointwiseB::Rows { b, ldb } => {
+                debug_assert!(b.len() >= (self.k - 1) * ldb + n);
+                Some(PlainB { b, ldb })
+            }
+            PointwiseB::Packer { .. } => None,
+        };
         for n0 in (0..n).step_by(self.nc) {
             let t = Tile {
                 m: self.m,
@@ -194,16 +160,30 @@ impl Pointwise {
                 act: self.activation,
                 accumulate: false,
             };
-            let src = match self.mode {
-                BMode::Direct => BSrc::Direct {
-                    ptr: b.as_ptr().add(n0),
-                    ldb,
+            let src = match (&plain, b, self.mode) {
+                (Some(p), _, BMode::Direct) => BSrc::Direct {
+                    ptr: p.b.as_ptr().add(n0),
+                    ldb: p.ldb,
                 },
-                BMode::Packed => BSrc::Pack { packer: &plain, n0 },
+                (Some(p), _, BMode::Packed) => BSrc::Pack { packer: p, n0 },
+                (None, PointwiseB::Packer { packer, n0: first }, _) => BSrc::Pack {
+                    packer,
+                    n0: first + n0,
+                },
+                (None, PointwiseB::Rows { .. }, _) => unreachable!("rows have a PlainB"),
             };
             gemm::drive(u, &t, &src, scratch);
         }
     }
+}
+
+/// Where a [`Pointwise`] GEMM's B comes from.
+#[derive(Clone, Copy)]
+enum PointwiseB<'a> {
+    /// `k` rows of stride `ldb`, read in place or packed as the plan says.
+    Rows { b: &'a [f32], ldb: usize },
+    /// Columns `n0..` of a packer's matrix, always packed.
+    Packer { packer: &'a dyn PackB, n0: usize },
 }
 
 /// `len` split into `parts` consecutive pieces `(start, len)` whose lengths differ by at
@@ -751,8 +731,7 @@ impl BlockKernel {
                 self.isa,
                 weights.project,
                 weights.project_bias,
-                dw,
-                n_out,
+                PointwiseB::Rows { b: dw, ldb: n_out },
                 n_out,
                 out.ptr().add(o0),
                 plane,
@@ -849,8 +828,10 @@ impl BlockKernel {
                         self.isa,
                         weights.expand,
                         bias,
-                        &x[p0..],
-                        self.h * self.w,
+                        PointwiseB::Rows {
+                            b: &x[p0..],
+                            ldb: self.h * self.w,
+                        },
                         n,
                         expanded.as_mut_ptr().add(keep * w),
                         self.exp_stride,
@@ -863,15 +844,15 @@ impl BlockKernel {
                 // SAFETY: the packer's columns p0 .. p0 + n are expanded pixels (rows
                 // < eh); C as above.
                 unsafe {
-                    self.expand.run_packer(
+                    self.expand.run(
                         self.isa,
                         weights.expand,
                         bias,
-                        packer,
-                        p0,
+                        PointwiseB::Packer { packer, n0: p0 },
                         n,
                         expanded.as_mut_ptr().add(keep * w),
                         self.exp_stride,
+                        std::ptr::null(),
                         pack,
                     )
                 }
