@@ -7,7 +7,7 @@
 //! than inside the model, where the previous layer just wrote them.
 
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cnnrt::graph::{Activation, Conv, Linear};
 use cnnrt::kernels::conv::ConvKernel;
@@ -17,64 +17,13 @@ use cnnrt::simd::Isa;
 
 const PEAK: f64 = 117.0;
 
-#[cfg(target_os = "linux")]
-fn thread_cpu_ns() -> u64 {
-    #[repr(C)]
-    struct Timespec {
-        tv_sec: i64,
-        tv_nsec: i64,
-    }
-    extern "C" {
-        fn clock_gettime(clk: i32, tp: *mut Timespec) -> i32;
-    }
-    let mut t = Timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec to a valid pointer.
-    let rc = unsafe { clock_gettime(3, &mut t) };
-    assert_eq!(rc, 0);
-    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
-}
-
-#[cfg(not(target_os = "linux"))]
-fn thread_cpu_ns() -> u64 {
-    use std::sync::OnceLock;
-    static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_nanos() as u64
-}
-
-fn values(len: usize, seed: u32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5
-        })
-        .collect()
-}
+#[path = "common/timing.rs"]
+mod timing;
+use timing::{thread_cpu_ns, values};
 
 /// Best time of one run in ns: many trials of about 0.5 ms each, for about 0.4 s.
 fn best(run: &mut dyn FnMut()) -> f64 {
-    run();
-    let t0 = thread_cpu_ns();
-    run();
-    let one = (thread_cpu_ns() - t0).max(1);
-    let reps = (500_000 / one).clamp(1, 10_000);
-    let start = Instant::now();
-    let mut best = f64::INFINITY;
-    let mut trials = 0;
-    while trials < 10 || (start.elapsed() < Duration::from_millis(400) && trials < 1000) {
-        let t = thread_cpu_ns();
-        for _ in 0..reps {
-            run();
-        }
-        best = best.min((thread_cpu_ns() - t) as f64 / reps as f64);
-        trials += 1;
-    }
-    best
+    timing::best(run, 500_000, Duration::from_millis(400))
 }
 
 struct Layer {
