@@ -8,8 +8,9 @@ use cnnrt::graph::{Activation, Conv};
 use cnnrt::kernels::conv::ConvKernel;
 use cnnrt::kernels::depthwise::DepthwiseKernel;
 use cnnrt::kernels::fused::{BlockKernel, BlockWeights};
-use cnnrt::kernels::reference::run_graph;
+use cnnrt::kernels::reference::{self, run_graph};
 use cnnrt::{Isa, SessionOptions, Threads};
+use proptest::prelude::*;
 
 const RELU6: Activation = Activation::Clip { min: 0.0, max: 6.0 };
 
@@ -196,6 +197,49 @@ fn check_block(
                     &mut scratch,
                 );
             }
+            // The layers against the f64 reference chain (they are property-tested one by
+            // one; this ties the chain's wiring and shapes to the spec too).
+            let mut r_mid = vec![0.0; 2 * cexp * eh * ew];
+            let mut r_mid2 = vec![0.0; 2 * cexp * oh * ow];
+            let mut r_out = vec![0.0; want.len()];
+            reference::conv2d(
+                &x,
+                2,
+                &[cin, h, w],
+                e,
+                &ew_plain,
+                eb,
+                None,
+                &[cexp, eh, ew],
+                &mut r_mid,
+            );
+            reference::conv2d(
+                &r_mid,
+                2,
+                &[cexp, eh, ew],
+                d,
+                &dw,
+                db,
+                None,
+                &[cexp, oh, ow],
+                &mut r_mid2,
+            );
+            reference::conv2d(
+                &r_mid2,
+                2,
+                &[cexp, oh, ow],
+                &p,
+                &pw,
+                pb,
+                Some(&res),
+                &[cout, oh, ow],
+                &mut r_out,
+            );
+            let err = common::rel_err(&want, &r_out);
+            assert!(
+                err < 1e-4,
+                "[{isa}] layers against the reference: relative error {err:.2e}"
+            );
             // Bands of 1 row, of a few rows (halo rows carried over), and the whole map.
             for band_bytes in [1, 4 * cexp * (6 * ew + 3 * ow), 64 << 20] {
                 for threads in [1usize, 2, 3] {
@@ -302,6 +346,76 @@ fn session_fuses_blocks_with_the_same_results() {
                 same_bits(got, &want),
                 "[{isa}] fused, {threads} threads, differs from unfused"
             );
+        }
+    }
+}
+
+/// Activations a fused block's expansion and depthwise layers may carry: the clamps
+/// (which the channels-last path takes) and one that is not a clamp (planar only).
+fn activation() -> impl Strategy<Value = Activation> {
+    prop_oneof![
+        Just(Activation::Identity),
+        Just(Activation::Relu),
+        Just(RELU6),
+        Just(Activation::LeakyRelu { alpha: 0.1 }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// Random blocks, each through `check_block` (both band paths, every tier, 1–3
+    /// workers, three band sizes, with and without biases: the same bits as the layers,
+    /// which match the reference within 1e-4): channel counts on and off the vector
+    /// widths (multiples of 16 reach the channels-last path), 1×1 or strided 3×3
+    /// expansions, 3×3 and 5×5 depthwise layers at stride 1 or 2 with any padding up to
+    /// the kernel's size − 1 on each side, maps from one pixel up.
+    #[test]
+    fn random_blocks_equal_the_layers_bit_for_bit(
+        cin in 1usize..=9,
+        cexp in prop_oneof![1usize..=40, (1usize..=5).prop_map(|m| 16 * m)],
+        cout in 1usize..=12,
+        h in 1usize..=20,
+        w in 1usize..=26,
+        stem in prop_oneof![3 => Just(false), 1 => Just(true)],
+        stem_pads in prop::array::uniform4(0usize..=1),
+        k in prop_oneof![3 => Just(3usize), 1 => Just(5usize)],
+        s in 1usize..=2,
+        pad_seed in any::<[u8; 4]>(),
+        acts in (activation(), activation()),
+        seed in any::<u64>(),
+    ) {
+        let e = if stem {
+            conv(cin, cexp, 3, 2, stem_pads, 1, acts.0)
+        } else {
+            conv(cin, cexp, 1, 1, [0; 4], 1, acts.0)
+        };
+        let (eh, ew) = if stem {
+            let side = |n: usize, p0: usize, p1: usize| (n + p0 + p1).checked_sub(3).map(|v| v / 2 + 1);
+            match (side(h, stem_pads[0], stem_pads[2]), side(w, stem_pads[1], stem_pads[3])) {
+                (Some(a), Some(b)) => (a, b),
+                _ => return Ok(()),
+            }
+        } else {
+            (h, w)
+        };
+        let pads = pad_seed.map(|b| b as usize % k);
+        // The depthwise output must have at least one pixel.
+        prop_assume!(eh + pads[0] + pads[2] >= k && ew + pads[1] + pads[3] >= k);
+        let d = conv(cexp, cexp, k, s, pads, cexp, acts.1);
+        let mut seed = seed | 1;
+        let (fused, channels_last) = check_block(&mut seed, cin, cout, h, w, &e, &d);
+        if !stem {
+            prop_assert_eq!(fused, Isa::supported().len(), "every tier fuses a 1x1 expansion");
+        }
+        // Where the layer's depthwise body is the uniform chain (3×3, left and right
+        // padding ≤ 1) with a clamp and whole vectors of channels on every tier, every
+        // tier that fuses also takes the channels-last path.
+        let clamp = !matches!(acts.1, Activation::LeakyRelu { .. });
+        if k == 3 && pads[1] <= 1 && pads[3] <= 1 && clamp && cexp % 16 == 0 {
+            prop_assert_eq!(channels_last, fused);
+        } else if k == 5 || pads[1] > 1 || pads[3] > 1 || !clamp {
+            prop_assert_eq!(channels_last, 0);
         }
     }
 }

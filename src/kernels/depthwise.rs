@@ -219,6 +219,14 @@ impl DepthwiseKernel {
         self.isa
     }
 
+    /// Whether every output is the same chain of operations whatever its position (the
+    /// bias, then the nine taps in order, padded taps adding `0·w`): the padded-row and
+    /// interleaved bodies. Other bodies skip taps or order them differently at the
+    /// borders, so a kernel that must match this layer bit for bit needs this to hold.
+    pub fn uniform_chain(&self) -> bool {
+        self.padded
+    }
+
     /// Which body the kernel uses (see the module docs).
     pub fn algorithm(&self) -> &'static str {
         match (self.algo, self.cols.stride) {

@@ -310,7 +310,7 @@ impl BlockKernel {
             (eh, ew)
         };
         // Validates the depthwise geometry on the whole plane.
-        DepthwiseKernel::new(isa, depthwise, [cexp, eh, ew], [cexp, oh, ow])?;
+        let layer_depthwise = DepthwiseKernel::new(isa, depthwise, [cexp, eh, ew], [cexp, oh, ow])?;
         let [kh, _] = depthwise.kernel;
         let (sh, dh, pt) = (
             depthwise.stride[0],
@@ -393,9 +393,13 @@ impl BlockKernel {
             })
             .collect();
         let isa = gemm::ukr(isa).isa;
+        // The channels-last depthwise runs every output as the bias then the nine taps
+        // (padding adding 0·w): the same bits as the layer only where the layer's own
+        // body does the same (left and right padding ≤ 1, rows up to its padded width).
         let geometry = (depthwise.kernel == [3, 3]
             && depthwise.dilation == [1, 1]
             && matches!(depthwise.stride, [1 | 2, 1 | 2])
+            && layer_depthwise.uniform_chain()
             && cexp.is_multiple_of(channels_last::lanes(isa)))
         .then(|| channels_last::clamp_of(depthwise.activation))
         .flatten()
