@@ -632,7 +632,7 @@ impl WinogradKernel {
                         drive(
                             u,
                             &tile,
-                            &BSrc::DirectRows {
+                            &BSrc::Direct {
                                 ptr: vbuf.add(xi * self.vxs),
                                 ldb: self.ld,
                             },
