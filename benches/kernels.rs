@@ -23,36 +23,11 @@ use std::time::Duration;
 #[derive(Clone, Copy)]
 struct ThreadCpu;
 
-#[cfg(target_os = "linux")]
-fn thread_cpu_ns() -> u64 {
-    #[repr(C)]
-    struct Timespec {
-        tv_sec: i64,
-        tv_nsec: i64,
-    }
-    extern "C" {
-        fn clock_gettime(clk: i32, tp: *mut Timespec) -> i32;
-    }
-    const CLOCK_THREAD_CPUTIME_ID: i32 = 3;
-    let mut t = Timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec (two i64 on x86-64 Linux) to a valid pointer.
-    let rc = unsafe { clock_gettime(CLOCK_THREAD_CPUTIME_ID, &mut t) };
-    assert_eq!(rc, 0);
-    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
-}
-
-#[cfg(not(target_os = "linux"))]
-fn thread_cpu_ns() -> u64 {
-    use std::sync::OnceLock;
-    static START: OnceLock<std::time::Instant> = OnceLock::new();
-    START
-        .get_or_init(std::time::Instant::now)
-        .elapsed()
-        .as_nanos() as u64
-}
+// The thread-CPU clock and the best-of-trials loop, shared with the examples.
+#[path = "../examples/common/timing.rs"]
+#[allow(dead_code)]
+mod timing;
+use timing::thread_cpu_ns;
 
 impl Measurement for ThreadCpu {
     type Intermediate = u64;
@@ -445,23 +420,7 @@ fn table(filter: Option<&str>) {
     // Minimum over many short trials (~1 ms each, ~1.5 s in all): on a shared machine
     // the shortest trials are the ones no other process interrupted.
     let best = |run: &mut dyn FnMut()| -> f64 {
-        run();
-        let t0 = thread_cpu_ns();
-        run();
-        let one = (thread_cpu_ns() - t0).max(1);
-        let reps = (1_000_000 / one).clamp(1, 10_000);
-        let start = std::time::Instant::now();
-        let mut best = f64::INFINITY;
-        let mut trials = 0;
-        while trials < 10 || (start.elapsed() < Duration::from_millis(1500) && trials < 1000) {
-            let t = thread_cpu_ns();
-            for _ in 0..reps {
-                run();
-            }
-            best = best.min((thread_cpu_ns() - t) as f64 / reps as f64);
-            trials += 1;
-        }
-        best
+        timing::best(run, 1_000_000, Duration::from_millis(1500))
     };
     #[cfg(target_arch = "x86_64")]
     let measured_peak = if Isa::Avx2.is_supported() {

@@ -265,34 +265,11 @@ fn main() {
     }
 }
 
-/// The calling thread's CPU time, in nanoseconds.
-#[cfg(target_os = "linux")]
-fn thread_cpu_ns() -> u64 {
-    #[repr(C)]
-    struct Timespec {
-        sec: i64,
-        nsec: i64,
-    }
-    extern "C" {
-        fn clock_gettime(clock: i32, ts: *mut Timespec) -> i32;
-    }
-    const CLOCK_THREAD_CPUTIME_ID: i32 = 3;
-    let mut ts = Timespec { sec: 0, nsec: 0 };
-    // SAFETY: libc's clock_gettime writes one timespec (two i64 on 64-bit Linux) to `ts`.
-    let rc = unsafe { clock_gettime(CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime");
-    ts.sec as u64 * 1_000_000_000 + ts.nsec as u64
-}
-
-/// Elsewhere, wall time since the first call.
-#[cfg(not(target_os = "linux"))]
-fn thread_cpu_ns() -> u64 {
-    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    START
-        .get_or_init(std::time::Instant::now)
-        .elapsed()
-        .as_nanos() as u64
-}
+// The calling thread's CPU time, shared with the examples and the kernels bench.
+#[path = "../examples/common/timing.rs"]
+#[allow(dead_code)]
+mod timing;
+use timing::thread_cpu_ns;
 
 /// Thread CPU time as a criterion measurement (nanoseconds).
 struct CpuTime;
