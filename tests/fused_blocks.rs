@@ -283,6 +283,35 @@ fn check_block(
                             [cin, h, w],
                             block.band_rows()
                         );
+                        // One worker meeting the bands in other orders: back to front (a
+                        // worker helping from the far end of another's run) and shuffled,
+                        // so rows are reused from the band above, from the band below,
+                        // or not at all.
+                        let parts = 2 * block.band_count();
+                        let mut shuffled: Vec<usize> = (0..parts).collect();
+                        for i in (1..parts).rev() {
+                            let r = common::rand_vec(seed, 1, 0.0, 1.0)[0];
+                            shuffled.swap(i, ((r * (i + 1) as f32) as usize).min(i));
+                        }
+                        for order in [(0..parts).rev().collect(), shuffled] {
+                            let mut got = vec![f32::NAN; want.len()];
+                            let mut scratch = vec![f32::NAN; block.scratch_len()];
+                            block.run_in_order(
+                                2,
+                                &weights,
+                                &x,
+                                Some(&res),
+                                &mut got,
+                                &mut scratch,
+                                &order,
+                            );
+                            assert!(
+                                same_bits(&got, &want),
+                                "[{isa}] band rows {}, channels-last {layout_cl}, parts in \
+                                 order {order:?}: fused differs",
+                                block.band_rows()
+                            );
+                        }
                     }
                 }
             }
