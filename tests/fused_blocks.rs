@@ -31,8 +31,10 @@ type Case = (usize, usize, usize, usize, usize, usize, usize, [usize; 4]);
 
 /// The channel counts that are multiples of 16 (and 8, 4) also run the channels-last
 /// band path on every tier (3×3 depthwise only): rows wider and narrower than two
-/// micro-kernel tiles, widths off the vector, no padding on one side.
-const CASES: [Case; 9] = [
+/// micro-kernel tiles, widths off the vector, no padding on one side; more than 384
+/// expanded channels (the projection's K in blocks, which the depthwise part writes its
+/// packed panels for: 512 as 2 × 256, 400 as 2 × 200, a multiple of 8 but not of 16).
+const CASES: [Case; 11] = [
     (8, 50, 8, 23, 19, 3, 1, [1; 4]),
     (6, 36, 10, 24, 21, 3, 2, [1; 4]),
     (5, 30, 7, 25, 17, 3, 2, [0, 1, 1, 1]),
@@ -42,6 +44,8 @@ const CASES: [Case; 9] = [
     (6, 32, 10, 24, 29, 3, 2, [1; 4]),
     (5, 64, 7, 9, 7, 3, 2, [0, 1, 1, 0]),
     (3, 80, 9, 6, 13, 3, 1, [1, 0, 0, 1]),
+    (4, 512, 6, 5, 11, 3, 1, [1; 4]),
+    (6, 400, 5, 6, 9, 3, 2, [1; 4]),
 ];
 
 #[test]

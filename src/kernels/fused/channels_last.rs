@@ -1,7 +1,7 @@
 //! The channels-last band path of a fused block: the expansion writes its band rows as
 //! `[row][column][channel]`, and the 3×3 depthwise kernel reads them one vector of
-//! channels per pixel and tap, writing its output back as planar rows (what the
-//! projection's GEMM reads) through one `LANES × LANES` transpose per group of pixels.
+//! channels per pixel and tap, writing its output through one `LANES × LANES` transpose
+//! per group of pixels straight into the projection GEMM's packed B panels ([`DwOut`]).
 //!
 //! Why: in planar rows a depthwise tap is a vector of pixels, so rows of 7–112 pixels
 //! cost partial vectors, padded row copies and a per-row setup on every channel plane
@@ -63,6 +63,46 @@ impl Dw3 {
     /// (whose lanes are not stored) still reads whole vectors.
     pub fn slack_pixels(lanes: usize) -> usize {
         2 * lanes + 3
+    }
+}
+
+/// Where the depthwise outputs go: channel `ch`, band pixel `j` at
+/// `kb·kc·npad + (j / nr)·kcur·nr + (ch − kb·kc)·nr + j % nr`, with `kb = ch / kc` and
+/// `kcur` the rows of K block `kb` (`kc`, less in the last). With `nr = npad = n_out`
+/// and `kc = cexp` these are planar rows (channel `ch` at `ch·n_out`); with the
+/// projection's `nr` and `kc` they are its B already in the GEMM's packed panels
+/// (`gemm::BSrc::Panels`), so a group's vectors land in `LANES · nr` contiguous floats
+/// instead of `LANES` rows `n_out` apart (the stores were half the kernel's time when
+/// measured in cache, see docs/KERNELS.md), and the projection packs nothing.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct DwOut {
+    pub nr: usize,
+    pub npad: usize,
+    pub kc: usize,
+}
+
+impl DwOut {
+    /// Planar rows of `n_out` pixels per channel.
+    pub fn rows(n_out: usize, cexp: usize) -> DwOut {
+        DwOut {
+            nr: n_out.max(1),
+            npad: n_out,
+            kc: cexp.max(1),
+        }
+    }
+
+    /// The packed panels of a GEMM with `nr` columns per panel and K blocks of `kc`.
+    pub fn panels(n_out: usize, nr: usize, kc: usize) -> DwOut {
+        DwOut {
+            nr,
+            npad: n_out.div_ceil(nr) * nr,
+            kc,
+        }
+    }
+
+    /// Floats the layout spans for `cexp` channels.
+    pub fn len(&self, cexp: usize) -> usize {
+        cexp * self.npad
     }
 }
 
@@ -203,8 +243,8 @@ pub(super) unsafe fn expand(
 }
 
 /// The 3×3 depthwise convolution of output rows `out_rows` from the channels-last rows
-/// `held` of the expanded map, written as planar rows: channel `ch`'s outputs at
-/// `out + ch·n_out`, `n_out = out_rows.len()·ow`. Map row `iy` is at
+/// `held` of the expanded map, written at `out` in layout `lay` ([`DwOut`]; band pixel
+/// `j = (oy − out_rows.start)·ow + ox`). Map row `iy` is at
 /// `x + (iy − held.start)·row_pixels·cexp`: `pl` zero pixels, the row's `ew`, `pr` zero
 /// pixels.
 ///
@@ -212,7 +252,8 @@ pub(super) unsafe fn expand(
 /// `held` covers every input row inside the map that the output rows' windows reach, and
 /// `x` holds those rows with their zero columns, then `slack_pixels` readable pixels;
 /// `w` holds `9·cexp` (tap-major), `bias` (unless null) `cexp`; `out` is writable for
-/// `cexp·n_out` floats; `g.cexp` is a multiple of `lanes(isa)`.
+/// `lay.len(cexp)` floats, `lay.npad ≥ out_rows.len()·ow`; `g.cexp` and `lay.kc` (unless
+/// `lay.kc ≥ cexp`) are multiples of `lanes(isa)`.
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn depthwise3x3(
     isa: Isa,
@@ -223,10 +264,11 @@ pub(super) unsafe fn depthwise3x3(
     bias: *const f32,
     out_rows: Range<usize>,
     out: *mut f32,
+    lay: DwOut,
 ) {
     dispatch!(isa, |s| {
         // SAFETY: forwarded (same contract).
-        unsafe { rows(s, g, x, held.clone(), w, bias, out_rows.clone(), out) }
+        unsafe { rows(s, g, x, held.clone(), w, bias, out_rows.clone(), out, lay) }
     })
 }
 
@@ -241,11 +283,14 @@ unsafe fn rows<S: Simd>(
     bias: *const f32,
     out_rows: Range<usize>,
     out: *mut f32,
+    lay: DwOut,
 ) {
     let l = S::LANES;
     let (ow, cexp) = (g.ow, g.cexp);
     debug_assert!(cexp.is_multiple_of(l));
-    let n_out = out_rows.len() * ow;
+    debug_assert!(lay.kc >= cexp || lay.kc.is_multiple_of(l));
+    debug_assert!(lay.npad >= out_rows.len() * ow);
+    let kc = lay.kc.min(cexp);
     let row_len = g.row_pixels() * cexp;
     let (lo, hi) = (s.splat(g.lo), s.splat(g.hi));
     for (r, oy) in out_rows.enumerate() {
@@ -261,11 +306,20 @@ unsafe fn rows<S: Simd>(
         }
         let mut ox0 = 0;
         while ox0 < ow {
-            let n = l.min(ow - ox0);
+            // The group's pixels j0 .. j0 + n, from column `off` of panel `q`: a group
+            // ends at the row's end and at the panel's (on rows 7, 14 or 28 wide a
+            // group of fewer pixels, rather than split stores).
+            let j0 = r * ow + ox0;
+            let (q, off) = (j0 / lay.nr, j0 % lay.nr);
+            let n = l.min(ow - ox0).min(lay.nr - off);
             // Buffer column of tap 0 of output ox0 (the zero columns included).
             let col0 = ox0 * g.sw;
-            let o = out.wrapping_add(r * ow + ox0);
+            let (mut k0, mut kcur) = (0, kc.min(cexp));
             for c in (0..cexp).step_by(l) {
+                if c == k0 + kcur {
+                    k0 += kcur;
+                    kcur = kc.min(cexp - k0);
+                }
                 let b = if bias.is_null() {
                     s.zero()
                 } else {
@@ -287,10 +341,13 @@ unsafe fn rows<S: Simd>(
                     *v = s.min(hi, s.max(lo, *v));
                 }
                 s.transpose(&mut acc[..l]);
+                // Channel c's row in K block k0's panel q; the next channel nr further.
+                let at = k0 * lay.npad + q * kcur * lay.nr + (c - k0) * lay.nr + off;
                 for (ch, v) in acc.iter().take(l).enumerate() {
-                    // SAFETY: channel c + ch < cexp, pixels r·ow + ox0 .. + n < n_out.
+                    // SAFETY: channel c + ch < cexp, pixels j0 .. j0 + n of the band, in
+                    // one panel: inside `lay.len(cexp)` (the caller).
                     unsafe {
-                        let p = o.add((c + ch) * n_out);
+                        let p = out.add(at + ch * lay.nr);
                         if n == l {
                             s.store(p, *v);
                         } else {
@@ -299,7 +356,7 @@ unsafe fn rows<S: Simd>(
                     }
                 }
             }
-            ox0 += l;
+            ox0 += n;
         }
     }
 }

@@ -44,6 +44,7 @@ use crate::kernels::depthwise::DepthwiseKernel;
 use crate::kernels::gemm::{self, BMode, BSrc, PackB, PlainB, SharedOut, Tile, ROW_SLACK};
 use crate::kernels::parallel;
 use crate::simd::Isa;
+use channels_last::DwOut;
 
 /// Default bytes of one worker's band buffers (expanded rows and depthwise output): half
 /// of this machine's 1 MiB L2, the rest left to the weights and the packed B blocks.
@@ -165,7 +166,7 @@ impl Pointwise {
                 debug_assert!(b.len() >= (self.k - 1) * ldb + n);
                 Some(PlainB { b, ldb })
             }
-            PointwiseB::Packer { .. } => None,
+            PointwiseB::Packer { .. } | PointwiseB::Panels { .. } => None,
         };
         for n0 in (0..n).step_by(self.nc) {
             let t = Tile {
@@ -197,6 +198,14 @@ impl Pointwise {
                     packer,
                     n0: first + n0,
                 },
+                (None, PointwiseB::Panels { b, npad }, _) => {
+                    debug_assert!(n0.is_multiple_of(u.nr) && b.len() >= self.k * npad);
+                    BSrc::Panels {
+                        base: b.as_ptr(),
+                        npad,
+                        n0,
+                    }
+                }
                 (None, PointwiseB::Rows { .. }, _) => unreachable!("rows have a PlainB"),
             };
             gemm::drive(u, &t, &src, scratch);
@@ -211,6 +220,9 @@ enum PointwiseB<'a> {
     Rows { b: &'a [f32], ldb: usize },
     /// Columns `n0..` of a packer's matrix, always packed.
     Packer { packer: &'a dyn PackB, n0: usize },
+    /// Already in the GEMM's packed panels (`gemm::BSrc::Panels`, `npad` columns wide, K
+    /// blocks of the GEMM's `kc`): read as they are.
+    Panels { b: &'a [f32], npad: usize },
 }
 
 /// `len` split into `parts` consecutive pieces `(start, len)` whose lengths differ by at
@@ -532,11 +544,24 @@ impl BlockKernel {
         self.depthwise.first().map_or(0, |k| k.taps())
     }
 
+    /// Where a band's depthwise outputs go: on the channels-last path, straight into the
+    /// projection's packed B panels where its K blocks hold whole vectors of channels
+    /// (always, unless `CNNRT_KC` says otherwise); else planar rows.
+    fn dw_out(&self, n_out: usize) -> DwOut {
+        let kc = self.project.kc;
+        let whole = kc >= self.cexp || kc.is_multiple_of(channels_last::lanes(self.isa));
+        if self.channels_last.is_some() && whole {
+            DwOut::panels(n_out, gemm::ukr(self.isa).nr, kc)
+        } else {
+            DwOut::rows(n_out, self.cexp)
+        }
+    }
+
     /// f32 elements of scratch one worker needs.
     pub fn scratch_len(&self) -> usize {
         HELD_HEADER
             + self.expanded_len()
-            + self.cexp * self.band_rows * self.ow
+            + self.dw_out(self.band_rows * self.ow).len(self.cexp)
             + self
                 .expand
                 .scratch_len(self.isa)
@@ -738,7 +763,7 @@ impl BlockKernel {
         let (w, ow, cexp) = (self.ew, self.ow, self.cexp);
         let stride = self.exp_stride;
         let (expanded, rest) = scratch.split_at_mut(self.expanded_len());
-        let (dw_out, pack) = rest.split_at_mut(cexp * self.band_rows * ow);
+        let (dw_out, pack) = rest.split_at_mut(self.dw_out(self.band_rows * ow).len(cexp));
         let band = &self.bands[band];
         let rows = band.in_rows.clone();
         // Rows held that this band needs too: at its top (the previous band was above)
@@ -781,14 +806,17 @@ impl BlockKernel {
         }
         let held = rows;
         let n_out = band.out_rows.len() * ow;
-        let dw = &mut dw_out[..cexp * n_out];
+        let mut lay = DwOut::rows(n_out, cexp);
         match (&self.channels_last, weights.channels_last) {
             (Some(g), Some(clw)) => {
                 let taps = &clw[channels_last::expand_weights_len(self.isa, self.expand.k, cexp)..];
+                lay = self.dw_out(n_out);
+                let dw = &mut dw_out[..lay.len(cexp)];
                 // SAFETY: `held` holds every map row the band's windows reach inside
                 // the map (`Band::in_rows`), channels-last from the buffer's start;
                 // `taps` has 9·cexp weights (checked by `run`), the bias cexp; `dw`
-                // is cexp rows of n_out; cexp is a multiple of the vector (`new`).
+                // spans `lay` (`dw_out` checks its K blocks); cexp is a multiple of
+                // the vector (`new`).
                 unsafe {
                     channels_last::depthwise3x3(
                         self.isa,
@@ -801,6 +829,7 @@ impl BlockKernel {
                             .map_or(std::ptr::null(), |b| b.as_ptr()),
                         band.out_rows.clone(),
                         dw.as_mut_ptr(),
+                        lay,
                     )
                 }
             }
@@ -811,9 +840,19 @@ impl BlockKernel {
                 expanded,
                 stride,
                 None,
-                dw,
+                &mut dw_out[..cexp * n_out],
             ),
         }
+        let dw = &dw_out[..lay.len(cexp)];
+        // (One panel as wide as the band is the same layout as planar rows.)
+        let b = if lay.npad == n_out && lay.nr == n_out.max(1) {
+            PointwiseB::Rows { b: dw, ldb: n_out }
+        } else {
+            PointwiseB::Panels {
+                b: dw,
+                npad: lay.npad,
+            }
+        };
         let o0 = band.out_rows.start * ow;
         let plane = self.oh * ow;
         // SAFETY: B is the band's depthwise output (`cexp` rows of `n_out`); C and
@@ -823,7 +862,7 @@ impl BlockKernel {
             self.isa,
             weights.project,
             weights.project_bias,
-            PointwiseB::Rows { b: dw, ldb: n_out },
+            b,
             n_out,
             out.ptr().add(o0),
             plane,
