@@ -67,14 +67,22 @@ mod cost {
     use crate::graph::Conv;
     use crate::kernels::winograd::WinogradVariant;
 
-    /// GEMM micro-kernel rate (FLOP/s).
-    const GEMM: f64 = 90e9;
+    /// GEMM micro-kernel rate (FLOP/s): between the AVX2 (75–90e9 in the model on a
+    /// Zen 3 core) and AVX-512 tiers (150–200e9 on a Xeon core).
+    const GEMM: f64 = 150e9;
     /// Winograd transforms, counted as 4 operations per transformed element (FLOP/s).
     const TRANSFORM: f64 = 20e9;
-    /// Streaming weights from memory (bytes/s): a model's weights rarely stay cached.
-    const MEMORY: f64 = 20e9;
-    /// The GEMMs vectorize over tiles: fewer tiles than this leave lanes empty.
-    const TILE_LANES: usize = 16;
+    /// Streaming weights from memory (bytes/s): a model's weights rarely stay cached
+    /// (one core's read bandwidth, `../shared/bench/peak.c`: 14.9 GB/s on the Xeon,
+    /// 19–23 on Zen 4). With the GEMM rate, it makes F(2x2) win on 14×14 maps of 256
+    /// channels, whose F(4x4) weights (36 positions) take longer to read than its
+    /// products take to compute: measured on ResNet-18's layer3, 1 thread, AVX-512:
+    /// 0.98–0.99 ms against 1.12–1.17 per layer, the whole model 0.95× in two sets of
+    /// interleaved rounds; AVX2 tier on the same machine: 0.99×.
+    const MEMORY: f64 = 15e9;
+    /// The GEMMs vectorize over tiles: a remainder of up to this many tiles runs in the
+    /// column-tail kernels, at about the cost of this many columns.
+    const TILE_LANES: usize = 8;
 
     /// `winograd` for a 3×3 stride-1 layer from `[cin, h, w]` to `[cout, oh, ow]`.
     pub fn winograd(variant: WinogradVariant, i: [usize; 3], o: [usize; 3]) -> f64 {

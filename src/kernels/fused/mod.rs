@@ -67,6 +67,9 @@ pub const MIN_EXPANDED_BYTES: usize = 1 << 20;
 /// threshold, 4.13–4.18 fusing from 400 KB (the 28×28 blocks too), 3.91–3.93 from
 /// 256 KiB (the 14×14 ones too), 4.02–4.04 fusing every block (the 7×7 ones too).
 pub const MIN_EXPANDED_BYTES_THREADS: usize = 256 << 10;
+/// The narrowest expanded map whose block takes the channels-last path on AVX-512 (see
+/// `BlockKernel::new`).
+const AVX512_CHANNELS_LAST_MIN_WIDTH: usize = 112;
 
 /// The expanded-tensor size from which a block is fused for `threads` workers, on the
 /// channels-last band path or the planar one.
@@ -483,9 +486,15 @@ impl BlockKernel {
             band_rows,
             // Measured faster on AVX2 for MobileNetV2's blocks on maps 14 to 112 wide
             // (0.86–0.92× the planar path's time), slower on the 7×7 ones (1.05×,
-            // whose rows are narrower than two tiles); the other tiers' planar path
-            // was not measured against it.
-            channels_last: geometry.filter(|_| isa == Isa::Avx2 && ew >= 2 * gemm::ukr(isa).mr),
+            // whose rows are narrower than two tiles). On AVX-512 (Xeon, 2026-12-04) only
+            // on the 112-wide maps (0.80–0.85×; 0.97–1.13× on maps 7 to 56 wide, where
+            // the 16 × 16 transposes of the depthwise stores cost more than the planar
+            // rows' partial vectors). The scalar tier's was not measured against it.
+            channels_last: geometry.filter(|_| match isa {
+                Isa::Avx2 => ew >= 2 * gemm::ukr(isa).mr,
+                Isa::Avx512 => ew >= AVX512_CHANNELS_LAST_MIN_WIDTH,
+                Isa::Scalar => false,
+            }),
             channels_last_geometry: geometry,
         })
     }
