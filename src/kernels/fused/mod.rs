@@ -487,9 +487,9 @@ impl BlockKernel {
             // Measured faster on AVX2 for MobileNetV2's blocks on maps 14 to 112 wide
             // (0.86–0.92× the planar path's time), slower on the 7×7 ones (1.05×,
             // whose rows are narrower than two tiles). On AVX-512 (Xeon, 2026-12-04) only
-            // on the 112-wide maps (0.80–0.85×; 0.97–1.13× on maps 7 to 56 wide, where
-            // the 16 × 16 transposes of the depthwise stores cost more than the planar
-            // rows' partial vectors). The scalar tier's was not measured against it.
+            // on the 112-wide maps (0.80–0.85×; 0.97–1.13× on maps 7 to 56 wide, likely
+            // because the 16 × 16 transposes of the depthwise stores share port 5 with
+            // half of the 512-bit FMAs there). The scalar tier's was not measured.
             channels_last: geometry.filter(|_| match isa {
                 Isa::Avx2 => ew >= 2 * gemm::ukr(isa).mr,
                 Isa::Avx512 => ew >= AVX512_CHANNELS_LAST_MIN_WIDTH,
