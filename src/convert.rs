@@ -106,6 +106,46 @@ mod cost {
         let weights = 4.0 * o[0] as f64 * k / MEMORY;
         gemm + columns + weights
     }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use crate::graph::Activation;
+
+        /// The cheapest algorithm for a 3×3 stride-1 `c → c` layer on an `hw × hw` map.
+        fn cheapest(c: usize, hw: usize) -> &'static str {
+            let conv = Conv {
+                in_channels: c,
+                out_channels: c,
+                kernel: [3, 3],
+                stride: [1, 1],
+                dilation: [1, 1],
+                pads: [1; 4],
+                groups: 1,
+                weight: 0,
+                bias: None,
+                activation: Activation::Identity,
+            };
+            let s = [c, hw, hw];
+            let costs = [
+                (winograd(WinogradVariant::F4x4, s, s), "F4x4"),
+                (winograd(WinogradVariant::F2x2, s, s), "F2x2"),
+                (im2col_gemm(&conv, s, s), "direct"),
+            ];
+            costs.iter().min_by(|a, b| a.0.total_cmp(&b.0)).unwrap().1
+        }
+
+        /// The choices measured best on ResNet-18 and conv3x3_stress at batch 1
+        /// (docs/KERNELS.md): F(4x4) where there are many tiles per weight, F(2x2) where
+        /// the weights' bytes dominate (14×14 and 7×7 maps).
+        #[test]
+        fn the_model_picks_the_measured_variants() {
+            assert_eq!(cheapest(64, 56), "F4x4");
+            assert_eq!(cheapest(128, 28), "F4x4");
+            assert_eq!(cheapest(256, 14), "F2x2");
+            assert_eq!(cheapest(512, 7), "F2x2");
+        }
+    }
 }
 
 /// Imports ONNX bytes and runs the passes.
