@@ -2,7 +2,8 @@
 //! the best thread-CPU time over many short trials, so that other processes on a shared
 //! machine barely count. Prints one line per layer and the sum per kernel family.
 //!
-//! `cargo run --release --example mnet_layers [-- FILTER]`; `CNNRT_MAX_ISA` caps the tier.
+//! `cargo run --release --example mnet_layers [-- FILTER]`; `CNNRT_MAX_ISA` caps the tier,
+//! `MNET_NHWC=1` times the channels-last kernels instead of the planar ones.
 //! Inputs stay in cache between trials, so layers whose data exceed L2 read faster here
 //! than inside the model, where the previous layer just wrote them.
 
@@ -13,6 +14,7 @@ use cnnrt::graph::{Activation, Conv, Linear};
 use cnnrt::kernels::conv::ConvKernel;
 use cnnrt::kernels::depthwise::DepthwiseKernel;
 use cnnrt::kernels::linear::LinearKernel;
+use cnnrt::kernels::nhwc::{DepthwiseNhwc, PointwiseNhwc};
 use cnnrt::simd::Isa;
 
 const PEAK: f64 = 117.0;
@@ -31,6 +33,12 @@ struct Layer {
     family: &'static str,
     flops: u64,
     run: Box<dyn FnMut()>,
+}
+
+/// `MNET_NHWC=1`: the 1×1 stride-1 and depthwise layers through the channels-last
+/// kernels (`kernels::nhwc`) instead of the planar ones.
+fn nhwc() -> bool {
+    std::env::var("MNET_NHWC").is_ok_and(|v| v == "1")
 }
 
 fn relu6() -> Activation {
@@ -63,6 +71,34 @@ fn conv(
         bias: Some(1),
         activation: act,
     };
+    if k == 1 && stride == 1 && nhwc() {
+        let kern = PointwiseNhwc::new(isa, &c, hw * hw, true, 1).unwrap();
+        let mut packed = vec![0.0; cout * cin];
+        let plain = ConvKernel::new(isa, &c, [cin, hw, hw], [cout, o, o]);
+        plain.pack_weights(&values(cout * cin, 3), &mut packed);
+        let mut wt = vec![0.0; kern.weights_len()];
+        cnnrt::kernels::nhwc::transpose_packed_into(kern.isa(), cin, cout, &packed, &mut wt);
+        let bias = values(cout, 4);
+        let x = values(cin * hw * hw, 5);
+        let res = residual.then(|| values(cout * o * o, 6));
+        let mut y = vec![0.0; cout * o * o];
+        return Layer {
+            name,
+            family: "gemm1x1_nhwc",
+            flops: kern.flops(),
+            run: Box::new(move || {
+                kern.run(
+                    1,
+                    1,
+                    &wt,
+                    Some(&bias),
+                    black_box(&x),
+                    res.as_deref(),
+                    &mut y,
+                )
+            }),
+        };
+    }
     let kern = match std::env::var("MNET_ALGO") {
         Ok(a) if k == 1 => ConvKernel::with_algorithm(isa, &c, [cin, hw, hw], [cout, o, o], &a),
         _ => ConvKernel::new(isa, &c, [cin, hw, hw], [cout, o, o]),
@@ -106,6 +142,19 @@ fn dw(isa: Isa, name: String, ch: usize, stride: usize, hw: usize) -> Layer {
         bias: Some(1),
         activation: relu6(),
     };
+    if nhwc() {
+        let kern = DepthwiseNhwc::new(isa, &c, [ch, hw, hw], [ch, o, o], 1).unwrap();
+        let (x, b) = (values(ch * hw * hw, 1), values(ch, 3));
+        let mut w = vec![0.0; ch * 9];
+        kern.transpose_weights(&values(ch * 9, 2), &mut w);
+        let mut y = vec![0.0; ch * o * o];
+        return Layer {
+            name,
+            family: "dw3x3_nhwc",
+            flops: (18 * ch * o * o) as u64,
+            run: Box::new(move || kern.run(1, 1, black_box(&w), Some(&b), black_box(&x), &mut y)),
+        };
+    }
     let kern = DepthwiseKernel::new(isa, &c, [ch, hw, hw], [ch, o, o]).unwrap();
     let (x, w, b) = (values(ch * hw * hw, 1), values(ch * 9, 2), values(ch, 3));
     let mut y = vec![0.0; ch * o * o];

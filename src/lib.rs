@@ -21,6 +21,7 @@ pub mod model;
 pub mod onnx;
 pub mod passes;
 pub mod plan;
+pub mod region;
 pub mod session;
 pub mod simd;
 

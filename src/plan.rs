@@ -19,8 +19,19 @@ pub struct ArenaPlan {
     pub offsets: Vec<usize>,
     /// Elements reserved for each value (batch included, aligned up).
     pub sizes: Vec<usize>,
+    /// Start of each extra buffer (see [`ArenaPlan::with_extras`]).
+    pub extras: Vec<usize>,
     /// Total arena length in f32 elements.
     pub len: usize,
+}
+
+/// A buffer besides the graph's values: live from node step `first` to `last`
+/// (inclusive), `numel` elements per sample.
+#[derive(Clone, Copy, Debug)]
+pub struct Extra {
+    pub first: usize,
+    pub last: usize,
+    pub numel: usize,
 }
 
 impl ArenaPlan {
@@ -38,11 +49,27 @@ impl ArenaPlan {
         max_batch: usize,
         blocks: &[Range<usize>],
     ) -> Option<ArenaPlan> {
-        let nv = graph.values.len();
+        Self::with_extras(graph, max_batch, blocks, &[])
+    }
+
+    /// Like [`ArenaPlan::with_blocks`], plus `extras` (copies of values in another
+    /// layout, `region::Shadow`), placed like values with their own lifetimes.
+    pub fn with_extras(
+        graph: &Graph,
+        max_batch: usize,
+        blocks: &[Range<usize>],
+        extras: &[Extra],
+    ) -> Option<ArenaPlan> {
+        let nv = graph.values.len() + extras.len();
+        let nvals = graph.values.len();
         let nn = graph.nodes.len();
         // Lifetime as node-step interval [first, last]; graph inputs are written at step 0.
         let mut first = vec![usize::MAX; nv];
         let mut last = vec![0usize; nv];
+        for (j, e) in extras.iter().enumerate() {
+            first[nvals + j] = e.first;
+            last[nvals + j] = e.last.max(e.first);
+        }
         for &v in &graph.inputs {
             first[v] = 0;
         }
@@ -68,10 +95,13 @@ impl ArenaPlan {
             if first[v] == usize::MAX {
                 continue;
             }
-            let numel: usize = graph.values[v]
-                .shape
-                .iter()
-                .try_fold(1usize, |a, &d| a.checked_mul(d))?;
+            let numel: usize = match v.checked_sub(nvals) {
+                Some(j) => extras[j].numel,
+                None => graph.values[v]
+                    .shape
+                    .iter()
+                    .try_fold(1usize, |a, &d| a.checked_mul(d))?,
+            };
             sizes[v] = align_up(numel.checked_mul(max_batch)?);
             order.push(v);
         }
@@ -101,7 +131,10 @@ impl ArenaPlan {
             placed.push((off, sizes[v], v));
             len = len.max(off.checked_add(sizes[v])?);
         }
+        let extras = offsets.split_off(nvals);
+        sizes.truncate(nvals);
         Some(ArenaPlan {
+            extras,
             offsets,
             sizes,
             len,

@@ -11,6 +11,7 @@ use crate::kernels::conv::ConvKernel;
 use crate::kernels::depthwise::DepthwiseKernel;
 use crate::kernels::fused::{self, BlockKernel, BlockWeights};
 use crate::kernels::linear::LinearKernel;
+use crate::kernels::nhwc::{self, DepthwiseNhwc, PointwiseNhwc};
 use crate::kernels::pool::PoolKernel;
 use crate::kernels::reference::{self, WeightSource};
 use crate::kernels::team::{self, Crew};
@@ -18,7 +19,8 @@ use crate::kernels::winograd::{WinogradKernel, WinogradVariant};
 use crate::kernels::{elementwise, parallel, pool};
 use crate::limits;
 use crate::model::Model;
-use crate::plan::ArenaPlan;
+use crate::plan::{ArenaPlan, Extra};
+use crate::region::{self, Candidate, Need, Shadow};
 use crate::simd::Isa;
 
 /// Most inputs one node may read (Concat is the only op with more than two).
@@ -52,6 +54,10 @@ pub struct SessionOptions {
     /// residual blocks) as one band-by-band step (`kernels::fused`). Same results bit
     /// for bit; off only to compare or to profile the layers one by one.
     pub fuse_blocks: bool,
+    /// Keep MobileNet-style 1×1 and depthwise layers on small maps channels-last
+    /// between layers (`kernels::nhwc`, `region`). Same results bit for bit; off only to
+    /// compare. `CNNRT_CHANNELS_LAST=0` also turns it off.
+    pub channels_last: bool,
 }
 
 impl Default for SessionOptions {
@@ -61,6 +67,7 @@ impl Default for SessionOptions {
             max_isa: None,
             threads: Threads::Caller,
             fuse_blocks: true,
+            channels_last: true,
         }
     }
 }
@@ -86,6 +93,16 @@ impl SessionOptions {
     /// ```
     pub fn fuse_blocks(mut self, on: bool) -> Self {
         self.fuse_blocks = on;
+        self
+    }
+    /// Run small-map 1×1 and depthwise layers channels-last (the default) or planar:
+    ///
+    /// ```
+    /// let planar = cnnrt::SessionOptions::default().channels_last(false);
+    /// assert!(!planar.channels_last);
+    /// ```
+    pub fn channels_last(mut self, on: bool) -> Self {
+        self.channels_last = on;
         self
     }
 }
@@ -147,6 +164,20 @@ enum NodeKernel {
         /// `owned` index of the weights of the channels-last band path, if it runs.
         channels_last: Option<usize>,
     },
+    /// A 1×1 convolution run channels-last; `weight`: the `owned` index of its weights
+    /// in the kernel's panels.
+    PointwiseNhwc {
+        kernel: PointwiseNhwc,
+        weight: usize,
+        bias: Option<WeightId>,
+    },
+    /// A 3×3 depthwise convolution run channels-last; `weight`: the `owned` index of its
+    /// tap-major weights.
+    DepthwiseNhwc {
+        kernel: DepthwiseNhwc,
+        weight: usize,
+        bias: Option<WeightId>,
+    },
     /// Computed inside the [`NodeKernel::Block`] that follows it.
     InBlock,
     /// Element-wise, normalization and global pooling ops (vectorized, `kernels::elementwise`).
@@ -166,6 +197,8 @@ impl NodeKernel {
             NodeKernel::Linear { kernel, .. } => kernel.algorithm(),
             NodeKernel::Pool(k) => k.algorithm(),
             NodeKernel::Block { .. } => "fused_block",
+            NodeKernel::PointwiseNhwc { .. } => "gemm1x1_nhwc",
+            NodeKernel::DepthwiseNhwc { .. } => "dw3x3_nhwc",
             NodeKernel::InBlock => "in_block",
             NodeKernel::Vector => "vector",
             NodeKernel::Copy => "copy",
@@ -435,6 +468,150 @@ fn fuse_blocks(
     blocks
 }
 
+/// Widest output map (input map for a depthwise layer) a layer runs channels-last on:
+/// `CNNRT_CHANNELS_LAST_MAX_W` (for tuning) or 28 (MobileNetV2's 28-, 14- and 7-wide
+/// stages; its wider ones run as fused blocks).
+fn channels_last_max_width() -> usize {
+    std::env::var("CNNRT_CHANNELS_LAST_MAX_W")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(28)
+}
+
+/// Chooses the channels-last region (`region::select`) among the 1×1 and depthwise
+/// layers the planar plan gave, replaces their kernels with the channels-last ones (their
+/// weights rearranged into `owned`) and returns which values are stored channels-last.
+fn channels_last_region(
+    model: &Model,
+    kernels: &mut [NodeKernel],
+    owned: &mut Vec<Vec<f32>>,
+    isa: Isa,
+    threads: usize,
+) -> Vec<bool> {
+    let graph = model.graph();
+    let max_w = channels_last_max_width();
+    let mut producer = vec![None; graph.values.len()];
+    for (i, node) in graph.nodes.iter().enumerate() {
+        producer[node.output] = Some(i);
+    }
+    let depthwise: Vec<bool> = graph
+        .nodes
+        .iter()
+        .zip(kernels.iter())
+        .map(|(node, k)| {
+            let (Op::Conv(c), NodeKernel::Depthwise { kernel, .. }) = (&node.op, k) else {
+                return false;
+            };
+            let (ins, outs) = (graph.shape(node.inputs[0]), graph.shape(node.output));
+            kernel.uniform_chain()
+                && node.inputs.len() == 1
+                && ins[2] <= max_w
+                && DepthwiseNhwc::new(isa, c, spatial(ins), spatial(outs), 1).is_some()
+        })
+        .collect();
+    let candidates: Vec<Option<Candidate>> = graph
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, node)| {
+            if depthwise[i] {
+                return Some(Candidate::Depthwise);
+            }
+            let (Op::Conv(c), NodeKernel::Conv { .. }) = (&node.op, &kernels[i]) else {
+                return None;
+            };
+            // Not the projection of a depthwise layer that stays planar (a block on a
+            // wider map, which fuses): its input would need converting.
+            let planar_dw = producer[node.inputs[0]].is_some_and(|p| {
+                matches!(kernels[p], NodeKernel::Depthwise { .. }) && !depthwise[p]
+            });
+            let outs = graph.shape(node.output);
+            (!planar_dw
+                && outs.len() == 3
+                && outs[2] <= max_w
+                && PointwiseNhwc::new(isa, c, outs[1] * outs[2], true, 1).is_some())
+            .then_some(Candidate::Pointwise)
+        })
+        .collect();
+    let on = region::select(graph, &candidates);
+    let mut stored_nhwc = vec![false; graph.values.len()];
+    for (i, node) in graph.nodes.iter().enumerate() {
+        if on[i] {
+            stored_nhwc[node.output] = true;
+        }
+    }
+    for (i, node) in graph.nodes.iter().enumerate() {
+        if !on[i] {
+            continue;
+        }
+        let Op::Conv(c) = &node.op else { continue };
+        let (ins, outs) = (graph.shape(node.inputs[0]), graph.shape(node.output));
+        let new = match &kernels[i] {
+            NodeKernel::Conv { weight, bias, .. } => {
+                let input_nhwc = stored_nhwc[node.inputs[0]];
+                PointwiseNhwc::new(isa, c, outs[1] * outs[2], input_nhwc, threads).map(|k| {
+                    let mut w = vec![0.0; k.weights_len()];
+                    nhwc::transpose_packed_into(
+                        k.isa(),
+                        c.in_channels,
+                        c.out_channels,
+                        weight.weights(model, owned),
+                        &mut w,
+                    );
+                    owned.push(w);
+                    NodeKernel::PointwiseNhwc {
+                        kernel: k,
+                        weight: owned.len() - 1,
+                        bias: *bias,
+                    }
+                })
+            }
+            NodeKernel::Depthwise { weight, bias, .. } => {
+                DepthwiseNhwc::new(isa, c, spatial(ins), spatial(outs), threads).map(|k| {
+                    let mut w = vec![0.0; model.weight(*weight).len()];
+                    k.transpose_weights(model.weight(*weight), &mut w);
+                    owned.push(w);
+                    NodeKernel::DepthwiseNhwc {
+                        kernel: k,
+                        weight: owned.len() - 1,
+                        bias: *bias,
+                    }
+                })
+            }
+            _ => None,
+        };
+        kernels[i] = new.expect("region: a candidate's kernel plans again");
+    }
+    stored_nhwc
+}
+
+/// The layout `kernel` needs for its input `slot`.
+fn input_need(kernel: &NodeKernel, slot: usize) -> Need {
+    match (kernel, slot) {
+        (NodeKernel::PointwiseNhwc { .. }, 0) => Need::Any,
+        (NodeKernel::PointwiseNhwc { .. } | NodeKernel::DepthwiseNhwc { .. }, _) => Need::Nhwc,
+        _ => Need::Planar,
+    }
+}
+
+/// The values node `i` reads when it runs, and in which layout.
+fn node_reads(graph: &Graph, kernels: &[NodeKernel], i: usize) -> Vec<(usize, Need)> {
+    let node = &graph.nodes[i];
+    match &kernels[i] {
+        NodeKernel::InBlock => Vec::new(),
+        NodeKernel::Block { first, .. } => std::iter::once(graph.nodes[*first].inputs[0])
+            .chain(node.inputs.get(1).copied())
+            .map(|v| (v, Need::Planar))
+            .collect(),
+        k => node
+            .inputs
+            .iter()
+            .enumerate()
+            .map(|(slot, &v)| (v, input_need(k, slot)))
+            .collect(),
+    }
+}
+
 /// A planned model plus its workspace. `Send`, not shared: one per worker thread.
 pub struct Session {
     model: Arc<Model>,
@@ -450,6 +627,12 @@ pub struct Session {
     slots: usize,
     workers: Workers,
     batch: usize,
+    /// Per value: stored channels-last.
+    stored_nhwc: Vec<bool>,
+    /// Copies of values in the other layout, and their arena offsets.
+    shadows: Vec<(Shadow, usize)>,
+    /// Per value: the arena offset of its copy in the other layout (`usize::MAX`: none).
+    shadow_at: Vec<usize>,
 }
 
 /// Who runs a session's kernels besides the calling thread (`kernels::team`).
@@ -510,8 +693,8 @@ impl Session {
             }
         }
         let isa = Isa::select(options.max_isa);
-        let workspace = |blocks: &[std::ops::Range<usize>]| {
-            ArenaPlan::with_blocks(graph, options.max_batch, blocks)
+        let workspace = |blocks: &[std::ops::Range<usize>], extras: &[Extra]| {
+            ArenaPlan::with_extras(graph, options.max_batch, blocks, extras)
                 .filter(|p| {
                     p.len
                         .checked_mul(4)
@@ -526,7 +709,7 @@ impl Session {
                 })
         };
         // Checked before any kernel is planned (planning sizes buffers from the shapes).
-        let unfused = workspace(&[])?;
+        let unfused = workspace(&[], &[])?;
         let workers = match &options.threads {
             Threads::Caller | Threads::Count(0 | 1) => Workers::Caller,
             Threads::Pool(p) => Workers::Pool(p.clone()),
@@ -539,16 +722,40 @@ impl Session {
         let slots = workers.size().max(1);
         let mut owned = Vec::new();
         let mut kernels = plan_kernels(&model, isa, options.max_batch, slots, &mut owned)?;
+        let channels_last = options.channels_last
+            && std::env::var("CNNRT_CHANNELS_LAST").map_or(true, |v| v != "0");
+        let stored_nhwc = if channels_last {
+            channels_last_region(&model, &mut kernels, &mut owned, isa, slots)
+        } else {
+            vec![false; graph.values.len()]
+        };
         let blocks = if options.fuse_blocks {
             fuse_blocks(&model, &mut kernels, &mut owned, isa, slots)
         } else {
             Vec::new()
         };
-        let arena_plan = if blocks.is_empty() {
+        let shadows = region::shadows(graph, &stored_nhwc, |i| node_reads(graph, &kernels, i));
+        let extras: Vec<Extra> = shadows
+            .iter()
+            .map(|s| Extra {
+                first: s.after.unwrap_or(0),
+                last: s.last,
+                numel: graph.values[s.value].shape.iter().product(),
+            })
+            .collect();
+        let arena_plan = if blocks.is_empty() && extras.is_empty() {
             unfused
         } else {
-            workspace(&blocks)?
+            workspace(&blocks, &extras)?
         };
+        let shadows: Vec<(Shadow, usize)> = shadows
+            .into_iter()
+            .zip(arena_plan.extras.iter().copied())
+            .collect();
+        let mut shadow_at = vec![usize::MAX; graph.values.len()];
+        for (sh, off) in &shadows {
+            shadow_at[sh.value] = *off;
+        }
         if let Workers::Pool(p) = &workers {
             // Runs on every worker and returns once all have started, so no thread start-up
             // (and its allocations) happens inside a run; sets FTZ/DAZ on caller pools too.
@@ -571,6 +778,9 @@ impl Session {
             model,
             workers,
             batch: 0,
+            stored_nhwc,
+            shadows,
+            shadow_at,
         })
     }
 
@@ -670,12 +880,62 @@ impl Session {
         &self.arena[off..off + len]
     }
 
+    /// Makes the copies in the other layout of the values node `after` produced (`None`:
+    /// of the graph inputs).
+    fn make_shadows(
+        graph: &Graph,
+        shadows: &[(Shadow, usize)],
+        plan: &ArenaPlan,
+        arena: &mut [f32],
+        n: usize,
+        after: Option<usize>,
+    ) {
+        for (sh, dst) in shadows {
+            if sh.after != after {
+                continue;
+            }
+            let shape = &graph.values[sh.value].shape;
+            let (c, hw) = (shape[0], shape[1] * shape[2]);
+            let len = n * c * hw;
+            let src = plan.offsets[sh.value];
+            // The plan gives a copy its own memory, live while its value is.
+            let (from, to): (&[f32], &mut [f32]) = if src < *dst {
+                let (a, b) = arena.split_at_mut(*dst);
+                (&a[src..src + len], &mut b[..len])
+            } else {
+                let (a, b) = arena.split_at_mut(src);
+                (&b[..len], &mut a[*dst..*dst + len])
+            };
+            if sh.to_nhwc {
+                nhwc::to_nhwc(from, n, c, hw, to);
+            } else {
+                nhwc::to_planar(from, n, c, hw, to);
+            }
+        }
+    }
+
     fn execute(&mut self, n: usize, mut times: Option<Timing>) {
         crate::simd::set_flush_denormals();
         let model = &*self.model;
         let graph: &Graph = model.graph();
         let isa = self.isa;
         for (i, node) in graph.nodes.iter().enumerate() {
+            // The copies in the other layout of what the node before made (of the graph
+            // inputs, before the first node), timed with that node.
+            let started = times.as_ref().map(|t| (t.1)());
+            Self::make_shadows(
+                graph,
+                &self.shadows,
+                &self.arena_plan,
+                &mut self.arena,
+                n,
+                i.checked_sub(1),
+            );
+            if let (Some((t, clock)), Some(start), Some(p)) =
+                (times.as_mut(), started, i.checked_sub(1))
+            {
+                t[p] += clock().saturating_sub(start);
+            }
             if matches!(self.kernels[i], NodeKernel::InBlock) {
                 continue;
             }
@@ -688,8 +948,19 @@ impl Session {
             let right_base = out_off + out_len;
             // A value other than the output: wholly before or after it (the arena plan
             // never overlaps a node's inputs with its output).
-            let value = |v: usize| -> &[f32] {
-                let off = self.arena_plan.offsets[v];
+            let value = |v: usize, need: Need| -> &[f32] {
+                let wrong = match need {
+                    Need::Any => false,
+                    Need::Planar => self.stored_nhwc[v],
+                    Need::Nhwc => !self.stored_nhwc[v],
+                };
+                // `region::shadows` made a copy for every such read of a value whose
+                // layouts differ.
+                let off = if wrong && self.shadow_at[v] != usize::MAX {
+                    self.shadow_at[v]
+                } else {
+                    self.arena_plan.offsets[v]
+                };
                 let len = n * graph.values[v].shape.iter().product::<usize>();
                 if off + len <= out_off {
                     &left[off..off + len]
@@ -720,8 +991,8 @@ impl Session {
                     project_bias: w(project_bias),
                     channels_last: channels_last.map(|j| self.owned[j].as_slice()),
                 };
-                let x = value(graph.nodes[*first].inputs[0]);
-                let r = node.inputs.get(1).map(|&v| value(v));
+                let x = value(graph.nodes[*first].inputs[0], Need::Planar);
+                let r = node.inputs.get(1).map(|&v| value(v, Need::Planar));
                 kernel.run(self.slots, n, &weights, x, r, out, &mut self.scratch);
                 if let (Some((t, clock)), Some(start)) = (times.as_mut(), started) {
                     t[i] = clock().saturating_sub(start);
@@ -729,8 +1000,8 @@ impl Session {
                 continue;
             }
             let mut ins: [&[f32]; MAX_NODE_INPUTS] = [&[]; MAX_NODE_INPUTS];
-            for (slot, &v) in ins.iter_mut().zip(&node.inputs) {
-                *slot = value(v);
+            for (j, (slot, &v)) in ins.iter_mut().zip(&node.inputs).enumerate() {
+                *slot = value(v, input_need(&self.kernels[i], j));
             }
             let ins = &ins[..node.inputs.len()];
             let in_shape = graph.shape(node.inputs[0]);
@@ -817,6 +1088,31 @@ impl Session {
                     );
                 }
                 // Every sample's planes at once: they are independent.
+                NodeKernel::PointwiseNhwc {
+                    kernel,
+                    weight,
+                    bias,
+                } => kernel.run(
+                    self.slots,
+                    n,
+                    &self.owned[*weight],
+                    bias.map(|b| model.weight(b)),
+                    ins[0],
+                    ins.get(1).copied(),
+                    out,
+                ),
+                NodeKernel::DepthwiseNhwc {
+                    kernel,
+                    weight,
+                    bias,
+                } => kernel.run(
+                    self.slots,
+                    n,
+                    &self.owned[*weight],
+                    bias.map(|b| model.weight(b)),
+                    ins[0],
+                    out,
+                ),
                 NodeKernel::Pool(k) => parallel::pool(k, self.slots, ins[0], out),
                 NodeKernel::Vector => run_vector(isa, graph, i, model, ins, n, out),
                 NodeKernel::Copy => out.copy_from_slice(ins[0]),

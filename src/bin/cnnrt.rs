@@ -106,6 +106,10 @@ enum Command {
         /// instead of as one fused step (to compare, or to profile each layer).
         #[arg(long)]
         no_fuse: bool,
+        /// Run every layer planar (channels in separate planes) instead of keeping
+        /// MobileNet-style small-map layers channels-last between layers (to compare).
+        #[arg(long)]
+        no_channels_last: bool,
     },
 }
 
@@ -144,6 +148,7 @@ struct BenchOptions {
     clock: Clock,
     verify: bool,
     fuse: bool,
+    channels_last: bool,
 }
 
 fn threads_option(n: usize) -> Threads {
@@ -292,6 +297,7 @@ fn bench(model: &Path, o: &BenchOptions) -> Result<()> {
         max_isa: isa,
         threads: threads_option(threads),
         fuse_blocks: o.fuse,
+        channels_last: o.channels_last,
     })?;
     let session_ms = t1.elapsed().as_secs_f64() * 1e3;
     let sample: usize = m.input_shape().iter().product();
@@ -492,6 +498,7 @@ fn main() -> ExitCode {
             clock,
             no_verify,
             no_fuse,
+            no_channels_last,
         } => bench(
             &model,
             &BenchOptions {
@@ -504,6 +511,7 @@ fn main() -> ExitCode {
                 clock,
                 verify: !no_verify,
                 fuse: !no_fuse,
+                channels_last: !no_channels_last,
             },
         ),
     };

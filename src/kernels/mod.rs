@@ -6,6 +6,7 @@ pub mod elementwise;
 pub mod fused;
 pub mod gemm;
 pub mod linear;
+pub mod nhwc;
 pub mod parallel;
 pub mod peak;
 pub mod pool;

@@ -64,7 +64,27 @@ unsafe fn ukr<const R: usize, const NV: usize, const MASKED: bool>(
     st: &Store,
 ) {
     // SAFETY: forwarded (same contract).
-    unsafe { body::<R, NV, MASKED, false>(kc, a, lda, b, ldb, null(), c, ldc, nv, st.pf, st) }
+    unsafe {
+        body::<R, NV, MASKED, false, false>(kc, a, lda, b, ldb, null(), c, ldc, nv, st.pf, st)
+    }
+}
+
+#[target_feature(enable = "avx2,fma")]
+/// # Safety
+/// As [`ukr`], with A row `i` of step `k` at `a + i·lda + k` (see `Ukr::rows`).
+unsafe fn ukr_rows<const R: usize, const NV: usize, const MASKED: bool>(
+    kc: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    nv: usize,
+    st: &Store,
+) {
+    // SAFETY: forwarded (same contract).
+    unsafe { body::<R, NV, MASKED, false, true>(kc, a, lda, b, ldb, null(), c, ldc, nv, st.pf, st) }
 }
 
 #[target_feature(enable = "avx2,fma")]
@@ -82,7 +102,7 @@ unsafe fn ukr_offs<const R: usize, const MASKED: bool>(
     st: &Store,
 ) {
     // SAFETY: forwarded (same contract).
-    unsafe { body::<R, 2, MASKED, true>(kc, a, lda, b, 0, offs, c, ldc, nv, st.pf, st) }
+    unsafe { body::<R, 2, MASKED, true, false>(kc, a, lda, b, 0, offs, c, ldc, nv, st.pf, st) }
 }
 
 /// Offset-addressed 16-wide kernels (see [`OffsKernel`]), indexed by rows `1..=6`: full
@@ -131,7 +151,7 @@ unsafe fn multi<const R: usize>(
     for t in 0..nt {
         // SAFETY: tile t's addresses (caller); wrapping adds only form them.
         unsafe {
-            body::<R, 2, false, false>(
+            body::<R, 2, false, false, false>(
                 kc,
                 a,
                 lda,
@@ -161,7 +181,13 @@ unsafe fn multi<const R: usize>(
 /// As [`ukr`]; `pf` replaces `st.pf` (null: no prefetch).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn body<const R: usize, const NV: usize, const MASKED: bool, const OFFS: bool>(
+unsafe fn body<
+    const R: usize,
+    const NV: usize,
+    const MASKED: bool,
+    const OFFS: bool,
+    const ROWS: bool,
+>(
     kc: usize,
     a: *const f32,
     lda: usize,
@@ -218,12 +244,12 @@ unsafe fn body<const R: usize, const NV: usize, const MASKED: bool, const OFFS: 
             }
             for (i, row) in acc.iter_mut().enumerate() {
                 // SAFETY: i < R, inside this k's A column.
-                let av = _mm256_set1_ps(unsafe { *ap.add(i) });
+                let av = _mm256_set1_ps(unsafe { *ap.add(if ROWS { i * lda } else { i }) });
                 for (v, x) in row.iter_mut().enumerate() {
                     *x = _mm256_fmadd_ps(av, bv[v], *x);
                 }
             }
-            ap = ap.wrapping_add(lda);
+            ap = ap.wrapping_add(if ROWS { 1 } else { lda });
             if !OFFS {
                 bp = bp.wrapping_add(ldb);
             }
@@ -574,21 +600,24 @@ macro_rules! table12 {
 
 macro_rules! table {
     ($nv:literal, $masked:literal) => {
+        table!(ukr, $nv, $masked)
+    };
+    ($f:ident, $nv:literal, $masked:literal) => {
         [
-            ukr::<1, $nv, $masked> as UKernel, // index 0 unused
-            ukr::<1, $nv, $masked>,
-            ukr::<2, $nv, $masked>,
-            ukr::<3, $nv, $masked>,
-            ukr::<4, $nv, $masked>,
-            ukr::<5, $nv, $masked>,
-            ukr::<6, $nv, $masked>,
+            $f::<1, $nv, $masked> as UKernel, // index 0 unused
+            $f::<1, $nv, $masked>,
+            $f::<2, $nv, $masked>,
+            $f::<3, $nv, $masked>,
+            $f::<4, $nv, $masked>,
+            $f::<5, $nv, $masked>,
+            $f::<6, $nv, $masked>,
             // Never selected (mr <= 6); present to fill the table.
-            ukr::<6, $nv, $masked>,
-            ukr::<6, $nv, $masked>,
-            ukr::<6, $nv, $masked>,
-            ukr::<6, $nv, $masked>,
-            ukr::<6, $nv, $masked>,
-            ukr::<6, $nv, $masked>,
+            $f::<6, $nv, $masked>,
+            $f::<6, $nv, $masked>,
+            $f::<6, $nv, $masked>,
+            $f::<6, $nv, $masked>,
+            $f::<6, $nv, $masked>,
+            $f::<6, $nv, $masked>,
         ]
     };
 }
@@ -617,6 +646,8 @@ pub(crate) static UKR: Ukr = Ukr {
         multi::<6>,
     ]),
     tail: table!(2, true),
+    rows: table!(ukr_rows, 2, false),
+    rows_tail: table!(ukr_rows, 2, true),
     // One ymm per row: 12 accumulators fit, so a narrow tile takes a whole panel.
     narrow: table12!(1, true),
     narrow_max: 8,

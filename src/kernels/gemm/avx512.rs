@@ -54,7 +54,9 @@ unsafe fn ukr<const R: usize, const NV: usize, const MASKED: bool>(
     st: &Store,
 ) {
     // SAFETY: forwarded (same contract).
-    unsafe { body::<R, NV, MASKED, false>(kc, a, lda, b, ldb, std::ptr::null(), c, ldc, nv, st) }
+    unsafe {
+        body::<R, NV, MASKED, false, false>(kc, a, lda, b, ldb, std::ptr::null(), c, ldc, nv, st)
+    }
 }
 
 /// The offset-addressed kernel (see [`OffsKernel`]): B row `k` at `b + offs[k]`.
@@ -74,7 +76,29 @@ unsafe fn ukr_offs<const R: usize, const MASKED: bool>(
     st: &Store,
 ) {
     // SAFETY: forwarded (same contract).
-    unsafe { body::<R, 2, MASKED, true>(kc, a, lda, b, 0, offs, c, ldc, nv, st) }
+    unsafe { body::<R, 2, MASKED, true, false>(kc, a, lda, b, 0, offs, c, ldc, nv, st) }
+}
+
+/// The row-addressed kernel (see [`Ukr::rows`]): A row `i` of step `k` at
+/// `a + i·lda + k`.
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx2,fma")]
+/// # Safety
+/// AVX-512 present (dispatch); the UKernel contract with A addressed by rows.
+unsafe fn ukr_rows<const R: usize, const NV: usize, const MASKED: bool>(
+    kc: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    nv: usize,
+    st: &Store,
+) {
+    // SAFETY: forwarded (same contract).
+    unsafe {
+        body::<R, NV, MASKED, false, true>(kc, a, lda, b, ldb, std::ptr::null(), c, ldc, nv, st)
+    }
 }
 
 /// The body of [`ukr`] and [`ukr_offs`], inlined into each so that it compiles with
@@ -84,7 +108,13 @@ unsafe fn ukr_offs<const R: usize, const MASKED: bool>(
 /// As [`ukr`]; with `OFFS`, as [`OffsKernel`].
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn body<const R: usize, const NV: usize, const MASKED: bool, const OFFS: bool>(
+unsafe fn body<
+    const R: usize,
+    const NV: usize,
+    const MASKED: bool,
+    const OFFS: bool,
+    const ROWS: bool,
+>(
     kc: usize,
     a: *const f32,
     lda: usize,
@@ -139,13 +169,13 @@ unsafe fn body<const R: usize, const NV: usize, const MASKED: bool, const OFFS: 
         }
         for (i, row) in acc.iter_mut().enumerate() {
             // SAFETY: A row i < R of step k is valid.
-            let av = _mm512_set1_ps(unsafe { *ap.add(i) });
+            let av = _mm512_set1_ps(unsafe { *ap.add(if ROWS { i * lda } else { i }) });
             for (v, x) in row.iter_mut().enumerate() {
                 *x = _mm512_fmadd_ps(av, bv[v], *x);
             }
         }
         // Wrapping: the pointers step one past the block on the last iteration.
-        ap = ap.wrapping_add(lda);
+        ap = ap.wrapping_add(if ROWS { 1 } else { lda });
         if !OFFS {
             bp = bp.wrapping_add(ldb);
         }
@@ -424,6 +454,8 @@ pub(crate) static UKR: Ukr = Ukr {
     full: table!(UKernel, ukr, 2, false),
     multi: None,
     tail: table!(UKernel, ukr, 2, true),
+    rows: table!(UKernel, ukr_rows, 2, false),
+    rows_tail: table!(UKernel, ukr_rows, 2, true),
     narrow: table!(UKernel, ukr, 1, true),
     narrow_max: 16,
     narrow_mr: MR,

@@ -201,6 +201,11 @@ pub(crate) struct Ukr {
     pub multi: Option<&'static [MultiKernel; MR_MAX + 1]>,
     /// Masked tiles, any `nv < nr`.
     pub tail: [UKernel; MR_MAX + 1],
+    /// Full tiles reading A in place by rows: row `i` of step `k` at `a + i·lda + k`
+    /// (a channels-last activation, pixels as rows). Same FMA chain per element.
+    pub rows: [UKernel; MR_MAX + 1],
+    /// The same, masked (`nv < nr`).
+    pub rows_tail: [UKernel; MR_MAX + 1],
     /// Masked tiles for `nv <= narrow_max` (half width), cheaper than `tail`, up to
     /// `narrow_mr` rows (half-width tiles have registers for more rows).
     pub narrow: [UKernel; MR_MAX + 1],

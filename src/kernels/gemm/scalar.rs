@@ -22,6 +22,44 @@ unsafe fn ukr<const R: usize, const FULL: bool>(
     nv: usize,
     st: &Store,
 ) {
+    // SAFETY: forwarded (same contract).
+    unsafe { body::<R, FULL, false>(kc, a, lda, b, ldb, c, ldc, nv, st) }
+}
+
+/// # Safety
+/// As [`ukr`], with A row `i` of step `k` at `a + i·lda + k` (see `Ukr::rows`).
+unsafe fn ukr_rows<const R: usize, const FULL: bool>(
+    kc: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    nv: usize,
+    st: &Store,
+) {
+    // SAFETY: forwarded (same contract).
+    unsafe { body::<R, FULL, true>(kc, a, lda, b, ldb, c, ldc, nv, st) }
+}
+
+/// The body of [`ukr`] and [`ukr_rows`] (`ROWS`: A addressed by rows).
+///
+/// # Safety
+/// As [`ukr`] or [`ukr_rows`].
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn body<const R: usize, const FULL: bool, const ROWS: bool>(
+    kc: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    nv: usize,
+    st: &Store,
+) {
     let w = if FULL { NR } else { nv.min(NR) };
     let mut acc = [[0f32; NR]; R];
     // SAFETY (all accesses below): rows < R, columns < w, k < kc are valid (UKernel
@@ -48,12 +86,12 @@ unsafe fn ukr<const R: usize, const FULL: bool>(
         }
         for (i, row) in acc.iter_mut().enumerate() {
             // SAFETY: i < R, inside this k's A column.
-            let av = unsafe { *ap.add(i) };
+            let av = unsafe { *ap.add(if ROWS { i * lda } else { i }) };
             for (x, &bj) in row.iter_mut().zip(&bv) {
                 *x += av * bj;
             }
         }
-        ap = ap.wrapping_add(lda);
+        ap = ap.wrapping_add(if ROWS { 1 } else { lda });
         bp = bp.wrapping_add(ldb);
     }
     if st.finish {
@@ -88,21 +126,24 @@ unsafe fn ukr<const R: usize, const FULL: bool>(
 
 macro_rules! table {
     ($full:literal) => {
+        table!(ukr, $full)
+    };
+    ($f:ident, $full:literal) => {
         [
-            ukr::<1, $full> as UKernel, // index 0 unused
-            ukr::<1, $full>,
-            ukr::<2, $full>,
-            ukr::<3, $full>,
-            ukr::<4, $full>,
+            $f::<1, $full> as UKernel, // index 0 unused
+            $f::<1, $full>,
+            $f::<2, $full>,
+            $f::<3, $full>,
+            $f::<4, $full>,
             // Never selected (mr <= 4); present to fill the table.
-            ukr::<4, $full>,
-            ukr::<4, $full>,
-            ukr::<4, $full>,
-            ukr::<4, $full>,
-            ukr::<4, $full>,
-            ukr::<4, $full>,
-            ukr::<4, $full>,
-            ukr::<4, $full>,
+            $f::<4, $full>,
+            $f::<4, $full>,
+            $f::<4, $full>,
+            $f::<4, $full>,
+            $f::<4, $full>,
+            $f::<4, $full>,
+            $f::<4, $full>,
+            $f::<4, $full>,
         ]
     };
 }
@@ -116,6 +157,8 @@ pub(crate) static UKR: Ukr = Ukr {
     full: table!(true),
     multi: None,
     tail: table!(false),
+    rows: table!(ukr_rows, true),
+    rows_tail: table!(ukr_rows, false),
     narrow: table!(false),
     narrow_max: NR,
     narrow_mr: MR,

@@ -1,0 +1,650 @@
+//! Channels-last (NHWC) kernels for a region of a network kept channels-last between
+//! layers: 1×1 convolutions with pixels as the GEMM's rows, the 3×3 depthwise
+//! convolution with a vector of channels per pixel, and the conversions at the region's
+//! edges. The session chooses the region (`Session::new`, see docs/KERNELS.md).
+//!
+//! Why: on small maps (MobileNetV2's 28-, 14- and 7-wide layers) the planar layout puts
+//! pixels in the vectors: a 7×7 map is one 32-wide tile, one 16-wide and a one-column
+//! tail per panel of the 1×1 GEMMs, and the planar depthwise needs partial vectors or
+//! transposes. Channels-last, the vectors hold channels (all multiples of 16 in such
+//! networks), the 1×1 GEMM's rows are pixels (any count, cut into tiles of nearly equal
+//! rows) and its streamed operand is the weights, in panels read once per layer; every
+//! depthwise tap is a whole vector.
+//!
+//! Bit-identical to the planar kernels: every 1×1 output is the micro-kernel's chain of
+//! FMAs over k in order, then the bias, the residual and the activation (the same
+//! micro-kernel bodies, A addressed by rows); every depthwise output is the bias, then
+//! the nine taps in order with padded taps adding `0·w`, then the clamp — the planar
+//! layer's chain where `DepthwiseKernel::uniform_chain` holds, which the session checks.
+
+use std::ptr::null;
+
+use crate::graph::{Activation, Conv};
+use crate::kernels::elementwise::{dispatch, Simd};
+use crate::kernels::gemm::{self, SharedOut, Store, MR_PACK};
+use crate::kernels::parallel;
+use crate::simd::Isa;
+
+/// Panels of the tier's `nr` output channels, K-major inside: channel `c` of step `kk`
+/// at `(c / nr)·nr·k + kk·nr + c % nr` (the last panel padded with zeros), made from
+/// the conv-gemm packed weights (`MR_PACK`-row panels of A, see `gemm`).
+pub fn transpose_packed_len(isa: Isa, k: usize, cout: usize) -> usize {
+    let nr = gemm::ukr(isa).nr;
+    cout.div_ceil(nr) * nr * k
+}
+
+/// Writes [`transpose_packed_len`] floats of `out` from the conv-gemm packed `packed`
+/// (`cout × k`).
+pub fn transpose_packed_into(isa: Isa, k: usize, cout: usize, packed: &[f32], out: &mut [f32]) {
+    assert_eq!(packed.len(), k * cout, "nhwc: packed weights");
+    assert_eq!(
+        out.len(),
+        transpose_packed_len(isa, k, cout),
+        "nhwc: panels"
+    );
+    let nr = gemm::ukr(isa).nr;
+    out.fill(0.0);
+    for c in 0..cout {
+        let (p, i) = (c / MR_PACK, c % MR_PACK);
+        let h = MR_PACK.min(cout - p * MR_PACK);
+        let (t, j) = (c / nr, c % nr);
+        for kk in 0..k {
+            out[t * nr * k + kk * nr + j] = packed[p * MR_PACK * k + kk * h + i];
+        }
+    }
+}
+
+/// `[C][HW]` planes of `n` samples to `[HW][C]` pixels.
+pub fn to_nhwc(x: &[f32], n: usize, c: usize, hw: usize, out: &mut [f32]) {
+    assert!(
+        x.len() >= n * c * hw && out.len() >= n * c * hw,
+        "nhwc: conversion"
+    );
+    const B: usize = 16;
+    for s in 0..n {
+        let (x, o) = (&x[s * c * hw..], &mut out[s * c * hw..]);
+        for c0 in (0..c).step_by(B) {
+            for p0 in (0..hw).step_by(B) {
+                for ch in c0..(c0 + B).min(c) {
+                    for p in p0..(p0 + B).min(hw) {
+                        o[p * c + ch] = x[ch * hw + p];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `[HW][C]` pixels of `n` samples to `[C][HW]` planes.
+pub fn to_planar(x: &[f32], n: usize, c: usize, hw: usize, out: &mut [f32]) {
+    assert!(
+        x.len() >= n * c * hw && out.len() >= n * c * hw,
+        "nhwc: conversion"
+    );
+    const B: usize = 16;
+    for s in 0..n {
+        let (x, o) = (&x[s * c * hw..], &mut out[s * c * hw..]);
+        for p0 in (0..hw).step_by(B) {
+            for c0 in (0..c).step_by(B) {
+                for p in p0..(p0 + B).min(hw) {
+                    for ch in c0..(c0 + B).min(c) {
+                        o[ch * hw + p] = x[p * c + ch];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A 1×1 stride-1 convolution (one group, no padding) writing channels-last:
+/// `out[p][co] = act(Σ_k x[p][k]·W[co][k] + bias[co] + residual[p][co])`, its input
+/// channels-last or planar (read in place either way).
+#[derive(Clone, Debug)]
+pub struct PointwiseNhwc {
+    isa: Isa,
+    k: usize,
+    m: usize,
+    hw: usize,
+    act: Activation,
+    input_nhwc: bool,
+    /// Per sample: column groups (runs of panels) × row groups (runs of tiles).
+    col_groups: usize,
+    row_groups: usize,
+}
+
+impl PointwiseNhwc {
+    /// `None` unless `conv` is a 1×1 stride-1 one-group unpadded convolution.
+    pub fn new(isa: Isa, conv: &Conv, hw: usize, input_nhwc: bool, threads: usize) -> Option<Self> {
+        let one = |a: [usize; 2]| a == [1, 1];
+        if !(one(conv.kernel) && one(conv.stride) && one(conv.dilation))
+            || conv.groups != 1
+            || conv.pads != [0; 4]
+            || hw == 0
+        {
+            return None;
+        }
+        let mut k = PointwiseNhwc {
+            isa: gemm::ukr(isa).isa,
+            k: conv.in_channels,
+            m: conv.out_channels,
+            hw,
+            act: conv.activation,
+            input_nhwc,
+            col_groups: 1,
+            row_groups: 1,
+        };
+        if threads > 1 && k.flops() >= parallel::min_parallel_flops() {
+            // About two parts per worker; the weights split first where they outweigh
+            // the input (each worker then streams its share of them once).
+            let target = 2 * threads;
+            let (panels, tiles) = (k.panels(), k.tiles());
+            if k.m >= hw {
+                k.col_groups = panels.min(target);
+                k.row_groups = tiles.min(target.div_ceil(k.col_groups));
+            } else {
+                k.row_groups = tiles.min(target);
+                k.col_groups = panels.min(target.div_ceil(k.row_groups));
+            }
+        }
+        Some(k)
+    }
+
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// Whether the input is read channels-last (else planar).
+    pub fn input_nhwc(&self) -> bool {
+        self.input_nhwc
+    }
+
+    pub fn flops(&self) -> u64 {
+        2 * (self.k * self.m * self.hw) as u64
+    }
+
+    pub fn weights_len(&self) -> usize {
+        transpose_packed_len(self.isa, self.k, self.m)
+    }
+
+    fn panels(&self) -> usize {
+        self.m.div_ceil(gemm::ukr(self.isa).nr)
+    }
+
+    /// Row tiles of nearly equal height (49 pixels as 10 + 10 + 10 + 10 + 9 on
+    /// AVX-512): a tile of `r` rows has `2r` independent FMA chains.
+    fn tiles(&self) -> usize {
+        self.hw.div_ceil(gemm::ukr(self.isa).mr)
+    }
+
+    /// Independent parts of one sample.
+    pub fn parts(&self) -> usize {
+        self.col_groups * self.row_groups
+    }
+
+    /// Runs `n` samples on `slots` workers. `wt`: [`transpose_packed_into`] of the
+    /// weights; `x`: `n × k × hw` (channels-last or planar, see `input_nhwc`);
+    /// `residual`, `out`: `n × hw × m` channels-last.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run(
+        &self,
+        slots: usize,
+        n: usize,
+        wt: &[f32],
+        bias: Option<&[f32]>,
+        x: &[f32],
+        residual: Option<&[f32]>,
+        out: &mut [f32],
+    ) {
+        let (k, m, hw) = (self.k, self.m, self.hw);
+        assert_eq!(wt.len(), self.weights_len(), "nhwc 1x1: weights");
+        assert!(bias.is_none_or(|b| b.len() == m), "nhwc 1x1: bias");
+        assert!(x.len() >= n * k * hw, "nhwc 1x1: input");
+        assert!(out.len() >= n * m * hw, "nhwc 1x1: output");
+        assert!(
+            residual.is_none_or(|r| r.len() >= n * m * hw),
+            "nhwc 1x1: residual"
+        );
+        let parts = n * self.parts();
+        let shared = SharedOut::new(out);
+        let body = |part: usize| {
+            // SAFETY: lengths checked above; part `part` writes only its own rows ×
+            // columns of `out`, which no other part writes and nothing reads meanwhile.
+            unsafe {
+                self.part(
+                    part,
+                    wt.as_ptr(),
+                    bias.map_or(null(), |b| b.as_ptr()),
+                    x.as_ptr(),
+                    residual.map_or(null(), |r| r.as_ptr()),
+                    shared.ptr(),
+                )
+            }
+        };
+        if slots <= 1 || parts == 1 {
+            (0..parts).for_each(body);
+        } else {
+            parallel::for_tiles(slots, parts, &mut [], 0, |_, part| body(part));
+        }
+    }
+
+    /// One part: sample, column group, row group.
+    ///
+    /// # Safety
+    /// The buffers hold what `run` checks; no other writer of this part's outputs.
+    unsafe fn part(
+        &self,
+        part: usize,
+        wt: *const f32,
+        bias: *const f32,
+        x: *const f32,
+        residual: *const f32,
+        out: *mut f32,
+    ) {
+        let u = gemm::ukr(self.isa);
+        let (k, m, hw) = (self.k, self.m, self.hw);
+        let per = self.parts();
+        let (s, rest) = (part / per, part % per);
+        let (cg, rg) = (rest / self.row_groups, rest % self.row_groups);
+        let split = |total: usize, groups: usize, g: usize| {
+            (g * total / groups)..((g + 1) * total / groups)
+        };
+        let (panels, tiles) = (self.panels(), self.tiles());
+        let (pr, tr) = (
+            split(panels, self.col_groups, cg),
+            split(tiles, self.row_groups, rg),
+        );
+        let x = x.wrapping_add(s * k * hw);
+        let out = out.wrapping_add(s * m * hw);
+        let residual = if residual.is_null() {
+            residual
+        } else {
+            residual.wrapping_add(s * m * hw)
+        };
+        // Row p0 of tile t: tiles of hw / tiles rows, the first hw % tiles one more.
+        let (base, extra) = (hw / tiles, hw % tiles);
+        let row0 = |t: usize| t * base + t.min(extra);
+        let (full, tail, lda) = if self.input_nhwc {
+            (&u.rows, &u.rows_tail, k)
+        } else {
+            (&u.full, &u.tail, hw)
+        };
+        let panel = u.nr * k;
+        let end = pr.end;
+        for t in pr {
+            let c0 = t * u.nr;
+            let nv = u.nr.min(m - c0);
+            let kernels = if nv == u.nr { full } else { tail };
+            let st = Store {
+                load_c: false,
+                finish: true,
+                bias_row: null(),
+                bias_col: if bias.is_null() {
+                    bias
+                } else {
+                    bias.wrapping_add(c0)
+                },
+                residual: null(),
+                act: self.act,
+                pf: null(),
+                pf_stride: 0,
+            };
+            for (j, i) in tr.clone().enumerate() {
+                let (p0, r) = (row0(i), row0(i + 1) - row0(i));
+                // The next panel's weights, streamed in during this panel's first tiles
+                // (one 16-float line per k step; a panel is nr / 16 · k lines): at batch
+                // 1 they come from memory, and one panel's tiles leave time to fetch the
+                // next.
+                let (pf, pf_stride) = if t + 1 < end && j < u.nr / 16 {
+                    (wt.wrapping_add((t + 1) * panel + j * k * 16), 16)
+                } else {
+                    (null(), 0)
+                };
+                let a = if self.input_nhwc {
+                    x.wrapping_add(p0 * k)
+                } else {
+                    x.wrapping_add(p0)
+                };
+                let st = Store {
+                    pf,
+                    pf_stride,
+                    residual: if residual.is_null() {
+                        residual
+                    } else {
+                        residual.wrapping_add(p0 * m + c0)
+                    },
+                    ..st
+                };
+                // SAFETY: rows p0 .. p0 + r (≤ mr) of this sample's input (all k
+                // channels) and output; columns c0 .. c0 + nv of the output, bias and
+                // residual, the panel's nr columns of its weights over k steps.
+                unsafe {
+                    kernels[r](
+                        k,
+                        a,
+                        lda,
+                        wt.add(t * u.nr * k),
+                        u.nr,
+                        out.add(p0 * m + c0),
+                        m,
+                        nv,
+                        &st,
+                    )
+                };
+            }
+        }
+    }
+}
+
+/// A 3×3 depthwise convolution (dilation 1, stride 1 or 2 in both directions, padding
+/// at most 1 per side, a clamp activation) from channels-last to channels-last.
+#[derive(Clone, Debug)]
+pub struct DepthwiseNhwc {
+    isa: Isa,
+    c: usize,
+    h: usize,
+    w: usize,
+    oh: usize,
+    ow: usize,
+    stride: usize,
+    pt: usize,
+    pl: usize,
+    lo: f32,
+    hi: f32,
+    /// Per sample: row groups × channel groups.
+    row_groups: usize,
+    chan_groups: usize,
+}
+
+/// The clamp bounds of `act`, if it is one.
+fn clamp_of(act: Activation) -> Option<(f32, f32)> {
+    match act {
+        Activation::Identity => Some((f32::NEG_INFINITY, f32::INFINITY)),
+        Activation::Relu => Some((0.0, f32::INFINITY)),
+        Activation::Clip { min, max } => Some((min, max)),
+        _ => None,
+    }
+}
+
+/// f32 lanes of the vectors `isa`'s depthwise kernel uses (the channel granule).
+pub fn lanes(isa: Isa) -> usize {
+    dispatch!(isa, |s| lanes_of(s))
+}
+
+#[inline(always)]
+fn lanes_of<S: Simd>(_: S) -> usize {
+    S::LANES
+}
+
+impl DepthwiseNhwc {
+    /// `None` unless this kernel takes `conv` on a `[c, h, w]` input (see the type).
+    pub fn new(
+        isa: Isa,
+        conv: &Conv,
+        ins: [usize; 3],
+        outs: [usize; 3],
+        threads: usize,
+    ) -> Option<Self> {
+        let [c, h, w] = ins;
+        let [_, oh, ow] = outs;
+        let (lo, hi) = clamp_of(conv.activation)?;
+        let s = conv.stride[0];
+        let ok = conv.kernel == [3, 3]
+            && conv.dilation == [1, 1]
+            && conv.stride == [s, s]
+            && (s == 1 || s == 2)
+            && conv.groups == c
+            && conv.in_channels == c
+            && conv.out_channels == c
+            && conv.pads.iter().all(|&p| p <= 1)
+            && c > 0
+            && c.is_multiple_of(lanes(isa))
+            && oh == (h + conv.pads[0] + conv.pads[2]).checked_sub(3)? / s + 1
+            && ow == (w + conv.pads[1] + conv.pads[3]).checked_sub(3)? / s + 1;
+        if !ok {
+            return None;
+        }
+        let mut k = DepthwiseNhwc {
+            isa: crate::kernels::elementwise::clamp_isa(isa),
+            c,
+            h,
+            w,
+            oh,
+            ow,
+            stride: s,
+            pt: conv.pads[0],
+            pl: conv.pads[1],
+            lo,
+            hi,
+            row_groups: 1,
+            chan_groups: 1,
+        };
+        if threads > 1 && k.flops() >= parallel::min_parallel_flops() / 4 {
+            let target = 2 * threads;
+            k.row_groups = oh.min(target);
+            k.chan_groups = (c / lanes(isa)).min(target.div_ceil(k.row_groups));
+        }
+        Some(k)
+    }
+
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    pub fn flops(&self) -> u64 {
+        2 * 9 * (self.c * self.oh * self.ow) as u64
+    }
+
+    /// Tap-major weights (`9 × c`) from the layer's `[c][9]`.
+    pub fn transpose_weights(&self, w: &[f32], out: &mut [f32]) {
+        let c = self.c;
+        assert!(w.len() == 9 * c && out.len() == 9 * c, "nhwc dw: weights");
+        for ch in 0..c {
+            for tap in 0..9 {
+                out[tap * c + ch] = w[ch * 9 + tap];
+            }
+        }
+    }
+
+    /// Runs `n` samples on `slots` workers: `x` `n × h × w × c`, `out` `n × oh × ow × c`,
+    /// `wt` from [`DepthwiseNhwc::transpose_weights`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn run(
+        &self,
+        slots: usize,
+        n: usize,
+        wt: &[f32],
+        bias: Option<&[f32]>,
+        x: &[f32],
+        out: &mut [f32],
+    ) {
+        let c = self.c;
+        assert_eq!(wt.len(), 9 * c, "nhwc dw: weights");
+        assert!(bias.is_none_or(|b| b.len() == c), "nhwc dw: bias");
+        assert!(x.len() >= n * self.h * self.w * c, "nhwc dw: input");
+        assert!(out.len() >= n * self.oh * self.ow * c, "nhwc dw: output");
+        let per = self.row_groups * self.chan_groups;
+        let parts = n * per;
+        let shared = SharedOut::new(out);
+        let l = lanes(self.isa);
+        let body = |part: usize| {
+            let (s, rest) = (part / per, part % per);
+            let (rg, cg) = (rest / self.chan_groups, rest % self.chan_groups);
+            let vecs = c / l;
+            let rows = (rg * self.oh / self.row_groups)..((rg + 1) * self.oh / self.row_groups);
+            let chans =
+                (cg * vecs / self.chan_groups * l)..((cg + 1) * vecs / self.chan_groups * l);
+            let xs = x[s * self.h * self.w * c..].as_ptr();
+            let os = shared.ptr().wrapping_add(s * self.oh * self.ow * c);
+            let b = bias.map_or(null(), |b| b.as_ptr());
+            dispatch!(self.isa, |v| {
+                // SAFETY: lengths checked above; this part writes only its rows ×
+                // channels of sample s, which no other part writes.
+                unsafe { self.rows(v, xs, wt.as_ptr(), b, rows.clone(), chans.clone(), os) }
+            })
+        };
+        if slots <= 1 || parts == 1 {
+            (0..parts).for_each(body);
+        } else {
+            parallel::for_tiles(slots, parts, &mut [], 0, |_, part| body(part));
+        }
+    }
+
+    /// Output rows `rows`, channels `chans` (multiples of the lanes) of one sample.
+    ///
+    /// # Safety
+    /// `x` holds the sample's `h × w × c` input, `out` its `oh × ow × c` output, `w`
+    /// `9 × c` weights, `bias` (unless null) `c` floats.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn rows<S: Simd>(
+        &self,
+        s: S,
+        x: *const f32,
+        w: *const f32,
+        bias: *const f32,
+        rows: std::ops::Range<usize>,
+        chans: std::ops::Range<usize>,
+        out: *mut f32,
+    ) {
+        let l = S::LANES;
+        let (c, wd, st) = (self.c, self.w, self.stride);
+        let (lo, hi) = (s.splat(self.lo), s.splat(self.hi));
+        // Outputs whose three columns are all inside the row: ox·st − pl ≥ 0 and
+        // ox·st − pl + 2 < w.
+        let first = self.pl.div_ceil(st).min(self.ow);
+        let last = if wd + self.pl >= 3 {
+            ((wd + self.pl - 3) / st + 1).clamp(first, self.ow)
+        } else {
+            first
+        };
+        for oy in rows {
+            let mut src = [null::<f32>(); 3];
+            for (dy, sp) in src.iter_mut().enumerate() {
+                let iy = (oy * st + dy) as isize - self.pt as isize;
+                if iy >= 0 && (iy as usize) < self.h {
+                    *sp = x.wrapping_add(iy as usize * wd * c);
+                }
+            }
+            let orow = out.wrapping_add(oy * self.ow * c);
+            for ch in chans.clone().step_by(l) {
+                let b = if bias.is_null() {
+                    s.zero()
+                } else {
+                    // SAFETY: ch + LANES <= c floats of bias.
+                    unsafe { s.load(bias.add(ch)) }
+                };
+                // A macro, not a closure: a closure may compile as a function of its
+                // own, outside this tier's `#[target_feature]` body.
+                macro_rules! clamp {
+                    ($v:expr) => {
+                        s.min(hi, s.max(lo, $v))
+                    };
+                }
+                let mut ox = first;
+                macro_rules! groups {
+                    ($n:literal) => {
+                        while last - ox >= $n {
+                            let col0 = ox * st - self.pl;
+                            // SAFETY: outputs ox .. ox + n are interior: every tap's
+                            // column is inside the row.
+                            let acc = unsafe {
+                                if st == 1 {
+                                    group::<S, $n, 1>(s, &src, col0, c, ch, w, b)
+                                } else {
+                                    group::<S, $n, 2>(s, &src, col0, c, ch, w, b)
+                                }
+                            };
+                            for (p, v) in acc.into_iter().enumerate() {
+                                // SAFETY: output pixel ox + p < ow, channels below c.
+                                unsafe { s.store(orow.add((ox + p) * c + ch), clamp!(v)) };
+                            }
+                            ox += $n;
+                        }
+                    };
+                }
+                groups!(8);
+                groups!(4);
+                groups!(1);
+                // The edge outputs: taps outside the row add 0·w.
+                for ox in (0..first).chain(last..self.ow) {
+                    // SAFETY: taps inside the map only (checked), channels ch .. ch + l.
+                    let v = unsafe { self.pixel_checked(s, &src, ox, ch, w, b) };
+                    // SAFETY: output pixel ox < ow of this row, channels below c.
+                    unsafe { s.store(orow.add(ox * c + ch), clamp!(v)) };
+                }
+            }
+        }
+    }
+
+    /// One output pixel, taps outside the map adding `0·w`.
+    ///
+    /// # Safety
+    /// Non-null `src` rows hold `w` pixels of `c` channels; `w` the `9 × c` weights.
+    #[inline(always)]
+    unsafe fn pixel_checked<S: Simd>(
+        &self,
+        s: S,
+        src: &[*const f32; 3],
+        ox: usize,
+        ch: usize,
+        w: *const f32,
+        bias: S::V,
+    ) -> S::V {
+        let c = self.c;
+        let mut acc = bias;
+        for (dy, &row) in src.iter().enumerate() {
+            for dx in 0..3 {
+                // SAFETY: tap 3·dy + dx, channels ch .. ch + LANES.
+                let wv = unsafe { s.load(w.add((3 * dy + dx) * c + ch)) };
+                let ix = (ox * self.stride + dx) as isize - self.pl as isize;
+                let xv = if row.is_null() || ix < 0 || ix as usize >= self.w {
+                    s.zero()
+                } else {
+                    // SAFETY: column ix inside the row.
+                    unsafe { s.load(row.add(ix as usize * c + ch)) }
+                };
+                acc = s.fmadd(xv, wv, acc);
+            }
+        }
+        acc
+    }
+}
+
+/// `N` interior outputs of one row for channels `ch .. ch + LANES`: output `p` reads
+/// columns `col0 + p·SW + dx`. Null rows are padding (every tap `0·w`). Each output's
+/// chain: the bias, then taps 0..9 in order.
+///
+/// # Safety
+/// Non-null `src` rows hold columns `col0 .. col0 + (N − 1)·SW + 3` of `c` channels;
+/// `w` the `9 × c` weights.
+#[inline(always)]
+unsafe fn group<S: Simd, const N: usize, const SW: usize>(
+    s: S,
+    src: &[*const f32; 3],
+    col0: usize,
+    c: usize,
+    ch: usize,
+    w: *const f32,
+    bias: S::V,
+) -> [S::V; N] {
+    let mut acc = [bias; N];
+    for (dy, &row) in src.iter().enumerate() {
+        for dx in 0..3 {
+            // SAFETY: tap 3·dy + dx, channels ch .. ch + LANES.
+            let wv = unsafe { s.load(w.add((3 * dy + dx) * c + ch)) };
+            if row.is_null() {
+                for a in acc.iter_mut() {
+                    *a = s.fmadd(s.zero(), wv, *a);
+                }
+                continue;
+            }
+            let mut q = row.wrapping_add((col0 + dx) * c + ch);
+            for a in acc.iter_mut() {
+                // SAFETY: inside the row (the caller).
+                *a = s.fmadd(unsafe { s.load(q) }, wv, *a);
+                q = q.wrapping_add(SW * c);
+            }
+        }
+    }
+    acc
+}

@@ -1,0 +1,157 @@
+//! Which nodes of a graph run channels-last (`kernels::nhwc`), and which values then need
+//! a copy in the other layout: decided once, when a session is planned.
+//!
+//! A node may run channels-last when the session has such a kernel for it (the caller
+//! says which: 1×1 convolutions and 3×3 depthwise ones on small maps). Of those, kept:
+//! - a depthwise node only if its input is made channels-last (no conversion of an
+//!   expanded tensor at the region's edge);
+//! - no node whose output is a graph output;
+//! - only groups of connected nodes that hold a depthwise node: the 1×1 layers alone
+//!   gain little, and a lone channels-last layer between planar ones would pay two
+//!   conversions.
+//!
+//! Every other value stays planar. A reader that needs the other layout than its value
+//! is stored in (a planar residual read by a channels-last projection, a channels-last
+//! output read by a global pooling) reads a copy made right after the value's producer
+//! runs (a [`Shadow`]). Values of one pixel per channel are the same in both layouts and
+//! never need one.
+
+use crate::graph::Graph;
+
+/// What a node can run channels-last.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Candidate {
+    /// A 1×1 convolution: any input layout, a channels-last residual.
+    Pointwise,
+    /// A depthwise convolution: channels-last input.
+    Depthwise,
+}
+
+/// The layout a reader needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Need {
+    Planar,
+    Nhwc,
+    /// Either (reads in place whichever it is).
+    Any,
+}
+
+/// A copy of `value` in the other layout than it is stored in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Shadow {
+    pub value: usize,
+    /// The copy is channels-last (else planar).
+    pub to_nhwc: bool,
+    /// The node after which it is made (`None`: a graph input, made before the first).
+    pub after: Option<usize>,
+    /// The last node that reads it.
+    pub last: usize,
+}
+
+/// The nodes that run channels-last, given what each could (`candidates`, one per node).
+pub fn select(graph: &Graph, candidates: &[Option<Candidate>]) -> Vec<bool> {
+    let nn = graph.nodes.len();
+    let mut producer = vec![usize::MAX; graph.values.len()];
+    for (i, n) in graph.nodes.iter().enumerate() {
+        producer[n.output] = i;
+    }
+    let mut on: Vec<bool> = candidates.iter().map(|c| c.is_some()).collect();
+    on.resize(nn, false);
+    for (i, n) in graph.nodes.iter().enumerate() {
+        if graph.outputs.contains(&n.output) {
+            on[i] = false;
+        }
+    }
+    loop {
+        let mut changed = false;
+        for (i, n) in graph.nodes.iter().enumerate() {
+            if on[i] && candidates[i] == Some(Candidate::Depthwise) {
+                let p = producer[n.inputs[0]];
+                if p == usize::MAX || !on[p] {
+                    on[i] = false;
+                    changed = true;
+                }
+            }
+        }
+        // Connected groups (a node and the channels-last producers of its inputs).
+        let mut group: Vec<usize> = (0..nn).collect();
+        fn root(g: &mut [usize], mut i: usize) -> usize {
+            while g[i] != i {
+                g[i] = g[g[i]];
+                i = g[i];
+            }
+            i
+        }
+        for (i, n) in graph.nodes.iter().enumerate() {
+            if !on[i] {
+                continue;
+            }
+            for &v in &n.inputs {
+                let p = producer[v];
+                if p != usize::MAX && on[p] {
+                    let (a, b) = (root(&mut group, i), root(&mut group, p));
+                    group[a] = b;
+                }
+            }
+        }
+        let mut has_dw = vec![false; nn];
+        for i in 0..nn {
+            if on[i] && candidates[i] == Some(Candidate::Depthwise) {
+                let r = root(&mut group, i);
+                has_dw[r] = true;
+            }
+        }
+        for i in 0..nn {
+            if on[i] && !has_dw[root(&mut group, i)] {
+                on[i] = false;
+                changed = true;
+            }
+        }
+        if !changed {
+            return on;
+        }
+    }
+}
+
+/// Whether value `v` is the same in both layouts (one pixel per channel, or not a map).
+pub fn layout_free(graph: &Graph, v: usize) -> bool {
+    let s = &graph.values[v].shape;
+    s.len() != 3 || s[1] * s[2] == 1
+}
+
+/// The copies the reads need. `stored_nhwc[v]`: value `v` is stored channels-last;
+/// `reads(i)`: the (value, need) pairs node `i` reads when it runs (none for nodes run
+/// inside another's step).
+pub fn shadows(
+    graph: &Graph,
+    stored_nhwc: &[bool],
+    reads: impl Fn(usize) -> Vec<(usize, Need)>,
+) -> Vec<Shadow> {
+    let mut producer = vec![None; graph.values.len()];
+    for (i, n) in graph.nodes.iter().enumerate() {
+        producer[n.output] = Some(i);
+    }
+    let mut out: Vec<Shadow> = Vec::new();
+    for i in 0..graph.nodes.len() {
+        for (v, need) in reads(i) {
+            let wrong = match need {
+                Need::Any => false,
+                Need::Planar => stored_nhwc[v],
+                Need::Nhwc => !stored_nhwc[v],
+            };
+            if !wrong || layout_free(graph, v) {
+                continue;
+            }
+            match out.iter_mut().find(|s| s.value == v) {
+                Some(s) => s.last = s.last.max(i),
+                None => out.push(Shadow {
+                    value: v,
+                    to_nhwc: need == Need::Nhwc,
+                    after: producer[v],
+                    last: i,
+                }),
+            }
+        }
+    }
+    out
+}
