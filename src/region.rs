@@ -155,3 +155,97 @@ pub fn shadows(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::{Node, Op, PoolKind};
+
+    /// A chain `input → n0 → n1 → …`, every value `[c, 7, 7]`, the last one the output;
+    /// global pooling as the ops (only the wiring matters here).
+    fn chain(len: usize, residual: Option<(usize, usize)>) -> Graph {
+        let mut g = Graph::default();
+        let mut prev = g.add_value("x", vec![8, 7, 7]);
+        g.inputs = vec![prev];
+        let first = prev;
+        let mut outs = vec![first];
+        for i in 0..len {
+            let v = g.add_value(format!("v{i}"), vec![8, 7, 7]);
+            let mut inputs = vec![prev];
+            if let Some((node, from)) = residual {
+                if node == i {
+                    inputs.push(outs[from]);
+                }
+            }
+            g.nodes.push(Node {
+                name: format!("n{i}"),
+                op: Op::GlobalPool {
+                    kind: PoolKind::Average,
+                },
+                inputs,
+                output: v,
+            });
+            outs.push(v);
+            prev = v;
+        }
+        g.outputs = vec![prev];
+        g
+    }
+
+    use Candidate::{Depthwise as D, Pointwise as P};
+
+    #[test]
+    fn keeps_connected_groups_with_a_depthwise_layer() {
+        let g = chain(6, None);
+        // n0 planar; n1..n4 a group with a depthwise layer; n5 is the graph output.
+        let on = select(&g, &[None, Some(P), Some(D), Some(P), Some(P), Some(P)]);
+        assert_eq!(on, [false, true, true, true, true, false]);
+    }
+
+    #[test]
+    fn drops_groups_without_depthwise_layers_and_depthwise_layers_after_planar_ones() {
+        let g = chain(7, None);
+        // n0..n1 pointwise only; n3 depthwise after a planar node; n5 pointwise alone.
+        let on = select(&g, &[Some(P), Some(P), None, Some(D), None, Some(P), None]);
+        assert_eq!(on, [false; 7]);
+    }
+
+    #[test]
+    fn copies_what_readers_need_in_the_other_layout() {
+        // n2 reads the graph input as a residual; n3 (planar) reads n2's output.
+        let g = chain(5, Some((2, 0)));
+        let on = select(&g, &[Some(P), Some(D), Some(P), None, None]);
+        assert_eq!(on, [true, true, true, false, false]);
+        let mut stored = vec![false; g.values.len()];
+        for (i, n) in g.nodes.iter().enumerate() {
+            stored[n.output] = on[i];
+        }
+        let reads = |i: usize| -> Vec<(usize, Need)> {
+            let n = &g.nodes[i];
+            match i {
+                0 => vec![(n.inputs[0], Need::Any)],
+                1 => vec![(n.inputs[0], Need::Nhwc)],
+                2 => vec![(n.inputs[0], Need::Any), (n.inputs[1], Need::Nhwc)],
+                _ => vec![(n.inputs[0], Need::Planar)],
+            }
+        };
+        let shadows = shadows(&g, &stored, reads);
+        assert_eq!(
+            shadows,
+            [
+                Shadow {
+                    value: g.inputs[0],
+                    to_nhwc: true,
+                    after: None,
+                    last: 2
+                },
+                Shadow {
+                    value: g.nodes[2].output,
+                    to_nhwc: false,
+                    after: Some(2),
+                    last: 3
+                },
+            ]
+        );
+    }
+}
