@@ -47,6 +47,7 @@ fn within(got: &[f32], want: &[f32], mag: &[f32]) -> Result<(), TestCaseError> {
 }
 
 /// The reference output and the magnitude bounding its rounding error.
+#[allow(clippy::too_many_arguments)]
 fn reference(
     conv: &Conv,
     n: usize,
