@@ -44,12 +44,15 @@ pub fn transpose_packed_into(isa: Isa, k: usize, cout: usize, packed: &[f32], ou
     );
     let nr = gemm::ukr(isa).nr;
     out.fill(0.0);
-    for c in 0..cout {
-        let (p, i) = (c / MR_PACK, c % MR_PACK);
-        let h = MR_PACK.min(cout - p * MR_PACK);
-        let (t, j) = (c / nr, c % nr);
-        for kk in 0..k {
-            out[t * nr * k + kk * nr + j] = packed[p * MR_PACK * k + kk * h + i];
+    // Panel by panel of the packed weights, reading them in order (a session makes
+    // megabytes of these at creation).
+    for (p, panel) in packed.chunks(MR_PACK * k).enumerate() {
+        let h = panel.len() / k;
+        for (kk, col) in panel.chunks(h).enumerate() {
+            for (i, &v) in col.iter().enumerate() {
+                let c = p * MR_PACK + i;
+                out[(c / nr) * nr * k + kk * nr + c % nr] = v;
+            }
         }
     }
 }
@@ -95,6 +98,10 @@ pub fn to_planar(x: &[f32], n: usize, c: usize, hw: usize, out: &mut [f32]) {
         }
     }
 }
+
+/// Bytes of one K block of a weight panel (`kc × nr` floats): with a tile's input rows
+/// (at most 12 × kc floats) it stays in a 48 KiB L1.
+const KC_BYTES: usize = 24 << 10;
 
 /// A 1×1 stride-1 convolution (one group, no padding) writing channels-last:
 /// `out[p][co] = act(Σ_k x[p][k]·W[co][k] + bias[co] + residual[p][co])`, its input
@@ -269,7 +276,12 @@ impl PointwiseNhwc {
             (&u.full, &u.tail, hw)
         };
         let panel = u.nr * k;
+        let lines = panel / 16;
         let end = pr.end;
+        // K in blocks whose weights (kc × nr) stay in L1 beside a tile's rows, all row
+        // tiles of a block before the next: the later blocks start from C (exact f32
+        // stores and loads, so the chain over k, hence every bit, is unchanged).
+        let kc = k.min((KC_BYTES / (4 * u.nr)).max(1));
         for t in pr {
             let c0 = t * u.nr;
             let nv = u.nr.min(m - c0);
@@ -288,48 +300,57 @@ impl PointwiseNhwc {
                 pf: null(),
                 pf_stride: 0,
             };
-            for (j, i) in tr.clone().enumerate() {
-                let (p0, r) = (row0(i), row0(i + 1) - row0(i));
-                // The next panel's weights, streamed in during this panel's first tiles
-                // (one 16-float line per k step; a panel is nr / 16 · k lines): at batch
-                // 1 they come from memory, and one panel's tiles leave time to fetch the
-                // next.
-                let (pf, pf_stride) = if t + 1 < end && j < u.nr / 16 {
-                    (wt.wrapping_add((t + 1) * panel + j * k * 16), 16)
-                } else {
-                    (null(), 0)
-                };
-                let a = if self.input_nhwc {
-                    x.wrapping_add(p0 * k)
-                } else {
-                    x.wrapping_add(p0)
-                };
-                let st = Store {
-                    pf,
-                    pf_stride,
-                    residual: if residual.is_null() {
-                        residual
+            // The next panel's weights, one 16-float line per k step of this panel's
+            // calls until all are asked for: at batch 1 they come from memory, and one
+            // panel's tiles leave time to fetch the next.
+            let mut fetched = 0;
+            for k0 in (0..k).step_by(kc) {
+                let kcur = kc.min(k - k0);
+                for i in tr.clone() {
+                    let (p0, r) = (row0(i), row0(i + 1) - row0(i));
+                    let (pf, pf_stride) = if t + 1 < end && fetched < lines {
+                        let at = wt.wrapping_add((t + 1) * panel + fetched * 16);
+                        fetched += kcur;
+                        (at, 16)
                     } else {
-                        residual.wrapping_add(p0 * m + c0)
-                    },
-                    ..st
-                };
-                // SAFETY: rows p0 .. p0 + r (≤ mr) of this sample's input (all k
-                // channels) and output; columns c0 .. c0 + nv of the output, bias and
-                // residual, the panel's nr columns of its weights over k steps.
-                unsafe {
-                    kernels[r](
-                        k,
-                        a,
-                        lda,
-                        wt.add(t * u.nr * k),
-                        u.nr,
-                        out.add(p0 * m + c0),
-                        m,
-                        nv,
-                        &st,
-                    )
-                };
+                        (null(), 0)
+                    };
+                    let a = if self.input_nhwc {
+                        x.wrapping_add(p0 * k + k0)
+                    } else {
+                        x.wrapping_add(p0 + k0 * hw)
+                    };
+                    let last = k0 + kcur == k;
+                    let st = Store {
+                        load_c: k0 > 0,
+                        finish: last,
+                        pf,
+                        pf_stride,
+                        residual: if residual.is_null() || !last {
+                            null()
+                        } else {
+                            residual.wrapping_add(p0 * m + c0)
+                        },
+                        ..st
+                    };
+                    // SAFETY: rows p0 .. p0 + r (≤ mr) of this sample's input (k steps
+                    // k0 .. k0 + kcur) and output; columns c0 .. c0 + nv of the output,
+                    // bias and residual, the panel's nr columns of its weights over those
+                    // k steps.
+                    unsafe {
+                        kernels[r](
+                            kcur,
+                            a,
+                            lda,
+                            wt.add(t * panel + k0 * u.nr),
+                            u.nr,
+                            out.add(p0 * m + c0),
+                            m,
+                            nv,
+                            &st,
+                        )
+                    };
+                }
             }
         }
     }

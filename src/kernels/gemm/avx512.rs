@@ -143,6 +143,12 @@ unsafe fn body<
         }
     }
     let (mut ap, mut bp, mut op) = (a, b, offs);
+    // By rows: row i at bases[i / 3] + (i % 3)·lda, each base stepped once per k (one
+    // add per three rows, the rest base + index addressing).
+    let mut bases = [a; 4];
+    for (j, p) in bases.iter_mut().enumerate() {
+        *p = a.wrapping_add(3 * j * lda);
+    }
     let mut pf = st.pf;
     let do_pf = !pf.is_null();
     for _ in 0..kc {
@@ -169,13 +175,25 @@ unsafe fn body<
         }
         for (i, row) in acc.iter_mut().enumerate() {
             // SAFETY: A row i < R of step k is valid.
-            let av = _mm512_set1_ps(unsafe { *ap.add(if ROWS { i * lda } else { i }) });
+            let av = _mm512_set1_ps(unsafe {
+                if ROWS {
+                    *bases[i / 3].add((i % 3) * lda)
+                } else {
+                    *ap.add(i)
+                }
+            });
             for (v, x) in row.iter_mut().enumerate() {
                 *x = _mm512_fmadd_ps(av, bv[v], *x);
             }
         }
         // Wrapping: the pointers step one past the block on the last iteration.
-        ap = ap.wrapping_add(if ROWS { 1 } else { lda });
+        if ROWS {
+            for p in bases.iter_mut().take(R.div_ceil(3)) {
+                *p = p.wrapping_add(1);
+            }
+        } else {
+            ap = ap.wrapping_add(lda);
+        }
         if !OFFS {
             bp = bp.wrapping_add(ldb);
         }
