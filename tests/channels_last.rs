@@ -9,7 +9,7 @@
 
 mod common;
 
-use cnnrt::graph::{Activation, Conv, Graph, Node, Op, PoolKind};
+use cnnrt::graph::{Activation, Conv};
 use cnnrt::kernels::conv::ConvKernel;
 use cnnrt::kernels::depthwise::DepthwiseKernel;
 use cnnrt::kernels::nhwc::{self, DepthwiseNhwc, PointwiseNhwc};
@@ -306,89 +306,9 @@ proptest! {
     }
 }
 
-/// Input 16×14×14 → [1×1 expand 96, ReLU6 → 3×3 dw → 1×1 project 16 + the block's input]
-/// → [the same, dw stride 2, no residual] → 1×1 to 48, ReLU → global average → output:
-/// the first projection's residual is the graph input (a channels-last copy made before
-/// the first node), the last convolution's output is read planar by the pooling (a planar
-/// copy).
-fn small_map_blocks() -> common::Zoo {
-    let mut g = Graph::default();
-    let mut w: Vec<Vec<f32>> = Vec::new();
-    let mut seed = 21u64;
-    let relu6 = Activation::Clip { min: 0.0, max: 6.0 };
-    let mut add = |g: &mut Graph, name: &str, mut cv: Conv, inputs: Vec<usize>, out: usize| {
-        let per = cv.in_channels / cv.groups * cv.kernel[0] * cv.kernel[1];
-        cv.weight = g.add_weight(
-            format!("{name}.w"),
-            vec![
-                cv.out_channels,
-                cv.in_channels / cv.groups,
-                cv.kernel[0],
-                cv.kernel[1],
-            ],
-        );
-        w.push(common::rand_vec(
-            &mut seed,
-            cv.out_channels * per,
-            -0.4,
-            0.4,
-        ));
-        let b = g.add_weight(format!("{name}.b"), vec![cv.out_channels]);
-        w.push(common::rand_vec(&mut seed, cv.out_channels, -0.2, 0.2));
-        cv.bias = Some(b);
-        g.nodes.push(Node {
-            name: name.into(),
-            op: Op::Conv(cv),
-            inputs,
-            output: out,
-        });
-    };
-    let (c, e) = (16, 96);
-    let x = g.add_value("input", vec![c, 14, 14]);
-    let mut prev = x;
-    let mut hw = 14;
-    for (i, stride) in [1usize, 2].into_iter().enumerate() {
-        let ohw = (hw + 2 - 3) / stride + 1;
-        let v1 = g.add_value(format!("e{i}"), vec![e, hw, hw]);
-        let v2 = g.add_value(format!("d{i}"), vec![e, ohw, ohw]);
-        let v3 = g.add_value(format!("p{i}"), vec![c, ohw, ohw]);
-        let ec = plain_conv(c, e, 1, 1, [0; 4], 1, relu6);
-        add(&mut g, &format!("expand{i}"), ec, vec![prev], v1);
-        let dc = plain_conv(e, e, 3, stride, [1; 4], e, relu6);
-        add(&mut g, &format!("dw{i}"), dc, vec![v1], v2);
-        let pc = plain_conv(e, c, 1, 1, [0; 4], 1, Activation::Identity);
-        let inputs = if stride == 1 {
-            vec![v2, prev]
-        } else {
-            vec![v2]
-        };
-        add(&mut g, &format!("project{i}"), pc, inputs, v3);
-        prev = v3;
-        hw = ohw;
-    }
-    let head = g.add_value("head", vec![48, hw, hw]);
-    let hc = plain_conv(c, 48, 1, 1, [0; 4], 1, Activation::Relu);
-    add(&mut g, "head", hc, vec![prev], head);
-    let out = g.add_value("output", vec![48, 1, 1]);
-    g.nodes.push(Node {
-        name: "gap".into(),
-        op: Op::GlobalPool {
-            kind: PoolKind::Average,
-        },
-        inputs: vec![head],
-        output: out,
-    });
-    g.inputs = vec![x];
-    g.outputs = vec![out];
-    common::Zoo {
-        graph: g,
-        weights: w,
-    }
-}
-
 #[test]
 fn session_runs_small_maps_channels_last_with_the_same_bits() {
-    let zoo = small_map_blocks();
+    let zoo = common::small_map_blocks();
     let refs: Vec<&[f32]> = zoo.weights.iter().map(|w| w.as_slice()).collect();
     let model = zoo.model();
     let mut seed = 4u64;

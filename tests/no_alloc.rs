@@ -43,8 +43,13 @@ fn run_does_not_allocate() {
     // Every layer through the pool, however small, so the parallel paths are counted too
     // (read once per process; this file has no other test).
     std::env::set_var("CNNRT_PARALLEL_MIN_FLOPS", "0");
-    // The zoo (every op) and two fused inverted-residual blocks (`kernels::fused`).
-    let zoos = [common::zoo(42), common::inverted_residuals()];
+    // The zoo (every op), two fused inverted-residual blocks (`kernels::fused`) and two
+    // blocks on small maps (the channels-last region, `kernels::nhwc`).
+    let zoos = [
+        common::zoo(42),
+        common::inverted_residuals(),
+        common::small_map_blocks(),
+    ];
     let mut seed = 9u64;
     // Sessions are kept alive to the end: a dropped pool's threads allocate as they exit.
     let mut keep = Vec::new();
