@@ -11,6 +11,7 @@ use cnnrt::graph::{Activation, Conv, Linear};
 use cnnrt::kernels::conv::ConvKernel;
 use cnnrt::kernels::gemm::{self, BMode, Epilogue, Gemm};
 use cnnrt::kernels::linear::LinearKernel;
+use cnnrt::kernels::nhwc::{self, DepthwiseNhwc, PointwiseNhwc};
 use cnnrt::simd::Isa;
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
@@ -382,6 +383,89 @@ fn linear_cases(isa: Isa, out: &mut Vec<Case>) {
     }
 }
 
+/// The channels-last kernels (`kernels::nhwc`) on MobileNetV2's small-map shapes: its
+/// 1×1 layers on 28-, 14- and 7-wide maps and its 3×3 depthwise layers there.
+fn nhwc_cases(isa: Isa, out: &mut Vec<Case>) {
+    for (name, cin, cout, hw) in [
+        ("mobilenetv2/1x1_32-192_28", 32, 192, 28),
+        ("mobilenetv2/1x1_96-576_14", 96, 576, 14),
+        ("mobilenetv2/1x1_576-96_14", 576, 96, 14),
+        ("mobilenetv2/1x1_160-960_7", 160, 960, 7),
+        ("mobilenetv2/1x1_960-320_7", 960, 320, 7),
+        ("mobilenetv2/1x1_320-1280_7", 320, 1280, 7),
+    ] {
+        let conv = Conv {
+            in_channels: cin,
+            out_channels: cout,
+            kernel: [1, 1],
+            stride: [1, 1],
+            dilation: [1, 1],
+            pads: [0; 4],
+            groups: 1,
+            weight: 0,
+            bias: Some(1),
+            activation: Activation::Relu,
+        };
+        let kern = PointwiseNhwc::new(isa, &conv, hw * hw, true, 1).expect("1x1");
+        out.push(Case {
+            group: "nhwc",
+            name: name.to_string(),
+            isa,
+            algorithm: "gemm1x1_nhwc",
+            work: kern.flops(),
+            bytes: false,
+            make: Box::new(move || {
+                let plain = ConvKernel::new(isa, &conv, [cin, hw, hw], [cout, hw, hw]);
+                let mut packed = vec![0.0; plain.packed_weight_len()];
+                plain.pack_weights(&values(cout * cin, 3), &mut packed);
+                let mut wt = vec![0.0; kern.weights_len()];
+                nhwc::transpose_packed_into(kern.isa(), cin, cout, &packed, &mut wt);
+                let bias = values(cout, 4);
+                let x = values(cin * hw * hw, 5);
+                let mut y = vec![0.0; cout * hw * hw];
+                Box::new(move || kern.run(1, 1, &wt, Some(&bias), black_box(&x), None, &mut y))
+            }),
+        });
+    }
+    for (name, c, hw, stride) in [
+        ("mobilenetv2/dw3x3_192_s1_28", 192, 28, 1),
+        ("mobilenetv2/dw3x3_192_s2_28", 192, 28, 2),
+        ("mobilenetv2/dw3x3_576_s1_14", 576, 14, 1),
+        ("mobilenetv2/dw3x3_960_s1_7", 960, 7, 1),
+    ] {
+        let conv = Conv {
+            in_channels: c,
+            out_channels: c,
+            kernel: [3, 3],
+            stride: [stride, stride],
+            dilation: [1, 1],
+            pads: [1; 4],
+            groups: c,
+            weight: 0,
+            bias: Some(1),
+            activation: Activation::Clip { min: 0.0, max: 6.0 },
+        };
+        let o = (hw - 1) / stride + 1;
+        let kern = DepthwiseNhwc::new(isa, &conv, [c, hw, hw], [c, o, o], 1).expect("dw");
+        out.push(Case {
+            group: "nhwc",
+            name: name.to_string(),
+            isa,
+            algorithm: "dw3x3_nhwc",
+            work: kern.flops(),
+            bytes: false,
+            make: Box::new(move || {
+                let mut w = vec![0.0; 9 * c];
+                kern.transpose_weights(&values(9 * c, 3), &mut w);
+                let bias = values(c, 4);
+                let x = values(c * hw * hw, 5);
+                let mut y = vec![0.0; c * o * o];
+                Box::new(move || kern.run(1, 1, &w, Some(&bias), black_box(&x), &mut y))
+            }),
+        });
+    }
+}
+
 fn all_cases() -> Vec<Case> {
     cnnrt::simd::set_flush_denormals();
     let mut v = Vec::new();
@@ -389,6 +473,7 @@ fn all_cases() -> Vec<Case> {
         gemm_cases(isa, &mut v);
         conv_cases(isa, &mut v);
         linear_cases(isa, &mut v);
+        nhwc_cases(isa, &mut v);
     }
     v
 }
