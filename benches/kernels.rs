@@ -419,7 +419,7 @@ fn nhwc_cases(isa: Isa, out: &mut Vec<Case>) {
                 let mut packed = vec![0.0; plain.packed_weight_len()];
                 plain.pack_weights(&values(cout * cin, 3), &mut packed);
                 let mut wt = vec![0.0; kern.weights_len()];
-                nhwc::transpose_packed_into(kern.isa(), cin, cout, &packed, &mut wt);
+                nhwc::panels_from_conv_gemm(cin, cout, &packed, &mut wt);
                 let bias = values(cout, 4);
                 let x = values(cin * hw * hw, 5);
                 let mut y = vec![0.0; cout * hw * hw];

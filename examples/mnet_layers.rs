@@ -77,7 +77,7 @@ fn conv(
         let plain = ConvKernel::new(isa, &c, [cin, hw, hw], [cout, o, o]);
         plain.pack_weights(&values(cout * cin, 3), &mut packed);
         let mut wt = vec![0.0; kern.weights_len()];
-        cnnrt::kernels::nhwc::transpose_packed_into(kern.isa(), cin, cout, &packed, &mut wt);
+        cnnrt::kernels::nhwc::panels_from_conv_gemm(cin, cout, &packed, &mut wt);
         let bias = values(cout, 4);
         let x = values(cin * hw * hw, 5);
         let res = residual.then(|| values(cout * o * o, 6));

@@ -214,10 +214,35 @@ impl Converted {
         let mut graph = self.graph.clone();
         let mut weights = self.weights.clone();
         let mut notes = Vec::new();
+        // The 1×1 layers a session will run channels-last (`region`; the AVX-512 tier's
+        // choice, which the others share on MobileNet-style networks) are stored in the
+        // 32-wide panels that kernel reads in place; a session that runs one planar
+        // repacks it.
+        let region = crate::region::select(
+            &self.graph,
+            &crate::region::candidates(&self.graph, Isa::Avx512),
+        );
         for (index, node) in self.graph.nodes.iter().enumerate() {
             let in_shape = self.graph.shape(node.inputs[0]);
             let out_shape = self.graph.shape(node.output);
             match &node.op {
+                Op::Conv(c)
+                    if region[index]
+                        && c.groups == 1
+                        && graph.weights[c.weight].layout == WeightLayout::Plain =>
+                {
+                    let (n, k) = (c.out_channels, c.in_channels);
+                    let mut packed = vec![0.0; n * k];
+                    crate::kernels::gemm::pack_b_transposed(
+                        n,
+                        k,
+                        &self.weights[c.weight],
+                        k,
+                        &mut packed,
+                    );
+                    weights[c.weight] = packed;
+                    graph.weights[c.weight].layout = WeightLayout::LinearGemm;
+                }
                 Op::Conv(c) => {
                     let (i, o) = (
                         [in_shape[0], in_shape[1], in_shape[2]],

@@ -16,7 +16,10 @@
 //! runs (a [`Shadow`]). Values of one pixel per channel are the same in both layouts and
 //! never need one.
 
-use crate::graph::Graph;
+use crate::graph::{Graph, Node, Op, WeightLayout};
+use crate::kernels::depthwise::DepthwiseKernel;
+use crate::kernels::nhwc::{DepthwiseNhwc, PointwiseNhwc};
+use crate::simd::Isa;
 
 /// What a node can run channels-last.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,6 +49,83 @@ pub struct Shadow {
     pub after: Option<usize>,
     /// The last node that reads it.
     pub last: usize,
+}
+
+/// Widest output map (input map for a depthwise layer) a layer runs channels-last on:
+/// `CNNRT_CHANNELS_LAST_MAX_W` (for tuning) or 28 (MobileNetV2's 28-, 14- and 7-wide
+/// stages; its wider ones run as fused blocks).
+pub fn max_width() -> usize {
+    std::env::var("CNNRT_CHANNELS_LAST_MAX_W")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(28)
+}
+
+/// What each node could run channels-last on `isa`: 1×1 convolutions on maps up to
+/// [`max_width`] wide, except the projection of a depthwise layer that stays planar (a
+/// block on a wider map, which fuses; its input would need converting); 3×3 depthwise
+/// convolutions whose planar layer is the same chain (`DepthwiseKernel::uniform_chain`,
+/// so that both paths give the same bits) on inputs up to [`max_width`] wide.
+pub fn candidates(graph: &Graph, isa: Isa) -> Vec<Option<Candidate>> {
+    let max_w = max_width();
+    let spatial = |s: &[usize]| -> Option<[usize; 3]> { s.try_into().ok() };
+    let planar_dw = |node: &Node| -> bool {
+        let Op::Conv(c) = &node.op else { return false };
+        let (Some(ins), Some(outs)) = (
+            spatial(graph.shape(node.inputs[0])),
+            spatial(graph.shape(node.output)),
+        ) else {
+            return false;
+        };
+        graph.weights[c.weight].layout == WeightLayout::Plain
+            && DepthwiseKernel::new(isa, c, ins, outs).is_some()
+    };
+    let depthwise: Vec<bool> = graph
+        .nodes
+        .iter()
+        .map(|node| {
+            let Op::Conv(c) = &node.op else { return false };
+            let (Some(ins), Some(outs)) = (
+                spatial(graph.shape(node.inputs[0])),
+                spatial(graph.shape(node.output)),
+            ) else {
+                return false;
+            };
+            graph.weights[c.weight].layout == WeightLayout::Plain
+                && node.inputs.len() == 1
+                && ins[2] <= max_w
+                && DepthwiseKernel::new(isa, c, ins, outs).is_some_and(|k| k.uniform_chain())
+                && DepthwiseNhwc::new(isa, c, ins, outs, 1).is_some()
+        })
+        .collect();
+    let mut producer = vec![None; graph.values.len()];
+    for (i, node) in graph.nodes.iter().enumerate() {
+        producer[node.output] = Some(i);
+    }
+    graph
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, node)| {
+            if depthwise[i] {
+                return Some(Candidate::Depthwise);
+            }
+            let Op::Conv(c) = &node.op else { return None };
+            let outs = graph.shape(node.output);
+            let after_planar_dw = producer[node.inputs[0]]
+                .is_some_and(|p| !depthwise[p] && planar_dw(&graph.nodes[p]));
+            let stored = matches!(
+                graph.weights[c.weight].layout,
+                WeightLayout::Plain | WeightLayout::ConvGemm | WeightLayout::LinearGemm
+            );
+            (stored
+                && !after_planar_dw
+                && outs.len() == 3
+                && outs[2] <= max_w
+                && PointwiseNhwc::new(isa, c, outs[1] * outs[2], true, 1).is_some())
+            .then_some(Candidate::Pointwise)
+        })
+        .collect()
 }
 
 /// The nodes that run channels-last, given what each could (`candidates`, one per node).
@@ -159,7 +239,7 @@ pub fn shadows(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::graph::{Node, Op, PoolKind};
+    use crate::graph::PoolKind;
 
     /// A chain `input → n0 → n1 → …`, every value `[c, 7, 7]`, the last one the output;
     /// global pooling as the ops (only the wiring matters here).

@@ -143,7 +143,7 @@ fn check_pointwise(
         for input_nhwc in [false, true] {
             let k = PointwiseNhwc::new(isa, &conv, hw, input_nhwc, threads).expect("1x1");
             let mut wt = vec![f32::NAN; k.weights_len()];
-            nhwc::transpose_packed_into(k.isa(), cin, cout, &packed, &mut wt);
+            nhwc::panels_from_conv_gemm(cin, cout, &packed, &mut wt);
             let xin = if input_nhwc {
                 to_nhwc(&x, cin, hw)
             } else {

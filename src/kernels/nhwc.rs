@@ -21,37 +21,29 @@ use std::ptr::null;
 
 use crate::graph::{Activation, Conv};
 use crate::kernels::elementwise::{dispatch, Simd};
-use crate::kernels::gemm::{self, SharedOut, Store, MR_PACK};
+use crate::kernels::gemm::{self, SharedOut, Store, MR_PACK, NR_PACK};
 use crate::kernels::parallel;
 use crate::simd::Isa;
 
-/// Panels of the tier's `nr` output channels, K-major inside: channel `c` of step `kk`
-/// at `(c / nr)·nr·k + kk·nr + c % nr` (the last panel padded with zeros), made from
-/// the conv-gemm packed weights (`MR_PACK`-row panels of A, see `gemm`).
-pub fn transpose_packed_len(isa: Isa, k: usize, cout: usize) -> usize {
-    let nr = gemm::ukr(isa).nr;
-    cout.div_ceil(nr) * nr * k
-}
-
-/// Writes [`transpose_packed_len`] floats of `out` from the conv-gemm packed `packed`
-/// (`cout × k`).
-pub fn transpose_packed_into(isa: Isa, k: usize, cout: usize, packed: &[f32], out: &mut [f32]) {
+/// Writes the weights of a 1×1 convolution as this kernel reads them, from their
+/// conv-gemm packed form (`MR_PACK`-row panels of A, see `gemm`; `cout × k`): the
+/// `LinearGemm` layout of fully connected layers, `Wᵀ` in panels of [`NR_PACK`] output
+/// channels, K-major inside, the last one narrower (channel `c` of step `kk` at
+/// `q·32·k + kk·w + c − 32q`, `q = c / 32`, `w` the panel's width). Every tier reads it
+/// in place (its `nr` divides 32), so the converter stores it in the file.
+pub fn panels_from_conv_gemm(k: usize, cout: usize, packed: &[f32], out: &mut [f32]) {
     assert_eq!(packed.len(), k * cout, "nhwc: packed weights");
-    assert_eq!(
-        out.len(),
-        transpose_packed_len(isa, k, cout),
-        "nhwc: panels"
-    );
-    let nr = gemm::ukr(isa).nr;
-    out.fill(0.0);
+    assert_eq!(out.len(), k * cout, "nhwc: panels");
     // Panel by panel of the packed weights, reading them in order (a session makes
-    // megabytes of these at creation).
+    // megabytes of these at creation when the file has them packed for planar kernels).
     for (p, panel) in packed.chunks(MR_PACK * k).enumerate() {
         let h = panel.len() / k;
         for (kk, col) in panel.chunks(h).enumerate() {
             for (i, &v) in col.iter().enumerate() {
                 let c = p * MR_PACK + i;
-                out[(c / nr) * nr * k + kk * nr + c % nr] = v;
+                let q0 = c / NR_PACK * NR_PACK;
+                let w = NR_PACK.min(cout - q0);
+                out[q0 * k + kk * w + c - q0] = v;
             }
         }
     }
@@ -169,8 +161,9 @@ impl PointwiseNhwc {
         2 * (self.k * self.m * self.hw) as u64
     }
 
+    /// Floats of the weights ([`panels_from_conv_gemm`]): `k × m`.
     pub fn weights_len(&self) -> usize {
-        transpose_packed_len(self.isa, self.k, self.m)
+        self.k * self.m
     }
 
     fn panels(&self) -> usize {
@@ -188,8 +181,9 @@ impl PointwiseNhwc {
         self.col_groups * self.row_groups
     }
 
-    /// Runs `n` samples on `slots` workers. `wt`: [`transpose_packed_into`] of the
-    /// weights; `x`: `n × k × hw` (channels-last or planar, see `input_nhwc`);
+    /// Runs `n` samples on `slots` workers. `wt`: the weights in 32-wide panels
+    /// ([`panels_from_conv_gemm`]); `x`: `n × k × hw` (channels-last or planar, see
+    /// `input_nhwc`);
     /// `residual`, `out`: `n × hw × m` channels-last.
     #[allow(clippy::too_many_arguments)]
     pub fn run(
@@ -275,8 +269,14 @@ impl PointwiseNhwc {
         } else {
             (&u.full, &u.tail, hw)
         };
-        let panel = u.nr * k;
-        let lines = panel / 16;
+        // Tier panel t (nr columns from c0 = t·nr) lies in 32-wide panel q = c0 / 32 of
+        // width w, at column c0 − 32q: B at `wt + 32q·k + (c0 − 32q)`, rows `w` apart.
+        let at = |t: usize| {
+            let c0 = t * u.nr;
+            let q0 = c0 / NR_PACK * NR_PACK;
+            let w = NR_PACK.min(m - q0);
+            (q0 * k + c0 - q0, w)
+        };
         let end = pr.end;
         // K in blocks whose weights (kc × nr) stay in L1 beside a tile's rows, all row
         // tiles of a block before the next: the later blocks start from C (exact f32
@@ -300,20 +300,27 @@ impl PointwiseNhwc {
                 pf: null(),
                 pf_stride: 0,
             };
-            // The next panel's weights, one 16-float line per k step of this panel's
-            // calls until all are asked for: at batch 1 they come from memory, and one
-            // panel's tiles leave time to fetch the next.
+            // The next 32-wide panel's weights, one 16-float line per k step of this
+            // panel's calls until all are asked for: at batch 1 they come from memory,
+            // and one panel's tiles leave time to fetch the next. (A tier panel in the
+            // same 32-wide panel streams in with this one.)
+            let (b_off, ldb) = at(t);
+            let next = (t + 1 < end && (t + 1) * u.nr / NR_PACK != t * u.nr / NR_PACK).then(|| {
+                let q0 = (t + 1) * u.nr;
+                (q0 * k, NR_PACK.min(m - q0) * k / 16)
+            });
             let mut fetched = 0;
             for k0 in (0..k).step_by(kc) {
                 let kcur = kc.min(k - k0);
                 for i in tr.clone() {
                     let (p0, r) = (row0(i), row0(i + 1) - row0(i));
-                    let (pf, pf_stride) = if t + 1 < end && fetched < lines {
-                        let at = wt.wrapping_add((t + 1) * panel + fetched * 16);
-                        fetched += kcur;
-                        (at, 16)
-                    } else {
-                        (null(), 0)
+                    let (pf, pf_stride) = match next {
+                        Some((off, lines)) if fetched < lines => {
+                            let p = wt.wrapping_add(off + fetched * 16);
+                            fetched += kcur;
+                            (p, 16)
+                        }
+                        _ => (null(), 0),
                     };
                     let a = if self.input_nhwc {
                         x.wrapping_add(p0 * k + k0)
@@ -335,15 +342,15 @@ impl PointwiseNhwc {
                     };
                     // SAFETY: rows p0 .. p0 + r (≤ mr) of this sample's input (k steps
                     // k0 .. k0 + kcur) and output; columns c0 .. c0 + nv of the output,
-                    // bias and residual, the panel's nr columns of its weights over those
-                    // k steps.
+                    // bias and residual, and of the weights' 32-wide panel (nv ≤ w − (c0
+                    // − 32q), as nr divides 32) over those k steps.
                     unsafe {
                         kernels[r](
                             kcur,
                             a,
                             lda,
-                            wt.add(t * panel + k0 * u.nr),
-                            u.nr,
+                            wt.add(b_off + k0 * ldb),
+                            ldb,
                             out.add(p0 * m + c0),
                             m,
                             nv,

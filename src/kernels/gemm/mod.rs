@@ -343,6 +343,21 @@ pub fn pack_b_transposed(n: usize, k: usize, bt: &[f32], ldbt: usize, packed: &m
     }
 }
 
+/// The inverse of [`pack_b_transposed`]: `bt` (`n` rows of `k`) from `packed`.
+pub fn unpack_b_transposed(n: usize, k: usize, packed: &[f32], bt: &mut [f32]) {
+    assert_eq!(packed.len(), n * k, "unpack_b_transposed: source length");
+    assert_eq!(bt.len(), n * k, "unpack_b_transposed: destination length");
+    for q0 in (0..n).step_by(NR_PACK) {
+        let w = NR_PACK.min(n - q0);
+        let src = &packed[q0 * k..(q0 + w) * k];
+        for j in 0..w {
+            for kk in 0..k {
+                bt[(q0 + j) * k + kk] = src[kk * w + j];
+            }
+        }
+    }
+}
+
 /// Elements past the end of a row that [`PackB::row`] may clobber (one zmm).
 pub const ROW_SLACK: usize = 16;
 
