@@ -1,8 +1,9 @@
 //! Which nodes of a graph run channels-last (`kernels::nhwc`), and which values then need
-//! a copy in the other layout: decided once, when a session is planned.
+//! a copy in the other layout: decided when a session is planned (and by the converter,
+//! which stores those 1×1 layers' weights in the kernel's panels).
 //!
-//! A node may run channels-last when the session has such a kernel for it (the caller
-//! says which: 1×1 convolutions and 3×3 depthwise ones on small maps). Of those, kept:
+//! A node may run channels-last when there is such a kernel for it ([`candidates`]: 1×1
+//! convolutions and 3×3 depthwise ones on small maps). Of those, kept:
 //! - a depthwise node only if its input is made channels-last (no conversion of an
 //!   expanded tensor at the region's edge);
 //! - no node whose output is a graph output;

@@ -351,3 +351,61 @@ fn session_runs_small_maps_channels_last_with_the_same_bits() {
         }
     }
 }
+
+/// The converter stores the region's 1×1 weights in the panels the channels-last kernel
+/// reads in place (`LinearGemm`); a session that runs them planar repacks them. Same bits
+/// either way, and as the plain file.
+#[test]
+fn converted_file_stores_the_region_weights_in_panels() {
+    use cnnrt::convert::Converted;
+    use cnnrt::format::{model_to_bytes, Metadata};
+    use cnnrt::graph::{Op, WeightLayout};
+    let zoo = common::small_map_blocks();
+    let converted = Converted {
+        graph: zoo.graph.clone(),
+        weights: zoo.weights.clone(),
+        metadata: Metadata::default(),
+        passes: Default::default(),
+        winograd_max_error: 1e-4,
+    };
+    let (graph, weights, _) = converted.packed_for_file();
+    let mut panels = 0;
+    for node in &graph.nodes {
+        if let Op::Conv(c) = &node.op {
+            if c.kernel == [1, 1] {
+                assert_eq!(graph.weights[c.weight].layout, WeightLayout::LinearGemm);
+                panels += 1;
+            }
+        }
+    }
+    assert_eq!(panels, 5);
+    let refs: Vec<&[f32]> = weights.iter().map(|w| w.as_slice()).collect();
+    let bytes = model_to_bytes(&graph, &refs, &Metadata::default()).unwrap();
+    let packed = cnnrt::Model::from_bytes(&bytes).unwrap();
+    let plain = zoo.model();
+    let mut seed = 8u64;
+    let n = 2;
+    let x = common::rand_vec(&mut seed, n * 16 * 14 * 14, -2.0, 2.0);
+    for isa in Isa::supported() {
+        let opts = SessionOptions::default().max_batch(n).max_isa(isa);
+        let want = plain.session(opts.clone()).unwrap().run(&x, n).unwrap().to_vec();
+        for channels_last in [true, false] {
+            for threads in [1usize, 2] {
+                let mut s = packed
+                    .session(
+                        opts.clone()
+                            .channels_last(channels_last)
+                            .threads(Threads::Count(threads)),
+                    )
+                    .unwrap();
+                let nhwc = s.algorithms().iter().filter(|a| a.ends_with("_nhwc")).count();
+                assert_eq!(nhwc, if channels_last { 7 } else { 0 }, "[{isa}]");
+                let got = s.run(&x, n).unwrap();
+                assert!(
+                    same_bits(got, &want),
+                    "[{isa}] channels-last {channels_last}, {threads} threads: differs"
+                );
+            }
+        }
+    }
+}
