@@ -388,7 +388,12 @@ fn converted_file_stores_the_region_weights_in_panels() {
     let x = common::rand_vec(&mut seed, n * 16 * 14 * 14, -2.0, 2.0);
     for isa in Isa::supported() {
         let opts = SessionOptions::default().max_batch(n).max_isa(isa);
-        let want = plain.session(opts.clone()).unwrap().run(&x, n).unwrap().to_vec();
+        let want = plain
+            .session(opts.clone())
+            .unwrap()
+            .run(&x, n)
+            .unwrap()
+            .to_vec();
         for channels_last in [true, false] {
             for threads in [1usize, 2] {
                 let mut s = packed
@@ -398,7 +403,11 @@ fn converted_file_stores_the_region_weights_in_panels() {
                             .threads(Threads::Count(threads)),
                     )
                     .unwrap();
-                let nhwc = s.algorithms().iter().filter(|a| a.ends_with("_nhwc")).count();
+                let nhwc = s
+                    .algorithms()
+                    .iter()
+                    .filter(|a| a.ends_with("_nhwc"))
+                    .count();
                 assert_eq!(nhwc, if channels_last { 7 } else { 0 }, "[{isa}]");
                 let got = s.run(&x, n).unwrap();
                 assert!(
