@@ -214,10 +214,10 @@ impl Converted {
         let mut graph = self.graph.clone();
         let mut weights = self.weights.clone();
         let mut notes = Vec::new();
-        // The 1×1 layers a session will run channels-last (`region`; the AVX-512 tier's
-        // choice, which the others share on MobileNet-style networks) are stored in the
-        // 32-wide panels that kernel reads in place; a session that runs one planar
-        // repacks it.
+        // The 1×1 layers a session will run channels-last (`region`; the choice of the
+        // AVX-512 tier, or of the best one this machine has below it, which the tiers
+        // share on MobileNet-style networks) are stored in the 32-wide panels that
+        // kernel reads in place; a session that runs one planar repacks it.
         let region = crate::region::select(
             &self.graph,
             &crate::region::candidates(&self.graph, Isa::Avx512),

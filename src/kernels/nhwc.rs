@@ -1,7 +1,7 @@
 //! Channels-last (NHWC) kernels for a region of a network kept channels-last between
 //! layers: 1×1 convolutions with pixels as the GEMM's rows, the 3×3 depthwise
 //! convolution with a vector of channels per pixel, and the conversions at the region's
-//! edges. The session chooses the region (`Session::new`, see docs/KERNELS.md).
+//! edges. `region` chooses the layers (see docs/KERNELS.md).
 //!
 //! Why: on small maps (MobileNetV2's 28-, 14- and 7-wide layers) the planar layout puts
 //! pixels in the vectors: a 7×7 map is one 32-wide tile, one 16-wide and a one-column
