@@ -17,7 +17,7 @@
 //! runs (a [`Shadow`]). Values of one pixel per channel are the same in both layouts and
 //! never need one.
 
-use crate::graph::{Graph, Node, Op, WeightLayout};
+use crate::graph::{Graph, Op, WeightLayout};
 use crate::kernels::depthwise::DepthwiseKernel;
 use crate::kernels::nhwc::{DepthwiseNhwc, PointwiseNhwc};
 use crate::simd::Isa;
@@ -69,36 +69,33 @@ pub fn max_width() -> usize {
 /// so that both paths give the same bits) on inputs up to [`max_width`] wide.
 pub fn candidates(graph: &Graph, isa: Isa) -> Vec<Option<Candidate>> {
     let max_w = max_width();
-    let spatial = |s: &[usize]| -> Option<[usize; 3]> { s.try_into().ok() };
-    let planar_dw = |node: &Node| -> bool {
-        let Op::Conv(c) = &node.op else { return false };
-        let (Some(ins), Some(outs)) = (
-            spatial(graph.shape(node.inputs[0])),
-            spatial(graph.shape(node.output)),
-        ) else {
-            return false;
-        };
-        graph.weights[c.weight].layout == WeightLayout::Plain
-            && DepthwiseKernel::new(isa, c, ins, outs).is_some()
-    };
-    let depthwise: Vec<bool> = graph
+    // Per node: whether it is a depthwise layer the planar plan runs as one
+    // (`DepthwiseKernel`), and whether the channels-last kernel takes it.
+    let (planar_dw, depthwise): (Vec<bool>, Vec<bool>) = graph
         .nodes
         .iter()
         .map(|node| {
-            let Op::Conv(c) = &node.op else { return false };
-            let (Some(ins), Some(outs)) = (
-                spatial(graph.shape(node.inputs[0])),
-                spatial(graph.shape(node.output)),
-            ) else {
-                return false;
+            let Op::Conv(c) = &node.op else {
+                return (false, false);
             };
-            graph.weights[c.weight].layout == WeightLayout::Plain
-                && node.inputs.len() == 1
+            let (Ok(ins), Ok(outs)) = (
+                <[usize; 3]>::try_from(graph.shape(node.inputs[0])),
+                <[usize; 3]>::try_from(graph.shape(node.output)),
+            ) else {
+                return (false, false);
+            };
+            let Some(k) = DepthwiseKernel::new(isa, c, ins, outs)
+                .filter(|_| graph.weights[c.weight].layout == WeightLayout::Plain)
+            else {
+                return (false, false);
+            };
+            let nhwc = node.inputs.len() == 1
                 && ins[2] <= max_w
-                && DepthwiseKernel::new(isa, c, ins, outs).is_some_and(|k| k.uniform_chain())
-                && DepthwiseNhwc::new(isa, c, ins, outs, 1).is_some()
+                && k.uniform_chain()
+                && DepthwiseNhwc::new(isa, c, ins, outs, 1).is_some();
+            (true, nhwc)
         })
-        .collect();
+        .unzip();
     let mut producer = vec![None; graph.values.len()];
     for (i, node) in graph.nodes.iter().enumerate() {
         producer[node.output] = Some(i);
@@ -113,8 +110,8 @@ pub fn candidates(graph: &Graph, isa: Isa) -> Vec<Option<Candidate>> {
             }
             let Op::Conv(c) = &node.op else { return None };
             let outs = graph.shape(node.output);
-            let after_planar_dw = producer[node.inputs[0]]
-                .is_some_and(|p| !depthwise[p] && planar_dw(&graph.nodes[p]));
+            let after_planar_dw =
+                producer[node.inputs[0]].is_some_and(|p| planar_dw[p] && !depthwise[p]);
             let stored = matches!(
                 graph.weights[c.weight].layout,
                 WeightLayout::Plain | WeightLayout::ConvGemm | WeightLayout::LinearGemm
@@ -240,7 +237,7 @@ pub fn shadows(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::graph::PoolKind;
+    use crate::graph::{Node, PoolKind};
 
     /// A chain `input → n0 → n1 → …`, every value `[c, 7, 7]`, the last one the output;
     /// global pooling as the ops (only the wiring matters here).

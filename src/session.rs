@@ -1102,7 +1102,6 @@ impl Session {
                         &mut self.scratch,
                     );
                 }
-                // Every sample's planes at once: they are independent.
                 NodeKernel::PointwiseNhwc {
                     kernel,
                     weight,
@@ -1128,6 +1127,7 @@ impl Session {
                     ins[0],
                     out,
                 ),
+                // Every sample's planes at once: they are independent.
                 NodeKernel::Pool(k) => parallel::pool(k, self.slots, ins[0], out),
                 NodeKernel::Vector => run_vector(isa, graph, i, model, ins, n, out),
                 NodeKernel::Copy => out.copy_from_slice(ins[0]),

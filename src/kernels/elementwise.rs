@@ -844,6 +844,28 @@ pub(crate) fn clamp_isa(isa: Isa) -> Isa {
     isa.min(Isa::detect())
 }
 
+/// f32 lanes of the vectors `dispatch!` gives `isa` (the channel granule of the
+/// channels-last kernels).
+pub(crate) fn vector_lanes(isa: Isa) -> usize {
+    match clamp_isa(isa) {
+        Isa::Avx512 => 16,
+        Isa::Avx2 => 8,
+        Isa::Scalar => 4,
+    }
+}
+
+/// The bounds of `act` as a clamp, if it is one (Identity, ReLU and Clip): the
+/// activations the channels-last depthwise kernels apply in registers.
+pub(crate) fn clamp_bounds(act: crate::graph::Activation) -> Option<(f32, f32)> {
+    use crate::graph::Activation;
+    match act {
+        Activation::Identity => Some((f32::NEG_INFINITY, f32::INFINITY)),
+        Activation::Relu => Some((0.0, f32::INFINITY)),
+        Activation::Clip { min, max } => Some((min, max)),
+        _ => None,
+    }
+}
+
 /// `dispatch!(isa, |s| body)`: evaluates `body` with `s` bound to the token of
 /// `clamp_isa(isa)`'s tier, inside that tier's `#[target_feature]` trampoline.
 macro_rules! dispatch {

@@ -20,7 +20,7 @@
 use std::ptr::null;
 
 use crate::graph::{Activation, Conv};
-use crate::kernels::elementwise::{dispatch, Simd};
+use crate::kernels::elementwise::{clamp_bounds, dispatch, vector_lanes, Simd};
 use crate::kernels::gemm::{self, SharedOut, Store, MR_PACK, NR_PACK};
 use crate::kernels::parallel;
 use crate::simd::Isa;
@@ -51,39 +51,29 @@ pub fn panels_from_conv_gemm(k: usize, cout: usize, packed: &[f32], out: &mut [f
 
 /// `[C][HW]` planes of `n` samples to `[HW][C]` pixels.
 pub fn to_nhwc(x: &[f32], n: usize, c: usize, hw: usize, out: &mut [f32]) {
-    assert!(
-        x.len() >= n * c * hw && out.len() >= n * c * hw,
-        "nhwc: conversion"
-    );
-    const B: usize = 16;
-    for s in 0..n {
-        let (x, o) = (&x[s * c * hw..], &mut out[s * c * hw..]);
-        for c0 in (0..c).step_by(B) {
-            for p0 in (0..hw).step_by(B) {
-                for ch in c0..(c0 + B).min(c) {
-                    for p in p0..(p0 + B).min(hw) {
-                        o[p * c + ch] = x[ch * hw + p];
-                    }
-                }
-            }
-        }
-    }
+    transpose_samples(x, n, c, hw, out);
 }
 
 /// `[HW][C]` pixels of `n` samples to `[C][HW]` planes.
 pub fn to_planar(x: &[f32], n: usize, c: usize, hw: usize, out: &mut [f32]) {
+    transpose_samples(x, n, hw, c, out);
+}
+
+/// Each of `n` row-major `rows × cols` matrices to `cols × rows`, in 16 × 16 blocks.
+fn transpose_samples(x: &[f32], n: usize, rows: usize, cols: usize, out: &mut [f32]) {
+    let len = rows * cols;
     assert!(
-        x.len() >= n * c * hw && out.len() >= n * c * hw,
+        x.len() >= n * len && out.len() >= n * len,
         "nhwc: conversion"
     );
     const B: usize = 16;
     for s in 0..n {
-        let (x, o) = (&x[s * c * hw..], &mut out[s * c * hw..]);
-        for p0 in (0..hw).step_by(B) {
-            for c0 in (0..c).step_by(B) {
-                for p in p0..(p0 + B).min(hw) {
-                    for ch in c0..(c0 + B).min(c) {
-                        o[ch * hw + p] = x[p * c + ch];
+        let (x, o) = (&x[s * len..], &mut out[s * len..]);
+        for r0 in (0..rows).step_by(B) {
+            for c0 in (0..cols).step_by(B) {
+                for r in r0..(r0 + B).min(rows) {
+                    for col in c0..(c0 + B).min(cols) {
+                        o[col * rows + r] = x[r * cols + col];
                     }
                 }
             }
@@ -383,26 +373,6 @@ pub struct DepthwiseNhwc {
     chan_groups: usize,
 }
 
-/// The clamp bounds of `act`, if it is one.
-fn clamp_of(act: Activation) -> Option<(f32, f32)> {
-    match act {
-        Activation::Identity => Some((f32::NEG_INFINITY, f32::INFINITY)),
-        Activation::Relu => Some((0.0, f32::INFINITY)),
-        Activation::Clip { min, max } => Some((min, max)),
-        _ => None,
-    }
-}
-
-/// f32 lanes of the vectors `isa`'s depthwise kernel uses (the channel granule).
-pub fn lanes(isa: Isa) -> usize {
-    dispatch!(isa, |s| lanes_of(s))
-}
-
-#[inline(always)]
-fn lanes_of<S: Simd>(_: S) -> usize {
-    S::LANES
-}
-
 impl DepthwiseNhwc {
     /// `None` unless this kernel takes `conv` on a `[c, h, w]` input (see the type).
     pub fn new(
@@ -414,7 +384,7 @@ impl DepthwiseNhwc {
     ) -> Option<Self> {
         let [c, h, w] = ins;
         let [_, oh, ow] = outs;
-        let (lo, hi) = clamp_of(conv.activation)?;
+        let (lo, hi) = clamp_bounds(conv.activation)?;
         let s = conv.stride[0];
         let ok = conv.kernel == [3, 3]
             && conv.dilation == [1, 1]
@@ -425,7 +395,7 @@ impl DepthwiseNhwc {
             && conv.out_channels == c
             && conv.pads.iter().all(|&p| p <= 1)
             && c > 0
-            && c.is_multiple_of(lanes(isa))
+            && c.is_multiple_of(vector_lanes(isa))
             && oh == (h + conv.pads[0] + conv.pads[2]).checked_sub(3)? / s + 1
             && ow == (w + conv.pads[1] + conv.pads[3]).checked_sub(3)? / s + 1;
         if !ok {
@@ -449,7 +419,7 @@ impl DepthwiseNhwc {
         if threads > 1 && k.flops() >= parallel::min_parallel_flops() / 4 {
             let target = 2 * threads;
             k.row_groups = oh.min(target);
-            k.chan_groups = (c / lanes(isa)).min(target.div_ceil(k.row_groups));
+            k.chan_groups = (c / vector_lanes(isa)).min(target.div_ceil(k.row_groups));
         }
         Some(k)
     }
@@ -493,7 +463,7 @@ impl DepthwiseNhwc {
         let per = self.row_groups * self.chan_groups;
         let parts = n * per;
         let shared = SharedOut::new(out);
-        let l = lanes(self.isa);
+        let l = vector_lanes(self.isa);
         let body = |part: usize| {
             let (s, rest) = (part / per, part % per);
             let (rg, cg) = (rest / self.chan_groups, rest % self.chan_groups);

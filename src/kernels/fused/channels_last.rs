@@ -106,25 +106,6 @@ impl DwOut {
     }
 }
 
-/// The clamp bounds of `act`, if it is one (the depthwise activations this path takes).
-pub(super) fn clamp_of(act: Activation) -> Option<(f32, f32)> {
-    match act {
-        Activation::Identity => Some((f32::NEG_INFINITY, f32::INFINITY)),
-        Activation::Relu => Some((0.0, f32::INFINITY)),
-        Activation::Clip { min, max } => Some((min, max)),
-        _ => None,
-    }
-}
-
-/// f32 lanes of `isa`'s vectors (the channel granule of this path).
-pub(super) fn lanes(isa: Isa) -> usize {
-    match crate::kernels::elementwise::clamp_isa(isa) {
-        Isa::Avx512 => 16,
-        Isa::Avx2 => 8,
-        Isa::Scalar => 4,
-    }
-}
-
 /// Floats of the transposed expansion weights for `isa`: `k × cexp` in panels of the
 /// micro-kernel's `nr` channels (the last one padded with zeros).
 pub(super) fn expand_weights_len(isa: Isa, k: usize, cexp: usize) -> usize {
@@ -253,7 +234,7 @@ pub(super) unsafe fn expand(
 /// `x` holds those rows with their zero columns, then `slack_pixels` readable pixels;
 /// `w` holds `9·cexp` (tap-major), `bias` (unless null) `cexp`; `out` is writable for
 /// `lay.len(cexp)` floats, `lay.npad ≥ out_rows.len()·ow`; `g.cexp` and `lay.kc` (unless
-/// `lay.kc ≥ cexp`) are multiples of `lanes(isa)`.
+/// `lay.kc ≥ cexp`) are multiples of `vector_lanes(isa)`.
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn depthwise3x3(
     isa: Isa,

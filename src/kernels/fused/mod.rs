@@ -41,6 +41,7 @@ use crate::graph::{Activation, Conv};
 use crate::kernels::conv::im2col::Im2col;
 use crate::kernels::conv::ConvKernel;
 use crate::kernels::depthwise::DepthwiseKernel;
+use crate::kernels::elementwise::{clamp_bounds, vector_lanes};
 use crate::kernels::gemm::{self, BMode, BSrc, PackB, PlainB, SharedOut, Tile, ROW_SLACK};
 use crate::kernels::parallel;
 use crate::simd::Isa;
@@ -431,8 +432,8 @@ impl BlockKernel {
             && depthwise.dilation == [1, 1]
             && matches!(depthwise.stride, [1 | 2, 1 | 2])
             && layer_depthwise.uniform_chain()
-            && cexp.is_multiple_of(channels_last::lanes(isa)))
-        .then(|| channels_last::clamp_of(depthwise.activation))
+            && cexp.is_multiple_of(vector_lanes(isa)))
+        .then(|| clamp_bounds(depthwise.activation))
         .flatten()
         .map(|(lo, hi)| channels_last::Dw3 {
             eh,
@@ -558,7 +559,7 @@ impl BlockKernel {
     /// (always, unless `CNNRT_KC` says otherwise); else planar rows.
     fn dw_out(&self, n_out: usize) -> DwOut {
         let kc = self.project.kc;
-        let whole = kc >= self.cexp || kc.is_multiple_of(channels_last::lanes(self.isa));
+        let whole = kc >= self.cexp || kc.is_multiple_of(vector_lanes(self.isa));
         if self.channels_last.is_some() && whole {
             DwOut::panels(n_out, gemm::ukr(self.isa).nr, kc)
         } else {
@@ -585,7 +586,7 @@ impl BlockKernel {
             None => self.cexp * self.exp_stride,
             Some(g) => {
                 let rows = self.exp_stride / self.ew;
-                let slack = channels_last::Dw3::slack_pixels(channels_last::lanes(self.isa));
+                let slack = channels_last::Dw3::slack_pixels(vector_lanes(self.isa));
                 (rows * g.row_pixels() + slack) * self.cexp
             }
         }
