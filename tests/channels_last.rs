@@ -238,8 +238,12 @@ fn check_depthwise(
 #[test]
 fn pointwise_edge_shapes() {
     // One pixel, one channel; a row tile of 1 after 12s; tails of 1, 15, 17 and 31
-    // columns; MobileNetV2's 7×7 and 14×14 shapes.
+    // columns; MobileNetV2's 7×7 and 14×14 shapes; K in several blocks on every tier
+    // (blocks of 192, 384 and 768 steps on AVX-512, AVX2 and portable: later blocks
+    // start from C).
     for shape in [
+        (400, 47, 3, 5, 2),
+        (1600, 20, 2, 3, 1),
         (1, 1, 1, 1, 1),
         (3, 33, 1, 13, 2),
         (17, 47, 5, 5, 1),
