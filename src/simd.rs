@@ -30,6 +30,8 @@ impl Isa {
                 && is_x86_feature_detected!("avx512vl")
                 && is_x86_feature_detected!("avx2")
                 && is_x86_feature_detected!("fma")
+                // Every AVX-512 CPU has it; the narrow im2col rows use `pdep`.
+                && is_x86_feature_detected!("bmi2")
             {
                 return Isa::Avx512;
             }
