@@ -500,3 +500,8 @@ pub(crate) static UKR: Ukr = Ukr {
 /// width and masked (`nv < 32`).
 pub(crate) static OFFS_FULL: [OffsKernel; MR + 1] = table!(OffsKernel, ukr_offs, false);
 pub(crate) static OFFS_TAIL: [OffsKernel; MR + 1] = table!(OffsKernel, ukr_offs, true);
+
+/// One row × 32 columns: a batch-1 fully connected layer over a whole pre-packed 32-wide
+/// weight panel (the one-row tile of [`ukr`], called directly so that the caller can
+/// set its prefetch).
+pub(crate) const ROW32: UKernel = ukr::<1, 2, false>;

@@ -271,13 +271,16 @@ pub(crate) fn ukr(isa: Isa) -> &'static Ukr {
 }
 
 /// A one-row kernel over a whole [`NR_PACK`]-wide panel of pre-packed constant B (called
-/// with `lda = 1`, `ldb = NR_PACK`, `nv = NR_PACK`, the whole K in one call), for tiers
-/// where it beats the `nr`-wide tiles; `None` where the ordinary tiles already span a panel.
+/// with `lda = 1`, `ldb = NR_PACK`, `nv = NR_PACK`, the whole K in one call): on AVX2 four
+/// FMA chains instead of the two of a 16-wide tile; on AVX-512 the one-row tile itself,
+/// called directly so that the caller sets its prefetch. `None` on the portable tier.
 /// Same FMA chain per element as every other kernel.
 pub(crate) fn row_panel_kernel(isa: Isa) -> Option<UKernel> {
     match ukr(isa).isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => Some(avx2::ROW32),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => Some(avx512::ROW32),
         _ => None,
     }
 }
