@@ -496,7 +496,7 @@ def run_one(a, cfg, runtime, est_ms, check_in=None, check_out=None):
     iters = iters_for(est_ms, a)
     if runtime == "cnnrt":
         cmd = [a.cnnrt_bin, "bench", cfg["cnnrt"], "--threads", str(cfg["threads"]), "--batch", str(cfg["batch"]),
-               "--iters", str(iters), "--json"]
+               "--iters", str(iters), "--json"] + (["--copy"] if a.cnnrt_copy else [])
     elif runtime == "tract":
         if not os.path.exists(a.tract_bin):
             return {"skip": f"{a.tract_bin} not built (cd tools/tract-peer && cargo build --release)"}
@@ -744,6 +744,9 @@ def main():
                     help="per sweep and model: this many fresh processes with and as many without --no-verify")
     ap.add_argument("--cnnrt-bin", default="",
                     help="cnnrt binary to measure (then nothing is built); default target/release/cnnrt, built first")
+    ap.add_argument("--cnnrt-copy", action="store_true",
+                    help="time cnnrt with `bench --copy` (the model read into private memory, on huge pages "
+                         "where the OS grants them) instead of mapped; open times are still measured mapped")
     ap.add_argument("--tract-bin", default=os.path.join(REPO, "tools", "tract-peer", "target", "release", "tract-peer"))
     ap.add_argument("--convert-dir", default="", help="where .cnnrt files go (default: the run's temp folder)")
     ap.add_argument("--no-build", action="store_true", help="do not run cargo build --release first")

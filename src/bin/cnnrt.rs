@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 use cnnrt::convert::{convert_file, convert_onnx, ConvertOptions};
-use cnnrt::format::{ChannelOrder, OpenOptions};
+use cnnrt::format::{ChannelOrder, OpenOptions, Storage};
 use cnnrt::graph::stats::total_macs;
 use cnnrt::inspect::{layer_table, thousands};
 use cnnrt::{Error, Isa, Model, Result, SessionOptions, Threads};
@@ -102,6 +102,11 @@ enum Command {
         /// open time a service gets with `OpenOptions::verify_weight_checksum = false`.
         #[arg(long)]
         no_verify: bool,
+        /// Read the model into private memory, on huge pages where the OS grants them,
+        /// instead of mapping it (`OpenOptions::storage = Storage::Copy`): a slower open,
+        /// faster runs of models with large weights.
+        #[arg(long)]
+        copy: bool,
         /// Run MobileNet-style expansion → depthwise → projection blocks layer by layer
         /// instead of as one fused step (to compare, or to profile each layer).
         #[arg(long)]
@@ -147,6 +152,7 @@ struct BenchOptions {
     profile: Option<Option<f64>>,
     clock: Clock,
     verify: bool,
+    copy: bool,
     fuse: bool,
     channels_last: bool,
 }
@@ -287,7 +293,7 @@ fn bench(model: &Path, o: &BenchOptions) -> Result<()> {
         model,
         &OpenOptions {
             verify_weight_checksum: o.verify,
-            ..OpenOptions::default()
+            storage: if o.copy { Storage::Copy } else { Storage::Mmap },
         },
     )?;
     let open_ms = t0.elapsed().as_secs_f64() * 1e3;
@@ -497,6 +503,7 @@ fn main() -> ExitCode {
             peak_gflops,
             clock,
             no_verify,
+            copy,
             no_fuse,
             no_channels_last,
         } => bench(
@@ -510,6 +517,7 @@ fn main() -> ExitCode {
                 profile: profile.then_some(peak_gflops),
                 clock,
                 verify: !no_verify,
+                copy,
                 fuse: !no_fuse,
                 channels_last: !no_channels_last,
             },

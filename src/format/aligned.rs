@@ -1,8 +1,6 @@
 //! A heap byte buffer whose start is 64-byte aligned, so weight blobs at 64-byte aligned
 //! file offsets are 64-byte aligned `&[f32]` in memory, as they are in a mapping.
 
-use std::io::Read;
-
 /// One 64-byte, 64-aligned block; a `Vec` of these is an aligned byte buffer.
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 #[repr(C, align(64))]
@@ -28,18 +26,6 @@ impl AlignedBuf {
         let mut b = AlignedBuf::try_zeroed(bytes.len())?;
         b.as_bytes_mut().copy_from_slice(bytes);
         Some(b)
-    }
-
-    /// Reads exactly `len` bytes from `r`.
-    pub(crate) fn read_exact_from(
-        r: &mut impl Read,
-        len: usize,
-    ) -> std::io::Result<Option<AlignedBuf>> {
-        let Some(mut b) = AlignedBuf::try_zeroed(len) else {
-            return Ok(None);
-        };
-        r.read_exact(b.as_bytes_mut())?;
-        Ok(Some(b))
     }
 
     pub(crate) fn as_bytes(&self) -> &[u8] {

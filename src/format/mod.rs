@@ -98,7 +98,8 @@
 //! does); the old mapping keeps the old inode alive until the model is dropped. Never
 //! truncate, `cp` over, or edit a model file in place. Services that cannot guarantee
 //! this (network file systems, files managed by other tools) use [`Storage::Copy`], which
-//! reads the file into private memory at open; nothing done to the file afterwards can
+//! reads the file into private memory at open (on huge pages where the OS grants them,
+//! which also makes large-weight layers faster); nothing done to the file afterwards can
 //! affect the open model.
 
 mod aligned;

@@ -25,10 +25,16 @@ pub enum Storage {
     /// [`super::write_model`] does): the open mapping keeps the old inode alive.
     #[default]
     Mmap,
-    /// Read the whole file into a 64-byte aligned heap buffer. Costs the file's size in
-    /// private memory and the read time, but nothing done to the file after `open`
-    /// returns can affect the model. Use it where the contract above cannot be guaranteed
-    /// (files on network or removable drives, files other tools may rewrite in place).
+    /// Read the whole file into private memory (an anonymous mapping, with transparent
+    /// huge pages requested where the OS has them). Costs the file's size in private
+    /// memory and the read time, but nothing done to the file after `open` returns can
+    /// affect the model. Use it where the contract above cannot be guaranteed (files on
+    /// network or removable drives, files other tools may rewrite in place), or for
+    /// speed on models with large weights: 2 MiB pages spare the TLB misses of
+    /// streaming weights 4 KiB page by 4 KiB page (ResNet-18 on an AVX-512 Xeon, one
+    /// thread: layer4's 3×3 convolutions, 16.8 MiB of weights each, 2.40 → 1.92–2.06 ms,
+    /// the model 5–8% faster; open 0.3–1.3 ms → 31–40 ms). Page-cache pages of a mapped
+    /// file stay 4 KiB on common Linux configurations, whatever `madvise` asks.
     Copy,
 }
 
@@ -56,6 +62,8 @@ impl Default for OpenOptions {
 
 enum Backing {
     Mapped(memmap2::Mmap),
+    /// A private copy of the file ([`Storage::Copy`]).
+    Private(memmap2::Mmap),
     Heap(AlignedBuf),
 }
 
@@ -110,29 +118,28 @@ impl ModelFile {
                 format!("file length {len} does not fit this platform's address space"),
             )
         })?;
-        let backing = match opts.storage {
-            Storage::Mmap => {
-                // SAFETY: memmap2 requires that the mapped file is not modified or truncated
-                // while mapped, which Rust cannot enforce. That is the documented contract of
-                // `Storage::Mmap` (replace model files atomically by rename; use
-                // `Storage::Copy` where that cannot be guaranteed). The mapping is private and
-                // read-only, so this process never writes through it.
-                let map = unsafe { memmap2::MmapOptions::new().map_copy_read_only(&file) }
-                    .map_err(|e| Error::io(path, e))?;
-                Backing::Mapped(map)
-            }
-            Storage::Copy => {
-                let buf = AlignedBuf::read_exact_from(&mut file, len_usize)
-                    .map_err(|e| Error::io(path, e))?
-                    .ok_or_else(|| {
-                        Error::Limit(format!(
-                            "cannot allocate {len} bytes to copy {}",
+        let backing =
+            match opts.storage {
+                Storage::Mmap => {
+                    // SAFETY: memmap2 requires that the mapped file is not modified or truncated
+                    // while mapped, which Rust cannot enforce. That is the documented contract of
+                    // `Storage::Mmap` (replace model files atomically by rename; use
+                    // `Storage::Copy` where that cannot be guaranteed). The mapping is private and
+                    // read-only, so this process never writes through it.
+                    let map = unsafe { memmap2::MmapOptions::new().map_copy_read_only(&file) }
+                        .map_err(|e| Error::io(path, e))?;
+                    Backing::Mapped(map)
+                }
+                Storage::Copy => Backing::Private(
+                    read_into_private_pages(&mut file, len_usize).map_err(|e| match e.kind() {
+                        std::io::ErrorKind::OutOfMemory => Error::Limit(format!(
+                            "cannot allocate {len} bytes to copy {}: {e}",
                             path.display()
-                        ))
-                    })?;
-                Backing::Heap(buf)
-            }
-        };
+                        )),
+                        _ => Error::io(path, e),
+                    })?,
+                ),
+            };
         ModelFile::from_backing(backing, path.to_path_buf(), opts.verify_weight_checksum)
     }
 
@@ -151,7 +158,7 @@ impl ModelFile {
 
     fn from_backing(backing: Backing, path: PathBuf, verify_weights: bool) -> Result<ModelFile> {
         let bytes: &[u8] = match &backing {
-            Backing::Mapped(m) => m,
+            Backing::Mapped(m) | Backing::Private(m) => m,
             Backing::Heap(b) => b.as_bytes(),
         };
         // Mappings are page aligned and `AlignedBuf` is 64-byte aligned; `weight` relies on it.
@@ -200,7 +207,7 @@ impl ModelFile {
     /// The whole file.
     pub fn bytes(&self) -> &[u8] {
         match &self.backing {
-            Backing::Mapped(m) => m,
+            Backing::Mapped(m) | Backing::Private(m) => m,
             Backing::Heap(b) => b.as_bytes(),
         }
     }
@@ -235,6 +242,20 @@ impl fmt::Debug for ModelFile {
 }
 
 /// The one validation routine, shared by the reader and the writer's self-check.
+/// The whole file in an anonymous, read-only mapping (page aligned), backed by
+/// transparent huge pages where the OS grants them ([`Storage::Copy`]).
+fn read_into_private_pages(file: &mut File, len: usize) -> std::io::Result<memmap2::Mmap> {
+    use std::io::Read;
+    let mut map = memmap2::MmapMut::map_anon(len)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::OutOfMemory, e.to_string()))?;
+    // Before the pages are touched, so that the read faults them in as huge pages. Only
+    // a hint: without THP (or on other systems) the pages are ordinary ones.
+    #[cfg(target_os = "linux")]
+    let _ = map.advise(memmap2::Advice::HugePage);
+    file.read_exact(&mut map[..])?;
+    map.make_read_only()
+}
+
 pub(crate) fn validate(bytes: &[u8], path: &Path, verify_weights: bool) -> Result<Validated> {
     validate_inner(bytes, verify_weights).map_err(|reason| format_err(path, reason))
 }
