@@ -161,6 +161,35 @@ fn bench_json_has_the_documented_fields() {
     }
 }
 
+/// `--copy` reads the model into private memory: same latency fields, and a damaged copy
+/// is refused like a damaged mapping.
+#[test]
+fn bench_copy_reads_the_model_into_memory() {
+    let (ok, out, err) = cnnrt(&[
+        "bench",
+        "models/lenet5.cnnrt",
+        "--iters",
+        "3",
+        "--json",
+        "--copy",
+    ]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert!(v["median_ms"].as_f64().is_some_and(|x| x > 0.0), "{out}");
+    let mut bad =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/lenet5.cnnrt")).unwrap();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0x55;
+    let path = tmp("damaged_copy.cnnrt");
+    std::fs::write(&path, &bad).unwrap();
+    let (ok, _, err) = cnnrt(&["bench", path.to_str().unwrap(), "--iters", "1", "--copy"]);
+    assert!(!ok);
+    assert!(
+        err.contains("damaged_copy.cnnrt") && err.contains("invalid cnnrt model"),
+        "{err}"
+    );
+}
+
 #[test]
 fn damaged_model_gets_a_clear_error() {
     let bytes =
