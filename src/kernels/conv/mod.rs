@@ -423,7 +423,9 @@ impl ConvKernel {
         {
             return self.with_shared_b(threads);
         }
+        // (Fewer panels than the shared-B plan needs, so these blocks stay small.)
         if threads > 1
+            && self.groups == 1
             && self.algo == Algo::Im2col
             && m_tiles > 1
             && self.n >= PIXEL_SPLIT_MIN_N_OVER_M * self.cog
