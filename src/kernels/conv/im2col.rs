@@ -481,11 +481,11 @@ mod simd_x86 {
     ) {
         let mut rows = [[0f32; NARROW_MAX_NC + 16]; 2];
         for (kk, t) in (0..kc).zip(p.taps(k0)) {
-            let (built, prev) = rows.split_at_mut(1);
+            let [even, odd] = &mut rows;
             let (cur, prev) = if kk % 2 == 0 {
-                (&mut built[0], &prev[0])
+                (even, odd)
             } else {
-                (&mut prev[0], &built[0])
+                (odd, even)
             };
             narrow_row(p, &t, n0, nc, cur);
             if kk > 0 {
