@@ -33,8 +33,9 @@ pub enum Storage {
     /// speed on models with large weights: 2 MiB pages spare the TLB misses of
     /// streaming weights 4 KiB page by 4 KiB page (ResNet-18 on an AVX-512 Xeon, one
     /// thread: layer4's 3×3 convolutions, 16.8 MiB of weights each, 2.40 → 1.92–2.06 ms,
-    /// the model 5–8% faster; open 0.3–1.3 ms → 31–40 ms). Page-cache pages of a mapped
-    /// file stay 4 KiB on common Linux configurations, whatever `madvise` asks.
+    /// the model 5–8% faster; open 0.3–1.3 ms → 31–71 ms, once 649 ms while the kernel
+    /// compacted memory for huge pages). Page-cache pages of a mapped file stay 4 KiB on
+    /// common Linux configurations, whatever `madvise` asks.
     Copy,
 }
 
@@ -118,28 +119,19 @@ impl ModelFile {
                 format!("file length {len} does not fit this platform's address space"),
             )
         })?;
-        let backing =
-            match opts.storage {
-                Storage::Mmap => {
-                    // SAFETY: memmap2 requires that the mapped file is not modified or truncated
-                    // while mapped, which Rust cannot enforce. That is the documented contract of
-                    // `Storage::Mmap` (replace model files atomically by rename; use
-                    // `Storage::Copy` where that cannot be guaranteed). The mapping is private and
-                    // read-only, so this process never writes through it.
-                    let map = unsafe { memmap2::MmapOptions::new().map_copy_read_only(&file) }
-                        .map_err(|e| Error::io(path, e))?;
-                    Backing::Mapped(map)
-                }
-                Storage::Copy => Backing::Private(
-                    read_into_private_pages(&mut file, len_usize).map_err(|e| match e.kind() {
-                        std::io::ErrorKind::OutOfMemory => Error::Limit(format!(
-                            "cannot allocate {len} bytes to copy {}: {e}",
-                            path.display()
-                        )),
-                        _ => Error::io(path, e),
-                    })?,
-                ),
-            };
+        let backing = match opts.storage {
+            Storage::Mmap => {
+                // SAFETY: memmap2 requires that the mapped file is not modified or truncated
+                // while mapped, which Rust cannot enforce. That is the documented contract of
+                // `Storage::Mmap` (replace model files atomically by rename; use
+                // `Storage::Copy` where that cannot be guaranteed). The mapping is private and
+                // read-only, so this process never writes through it.
+                let map = unsafe { memmap2::MmapOptions::new().map_copy_read_only(&file) }
+                    .map_err(|e| Error::io(path, e))?;
+                Backing::Mapped(map)
+            }
+            Storage::Copy => Backing::Private(read_into_private_pages(&mut file, path, len_usize)?),
+        };
         ModelFile::from_backing(backing, path.to_path_buf(), opts.verify_weight_checksum)
     }
 
@@ -244,16 +236,21 @@ impl fmt::Debug for ModelFile {
 /// The one validation routine, shared by the reader and the writer's self-check.
 /// The whole file in an anonymous, read-only mapping (page aligned), backed by
 /// transparent huge pages where the OS grants them ([`Storage::Copy`]).
-fn read_into_private_pages(file: &mut File, len: usize) -> std::io::Result<memmap2::Mmap> {
+fn read_into_private_pages(file: &mut File, path: &Path, len: usize) -> Result<memmap2::Mmap> {
     use std::io::Read;
-    let mut map = memmap2::MmapMut::map_anon(len)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::OutOfMemory, e.to_string()))?;
+    let mut map = memmap2::MmapMut::map_anon(len).map_err(|e| {
+        Error::Limit(format!(
+            "cannot allocate {len} bytes to copy {}: {e}",
+            path.display()
+        ))
+    })?;
     // Before the pages are touched, so that the read faults them in as huge pages. Only
     // a hint: without THP (or on other systems) the pages are ordinary ones.
     #[cfg(target_os = "linux")]
     let _ = map.advise(memmap2::Advice::HugePage);
-    file.read_exact(&mut map[..])?;
-    map.make_read_only()
+    file.read_exact(&mut map[..])
+        .map_err(|e| Error::io(path, e))?;
+    map.make_read_only().map_err(|e| Error::io(path, e))
 }
 
 pub(crate) fn validate(bytes: &[u8], path: &Path, verify_weights: bool) -> Result<Validated> {
