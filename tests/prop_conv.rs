@@ -432,6 +432,10 @@ fn conv_large_shapes_every_tier() {
         // blocks (the last one shorter for cin = 43) and a short last panel.
         (mk(64, 128, 3, 2, 1, 1), 19, 19),
         (mk(43, 128, 3, 2, 1, 1), 15, 15),
+        // Pixels outweighing weights on few panels: LeNet-5's conv2 (14×14) and a 10×10
+        // variant, which 2 workers split by pixels on both x86 tiers.
+        (mk(20, 50, 5, 1, 2, 1), 14, 14),
+        (mk(20, 50, 5, 1, 2, 1), 10, 10),
     ];
     for isa in Isa::supported() {
         for (conv, h, w) in &shapes {
