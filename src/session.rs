@@ -8,6 +8,7 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::graph::{Conv, Graph, Op, WeightId, WeightLayout};
 use crate::kernels::conv::ConvKernel;
+use crate::kernels::conv_pool::ConvPoolKernel;
 use crate::kernels::depthwise::DepthwiseKernel;
 use crate::kernels::fused::{self, BlockKernel, BlockWeights};
 use crate::kernels::linear::LinearKernel;
@@ -51,8 +52,10 @@ pub struct SessionOptions {
     pub max_isa: Option<Isa>,
     pub threads: Threads,
     /// Run each 1×1 expansion → depthwise → 1×1 projection chain (MobileNet's inverted
-    /// residual blocks) as one band-by-band step (`kernels::fused`). Same results bit
-    /// for bit; off only to compare or to profile the layers one by one.
+    /// residual blocks) as one band-by-band step (`kernels::fused`), and each `direct`
+    /// convolution read only by a pooling layer (ResNet's stem) as one step with it
+    /// (`kernels::conv_pool`). Same results bit for bit; off only to compare or to
+    /// profile the layers one by one.
     pub fuse_blocks: bool,
     /// Keep MobileNet-style 1×1 and depthwise layers on small maps channels-last
     /// between layers (`kernels::nhwc`, `region`). Same results bit for bit; off only to
@@ -85,7 +88,8 @@ impl SessionOptions {
         self.threads = t;
         self
     }
-    /// Fuse inverted-residual blocks (the default) or run every layer on its own:
+    /// Fuse inverted-residual blocks and convolution + pooling pairs (the default) or
+    /// run every layer on its own:
     ///
     /// ```
     /// let layer_by_layer = cnnrt::SessionOptions::default().fuse_blocks(false);
@@ -183,6 +187,13 @@ enum NodeKernel {
         bias: Option<WeightId>,
     },
     Pool(PoolKernel),
+    /// A `direct` convolution and the pooling layer that alone reads it, run as one step
+    /// at the pool's node (the convolution's node is [`NodeKernel::InBlock`]).
+    ConvPool {
+        kernel: Box<ConvPoolKernel>,
+        weight: Packed,
+        bias: Option<WeightId>,
+    },
     /// An expansion → depthwise → projection chain run as one step, at the projection's
     /// node; `first` is the expansion's node.
     Block {
@@ -210,7 +221,8 @@ enum NodeKernel {
         weight: usize,
         bias: Option<WeightId>,
     },
-    /// Computed inside the [`NodeKernel::Block`] that follows it.
+    /// Computed inside the [`NodeKernel::Block`] or [`NodeKernel::ConvPool`] that
+    /// follows it.
     InBlock,
     /// Element-wise, normalization and global pooling ops (vectorized, `kernels::elementwise`).
     Vector,
@@ -229,6 +241,7 @@ impl NodeKernel {
             NodeKernel::Linear { kernel, .. } => kernel.algorithm(),
             NodeKernel::Pool(k) => k.algorithm(),
             NodeKernel::Block { .. } => "fused_block",
+            NodeKernel::ConvPool { .. } => "conv_pool",
             NodeKernel::PointwiseNhwc { .. } => "gemm1x1_nhwc",
             NodeKernel::DepthwiseNhwc { .. } => "dw3x3_nhwc",
             NodeKernel::InBlock => "in_block",
@@ -252,6 +265,7 @@ impl NodeKernel {
             NodeKernel::Winograd { kernel, .. } => kernel.scratch_len(),
             NodeKernel::Linear { kernel, .. } => kernel.scratch_len(),
             NodeKernel::Block { kernel, .. } => kernel.scratch_len(),
+            NodeKernel::ConvPool { kernel, .. } => kernel.scratch_len(),
             _ => 0,
         }
     }
@@ -533,6 +547,48 @@ fn fuse_blocks(
     blocks
 }
 
+/// Turns every `direct` convolution whose output only the next node reads, a pooling
+/// layer, into a [`NodeKernel::ConvPool`] at the pool's node; returns the node ranges
+/// fused.
+fn fuse_conv_pool(model: &Model, kernels: &mut [NodeKernel]) -> Vec<std::ops::Range<usize>> {
+    let graph = model.graph();
+    let consumers = graph.consumers();
+    let mut pairs = Vec::new();
+    for i in 0..graph.nodes.len().saturating_sub(1) {
+        let (a, b) = (&graph.nodes[i], &graph.nodes[i + 1]);
+        let (
+            NodeKernel::Conv {
+                kernel: conv,
+                weight,
+                bias,
+            },
+            NodeKernel::Pool(pool),
+        ) = (&kernels[i], &kernels[i + 1])
+        else {
+            continue;
+        };
+        if a.inputs.len() != 1
+            || b.inputs != [a.output]
+            || consumers[a.output] != [i + 1]
+            || graph.outputs.contains(&a.output)
+        {
+            continue;
+        }
+        let Some(kernel) = ConvPoolKernel::new(conv.clone(), pool.clone()) else {
+            continue;
+        };
+        let fused = NodeKernel::ConvPool {
+            kernel: Box::new(kernel),
+            weight: *weight,
+            bias: *bias,
+        };
+        kernels[i] = NodeKernel::InBlock;
+        kernels[i + 1] = fused;
+        pairs.push(i..i + 2);
+    }
+    pairs
+}
+
 /// The kernel of a node in the channels-last region (`region`); its weights in place
 /// when the file stores them in the kernel's layout (1×1 layers in `LinearGemm` panels,
 /// the converter's choice), else rearranged into `owned`.
@@ -601,6 +657,7 @@ fn node_reads(graph: &Graph, kernels: &[NodeKernel], i: usize) -> Vec<(usize, Ne
     let node = &graph.nodes[i];
     match &kernels[i] {
         NodeKernel::InBlock => Vec::new(),
+        NodeKernel::ConvPool { .. } => vec![(graph.nodes[i - 1].inputs[0], Need::Planar)],
         NodeKernel::Block { first, .. } => std::iter::once(graph.nodes[*first].inputs[0])
             .chain(node.inputs.get(1).copied())
             .map(|v| (v, Need::Planar))
@@ -745,7 +802,10 @@ impl Session {
             &region_on,
         )?;
         let blocks = if options.fuse_blocks {
-            fuse_blocks(&model, &mut kernels, &mut owned, isa, slots)
+            let mut b = fuse_blocks(&model, &mut kernels, &mut owned, isa, slots);
+            b.extend(fuse_conv_pool(&model, &mut kernels));
+            b.sort_by_key(|r| r.start);
+            b
         } else {
             Vec::new()
         };
@@ -1014,6 +1074,20 @@ impl Session {
                 }
                 continue;
             }
+            if let NodeKernel::ConvPool {
+                kernel,
+                weight,
+                bias,
+            } = &self.kernels[i]
+            {
+                let x = value(graph.nodes[i - 1].inputs[0], Need::Planar);
+                let b = bias.map(|b| model.weight(b));
+                kernel.run(self.slots, n, packed(*weight), b, x, out, &mut self.scratch);
+                if let (Some((t, clock)), Some(start)) = (times.as_mut(), started) {
+                    t[i] = clock().saturating_sub(start);
+                }
+                continue;
+            }
             let mut ins: [&[f32]; MAX_NODE_INPUTS] = [&[]; MAX_NODE_INPUTS];
             for (j, (slot, &v)) in ins.iter_mut().zip(&node.inputs).enumerate() {
                 *slot = value(v, input_need(&self.kernels[i], j));
@@ -1132,7 +1206,9 @@ impl Session {
                 NodeKernel::Vector => run_vector(isa, graph, i, model, ins, n, out),
                 NodeKernel::Copy => out.copy_from_slice(ins[0]),
                 NodeKernel::Reference => reference::run_node_into(graph, i, model, ins, n, out),
-                NodeKernel::Block { .. } | NodeKernel::InBlock => unreachable!("handled above"),
+                NodeKernel::Block { .. } | NodeKernel::ConvPool { .. } | NodeKernel::InBlock => {
+                    unreachable!("handled above")
+                }
             }
             if let (Some((t, clock)), Some(start)) = (times.as_mut(), started) {
                 t[i] = clock().saturating_sub(start);

@@ -1,6 +1,7 @@
 //! Kernels: `reference` is the oracle; the others are the fast paths tested against it.
 
 pub mod conv;
+pub mod conv_pool;
 pub mod depthwise;
 pub mod elementwise;
 pub mod fused;

@@ -24,6 +24,7 @@ use super::depthwise::{load_win, tap, win, Axis};
 use super::elementwise::{dispatch, sum_f64, Simd};
 use crate::graph::shape::window_output;
 use crate::graph::{Pool, PoolKind};
+use crate::kernels::gemm::SharedOut;
 use crate::simd::Isa;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -145,10 +146,98 @@ impl PoolKernel {
             "output: as many planes as the input"
         );
         let (xp, op) = (x.as_ptr(), out.as_mut_ptr());
+        let oh = self.rows.output;
         dispatch!(self.isa, |s| {
             for ch in 0..planes {
                 // SAFETY: the asserted lengths hold plane `ch` of input and output.
-                unsafe { plane(s, self, xp.add(ch * isz), op.add(ch * osz)) }
+                unsafe { plane(s, self, xp.add(ch * isz), 0, op.add(ch * osz), 0..oh) }
+            }
+        })
+    }
+
+    /// Planes (channels) of one sample.
+    pub fn channels(&self) -> usize {
+        self.channels
+    }
+
+    /// Output rows of a plane.
+    pub fn out_rows(&self) -> usize {
+        self.rows.output
+    }
+
+    /// Input columns of a plane.
+    pub fn input_width(&self) -> usize {
+        self.cols.input
+    }
+
+    /// The first input row that output rows from `oy` on can read: no later output row
+    /// reads a row before it (their first rows need not increase: with dilation, the
+    /// rows of the top padding's windows start at 0 or just after).
+    pub fn first_row_from(&self, oy: usize) -> usize {
+        self.rows.origin(oy).max(0) as usize
+    }
+
+    /// Input rows one output row's window spans, padding included.
+    pub fn window_rows(&self) -> usize {
+        (self.rows.kernel - 1) * self.rows.dilation + 1
+    }
+
+    /// The input rows `lo..hi` that output row `oy` reads (`lo == hi` if none).
+    pub fn input_rows(&self, oy: usize) -> std::ops::Range<usize> {
+        let (lo, hi) = self.rows.taps(oy);
+        if lo >= hi {
+            return 0..0;
+        }
+        let o = self.rows.origin(oy);
+        let row = |t: usize| (o + (t * self.rows.dilation) as isize) as usize;
+        row(lo)..row(hi - 1) + 1
+    }
+
+    /// Output rows `oys` of `planes` planes from a window of their input rows: `x` holds
+    /// input rows `x_row0 .. x_row0 + x_rows` of each plane (planes `x_rows × W` apart),
+    /// which must include [`PoolKernel::input_rows`] of every row in `oys`; `out` the
+    /// whole output planes (`OH × OW` apart), of which only rows `oys` are written.
+    ///
+    /// # Safety
+    /// No concurrent writer or reader of those rows of `out`.
+    pub unsafe fn run_rows(
+        &self,
+        x: &[f32],
+        x_row0: usize,
+        x_rows: usize,
+        planes: usize,
+        out: SharedOut,
+        oys: std::ops::Range<usize>,
+    ) {
+        let (w, ow, oh) = (self.cols.input, self.cols.output, self.rows.output);
+        if oys.is_empty() || planes == 0 {
+            return;
+        }
+        assert!(oys.end <= oh, "pool: output rows");
+        assert!(x.len() >= planes * x_rows * w, "pool: input window");
+        assert!(out.len() >= planes * oh * ow, "pool: output planes");
+        for oy in oys.clone() {
+            let need = self.input_rows(oy);
+            assert!(
+                need.is_empty() || (need.start >= x_row0 && need.end <= x_row0 + x_rows),
+                "pool: output row {oy} reads input rows outside the window"
+            );
+        }
+        let (xp, op) = (x.as_ptr(), out.ptr());
+        dispatch!(self.isa, |s| {
+            for ch in 0..planes {
+                // SAFETY: asserted above: plane `ch` of the window holds every input row
+                // the rows `oys` read, and of the output every row in `oys`.
+                unsafe {
+                    plane(
+                        s,
+                        self,
+                        xp.add(ch * x_rows * w),
+                        x_row0,
+                        op.add(ch * oh * ow),
+                        oys.clone(),
+                    )
+                }
             }
         })
     }
@@ -158,6 +247,7 @@ impl PoolKernel {
 #[derive(Clone, Copy)]
 struct Row {
     x: *const f32,
+    /// Input row of tap 0, counted from the row `x` points at.
     iy0: isize,
     ky: (usize, usize),
     /// Row factor of the average's divisor.
@@ -168,7 +258,7 @@ impl Row {
     /// Input row of kernel row `ky` (which must be in `self.ky`).
     #[inline(always)]
     /// # Safety
-    /// `ky` must lie in `self.ky`, and `self.x` must point at a whole H*W input plane.
+    /// `ky` must lie in `self.ky`, and `self.x` must hold that input row (`plane`).
     unsafe fn input(&self, rows: &Axis, cols: &Axis, ky: usize) -> *const f32 {
         // SAFETY: ky in self.ky puts the row inside the plane (Axis::taps).
         unsafe {
@@ -192,13 +282,25 @@ impl PoolKernel {
     }
 }
 
+/// Output rows `oys` of one plane; `x` points at input row `x_row0` of the plane and
+/// holds every input row those output rows read; `out` at the output plane's row 0.
+/// Vector stores may run past a row's end into the next row of `oys`, never past
+/// `oys`' last row.
+///
 /// # Safety
-/// `x` an H*W plane, `out` an OH*OW plane.
+/// As above: `x` readable for those input rows, `out` writable for rows `oys`.
 #[inline(always)]
-unsafe fn plane<S: Simd>(s: S, k: &PoolKernel, x: *const f32, out: *mut f32) {
+unsafe fn plane<S: Simd>(
+    s: S,
+    k: &PoolKernel,
+    x: *const f32,
+    x_row0: usize,
+    out: *mut f32,
+    oys: std::ops::Range<usize>,
+) {
     let (rows, cols) = (&k.rows, &k.cols);
     let (l, ow) = (S::LANES, cols.output);
-    for oy in 0..rows.output {
+    for oy in oys.clone() {
         let ky = rows.taps(oy);
         let ry = if k.include_pad {
             rows.padded_taps(oy)
@@ -207,7 +309,7 @@ unsafe fn plane<S: Simd>(s: S, k: &PoolKernel, x: *const f32, out: *mut f32) {
         };
         let row = Row {
             x,
-            iy0: rows.origin(oy),
+            iy0: rows.origin(oy) - x_row0 as isize,
             ky,
             ry,
         };
@@ -222,8 +324,16 @@ unsafe fn plane<S: Simd>(s: S, k: &PoolKernel, x: *const f32, out: *mut f32) {
             continue;
         }
         let mut xo = 0;
+        let room = (oys.end - oy) * ow;
+        let s2_max = matches!(k.algo, Algo::K2S2 | Algo::K3S2) && k.kind == PoolKind::Max;
         while xo < k.inner_from {
             let n = l.min(ow - xo);
+            // SAFETY: xo < OW; o..o+room is inside the output plane. (Not on the portable
+            // tier, whose masked loads go lane by lane: slower there than the tap path.)
+            if s2_max && l > 4 && unsafe { masked_s2_max(s, k, &row, o, xo, room) } {
+                xo += n;
+                continue;
+            }
             // SAFETY: xo + n <= OW, so o..o+n is inside the output row; edge_sw masks its loads.
             unsafe { edge_sw(s, k, &row, o, xo, n) };
             xo += n;
@@ -237,12 +347,11 @@ unsafe fn plane<S: Simd>(s: S, k: &PoolKernel, x: *const f32, out: *mut f32) {
                 _ => body::<S, 2>(s, k, &row, o, xo),
             }
         };
-        let room = (rows.output - oy) * ow;
         while xo < ow {
             let n = l.min(ow - xo);
-            if matches!(k.algo, Algo::K2S2 | Algo::K3S2) && k.kind == PoolKind::Max {
-                // SAFETY: xo >= inner_from; o..o+room is inside the output plane.
-                if unsafe { tail_s2_max(s, k, &row, o, xo, room) } {
+            if s2_max {
+                // SAFETY: xo < OW; o..o+room is inside the output plane.
+                if unsafe { masked_s2_max(s, k, &row, o, xo, room) } {
                     xo += n;
                     continue;
                 }
@@ -254,21 +363,24 @@ unsafe fn plane<S: Simd>(s: S, k: &PoolKernel, x: *const f32, out: *mut f32) {
     }
 }
 
-/// The outputs `xo..` (at most a vector) of a 2×2 / 3×3 stride-2 max past the whole
-/// vectors of [`body_s2_max`], as that body does them (window rows combined on raw loads,
-/// one de-interleave) but with the loads masked to the input row (`-inf` outside it). The
-/// vector is stored whole when the plane has room (lanes past the row land in the next
-/// output row, which is written afterwards), else partially. Returns `false`, having
-/// written nothing, when the loads hold a NaN: the caller then takes the per-tap path.
+/// The outputs `xo..` (at most a vector) of a 2×2 / 3×3 stride-2 max before or past the
+/// whole vectors of [`body_s2_max`], as that body does them (window rows combined on raw
+/// loads, one de-interleave) but with the loads masked to the input row (`-inf` outside
+/// it, on either side: the left padding too). The vector is stored whole when the plane
+/// has room (lanes past the row land in the next output row, which is written
+/// afterwards), else partially. Returns `false`, having written nothing, when the loads
+/// hold a NaN: the caller then takes the per-tap path.
 ///
 /// Why: rows of MaxPool outputs are often a vector and a few (14, 7 in LeNet-5); the
-/// per-tap masked path costs about ten times this on them.
+/// per-tap masked path costs about ten times this on them. At the left edge of a padded
+/// row (ResNet's 3×3 stride-2 pool: the first 16 of every 56 outputs) the per-tap path
+/// took most of the layer's time.
 ///
 /// # Safety
-/// `xo >= k.inner_from` and `xo < OW`; `row` from `plane` for a valid input plane; `o`
-/// the output row, with `room` floats from `o` to the plane's end.
+/// `xo < OW`; `row` from `plane` for a valid input plane; `o` the output row, with
+/// `room` floats from `o` to the plane's end.
 #[inline(always)]
-unsafe fn tail_s2_max<S: Simd>(
+unsafe fn masked_s2_max<S: Simd>(
     s: S,
     k: &PoolKernel,
     row: &Row,
@@ -278,12 +390,14 @@ unsafe fn tail_s2_max<S: Simd>(
 ) -> bool {
     let (l, cols) = (S::LANES, &k.cols);
     let k3 = k.algo == Algo::K3S2;
-    // First window column of output xo: not in the left padding (xo >= inner_from).
-    let b = 2 * xo - cols.pad_begin;
-    let avail = cols.input.saturating_sub(b);
+    // First window column of output xo, negative inside the left padding.
+    let b = (2 * xo) as isize - cols.pad_begin as isize;
+    // Lanes of the load at `b + skip` that fall inside the row.
     let part = |skip: usize| {
-        let from = avail.saturating_sub(skip);
-        s.lanes(0, from.min(l))
+        let start = b + skip as isize;
+        let lo = (-start).clamp(0, l as isize) as usize;
+        let hi = (cols.input as isize - start).clamp(0, l as isize) as usize;
+        s.lanes(lo, hi.max(lo))
     };
     let (ma, mb, mc, md) = (part(0), part(l), part(2), part(2 + l));
     let ninf = s.splat(f32::NEG_INFINITY);
@@ -292,7 +406,7 @@ unsafe fn tail_s2_max<S: Simd>(
     for ky in row.ky.0..row.ky.1 {
         // SAFETY: ky in row.ky; the masks keep every load inside the input row.
         unsafe {
-            let p = row.input(&k.rows, cols, ky).wrapping_add(b);
+            let p = row.input(&k.rows, cols, ky).wrapping_offset(b);
             let (ra, rb) = (s.load_m(p, ma, ninf), s.load_m(p.wrapping_add(l), mb, ninf));
             nan = s.mask_or(nan, s.mask_or(s.is_nan(ra), s.is_nan(rb)));
             (a, bb) = (s.max(a, ra), s.max(bb, rb));

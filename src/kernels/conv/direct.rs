@@ -169,14 +169,67 @@ pub(super) unsafe fn band(
     b: usize,
 ) {
     let (oy0, oy1) = band_rows(k, d, b);
+    let dst = Rows {
+        out,
+        plane: k.oh * k.ow,
+        row0: 0,
+    };
+    // SAFETY: forwarded; `dst` is the whole output, planes `oh·ow` apart.
+    unsafe {
+        rows(
+            k, d, kernels, packed, bias, x, residual, dst, scratch, oy0, oy1,
+        )
+    }
+}
+
+/// Where [`rows`] writes: output row `oy` of channel `c` at `out[c·plane + (oy − row0)·ow]`
+/// (the whole output, or a window of rows from `row0` in a worker's buffer).
+#[derive(Clone, Copy)]
+pub(crate) struct Rows<'a> {
+    pub out: SharedOut<'a>,
+    pub plane: usize,
+    pub row0: usize,
+}
+
+/// Output rows `oy0..oy1` (at most the plan's band) of every output channel of group 0
+/// into `dst`.
+///
+/// Safety: as [`band`]; `oy1 − oy0 <= d.band`, `oy1 <= oh`; `dst` holds rows `oy0..oy1`
+/// of `cout` planes (checked here); no residual unless `dst` is the whole output.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn rows(
+    k: &ConvKernel,
+    d: &DirectPlan,
+    kernels: OffsKernels,
+    packed: &[f32],
+    bias: Option<&[f32]>,
+    x: &[f32],
+    residual: Option<&[f32]>,
+    dst: Rows,
+    scratch: &mut [f32],
+    oy0: usize,
+    oy1: usize,
+) {
     if oy0 >= oy1 {
         return;
     }
+    assert!(
+        oy1 - oy0 <= d.band && oy1 <= k.oh && oy0 >= dst.row0,
+        "direct conv: rows"
+    );
+    assert!(
+        k.cog == 0 || (k.cog - 1) * dst.plane + (oy1 - dst.row0) * k.ow <= dst.out.len(),
+        "direct conv: output rows"
+    );
+    assert!(
+        residual.is_none() || (dst.row0 == 0 && dst.plane == k.oh * k.ow),
+        "direct conv: residual with a row window"
+    );
     let sw = k.stride[1];
     let len = d.buffer_len(k.cig, sw);
     let buf = &mut scratch[..len];
     fill(k, d, x, oy0, buf);
-    let (kk, plane) = (k.k, k.oh * k.ow);
+    let (kk, plane) = (k.k, dst.plane);
     assert_eq!(d.offs.len(), kk, "direct conv: taps");
     // Sliver-major: each sliver of A stays in L1 while it sweeps the output row, and
     // its rows of C are written left to right (a few sequential streams).
@@ -194,7 +247,7 @@ pub(super) unsafe fn band(
                     // its slack).
                     let bp = buf[base + ox0..].as_ptr();
                     let row = p0 + s0;
-                    let at = row * plane + oy * k.ow + ox0;
+                    let at = row * plane + (oy - dst.row0) * k.ow + ox0;
                     let st = Store {
                         load_c: false,
                         finish: true,
@@ -212,8 +265,9 @@ pub(super) unsafe fn band(
                     };
                     // SAFETY: A rows p0+s0 .. +mr of the packed panel at p0·K (lda = h)
                     // for K steps; B as above; C rows `row..row+mr` at column
-                    // oy·ow + ox0 .. + nv of planes of oh·ow (checked lengths); the
-                    // caller guarantees the tier and exclusive access to the band.
+                    // (oy − row0)·ow + ox0 .. + nv of planes `plane` apart (asserted
+                    // above); the caller guarantees the tier and exclusive access to
+                    // these rows.
                     unsafe {
                         kern(
                             kk,
@@ -221,7 +275,7 @@ pub(super) unsafe fn band(
                             h,
                             bp,
                             d.offs.as_ptr(),
-                            out.ptr().add(at),
+                            dst.out.ptr().add(at),
                             plane,
                             nv,
                             &st,

@@ -46,7 +46,7 @@
 //! (see the gemm module), so running tiles in any order or on any number of threads
 //! gives bit-identical results.
 
-mod direct;
+pub(crate) mod direct;
 pub(crate) mod im2col;
 mod shared_b;
 
@@ -630,6 +630,68 @@ impl ConvKernel {
             m1,
             nt,
         );
+    }
+
+    /// Rows per band of the `direct` plan (the most [`ConvKernel::direct_rows`] takes in
+    /// one call), if this layer runs `direct`.
+    pub(crate) fn direct_band(&self) -> Option<usize> {
+        self.direct
+            .as_ref()
+            .filter(|_| gemm::offs_kernels(self.isa).is_some())
+            .map(|d| d.band)
+    }
+
+    /// Output rows `oy0..oy1` (at most [`ConvKernel::direct_band`] of them) of every
+    /// output channel of one sample, `act(conv(x) + bias)`, into `dst`: the same values
+    /// as [`ConvKernel::run`] writes there (same micro-kernel calls per row).
+    ///
+    /// # Safety
+    /// No concurrent writer of those rows of `dst`, and no reader of them until this
+    /// returns.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn direct_rows(
+        &self,
+        packed_weights: &[f32],
+        bias: Option<&[f32]>,
+        x: &[f32],
+        dst: direct::Rows,
+        scratch: &mut [f32],
+        oy0: usize,
+        oy1: usize,
+    ) {
+        let (Some(d), Some(kernels)) = (&self.direct, gemm::offs_kernels(self.isa)) else {
+            panic!("conv: direct_rows on a layer that does not run direct");
+        };
+        assert_eq!(
+            packed_weights.len(),
+            self.packed_weight_len(),
+            "conv: packed weight length"
+        );
+        if let Some(b) = bias {
+            assert_eq!(b.len(), self.cout, "conv: bias length");
+        }
+        assert_eq!(x.len(), self.cin * self.h * self.w, "conv: input length");
+        assert!(
+            scratch.len() >= self.scratch_len(),
+            "conv: scratch too short"
+        );
+        // SAFETY: arguments checked above (`rows` checks the rows against `dst`); the
+        // caller guarantees exclusive access to the rows.
+        unsafe {
+            direct::rows(
+                self,
+                d,
+                kernels,
+                packed_weights,
+                bias,
+                x,
+                None,
+                dst,
+                scratch,
+                oy0,
+                oy1,
+            )
+        }
     }
 
     /// The im2col matrix of one group's input `xg` as a B source.
