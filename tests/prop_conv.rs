@@ -341,7 +341,8 @@ fn conv_matches_reference_every_tier() {
 /// The first-layer direct kernel (few input channels read in place through tap offsets,
 /// `direct`) on the tiers that have it, over the shapes it accepts: any kernel size,
 /// stride, dilation and padding (asymmetric too), rows not a multiple of 16 (masked
-/// tails), heights that the bands of 8 rows do not divide, output channels not a
+/// tails; one-vector kernels for tails of at most half a tile, e.g. 8–16 of AVX-512's
+/// 32 columns), heights that the bands of 8 rows do not divide, output channels not a
 /// multiple of the 12-row panels or 6-row slivers, bias, residual, activations, batch.
 #[test]
 fn direct_first_layer_every_tier() {

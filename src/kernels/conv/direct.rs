@@ -258,11 +258,7 @@ pub(super) unsafe fn rows(
                         pf: std::ptr::null(),
                         pf_stride: 0,
                     };
-                    let kern = if nv == kernels.nr {
-                        kernels.full[mr]
-                    } else {
-                        kernels.tail[mr]
-                    };
+                    let kern = kernels.pick(mr, nv);
                     // SAFETY: A rows p0+s0 .. +mr of the packed panel at p0·K (lda = h)
                     // for K steps; B as above; C rows `row..row+mr` at column
                     // (oy − row0)·ow + ox0 .. + nv of planes `plane` apart (asserted

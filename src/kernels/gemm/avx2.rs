@@ -90,7 +90,7 @@ unsafe fn ukr_rows<const R: usize, const NV: usize, const MASKED: bool>(
 #[target_feature(enable = "avx2,fma")]
 /// # Safety
 /// As [`ukr`], with row `k` of B at `b + offs[k]` (`offs` has `kc` entries).
-unsafe fn ukr_offs<const R: usize, const MASKED: bool>(
+unsafe fn ukr_offs<const R: usize, const NV: usize, const MASKED: bool>(
     kc: usize,
     a: *const f32,
     lda: usize,
@@ -102,28 +102,39 @@ unsafe fn ukr_offs<const R: usize, const MASKED: bool>(
     st: &Store,
 ) {
     // SAFETY: forwarded (same contract).
-    unsafe { body::<R, 2, MASKED, true, false>(kc, a, lda, b, 0, offs, c, ldc, nv, st.pf, st) }
+    unsafe { body::<R, NV, MASKED, true, false>(kc, a, lda, b, 0, offs, c, ldc, nv, st.pf, st) }
 }
 
 /// Offset-addressed 16-wide kernels (see [`OffsKernel`]), indexed by rows `1..=6`: full
 /// width and masked (`nv < 16`).
 pub(crate) static OFFS_FULL: [OffsKernel; MR + 1] = [
-    ukr_offs::<1, false>,
-    ukr_offs::<1, false>,
-    ukr_offs::<2, false>,
-    ukr_offs::<3, false>,
-    ukr_offs::<4, false>,
-    ukr_offs::<5, false>,
-    ukr_offs::<6, false>,
+    ukr_offs::<1, 2, false>,
+    ukr_offs::<1, 2, false>,
+    ukr_offs::<2, 2, false>,
+    ukr_offs::<3, 2, false>,
+    ukr_offs::<4, 2, false>,
+    ukr_offs::<5, 2, false>,
+    ukr_offs::<6, 2, false>,
 ];
 pub(crate) static OFFS_TAIL: [OffsKernel; MR + 1] = [
-    ukr_offs::<1, true>,
-    ukr_offs::<1, true>,
-    ukr_offs::<2, true>,
-    ukr_offs::<3, true>,
-    ukr_offs::<4, true>,
-    ukr_offs::<5, true>,
-    ukr_offs::<6, true>,
+    ukr_offs::<1, 2, true>,
+    ukr_offs::<1, 2, true>,
+    ukr_offs::<2, 2, true>,
+    ukr_offs::<3, 2, true>,
+    ukr_offs::<4, 2, true>,
+    ukr_offs::<5, 2, true>,
+    ukr_offs::<6, 2, true>,
+];
+/// One vector (8 columns), masked: tails of at most 8 columns, which the two-vector
+/// tail would compute twice over.
+pub(crate) static OFFS_HALF: [OffsKernel; MR + 1] = [
+    ukr_offs::<1, 1, true>,
+    ukr_offs::<1, 1, true>,
+    ukr_offs::<2, 1, true>,
+    ukr_offs::<3, 1, true>,
+    ukr_offs::<4, 1, true>,
+    ukr_offs::<5, 1, true>,
+    ukr_offs::<6, 1, true>,
 ];
 
 /// `nt` full 6-or-fewer × 16 tiles side by side (see `Ukr::multi`): tile `t` reads B at

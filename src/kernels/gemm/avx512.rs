@@ -64,7 +64,7 @@ unsafe fn ukr<const R: usize, const NV: usize, const MASKED: bool>(
 /// # Safety
 /// AVX-512 present (dispatch); the OffsKernel contract.
 #[allow(clippy::too_many_arguments)]
-unsafe fn ukr_offs<const R: usize, const MASKED: bool>(
+unsafe fn ukr_offs<const R: usize, const NV: usize, const MASKED: bool>(
     kc: usize,
     a: *const f32,
     lda: usize,
@@ -76,7 +76,7 @@ unsafe fn ukr_offs<const R: usize, const MASKED: bool>(
     st: &Store,
 ) {
     // SAFETY: forwarded (same contract).
-    unsafe { body::<R, 2, MASKED, true, false>(kc, a, lda, b, 0, offs, c, ldc, nv, st) }
+    unsafe { body::<R, NV, MASKED, true, false>(kc, a, lda, b, 0, offs, c, ldc, nv, st) }
 }
 
 /// The row-addressed kernel (see [`Ukr::rows`]): A row `i` of step `k` at
@@ -498,8 +498,11 @@ pub(crate) static UKR: Ukr = Ukr {
 
 /// Offset-addressed 32-wide kernels (see [`OffsKernel`]), indexed by rows `1..=12`: full
 /// width and masked (`nv < 32`).
-pub(crate) static OFFS_FULL: [OffsKernel; MR + 1] = table!(OffsKernel, ukr_offs, false);
-pub(crate) static OFFS_TAIL: [OffsKernel; MR + 1] = table!(OffsKernel, ukr_offs, true);
+pub(crate) static OFFS_FULL: [OffsKernel; MR + 1] = table!(OffsKernel, ukr_offs, 2, false);
+pub(crate) static OFFS_TAIL: [OffsKernel; MR + 1] = table!(OffsKernel, ukr_offs, 2, true);
+/// One vector (16 columns), masked: tails of at most 16 columns (a 112-wide row is
+/// 3 × 32 + 16), which the two-vector tail would compute twice over.
+pub(crate) static OFFS_HALF: [OffsKernel; MR + 1] = table!(OffsKernel, ukr_offs, 1, true);
 
 /// One row × 32 columns: a batch-1 fully connected layer over a whole pre-packed 32-wide
 /// weight panel (the one-row tile of [`ukr`], called directly so that the caller can

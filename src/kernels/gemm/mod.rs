@@ -116,12 +116,13 @@ pub(crate) type OffsKernel = unsafe fn(
     st: &Store,
 );
 
-/// A tier's offset-addressed kernels: `full[r]` / `tail[r]` take `r` rows (`1..=mr()`)
-/// of `nr` columns / fewer (masked).
+/// A tier's offset-addressed kernels: `full[r]` / `tail[r]` / `half[r]` take `r` rows
+/// (`1..=mr()`) of `nr` columns / fewer (masked) / at most `nr / 2` (masked, one vector).
 #[derive(Clone, Copy)]
 pub(crate) struct OffsKernels {
     pub full: &'static [OffsKernel],
     pub tail: &'static [OffsKernel],
+    pub half: &'static [OffsKernel],
     pub nr: usize,
 }
 
@@ -129,6 +130,18 @@ impl OffsKernels {
     /// Most rows one call takes (the tables are indexed by rows, index 0 unused).
     pub fn mr(&self) -> usize {
         self.full.len() - 1
+    }
+
+    /// The kernel for `rows` rows of `nv` columns (`1..=nr`). Each output element is
+    /// the same FMA chain in every one of them.
+    pub fn pick(&self, rows: usize, nv: usize) -> OffsKernel {
+        if nv == self.nr {
+            self.full[rows]
+        } else if 2 * nv <= self.nr {
+            self.half[rows]
+        } else {
+            self.tail[rows]
+        }
     }
 }
 
@@ -143,12 +156,14 @@ pub(crate) fn offs_kernels(isa: Isa) -> Option<OffsKernels> {
         Isa::Avx2 => Some(OffsKernels {
             full: &avx2::OFFS_FULL,
             tail: &avx2::OFFS_TAIL,
+            half: &avx2::OFFS_HALF,
             nr: 16,
         }),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => Some(OffsKernels {
             full: &avx512::OFFS_FULL,
             tail: &avx512::OFFS_TAIL,
+            half: &avx512::OFFS_HALF,
             nr: 32,
         }),
         _ => None,
