@@ -159,6 +159,13 @@ fn bench_json_has_the_documented_fields() {
     ] {
         assert!(v[key].as_f64().is_some_and(|x| x > 0.0), "{key} in {last}");
     }
+    // Bytes on huge pages: a count where the OS tells (Linux), else null.
+    let huge = &v["huge_page_bytes"];
+    assert!(
+        huge.is_u64() || (huge.is_null() && !cfg!(target_os = "linux")),
+        "{last}"
+    );
+    assert!(out.contains("memory     5.0 MB mapped"), "{out}");
 }
 
 /// `--copy` reads the model into private memory: same latency fields, and a damaged copy

@@ -294,6 +294,7 @@ fn round_trip_in_memory() {
     assert_eq!(m.metadata(), &meta);
     assert_eq!(m.weights(), refs(&w));
     assert!(!m.is_mapped());
+    assert_eq!(m.huge_page_bytes(), None, "heap bytes: not counted");
     assert_eq!(m.bytes(), &bytes[..]);
     assert_eq!(m.version(), (1, 0));
     // The test-side assembler produces the same bytes as the writer: the spec is the layout.
@@ -325,6 +326,11 @@ fn round_trip_file_mmap_and_copy_zero_copy() {
             )
             .unwrap();
             assert_eq!(m.is_mapped(), storage == Storage::Mmap);
+            // Huge pages of the model's own memory only: at most its (page-rounded) size.
+            let huge = m.huge_page_bytes();
+            assert_eq!(huge.is_some(), cfg!(target_os = "linux"));
+            let rounded = (m.bytes().len() as u64).next_multiple_of(2 << 20);
+            assert!(huge.unwrap_or(0) <= rounded, "{huge:?} huge-page bytes");
             assert_eq!(m.graph(), &g);
             assert_eq!(m.metadata(), &meta);
             assert_eq!(m.weights(), refs(&w));

@@ -357,6 +357,20 @@ fn bench(model: &Path, o: &BenchOptions) -> Result<()> {
         "throughput {ips:.1} images/s, {gflops:.1} GFLOP/s ({:.3} GFLOP per run)",
         flops / 1e9
     );
+    let file = m.file();
+    let held = if file.is_mapped() { "mapped" } else { "copied" };
+    let huge = file.huge_page_bytes();
+    match huge {
+        Some(h) => println!(
+            "memory     {:.1} MB {held}, {:.1} MB of it on huge pages",
+            file.bytes().len() as f64 / 1e6,
+            h as f64 / 1e6
+        ),
+        None => println!(
+            "memory     {:.1} MB {held}",
+            file.bytes().len() as f64 / 1e6
+        ),
+    }
     if let Some(peak) = o.profile {
         // Measured on this core for the tier the session runs, unless given.
         let peak = peak.unwrap_or_else(|| {
@@ -367,10 +381,11 @@ fn bench(model: &Path, o: &BenchOptions) -> Result<()> {
     }
     if o.json {
         println!(
-            "{{\"model\":{:?},\"isa\":\"{}\",\"threads\":{threads},\"batch\":{batch},\"open_ms\":{open_ms:.4},\"session_ms\":{session_ms:.4},\"first_run_ms\":{first_run_ms:.4},\"median_ms\":{median:.4},\"p90_ms\":{p90:.4},\"p99_ms\":{p99:.4},\"images_per_s\":{ips:.2},\"gflops\":{gflops:.3},\"workspace_bytes\":{}}}",
+            "{{\"model\":{:?},\"isa\":\"{}\",\"threads\":{threads},\"batch\":{batch},\"open_ms\":{open_ms:.4},\"session_ms\":{session_ms:.4},\"first_run_ms\":{first_run_ms:.4},\"median_ms\":{median:.4},\"p90_ms\":{p90:.4},\"p99_ms\":{p99:.4},\"images_per_s\":{ips:.2},\"gflops\":{gflops:.3},\"workspace_bytes\":{},\"huge_page_bytes\":{}}}",
             model.display().to_string(),
             session.isa(),
-            session.workspace_bytes()
+            session.workspace_bytes(),
+            huge.map_or("null".to_string(), |h| h.to_string())
         );
     }
     Ok(())

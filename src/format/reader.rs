@@ -209,6 +209,21 @@ impl ModelFile {
         matches!(self.backing, Backing::Mapped(_))
     }
 
+    /// Bytes of the model that the OS now maps with huge pages (Linux, read from
+    /// `/proc/self/smaps`: `FilePmdMapped` of the file mapping, `AnonHugePages` of the
+    /// private copy); `None` where that cannot be read or the model is on the heap.
+    /// Counts the pages touched so far, so ask after a run. Weights streamed from 4 KiB
+    /// pages read slower (docs/KERNELS.md, "Huge pages"); whether a mapped file gets
+    /// huge pages depends on how the page cache holds it, not on this process.
+    pub fn huge_page_bytes(&self) -> Option<u64> {
+        let m: &[u8] = match &self.backing {
+            Backing::Mapped(m) | Backing::Private(m) => m,
+            Backing::Heap(_) => return None,
+        };
+        let lo = m.as_ptr() as usize;
+        huge_pages_in(lo, lo + m.len())
+    }
+
     /// The path it was opened from (`<memory>` for [`ModelFile::from_bytes`]).
     pub fn path(&self) -> &Path {
         &self.path
@@ -218,6 +233,38 @@ impl ModelFile {
     pub fn version(&self) -> (u16, u16) {
         self.version
     }
+}
+
+/// Huge-page bytes of the mappings that overlap `lo..hi`, summed from `/proc/self/smaps`.
+#[cfg(target_os = "linux")]
+fn huge_pages_in(lo: usize, hi: usize) -> Option<u64> {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
+    let (mut total, mut inside) = (0u64, false);
+    for line in smaps.lines() {
+        // A mapping's header starts with its address range, `start-end`, in hex.
+        let first = line.split(' ').next().unwrap_or("");
+        if let Some((a, b)) = first.split_once('-') {
+            if let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)) {
+                inside = a < hi && lo < b;
+                continue;
+            }
+        }
+        if !inside {
+            continue;
+        }
+        for key in ["FilePmdMapped:", "AnonHugePages:"] {
+            if let Some(v) = line.strip_prefix(key) {
+                let kb: u64 = v.trim().trim_end_matches("kB").trim().parse().ok()?;
+                total += kb * 1024;
+            }
+        }
+    }
+    Some(total)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn huge_pages_in(_lo: usize, _hi: usize) -> Option<u64> {
+    None
 }
 
 impl fmt::Debug for ModelFile {
