@@ -107,8 +107,9 @@ enum Command {
         /// faster runs of models with large weights.
         #[arg(long)]
         copy: bool,
-        /// Run MobileNet-style expansion → depthwise → projection blocks layer by layer
-        /// instead of as one fused step (to compare, or to profile each layer).
+        /// Run MobileNet-style expansion → depthwise → projection blocks, and first-layer
+        /// convolutions with the pooling after them, layer by layer instead of as one
+        /// fused step (to compare, or to profile each layer).
         #[arg(long)]
         no_fuse: bool,
         /// Run every layer planar (channels in separate planes) instead of keeping
