@@ -5,7 +5,8 @@
 //! are memory-bound and count bytes of weights instead (GB/s).
 //!
 //! `cargo bench --bench kernels` (all), or with a filter: `cargo bench --bench kernels --
-//! resnet18`. Peak of one Zen 4 core: 117 GFLOP/s (shared/design/toolchain.md §2).
+//! resnet18`. The table mode (below) prints each case's share of this core's FMA peak on
+//! its tier, measured first (`kernels::peak`).
 
 use cnnrt::graph::{Activation, Conv, Linear};
 use cnnrt::kernels::conv::ConvKernel;
@@ -501,27 +502,30 @@ fn bench_kernels(c: &mut Criterion<ThreadCpu>) {
 /// `CNNRT_BENCH_TABLE=1 cargo bench --bench kernels [-- FILTER]`: instead of criterion,
 /// the best thread-CPU time of many short trials per case, printed as the markdown table of docs/KERNELS.md.
 fn table(filter: Option<&str>) {
-    const PEAK: f64 = 117.0;
     // Minimum over many short trials (~1 ms each, ~1.5 s in all): on a shared machine
     // the shortest trials are the ones no other process interrupted.
     let best = |run: &mut dyn FnMut()| -> f64 {
         timing::best(run, 1_000_000, Duration::from_millis(1500))
     };
-    #[cfg(target_arch = "x86_64")]
-    let measured_peak = if Isa::Avx2.is_supported() {
-        // SAFETY: AVX2 and FMA are present (checked just above).
-        let ns = best(&mut || {
-            black_box(unsafe { fma_peak_avx2(black_box(1 << 16)) });
-        });
-        (1u64 << 16) as f64 * 12.0 * 16.0 / ns
-    } else {
-        f64::NAN
+    // Each tier's register-only FMA peak on this core, measured first.
+    let peaks: Vec<(Isa, f64)> = Isa::supported()
+        .into_iter()
+        .map(|isa| (isa, cnnrt::kernels::peak::fma_peak_gflops(isa, 20)))
+        .collect();
+    for (isa, p) in &peaks {
+        println!("measured register-only FMA peak of this core, {isa}: {p:.1} GFLOP/s");
+    }
+    println!();
+    let peak_of = |isa: Isa| {
+        peaks
+            .iter()
+            .find(|(i, _)| *i == isa)
+            .map_or(f64::NAN, |p| p.1)
     };
-    #[cfg(not(target_arch = "x86_64"))]
-    let measured_peak = f64::NAN;
-    println!("measured register-only FMA peak of this core: {measured_peak:.1} GFLOP/s\n");
-    println!("| kernel | shape | algorithm | tier | time | GFLOP/s (GB/s) | % of 117 | % of measured peak |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!(
+        "| kernel | shape | algorithm | tier | time | GFLOP/s (GB/s) | % of the tier's peak |"
+    );
+    println!("|---|---|---|---|---|---|---|");
     for case in all_cases() {
         if filter.is_some_and(|f| !case.id().contains(f)) {
             continue;
@@ -529,17 +533,13 @@ fn table(filter: Option<&str>) {
         let mut run = (case.make)();
         let ns = best(&mut *run);
         let rate = case.work as f64 / ns;
-        let (unit, pct, pctm) = if case.bytes {
-            ("GB/s", "—".to_string(), "—".to_string())
+        let (unit, pct) = if case.bytes {
+            ("GB/s", "—".to_string())
         } else {
-            (
-                "",
-                format!("{:.0}%", 100.0 * rate / PEAK),
-                format!("{:.0}%", 100.0 * rate / measured_peak),
-            )
+            ("", format!("{:.0}%", 100.0 * rate / peak_of(case.isa)))
         };
         println!(
-            "| {} | {} | {} | {} | {:.3} ms | {:.1} {unit} | {pct} | {pctm} |",
+            "| {} | {} | {} | {} | {:.3} ms | {:.1} {unit} | {pct} |",
             case.group,
             case.name,
             case.algorithm,
