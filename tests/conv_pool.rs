@@ -221,13 +221,15 @@ fn session_fuses_conv_and_pool_with_the_same_results() {
     });
     g.inputs = vec![x];
     g.outputs = vec![y];
-    let refs: Vec<&[f32]> = weights.iter().map(|w| w.as_slice()).collect();
-    let bytes =
-        cnnrt::format::model_to_bytes(&g, &refs, &cnnrt::format::Metadata::default()).unwrap();
-    let model = cnnrt::Model::from_bytes(&bytes).unwrap();
+    let zoo = common::Zoo {
+        graph: g,
+        weights: weights.to_vec(),
+    };
+    let (g, model) = (&zoo.graph, zoo.model());
+    let refs: Vec<&[f32]> = zoo.weights.iter().map(|w| w.as_slice()).collect();
     let n = 3;
     let input = common::rand_vec(&mut seed, n * 3 * 40 * 40, -2.0, 2.0);
-    let expect = run_graph(&g, &refs, &[&input], n).unwrap().remove(0);
+    let expect = run_graph(g, &refs, &[&input], n).unwrap().remove(0);
     for isa in Isa::supported() {
         let opts = SessionOptions::default().max_batch(n).max_isa(isa);
         let mut plain = model.session(opts.clone().fuse_blocks(false)).unwrap();

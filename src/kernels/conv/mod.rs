@@ -511,6 +511,22 @@ impl ConvKernel {
         out_len: usize,
         scratch: &[f32],
     ) {
+        self.check_inputs(packed_weights, bias, x, scratch);
+        let out_elems = self.cout * self.n;
+        assert_eq!(out_len, out_elems, "conv: output length");
+        if let Some(r) = residual {
+            assert_eq!(r.len(), out_elems, "conv: residual length");
+        }
+    }
+
+    /// The lengths of what every run reads: weights, bias, one sample's input, scratch.
+    fn check_inputs(
+        &self,
+        packed_weights: &[f32],
+        bias: Option<&[f32]>,
+        x: &[f32],
+        scratch: &[f32],
+    ) {
         assert_eq!(
             packed_weights.len(),
             self.packed_weight_len(),
@@ -520,11 +536,6 @@ impl ConvKernel {
             assert_eq!(b.len(), self.cout, "conv: bias length");
         }
         assert_eq!(x.len(), self.cin * self.h * self.w, "conv: input length");
-        let out_elems = self.cout * self.n;
-        assert_eq!(out_len, out_elems, "conv: output length");
-        if let Some(r) = residual {
-            assert_eq!(r.len(), out_elems, "conv: residual length");
-        }
         assert!(
             scratch.len() >= self.scratch_len(),
             "conv: scratch too short"
@@ -662,19 +673,7 @@ impl ConvKernel {
         let (Some(d), Some(kernels)) = (&self.direct, gemm::offs_kernels(self.isa)) else {
             panic!("conv: direct_rows on a layer that does not run direct");
         };
-        assert_eq!(
-            packed_weights.len(),
-            self.packed_weight_len(),
-            "conv: packed weight length"
-        );
-        if let Some(b) = bias {
-            assert_eq!(b.len(), self.cout, "conv: bias length");
-        }
-        assert_eq!(x.len(), self.cin * self.h * self.w, "conv: input length");
-        assert!(
-            scratch.len() >= self.scratch_len(),
-            "conv: scratch too short"
-        );
+        self.check_inputs(packed_weights, bias, x, scratch);
         // SAFETY: arguments checked above (`rows` checks the rows against `dst`); the
         // caller guarantees exclusive access to the rows.
         unsafe {
