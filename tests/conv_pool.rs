@@ -314,3 +314,61 @@ proptest! {
         check(&case, n, &mut seed);
     }
 }
+
+/// `PoolKernel::run_rows` writes rows `oys` of every plane and nothing else, even where
+/// its vector stores run past a short row (the next row may belong to another worker),
+/// with the same values as pooling whole planes; every tier, max and average, maps
+/// narrower and wider than a vector.
+#[test]
+fn pool_rows_write_only_their_rows() {
+    let mut seed = 77u64;
+    for isa in Isa::supported() {
+        for (h, w, kind) in [
+            (14, 7, PoolKind::Max),
+            (28, 20, PoolKind::Max),
+            (23, 37, PoolKind::Average),
+            (9, 5, PoolKind::Max),
+        ] {
+            let pool = Pool {
+                kind,
+                ..max_pool(3, 2, [1; 4], false)
+            };
+            let planes = 3;
+            let (oh, ow) = ((h + 2 - 3) / 2 + 1, (w + 2 - 3) / 2 + 1);
+            let k = PoolKernel::new(isa, &pool, [planes, h, w], [planes, oh, ow]).unwrap();
+            let x = common::rand_vec(&mut seed, planes * h * w, -3.0, 3.0);
+            let mut whole = vec![0.0; planes * oh * ow];
+            k.run(&x, &mut whole);
+            for (a, b) in [(0, 1), (1, oh - 1), (oh / 2, oh / 2 + 1), (oh - 1, oh)] {
+                const SENTINEL: f32 = 12345.0;
+                let mut out = vec![SENTINEL; planes * oh * ow];
+                // SAFETY: nothing else uses `out` during the call.
+                unsafe {
+                    k.run_rows(
+                        &x,
+                        0,
+                        h,
+                        planes,
+                        cnnrt::kernels::gemm::SharedOut::new(&mut out),
+                        a..b,
+                    )
+                };
+                for (i, (&got, &want)) in out.iter().zip(&whole).enumerate() {
+                    let row = (i / ow) % oh;
+                    if (a..b).contains(&row) {
+                        assert_eq!(
+                            got.to_bits(),
+                            want.to_bits(),
+                            "[{isa}] {h}x{w} rows {a}..{b}"
+                        );
+                    } else {
+                        assert_eq!(
+                            got, SENTINEL,
+                            "[{isa}] {h}x{w} rows {a}..{b} wrote row {row}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
