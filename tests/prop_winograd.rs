@@ -316,6 +316,9 @@ fn winograd_large_shapes_every_tier() {
         mk(400, 13, 6, 6, [1, 1, 1, 1]),
         mk(3, 5, 1, 1, [1, 1, 1, 1]),
         mk(7, 9, 3, 3, [0, 0, 0, 0]),
+        // Few tile blocks for 2 workers (see `few_tile_blocks_are_shared_evenly`).
+        mk(32, 32, 16, 16, [1, 1, 1, 1]),
+        mk(32, 96, 8, 8, [1, 1, 1, 1]),
     ];
     for isa in Isa::supported() {
         for variant in WinogradVariant::ALL {
@@ -324,6 +327,50 @@ fn winograd_large_shapes_every_tier() {
                     .unwrap_or_else(|e| panic!("{isa} {variant:?} {case:?}: {e}"));
             }
         }
+    }
+}
+
+/// With fewer tile blocks than two per worker, the layer is shared out evenly: by tiles
+/// when the transformed weights are small beside the transformed input, else by output
+/// channels (`CHANNEL_SPLIT_MIN_U_OVER_V` in the kernel). The results of these plans are
+/// checked bit for bit by `winograd_large_shapes_every_tier`.
+#[test]
+fn few_tile_blocks_are_shared_evenly() {
+    let conv = |cin, cout| mk_conv(cin, cout, [3, 3], [1, 1], [1, 1], 1);
+    for isa in Isa::supported() {
+        // F(4x4) on 16×16: 16 tiles, U/V = cout/tiles = 2: two blocks of 8 tiles, all
+        // channels each (before: blocks of whole micro-kernel tiles, then channel halves).
+        let k = WinogradKernel::new_for_threads(
+            isa,
+            &conv(32, 32),
+            [32, 16, 16],
+            [32, 16, 16],
+            WinogradVariant::F4x4,
+            2,
+        )
+        .unwrap();
+        assert_eq!(k.work_split(), (2, 8, 1), "{isa}");
+        // F(2x2) on 8×8: 16 tiles, U/V = 96/16 = 6: one block, a channel half each.
+        let k = WinogradKernel::new_for_threads(
+            isa,
+            &conv(32, 96),
+            [32, 8, 8],
+            [96, 8, 8],
+            WinogradVariant::F2x2,
+            2,
+        )
+        .unwrap();
+        assert_eq!(k.work_split(), (1, 16, 2), "{isa}");
+        // One worker: unchanged.
+        let k = WinogradKernel::new(
+            isa,
+            &conv(32, 96),
+            [32, 8, 8],
+            [96, 8, 8],
+            WinogradVariant::F2x2,
+        )
+        .unwrap();
+        assert_eq!(k.work_split().0, 1, "{isa}");
     }
 }
 

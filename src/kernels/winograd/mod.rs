@@ -182,6 +182,15 @@ impl WinogradVariant {
 const V_BYTES: usize = 512 << 10;
 /// Bytes of GEMM output `M` per channel chunk that the chunk size aims for.
 const M_BYTES: usize = 512 << 10;
+/// With several workers and fewer tile blocks than two each, the layer is split by
+/// output channels (every worker transforms the whole input) when its transformed
+/// weights `U` are more than this many times its transformed input `V`, else by tiles
+/// (every worker reads all of `U`). ResNet-18 at 2 threads (AVX-512, per-layer profile,
+/// 8 interleaved rounds), against the 32 + 17 tile blocks with channel halves before:
+/// layer2's F(4x4) layers (U/V 2.6) 0.555 → 0.448 ms split by tiles, 0.518 by channels;
+/// layer3's F(2x2) layers (U/V 5.2) 0.62 → 0.60 by tiles, 0.547 by channels; layer4's
+/// (U/V 32, one tile block) were already split by channels.
+const CHANNEL_SPLIT_MIN_U_OVER_V: usize = 4;
 /// Work items the split aims for, so that small layers still parallelize.
 const WANT_TILES: usize = 4;
 /// Output channels per work item below which output channels are not split.
@@ -312,9 +321,26 @@ impl WinogradKernel {
         let tb = (ntiles.div_ceil(want).div_ceil(nr) * nr)
             .min(ntiles.div_ceil(8) * 8)
             .max(1);
+        let mut tb = tb;
         let mut nblocks = (ntiles / tb).max(1);
         if ntiles > nblocks * tb && 2 * (ntiles - nblocks * tb) >= tb {
             nblocks += 1;
+        }
+        // Fewer blocks than two per worker (blocks of whole micro-kernel tiles left
+        // ResNet-18's 49-tile maps as 32 + 17 tiles, one worker idle for a third of the
+        // layer): share the layer out evenly instead, by tiles or by output channels,
+        // whichever repeats less. By tiles, each worker transforms only its tiles' input
+        // but reads all the transformed weights U; by channels, each reads its share of U
+        // but transforms the whole input V. See CHANNEL_SPLIT_MIN_U_OVER_V.
+        let mut tiles_shared = false;
+        if threads > 1 && nblocks < 2 * threads && ntiles >= 8 * threads {
+            let (u_floats, v_floats) = (t2 * cout * cin, t2 * cin * ntiles);
+            let even = ntiles.div_ceil(threads);
+            if u_floats > CHANNEL_SPLIT_MIN_U_OVER_V * v_floats {
+                (nblocks, tb) = (1, ntiles);
+            } else if (threads - 1) * even < ntiles {
+                (nblocks, tb, tiles_shared) = (threads, even, true);
+            }
         }
         let last = ntiles - (nblocks - 1) * tb;
         let ld = tb.max(last).div_ceil(8) * 8;
@@ -322,7 +348,7 @@ impl WinogradKernel {
         // channel block transforms the whole tile block's input again, so with one tile
         // block and several workers the split is one channel block per worker.
         let mut mc = cout.max(1);
-        if nblocks < WANT_TILES && cout >= 2 * MIN_MC {
+        if nblocks < WANT_TILES && cout >= 2 * MIN_MC && !tiles_shared {
             let want = if threads > 1 && nblocks == 1 {
                 threads
             } else {
@@ -459,6 +485,12 @@ impl WinogradKernel {
     /// Number of independent tiles (work items).
     pub fn tiles(&self) -> usize {
         self.nblocks * self.m_tiles
+    }
+
+    /// How the work items split the layer: (tile blocks, tiles per block before the
+    /// last, which takes the remainder; output-channel blocks).
+    pub fn work_split(&self) -> (usize, usize, usize) {
+        (self.nblocks, self.tb, self.m_tiles)
     }
 
     fn check(
