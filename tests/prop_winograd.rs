@@ -336,41 +336,29 @@ fn winograd_large_shapes_every_tier() {
 /// checked bit for bit by `winograd_large_shapes_every_tier`.
 #[test]
 fn few_tile_blocks_are_shared_evenly() {
-    let conv = |cin, cout| mk_conv(cin, cout, [3, 3], [1, 1], [1, 1], 1);
     for isa in Isa::supported() {
+        let split = |cin, cout, side, variant, threads| {
+            let conv = mk_conv(cin, cout, [3, 3], [1, 1], [1, 1], 1);
+            let (ins, outs) = ([cin, side, side], [cout, side, side]);
+            WinogradKernel::new_for_threads(isa, &conv, ins, outs, variant, threads)
+                .unwrap()
+                .work_split()
+        };
         // F(4x4) on 16×16: 16 tiles, U/V = cout/tiles = 2: two blocks of 8 tiles, all
         // channels each (before: blocks of whole micro-kernel tiles, then channel halves).
-        let k = WinogradKernel::new_for_threads(
-            isa,
-            &conv(32, 32),
-            [32, 16, 16],
-            [32, 16, 16],
-            WinogradVariant::F4x4,
-            2,
-        )
-        .unwrap();
-        assert_eq!(k.work_split(), (2, 8, 1), "{isa}");
+        assert_eq!(
+            split(32, 32, 16, WinogradVariant::F4x4, 2),
+            (2, 8, 1),
+            "{isa}"
+        );
         // F(2x2) on 8×8: 16 tiles, U/V = 96/16 = 6: one block, a channel half each.
-        let k = WinogradKernel::new_for_threads(
-            isa,
-            &conv(32, 96),
-            [32, 8, 8],
-            [96, 8, 8],
-            WinogradVariant::F2x2,
-            2,
-        )
-        .unwrap();
-        assert_eq!(k.work_split(), (1, 16, 2), "{isa}");
-        // One worker: unchanged.
-        let k = WinogradKernel::new(
-            isa,
-            &conv(32, 96),
-            [32, 8, 8],
-            [96, 8, 8],
-            WinogradVariant::F2x2,
-        )
-        .unwrap();
-        assert_eq!(k.work_split().0, 1, "{isa}");
+        assert_eq!(
+            split(32, 96, 8, WinogradVariant::F2x2, 2),
+            (1, 16, 2),
+            "{isa}"
+        );
+        // One worker: one block, unchanged.
+        assert_eq!(split(32, 96, 8, WinogradVariant::F2x2, 1).0, 1, "{isa}");
     }
 }
 
