@@ -318,10 +318,9 @@ impl WinogradKernel {
         if threads > 1 && want < 4 * threads {
             want = want.div_ceil(threads) * threads;
         }
-        let tb = (ntiles.div_ceil(want).div_ceil(nr) * nr)
+        let mut tb = (ntiles.div_ceil(want).div_ceil(nr) * nr)
             .min(ntiles.div_ceil(8) * 8)
             .max(1);
-        let mut tb = tb;
         let mut nblocks = (ntiles / tb).max(1);
         if ntiles > nblocks * tb && 2 * (ntiles - nblocks * tb) >= tb {
             nblocks += 1;
