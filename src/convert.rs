@@ -261,6 +261,20 @@ impl Converted {
                             continue;
                         }
                     }
+                    if crate::kernels::conv::implicit_preferred(c) {
+                        let (n, k) = (c.out_channels, c.in_channels * c.kernel[0] * c.kernel[1]);
+                        let mut packed = vec![0.0; n * k];
+                        crate::kernels::gemm::pack_b_transposed(
+                            n,
+                            k,
+                            &self.weights[c.weight],
+                            k,
+                            &mut packed,
+                        );
+                        weights[c.weight] = packed;
+                        graph.weights[c.weight].layout = WeightLayout::LinearGemm;
+                        continue;
+                    }
                     let k = ConvKernel::new(Isa::Scalar, c, i, o);
                     let mut packed = vec![0.0; k.packed_weight_len()];
                     k.pack_weights(&self.weights[c.weight], &mut packed);

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::graph::{Conv, Graph, Op, WeightId, WeightLayout};
-use crate::kernels::conv::ConvKernel;
+use crate::kernels::conv::{ConvKernel, ImplicitConv};
 use crate::kernels::conv_pool::ConvPoolKernel;
 use crate::kernels::depthwise::DepthwiseKernel;
 use crate::kernels::fused::{self, BlockKernel, BlockWeights};
@@ -208,6 +208,13 @@ enum NodeKernel {
         /// `owned` index of the weights of the channels-last band path, if it runs.
         channels_last: Option<usize>,
     },
+    /// A convolution run as an implicit GEMM (`conv::implicit`); its weights in 32-wide
+    /// panels.
+    Implicit {
+        kernel: ImplicitConv,
+        weight: Packed,
+        bias: Option<WeightId>,
+    },
     /// A 1×1 convolution run channels-last; its weights in 32-wide panels.
     PointwiseNhwc {
         kernel: PointwiseNhwc,
@@ -242,6 +249,7 @@ impl NodeKernel {
             NodeKernel::Pool(k) => k.algorithm(),
             NodeKernel::Block { .. } => "fused_block",
             NodeKernel::ConvPool { .. } => "conv_pool",
+            NodeKernel::Implicit { kernel, .. } => kernel.algorithm(),
             NodeKernel::PointwiseNhwc { .. } => "gemm1x1_nhwc",
             NodeKernel::DepthwiseNhwc { .. } => "dw3x3_nhwc",
             NodeKernel::InBlock => "in_block",
@@ -255,6 +263,7 @@ impl NodeKernel {
     fn shared_scratch_len(&self) -> usize {
         match self {
             NodeKernel::Conv { kernel, .. } => kernel.shared_b_len(),
+            NodeKernel::Implicit { kernel, .. } => kernel.shared_scratch_len(),
             _ => 0,
         }
     }
@@ -266,6 +275,7 @@ impl NodeKernel {
             NodeKernel::Linear { kernel, .. } => kernel.scratch_len(),
             NodeKernel::Block { kernel, .. } => kernel.scratch_len(),
             NodeKernel::ConvPool { kernel, .. } => kernel.scratch_len(),
+            NodeKernel::Implicit { kernel, .. } => kernel.scratch_len(),
             _ => 0,
         }
     }
@@ -343,6 +353,17 @@ fn plan_kernels(
                             kernel,
                             weight: c.weight,
                             bias: c.bias,
+                        }
+                    }
+                    // A layer the converter stored for the implicit GEMM.
+                    WeightLayout::LinearGemm if crate::kernels::conv::implicit_preferred(c) => {
+                        match ImplicitConv::new(isa, c, ins, outs, threads) {
+                            Some(kernel) => NodeKernel::Implicit {
+                                kernel,
+                                weight: Packed::InFile(c.weight),
+                                bias: c.bias,
+                            },
+                            None => return Err(layout_err(c.weight, "this convolution")),
                         }
                     }
                     // A 1×1 layer the converter stored for the channels-last region,
@@ -1176,6 +1197,20 @@ impl Session {
                         &mut self.scratch,
                     );
                 }
+                NodeKernel::Implicit {
+                    kernel,
+                    weight,
+                    bias,
+                } => kernel.run(
+                    self.slots,
+                    n,
+                    packed(*weight),
+                    bias.map(|b| model.weight(b)),
+                    ins[0],
+                    ins.get(1).copied(),
+                    out,
+                    &mut self.scratch,
+                ),
                 NodeKernel::PointwiseNhwc {
                     kernel,
                     weight,

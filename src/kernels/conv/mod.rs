@@ -48,6 +48,9 @@
 
 pub(crate) mod direct;
 pub(crate) mod im2col;
+mod implicit;
+
+pub use implicit::ImplicitConv;
 mod shared_b;
 
 use crate::graph::Conv;
@@ -82,6 +85,20 @@ const DIRECT_MIN_K: usize = 64;
 /// layer (K = 25) 13 → 8.5 µs; MobileNetV2's stride-2 stem (K = 27) stays im2col (0.33
 /// against 0.36 ms direct). Measured 1 thread, `cnnrt bench --profile`, 2026-12-03.
 const DIRECT_MIN_K_S1_AVX512: usize = 16;
+
+/// Whether the converter stores `conv`'s weights for the implicit GEMM ([`ImplicitConv`],
+/// 32-wide `LinearGemm` panels) instead of the im2col GEMM: one group, a column stride
+/// of 1 or 2, more than [`DIRECT_MAX_CIN`] input channels (first layers stay `direct`, or
+/// fused with their pooling: the ResNet-18 stem as an implicit GEMM plus its pool took
+/// 1.75 + 0.28 ms against 1.85–2.08 fused), and a kernel bigger than 1×1 (1×1 stride-2
+/// layers, K of 64–256, ran 10–50% slower at 2 threads: the copy and the transpose
+/// weigh on so short a K; the 1×1 stride-1 ones are plain GEMMs).
+pub fn implicit_preferred(conv: &Conv) -> bool {
+    conv.groups == 1
+        && (1..=2).contains(&conv.stride[1])
+        && conv.in_channels > DIRECT_MAX_CIN
+        && conv.kernel != [1, 1]
+}
 
 /// Whether `conv` on this input can run the first-layer direct kernel: one group, few
 /// input channels, a kernel bigger than 1×1, K in one block (so it matches im2col bit

@@ -2,7 +2,8 @@
 //! broadcast A, FMA; `vmaskmov` loads and stores for the N remainder.
 
 use super::{
-    act_is_vector, act_tile_scalar, clamp_of, MultiKernel, OffsKernel, Store, UKernel, Ukr, MR_MAX,
+    act_is_vector, act_tile_scalar, clamp_of, MultiKernel, OffsKernel, Store, TapsKernel, UKernel,
+    Ukr, MR_MAX,
 };
 use crate::graph::Activation;
 use crate::simd::Isa;
@@ -65,7 +66,7 @@ unsafe fn ukr<const R: usize, const NV: usize, const MASKED: bool>(
 ) {
     // SAFETY: forwarded (same contract).
     unsafe {
-        body::<R, NV, MASKED, false, false>(kc, a, lda, b, ldb, null(), c, ldc, nv, st.pf, st)
+        body::<R, NV, MASKED, false, false, 0>(kc, a, lda, b, ldb, null(), c, ldc, nv, st.pf, st)
     }
 }
 
@@ -84,7 +85,9 @@ unsafe fn ukr_rows<const R: usize, const NV: usize, const MASKED: bool>(
     st: &Store,
 ) {
     // SAFETY: forwarded (same contract).
-    unsafe { body::<R, NV, MASKED, false, true>(kc, a, lda, b, ldb, null(), c, ldc, nv, st.pf, st) }
+    unsafe {
+        body::<R, NV, MASKED, false, true, 0>(kc, a, lda, b, ldb, null(), c, ldc, nv, st.pf, st)
+    }
 }
 
 #[target_feature(enable = "avx2,fma")]
@@ -102,8 +105,50 @@ unsafe fn ukr_offs<const R: usize, const NV: usize, const MASKED: bool>(
     st: &Store,
 ) {
     // SAFETY: forwarded (same contract).
-    unsafe { body::<R, NV, MASKED, true, false>(kc, a, lda, b, 0, offs, c, ldc, nv, st.pf, st) }
+    unsafe { body::<R, NV, MASKED, true, false, 0>(kc, a, lda, b, 0, offs, c, ldc, nv, st.pf, st) }
 }
+
+#[target_feature(enable = "avx2,fma")]
+/// # Safety
+/// The TapsKernel contract (A row `i` of step `k` at `a + offs[k] + i·S`).
+#[allow(clippy::too_many_arguments)]
+unsafe fn ukr_taps<const R: usize, const NV: usize, const MASKED: bool, const S: usize>(
+    kc: usize,
+    a: *const f32,
+    offs: *const usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    nv: usize,
+    st: &Store,
+) {
+    // SAFETY: forwarded (same contract).
+    unsafe { body::<R, NV, MASKED, false, false, S>(kc, a, 0, b, ldb, offs, c, ldc, nv, st.pf, st) }
+}
+
+macro_rules! taps_table {
+    ($nv:literal, $masked:literal, $s:literal) => {
+        [
+            ukr_taps::<1, $nv, $masked, $s> as TapsKernel, // index 0 unused
+            ukr_taps::<1, $nv, $masked, $s>,
+            ukr_taps::<2, $nv, $masked, $s>,
+            ukr_taps::<3, $nv, $masked, $s>,
+            ukr_taps::<4, $nv, $masked, $s>,
+            ukr_taps::<5, $nv, $masked, $s>,
+            ukr_taps::<6, $nv, $masked, $s>,
+        ]
+    };
+}
+
+/// Tap-addressed 16-wide kernels (see [`TapsKernel`]), indexed by rows `1..=6`, for
+/// output pixels 1 and 2 input columns apart (`[stride − 1]`): full, masked, one vector.
+pub(crate) static TAPS_FULL: [[TapsKernel; MR + 1]; 2] =
+    [taps_table!(2, false, 1), taps_table!(2, false, 2)];
+pub(crate) static TAPS_TAIL: [[TapsKernel; MR + 1]; 2] =
+    [taps_table!(2, true, 1), taps_table!(2, true, 2)];
+pub(crate) static TAPS_HALF: [[TapsKernel; MR + 1]; 2] =
+    [taps_table!(1, true, 1), taps_table!(1, true, 2)];
 
 /// Offset-addressed 16-wide kernels (see [`OffsKernel`]), indexed by rows `1..=6`: full
 /// width and masked (`nv < 16`).
@@ -162,7 +207,7 @@ unsafe fn multi<const R: usize>(
     for t in 0..nt {
         // SAFETY: tile t's addresses (caller); wrapping adds only form them.
         unsafe {
-            body::<R, 2, false, false, false>(
+            body::<R, 2, false, false, false, 0>(
                 kc,
                 a,
                 lda,
@@ -198,6 +243,7 @@ unsafe fn body<
     const MASKED: bool,
     const OFFS: bool,
     const ROWS: bool,
+    const TAPS: usize,
 >(
     kc: usize,
     a: *const f32,
@@ -249,18 +295,32 @@ unsafe fn body<
                 bp = b.wrapping_add(unsafe { *op });
                 op = op.wrapping_add(1);
             }
+            if TAPS > 0 {
+                // SAFETY: offs has kc entries (TapsKernel contract); one per step.
+                ap = a.wrapping_add(unsafe { *op });
+                op = op.wrapping_add(1);
+            }
             let mut bv = [_mm256_setzero_ps(); NV];
             for (v, x) in bv.iter_mut().enumerate() {
                 *x = load!(bp.add(8 * v), v);
             }
             for (i, row) in acc.iter_mut().enumerate() {
                 // SAFETY: i < R, inside this k's A column.
-                let av = _mm256_set1_ps(unsafe { *ap.add(if ROWS { i * lda } else { i }) });
+                let at = if ROWS {
+                    i * lda
+                } else if TAPS > 0 {
+                    i * TAPS
+                } else {
+                    i
+                };
+                let av = _mm256_set1_ps(unsafe { *ap.add(at) });
                 for (v, x) in row.iter_mut().enumerate() {
                     *x = _mm256_fmadd_ps(av, bv[v], *x);
                 }
             }
-            ap = ap.wrapping_add(if ROWS { 1 } else { lda });
+            if TAPS == 0 {
+                ap = ap.wrapping_add(if ROWS { 1 } else { lda });
+            }
             if !OFFS {
                 bp = bp.wrapping_add(ldb);
             }

@@ -1,7 +1,7 @@
 //! AVX-512 micro-kernels: up to 12 rows × 32 columns (two zmm per row, 24 accumulators),
 //! broadcast A, FMA; masked loads and stores for the N remainder.
 
-use super::{act_is_vector, act_tile_scalar, OffsKernel, Store, UKernel, Ukr, MR_MAX};
+use super::{act_is_vector, act_tile_scalar, OffsKernel, Store, TapsKernel, UKernel, Ukr, MR_MAX};
 use crate::graph::Activation;
 use crate::simd::Isa;
 use core::arch::x86_64::*;
@@ -55,7 +55,7 @@ unsafe fn ukr<const R: usize, const NV: usize, const MASKED: bool>(
 ) {
     // SAFETY: forwarded (same contract).
     unsafe {
-        body::<R, NV, MASKED, false, false>(kc, a, lda, b, ldb, std::ptr::null(), c, ldc, nv, st)
+        body::<R, NV, MASKED, false, false, 0>(kc, a, lda, b, ldb, std::ptr::null(), c, ldc, nv, st)
     }
 }
 
@@ -76,7 +76,7 @@ unsafe fn ukr_offs<const R: usize, const NV: usize, const MASKED: bool>(
     st: &Store,
 ) {
     // SAFETY: forwarded (same contract).
-    unsafe { body::<R, NV, MASKED, true, false>(kc, a, lda, b, 0, offs, c, ldc, nv, st) }
+    unsafe { body::<R, NV, MASKED, true, false, 0>(kc, a, lda, b, 0, offs, c, ldc, nv, st) }
 }
 
 /// The row-addressed kernel (see [`Ukr::rows`]): A row `i` of step `k` at
@@ -97,12 +97,35 @@ unsafe fn ukr_rows<const R: usize, const NV: usize, const MASKED: bool>(
 ) {
     // SAFETY: forwarded (same contract).
     unsafe {
-        body::<R, NV, MASKED, false, true>(kc, a, lda, b, ldb, std::ptr::null(), c, ldc, nv, st)
+        body::<R, NV, MASKED, false, true, 0>(kc, a, lda, b, ldb, std::ptr::null(), c, ldc, nv, st)
     }
 }
 
+/// The tap-addressed kernel (see [`TapsKernel`]): A row `i` of step `k` at
+/// `a + offs[k] + i·S`.
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx2,fma")]
+/// # Safety
+/// AVX-512 present (dispatch); the TapsKernel contract.
+#[allow(clippy::too_many_arguments)]
+unsafe fn ukr_taps<const R: usize, const NV: usize, const MASKED: bool, const S: usize>(
+    kc: usize,
+    a: *const f32,
+    offs: *const usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    nv: usize,
+    st: &Store,
+) {
+    // SAFETY: forwarded (same contract).
+    unsafe { body::<R, NV, MASKED, false, false, S>(kc, a, 0, b, ldb, offs, c, ldc, nv, st) }
+}
+
 /// The body of [`ukr`] and [`ukr_offs`], inlined into each so that it compiles with
-/// AVX-512. With `OFFS`, row `k` of B is at `b + offs[k]` instead of `b + k·ldb`.
+/// AVX-512. With `OFFS`, row `k` of B is at `b + offs[k]` instead of `b + k·ldb`; with
+/// `TAPS > 0`, row `i` of A's step `k` is at `a + offs[k] + i·TAPS` (a tap of a
+/// convolution's input read in place, output pixels `TAPS` columns apart).
 ///
 /// # Safety
 /// As [`ukr`]; with `OFFS`, as [`OffsKernel`].
@@ -114,6 +137,7 @@ unsafe fn body<
     const MASKED: bool,
     const OFFS: bool,
     const ROWS: bool,
+    const TAPS: usize,
 >(
     kc: usize,
     a: *const f32,
@@ -162,6 +186,11 @@ unsafe fn body<
             bp = b.wrapping_add(unsafe { *op });
             op = op.wrapping_add(1);
         }
+        if TAPS > 0 {
+            // SAFETY: offs has kc entries (TapsKernel contract); one per step.
+            ap = a.wrapping_add(unsafe { *op });
+            op = op.wrapping_add(1);
+        }
         let mut bv = [_mm512_setzero_ps(); NV];
         for (v, x) in bv.iter_mut().enumerate() {
             // SAFETY: B row k, columns < nv (or all 16·NV when unmasked) are valid.
@@ -178,6 +207,8 @@ unsafe fn body<
             let av = _mm512_set1_ps(unsafe {
                 if ROWS {
                     *bases[i / 3].add((i % 3) * lda)
+                } else if TAPS > 0 {
+                    *ap.add(i * TAPS)
                 } else {
                     *ap.add(i)
                 }
@@ -191,7 +222,7 @@ unsafe fn body<
             for p in bases.iter_mut().take(R.div_ceil(3)) {
                 *p = p.wrapping_add(1);
             }
-        } else {
+        } else if TAPS == 0 {
             ap = ap.wrapping_add(lda);
         }
         if !OFFS {
@@ -508,3 +539,19 @@ pub(crate) static OFFS_HALF: [OffsKernel; MR + 1] = table!(OffsKernel, ukr_offs,
 /// weight panel (the one-row tile of [`ukr`], called directly so that the caller can
 /// set its prefetch).
 pub(crate) const ROW32: UKernel = ukr::<1, 2, false>;
+
+/// Tap-addressed kernels (see [`TapsKernel`]), indexed by rows `1..=12`, for output
+/// pixels 1 and 2 input columns apart (`[stride − 1]`): 32 columns, masked (`nv < 32`),
+/// and one masked vector (`nv <= 16`).
+pub(crate) static TAPS_FULL: [[TapsKernel; MR + 1]; 2] = [
+    table!(TapsKernel, ukr_taps, 2, false, 1),
+    table!(TapsKernel, ukr_taps, 2, false, 2),
+];
+pub(crate) static TAPS_TAIL: [[TapsKernel; MR + 1]; 2] = [
+    table!(TapsKernel, ukr_taps, 2, true, 1),
+    table!(TapsKernel, ukr_taps, 2, true, 2),
+];
+pub(crate) static TAPS_HALF: [[TapsKernel; MR + 1]; 2] = [
+    table!(TapsKernel, ukr_taps, 1, true, 1),
+    table!(TapsKernel, ukr_taps, 1, true, 2),
+];

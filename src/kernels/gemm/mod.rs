@@ -170,6 +170,89 @@ pub(crate) fn offs_kernels(isa: Isa) -> Option<OffsKernels> {
     }
 }
 
+/// A [`UKernel`] whose A is a convolution's input read in place: row `i` (an output
+/// pixel) of step `k` (a tap) is at `a + offs[k] + i·s`, `s` the kernel's pixel stride
+/// in the input (the convolution's column stride, 1 or 2). B and C as [`UKernel`]; same
+/// FMA chain per element as the other kernels of the tier.
+///
+/// Safety: as [`UKernel`], with `offs[0..kc]` readable and `a + offs[k] + i·s` valid for
+/// `i < rows`.
+pub(crate) type TapsKernel = unsafe fn(
+    kc: usize,
+    a: *const f32,
+    offs: *const usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    nv: usize,
+    st: &Store,
+);
+
+/// A tier's tap-addressed kernels for one pixel stride: `full[r]` / `tail[r]` /
+/// `half[r]` take `r` rows (`1..=mr()`) of `nr` columns / fewer (masked) / at most
+/// `half_max` (masked, one vector; `tail` itself where the tier has none).
+#[derive(Clone, Copy)]
+pub(crate) struct TapsKernels {
+    pub full: &'static [TapsKernel],
+    pub tail: &'static [TapsKernel],
+    pub half: &'static [TapsKernel],
+    pub nr: usize,
+    pub half_max: usize,
+}
+
+impl TapsKernels {
+    /// Most rows one call takes (the tables are indexed by rows, index 0 unused).
+    pub fn mr(&self) -> usize {
+        self.full.len() - 1
+    }
+
+    /// The kernel for `rows` rows of `nv` columns (`1..=nr`).
+    pub fn pick(&self, rows: usize, nv: usize) -> TapsKernel {
+        if nv == self.nr {
+            self.full[rows]
+        } else if nv <= self.half_max {
+            self.half[rows]
+        } else {
+            self.tail[rows]
+        }
+    }
+}
+
+/// The tap-addressed kernels of `isa` (clamped to this CPU) for output pixels `stride`
+/// input columns apart (1 or 2; `None` otherwise).
+pub(crate) fn taps_kernels(isa: Isa, stride: usize) -> Option<TapsKernels> {
+    if !(1..=2).contains(&stride) {
+        return None;
+    }
+    let s = stride - 1;
+    Some(match isa.min(Isa::detect()) {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => TapsKernels {
+            full: &avx512::TAPS_FULL[s],
+            tail: &avx512::TAPS_TAIL[s],
+            half: &avx512::TAPS_HALF[s],
+            nr: 32,
+            half_max: 16,
+        },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => TapsKernels {
+            full: &avx2::TAPS_FULL[s],
+            tail: &avx2::TAPS_TAIL[s],
+            half: &avx2::TAPS_HALF[s],
+            nr: 16,
+            half_max: 8,
+        },
+        _ => TapsKernels {
+            full: &scalar::TAPS_FULL[s],
+            tail: &scalar::TAPS_TAIL[s],
+            half: &scalar::TAPS_TAIL[s],
+            nr: 8,
+            half_max: 0,
+        },
+    })
+}
+
 /// `nt` full-width tiles side by side in one call: tile `t` is the [`UKernel`] call with
 /// B at `b + t·bstep`, C, column bias and residual `t·nr` columns on, `nv = nr`; the
 /// prefetch of `st` runs during the first tile only. Saves the per-call overhead when K

@@ -2,8 +2,9 @@
 //! roundings, never `f32::mul_add`, which is a libm call without FMA). LLVM vectorizes
 //! the fixed-size inner loops with whatever the baseline target has (SSE2 on x86-64).
 
-use super::{act_f32, Store, UKernel, Ukr, MR_MAX};
+use super::{act_f32, Store, TapsKernel, UKernel, Ukr, MR_MAX};
 use crate::simd::Isa;
+use std::ptr::null;
 
 const MR: usize = 4;
 const NR: usize = 8;
@@ -23,7 +24,7 @@ unsafe fn ukr<const R: usize, const FULL: bool>(
     st: &Store,
 ) {
     // SAFETY: forwarded (same contract).
-    unsafe { body::<R, FULL, false>(kc, a, lda, b, ldb, c, ldc, nv, st) }
+    unsafe { body::<R, FULL, false, 0>(kc, a, lda, b, ldb, null(), c, ldc, nv, st) }
 }
 
 /// # Safety
@@ -40,21 +41,41 @@ unsafe fn ukr_rows<const R: usize, const FULL: bool>(
     st: &Store,
 ) {
     // SAFETY: forwarded (same contract).
-    unsafe { body::<R, FULL, true>(kc, a, lda, b, ldb, c, ldc, nv, st) }
+    unsafe { body::<R, FULL, true, 0>(kc, a, lda, b, ldb, null(), c, ldc, nv, st) }
 }
 
-/// The body of [`ukr`] and [`ukr_rows`] (`ROWS`: A addressed by rows).
+/// # Safety
+/// The TapsKernel contract (A row `i` of step `k` at `a + offs[k] + i·S`).
+#[allow(clippy::too_many_arguments)]
+unsafe fn ukr_taps<const R: usize, const FULL: bool, const S: usize>(
+    kc: usize,
+    a: *const f32,
+    offs: *const usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    nv: usize,
+    st: &Store,
+) {
+    // SAFETY: forwarded (same contract).
+    unsafe { body::<R, FULL, false, S>(kc, a, 0, b, ldb, offs, c, ldc, nv, st) }
+}
+
+/// The body of [`ukr`], [`ukr_rows`] (`ROWS`: A addressed by rows) and [`ukr_taps`]
+/// (`TAPS > 0`: A row `i` of step `k` at `a + offs[k] + i·TAPS`).
 ///
 /// # Safety
 /// As [`ukr`] or [`ukr_rows`].
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn body<const R: usize, const FULL: bool, const ROWS: bool>(
+unsafe fn body<const R: usize, const FULL: bool, const ROWS: bool, const TAPS: usize>(
     kc: usize,
     a: *const f32,
     lda: usize,
     b: *const f32,
     ldb: usize,
+    offs: *const usize,
     c: *mut f32,
     ldc: usize,
     nv: usize,
@@ -72,8 +93,13 @@ unsafe fn body<const R: usize, const FULL: bool, const ROWS: bool>(
             }
         }
     }
-    let (mut ap, mut bp) = (a, b);
+    let (mut ap, mut bp, mut op) = (a, b, offs);
     for _ in 0..kc {
+        if TAPS > 0 {
+            // SAFETY: offs has kc entries (TapsKernel contract); one per step.
+            ap = a.wrapping_add(unsafe { *op });
+            op = op.wrapping_add(1);
+        }
         let mut bv = [0f32; NR];
         if FULL {
             // SAFETY: FULL means NR = 8 readable floats of B at bp for this k < kc.
@@ -86,12 +112,21 @@ unsafe fn body<const R: usize, const FULL: bool, const ROWS: bool>(
         }
         for (i, row) in acc.iter_mut().enumerate() {
             // SAFETY: i < R, inside this k's A column.
-            let av = unsafe { *ap.add(if ROWS { i * lda } else { i }) };
+            let at = if ROWS {
+                i * lda
+            } else if TAPS > 0 {
+                i * TAPS
+            } else {
+                i
+            };
+            let av = unsafe { *ap.add(at) };
             for (x, &bj) in row.iter_mut().zip(&bv) {
                 *x += av * bj;
             }
         }
-        ap = ap.wrapping_add(if ROWS { 1 } else { lda });
+        if TAPS == 0 {
+            ap = ap.wrapping_add(if ROWS { 1 } else { lda });
+        }
         bp = bp.wrapping_add(ldb);
     }
     if st.finish {
@@ -167,3 +202,22 @@ pub(crate) static UKR: Ukr = Ukr {
     tcol_max: 0,
     tcol_panels: [None; 9],
 };
+
+macro_rules! taps_table {
+    ($full:literal, $s:literal) => {
+        [
+            ukr_taps::<1, $full, $s> as TapsKernel, // index 0 unused
+            ukr_taps::<1, $full, $s>,
+            ukr_taps::<2, $full, $s>,
+            ukr_taps::<3, $full, $s>,
+            ukr_taps::<4, $full, $s>,
+        ]
+    };
+}
+
+/// Tap-addressed 8-wide kernels (see [`TapsKernel`]), indexed by rows `1..=4`, for output
+/// pixels 1 and 2 input columns apart (`[stride − 1]`): full and any `nv < 8`.
+pub(crate) static TAPS_FULL: [[TapsKernel; MR + 1]; 2] =
+    [taps_table!(true, 1), taps_table!(true, 2)];
+pub(crate) static TAPS_TAIL: [[TapsKernel; MR + 1]; 2] =
+    [taps_table!(false, 1), taps_table!(false, 2)];
