@@ -26,6 +26,11 @@
 //!   each tap's row of input in place (`direct` module). Bit-identical to `im2col_gemm`
 //!   (the same FMA chain per element).
 //!
+//! * `implicit_gemm` ([`ImplicitConv`], its own module and weight layout): output pixels
+//!   as the GEMM's rows and output channels in the vectors, each tap of the input read in
+//!   place; what the converter picks for one-group layers with more than 4 input channels
+//!   and a kernel bigger than 1×1 (see [`implicit_preferred`]).
+//!
 //! Bias, residual and activation are applied in the micro-kernels' store.
 //!
 //! # Packed weight layout

@@ -1,0 +1,305 @@
+//! Property tests of the implicit-GEMM convolution (`conv::implicit`) against the
+//! reference convolution, on every ISA tier this CPU has: column strides 1 and 2, any
+//! row stride, kernel sizes, dilation, odd and asymmetric padding, output channels that
+//! are not a multiple of the tier's panel, output rows of any width (tile remainders),
+//! bias, residual and every activation, batch > 1. Every split of the work (bands of
+//! rows, channel panels with the shared padded input) gives the same bits as one part.
+//!
+//! Tolerance: `2·1e-5·sqrt(K + 2)` times the same convolution of absolute values (plus
+//! 1e-6), `K = cin·kh·kw` the reduction length, as for the other convolution kernels.
+
+use cnnrt::graph::{Activation, Conv};
+use cnnrt::kernels::conv::ImplicitConv;
+use cnnrt::kernels::gemm;
+use cnnrt::kernels::reference;
+use cnnrt::simd::Isa;
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+
+fn activations() -> impl Strategy<Value = Activation> {
+    prop_oneof![
+        Just(Activation::Identity),
+        Just(Activation::Relu),
+        (0.0f32..1.0).prop_map(|alpha| Activation::LeakyRelu { alpha }),
+        (-1.0f32..0.5, 0.5f32..2.0).prop_map(|(min, max)| Activation::Clip { min, max }),
+        Just(Activation::Sigmoid),
+        Just(Activation::HardSwish),
+    ]
+}
+
+/// Deterministic pseudo-random values in [-1, 1).
+fn values(len: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone)]
+struct Case {
+    conv: Conv,
+    h: usize,
+    w: usize,
+    batch: usize,
+    bias: bool,
+    residual: bool,
+    seed: u64,
+}
+
+fn out_dims(c: &Conv, h: usize, w: usize) -> (usize, usize) {
+    let eh = c.dilation[0] * (c.kernel[0] - 1) + 1;
+    let ew = c.dilation[1] * (c.kernel[1] - 1) + 1;
+    (
+        (h + c.pads[0] + c.pads[2] - eh) / c.stride[0] + 1,
+        (w + c.pads[1] + c.pads[3] - ew) / c.stride[1] + 1,
+    )
+}
+
+fn cases(max_hw: usize, max_c: usize) -> impl Strategy<Value = Case> {
+    (
+        (1usize..=max_c, 1usize..=max_c),
+        (1usize..=max_hw, 1usize..=max_hw),
+        (1usize..=5, 1usize..=5),
+        (1usize..=3, 1usize..=2),
+        (1usize..=2, 1usize..=2),
+        [0usize..=2, 0usize..=2, 0usize..=2, 0usize..=2],
+        (any::<bool>(), any::<bool>(), activations()),
+        (1usize..=2, any::<u64>()),
+    )
+        .prop_filter_map(
+            "kernel larger than the padded input",
+            |(
+                (ci, co),
+                (h, w),
+                kernel,
+                stride,
+                dil,
+                pads,
+                (bias, residual, act),
+                (batch, seed),
+            )| {
+                let conv = Conv {
+                    in_channels: ci,
+                    out_channels: co,
+                    kernel: [kernel.0, kernel.1],
+                    stride: [stride.0, stride.1],
+                    dilation: [dil.0, dil.1],
+                    pads,
+                    groups: 1,
+                    weight: 0,
+                    bias: None,
+                    activation: act,
+                };
+                let eh = dil.0 * (kernel.0 - 1) + 1;
+                let ew = dil.1 * (kernel.1 - 1) + 1;
+                (h + pads[0] + pads[2] >= eh && w + pads[1] + pads[3] >= ew).then_some(Case {
+                    conv,
+                    h,
+                    w,
+                    batch,
+                    bias,
+                    residual,
+                    seed,
+                })
+            },
+        )
+}
+
+fn abs(v: &[f32]) -> Vec<f32> {
+    v.iter().map(|x| x.abs()).collect()
+}
+
+/// Runs `kernel` on the case's batch on `slots` workers (NaN-filled output and scratch,
+/// so anything left unwritten or read before written shows).
+fn run(
+    kernel: &ImplicitConv,
+    slots: usize,
+    case: &Case,
+    wt: &[f32],
+    bias: Option<&[f32]>,
+    x: &[f32],
+    res: Option<&[f32]>,
+    n_out: usize,
+) -> Vec<f32> {
+    let mut got = vec![f32::NAN; case.batch * n_out];
+    let mut scratch =
+        vec![f32::NAN; slots.max(1) * kernel.scratch_len() + kernel.shared_scratch_len()];
+    kernel.run(slots, case.batch, wt, bias, x, res, &mut got, &mut scratch);
+    got
+}
+
+fn check(isa: Isa, case: &Case) -> Result<(), TestCaseError> {
+    let c = &case.conv;
+    let (oh, ow) = out_dims(c, case.h, case.w);
+    let in_shape = [c.in_channels, case.h, case.w];
+    let out_shape = [c.out_channels, oh, ow];
+    let kernel = ImplicitConv::new(isa, c, in_shape, out_shape, 1)
+        .ok_or_else(|| TestCaseError::fail(format!("{c:?} not planned")))?;
+    prop_assert_eq!(kernel.isa(), isa);
+    let k = c.in_channels * c.kernel[0] * c.kernel[1];
+    let n_in = c.in_channels * case.h * case.w;
+    let n_out = c.out_channels * oh * ow;
+    let wts = values(c.out_channels * k, case.seed);
+    let bias = case.bias.then(|| values(c.out_channels, case.seed ^ 1));
+    let x = values(case.batch * n_in, case.seed ^ 2);
+    let res = case
+        .residual
+        .then(|| values(case.batch * n_out, case.seed ^ 3));
+
+    let mut want = vec![0.0; case.batch * n_out];
+    reference::conv2d(
+        &x,
+        case.batch,
+        &in_shape,
+        c,
+        &wts,
+        bias.as_deref(),
+        res.as_deref(),
+        &out_shape,
+        &mut want,
+    );
+    let mut scale = vec![0.0; case.batch * n_out];
+    let cabs = Conv {
+        activation: Activation::Identity,
+        ..c.clone()
+    };
+    let (ba, ra) = (bias.as_deref().map(abs), res.as_deref().map(abs));
+    reference::conv2d(
+        &abs(&x),
+        case.batch,
+        &in_shape,
+        &cabs,
+        &abs(&wts),
+        ba.as_deref(),
+        ra.as_deref(),
+        &out_shape,
+        &mut scale,
+    );
+
+    let mut packed = vec![0.0; kernel.weights_len()];
+    gemm::pack_b_transposed(c.out_channels, k, &wts, k, &mut packed);
+    let got = run(
+        &kernel,
+        1,
+        case,
+        &packed,
+        bias.as_deref(),
+        &x,
+        res.as_deref(),
+        n_out,
+    );
+    let tol_k = 1e-5 * ((k + 2) as f32).sqrt();
+    for (i, ((&g, &r), &s)) in got.iter().zip(&want).zip(&scale).enumerate() {
+        let tol = 2.0 * tol_k * s + 1e-6;
+        prop_assert!(
+            (g - r).abs() <= tol || (g.is_nan() && r.is_nan()),
+            "{isa} {c:?} in {in_shape:?}: element {i}: got {g}, want {r}, |diff| {} > {tol}",
+            (g - r).abs()
+        );
+    }
+    // Every split (bands × channel panels, the shared input when panels split), on one
+    // worker and on three, gives the same bits.
+    for (rows, cols) in [(2, 1), (3, 2), (1, 4), (5, 3)] {
+        let split = kernel.clone().with_parts(rows, cols);
+        for slots in [1, 3] {
+            let other = run(
+                &split,
+                slots,
+                case,
+                &packed,
+                bias.as_deref(),
+                &x,
+                res.as_deref(),
+                n_out,
+            );
+            prop_assert!(
+                other
+                    .iter()
+                    .zip(&got)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{isa} {c:?}: split {rows}×{cols} on {slots} workers differs from one part"
+            );
+        }
+    }
+    Ok(())
+}
+
+fn runner(cases: u32) -> TestRunner {
+    TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    })
+}
+
+#[test]
+fn implicit_conv_matches_reference_every_tier() {
+    for isa in Isa::supported() {
+        runner(64)
+            .run(&cases(24, 40), |case| check(isa, &case))
+            .unwrap();
+    }
+}
+
+/// Shapes of ResNet-18's stride-2 layers, scaled down in channels, and wide rows (several
+/// tiles per row, K in several blocks).
+#[test]
+fn implicit_conv_wide_shapes_every_tier() {
+    for isa in Isa::supported() {
+        runner(8)
+            .run(&cases(60, 80), |case| check(isa, &case))
+            .unwrap();
+        for (ci, co, hw, stride) in [(64, 96, 29, 2), (96, 40, 15, 2), (72, 33, 7, 1)] {
+            let case = Case {
+                conv: Conv {
+                    in_channels: ci,
+                    out_channels: co,
+                    kernel: [3, 3],
+                    stride: [stride, stride],
+                    dilation: [1, 1],
+                    pads: [1; 4],
+                    groups: 1,
+                    weight: 0,
+                    bias: None,
+                    activation: Activation::Relu,
+                },
+                h: hw,
+                w: hw,
+                batch: 2,
+                bias: true,
+                residual: true,
+                seed: ci as u64,
+            };
+            check(isa, &case).unwrap();
+        }
+    }
+}
+
+/// Only column strides 1 and 2 and one group are planned.
+#[test]
+fn implicit_conv_declines_what_it_cannot_run() {
+    let conv = |stride: usize, groups: usize| Conv {
+        in_channels: 8,
+        out_channels: 8,
+        kernel: [3, 3],
+        stride: [1, stride],
+        dilation: [1, 1],
+        pads: [1; 4],
+        groups,
+        weight: 0,
+        bias: None,
+        activation: Activation::Identity,
+    };
+    let plan = |c: &Conv, ow: usize| ImplicitConv::new(Isa::Scalar, c, [8, 9, 9], [8, 9, ow], 1);
+    assert!(plan(&conv(1, 1), 9).is_some());
+    assert!(plan(&conv(2, 1), 5).is_some());
+    assert!(plan(&conv(3, 1), 3).is_none());
+    assert!(plan(&conv(1, 2), 9).is_none());
+    // Output shapes that disagree with the convolution are refused, not trusted.
+    assert!(plan(&conv(1, 1), 10).is_none());
+}
