@@ -116,6 +116,7 @@ fn abs(v: &[f32]) -> Vec<f32> {
 
 /// Runs `kernel` on the case's batch on `slots` workers (NaN-filled output and scratch,
 /// so anything left unwritten or read before written shows).
+#[allow(clippy::too_many_arguments)]
 fn run(
     kernel: &ImplicitConv,
     slots: usize,

@@ -93,7 +93,7 @@ const DIRECT_MIN_K_S1_AVX512: usize = 16;
 
 /// Whether the converter stores `conv`'s weights for the implicit GEMM ([`ImplicitConv`],
 /// 32-wide `LinearGemm` panels) instead of the im2col GEMM: one group, a column stride
-/// of 1 or 2, more than [`DIRECT_MAX_CIN`] input channels (first layers stay `direct`, or
+/// of 1 or 2, more than `DIRECT_MAX_CIN` (4) input channels (first layers stay `direct`, or
 /// fused with their pooling: the ResNet-18 stem as an implicit GEMM plus its pool took
 /// 1.75 + 0.28 ms against 1.85–2.08 fused), and a kernel bigger than 1×1 (1×1 stride-2
 /// layers, K of 64–256, ran 10–50% slower at 2 threads: the copy and the transpose
