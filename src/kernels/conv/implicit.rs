@@ -277,34 +277,12 @@ impl ImplicitConv {
         assert!(own.len() >= per, "implicit conv: scratch");
         let outs = SharedOut::new(out);
         let common = SharedOut::new(common);
-        let in_len = self.cin * self.h * self.w;
-        for s in 0..n {
-            let (first, count) = if self.shared { (s, 1) } else { (0, n) };
-            if self.shared {
-                let xs = &x[s * in_len..(s + 1) * in_len];
-                let chans = self.cin.min(4 * slots.max(1));
-                let fill = |_: &mut [f32], p: usize| {
-                    let (c0, c1) = (p * self.cin / chans, (p + 1) * self.cin / chans);
-                    let len = self.rows * self.rs;
-                    // SAFETY: part p alone writes channels c0 .. c1 of the shared buffer
-                    // (`buffer_len` floats, checked by the split above), read only after
-                    // `for_tiles` returns.
-                    let buf = unsafe {
-                        std::slice::from_raw_parts_mut(common.ptr().add(c0 * len), (c1 - c0) * len)
-                    };
-                    self.fill(xs, c0..c1, 0, self.oh, buf);
-                };
-                if slots <= 1 {
-                    (0..chans).for_each(|p| fill(&mut [], p));
-                } else {
-                    parallel::for_tiles(slots, chans, &mut [], 0, fill);
-                }
-            }
-            let parts = count * self.parts();
+        // Parts `first · parts() ..` of `count` samples.
+        let mut run_parts = |first: usize, count: usize| {
             let body = |scr: &mut [f32], part: usize| {
                 // SAFETY: lengths checked above; part `part` writes only its own bands ×
                 // channel panels of its sample, which no other part writes; the shared
-                // buffer is complete and only read.
+                // buffer, if any, is complete and only read.
                 unsafe {
                     self.part(
                         first * self.parts() + part,
@@ -318,16 +296,39 @@ impl ImplicitConv {
                     )
                 }
             };
+            let parts = count * self.parts();
             if slots <= 1 || parts == 1 {
-                for part in 0..parts {
-                    body(&mut *own, part);
-                }
+                (0..parts).for_each(|part| body(&mut *own, part));
             } else {
-                parallel::for_tiles(slots, parts, own, per, body);
+                parallel::for_tiles(slots, parts, &mut *own, per, body);
             }
-            if !self.shared {
-                break;
+        };
+        if !self.shared {
+            run_parts(0, n);
+            return;
+        }
+        // Sample by sample: all workers pad its input into the shared buffer (a few
+        // channels each), then run its parts.
+        let chans = self.cin.min(4 * slots.max(1));
+        for s in 0..n {
+            let xs = &x[s * in_len..(s + 1) * in_len];
+            let fill = |_: &mut [f32], p: usize| {
+                let (c0, c1) = (p * self.cin / chans, (p + 1) * self.cin / chans);
+                let len = self.rows * self.rs;
+                // SAFETY: part p alone writes channels c0 .. c1 of the shared buffer
+                // (`buffer_len` floats, checked by the split above), read only after
+                // `for_tiles` returns.
+                let buf = unsafe {
+                    std::slice::from_raw_parts_mut(common.ptr().add(c0 * len), (c1 - c0) * len)
+                };
+                self.fill(xs, c0..c1, 0, self.oh, buf);
+            };
+            if slots <= 1 {
+                (0..chans).for_each(|p| fill(&mut [], p));
+            } else {
+                parallel::for_tiles(slots, chans, &mut [], 0, fill);
             }
+            run_parts(s, 1);
         }
     }
 

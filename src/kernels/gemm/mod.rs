@@ -116,34 +116,39 @@ pub(crate) type OffsKernel = unsafe fn(
     st: &Store,
 );
 
-/// A tier's offset-addressed kernels: `full[r]` / `tail[r]` / `half[r]` take `r` rows
-/// (`1..=mr()`) of `nr` columns / fewer (masked) / at most `nr / 2` (masked, one vector).
+/// A tier's table of row-indexed micro-kernels of one kind `F` ([`OffsKernel`],
+/// [`TapsKernel`]): `full[r]` / `tail[r]` / `half[r]` take `r` rows (`1..=mr()`) of `nr`
+/// columns / fewer (masked) / at most `half_max` (masked, one vector; `tail` itself where
+/// the tier has none). Each output element is the same FMA chain in every one of them.
 #[derive(Clone, Copy)]
-pub(crate) struct OffsKernels {
-    pub full: &'static [OffsKernel],
-    pub tail: &'static [OffsKernel],
-    pub half: &'static [OffsKernel],
+pub(crate) struct RowKernels<F: 'static> {
+    pub full: &'static [F],
+    pub tail: &'static [F],
+    pub half: &'static [F],
     pub nr: usize,
+    pub half_max: usize,
 }
 
-impl OffsKernels {
+impl<F: Copy> RowKernels<F> {
     /// Most rows one call takes (the tables are indexed by rows, index 0 unused).
     pub fn mr(&self) -> usize {
         self.full.len() - 1
     }
 
-    /// The kernel for `rows` rows of `nv` columns (`1..=nr`). Each output element is
-    /// the same FMA chain in every one of them.
-    pub fn pick(&self, rows: usize, nv: usize) -> OffsKernel {
+    /// The kernel for `rows` rows of `nv` columns (`1..=nr`).
+    pub fn pick(&self, rows: usize, nv: usize) -> F {
         if nv == self.nr {
             self.full[rows]
-        } else if 2 * nv <= self.nr {
+        } else if nv <= self.half_max {
             self.half[rows]
         } else {
             self.tail[rows]
         }
     }
 }
+
+/// A tier's offset-addressed kernels (half width: at most `nr / 2` columns).
+pub(crate) type OffsKernels = RowKernels<OffsKernel>;
 
 /// The widest `OffsKernels::nr` of any tier (sizes the direct convolution's row slack).
 pub(crate) const OFFS_NR_MAX: usize = 32;
@@ -153,18 +158,20 @@ pub(crate) const OFFS_NR_MAX: usize = 32;
 pub(crate) fn offs_kernels(isa: Isa) -> Option<OffsKernels> {
     match isa.min(Isa::detect()) {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => Some(OffsKernels {
+        Isa::Avx2 => Some(RowKernels {
             full: &avx2::OFFS_FULL,
             tail: &avx2::OFFS_TAIL,
             half: &avx2::OFFS_HALF,
             nr: 16,
+            half_max: 8,
         }),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => Some(OffsKernels {
+        Isa::Avx512 => Some(RowKernels {
             full: &avx512::OFFS_FULL,
             tail: &avx512::OFFS_TAIL,
             half: &avx512::OFFS_HALF,
             nr: 32,
+            half_max: 16,
         }),
         _ => None,
     }
@@ -189,35 +196,8 @@ pub(crate) type TapsKernel = unsafe fn(
     st: &Store,
 );
 
-/// A tier's tap-addressed kernels for one pixel stride: `full[r]` / `tail[r]` /
-/// `half[r]` take `r` rows (`1..=mr()`) of `nr` columns / fewer (masked) / at most
-/// `half_max` (masked, one vector; `tail` itself where the tier has none).
-#[derive(Clone, Copy)]
-pub(crate) struct TapsKernels {
-    pub full: &'static [TapsKernel],
-    pub tail: &'static [TapsKernel],
-    pub half: &'static [TapsKernel],
-    pub nr: usize,
-    pub half_max: usize,
-}
-
-impl TapsKernels {
-    /// Most rows one call takes (the tables are indexed by rows, index 0 unused).
-    pub fn mr(&self) -> usize {
-        self.full.len() - 1
-    }
-
-    /// The kernel for `rows` rows of `nv` columns (`1..=nr`).
-    pub fn pick(&self, rows: usize, nv: usize) -> TapsKernel {
-        if nv == self.nr {
-            self.full[rows]
-        } else if nv <= self.half_max {
-            self.half[rows]
-        } else {
-            self.tail[rows]
-        }
-    }
-}
+/// A tier's tap-addressed kernels for one pixel stride.
+pub(crate) type TapsKernels = RowKernels<TapsKernel>;
 
 /// The tap-addressed kernels of `isa` (clamped to this CPU) for output pixels `stride`
 /// input columns apart (1 or 2; `None` otherwise).
@@ -228,7 +208,7 @@ pub(crate) fn taps_kernels(isa: Isa, stride: usize) -> Option<TapsKernels> {
     let s = stride - 1;
     Some(match isa.min(Isa::detect()) {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => TapsKernels {
+        Isa::Avx512 => RowKernels {
             full: &avx512::TAPS_FULL[s],
             tail: &avx512::TAPS_TAIL[s],
             half: &avx512::TAPS_HALF[s],
@@ -236,14 +216,14 @@ pub(crate) fn taps_kernels(isa: Isa, stride: usize) -> Option<TapsKernels> {
             half_max: 16,
         },
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => TapsKernels {
+        Isa::Avx2 => RowKernels {
             full: &avx2::TAPS_FULL[s],
             tail: &avx2::TAPS_TAIL[s],
             half: &avx2::TAPS_HALF[s],
             nr: 16,
             half_max: 8,
         },
-        _ => TapsKernels {
+        _ => RowKernels {
             full: &scalar::TAPS_FULL[s],
             tail: &scalar::TAPS_TAIL[s],
             half: &scalar::TAPS_TAIL[s],
