@@ -11,65 +11,15 @@
 //! at most 1.5 (HardSwish at x = 3; the others ≤ 1.1 with the parameters drawn here), and
 //! the final rounding to f32.
 
+mod common;
 use cnnrt::graph::{Activation, Conv};
 use cnnrt::kernels::conv::ConvKernel;
 use cnnrt::kernels::gemm::{self, BMode, Bias, Epilogue, Gemm, SharedOut};
-use cnnrt::kernels::reference;
 use cnnrt::simd::Isa;
+use common::{activations, check_close, conv_reference, values};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use std::sync::atomic::{AtomicUsize, Ordering};
-
-fn activations() -> impl Strategy<Value = Activation> {
-    prop_oneof![
-        Just(Activation::Identity),
-        Just(Activation::Relu),
-        (0.0f32..1.0).prop_map(|alpha| Activation::LeakyRelu { alpha }),
-        (-1.0f32..0.5, 0.5f32..2.0).prop_map(|(min, max)| Activation::Clip { min, max }),
-        Just(Activation::Sigmoid),
-        (0.05f32..1.0, -0.5f32..0.5)
-            .prop_map(|(alpha, beta)| Activation::HardSigmoid { alpha, beta }),
-        Just(Activation::HardSwish),
-        Just(Activation::Silu),
-        Just(Activation::Tanh),
-    ]
-}
-
-/// Deterministic pseudo-random values in [-1, 1).
-fn values(len: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
-
-fn abs(v: &[f32]) -> Vec<f32> {
-    v.iter().map(|x| x.abs()).collect()
-}
-
-fn check_close(
-    got: &[f32],
-    want: &[f32],
-    scale: &[f32],
-    k: usize,
-    what: &str,
-) -> Result<(), TestCaseError> {
-    let tol_k = 1e-5 * ((k + 2) as f32).sqrt();
-    for (i, ((&g, &r), &s)) in got.iter().zip(want).zip(scale).enumerate() {
-        let tol = 2.0 * tol_k * s + 1e-6;
-        prop_assert!(
-            (g - r).abs() <= tol || (g.is_nan() && r.is_nan()),
-            "{what}: element {i}: got {g}, want {r}, |diff| {} > tol {tol}",
-            (g - r).abs()
-        );
-    }
-    Ok(())
-}
 
 #[derive(Debug, Clone)]
 struct Case {
@@ -171,8 +121,7 @@ fn check_conv(isa: Isa, case: &Case, algorithm: Option<&str>) -> Result<(), Test
         .residual
         .then(|| values(case.batch * n_out, case.seed ^ 3));
 
-    let mut want = vec![0.0; case.batch * n_out];
-    reference::conv2d(
+    let (want, scale) = conv_reference(
         &x,
         case.batch,
         &in_shape,
@@ -181,29 +130,6 @@ fn check_conv(isa: Isa, case: &Case, algorithm: Option<&str>) -> Result<(), Test
         bias.as_deref(),
         res.as_deref(),
         &out_shape,
-        &mut want,
-    );
-    let mut scale = vec![0.0; case.batch * n_out];
-    let cabs = Conv {
-        activation: Activation::Identity,
-        ..c.clone()
-    };
-    let (xa, wa, ba, ra) = (
-        abs(&x),
-        abs(&wts),
-        bias.as_deref().map(abs),
-        res.as_deref().map(abs),
-    );
-    reference::conv2d(
-        &xa,
-        case.batch,
-        &in_shape,
-        &cabs,
-        &wa,
-        ba.as_deref(),
-        ra.as_deref(),
-        &out_shape,
-        &mut scale,
     );
 
     let mut packed = vec![0.0; kernel.packed_weight_len()];

@@ -8,37 +8,14 @@
 //! Tolerance: `2·1e-5·sqrt(K + 2)` times the same convolution of absolute values (plus
 //! 1e-6), `K = cin·kh·kw` the reduction length, as for the other convolution kernels.
 
+mod common;
 use cnnrt::graph::{Activation, Conv};
 use cnnrt::kernels::conv::ImplicitConv;
 use cnnrt::kernels::gemm;
-use cnnrt::kernels::reference;
 use cnnrt::simd::Isa;
+use common::{activations, check_close, conv_reference, values};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
-
-fn activations() -> impl Strategy<Value = Activation> {
-    prop_oneof![
-        Just(Activation::Identity),
-        Just(Activation::Relu),
-        (0.0f32..1.0).prop_map(|alpha| Activation::LeakyRelu { alpha }),
-        (-1.0f32..0.5, 0.5f32..2.0).prop_map(|(min, max)| Activation::Clip { min, max }),
-        Just(Activation::Sigmoid),
-        Just(Activation::HardSwish),
-    ]
-}
-
-/// Deterministic pseudo-random values in [-1, 1).
-fn values(len: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
 
 #[derive(Debug, Clone)]
 struct Case {
@@ -110,10 +87,6 @@ fn cases(max_hw: usize, max_c: usize) -> impl Strategy<Value = Case> {
         )
 }
 
-fn abs(v: &[f32]) -> Vec<f32> {
-    v.iter().map(|x| x.abs()).collect()
-}
-
 /// Runs `kernel` on the case's batch on `slots` workers (NaN-filled output and scratch,
 /// so anything left unwritten or read before written shows).
 #[allow(clippy::too_many_arguments)]
@@ -152,8 +125,7 @@ fn check(isa: Isa, case: &Case) -> Result<(), TestCaseError> {
         .residual
         .then(|| values(case.batch * n_out, case.seed ^ 3));
 
-    let mut want = vec![0.0; case.batch * n_out];
-    reference::conv2d(
+    let (want, scale) = conv_reference(
         &x,
         case.batch,
         &in_shape,
@@ -162,24 +134,6 @@ fn check(isa: Isa, case: &Case) -> Result<(), TestCaseError> {
         bias.as_deref(),
         res.as_deref(),
         &out_shape,
-        &mut want,
-    );
-    let mut scale = vec![0.0; case.batch * n_out];
-    let cabs = Conv {
-        activation: Activation::Identity,
-        ..c.clone()
-    };
-    let (ba, ra) = (bias.as_deref().map(abs), res.as_deref().map(abs));
-    reference::conv2d(
-        &abs(&x),
-        case.batch,
-        &in_shape,
-        &cabs,
-        &abs(&wts),
-        ba.as_deref(),
-        ra.as_deref(),
-        &out_shape,
-        &mut scale,
     );
 
     let mut packed = vec![0.0; kernel.weights_len()];
@@ -194,15 +148,13 @@ fn check(isa: Isa, case: &Case) -> Result<(), TestCaseError> {
         res.as_deref(),
         n_out,
     );
-    let tol_k = 1e-5 * ((k + 2) as f32).sqrt();
-    for (i, ((&g, &r), &s)) in got.iter().zip(&want).zip(&scale).enumerate() {
-        let tol = 2.0 * tol_k * s + 1e-6;
-        prop_assert!(
-            (g - r).abs() <= tol || (g.is_nan() && r.is_nan()),
-            "{isa} {c:?} in {in_shape:?}: element {i}: got {g}, want {r}, |diff| {} > {tol}",
-            (g - r).abs()
-        );
-    }
+    check_close(
+        &got,
+        &want,
+        &scale,
+        k,
+        &format!("{isa} {c:?} in {in_shape:?}"),
+    )?;
     // Every split (bands × channel panels, the shared input when panels split), on one
     // worker and on three, gives the same bits.
     for (rows, cols) in [(2, 1), (3, 2), (1, 4), (5, 3)] {

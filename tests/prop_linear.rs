@@ -7,43 +7,14 @@
 //! of a sequential f32 sum for all K here, and the factor 2 covers the activation's slope
 //! (≤ 1.5) and the final rounding.
 
+mod common;
 use cnnrt::graph::{Activation, Linear};
 use cnnrt::kernels::linear::LinearKernel;
 use cnnrt::kernels::reference;
 use cnnrt::simd::Isa;
+use common::{abs, activations, values};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
-
-fn activations() -> impl Strategy<Value = Activation> {
-    prop_oneof![
-        Just(Activation::Identity),
-        Just(Activation::Relu),
-        (0.0f32..1.0).prop_map(|alpha| Activation::LeakyRelu { alpha }),
-        (-1.0f32..0.5, 0.5f32..2.0).prop_map(|(min, max)| Activation::Clip { min, max }),
-        Just(Activation::Sigmoid),
-        (0.05f32..1.0, -0.5f32..0.5)
-            .prop_map(|(alpha, beta)| Activation::HardSigmoid { alpha, beta }),
-        Just(Activation::HardSwish),
-        Just(Activation::Silu),
-        Just(Activation::Tanh),
-    ]
-}
-
-fn values(len: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
-
-fn abs(v: &[f32]) -> Vec<f32> {
-    v.iter().map(|x| x.abs()).collect()
-}
 
 #[allow(clippy::too_many_arguments)]
 fn check(

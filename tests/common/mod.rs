@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use cnnrt::format::{model_to_bytes, Metadata};
 use cnnrt::graph::{Activation, BinaryKind, Conv, Graph, Linear, Node, Op, Pool, PoolKind};
+use cnnrt::kernels::reference;
 use cnnrt::Model;
+use proptest::prelude::*;
 
 pub fn rand_vec(seed: &mut u64, n: usize, lo: f32, hi: f32) -> Vec<f32> {
     (0..n)
@@ -502,4 +504,96 @@ pub fn small_map_blocks() -> Zoo {
         graph: g,
         weights: w,
     }
+}
+
+/// Every activation the kernels fuse, with drawn parameters (property tests).
+pub fn activations() -> impl Strategy<Value = Activation> {
+    prop_oneof![
+        Just(Activation::Identity),
+        Just(Activation::Relu),
+        (0.0f32..1.0).prop_map(|alpha| Activation::LeakyRelu { alpha }),
+        (-1.0f32..0.5, 0.5f32..2.0).prop_map(|(min, max)| Activation::Clip { min, max }),
+        Just(Activation::Sigmoid),
+        (0.05f32..1.0, -0.5f32..0.5)
+            .prop_map(|(alpha, beta)| Activation::HardSigmoid { alpha, beta }),
+        Just(Activation::HardSwish),
+        Just(Activation::Silu),
+        Just(Activation::Tanh),
+    ]
+}
+
+/// Deterministic pseudo-random values in [-1, 1).
+pub fn values(len: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+pub fn abs(v: &[f32]) -> Vec<f32> {
+    v.iter().map(|x| x.abs()).collect()
+}
+
+/// The reference convolution of `x`, and the scale of each output's rounding error:
+/// the same convolution of absolute values without the activation (`Σ|x·w| + |bias| +
+/// |residual|`).
+pub fn conv_reference(
+    x: &[f32],
+    batch: usize,
+    in_shape: &[usize; 3],
+    conv: &Conv,
+    weights: &[f32],
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    out_shape: &[usize; 3],
+) -> (Vec<f32>, Vec<f32>) {
+    let n_out = batch * out_shape.iter().product::<usize>();
+    let mut want = vec![0.0; n_out];
+    reference::conv2d(
+        x, batch, in_shape, conv, weights, bias, residual, out_shape, &mut want,
+    );
+    let mut scale = vec![0.0; n_out];
+    let cabs = Conv {
+        activation: Activation::Identity,
+        ..conv.clone()
+    };
+    let (ba, ra) = (bias.map(abs), residual.map(abs));
+    reference::conv2d(
+        &abs(x),
+        batch,
+        in_shape,
+        &cabs,
+        &abs(weights),
+        ba.as_deref(),
+        ra.as_deref(),
+        out_shape,
+        &mut scale,
+    );
+    (want, scale)
+}
+
+/// `|got − want| <= 2·1e-5·sqrt(k + 2)·scale + 1e-6` element by element (NaN matching
+/// NaN), `k` the reduction length.
+pub fn check_close(
+    got: &[f32],
+    want: &[f32],
+    scale: &[f32],
+    k: usize,
+    what: &str,
+) -> Result<(), TestCaseError> {
+    let tol_k = 1e-5 * ((k + 2) as f32).sqrt();
+    for (i, ((&g, &r), &s)) in got.iter().zip(want).zip(scale).enumerate() {
+        let tol = 2.0 * tol_k * s + 1e-6;
+        prop_assert!(
+            (g - r).abs() <= tol || (g.is_nan() && r.is_nan()),
+            "{what}: element {i}: got {g}, want {r}, |diff| {} > tol {tol}",
+            (g - r).abs()
+        );
+    }
+    Ok(())
 }
