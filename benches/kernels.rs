@@ -31,6 +31,11 @@ struct ThreadCpu;
 mod timing;
 use timing::thread_cpu_ns;
 
+// 64-byte aligned buffers for the kernels, shared with the examples.
+#[path = "../examples/common/aligned.rs"]
+mod aligned;
+use aligned::Aligned;
+
 impl Measurement for ThreadCpu {
     type Intermediate = u64;
     type Value = Duration;
@@ -54,7 +59,7 @@ impl Measurement for ThreadCpu {
     }
 }
 
-fn values(len: usize, seed: u64) -> Vec<f32> {
+fn values(len: usize, seed: u64) -> Aligned {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..len)
         .map(|_| {
@@ -63,7 +68,8 @@ fn values(len: usize, seed: u64) -> Vec<f32> {
             s ^= s << 17;
             ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
         })
-        .collect()
+        .collect::<Vec<f32>>()
+        .into()
 }
 
 struct ConvShape {
@@ -247,11 +253,11 @@ fn gemm_cases(isa: Isa, out: &mut Vec<Case>) {
             make: Box::new(move || {
                 let a = values(m * k, 1);
                 let b = values(k * n, 2);
-                let mut ap = vec![0.0; m * k];
+                let mut ap = Aligned::zeroed(m * k);
                 gemm::pack_a(m, k, &a, k, &mut ap);
                 let plan = Gemm::with_mode(isa, m, n, k, mode);
-                let mut scratch = vec![0.0; plan.scratch_len()];
-                let mut cm = vec![0.0; m * n];
+                let mut scratch = Aligned::zeroed(plan.scratch_len());
+                let mut cm = Aligned::zeroed(m * n);
                 Box::new(move || {
                     plan.run(
                         &ap,
@@ -295,12 +301,12 @@ fn conv_cases(isa: Isa, out: &mut Vec<Case>) {
                 let kern = kern.clone();
                 move || {
                     let w = values(s.cout * s.cin * s.k * s.k, 3);
-                    let mut packed = vec![0.0; kern.packed_weight_len()];
+                    let mut packed = Aligned::zeroed(kern.packed_weight_len());
                     kern.pack_weights(&w, &mut packed);
                     let bias = values(s.cout, 4);
                     let x = values(s.cin * s.hw * s.hw, 5);
-                    let mut y = vec![0.0; s.cout * o * o];
-                    let mut scratch = vec![0.0; kern.scratch_len()];
+                    let mut y = Aligned::zeroed(s.cout * o * o);
+                    let mut scratch = Aligned::zeroed(kern.scratch_len());
                     Box::new(move || {
                         kern.run(
                             &packed,
@@ -326,7 +332,7 @@ fn conv_cases(isa: Isa, out: &mut Vec<Case>) {
                 bytes: false,
                 make: Box::new(move || {
                     let x = values(s.cin * s.hw * s.hw, 5);
-                    let mut scratch = vec![0.0; kern.scratch_len()];
+                    let mut scratch = Aligned::zeroed(kern.scratch_len());
                     Box::new(move || kern.pack_only(black_box(&x), &mut scratch))
                 }),
             });
@@ -362,12 +368,12 @@ fn linear_cases(isa: Isa, out: &mut Vec<Case>) {
             bytes: n == 1,
             make: Box::new(move || {
                 let w = values(fi * fo, 6);
-                let mut packed = vec![0.0; kern.packed_weight_len()];
+                let mut packed = Aligned::zeroed(kern.packed_weight_len());
                 kern.pack_weights(&w, &mut packed);
                 let bias = values(fo, 7);
                 let x = values(n * fi, 8);
-                let mut y = vec![0.0; n * fo];
-                let mut scratch = vec![0.0; kern.scratch_len()];
+                let mut y = Aligned::zeroed(n * fo);
+                let mut scratch = Aligned::zeroed(kern.scratch_len());
                 Box::new(move || {
                     kern.run(
                         &packed,
@@ -417,13 +423,13 @@ fn nhwc_cases(isa: Isa, out: &mut Vec<Case>) {
             bytes: false,
             make: Box::new(move || {
                 let plain = ConvKernel::new(isa, &conv, [cin, hw, hw], [cout, hw, hw]);
-                let mut packed = vec![0.0; plain.packed_weight_len()];
+                let mut packed = Aligned::zeroed(plain.packed_weight_len());
                 plain.pack_weights(&values(cout * cin, 3), &mut packed);
-                let mut wt = vec![0.0; kern.weights_len()];
+                let mut wt = Aligned::zeroed(kern.weights_len());
                 nhwc::panels_from_conv_gemm(cin, cout, &packed, &mut wt);
                 let bias = values(cout, 4);
                 let x = values(cin * hw * hw, 5);
-                let mut y = vec![0.0; cout * hw * hw];
+                let mut y = Aligned::zeroed(cout * hw * hw);
                 Box::new(move || kern.run(1, 1, &wt, Some(&bias), black_box(&x), None, &mut y))
             }),
         });
@@ -456,11 +462,11 @@ fn nhwc_cases(isa: Isa, out: &mut Vec<Case>) {
             work: kern.flops(),
             bytes: false,
             make: Box::new(move || {
-                let mut w = vec![0.0; 9 * c];
+                let mut w = Aligned::zeroed(9 * c);
                 kern.transpose_weights(&values(9 * c, 3), &mut w);
                 let bias = values(c, 4);
                 let x = values(c * hw * hw, 5);
-                let mut y = vec![0.0; c * o * o];
+                let mut y = Aligned::zeroed(c * o * o);
                 Box::new(move || kern.run(1, 1, &w, Some(&bias), black_box(&x), &mut y))
             }),
         });

@@ -21,7 +21,7 @@ use cnnrt::simd::{set_flush_denormals, Isa};
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{Criterion, Throughput};
 
-fn data(n: usize, seed: u32) -> Vec<f32> {
+fn data(n: usize, seed: u32) -> Aligned {
     let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
     (0..n)
         .map(|_| {
@@ -30,7 +30,8 @@ fn data(n: usize, seed: u32) -> Vec<f32> {
             s ^= s << 5;
             (s >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0
         })
-        .collect()
+        .collect::<Vec<f32>>()
+        .into()
 }
 
 /// One benchmark: a kernel call on prepared data.
@@ -92,7 +93,7 @@ fn cases() -> Vec<Case> {
             let o = (hw - 1) / stride + 1;
             for isa in Isa::supported() {
                 let (x, w, b) = (data(ch * hw * hw, 1), data(ch * 9, 2), data(ch, 3));
-                let mut out = vec![0.0; ch * o * o];
+                let mut out = Aligned::zeroed(ch * o * o);
                 let bytes = 4 * (x.len() + out.len() + w.len() + b.len());
                 let k = DepthwiseKernel::new(isa, &conv, [ch, hw, hw], [ch, o, o]).unwrap();
                 let group = if stride == 1 { "dw3x3_s1" } else { "dw3x3_s2" };
@@ -118,7 +119,7 @@ fn cases() -> Vec<Case> {
     };
     for isa in Isa::supported() {
         let x = data(64 * 112 * 112, 4);
-        let mut out = vec![0.0; 64 * 56 * 56];
+        let mut out = Aligned::zeroed(64 * 56 * 56);
         let k = PoolKernel::new(isa, &p, [64, 112, 112], [64, 56, 56]).unwrap();
         let (bytes, flops) = (4 * (x.len() + out.len()), 8 * out.len());
         v.push(case(
@@ -131,7 +132,7 @@ fn cases() -> Vec<Case> {
     }
     for isa in Isa::supported() {
         let x = data(512 * 49, 5);
-        let mut out = vec![0.0; 512];
+        let mut out = Aligned::zeroed(512);
         let (bytes, flops) = (4 * (x.len() + out.len()), x.len());
         v.push(case(
             "global_avgpool",
@@ -145,7 +146,7 @@ fn cases() -> Vec<Case> {
     let n: usize = shape.iter().product();
     for isa in Isa::supported() {
         let x = data(n, 6);
-        let mut out = vec![0.0; n];
+        let mut out = Aligned::zeroed(n);
         v.push(case(
             "relu",
             format!("64x56x56/{isa}"),
@@ -156,7 +157,7 @@ fn cases() -> Vec<Case> {
     }
     for isa in Isa::supported() {
         let (x, scale, shift) = (data(n, 6), data(64, 7), data(64, 8));
-        let mut out = vec![0.0; n];
+        let mut out = Aligned::zeroed(n);
         let run = move || {
             channel_affine(
                 isa,
@@ -233,7 +234,7 @@ fn table() {
     for mut c in cases() {
         let t = fast_time(&mut c.run);
         let half = c.bytes / 8;
-        let (src, mut dst) = (data(half, 9), vec![0.0f32; half]);
+        let (src, mut dst) = (data(half, 9), Aligned::zeroed(half));
         let tc = fast_time(&mut || dst.copy_from_slice(black_box(&src)));
         let (gbs, copy) = (c.bytes as f64 / t * 1e-9, c.bytes as f64 / tc * 1e-9);
         println!(
@@ -270,6 +271,11 @@ fn main() {
 #[allow(dead_code)]
 mod timing;
 use timing::thread_cpu_ns;
+
+// 64-byte aligned buffers for the kernels, shared with the examples.
+#[path = "../examples/common/aligned.rs"]
+mod aligned;
+use aligned::Aligned;
 
 /// Thread CPU time as a criterion measurement (nanoseconds).
 struct CpuTime;

@@ -18,8 +18,13 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use std::hint::black_box;
 use std::time::Duration;
 
+// 64-byte aligned buffers for the kernels, shared with the examples.
+#[path = "../examples/common/aligned.rs"]
+mod aligned;
+use aligned::Aligned;
+
 /// Approximately N(0, 1): the sum of four uniforms on [-√3, √3], halved.
-fn normal(len: usize, seed: u64) -> Vec<f32> {
+fn normal(len: usize, seed: u64) -> Aligned {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut uni = move || {
         s ^= s << 13;
@@ -29,7 +34,8 @@ fn normal(len: usize, seed: u64) -> Vec<f32> {
     };
     (0..len)
         .map(|_| (uni() + uni() + uni() + uni()) * 0.5 * 3f32.sqrt())
-        .collect()
+        .collect::<Vec<f32>>()
+        .into()
 }
 
 struct Layer {
@@ -116,12 +122,12 @@ fn bench(c: &mut Criterion) {
             }
         }
         for isa in Isa::supported() {
-            let mut out = vec![0f32; l.c * l.hw * l.hw];
+            let mut out = Aligned::zeroed(l.c * l.hw * l.hw);
             for v in WinogradVariant::ALL {
                 let k = WinogradKernel::new(isa, &cv, shape, shape, v).unwrap();
-                let mut packed = vec![0f32; k.packed_weight_len()];
+                let mut packed = Aligned::zeroed(k.packed_weight_len());
                 k.pack_weights(&w, &mut packed);
-                let mut scratch = vec![0f32; k.scratch_len()];
+                let mut scratch = Aligned::zeroed(k.scratch_len());
                 g.bench_with_input(
                     BenchmarkId::new(format!("{}/{}", l.name, v.algorithm()), isa),
                     &isa,
@@ -140,9 +146,9 @@ fn bench(c: &mut Criterion) {
                 );
             }
             let k = ConvKernel::with_algorithm(isa, &cv, shape, shape, "im2col_gemm");
-            let mut packed = vec![0f32; k.packed_weight_len()];
+            let mut packed = Aligned::zeroed(k.packed_weight_len());
             k.pack_weights(&w, &mut packed);
-            let mut scratch = vec![0f32; k.scratch_len()];
+            let mut scratch = Aligned::zeroed(k.scratch_len());
             g.bench_with_input(
                 BenchmarkId::new(format!("{}/im2col_gemm", l.name), isa),
                 &isa,

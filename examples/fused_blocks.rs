@@ -16,6 +16,15 @@ use cnnrt::simd::Isa;
 mod timing;
 use timing::values;
 
+#[path = "common/aligned.rs"]
+mod aligned;
+use aligned::Aligned;
+
+/// [`values`] in a 64-byte aligned buffer, for the data the kernels read.
+fn aligned_values(len: usize, seed: u32) -> Aligned {
+    values(len, seed).into()
+}
+
 /// Best time of one run in ns: trials of about 2 ms each, for about 0.6 s.
 fn best(run: &mut dyn FnMut()) -> f64 {
     timing::best(run, 2_000_000, Duration::from_millis(600))
@@ -62,14 +71,18 @@ fn main() {
         let oside = (eside + 2 - 3) / ds + 1;
         let ekern = ConvKernel::new(isa, &e, [cin, side, side], [cexp, eside, eside]);
         let pkern = ConvKernel::new(isa, &p, [cexp, oside, oside], [cout, oside, oside]);
-        let mut ep = vec![0.0; ekern.packed_weight_len()];
+        let mut ep = Aligned::zeroed(ekern.packed_weight_len());
         ekern.pack_weights(&values(cexp * cin * ek * ek, 1), &mut ep);
-        let mut pp = vec![0.0; pkern.packed_weight_len()];
+        let mut pp = Aligned::zeroed(pkern.packed_weight_len());
         pkern.pack_weights(&values(cout * cexp, 2), &mut pp);
-        let dw = values(cexp * 9, 3);
-        let (eb, db, pb) = (values(cexp, 4), values(cexp, 5), values(cout, 6));
-        let x = values(cin * side * side, 7);
-        let res = (cin == cout && ds == 1).then(|| values(cout * oside * oside, 8));
+        let dw = aligned_values(cexp * 9, 3);
+        let (eb, db, pb) = (
+            aligned_values(cexp, 4),
+            aligned_values(cexp, 5),
+            aligned_values(cout, 6),
+        );
+        let x = aligned_values(cin * side * side, 7);
+        let res = (cin == cout && ds == 1).then(|| aligned_values(cout * oside * oside, 8));
         let Some(plan) = BlockKernel::new(
             isa,
             &e,
@@ -98,10 +111,10 @@ fn main() {
                 project_bias: Some(&pb),
                 channels_last: None,
             };
-            let clw = k.channels_last_weights(&weights);
+            let clw = k.channels_last_weights(&weights).map(Aligned::from);
             weights.channels_last = clw.as_deref();
-            let mut out = vec![0.0; cout * oside * oside];
-            let mut scratch = vec![0.0; k.scratch_len()];
+            let mut out = Aligned::zeroed(cout * oside * oside);
+            let mut scratch = Aligned::zeroed(k.scratch_len());
             let t = best(&mut || {
                 k.run(
                     1,

@@ -21,6 +21,15 @@ use cnnrt::simd::Isa;
 mod timing;
 use timing::{thread_cpu_ns, values};
 
+#[path = "common/aligned.rs"]
+mod aligned;
+use aligned::Aligned;
+
+/// [`values`] in a 64-byte aligned buffer, for the data the kernels read.
+fn aligned_values(len: usize, seed: u32) -> Aligned {
+    values(len, seed).into()
+}
+
 /// Best time of one run in ns: many trials of about 0.5 ms each, for about 0.4 s.
 fn best(run: &mut dyn FnMut()) -> f64 {
     timing::best(run, 500_000, Duration::from_millis(400))
@@ -71,15 +80,15 @@ fn conv(
     };
     if k == 1 && stride == 1 && nhwc() {
         let kern = PointwiseNhwc::new(isa, &c, hw * hw, true, 1).unwrap();
-        let mut packed = vec![0.0; cout * cin];
+        let mut packed = Aligned::zeroed(cout * cin);
         let plain = ConvKernel::new(isa, &c, [cin, hw, hw], [cout, o, o]);
         plain.pack_weights(&values(cout * cin, 3), &mut packed);
-        let mut wt = vec![0.0; kern.weights_len()];
+        let mut wt = Aligned::zeroed(kern.weights_len());
         cnnrt::kernels::nhwc::panels_from_conv_gemm(cin, cout, &packed, &mut wt);
-        let bias = values(cout, 4);
-        let x = values(cin * hw * hw, 5);
-        let res = residual.then(|| values(cout * o * o, 6));
-        let mut y = vec![0.0; cout * o * o];
+        let bias = aligned_values(cout, 4);
+        let x = aligned_values(cin * hw * hw, 5);
+        let res = residual.then(|| aligned_values(cout * o * o, 6));
+        let mut y = Aligned::zeroed(cout * o * o);
         return Layer {
             name,
             family: "gemm1x1_nhwc",
@@ -102,13 +111,13 @@ fn conv(
         _ => ConvKernel::new(isa, &c, [cin, hw, hw], [cout, o, o]),
     };
     let w = values(cout * cin * k * k, 3);
-    let mut packed = vec![0.0; kern.packed_weight_len()];
+    let mut packed = Aligned::zeroed(kern.packed_weight_len());
     kern.pack_weights(&w, &mut packed);
-    let bias = values(cout, 4);
-    let x = values(cin * hw * hw, 5);
-    let res = residual.then(|| values(cout * o * o, 6));
-    let mut y = vec![0.0; cout * o * o];
-    let mut scratch = vec![0.0; kern.scratch_len()];
+    let bias = aligned_values(cout, 4);
+    let x = aligned_values(cin * hw * hw, 5);
+    let res = residual.then(|| aligned_values(cout * o * o, 6));
+    let mut y = Aligned::zeroed(cout * o * o);
+    let mut scratch = Aligned::zeroed(kern.scratch_len());
     Layer {
         name,
         family: kern.algorithm(),
@@ -142,10 +151,10 @@ fn dw(isa: Isa, name: String, ch: usize, stride: usize, hw: usize) -> Layer {
     };
     if nhwc() {
         let kern = DepthwiseNhwc::new(isa, &c, [ch, hw, hw], [ch, o, o], 1).unwrap();
-        let (x, b) = (values(ch * hw * hw, 1), values(ch, 3));
-        let mut w = vec![0.0; ch * 9];
+        let (x, b) = (aligned_values(ch * hw * hw, 1), aligned_values(ch, 3));
+        let mut w = Aligned::zeroed(ch * 9);
         kern.transpose_weights(&values(ch * 9, 2), &mut w);
-        let mut y = vec![0.0; ch * o * o];
+        let mut y = Aligned::zeroed(ch * o * o);
         return Layer {
             name,
             family: "dw3x3_nhwc",
@@ -154,8 +163,12 @@ fn dw(isa: Isa, name: String, ch: usize, stride: usize, hw: usize) -> Layer {
         };
     }
     let kern = DepthwiseKernel::new(isa, &c, [ch, hw, hw], [ch, o, o]).unwrap();
-    let (x, w, b) = (values(ch * hw * hw, 1), values(ch * 9, 2), values(ch, 3));
-    let mut y = vec![0.0; ch * o * o];
+    let (x, w, b) = (
+        aligned_values(ch * hw * hw, 1),
+        aligned_values(ch * 9, 2),
+        aligned_values(ch, 3),
+    );
+    let mut y = Aligned::zeroed(ch * o * o);
     Layer {
         name,
         family: kern.algorithm(),
@@ -249,10 +262,10 @@ fn layers(isa: Isa) -> Vec<Layer> {
         activation: Activation::Identity,
     };
     let kern = LinearKernel::new(isa, &l, 1);
-    let mut packed = vec![0.0; kern.packed_weight_len()];
+    let mut packed = Aligned::zeroed(kern.packed_weight_len());
     kern.pack_weights(&values(1280 * 1000, 7), &mut packed);
-    let (bias, x) = (values(1000, 8), values(1280, 9));
-    let mut y = vec![0.0; 1000];
+    let (bias, x) = (aligned_values(1000, 8), aligned_values(1280, 9));
+    let mut y = Aligned::zeroed(1000);
     v.push(Layer {
         name: "classifier 1280->1000".into(),
         family: kern.algorithm(),
@@ -367,12 +380,12 @@ fn main() {
         for t in spec.split(';') {
             let d: Vec<usize> = t.split(',').map(|x| x.parse().unwrap()).collect();
             let (m, n, k) = (d[0], d[1], d[2]);
-            let mut ap = vec![0.0; m * k];
+            let mut ap = Aligned::zeroed(m * k);
             pack_a(m, k, &values(m * k, 1), k, &mut ap);
-            let b = values(k * n, 2);
+            let b = aligned_values(k * n, 2);
             let plan = Gemm::with_mode(Isa::select(None), m, n, k, BMode::Packed);
-            let mut scratch = vec![0.0; plan.scratch_len()];
-            let mut c = vec![0.0; m * n];
+            let mut scratch = Aligned::zeroed(plan.scratch_len());
+            let mut c = Aligned::zeroed(m * n);
             let ns = best(&mut || {
                 plan.run(
                     &ap,

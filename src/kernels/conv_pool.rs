@@ -72,7 +72,7 @@ impl ConvPoolKernel {
     /// Floats of scratch per worker.
     pub fn scratch_len(&self) -> usize {
         let [c, _, ow] = self.conv.out_shape();
-        conv_scratch(&self.conv) + c * self.window * ow
+        crate::kernels::whole_lines(conv_scratch(&self.conv) + c * self.window * ow)
     }
 
     /// `out = pool(act(conv(x) + bias))` for a batch of `n` samples (`x`: `n × cin × h × w`,

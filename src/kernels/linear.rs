@@ -97,7 +97,7 @@ impl LinearKernel {
     /// f32 elements of scratch one `run` (or one concurrent `run_tile`) needs.
     pub fn scratch_len(&self) -> usize {
         if self.max_batch > 1 {
-            self.max_batch * self.in_features
+            crate::kernels::whole_lines(self.max_batch * self.in_features)
         } else {
             0
         }

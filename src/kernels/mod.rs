@@ -14,3 +14,10 @@ pub mod pool;
 pub mod reference;
 pub mod team;
 pub mod winograd;
+
+/// `len` floats rounded up to whole 64-byte lines. Every kernel's `scratch_len` is, so
+/// that worker slot `i` of a 64-byte aligned scratch (at `i · scratch_len`) starts on a
+/// line too: a 64-byte vector load at a line's start touches one line, elsewhere two.
+pub const fn whole_lines(len: usize) -> usize {
+    len.next_multiple_of(crate::plan::ALIGN_FLOATS)
+}

@@ -236,6 +236,10 @@ pub fn for_tiles(
     per: usize,
     f: impl Fn(&mut [f32], usize) + Sync,
 ) {
+    debug_assert!(
+        per == crate::kernels::whole_lines(per),
+        "parallel: scratch per slot ({per} floats) is not whole 64-byte lines"
+    );
     let avail = scratch.len().checked_div(per).unwrap_or(usize::MAX);
     let scratch = SharedOut::new(scratch);
     let run = |slot: usize, tile: usize| {

@@ -228,7 +228,7 @@ impl ImplicitConv {
     /// output scratch.
     pub fn scratch_len(&self) -> usize {
         let own = if self.shared { 0 } else { self.buffer_len() };
-        own + self.band * self.ow * self.taps().nr
+        crate::kernels::whole_lines(own + self.band * self.ow * self.taps().nr)
     }
 
     /// Floats of scratch the workers share: the padded input, with `shared`.

@@ -509,14 +509,14 @@ impl ConvKernel {
 
     /// f32 elements of scratch one `run` (or one concurrent `run_tile`) needs.
     pub fn scratch_len(&self) -> usize {
-        match self.algo {
+        crate::kernels::whole_lines(match self.algo {
             Algo::Gemm1x1 | Algo::Gemm1x1Rows => 0,
             Algo::Direct => self
                 .direct
                 .as_ref()
                 .map_or(0, |d| d.buffer_len(self.cig, self.stride[1])),
             _ => pack_scratch_len(self.kc, self.nc, ukr(self.isa).nr),
-        }
+        })
     }
 
     /// Number of independent tiles.

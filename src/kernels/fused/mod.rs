@@ -569,14 +569,16 @@ impl BlockKernel {
 
     /// f32 elements of scratch one worker needs.
     pub fn scratch_len(&self) -> usize {
-        HELD_HEADER
-            + self.expanded_len()
-            + self.dw_out(self.band_rows * self.ow).len(self.cexp)
-            + self
-                .expand
-                .scratch_len(self.isa)
-                .max(self.project.scratch_len(self.isa))
-                .max(self.im2col_rows_len())
+        crate::kernels::whole_lines(
+            HELD_HEADER
+                + self.expanded_len()
+                + self.dw_out(self.band_rows * self.ow).len(self.cexp)
+                + self
+                    .expand
+                    .scratch_len(self.isa)
+                    .max(self.project.scratch_len(self.isa))
+                    .max(self.im2col_rows_len()),
+        )
     }
 
     /// Floats of the expanded rows' buffer: planar, `cexp` planes of `exp_stride`;

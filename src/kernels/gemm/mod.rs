@@ -1164,7 +1164,9 @@ impl Gemm {
     pub fn scratch_len(&self) -> usize {
         match self.mode {
             BMode::Direct => 0,
-            BMode::Packed => pack_scratch_len(self.kc, self.nc, ukr(self.isa).nr),
+            BMode::Packed => {
+                crate::kernels::whole_lines(pack_scratch_len(self.kc, self.nc, ukr(self.isa).nr))
+            }
         }
     }
 

@@ -478,7 +478,7 @@ impl WinogradKernel {
 
     /// f32 elements of scratch one `run` (or one concurrent `run_tile`) needs.
     pub fn scratch_len(&self) -> usize {
-        self.layout().2 + 16
+        crate::kernels::whole_lines(self.layout().2 + 16)
     }
 
     /// Number of independent tiles (work items).
