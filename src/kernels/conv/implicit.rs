@@ -221,7 +221,9 @@ impl ImplicitConv {
     }
 
     fn buffer_len(&self) -> usize {
-        self.cin * self.rows * self.rs
+        // Whole lines: what follows it in scratch (the output tile, or the workers'
+        // own scratch after the shared buffer) starts on a line.
+        crate::kernels::whole_lines(self.cin * self.rows * self.rs)
     }
 
     /// Floats of scratch each worker needs: the band buffer (unless shared) and the
