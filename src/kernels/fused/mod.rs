@@ -70,7 +70,7 @@ pub const MIN_EXPANDED_BYTES: usize = 1 << 20;
 pub const MIN_EXPANDED_BYTES_THREADS: usize = 256 << 10;
 /// The narrowest expanded map whose block takes the channels-last path on AVX-512 (see
 /// `BlockKernel::new`).
-const AVX512_CHANNELS_LAST_MIN_WIDTH: usize = 112;
+const AVX512_CHANNELS_LAST_MIN_WIDTH: usize = 56;
 
 /// The expanded-tensor size from which a block is fused for `threads` workers, on the
 /// channels-last band path or the planar one.
@@ -490,7 +490,10 @@ impl BlockKernel {
             // whose rows are narrower than two tiles). On AVX-512 (Xeon, 2026-12-04) only
             // on the 112-wide maps (0.80–0.85×; 0.97–1.13× on maps 7 to 56 wide, likely
             // because the 16 × 16 transposes of the depthwise stores share port 5 with
-            // half of the 512-bit FMAs there). The scalar tier's was not measured.
+            // half of the 512-bit FMAs there). With the session's buffers 64-byte
+            // aligned (2026-12-05) the 56-wide ones too: MobileNetV2's features.3 and .4
+            // 0.57–0.62 → 0.47 and 0.36 → 0.30 ms in the model's profile; narrower maps
+            // not re-measured. The scalar tier's was not measured.
             channels_last: geometry.filter(|_| match isa {
                 Isa::Avx2 => ew >= 2 * gemm::ukr(isa).mr,
                 Isa::Avx512 => ew >= AVX512_CHANNELS_LAST_MIN_WIDTH,
