@@ -77,6 +77,7 @@ use crate::graph::{Activation, Conv};
 use crate::kernels::elementwise::{ActV, Portable, Simd};
 use crate::kernels::gemm::{self, choose_kc, drive, ukr, BSrc, SharedOut, Tile, MR_PACK};
 use crate::kernels::reference;
+use crate::kernels::whole_lines;
 use crate::simd::Isa;
 use lanes::Lanes;
 
@@ -342,7 +343,9 @@ impl WinogradKernel {
             }
         }
         let last = ntiles - (nblocks - 1) * tb;
-        let ld = tb.max(last).div_ceil(8) * 8;
+        // Rows of V and M on whole 64-byte lines (16 floats), so no 512-bit load of a
+        // row straddles two lines (24 tiles would otherwise give rows 96 bytes apart).
+        let ld = whole_lines(tb.max(last));
         // Output channels: split when there are too few blocks to parallelize. Every
         // channel block transforms the whole tile block's input again, so with one tile
         // block and several workers the split is one channel block per worker.
