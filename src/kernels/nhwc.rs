@@ -517,14 +517,11 @@ impl DepthwiseNhwc {
         let l = S::LANES;
         let (c, wd, st) = (self.c, self.w, self.stride);
         let (lo, hi) = (s.splat(self.lo), s.splat(self.hi));
-        // Outputs whose three columns are all inside the row: ox·st − pl ≥ 0 and
-        // ox·st − pl + 2 < w.
-        let first = self.pl.div_ceil(st).min(self.ow);
-        let last = if wd + self.pl >= 3 {
-            ((wd + self.pl - 3) / st + 1).clamp(first, self.ow)
-        } else {
-            first
-        };
+        // Edge outputs: the first reads column −1 (tap 0) when ox·st − pl < 0 for ox = 0,
+        // the last reads column w (tap 2) when (ow − 1)·st − pl + 2 ≥ w. With padding at
+        // most 1 and stride at most 2 no other output reads outside the row.
+        let left = self.pl > 0;
+        let right = (self.ow - 1) * st + 2 >= wd + self.pl;
         for oy in rows {
             let mut src = [null::<f32>(); 3];
             for (dy, sp) in src.iter_mut().enumerate() {
@@ -541,95 +538,87 @@ impl DepthwiseNhwc {
                     // SAFETY: ch + LANES <= c floats of bias.
                     unsafe { s.load(bias.add(ch)) }
                 };
-                // A macro, not a closure: a closure may compile as a function of its
-                // own, outside this tier's `#[target_feature]` body.
-                macro_rules! clamp {
-                    ($v:expr) => {
-                        s.min(hi, s.max(lo, $v))
-                    };
-                }
-                let mut ox = first;
-                macro_rules! groups {
-                    ($n:literal) => {
-                        while last - ox >= $n {
-                            let col0 = ox * st - self.pl;
-                            // SAFETY: outputs ox .. ox + n are interior: every tap's
-                            // column is inside the row.
-                            let acc = unsafe {
-                                if st == 1 {
-                                    group::<S, $n, 1>(s, &src, col0, c, ch, w, b)
-                                } else {
-                                    group::<S, $n, 2>(s, &src, col0, c, ch, w, b)
-                                }
-                            };
-                            for (p, v) in acc.into_iter().enumerate() {
-                                // SAFETY: output pixel ox + p < ow, channels below c.
-                                unsafe { s.store(orow.add((ox + p) * c + ch), clamp!(v)) };
+                // Groups of up to 8 outputs, the first holding the left edge output and
+                // the last the right one: every group has 8 independent chains but the
+                // last (a plain checked loop per edge output was one chain each).
+                let mut ox = 0;
+                while ox < self.ow {
+                    let n = GROUP.min(self.ow - ox);
+                    let (l_edge, r_edge) = (left && ox == 0, right && ox + n == self.ow);
+                    let col0 = (ox * st) as isize - self.pl as isize;
+                    macro_rules! go {
+                        ($n:literal, $sw:literal, $l:literal, $r:literal) => {
+                            // SAFETY: outputs ox .. ox + n of this row: every tap's column
+                            // is inside the row but the edge taps the flags skip.
+                            unsafe { group::<S, $n, $sw, $l, $r>(s, &src, col0, c, ch, w, b) }
+                                .into_iter()
+                                .enumerate()
+                                .for_each(|(p, v)| {
+                                    // SAFETY: output pixel ox + p < ow, channels below c.
+                                    unsafe {
+                                        s.store(
+                                            orow.add((ox + p) * c + ch),
+                                            s.min(hi, s.max(lo, v)),
+                                        )
+                                    }
+                                })
+                        };
+                    }
+                    macro_rules! by_edges {
+                        ($n:literal, $sw:literal) => {
+                            match (l_edge, r_edge) {
+                                (false, false) => go!($n, $sw, false, false),
+                                (true, false) => go!($n, $sw, true, false),
+                                (false, true) => go!($n, $sw, false, true),
+                                (true, true) => go!($n, $sw, true, true),
                             }
-                            ox += $n;
-                        }
-                    };
-                }
-                groups!(8);
-                groups!(4);
-                groups!(1);
-                // The edge outputs: taps outside the row add 0·w.
-                for ox in (0..first).chain(last..self.ow) {
-                    // SAFETY: taps inside the map only (checked), channels ch .. ch + l.
-                    let v = unsafe { self.pixel_checked(s, &src, ox, ch, w, b) };
-                    // SAFETY: output pixel ox < ow of this row, channels below c.
-                    unsafe { s.store(orow.add(ox * c + ch), clamp!(v)) };
+                        };
+                    }
+                    macro_rules! by_stride {
+                        ($n:literal) => {
+                            if st == 1 {
+                                by_edges!($n, 1)
+                            } else {
+                                by_edges!($n, 2)
+                            }
+                        };
+                    }
+                    match n {
+                        8 => by_stride!(8),
+                        7 => by_stride!(7),
+                        6 => by_stride!(6),
+                        5 => by_stride!(5),
+                        4 => by_stride!(4),
+                        3 => by_stride!(3),
+                        2 => by_stride!(2),
+                        _ => by_stride!(1),
+                    }
+                    ox += n;
                 }
             }
         }
-    }
-
-    /// One output pixel, taps outside the map adding `0·w`.
-    ///
-    /// # Safety
-    /// Non-null `src` rows hold `w` pixels of `c` channels; `w` the `9 × c` weights.
-    #[inline(always)]
-    unsafe fn pixel_checked<S: Simd>(
-        &self,
-        s: S,
-        src: &[*const f32; 3],
-        ox: usize,
-        ch: usize,
-        w: *const f32,
-        bias: S::V,
-    ) -> S::V {
-        let c = self.c;
-        let mut acc = bias;
-        for (dy, &row) in src.iter().enumerate() {
-            for dx in 0..3 {
-                // SAFETY: tap 3·dy + dx, channels ch .. ch + LANES.
-                let wv = unsafe { s.load(w.add((3 * dy + dx) * c + ch)) };
-                let ix = (ox * self.stride + dx) as isize - self.pl as isize;
-                let xv = if row.is_null() || ix < 0 || ix as usize >= self.w {
-                    s.zero()
-                } else {
-                    // SAFETY: column ix inside the row.
-                    unsafe { s.load(row.add(ix as usize * c + ch)) }
-                };
-                acc = s.fmadd(xv, wv, acc);
-            }
-        }
-        acc
     }
 }
 
-/// `N` interior outputs of one row for channels `ch .. ch + LANES`: output `p` reads
-/// columns `col0 + p·SW + dx`. Null rows are padding (every tap `0·w`). Each output's
-/// chain: the bias, then taps 0..9 in order.
+/// Outputs per group of the channels-last depthwise kernel: 8 chains of FMAs (each 9
+/// long) keep the FMA units busy; the group's inputs (3 rows × 10 vectors) and weights
+/// stay in registers and L1.
+const GROUP: usize = 8;
+
+/// `N` outputs of one row for channels `ch .. ch + LANES`: output `p` reads columns
+/// `col0 + p·SW + dx`. Null rows are padding, and so are column `col0 − 0` of output 0
+/// when `L` and column `col0 + (N − 1)·SW + 2` of output `N − 1` when `R`: those taps add
+/// `0·w`, as every tap of a null row does. Each output's chain: the bias, then taps 0..9
+/// in order (the same chain as the planar kernels', padding included, so the same bits).
 ///
 /// # Safety
-/// Non-null `src` rows hold columns `col0 .. col0 + (N − 1)·SW + 3` of `c` channels;
-/// `w` the `9 × c` weights.
+/// Non-null `src` rows hold columns `col0 .. col0 + (N − 1)·SW + 3` of `c` channels, but
+/// the edge columns the flags name; `w` the `9 × c` weights.
 #[inline(always)]
-unsafe fn group<S: Simd, const N: usize, const SW: usize>(
+unsafe fn group<S: Simd, const N: usize, const SW: usize, const L: bool, const R: bool>(
     s: S,
     src: &[*const f32; 3],
-    col0: usize,
+    col0: isize,
     c: usize,
     ch: usize,
     w: *const f32,
@@ -646,11 +635,16 @@ unsafe fn group<S: Simd, const N: usize, const SW: usize>(
                 }
                 continue;
             }
-            let mut q = row.wrapping_add((col0 + dx) * c + ch);
-            for a in acc.iter_mut() {
-                // SAFETY: inside the row (the caller).
-                *a = s.fmadd(unsafe { s.load(q) }, wv, *a);
-                q = q.wrapping_add(SW * c);
+            for (p, a) in acc.iter_mut().enumerate() {
+                let xv = if (L && p == 0 && dx == 0) || (R && p == N - 1 && dx == 2) {
+                    s.zero()
+                } else {
+                    let col = col0 + (p * SW + dx) as isize;
+                    // SAFETY: column col is inside the row (the caller; the edge taps
+                    // outside it are excluded above).
+                    unsafe { s.load(row.offset(col * c as isize).add(ch)) }
+                };
+                *a = s.fmadd(xv, wv, *a);
             }
         }
     }
