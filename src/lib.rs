@@ -9,6 +9,7 @@
 // (no hidden state, no allocation), so long argument lists are the norm here.
 #![allow(clippy::too_many_arguments)]
 
+mod aligned;
 pub mod convert;
 pub mod error;
 pub mod format;

@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use crate::aligned::AlignedFloats;
 use crate::error::{Error, Result};
 use crate::graph::{Conv, Graph, Op, WeightId, WeightLayout};
 use crate::kernels::conv::{ConvKernel, ImplicitConv};
@@ -107,60 +108,6 @@ impl SessionOptions {
     /// ```
     pub fn channels_last(mut self, on: bool) -> Self {
         self.channels_last = on;
-        self
-    }
-}
-
-/// One 64-byte line of f32, 64-byte aligned.
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-#[repr(C, align(64))]
-struct Line([f32; 16]);
-
-/// A 64-byte aligned run of f32: the arena, the scratch and the weights a session
-/// rearranged. Kernels' vector loads then never split a cache line, given offsets that
-/// are multiples of 16 floats (the arena plan's and the scratch slots' are).
-///
-/// Measured: weights rearranged into a `Vec<f32>` (MobileNetV2's channels-last 1×1
-/// layers, AVX-512, 1 thread) 5.80 ms, the same panels in place in the file 5.50; the
-/// arena and scratch as `Vec<f32>` sat 16 bytes past a line, so every 64-byte load of an
-/// activation touched two lines (see docs/KERNELS.md, "Aligned activations").
-struct AlignedFloats {
-    lines: Vec<Line>,
-    len: usize,
-}
-
-impl AlignedFloats {
-    fn zeroed(len: usize) -> AlignedFloats {
-        AlignedFloats {
-            lines: vec![Line([0.0; 16]); len.div_ceil(16)],
-            len,
-        }
-    }
-
-    fn from_slice(w: &[f32]) -> AlignedFloats {
-        let mut a = AlignedFloats::zeroed(w.len());
-        a.copy_from_slice(w);
-        a
-    }
-}
-
-impl std::ops::Deref for AlignedFloats {
-    type Target = [f32];
-    fn deref(&self) -> &[f32] {
-        let flat: &[f32] = bytemuck::cast_slice(&self.lines);
-        &flat[..self.len]
-    }
-}
-
-impl std::ops::DerefMut for AlignedFloats {
-    fn deref_mut(&mut self) -> &mut [f32] {
-        let flat: &mut [f32] = bytemuck::cast_slice_mut(&mut self.lines);
-        &mut flat[..self.len]
-    }
-}
-
-impl AsRef<[f32]> for AlignedFloats {
-    fn as_ref(&self) -> &[f32] {
         self
     }
 }
@@ -883,10 +830,22 @@ impl Session {
             .map(|k| slots * k.scratch_len() + k.shared_scratch_len())
             .max()
             .unwrap_or(0);
+        let no_memory = |what: &str, floats: usize| {
+            Error::Limit(format!(
+                "cannot allocate the session's {what} ({} bytes)",
+                floats.saturating_mul(4)
+            ))
+        };
+        let owned = owned
+            .iter()
+            .map(|w| AlignedFloats::try_from_slice(w).ok_or_else(|| no_memory("weights", w.len())))
+            .collect::<Result<Vec<_>>>()?;
         Ok(Session {
-            arena: AlignedFloats::zeroed(arena_plan.len),
-            owned: owned.iter().map(|w| AlignedFloats::from_slice(w)).collect(),
-            scratch: AlignedFloats::zeroed(scratch_len),
+            arena: AlignedFloats::try_zeroed(arena_plan.len)
+                .ok_or_else(|| no_memory("workspace", arena_plan.len))?,
+            owned,
+            scratch: AlignedFloats::try_zeroed(scratch_len)
+                .ok_or_else(|| no_memory("scratch", scratch_len))?,
             slots,
             arena_plan,
             kernels,
@@ -1367,23 +1326,5 @@ fn run_vector(
             flatten_from_axis,
         } => elementwise::softmax(isa, x, n, shape, *axis, *flatten_from_axis, out),
         _ => reference::run_node_into(graph, i, model, ins, n, out),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::AlignedFloats;
-
-    #[test]
-    fn aligned_floats_start_on_a_line() {
-        for len in [0, 1, 15, 16, 17, 1000, 100_003] {
-            let mut a = AlignedFloats::zeroed(len);
-            assert_eq!(a.len(), len);
-            assert_eq!(a.as_ptr() as usize % 64, 0, "len {len}");
-            a.iter_mut().for_each(|v| *v = 1.0);
-            let b = AlignedFloats::from_slice(&a);
-            assert_eq!(b.as_ptr() as usize % 64, 0, "len {len}");
-            assert!(b.iter().all(|&v| v == 1.0));
-        }
     }
 }

@@ -1,6 +1,6 @@
 //! A 64-byte aligned run of f32 for the kernels' inputs, outputs, weights and scratch in
 //! the examples and benches, as the session keeps its buffers (`AlignedFloats` in
-//! src/session.rs). A large `Vec<f32>` from glibc starts 16 bytes past a cache line, so
+//! src/aligned.rs). A large `Vec<f32>` from glibc starts 16 bytes past a cache line, so
 //! every 64-byte load would touch two lines.
 
 use std::ops::{Deref, DerefMut};

@@ -102,7 +102,6 @@
 //! which also makes large-weight layers faster); nothing done to the file afterwards can
 //! affect the open model.
 
-mod aligned;
 pub mod layout;
 mod metadata;
 mod reader;

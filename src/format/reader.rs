@@ -5,9 +5,9 @@ use std::fmt;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use super::aligned::AlignedBuf;
 use super::layout::*;
 use super::metadata::Metadata;
+use crate::aligned::AlignedBuf;
 use crate::error::{Error, Result};
 use crate::graph::{Graph, WeightId};
 use crate::limits;
