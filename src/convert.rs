@@ -148,6 +148,16 @@ mod cost {
     }
 }
 
+/// A one-group convolution's plain `[cout][cin·kh·kw]` weights in the fully connected
+/// layer's 32-wide panels (`linear_gemm`), the layout the channels-last 1×1 and the
+/// implicit GEMM kernels read in place.
+fn linear_gemm_panels(c: &Conv, plain: &[f32]) -> Vec<f32> {
+    let (n, k) = (c.out_channels, plain.len() / c.out_channels.max(1));
+    let mut packed = vec![0.0; n * k];
+    crate::kernels::gemm::pack_b_transposed(n, k, plain, k, &mut packed);
+    packed
+}
+
 /// Imports ONNX bytes and runs the passes.
 pub fn convert_onnx(bytes: &[u8], options: &ConvertOptions) -> Result<Converted> {
     let imported = crate::onnx::import(bytes)?;
@@ -231,16 +241,7 @@ impl Converted {
                         && c.groups == 1
                         && graph.weights[c.weight].layout == WeightLayout::Plain =>
                 {
-                    let (n, k) = (c.out_channels, c.in_channels);
-                    let mut packed = vec![0.0; n * k];
-                    crate::kernels::gemm::pack_b_transposed(
-                        n,
-                        k,
-                        &self.weights[c.weight],
-                        k,
-                        &mut packed,
-                    );
-                    weights[c.weight] = packed;
+                    weights[c.weight] = linear_gemm_panels(c, &self.weights[c.weight]);
                     graph.weights[c.weight].layout = WeightLayout::LinearGemm;
                 }
                 Op::Conv(c) => {
@@ -262,16 +263,7 @@ impl Converted {
                         }
                     }
                     if crate::kernels::conv::implicit_preferred(c) {
-                        let (n, k) = (c.out_channels, c.in_channels * c.kernel[0] * c.kernel[1]);
-                        let mut packed = vec![0.0; n * k];
-                        crate::kernels::gemm::pack_b_transposed(
-                            n,
-                            k,
-                            &self.weights[c.weight],
-                            k,
-                            &mut packed,
-                        );
-                        weights[c.weight] = packed;
+                        weights[c.weight] = linear_gemm_panels(c, &self.weights[c.weight]);
                         graph.weights[c.weight].layout = WeightLayout::LinearGemm;
                         continue;
                     }

@@ -34,12 +34,6 @@ pub struct ConvPoolKernel {
     window: usize,
 }
 
-/// Floats of a worker's scratch before its window (the convolution's own scratch,
-/// rounded up to whole 64-byte lines so that the window starts aligned).
-fn conv_scratch(conv: &ConvKernel) -> usize {
-    conv.scratch_len().next_multiple_of(16)
-}
-
 impl ConvPoolKernel {
     /// The pair as one step, if `conv` runs `direct` and `pool` reads its whole output
     /// (`pool` planned for `conv`'s output shape); `None` otherwise.
@@ -72,7 +66,8 @@ impl ConvPoolKernel {
     /// Floats of scratch per worker.
     pub fn scratch_len(&self) -> usize {
         let [c, _, ow] = self.conv.out_shape();
-        crate::kernels::whole_lines(conv_scratch(&self.conv) + c * self.window * ow)
+        // The convolution's scratch is whole lines, so the window after it starts on one.
+        crate::kernels::whole_lines(self.conv.scratch_len() + c * self.window * ow)
     }
 
     /// `out = pool(act(conv(x) + bias))` for a batch of `n` samples (`x`: `n × cin × h × w`,
@@ -148,7 +143,7 @@ impl ConvPoolKernel {
     ) {
         let [c, oh, ow] = self.conv.out_shape();
         let plane = self.window * ow;
-        let (conv_scr, win) = scratch.split_at_mut(conv_scratch(&self.conv));
+        let (conv_scr, win) = scratch.split_at_mut(self.conv.scratch_len());
         let win = &mut win[..c * plane];
         let (mut w0, mut filled) = (0, 0);
         let mut r = oys.start;
