@@ -240,7 +240,7 @@ fn pointwise_edge_shapes() {
     // One pixel, one channel; a row tile of 1 after 12s; tails of 1, 15, 17 and 31
     // columns; MobileNetV2's 7×7 and 14×14 shapes; K in several blocks on every tier
     // (blocks of 192, 384 and 768 steps on AVX-512, AVX2 and portable: later blocks
-    // start from C).
+    // start from C); a 7×7 projection (split by rows, each row group tiled on its own).
     for shape in [
         (400, 47, 3, 5, 2),
         (1600, 20, 2, 3, 1),
@@ -249,6 +249,7 @@ fn pointwise_edge_shapes() {
         (17, 47, 5, 5, 1),
         (9, 15, 2, 3, 3),
         (160, 960, 7, 7, 1),
+        (960, 160, 7, 7, 1),
         (64, 96, 14, 14, 1),
         (24, 31, 4, 9, 2),
     ] {
