@@ -249,6 +249,28 @@ def time_loop(fn, min_runs, min_secs, warmup_secs, max_runs=3000, max_secs=30.0)
     return dict(runs=len(times), warmup_runs=w, median_ms=q(0.5), p90_ms=q(0.9), p99_ms=q(0.99), min_ms=times[0])
 
 
+def turn_loop(fn, min_runs, min_secs, warmup_secs, max_runs=3000, max_secs=30.0):
+    """Worker side of scripts/paired_peers.py: warm up like time_loop, then per line of stdin (a run
+    count) time that many runs and print them as one line {"times_ms": [...]}; stop at EOF."""
+    t0 = time.perf_counter()
+    w = 0
+    while w < 3 or time.perf_counter() - t0 < warmup_secs:
+        fn()
+        w += 1
+        if w > 2000:
+            break
+    turns = 0
+    for line in sys.stdin:
+        times = []
+        for _ in range(int(line)):
+            t = time.perf_counter_ns()
+            fn()
+            times.append(round((time.perf_counter_ns() - t) * 1e-6, 4))
+        print(json.dumps({"times_ms": times}), flush=True)
+        turns += 1
+    return dict(turns=turns, warmup_runs=w)
+
+
 def w_onnxruntime(a, x, xcheck):
     import onnxruntime as ort
     so = ort.SessionOptions()
@@ -267,7 +289,7 @@ def w_onnxruntime(a, x, xcheck):
     t = time.perf_counter()
     sess.run(None, feed)
     info["first_run_ms"] = (time.perf_counter() - t) * 1e3
-    info.update(time_loop(lambda: sess.run(None, feed), a.min_runs, a.min_secs, a.warmup_secs, a.max_runs, a.max_secs))
+    info.update(a.timer(lambda: sess.run(None, feed), a.min_runs, a.min_secs, a.warmup_secs, a.max_runs, a.max_secs))
     return info
 
 
@@ -295,7 +317,7 @@ def w_openvino(a, x, xcheck):
     t = time.perf_counter()
     req.infer()
     info["first_run_ms"] = (time.perf_counter() - t) * 1e3
-    info.update(time_loop(req.infer, a.min_runs, a.min_secs, a.warmup_secs, a.max_runs, a.max_secs))
+    info.update(a.timer(req.infer, a.min_runs, a.min_secs, a.warmup_secs, a.max_runs, a.max_secs))
     return info
 
 
@@ -349,7 +371,7 @@ def w_ncnn(a, x, xcheck):
     t = time.perf_counter()
     infer(mats)
     info["first_run_ms"] = (time.perf_counter() - t) * 1e3
-    info.update(time_loop(lambda: infer(mats), a.min_runs, a.min_secs, a.warmup_secs, a.max_runs, a.max_secs))
+    info.update(a.timer(lambda: infer(mats), a.min_runs, a.min_secs, a.warmup_secs, a.max_runs, a.max_secs))
     return info
 
 
@@ -363,6 +385,7 @@ def worker_main(a):
     shape = json.loads(a.shape)
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     xcheck = np.load(a.check_in).astype(np.float32) if a.check_in else None
+    a.timer = turn_loop if a.turns else time_loop
     base = proc_status_kib("VmHWM")  # the interpreter + numpy + input, before the runtime is imported
     try:
         info = WORKERS[a.runtime](a, x, xcheck)
@@ -760,6 +783,7 @@ def main():
     ap.add_argument("--shape", help=argparse.SUPPRESS)
     ap.add_argument("--check-in", default="", help=argparse.SUPPRESS)
     ap.add_argument("--check-out", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--turns", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
         a.threads = a.threads[0]

@@ -116,6 +116,12 @@ enum Command {
         /// MobileNet-style small-map layers channels-last between layers (to compare).
         #[arg(long)]
         no_channels_last: bool,
+        /// Take turns with other processes, for comparisons paired in time on a noisy
+        /// machine (`scripts/paired_peers.py`): after the warm-up runs, read a run count
+        /// per line from standard input, time that many runs and print their times as one
+        /// line `{"times_ms":[...]}`; stop at the end of the input.
+        #[arg(long, conflicts_with_all = ["profile", "json"])]
+        turns: bool,
     },
 }
 
@@ -156,6 +162,8 @@ struct BenchOptions {
     copy: bool,
     fuse: bool,
     channels_last: bool,
+    /// `--turns`: time runs in the bursts standard input asks for.
+    turns: bool,
 }
 
 fn threads_option(n: usize) -> Threads {
@@ -324,6 +332,9 @@ fn bench(model: &Path, o: &BenchOptions) -> Result<()> {
     for _ in 0..3 {
         session.run(&input, batch)?;
     }
+    if o.turns {
+        return take_turns(&mut session, &input, batch, o.clock);
+    }
     let mut times = Vec::with_capacity(iters.max(1));
     let epoch = Instant::now();
     for _ in 0..iters.max(1) {
@@ -388,6 +399,37 @@ fn bench(model: &Path, o: &BenchOptions) -> Result<()> {
             session.workspace_bytes(),
             huge.map_or("null".to_string(), |h| h.to_string())
         );
+    }
+    Ok(())
+}
+
+/// `bench --turns`: per line of standard input (a run count), that many timed runs,
+/// their times in ms printed as one JSON line.
+fn take_turns(
+    session: &mut cnnrt::Session,
+    input: &[f32],
+    batch: usize,
+    clock: Clock,
+) -> Result<()> {
+    use std::io::{BufRead, Write};
+    let epoch = Instant::now();
+    let mut out = std::io::stdout().lock();
+    let stdio = |e| Error::io("<standard input/output>", e);
+    for line in std::io::stdin().lock().lines() {
+        let line = line.map_err(stdio)?;
+        let n: usize = line.trim().parse().map_err(|_| {
+            Error::Other(format!(
+                "bench --turns: expected a run count per line, got {line:?}"
+            ))
+        })?;
+        let mut times = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t = clock.now(epoch);
+            session.run(input, batch)?;
+            times.push(format!("{:.4}", (clock.now(epoch) - t).as_secs_f64() * 1e3));
+        }
+        writeln!(out, "{{\"times_ms\":[{}]}}", times.join(",")).map_err(stdio)?;
+        out.flush().map_err(stdio)?;
     }
     Ok(())
 }
@@ -522,6 +564,7 @@ fn main() -> ExitCode {
             copy,
             no_fuse,
             no_channels_last,
+            turns,
         } => bench(
             &model,
             &BenchOptions {
@@ -536,6 +579,7 @@ fn main() -> ExitCode {
                 copy,
                 fuse: !no_fuse,
                 channels_last: !no_channels_last,
+                turns,
             },
         ),
     };
