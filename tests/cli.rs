@@ -168,6 +168,57 @@ fn bench_json_has_the_documented_fields() {
     assert!(out.contains("memory     5.0 MB mapped"), "{out}");
 }
 
+/// `--turns` times the bursts its standard input asks for, one JSON line each, and
+/// refuses a line that is not a run count.
+#[test]
+fn bench_turns_times_the_bursts_it_is_asked_for() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let turns = |stdin: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cnnrt"))
+            .args(["bench", "models/lenet5.cnnrt", "--turns"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = turns("2\n3\n");
+    assert!(ok, "{err}");
+    let lens: Vec<usize> = out
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let times = v["times_ms"].as_array().unwrap();
+            assert!(
+                times.iter().all(|t| t.as_f64().is_some_and(|t| t > 0.0)),
+                "{l}"
+            );
+            times.len()
+        })
+        .collect();
+    assert_eq!(lens, [2, 3], "{out}");
+    let (ok, _, err) = turns("1\nmany\n");
+    assert!(!ok);
+    assert!(
+        err.contains("expected a run count") && err.contains("many"),
+        "{err}"
+    );
+}
+
 /// `--copy` reads the model into private memory: same latency fields, and a damaged copy
 /// is refused like a damaged mapping.
 #[test]
