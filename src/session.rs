@@ -316,7 +316,8 @@ fn plan_kernels(
                             };
                         let kernel =
                             WinogradKernel::new_for_threads(isa, c, ins, outs, variant, threads)
-                                .ok_or_else(|| layout_err(c.weight, "this convolution"))?;
+                                .ok_or_else(|| layout_err(c.weight, "this convolution"))?
+                                .with_batch(max_batch);
                         NodeKernel::Winograd {
                             kernel,
                             weight: c.weight,
@@ -1124,7 +1125,7 @@ impl Session {
                 } => {
                     let (w, b) = (model.weight(*weight), bias.map(|b| model.weight(b)));
                     let r = ins.get(1).copied();
-                    parallel::run_tiles(
+                    parallel::run_winograd(
                         kernel,
                         self.slots,
                         n,

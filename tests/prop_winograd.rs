@@ -452,3 +452,142 @@ fn winograd_small_blocks_every_tier() {
         }
     }
 }
+
+/// A batch of `n` samples blocked across samples (`with_batch_tiles`, `tiles` per block)
+/// against the samples run one by one: `run_batch` and every work item of
+/// `run_batch_item` (in reverse order, through the plans for 1 to 3 workers), bit for bit.
+/// The one-by-one runs are checked against the reference by `check`. Returns whether any
+/// plan blocked the batch (it does only where that takes fewer blocks).
+fn check_batch(
+    isa: Isa,
+    variant: WinogradVariant,
+    case: &Case,
+    n: usize,
+    tiles: usize,
+) -> Result<bool, TestCaseError> {
+    let conv = case.conv();
+    let (oh, ow) = case.out_hw();
+    let (ins, outs) = ([case.cin, case.h, case.w], [case.cout, oh, ow]);
+    let (n_in, n_out) = (case.cin * case.h * case.w, case.cout * oh * ow);
+    let wts = values(case.cout * case.cin * 9, case.seed);
+    let bias = case.bias.then(|| values(case.cout, case.seed ^ 1));
+    let x = values(n * n_in, case.seed ^ 2);
+    let res = case.residual.then(|| values(n * n_out, case.seed ^ 3));
+    let one = WinogradKernel::new(isa, &conv, ins, outs, variant).expect("eligible");
+    let mut packed = vec![0.0; one.packed_weight_len()];
+    one.pack_weights(&wts, &mut packed);
+    let mut want = vec![f32::NAN; n * n_out];
+    let mut scratch = vec![f32::NAN; one.scratch_len()];
+    for s in 0..n {
+        one.run(
+            &packed,
+            bias.as_deref(),
+            &x[s * n_in..(s + 1) * n_in],
+            res.as_deref().map(|r| &r[s * n_out..(s + 1) * n_out]),
+            &mut want[s * n_out..(s + 1) * n_out],
+            &mut scratch,
+        );
+    }
+    let same = |got: &[f32]| {
+        got.iter()
+            .zip(&want)
+            .all(|(a, b)| a.to_bits() == b.to_bits())
+    };
+    let mut ran = false;
+    for threads in 1..=3 {
+        let k = WinogradKernel::new_for_threads(isa, &conv, ins, outs, variant, threads)
+            .expect("eligible")
+            .with_batch_tiles(n, tiles);
+        if !k.batches(n) {
+            continue;
+        }
+        ran = true;
+        let off = case.scratch_offset;
+        let mut scr = vec![f32::NAN; k.scratch_len() + off];
+        let mut got = vec![f32::NAN; n * n_out];
+        k.run_batch(
+            &packed,
+            bias.as_deref(),
+            &x,
+            res.as_deref(),
+            &mut got,
+            &mut scr[off..],
+            n,
+        );
+        prop_assert!(
+            same(&got),
+            "{isa} {variant:?} {case:?}: run_batch of {n} ({tiles} tiles a block) differs"
+        );
+        let mut got = vec![f32::NAN; n * n_out];
+        let out = cnnrt::kernels::gemm::SharedOut::new(&mut got);
+        for item in (0..k.batch_items(n)).rev() {
+            // SAFETY: one item at a time, each once; `got` is read after the loop.
+            unsafe {
+                k.run_batch_item(
+                    &packed,
+                    bias.as_deref(),
+                    &x,
+                    res.as_deref(),
+                    out,
+                    &mut scr[off..],
+                    n,
+                    item,
+                )
+            };
+        }
+        prop_assert!(
+            same(&got),
+            "{isa} {variant:?} {case:?}: {threads}-thread batch items of {n} differ"
+        );
+    }
+    Ok(ran)
+}
+
+#[test]
+fn batches_blocked_across_samples_match_samples_one_by_one() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let (batched, all) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    for isa in Isa::supported() {
+        for variant in WinogradVariant::ALL {
+            TestRunner::new(Config {
+                cases: 24,
+                failure_persistence: None,
+                ..Config::default()
+            })
+            .run(&(cases(), 2usize..=4, 1usize..=40), |(case, n, tiles)| {
+                let ran = check_batch(isa, variant, &case, n, tiles)?;
+                batched.fetch_add(usize::from(ran), Ordering::Relaxed);
+                all.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            })
+            .unwrap_or_else(|e| panic!("{isa} {variant:?}: {e}"));
+        }
+    }
+    // The drawn shapes are small (one or a few blocks a sample), so most batch.
+    let (b, a) = (batched.into_inner(), all.into_inner());
+    assert!(
+        2 * b >= a,
+        "only {b} of {a} drawn cases blocked across samples"
+    );
+    // ResNet-18's 7×7 and 14×14 shapes at batch 8 (F(2x2): 16 and 49 tiles a sample),
+    // channels cut down; blocks of 32 tiles, as planned there.
+    let mk = |cin, cout, side| Case {
+        cin,
+        cout,
+        h: side,
+        w: side,
+        pads: [1, 1, 1, 1],
+        bias: true,
+        residual: true,
+        act: Activation::Relu,
+        seed: 9,
+        scratch_offset: 2,
+    };
+    for isa in Isa::supported() {
+        for case in [mk(40, 50, 7), mk(24, 36, 14)] {
+            let ran = check_batch(isa, WinogradVariant::F2x2, &case, 8, 32)
+                .unwrap_or_else(|e| panic!("{isa} {case:?}: {e}"));
+            assert!(ran, "{isa} {case:?}: not blocked across samples");
+        }
+    }
+}

@@ -152,6 +152,46 @@ pub fn run_tiles(
     });
 }
 
+/// [`run_tiles`] for a Winograd layer: a batch the kernel blocks across samples
+/// ([`WinogradKernel::batches`]) runs as those blocks (each streaming the transformed
+/// weights once for several samples), shared out over `slots` workers; any other batch
+/// sample by sample. Bit-identical either way.
+#[allow(clippy::too_many_arguments)]
+pub fn run_winograd(
+    kernel: &WinogradKernel,
+    slots: usize,
+    n: usize,
+    packed: &[f32],
+    bias: Option<&[f32]>,
+    x: &[f32],
+    residual: Option<&[f32]>,
+    out: &mut [f32],
+    scratch: &mut [f32],
+) {
+    if !kernel.batches(n) {
+        run_tiles(kernel, slots, n, packed, bias, x, residual, out, scratch);
+        return;
+    }
+    let items = kernel.batch_items(n);
+    let per = kernel.scratch_len();
+    let slots = slots.min(items).max(1);
+    if slots == 1 {
+        kernel.run_batch(packed, bias, x, residual, out, &mut scratch[..per], n);
+        return;
+    }
+    assert!(
+        scratch.len() >= slots * per,
+        "winograd: scratch for {slots} slots"
+    );
+    let shared = SharedOut::new(out);
+    for_tiles(slots, items, scratch, per, |scr, item| {
+        // SAFETY: `for_tiles` runs each item exactly once; items write disjoint outputs
+        // (their tiles × output channels); `out` is read only after it returns; each slot
+        // has its own scratch.
+        unsafe { kernel.run_batch_item(packed, bias, x, residual, shared, scr, n, item) };
+    });
+}
+
 /// Elements of one sample of the input `x` and of the output `out` of a batch of `n`.
 fn sample_lens(x: &[f32], out: &[f32], n: usize) -> (usize, usize) {
     let (sin, sout) = (x.len() / n, out.len() / n);

@@ -75,6 +75,8 @@ mod lanes;
 
 use crate::graph::{Activation, Conv};
 use crate::kernels::elementwise::{ActV, Portable, Simd};
+use std::ops::Range;
+
 use crate::kernels::gemm::{self, choose_kc, drive, ukr, BSrc, SharedOut, Tile, MR_PACK};
 use crate::kernels::reference;
 use crate::kernels::whole_lines;
@@ -210,6 +212,19 @@ fn env_bytes(var: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// The row length and strides of V and M for one way of blocking the tiles: the
+/// sample's own blocks, or blocks across the samples of a batch.
+#[derive(Clone, Copy, Debug)]
+struct Blocking {
+    /// Row length of V and M (>= every block's tiles).
+    ld: usize,
+    /// Output channels per M chunk (a multiple of MR_PACK, or all of a work item's).
+    mcc: usize,
+    /// Distance between consecutive positions in V and in M.
+    vxs: usize,
+    mxs: usize,
+}
+
 /// A 3×3 stride-1 convolution planned as Winograd for one ISA tier and one input shape.
 #[derive(Clone, Debug)]
 pub struct WinogradKernel {
@@ -252,6 +267,11 @@ pub struct WinogradKernel {
     mxs: usize,
     /// Row length of the strip.
     wstrip: usize,
+    /// Tiles per block when the tiles of a batch's samples are blocked together (0: each
+    /// sample on its own), and the V / M geometry of those blocks. See
+    /// [`WinogradKernel::with_batch`].
+    batch_tb: usize,
+    batched: Blocking,
 }
 
 impl WinogradKernel {
@@ -399,7 +419,69 @@ impl WinogradKernel {
             vxs: cin * ld + XI_PAD,
             mxs: mcc * ld + XI_PAD,
             wstrip: ((ntx + MAX_LANES) * m + 2).div_ceil(8) * 8,
+            batch_tb: 0,
+            batched: Blocking {
+                ld: 0,
+                mcc: 0,
+                vxs: 0,
+                mxs: 0,
+            },
         })
+    }
+
+    /// Plans batches of up to `max_batch` samples too: where a sample has fewer tiles than
+    /// a block holds (ResNet-18's 7×7 and 14×14 maps: 16 and 49 tiles, blocks of 32), the
+    /// tiles of consecutive samples share blocks, and each block streams the transformed
+    /// weights once for all its tiles instead of once per sample. Used by
+    /// [`WinogradKernel::run_batch`] and [`WinogradKernel::run_batch_item`] when it gives
+    /// fewer blocks; bit-identical to running the samples one by one (each element of M is
+    /// the same FMA chain over the input channels whichever block computes it).
+    /// `CNNRT_WINO_BATCH_TILES` overrides the tiles per block (0: off), for tuning.
+    pub fn with_batch(self, max_batch: usize) -> WinogradKernel {
+        let nr = ukr(self.isa).nr;
+        let per_tile = 4 * self.t2 * self.cin.max(1);
+        let tb = (env_bytes("CNNRT_WINO_VBYTES", V_BYTES) / per_tile / nr * nr).max(nr);
+        match env_bytes("CNNRT_WINO_BATCH_TILES", tb) {
+            0 => self,
+            tiles => self.with_batch_tiles(max_batch, tiles),
+        }
+    }
+
+    /// [`WinogradKernel::with_batch`] with `tiles` tiles per block across samples (any
+    /// count from 1, for tests and tuning).
+    pub fn with_batch_tiles(mut self, max_batch: usize, tiles: usize) -> WinogradKernel {
+        let tiles = tiles.max(1);
+        if max_batch <= 1 || (max_batch * self.ntiles).div_ceil(tiles) >= max_batch * self.nblocks {
+            self.batch_tb = 0;
+            return self;
+        }
+        // A block's last group of tile columns may spill up to MAX_LANES − 1 columns past
+        // its end while a later sample's columns of the same block are still to come, so
+        // rows keep that much room (in one sample's block the spill lands in the next row,
+        // written after it).
+        let ld = crate::kernels::whole_lines(tiles + MAX_LANES);
+        let m_bytes = env_bytes("CNNRT_WINO_MBYTES", M_BYTES);
+        let mcc_max = (m_bytes / (4 * self.t2 * ld) / MR_PACK * MR_PACK).max(MR_PACK);
+        let chunks = self.mc.div_ceil(mcc_max).max(1);
+        let mcc = (self.mc.div_ceil(chunks).div_ceil(MR_PACK) * MR_PACK).min(self.mc);
+        self.batch_tb = tiles;
+        self.batched = Blocking {
+            ld,
+            mcc,
+            vxs: self.cin * ld + XI_PAD,
+            mxs: mcc * ld + XI_PAD,
+        };
+        self
+    }
+
+    /// The sample-by-sample blocking.
+    fn own(&self) -> Blocking {
+        Blocking {
+            ld: self.ld,
+            mcc: self.mcc,
+            vxs: self.vxs,
+            mxs: self.mxs,
+        }
     }
 
     /// The tier the GEMMs run (the requested one, clamped to this CPU); the transforms
@@ -472,16 +554,21 @@ impl WinogradKernel {
     }
 
     /// Offsets of V, M and the strip in the (64-byte aligned) scratch, and its length.
-    fn layout(&self) -> (usize, usize, usize) {
-        let v = self.t2 * self.vxs;
-        let mm = self.t2 * self.mxs;
+    fn layout(&self, g: Blocking) -> (usize, usize, usize) {
+        let v = self.t2 * g.vxs;
+        let mm = self.t2 * g.mxs;
         let strip = self.t * self.wstrip;
         (v, v + mm, v + mm + strip)
     }
 
-    /// f32 elements of scratch one `run` (or one concurrent `run_tile`) needs.
+    /// f32 elements of scratch one `run` (or one concurrent `run_tile`, `run_batch_item`)
+    /// needs.
     pub fn scratch_len(&self) -> usize {
-        crate::kernels::whole_lines(self.layout().2 + 16)
+        let mut len = self.layout(self.own()).2;
+        if self.batch_tb > 0 {
+            len = len.max(self.layout(self.batched).2);
+        }
+        crate::kernels::whole_lines(len + 16)
     }
 
     /// Number of independent tiles (work items).
@@ -495,6 +582,8 @@ impl WinogradKernel {
         (self.nblocks, self.tb, self.m_tiles)
     }
 
+    /// Checks the arguments of a run on `n` samples.
+    #[allow(clippy::too_many_arguments)]
     fn check(
         &self,
         packed: &[f32],
@@ -503,6 +592,7 @@ impl WinogradKernel {
         residual: Option<&[f32]>,
         out_len: usize,
         scratch: &[f32],
+        n: usize,
     ) {
         assert_eq!(
             packed.len(),
@@ -514,10 +604,10 @@ impl WinogradKernel {
         }
         assert_eq!(
             x.len(),
-            self.cin * self.h * self.w,
+            n * self.cin * self.h * self.w,
             "winograd: input length"
         );
-        let out_elems = self.cout * self.oh * self.ow;
+        let out_elems = n * self.cout * self.oh * self.ow;
         assert_eq!(out_len, out_elems, "winograd: output length");
         if let Some(r) = residual {
             assert_eq!(r.len(), out_elems, "winograd: residual length");
@@ -539,12 +629,127 @@ impl WinogradKernel {
         out: &mut [f32],
         scratch: &mut [f32],
     ) {
-        self.check(packed, bias, x, residual, out.len(), scratch);
+        self.check(packed, bias, x, residual, out.len(), scratch, 1);
         let out = SharedOut::new(out);
         for b in 0..self.nblocks {
+            let (t0, t1) = self.own_block(b);
             // SAFETY: checked above; one thread, each block once.
-            unsafe { self.block(packed, bias, x, residual, out, scratch, b, 0, self.m_tiles) };
+            unsafe {
+                self.block(
+                    packed,
+                    bias,
+                    x,
+                    residual,
+                    out,
+                    scratch,
+                    self.own(),
+                    t0..t1,
+                    0..self.m_tiles,
+                )
+            };
         }
+    }
+
+    /// Tiles `t0..t1` of the sample's block `b` (the last takes the remainder, see
+    /// `new_for_threads`).
+    fn own_block(&self, b: usize) -> (usize, usize) {
+        let t0 = (b * self.tb).min(self.ntiles);
+        let t1 = if b + 1 == self.nblocks {
+            self.ntiles
+        } else {
+            self.ntiles.min(t0 + self.tb)
+        };
+        (t0, t1)
+    }
+
+    /// Whether a batch of `n` samples runs in blocks across samples
+    /// ([`WinogradKernel::with_batch`]): planned for, and fewer blocks than per sample.
+    pub fn batches(&self, n: usize) -> bool {
+        self.batch_tb > 0 && n > 1 && (n * self.ntiles).div_ceil(self.batch_tb) < n * self.nblocks
+    }
+
+    /// Independent work items of a batch of `n` samples when [`WinogradKernel::batches`]
+    /// (blocks across samples × output-channel blocks).
+    pub fn batch_items(&self, n: usize) -> usize {
+        (n * self.ntiles).div_ceil(self.batch_tb.max(1)) * self.m_tiles
+    }
+
+    /// `out = act(conv(x) + bias + residual)` for a batch of `n` samples in blocks across
+    /// samples (`x`: `n × cin × h × w`, `out` and `residual`: `n × cout × oh × ow`), on
+    /// this thread. Panics unless [`WinogradKernel::batches`]`(n)`. No allocation.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_batch(
+        &self,
+        packed: &[f32],
+        bias: Option<&[f32]>,
+        x: &[f32],
+        residual: Option<&[f32]>,
+        out: &mut [f32],
+        scratch: &mut [f32],
+        n: usize,
+    ) {
+        assert!(self.batches(n), "winograd: not planned for batches of {n}");
+        self.check(packed, bias, x, residual, out.len(), scratch, n);
+        let out = SharedOut::new(out);
+        let total = n * self.ntiles;
+        for g0 in (0..total).step_by(self.batch_tb) {
+            let g1 = total.min(g0 + self.batch_tb);
+            // SAFETY: checked above; one thread, each block once.
+            unsafe {
+                self.block(
+                    packed,
+                    bias,
+                    x,
+                    residual,
+                    out,
+                    scratch,
+                    self.batched,
+                    g0..g1,
+                    0..self.m_tiles,
+                )
+            };
+        }
+    }
+
+    /// Work item `item` (`< batch_items(n)`) of [`WinogradKernel::run_batch`], writing
+    /// through a [`SharedOut`] so that threads can run different items at once (each with
+    /// its own scratch).
+    ///
+    /// # Safety
+    /// No concurrent call may run the same item on the same output, and nothing may read
+    /// `out` until all calls are done.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn run_batch_item(
+        &self,
+        packed: &[f32],
+        bias: Option<&[f32]>,
+        x: &[f32],
+        residual: Option<&[f32]>,
+        out: SharedOut,
+        scratch: &mut [f32],
+        n: usize,
+        item: usize,
+    ) {
+        assert!(self.batches(n), "winograd: not planned for batches of {n}");
+        self.check(packed, bias, x, residual, out.len(), scratch, n);
+        assert!(item < self.batch_items(n), "winograd: batch item index");
+        let (b, mt) = (item / self.m_tiles, item % self.m_tiles);
+        let g0 = b * self.batch_tb;
+        let g1 = (n * self.ntiles).min(g0 + self.batch_tb);
+        // SAFETY: checked above; the caller guarantees no concurrent writer of this item.
+        unsafe {
+            self.block(
+                packed,
+                bias,
+                x,
+                residual,
+                out,
+                scratch,
+                self.batched,
+                g0..g1,
+                mt..mt + 1,
+            )
+        };
     }
 
     /// Runs tile `tile` (`< tiles()`).
@@ -590,17 +795,35 @@ impl WinogradKernel {
         scratch: &mut [f32],
         tile: usize,
     ) {
-        self.check(packed, bias, x, residual, out.len(), scratch);
+        self.check(packed, bias, x, residual, out.len(), scratch, 1);
         assert!(tile < self.tiles(), "winograd: tile index");
         let b = tile / self.m_tiles;
         let mt = tile % self.m_tiles;
+        let (t0, t1) = self.own_block(b);
         // SAFETY: checked above; the caller guarantees no concurrent writer of this tile.
-        unsafe { self.block(packed, bias, x, residual, out, scratch, b, mt, mt + 1) };
+        unsafe {
+            self.block(
+                packed,
+                bias,
+                x,
+                residual,
+                out,
+                scratch,
+                self.own(),
+                t0..t1,
+                mt..mt + 1,
+            )
+        };
     }
 
-    /// Tile block `b`, output-channel work items `mt0..mt1`.
+    /// Tiles `tiles` (indices over the samples of `x`: tile `i` is tile `i % ntiles` of
+    /// sample `i / ntiles`) as one block with the geometry `g`, output-channel work items
+    /// `mts`. Each sample's run of tiles is transformed into its own columns of V, the
+    /// GEMMs take all the block's columns at once, and each sample's columns of M are
+    /// transformed back into that sample's output.
     ///
-    /// Safety: arguments checked by `check`; no concurrent writer of the same outputs.
+    /// Safety: arguments checked by `check` for the samples the tiles reach; no
+    /// concurrent writer of the same outputs.
     #[allow(clippy::too_many_arguments)]
     unsafe fn block(
         &self,
@@ -610,39 +833,49 @@ impl WinogradKernel {
         residual: Option<&[f32]>,
         out: SharedOut,
         scratch: &mut [f32],
-        b: usize,
-        mt0: usize,
-        mt1: usize,
+        g: Blocking,
+        tiles: Range<usize>,
+        mts: Range<usize>,
     ) {
-        let t0 = b * self.tb;
-        if t0 >= self.ntiles {
+        if tiles.is_empty() {
             return;
         }
-        // The last block takes the remainder (see `new_for_threads`).
-        let t1 = if b + 1 == self.nblocks {
-            self.ntiles
-        } else {
-            self.ntiles.min(t0 + self.tb)
+        let (in_len, out_len) = (self.cin * self.h * self.w, self.cout * self.oh * self.ow);
+        let nt = self.ntiles;
+        // (sample, its tiles t0..t1, their first column in V and M)
+        let runs = || {
+            let (s0, s1) = (tiles.start / nt, (tiles.end - 1) / nt);
+            (s0..=s1).map(move |s| {
+                let a = tiles.start.max(s * nt);
+                let b = tiles.end.min((s + 1) * nt);
+                (s, a - s * nt, b - s * nt, a - tiles.start)
+            })
         };
-        let (off_m, off_s, len) = self.layout();
+        let (off_m, off_s, len) = self.layout(g);
         let al = scratch.as_ptr().align_offset(64).min(16);
         let sc = &mut scratch[al..al + len];
         let base = sc.as_mut_ptr();
         let vbuf = base;
         // SAFETY: V, M and the strip are disjoint ranges of `sc` (layout).
         let (mbuf, strip) = unsafe { (base.add(off_m), base.add(off_s)) };
-        // SAFETY: V has t2·vxs floats, the strip t·wstrip; x was checked by `check`.
-        with_lanes!(self.transform_isa, |s| unsafe {
-            self.input_block(s, x, t0, t1, vbuf, strip)
-        });
+        for (s, t0, t1, col) in runs() {
+            let xs = &x[s * in_len..(s + 1) * in_len];
+            // SAFETY: V has t2·vxs floats, columns col .. col + (t1 − t0) + spill < ld of
+            // each row (ld >= the block's tiles, plus MAX_LANES across samples); the
+            // strip t·wstrip; x was checked by `check`. Runs go left to right, so a run's
+            // spill past its columns is overwritten by the next run.
+            with_lanes!(self.transform_isa, |sx| unsafe {
+                self.input_block(sx, xs, t0, t1, vbuf.add(col), strip, g)
+            });
+        }
         let u = ukr(self.isa);
-        let n = t1 - t0;
+        let n = tiles.end - tiles.start;
         let (cout, cin) = (self.cout, self.cin);
-        for mt in mt0..mt1 {
+        for mt in mts {
             let m0 = mt * self.mc;
             let m1 = cout.min(m0 + self.mc);
-            for c0 in (m0..m1).step_by(self.mcc) {
-                let c1 = m1.min(c0 + self.mcc);
+            for c0 in (m0..m1).step_by(g.mcc) {
+                let c1 = m1.min(c0 + g.mcc);
                 for xi in 0..self.t2 {
                     // SAFETY: c0 is a multiple of MR_PACK, so rows c0.. of U_ξ form whole
                     // panels from c0·cin on (`check` verified the packed length); V_ξ
@@ -653,10 +886,10 @@ impl WinogradKernel {
                             n,
                             k: cin,
                             kc: self.kc,
-                            nc: self.ld,
+                            nc: g.ld,
                             a: packed.as_ptr().add(xi * cout * cin + c0 * cin),
-                            c: mbuf.add(xi * self.mxs),
-                            ldc: self.ld,
+                            c: mbuf.add(xi * g.mxs),
+                            ldc: g.ld,
                             bias_row: std::ptr::null(),
                             bias_col: std::ptr::null(),
                             residual: std::ptr::null(),
@@ -667,18 +900,33 @@ impl WinogradKernel {
                             u,
                             &tile,
                             &BSrc::Direct {
-                                ptr: vbuf.add(xi * self.vxs),
-                                ldb: self.ld,
+                                ptr: vbuf.add(xi * g.vxs),
+                                ldb: g.ld,
                             },
                             &mut [],
                         );
                     }
                 }
-                // SAFETY: M holds the chunk; `check` verified out, residual and bias; the
-                // caller guarantees no concurrent writer of these outputs.
-                with_lanes!(self.transform_isa, |s| unsafe {
-                    self.output_block(s, mbuf, t0, t1, c0, c1, bias, residual, out.ptr())
-                });
+                for (s, t0, t1, col) in runs() {
+                    let rs = residual.map(|r| &r[s * out_len..(s + 1) * out_len]);
+                    // SAFETY: M holds the chunk, this run's tiles at columns col..; `check`
+                    // verified out, residual and bias; the caller guarantees no concurrent
+                    // writer of these outputs.
+                    with_lanes!(self.transform_isa, |sx| unsafe {
+                        self.output_block(
+                            sx,
+                            mbuf.add(col),
+                            t0,
+                            t1,
+                            c0,
+                            c1,
+                            bias,
+                            rs,
+                            out.ptr().add(s * out_len),
+                            g,
+                        )
+                    });
+                }
             }
         }
     }
@@ -707,6 +955,7 @@ impl WinogradKernel {
         t1: usize,
         v: *mut f32,
         strip: *mut f32,
+        g: Blocking,
     ) {
         let (m, t, lanes) = (self.m, self.t, S::LANES);
         let plane = self.h * self.w;
@@ -741,19 +990,19 @@ impl WinogradKernel {
                         )
                     };
                 }
-                for g in 0..groups {
-                    let tx = txa + g * lanes;
+                for gi in 0..groups {
+                    let tx = txa + gi * lanes;
                     let tl = ty * self.ntx + tx - t0;
                     // SAFETY: strip columns tx·m .. tx·m + lanes·m + 2 <= jb filled above;
                     // V row c of each position, columns tl .. tl + lanes: tl < ld, and
                     // past row c's ld columns come row c + 1 or XI_PAD >= lanes floats.
                     unsafe {
                         let src = strip.add(tx * m);
-                        let dst = v.add(c * self.ld + tl);
+                        let dst = v.add(c * g.ld + tl);
                         if m == 4 {
-                            in_group_f4(s, src, self.wstrip, dst, self.vxs);
+                            in_group_f4(s, src, self.wstrip, dst, g.vxs);
                         } else {
-                            in_group_f2(s, src, self.wstrip, dst, self.vxs);
+                            in_group_f2(s, src, self.wstrip, dst, g.vxs);
                         }
                     }
                 }
@@ -812,6 +1061,7 @@ impl WinogradKernel {
         bias: Option<&[f32]>,
         residual: Option<&[f32]>,
         out: *mut f32,
+        g: Blocking,
     ) {
         let (m, lanes) = (self.m, S::LANES);
         let act = ActV::new(s, self.activation);
@@ -841,7 +1091,7 @@ impl WinogradKernel {
                     // output and residual rows ty·m .. + rows < oh, columns tx·m .. + vc
                     // <= ow.
                     unsafe {
-                        let src = mb.add((co - c0) * self.ld + tl);
+                        let src = mb.add((co - c0) * g.ld + tl);
                         let dst = out.add(o);
                         let res = residual.map_or(std::ptr::null(), |r| r.as_ptr().add(o));
                         let st = OutStore {
@@ -853,9 +1103,9 @@ impl WinogradKernel {
                             act: &act,
                         };
                         if m == 4 {
-                            out_group_f4(s, src, self.mxs, dst, &st);
+                            out_group_f4(s, src, g.mxs, dst, &st);
                         } else {
-                            out_group_f2(s, src, self.mxs, dst, &st);
+                            out_group_f2(s, src, g.mxs, dst, &st);
                         }
                     }
                     tx += lanes;
