@@ -960,6 +960,7 @@ impl Session {
     /// Makes the copies in the other layout of the values node `after` produced (`None`:
     /// of the graph inputs).
     fn make_shadows(
+        isa: Isa,
         graph: &Graph,
         shadows: &[(Shadow, usize)],
         plan: &ArenaPlan,
@@ -984,9 +985,9 @@ impl Session {
                 (&b[..len], &mut a[*dst..*dst + len])
             };
             if sh.to_nhwc {
-                nhwc::to_nhwc(from, n, c, hw, to);
+                nhwc::to_nhwc(isa, from, n, c, hw, to);
             } else {
-                nhwc::to_planar(from, n, c, hw, to);
+                nhwc::to_planar(isa, from, n, c, hw, to);
             }
         }
     }
@@ -1001,6 +1002,7 @@ impl Session {
             // inputs, before the first node), timed with that node.
             let started = times.as_ref().map(|t| (t.1)());
             Self::make_shadows(
+                isa,
                 graph,
                 &self.shadows,
                 &self.arena_plan,

@@ -24,13 +24,13 @@ fn same_bits(a: &[f32], b: &[f32]) -> bool {
 
 fn to_nhwc(x: &[f32], c: usize, hw: usize) -> Vec<f32> {
     let mut out = vec![0.0; x.len()];
-    nhwc::to_nhwc(x, x.len() / (c * hw), c, hw, &mut out);
+    nhwc::to_nhwc(Isa::Scalar, x, x.len() / (c * hw), c, hw, &mut out);
     out
 }
 
 fn to_planar(x: &[f32], c: usize, hw: usize) -> Vec<f32> {
     let mut out = vec![0.0; x.len()];
-    nhwc::to_planar(x, x.len() / (c * hw), c, hw, &mut out);
+    nhwc::to_planar(Isa::Scalar, x, x.len() / (c * hw), c, hw, &mut out);
     out
 }
 
@@ -279,6 +279,35 @@ fn depthwise_edge_shapes() {
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(40))]
+
+    /// The layout copies on every tier against the element-by-element transpose: whole
+    /// 8 × 8 blocks and edges of 1 to 7 rows or columns, several samples.
+    #[test]
+    fn layout_copies_equal_the_plain_transpose(
+        c in 1usize..=40,
+        hw in 1usize..=40,
+        n in 1usize..=3,
+        seed in any::<u64>(),
+    ) {
+        let mut s = seed | 1;
+        let x = common::rand_vec(&mut s, n * c * hw, -1.0, 1.0);
+        let mut want = vec![0.0; x.len()];
+        for b in 0..n {
+            for ch in 0..c {
+                for p in 0..hw {
+                    want[b * c * hw + p * c + ch] = x[b * c * hw + ch * hw + p];
+                }
+            }
+        }
+        for isa in Isa::supported() {
+            let mut got = vec![f32::NAN; x.len()];
+            nhwc::to_nhwc(isa, &x, n, c, hw, &mut got);
+            prop_assert!(same_bits(&got, &want), "[{isa}] to_nhwc {c}x{hw}, {n} samples");
+            let mut back = vec![f32::NAN; x.len()];
+            nhwc::to_planar(isa, &got, n, c, hw, &mut back);
+            prop_assert!(same_bits(&back, &x), "[{isa}] to_planar {c}x{hw}, {n} samples");
+        }
+    }
 
     #[test]
     fn pointwise_equals_the_planar_gemm_and_the_reference(
