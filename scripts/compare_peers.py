@@ -222,9 +222,8 @@ def proc_status_kib(field, pid="self"):
 
 
 # =========================================================================== worker side (python runtimes)
-def time_loop(fn, min_runs, min_secs, warmup_secs, max_runs=3000, max_secs=30.0):
-    """Warm up for warmup_secs (>= 3 runs), then time runs until >= min_runs and >= min_secs
-    (or max_runs / max_secs)."""
+def warm_up(fn, warmup_secs):
+    """Runs fn for warmup_secs (at least 3, at most about 2000 runs); returns the count."""
     t0 = time.perf_counter()
     w = 0
     while w < 3 or time.perf_counter() - t0 < warmup_secs:
@@ -232,6 +231,13 @@ def time_loop(fn, min_runs, min_secs, warmup_secs, max_runs=3000, max_secs=30.0)
         w += 1
         if w > 2000:
             break
+    return w
+
+
+def time_loop(fn, min_runs, min_secs, warmup_secs, max_runs=3000, max_secs=30.0):
+    """Warm up for warmup_secs (>= 3 runs), then time runs until >= min_runs and >= min_secs
+    (or max_runs / max_secs)."""
+    w = warm_up(fn, warmup_secs)
     times = []
     tb = time.perf_counter()
     while True:
@@ -252,13 +258,7 @@ def time_loop(fn, min_runs, min_secs, warmup_secs, max_runs=3000, max_secs=30.0)
 def turn_loop(fn, min_runs, min_secs, warmup_secs, max_runs=3000, max_secs=30.0):
     """Worker side of scripts/paired_peers.py: warm up like time_loop, then per line of stdin (a run
     count) time that many runs and print them as one line {"times_ms": [...]}; stop at EOF."""
-    t0 = time.perf_counter()
-    w = 0
-    while w < 3 or time.perf_counter() - t0 < warmup_secs:
-        fn()
-        w += 1
-        if w > 2000:
-            break
+    w = warm_up(fn, warmup_secs)
     turns = 0
     for line in sys.stdin:
         times = []

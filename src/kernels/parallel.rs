@@ -175,7 +175,7 @@ pub fn run_winograd(
     let items = kernel.batch_items(n);
     let per = kernel.scratch_len();
     let slots = slots.min(items).max(1);
-    if slots == 1 {
+    if slots == 1 || kernel.flops() < min_parallel_flops() {
         kernel.run_batch(packed, bias, x, residual, out, &mut scratch[..per], n);
         return;
     }

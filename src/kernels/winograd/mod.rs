@@ -632,34 +632,54 @@ impl WinogradKernel {
         self.check(packed, bias, x, residual, out.len(), scratch, 1);
         let out = SharedOut::new(out);
         for b in 0..self.nblocks {
-            let (t0, t1) = self.own_block(b);
             // SAFETY: checked above; one thread, each block once.
             unsafe {
-                self.block(
+                self.item(
                     packed,
                     bias,
                     x,
                     residual,
                     out,
                     scratch,
-                    self.own(),
-                    t0..t1,
+                    0,
+                    b,
                     0..self.m_tiles,
                 )
             };
         }
     }
 
-    /// Tiles `t0..t1` of the sample's block `b` (the last takes the remainder, see
-    /// `new_for_threads`).
-    fn own_block(&self, b: usize) -> (usize, usize) {
-        let t0 = (b * self.tb).min(self.ntiles);
-        let t1 = if b + 1 == self.nblocks {
-            self.ntiles
+    /// Block `b` of a sample (`n` = 0) or of a batch of `n` blocked across samples, its
+    /// output-channel work items `mts`.
+    ///
+    /// Safety: as [`WinogradKernel::block`].
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn item(
+        &self,
+        packed: &[f32],
+        bias: Option<&[f32]>,
+        x: &[f32],
+        residual: Option<&[f32]>,
+        out: SharedOut,
+        scratch: &mut [f32],
+        n: usize,
+        b: usize,
+        mts: Range<usize>,
+    ) {
+        let (g, tiles) = if n == 0 {
+            let t0 = (b * self.tb).min(self.ntiles);
+            let t1 = if b + 1 == self.nblocks {
+                self.ntiles
+            } else {
+                self.ntiles.min(t0 + self.tb)
+            };
+            (self.own(), t0..t1)
         } else {
-            self.ntiles.min(t0 + self.tb)
+            let g0 = b * self.batch_tb;
+            (self.batched, g0..(n * self.ntiles).min(g0 + self.batch_tb))
         };
-        (t0, t1)
+        // SAFETY: the caller's.
+        unsafe { self.block(packed, bias, x, residual, out, scratch, g, tiles, mts) };
     }
 
     /// Whether a batch of `n` samples runs in blocks across samples
@@ -691,20 +711,18 @@ impl WinogradKernel {
         assert!(self.batches(n), "winograd: not planned for batches of {n}");
         self.check(packed, bias, x, residual, out.len(), scratch, n);
         let out = SharedOut::new(out);
-        let total = n * self.ntiles;
-        for g0 in (0..total).step_by(self.batch_tb) {
-            let g1 = total.min(g0 + self.batch_tb);
+        for b in 0..(n * self.ntiles).div_ceil(self.batch_tb) {
             // SAFETY: checked above; one thread, each block once.
             unsafe {
-                self.block(
+                self.item(
                     packed,
                     bias,
                     x,
                     residual,
                     out,
                     scratch,
-                    self.batched,
-                    g0..g1,
+                    n,
+                    b,
                     0..self.m_tiles,
                 )
             };
@@ -734,22 +752,8 @@ impl WinogradKernel {
         self.check(packed, bias, x, residual, out.len(), scratch, n);
         assert!(item < self.batch_items(n), "winograd: batch item index");
         let (b, mt) = (item / self.m_tiles, item % self.m_tiles);
-        let g0 = b * self.batch_tb;
-        let g1 = (n * self.ntiles).min(g0 + self.batch_tb);
         // SAFETY: checked above; the caller guarantees no concurrent writer of this item.
-        unsafe {
-            self.block(
-                packed,
-                bias,
-                x,
-                residual,
-                out,
-                scratch,
-                self.batched,
-                g0..g1,
-                mt..mt + 1,
-            )
-        };
+        unsafe { self.item(packed, bias, x, residual, out, scratch, n, b, mt..mt + 1) };
     }
 
     /// Runs tile `tile` (`< tiles()`).
@@ -797,23 +801,9 @@ impl WinogradKernel {
     ) {
         self.check(packed, bias, x, residual, out.len(), scratch, 1);
         assert!(tile < self.tiles(), "winograd: tile index");
-        let b = tile / self.m_tiles;
-        let mt = tile % self.m_tiles;
-        let (t0, t1) = self.own_block(b);
+        let (b, mt) = (tile / self.m_tiles, tile % self.m_tiles);
         // SAFETY: checked above; the caller guarantees no concurrent writer of this tile.
-        unsafe {
-            self.block(
-                packed,
-                bias,
-                x,
-                residual,
-                out,
-                scratch,
-                self.own(),
-                t0..t1,
-                mt..mt + 1,
-            )
-        };
+        unsafe { self.item(packed, bias, x, residual, out, scratch, 0, b, mt..mt + 1) };
     }
 
     /// Tiles `tiles` (indices over the samples of `x`: tile `i` is tile `i % ntiles` of
