@@ -59,33 +59,56 @@ pub fn to_planar(isa: Isa, x: &[f32], n: usize, c: usize, hw: usize, out: &mut [
     transpose_samples(isa, x, n, hw, c, out);
 }
 
-/// Each of `n` row-major `rows × cols` matrices to `cols × rows`: 8 × 8 blocks through
-/// AVX2 registers where the CPU has AVX2 (the AVX-512 tier too: the copy is memory-bound),
-/// the edges and the portable tier element by element. Pure data movement, so every
-/// tier gives the same bits. (MobileNetV2 spent 1.7% of a run in the element loop, on
-/// its two layout copies of 100 and 250 KB.)
+/// Each of `n` row-major `rows × cols` matrices to `cols × rows`: blocks of the tier's
+/// `LANES × LANES` through registers (`Simd::transpose`), the edges element by element.
+/// Pure data movement, so every tier gives the same bits. (MobileNetV2 spent 1.7% of a
+/// run in the element loop, on its two layout copies of 100 and 250 KB.)
 fn transpose_samples(isa: Isa, x: &[f32], n: usize, rows: usize, cols: usize, out: &mut [f32]) {
     let len = rows * cols;
     assert!(
         x.len() >= n * len && out.len() >= n * len,
         "nhwc: conversion"
     );
-    for s in 0..n {
-        let (x, o) = (&x[s * len..(s + 1) * len], &mut out[s * len..(s + 1) * len]);
-        #[cfg(target_arch = "x86_64")]
-        if crate::kernels::elementwise::clamp_isa(isa) >= Isa::Avx2 {
-            // SAFETY: this CPU has AVX2 (the clamp never goes above `Isa::detect()`);
-            // `x` and `o` hold `rows · cols` floats each.
-            unsafe { transpose_avx2(x, rows, cols, o) };
-            continue;
+    dispatch!(isa, |s| {
+        for smp in 0..n {
+            let (x, o) = (
+                &x[smp * len..(smp + 1) * len],
+                &mut out[smp * len..(smp + 1) * len],
+            );
+            transpose_blocks(s, x, rows, cols, o);
         }
-        let _ = isa;
-        transpose_edges(x, rows, cols, o, 0, 0);
+    })
+}
+
+/// [`transpose_samples`] of one matrix (`x` and `o` of `rows · cols` floats).
+#[inline(always)]
+fn transpose_blocks<S: Simd>(s: S, x: &[f32], rows: usize, cols: usize, o: &mut [f32]) {
+    let l = S::LANES;
+    let (rb, cb) = (rows / l * l, cols / l * l);
+    let (xp, op) = (x.as_ptr(), o.as_mut_ptr());
+    let mut v = [s.zero(); 16];
+    // Column blocks outermost: the output rows of a column block are written start to end,
+    // and the input lines it reads serve the next block too. Best time of 3000 copies, in
+    // L2, AVX2 8 × 8 blocks (AVX-512 16 × 16 the same): MobileNetV2's 32 × 784 to channels-last 4.2 µs (row blocks
+    // outermost 7.4, the element loop 17.7); its 1280 × 49 to planar 16.5 (17.8; 45.0).
+    for c0 in (0..cb).step_by(l) {
+        for r0 in (0..rb).step_by(l) {
+            for (i, vi) in v[..l].iter_mut().enumerate() {
+                // SAFETY: row r0 + i < rows, columns c0..c0 + l <= cols of `x`.
+                *vi = unsafe { s.load(xp.add((r0 + i) * cols + c0)) };
+            }
+            s.transpose(&mut v[..l]);
+            for (i, vi) in v[..l].iter().enumerate() {
+                // SAFETY: row c0 + i < cols, columns r0..r0 + l <= rows of `o`.
+                unsafe { s.store(op.add((c0 + i) * rows + r0), *vi) };
+            }
+        }
     }
+    transpose_edges(x, rows, cols, o, rb, cb);
 }
 
 /// `o[col·rows + r] = x[r·cols + col]` for the elements with `r >= r_done` or
-/// `col >= c_done` (the block kernel did the rest; 0 and 0: all), in 16 × 16 blocks.
+/// `col >= c_done` (the block kernel did the rest), in 16 × 16 blocks.
 fn transpose_edges(
     x: &[f32],
     rows: usize,
@@ -108,56 +131,6 @@ fn transpose_edges(
     };
     part(0..r_done, c_done..cols);
     part(r_done..rows, 0..cols);
-}
-
-/// [`transpose_samples`] of one matrix: whole 8 × 8 blocks in registers, then the edges.
-///
-/// # Safety
-/// The CPU has AVX2; `x` and `o` hold `rows · cols` floats.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn transpose_avx2(x: &[f32], rows: usize, cols: usize, o: &mut [f32]) {
-    use std::arch::x86_64::*;
-    debug_assert!(x.len() >= rows * cols && o.len() >= rows * cols);
-    let (rb, cb) = (rows / 8 * 8, cols / 8 * 8);
-    let (xp, op) = (x.as_ptr(), o.as_mut_ptr());
-    // Column blocks outermost: the 8 output rows of a column block are written start to
-    // end, and the input lines it reads serve the next block too. Best time of 3000
-    // copies, in L2: MobileNetV2's 32 × 784 to channels-last 4.2 µs (row blocks
-    // outermost 7.4, the element loop 17.7); its 1280 × 49 to planar 16.5 (17.8; 45.0).
-    for c0 in (0..cb).step_by(8) {
-        for r0 in (0..rb).step_by(8) {
-            // SAFETY: rows r0..r0 + 8 <= rows, columns c0..c0 + 8 <= cols of `x`; rows
-            // c0..c0 + 8 <= cols, columns r0..r0 + 8 <= rows of `o` (unaligned accesses).
-            unsafe {
-                let ld = |i: usize| _mm256_loadu_ps(xp.add((r0 + i) * cols + c0));
-                let (a0, a1, a2, a3) = (ld(0), ld(1), ld(2), ld(3));
-                let (a4, a5, a6, a7) = (ld(4), ld(5), ld(6), ld(7));
-                let (t0, t1) = (_mm256_unpacklo_ps(a0, a1), _mm256_unpackhi_ps(a0, a1));
-                let (t2, t3) = (_mm256_unpacklo_ps(a2, a3), _mm256_unpackhi_ps(a2, a3));
-                let (t4, t5) = (_mm256_unpacklo_ps(a4, a5), _mm256_unpackhi_ps(a4, a5));
-                let (t6, t7) = (_mm256_unpacklo_ps(a6, a7), _mm256_unpackhi_ps(a6, a7));
-                let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
-                let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
-                let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
-                let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
-                let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
-                let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
-                let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
-                let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
-                let st = |i: usize, v: __m256| _mm256_storeu_ps(op.add((c0 + i) * rows + r0), v);
-                st(0, _mm256_permute2f128_ps::<0x20>(u0, u4));
-                st(1, _mm256_permute2f128_ps::<0x20>(u1, u5));
-                st(2, _mm256_permute2f128_ps::<0x20>(u2, u6));
-                st(3, _mm256_permute2f128_ps::<0x20>(u3, u7));
-                st(4, _mm256_permute2f128_ps::<0x31>(u0, u4));
-                st(5, _mm256_permute2f128_ps::<0x31>(u1, u5));
-                st(6, _mm256_permute2f128_ps::<0x31>(u2, u6));
-                st(7, _mm256_permute2f128_ps::<0x31>(u3, u7));
-            }
-        }
-    }
-    transpose_edges(x, rows, cols, o, rb, cb);
 }
 
 /// Bytes of one K block of a weight panel (`kc × nr` floats): with a tile's input rows
