@@ -204,6 +204,15 @@ const MAX_LANES: usize = 16;
 /// the 36 streams).
 const XI_PAD: usize = 16;
 
+/// Output channels per M chunk (a multiple of MR_PACK, at most `mc`): `t2 · mcc · ld`
+/// floats about `M_BYTES` (`CNNRT_WINO_MBYTES`).
+fn m_chunk(t2: usize, ld: usize, mc: usize) -> usize {
+    let m_bytes = env_bytes("CNNRT_WINO_MBYTES", M_BYTES);
+    let mcc_max = (m_bytes / (4 * t2 * ld) / MR_PACK * MR_PACK).max(MR_PACK);
+    let chunks = mc.div_ceil(mcc_max).max(1);
+    (mc.div_ceil(chunks).div_ceil(MR_PACK) * MR_PACK).min(mc)
+}
+
 /// A block size, overridable through the environment for tuning experiments.
 fn env_bytes(var: &str, default: usize) -> usize {
     std::env::var(var)
@@ -223,6 +232,18 @@ struct Blocking {
     /// Distance between consecutive positions in V and in M.
     vxs: usize,
     mxs: usize,
+}
+
+impl Blocking {
+    /// Rows of `ld` columns, M chunks of `mcc` channels, for `cin` input channels.
+    fn new(cin: usize, ld: usize, mcc: usize) -> Blocking {
+        Blocking {
+            ld,
+            mcc,
+            vxs: cin * ld + XI_PAD,
+            mxs: mcc * ld + XI_PAD,
+        }
+    }
 }
 
 /// A 3×3 stride-1 convolution planned as Winograd for one ISA tier and one input shape.
@@ -251,27 +272,21 @@ pub struct WinogradKernel {
     /// Tiles per row, in all.
     ntx: usize,
     ntiles: usize,
-    /// Tiles per block (the last block may have up to 1.5×), blocks, and the row length
-    /// of V and M (>= every block).
+    /// Tiles per block (the last block may have up to 1.5×) and blocks of one sample.
     tb: usize,
     nblocks: usize,
-    ld: usize,
-    /// Output channels per work item (a multiple of MR_PACK), work items over channels,
-    /// output channels per M chunk (a multiple of MR_PACK).
+    /// Output channels per work item (a multiple of MR_PACK), work items over channels.
     mc: usize,
     m_tiles: usize,
-    mcc: usize,
     kc: usize,
-    /// Distance between consecutive positions in V and in M.
-    vxs: usize,
-    mxs: usize,
+    /// The V / M geometry of one sample's blocks.
+    own: Blocking,
     /// Row length of the strip.
     wstrip: usize,
-    /// Tiles per block when the tiles of a batch's samples are blocked together (0: each
-    /// sample on its own), and the V / M geometry of those blocks. See
+    /// Tiles per block when the tiles of a batch's samples are blocked together, and the
+    /// V / M geometry of those blocks (`None`: each sample on its own). See
     /// [`WinogradKernel::with_batch`].
-    batch_tb: usize,
-    batched: Blocking,
+    batched: Option<(usize, Blocking)>,
 }
 
 impl WinogradKernel {
@@ -380,12 +395,7 @@ impl WinogradKernel {
             mc = cout.div_ceil(split).div_ceil(MR_PACK) * MR_PACK;
         }
         let m_tiles = cout.div_ceil(mc).max(1);
-        // M chunks: t2 · mcc · ld floats about M_BYTES, a multiple of MR_PACK.
-        let m_bytes = env_bytes("CNNRT_WINO_MBYTES", M_BYTES);
-        let mcc_max = (m_bytes / (4 * t2 * ld) / MR_PACK * MR_PACK).max(MR_PACK);
-        let chunks = mc.div_ceil(mcc_max).max(1);
-        let mcc = mc.div_ceil(chunks).div_ceil(MR_PACK) * MR_PACK;
-        let mcc = mcc.min(mc);
+        let mcc = m_chunk(t2, ld, mc);
         let transform_isa = if u.isa == Isa::Avx512 && ntx.div_ceil(16) * 16 > ntx.div_ceil(8) * 8 {
             Isa::Avx2
         } else {
@@ -411,21 +421,12 @@ impl WinogradKernel {
             ntiles,
             tb,
             nblocks,
-            ld,
             mc,
             m_tiles,
-            mcc,
             kc: choose_kc(cin),
-            vxs: cin * ld + XI_PAD,
-            mxs: mcc * ld + XI_PAD,
+            own: Blocking::new(cin, ld, mcc),
             wstrip: ((ntx + MAX_LANES) * m + 2).div_ceil(8) * 8,
-            batch_tb: 0,
-            batched: Blocking {
-                ld: 0,
-                mcc: 0,
-                vxs: 0,
-                mxs: 0,
-            },
+            batched: None,
         })
     }
 
@@ -451,37 +452,17 @@ impl WinogradKernel {
     /// count from 1, for tests and tuning).
     pub fn with_batch_tiles(mut self, max_batch: usize, tiles: usize) -> WinogradKernel {
         let tiles = tiles.max(1);
-        if max_batch <= 1 || (max_batch * self.ntiles).div_ceil(tiles) >= max_batch * self.nblocks {
-            self.batch_tb = 0;
-            return self;
-        }
         // A block's last group of tile columns may spill up to MAX_LANES − 1 columns past
         // its end while a later sample's columns of the same block are still to come, so
         // rows keep that much room (in one sample's block the spill lands in the next row,
         // written after it).
         let ld = crate::kernels::whole_lines(tiles + MAX_LANES);
-        let m_bytes = env_bytes("CNNRT_WINO_MBYTES", M_BYTES);
-        let mcc_max = (m_bytes / (4 * self.t2 * ld) / MR_PACK * MR_PACK).max(MR_PACK);
-        let chunks = self.mc.div_ceil(mcc_max).max(1);
-        let mcc = (self.mc.div_ceil(chunks).div_ceil(MR_PACK) * MR_PACK).min(self.mc);
-        self.batch_tb = tiles;
-        self.batched = Blocking {
-            ld,
-            mcc,
-            vxs: self.cin * ld + XI_PAD,
-            mxs: mcc * ld + XI_PAD,
-        };
-        self
-    }
-
-    /// The sample-by-sample blocking.
-    fn own(&self) -> Blocking {
-        Blocking {
-            ld: self.ld,
-            mcc: self.mcc,
-            vxs: self.vxs,
-            mxs: self.mxs,
+        let mcc = m_chunk(self.t2, ld, self.mc);
+        self.batched = Some((tiles, Blocking::new(self.cin, ld, mcc)));
+        if !self.batches(max_batch) {
+            self.batched = None;
         }
+        self
     }
 
     /// The tier the GEMMs run (the requested one, clamped to this CPU); the transforms
@@ -564,9 +545,9 @@ impl WinogradKernel {
     /// f32 elements of scratch one `run` (or one concurrent `run_tile`, `run_batch_item`)
     /// needs.
     pub fn scratch_len(&self) -> usize {
-        let mut len = self.layout(self.own()).2;
-        if self.batch_tb > 0 {
-            len = len.max(self.layout(self.batched).2);
+        let mut len = self.layout(self.own).2;
+        if let Some((_, g)) = self.batched {
+            len = len.max(self.layout(g).2);
         }
         crate::kernels::whole_lines(len + 16)
     }
@@ -673,10 +654,11 @@ impl WinogradKernel {
             } else {
                 self.ntiles.min(t0 + self.tb)
             };
-            (self.own(), t0..t1)
+            (self.own, t0..t1)
         } else {
-            let g0 = b * self.batch_tb;
-            (self.batched, g0..(n * self.ntiles).min(g0 + self.batch_tb))
+            let (tb, g) = self.batched.expect("winograd: batch blocks planned");
+            let g0 = b * tb;
+            (g, g0..(n * self.ntiles).min(g0 + tb))
         };
         // SAFETY: the caller's.
         unsafe { self.block(packed, bias, x, residual, out, scratch, g, tiles, mts) };
@@ -685,13 +667,19 @@ impl WinogradKernel {
     /// Whether a batch of `n` samples runs in blocks across samples
     /// ([`WinogradKernel::with_batch`]): planned for, and fewer blocks than per sample.
     pub fn batches(&self, n: usize) -> bool {
-        self.batch_tb > 0 && n > 1 && (n * self.ntiles).div_ceil(self.batch_tb) < n * self.nblocks
+        n > 1 && self.batched.is_some() && self.batch_blocks(n) < n * self.nblocks
+    }
+
+    /// Blocks across samples of a batch of `n` (0 unless planned).
+    fn batch_blocks(&self, n: usize) -> usize {
+        self.batched
+            .map_or(0, |(tb, _)| (n * self.ntiles).div_ceil(tb))
     }
 
     /// Independent work items of a batch of `n` samples when [`WinogradKernel::batches`]
     /// (blocks across samples × output-channel blocks).
     pub fn batch_items(&self, n: usize) -> usize {
-        (n * self.ntiles).div_ceil(self.batch_tb.max(1)) * self.m_tiles
+        self.batch_blocks(n) * self.m_tiles
     }
 
     /// `out = act(conv(x) + bias + residual)` for a batch of `n` samples in blocks across
@@ -711,7 +699,7 @@ impl WinogradKernel {
         assert!(self.batches(n), "winograd: not planned for batches of {n}");
         self.check(packed, bias, x, residual, out.len(), scratch, n);
         let out = SharedOut::new(out);
-        for b in 0..(n * self.ntiles).div_ceil(self.batch_tb) {
+        for b in 0..self.batch_blocks(n) {
             // SAFETY: checked above; one thread, each block once.
             unsafe {
                 self.item(
