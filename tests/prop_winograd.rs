@@ -104,6 +104,61 @@ fn cases() -> impl Strategy<Value = Case> {
         )
 }
 
+/// One sample's `got` against `reference::conv2d` within the tolerance of the module doc;
+/// returns the largest `|err| / (sqrt(cin) · S_max)`.
+#[allow(clippy::too_many_arguments)]
+fn against_reference(
+    isa: Isa,
+    variant: WinogradVariant,
+    case: &Case,
+    x: &[f32],
+    wts: &[f32],
+    bias: Option<&[f32]>,
+    res: Option<&[f32]>,
+    got: &[f32],
+) -> Result<f64, TestCaseError> {
+    let conv = case.conv();
+    let (oh, ow) = case.out_hw();
+    let in_shape = [case.cin, case.h, case.w];
+    let out_shape = [case.cout, oh, ow];
+    let n_out = case.cout * oh * ow;
+    let mut want = vec![0.0; n_out];
+    reference::conv2d(
+        x, 1, &in_shape, &conv, wts, bias, res, &out_shape, &mut want,
+    );
+    let mut scale = vec![0.0; n_out];
+    let cabs = Conv {
+        activation: Activation::Identity,
+        ..conv.clone()
+    };
+    let (xa, wa, ba, ra) = (abs(x), abs(wts), bias.map(abs), res.map(abs));
+    reference::conv2d(
+        &xa,
+        1,
+        &in_shape,
+        &cabs,
+        &wa,
+        ba.as_deref(),
+        ra.as_deref(),
+        &out_shape,
+        &mut scale,
+    );
+    let s_max = scale.iter().fold(0f64, |m, &s| m.max(s as f64));
+
+    let unit = (case.cin as f64).sqrt() * s_max;
+    let tol = eps(variant) * unit * 1.5 + 1e-6;
+    let mut worst = 0f64;
+    for (i, (&g, &r)) in got.iter().zip(&want).enumerate() {
+        let d = (g as f64 - r as f64).abs();
+        prop_assert!(
+            d <= tol,
+            "{isa} {variant:?} {case:?}: element {i}: got {g}, want {r}, |diff| {d} > tol {tol}"
+        );
+        worst = worst.max(d / unit);
+    }
+    Ok(worst)
+}
+
 /// Checks `case` with `variant` on `isa`: values against the reference, and tiles run
 /// forward and in reverse bit-identical to `run`.
 fn check(isa: Isa, variant: WinogradVariant, case: &Case) -> Result<(), TestCaseError> {
@@ -122,42 +177,6 @@ fn check(isa: Isa, variant: WinogradVariant, case: &Case) -> Result<(), TestCase
     let x = values(n_in, case.seed ^ 2);
     let res = case.residual.then(|| values(n_out, case.seed ^ 3));
 
-    let mut want = vec![0.0; n_out];
-    reference::conv2d(
-        &x,
-        1,
-        &in_shape,
-        &conv,
-        &wts,
-        bias.as_deref(),
-        res.as_deref(),
-        &out_shape,
-        &mut want,
-    );
-    let mut scale = vec![0.0; n_out];
-    let cabs = Conv {
-        activation: Activation::Identity,
-        ..conv.clone()
-    };
-    let (xa, wa, ba, ra) = (
-        abs(&x),
-        abs(&wts),
-        bias.as_deref().map(abs),
-        res.as_deref().map(abs),
-    );
-    reference::conv2d(
-        &xa,
-        1,
-        &in_shape,
-        &cabs,
-        &wa,
-        ba.as_deref(),
-        ra.as_deref(),
-        &out_shape,
-        &mut scale,
-    );
-    let s_max = scale.iter().fold(0f64, |m, &s| m.max(s as f64));
-
     let mut packed = vec![0.0; kernel.packed_weight_len()];
     kernel.pack_weights(&wts, &mut packed);
     let mut scratch_buf = vec![f32::NAN; kernel.scratch_len() + case.scratch_offset];
@@ -172,17 +191,16 @@ fn check(isa: Isa, variant: WinogradVariant, case: &Case) -> Result<(), TestCase
         scratch,
     );
 
-    let unit = (case.cin as f64).sqrt() * s_max;
-    let tol = eps(variant) * unit * 1.5 + 1e-6;
-    let mut worst = 0f64;
-    for (i, (&g, &r)) in got.iter().zip(&want).enumerate() {
-        let d = (g as f64 - r as f64).abs();
-        prop_assert!(
-            d <= tol,
-            "{isa} {variant:?} {case:?}: element {i}: got {g}, want {r}, |diff| {d} > tol {tol}"
-        );
-        worst = worst.max(d / unit);
-    }
+    let worst = against_reference(
+        isa,
+        variant,
+        case,
+        &x,
+        &wts,
+        bias.as_deref(),
+        res.as_deref(),
+        &got,
+    )?;
     if case.act.is_identity() || matches!(case.act, Activation::Relu) {
         let mut w = WORST.lock().unwrap();
         let slot = &mut w[(variant == WinogradVariant::F2x2) as usize];
@@ -456,7 +474,7 @@ fn winograd_small_blocks_every_tier() {
 /// A batch of `n` samples blocked across samples (`with_batch_tiles`, `tiles` per block)
 /// against the samples run one by one: `run_batch` and every work item of
 /// `run_batch_item` (in reverse order, through the plans for 1 to 3 workers), bit for bit.
-/// The one-by-one runs are checked against the reference by `check`. Returns whether any
+/// The one-by-one runs are checked against the reference first. Returns whether any
 /// plan blocked the batch (it does only where that takes fewer blocks).
 fn check_batch(
     isa: Isa,
@@ -487,6 +505,18 @@ fn check_batch(
             &mut want[s * n_out..(s + 1) * n_out],
             &mut scratch,
         );
+    }
+    for s in 0..n {
+        against_reference(
+            isa,
+            variant,
+            case,
+            &x[s * n_in..(s + 1) * n_in],
+            &wts,
+            bias.as_deref(),
+            res.as_deref().map(|r| &r[s * n_out..(s + 1) * n_out]),
+            &want[s * n_out..(s + 1) * n_out],
+        )?;
     }
     let same = |got: &[f32]| {
         got.iter()
