@@ -111,6 +111,7 @@ impl Im2col<'_> {
     }
 
     /// The taps of rows k0, k0+1, …, without a division per row.
+    #[cfg(target_arch = "x86_64")]
     fn taps(&self, k0: usize) -> impl Iterator<Item = Tap> + '_ {
         let (mut ci, mut ky, mut kx) = (
             k0 / (self.kw * self.kh),
@@ -155,6 +156,9 @@ impl PackB for Im2col<'_> {
             plane > 0 && (k0 + kc).div_ceil(self.kh * self.kw) * plane <= self.x.len(),
             "im2col: channels"
         );
+        // Only the x86-64 tiers pack in place; elsewhere the caller builds rows (`row`).
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (isa, nr, k0, kc, n0, nc, dst, tmp);
         match (isa, nr) {
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx2, 16) => {

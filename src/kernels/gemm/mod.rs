@@ -71,8 +71,11 @@ pub(crate) struct Store {
     pub residual: *const f32,
     pub act: Activation,
     /// When not null, the kernel prefetches `pf + k·pf_stride` at step `k`: the A rows
-    /// the driver will need next, so they stream in while this tile computes.
+    /// the driver will need next, so they stream in while this tile computes (the
+    /// portable tier ignores it).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub pf: *const f32,
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub pf_stride: usize,
 }
 
@@ -1048,6 +1051,7 @@ const NO_PF: (*const f32, usize) = (std::ptr::null(), 0);
 /// activations the vector epilogues do not cover: sigmoid, SiLU, tanh).
 ///
 /// Safety: `c + i·ldc + j` valid for `i < mr`, `j < nv`.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // used by the x86-64 tiers
 pub(crate) unsafe fn act_tile_scalar(
     c: *mut f32,
     ldc: usize,
@@ -1072,6 +1076,7 @@ pub(crate) fn act_f32(act: Activation, x: f32) -> f32 {
 /// `act` as `min(hi, max(lo, x))` (max and min returning their second operand when
 /// either is NaN, as x86 does), for ReLU and Clip: the epilogues apply these two with no
 /// branch per vector.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // used by the x86-64 tiers
 #[inline(always)]
 pub(crate) fn clamp_of(act: Activation) -> Option<(f32, f32)> {
     match act {
@@ -1082,6 +1087,7 @@ pub(crate) fn clamp_of(act: Activation) -> Option<(f32, f32)> {
 }
 
 /// Whether the vector epilogues apply `act` themselves.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // used by the x86-64 tiers
 #[inline]
 pub(crate) fn act_is_vector(act: Activation) -> bool {
     matches!(

@@ -253,6 +253,7 @@ pub struct WinogradKernel {
     /// The tier of the transforms: AVX-512's 16 lanes only where a tile row's groups
     /// waste no more lanes than AVX2's 8 would (measured, ResNet-18 1 thread: 56×56 maps
     /// −8%; 28×28 and 14×14 maps, 7 and 4 tiles per row, no gain or +2% with 16 lanes).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     transform_isa: Isa,
     variant: WinogradVariant,
     cin: usize,
