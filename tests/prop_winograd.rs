@@ -321,6 +321,12 @@ fn winograd_large_shapes_every_tier() {
         mk(400, 13, 6, 6, [1, 1, 1, 1]),
         mk(3, 5, 1, 1, [1, 1, 1, 1]),
         mk(7, 9, 3, 3, [0, 0, 0, 0]),
+        // F(2x2) on maps of 4 tiles a row (two tile rows per 8-lane group on AVX2), an
+        // odd number of tile rows (the last one alone) and an even one; 2 tiles a row on
+        // the 4-lane portable tier.
+        mk(24, 20, 5, 7, [1, 1, 1, 1]),
+        mk(40, 36, 7, 7, [1, 1, 1, 1]),
+        mk(6, 5, 4, 4, [1, 1, 1, 1]),
         // Few tile blocks for 2 workers (see `few_tile_blocks_are_shared_evenly`).
         mk(32, 32, 16, 16, [1, 1, 1, 1]),
         mk(32, 96, 8, 8, [1, 1, 1, 1]),

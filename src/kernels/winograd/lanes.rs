@@ -19,6 +19,40 @@ pub(crate) trait Lanes: Simd {
     /// `p[0 .. 2·LANES + 2]` readable.
     unsafe fn gather_s2(self, p: *const f32) -> [Self::V; 4];
 
+    /// [`Lanes::gather_s2`] for two tile rows of `LANES / 2` tiles at once: lane `i` of
+    /// `out[j]` is `a[2i + j]` for `i < LANES / 2` and `b[2(i − LANES / 2) + j]` above.
+    /// This default goes through memory; AVX2 (where it is used: 7×7 maps, 4 tiles a
+    /// row) overrides it with 128-bit halves.
+    ///
+    /// # Safety
+    /// `a[0 .. LANES + 2]` and `b[0 .. LANES + 2]` readable.
+    #[inline(always)]
+    unsafe fn gather_s2_pair(self, a: *const f32, b: *const f32) -> [Self::V; 4] {
+        let (l, h) = (Self::LANES, Self::LANES / 2);
+        let mut cols = [[0f32; 16]; 4];
+        for (j, col) in cols.iter_mut().enumerate() {
+            for (i, v) in col.iter_mut().enumerate().take(l) {
+                // SAFETY: 2i + j < LANES + 2 for i < LANES / 2 (caller).
+                *v = unsafe {
+                    if i < h {
+                        *a.add(2 * i + j)
+                    } else {
+                        *b.add(2 * (i - h) + j)
+                    }
+                };
+            }
+        }
+        // SAFETY: each column holds 16 >= LANES floats.
+        unsafe {
+            [
+                self.load(cols[0].as_ptr()),
+                self.load(cols[1].as_ptr()),
+                self.load(cols[2].as_ptr()),
+                self.load(cols[3].as_ptr()),
+            ]
+        }
+    }
+
     /// The inverse of a 4-wide gather: lane `i` of `y[j]` (tile `i`, column `j`) goes to
     /// flat position `4i + j` of the `4·LANES` values `out[0] ‖ out[1] ‖ out[2] ‖ out[3]`.
     fn scatter_s4(self, y: [Self::V; 4]) -> [Self::V; 4];
@@ -113,6 +147,26 @@ mod x86 {
                 let c2 = shift_in(c0, p.add(16));
                 let c3 = shift_in(c1, p.add(17));
                 [c0, c1, c2, c3]
+            }
+        }
+
+        #[inline(always)]
+        unsafe fn gather_s2_pair(self, a: *const f32, b: *const f32) -> [__m256; 4] {
+            // SAFETY: reads a[0..10] and b[0..10] (caller: LANES + 2); the token proves
+            // AVX2.
+            unsafe {
+                // Row a's four tiles in the low 128-bit half, row b's in the high one;
+                // then per half [x0 x2 y0 y2] and [x1 x3 y1 y3] are two columns.
+                let x0 = _mm256_loadu2_m128(b, a);
+                let x1 = _mm256_loadu2_m128(b.add(4), a.add(4));
+                let y0 = _mm256_loadu2_m128(b.add(2), a.add(2));
+                let y1 = _mm256_loadu2_m128(b.add(6), a.add(6));
+                [
+                    _mm256_shuffle_ps::<0x88>(x0, x1),
+                    _mm256_shuffle_ps::<0xDD>(x0, x1),
+                    _mm256_shuffle_ps::<0x88>(y0, y1),
+                    _mm256_shuffle_ps::<0xDD>(y0, y1),
+                ]
             }
         }
 
@@ -296,6 +350,21 @@ mod tests {
             let a = s.to_array(*v);
             for i in 0..l {
                 assert_eq!(a[i], (2 * i + j) as f32, "s2 col {j} lane {i}");
+            }
+        }
+        // Two rows at once: lanes below LANES / 2 from the first, the rest from the second.
+        let other: Vec<f32> = (0..40).map(|i| 1000.0 + i as f32).collect();
+        // SAFETY: both hold more than LANES + 2 <= 18 floats.
+        let gp = unsafe { s.gather_s2_pair(src.as_ptr(), other.as_ptr()) };
+        for (j, v) in gp.iter().enumerate() {
+            let a = s.to_array(*v);
+            for i in 0..l {
+                let want = if i < l / 2 {
+                    src[2 * i + j]
+                } else {
+                    other[2 * (i - l / 2) + j]
+                };
+                assert_eq!(a[i], want, "s2 pair col {j} lane {i}");
             }
         }
         // Scatter: y[j] lane i = 100 j + i must land at 4i + j.

@@ -13,8 +13,9 @@
 //! `M_ξ[cout × tiles] = U_ξ[cout × cin] · V_ξ[cin × tiles]`, so one layer is
 //!
 //! 1. input transform `V = Bᵀ d B` (SIMD, `LANES` tiles of one tile row at a time: the
-//!    columns of 8 consecutive tiles are gathered with in-register shuffles from a
-//!    zero-padded copy of the tile row's `t` input rows, the "strip");
+//!    columns of `LANES` consecutive tiles are gathered with in-register shuffles from a
+//!    zero-padded copy of the tile row's `t` input rows, the "strip"; F(2x2) on maps of
+//!    `LANES / 2` tiles a row takes two whole tile rows per group);
 //! 2. `T` independent GEMMs on the packed-GEMM micro-kernels (U pre-packed as packed A);
 //! 3. output transform `Y = Aᵀ M A` (SIMD, same grouping), with bias, residual and the
 //!    fused activation applied in the store; partial tiles at the right and bottom edges
@@ -539,7 +540,8 @@ impl WinogradKernel {
     fn layout(&self, g: Blocking) -> (usize, usize, usize) {
         let v = self.t2 * g.vxs;
         let mm = self.t2 * g.mxs;
-        let strip = self.t * self.wstrip;
+        // t + 2 rows: two F(2x2) tile rows at once (see `input_block`) read 6.
+        let strip = (self.t + 2) * self.wstrip;
         (v, v + mm, v + mm + strip)
     }
 
@@ -924,7 +926,7 @@ impl WinogradKernel {
 
     /// `V[ξ][c][i] = (Bᵀ d B)[ξ]` for tiles `t0 + i`, `i < t1 − t0`, every channel.
     ///
-    /// Safety: `v` has `t2 · vxs` floats, `strip` `t · wstrip`.
+    /// Safety: `v` has `t2 · vxs` floats, `strip` `(t + 2) · wstrip`.
     #[inline(always)]
     unsafe fn input_block<S: Lanes>(
         &self,
@@ -942,6 +944,9 @@ impl WinogradKernel {
         let (ty0, ty1) = (t0 / self.ntx, (t1 - 1) / self.ntx);
         let y0 = (ty0 * m).saturating_sub(self.pt).min(self.h);
         let y1 = (ty1 * m + t).saturating_sub(self.pt).min(self.h);
+        // F(2x2) on maps whose tile row fills half a group (ResNet-18's 7×7 maps, 4 tiles
+        // a row, on 8 lanes): two whole tile rows per group, so no lane idles.
+        let pairs = m == 2 && 2 * self.ntx == lanes;
         for c in 0..self.cin {
             let xc = &x[c * plane..(c + 1) * plane];
             // The rows of the next channel plane: a few short runs far apart, which the
@@ -950,7 +955,36 @@ impl WinogradKernel {
             if c + 1 < self.cin {
                 prefetch_rows(x[(c + 1) * plane..].as_ptr(), self.w, y0, y1, self.w);
             }
-            for (ty, txa, txb) in self.rows(t0, t1) {
+            let mut rows = self.rows(t0, t1).peekable();
+            while let Some((ty, txa, txb)) = rows.next() {
+                let whole = |a: usize, b: usize| a == 0 && b == self.ntx;
+                if pairs && whole(txa, txb) && rows.peek().is_some_and(|&(_, a, b)| whole(a, b)) {
+                    rows.next();
+                    // Strip rows 0..6: input rows 2ty − pt .. 2ty − pt + 6, columns
+                    // 0 .. ntx·m + 2 = lanes + 2.
+                    for i in 0..t + m {
+                        // SAFETY: row i < t + 2 of the strip, columns 0..lanes + 2 <
+                        // wstrip; xc is a plane.
+                        unsafe {
+                            self.fill_strip_row(
+                                s,
+                                xc,
+                                (ty * m + i) as isize - self.pt as isize,
+                                0,
+                                lanes + 2,
+                                strip.add(i * self.wstrip),
+                            )
+                        };
+                    }
+                    // SAFETY: strip rows 0..6 filled above, lanes + 2 columns each; V row
+                    // c of each position, columns tl .. tl + lanes, the two rows' tiles
+                    // (whole rows, so within the block's columns).
+                    unsafe {
+                        let tl = ty * self.ntx - t0;
+                        in_group_f2_pair(s, strip, self.wstrip, v.add(c * g.ld + tl), g.vxs);
+                    }
+                    continue;
+                }
                 let groups = (txb - txa).div_ceil(lanes);
                 // The gathers read strip columns txa·m .. (txa + groups·lanes)·m + 2.
                 let ja = txa * m;
@@ -1290,6 +1324,36 @@ unsafe fn in_group_f2<S: Lanes>(s: S, src: *const f32, lds: usize, dst: *mut f32
         // SAFETY: row i (caller).
         *ti = bt2(s, unsafe { s.gather_s2(src.add(i * lds)) });
     }
+    // SAFETY: the caller's.
+    unsafe { store_f2(s, t, dst, xs) };
+}
+
+/// F(2x2) for two consecutive tile rows of `LANES / 2` tiles each: the first row's 4×4
+/// input tiles (2 apart) at `src` (rows `lds` apart), the second's two rows further
+/// down; stores position `ξ` of tile `i` at `dst + ξ·xs + i`, the second row's tiles in
+/// lanes `LANES / 2 ..`.
+///
+/// Safety: `src[r·lds .. r·lds + LANES + 2]` readable for `r < 6`;
+/// `dst[ξ·xs .. ξ·xs + LANES]` writable for `ξ < 16`.
+#[inline(always)]
+unsafe fn in_group_f2_pair<S: Lanes>(s: S, src: *const f32, lds: usize, dst: *mut f32, xs: usize) {
+    let mut t = [[s.zero(); 4]; 4];
+    for (i, ti) in t.iter_mut().enumerate() {
+        // SAFETY: rows i and i + 2 < 6 (caller).
+        *ti = bt2(s, unsafe {
+            s.gather_s2_pair(src.add(i * lds), src.add((i + 2) * lds))
+        });
+    }
+    // SAFETY: the caller's.
+    unsafe { store_f2(s, t, dst, xs) };
+}
+
+/// The column half of the F(2x2) input transform of a group (rows `t`, already
+/// transformed) and its 16 stores, position `ξ` at `dst + ξ·xs`.
+///
+/// Safety: `dst[ξ·xs .. ξ·xs + LANES]` writable for `ξ < 16`.
+#[inline(always)]
+unsafe fn store_f2<S: Lanes>(s: S, t: [[S::V; 4]; 4], dst: *mut f32, xs: usize) {
     for l in 0..4 {
         let col = bt2(s, [t[0][l], t[1][l], t[2][l], t[3][l]]);
         for (k, &v) in col.iter().enumerate() {
