@@ -374,6 +374,42 @@ fn few_tile_blocks_are_shared_evenly() {
     }
 }
 
+/// F(4x4) tile blocks are whole tile rows where a row is shorter than a block (a block
+/// ending inside a row costs a part-empty group of transforms at its end and at the next
+/// block's start), and on two workers their number shares out evenly. (With fewer blocks
+/// than two per worker the layer is shared out evenly instead:
+/// `few_tile_blocks_are_shared_evenly`.)
+#[test]
+fn f4x4_blocks_are_whole_tile_rows() {
+    let _env = default_blocking();
+    for isa in Isa::supported() {
+        for (side, threads) in [(56, 1), (56, 2), (28, 1), (40, 2)] {
+            let conv = mk_conv(64, 64, [3, 3], [1, 1], [1, 1], 1);
+            let shape = [64, side, side];
+            let k = WinogradKernel::new_for_threads(
+                isa,
+                &conv,
+                shape,
+                shape,
+                WinogradVariant::F4x4,
+                threads,
+            )
+            .unwrap();
+            let (blocks, tb, _) = k.work_split();
+            let what = format!("{isa} {side}x{side} on {threads}: {blocks} blocks of {tb}");
+            // ResNet-18's and conv3x3_stress's 56×56 maps always take blocks of rows.
+            assert!(side != 56 || blocks >= 2 * threads, "{what}");
+            if blocks >= 2 * threads {
+                assert_eq!(tb % side.div_ceil(4), 0, "{what}");
+                assert!(
+                    threads == 1 || blocks % threads == 0 || blocks >= 4 * threads,
+                    "{what}"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn ineligible_layers_are_refused() {
     let _env = default_blocking();

@@ -359,6 +359,23 @@ impl WinogradKernel {
         let mut tb = (ntiles.div_ceil(want).div_ceil(nr) * nr)
             .min(ntiles.div_ceil(8) * 8)
             .max(1);
+        // F(4x4) blocks of whole tile rows where a row is shorter than a block: a block
+        // that ends inside a row leaves a part-empty group of lanes at its end and at the
+        // next block's start, which costs a whole group's transforms (conv3x3_stress, 14
+        // tiles a row: blocks of 28 instead of 32 tiles, 1 thread 0.916 [0.892, 0.922] of
+        // the time, paired). With several workers, fewer rows per block until the blocks
+        // share out evenly (or are many): 14 blocks of one row on 2 workers, not 7 of two
+        // (0.857 [0.809, 0.915]). Not F(2x2), whose GEMMs weigh more than its transforms:
+        // ResNet-18's 14×14 layers got slower with 28 + 21 tiles instead of 32 + 17.
+        if m == 4 && ntx < tb {
+            let tyn = oh.div_ceil(m);
+            let blocks = |r: usize| tyn / r + usize::from(2 * (tyn % r) >= r);
+            let mut r = tb / ntx;
+            while threads > 1 && r > 1 && blocks(r) < 4 * threads && blocks(r) % threads != 0 {
+                r -= 1;
+            }
+            tb = r * ntx;
+        }
         let mut nblocks = (ntiles / tb).max(1);
         if ntiles > nblocks * tb && 2 * (ntiles - nblocks * tb) >= tb {
             nblocks += 1;
