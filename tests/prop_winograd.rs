@@ -376,9 +376,9 @@ fn few_tile_blocks_are_shared_evenly() {
 
 /// F(4x4) tile blocks are whole tile rows where a row is shorter than a block (a block
 /// ending inside a row costs a part-empty group of transforms at its end and at the next
-/// block's start), and on two workers their number shares out evenly. (With fewer blocks
-/// than two per worker the layer is shared out evenly instead:
-/// `few_tile_blocks_are_shared_evenly`.)
+/// block's start) and the transformed weights are small, and on two workers their number
+/// shares out evenly. (With fewer blocks than two per worker the layer is shared out
+/// evenly instead: `few_tile_blocks_are_shared_evenly`.)
 #[test]
 fn f4x4_blocks_are_whole_tile_rows() {
     let _env = default_blocking();
@@ -407,6 +407,15 @@ fn f4x4_blocks_are_whole_tile_rows() {
                 );
             }
         }
+        // 128 channels in and out (U 2.3 MiB): blocks of whole micro-kernel tiles.
+        let conv = mk_conv(128, 128, [3, 3], [1, 1], [1, 1], 1);
+        let shape = [128, 56, 56];
+        let k = WinogradKernel::new(isa, &conv, shape, shape, WinogradVariant::F4x4).unwrap();
+        let tb = k.work_split().1;
+        assert!(
+            !tb.is_multiple_of(14),
+            "{isa}: 128 channels, {tb} tiles a block"
+        );
     }
 }
 

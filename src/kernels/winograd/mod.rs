@@ -195,6 +195,12 @@ const M_BYTES: usize = 512 << 10;
 /// layer3's F(2x2) layers (U/V 5.2) 0.62 → 0.60 by tiles, 0.547 by channels; layer4's
 /// (U/V 32, one tile block) were already split by channels.
 const CHANNEL_SPLIT_MIN_U_OVER_V: usize = 4;
+/// Transformed-weight bytes up to which F(4x4) tile blocks are cut at whole tile rows
+/// (see `new_for_threads`), possibly into more blocks, each streaming U once more: up to
+/// here U stays in L2 and a re-read is cheap (measured on 64-channel layers, U 576 KiB).
+/// Larger U (from 128 channels in and out, 2.3 MiB) keeps blocks of whole micro-kernel
+/// tiles: not measured with whole rows.
+const ROW_BLOCKS_MAX_U_BYTES: usize = 1 << 20;
 /// Work items the split aims for, so that small layers still parallelize.
 const WANT_TILES: usize = 4;
 /// Output channels per work item below which output channels are not split.
@@ -367,7 +373,7 @@ impl WinogradKernel {
         // share out evenly (or are many): 14 blocks of one row on 2 workers, not 7 of two
         // (0.857 [0.809, 0.915]). Not F(2x2), whose GEMMs weigh more than its transforms:
         // ResNet-18's 14×14 layers got slower with 28 + 21 tiles instead of 32 + 17.
-        if m == 4 && ntx < tb {
+        if m == 4 && ntx < tb && 4 * t2 * cin * cout <= ROW_BLOCKS_MAX_U_BYTES {
             let tyn = oh.div_ceil(m);
             let blocks = |r: usize| tyn / r + usize::from(2 * (tyn % r) >= r);
             let mut r = tb / ntx;
