@@ -62,6 +62,7 @@ pub(crate) trait Lanes: Simd {
 }
 
 impl Lanes for Portable {
+    // Safety: the trait's contracts (`Lanes::gather_s4`, `Lanes::gather_s2`).
     #[inline(always)]
     unsafe fn gather_s4(self, p: *const f32) -> [[f32; 4]; 6] {
         // SAFETY: 4i + j <= 12 + 5 = 4·4 + 1 < 4·LANES + 2 (caller).
