@@ -220,6 +220,15 @@ fn m_chunk(t2: usize, ld: usize, mc: usize) -> usize {
     (mc.div_ceil(chunks).div_ceil(MR_PACK) * MR_PACK).min(mc)
 }
 
+/// Blocks of `tb` tiles that `ntiles` tiles make: the whole blocks, and the remainder as a
+/// block of its own when it is at least half a block, else merged into the last one (a
+/// short block would stream all the weights for a few tiles).
+fn block_count(ntiles: usize, tb: usize) -> usize {
+    let whole = (ntiles / tb.max(1)).max(1);
+    let rest = ntiles.saturating_sub(whole * tb);
+    whole + usize::from(rest > 0 && 2 * rest >= tb)
+}
+
 /// A block size, overridable through the environment for tuning experiments.
 fn env_bytes(var: &str, default: usize) -> usize {
     std::env::var(var)
@@ -374,18 +383,14 @@ impl WinogradKernel {
         // (0.857 [0.809, 0.915]). Not F(2x2), whose GEMMs weigh more than its transforms:
         // ResNet-18's 14×14 layers got slower with 28 + 21 tiles instead of 32 + 17.
         if m == 4 && ntx < tb && 4 * t2 * cin * cout <= ROW_BLOCKS_MAX_U_BYTES {
-            let tyn = oh.div_ceil(m);
-            let blocks = |r: usize| tyn / r + usize::from(2 * (tyn % r) >= r);
+            let blocks = |r: usize| block_count(ntiles, r * ntx);
             let mut r = tb / ntx;
             while threads > 1 && r > 1 && blocks(r) < 4 * threads && blocks(r) % threads != 0 {
                 r -= 1;
             }
             tb = r * ntx;
         }
-        let mut nblocks = (ntiles / tb).max(1);
-        if ntiles > nblocks * tb && 2 * (ntiles - nblocks * tb) >= tb {
-            nblocks += 1;
-        }
+        let mut nblocks = block_count(ntiles, tb);
         // Fewer blocks than two per worker (blocks of whole micro-kernel tiles left
         // ResNet-18's 49-tile maps as 32 + 17 tiles, one worker idle for a third of the
         // layer): share the layer out evenly instead, by tiles or by output channels,
@@ -981,40 +986,21 @@ impl WinogradKernel {
             let mut rows = self.rows(t0, t1).peekable();
             while let Some((ty, txa, txb)) = rows.next() {
                 let whole = |a: usize, b: usize| a == 0 && b == self.ntx;
-                if pairs && whole(txa, txb) && rows.peek().is_some_and(|&(_, a, b)| whole(a, b)) {
-                    rows.next();
-                    // Strip rows 0..6: input rows 2ty − pt .. 2ty − pt + 6, columns
-                    // 0 .. ntx·m + 2 = lanes + 2.
-                    for i in 0..t + m {
-                        // SAFETY: row i < t + 2 of the strip, columns 0..lanes + 2 <
-                        // wstrip; xc is a plane.
-                        unsafe {
-                            self.fill_strip_row(
-                                s,
-                                xc,
-                                (ty * m + i) as isize - self.pt as isize,
-                                0,
-                                lanes + 2,
-                                strip.add(i * self.wstrip),
-                            )
-                        };
-                    }
-                    // SAFETY: strip rows 0..6 filled above, lanes + 2 columns each; V row
-                    // c of each position, columns tl .. tl + lanes, the two rows' tiles
-                    // (whole rows, so within the block's columns).
-                    unsafe {
-                        let tl = ty * self.ntx - t0;
-                        in_group_f2_pair(s, strip, self.wstrip, v.add(c * g.ld + tl), g.vxs);
-                    }
-                    continue;
-                }
+                let pair =
+                    pairs && whole(txa, txb) && rows.peek().is_some_and(|&(_, a, b)| whole(a, b));
                 let groups = (txb - txa).div_ceil(lanes);
-                // The gathers read strip columns txa·m .. (txa + groups·lanes)·m + 2.
-                let ja = txa * m;
-                let jb = (txa + groups * lanes) * m + 2;
-                debug_assert!(jb <= self.wstrip);
-                for i in 0..t {
-                    // SAFETY: row i of the strip, columns ja..jb < wstrip; xc is a plane.
+                // The strip rows and columns the gathers read: for a pair of tile rows, 6
+                // rows (input rows 2ty − pt ..) of columns 0 .. ntx·m + 2 = lanes + 2;
+                // else t rows of columns txa·m .. (txa + groups·lanes)·m + 2.
+                let (nrows, ja, jb) = if pair {
+                    (t + m, 0, lanes + 2)
+                } else {
+                    (t, txa * m, (txa + groups * lanes) * m + 2)
+                };
+                debug_assert!(nrows <= t + 2 && jb <= self.wstrip);
+                for i in 0..nrows {
+                    // SAFETY: row i < t + 2 of the strip, columns ja..jb < wstrip; xc is
+                    // a plane.
                     unsafe {
                         self.fill_strip_row(
                             s,
@@ -1025,6 +1011,17 @@ impl WinogradKernel {
                             strip.add(i * self.wstrip),
                         )
                     };
+                }
+                if pair {
+                    rows.next();
+                    // SAFETY: strip rows 0..6 filled above, lanes + 2 columns each; V row
+                    // c of each position, columns tl .. tl + lanes, the two rows' tiles
+                    // (whole rows, so within the block's columns).
+                    unsafe {
+                        let tl = ty * self.ntx - t0;
+                        in_group_f2_pair(s, strip, self.wstrip, v.add(c * g.ld + tl), g.vxs);
+                    }
+                    continue;
                 }
                 for gi in 0..groups {
                     let tx = txa + gi * lanes;
