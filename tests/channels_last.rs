@@ -269,6 +269,10 @@ fn depthwise_edge_shapes() {
         ((64, 3, 3, 1), 1, [0; 4]),
         ((16, 28, 28, 1), 2, [1; 4]),
         ((32, 5, 30, 2), 1, [1, 0, 0, 1]),
+        // Several channel blocks (`DepthwiseNhwc::rows`: 192 or 112 channels on AVX-512,
+        // 200 or 112 on AVX2, 204 or 112 on the portable tier), the last one short.
+        ((400, 7, 9, 1), 1, [1; 4]),
+        ((240, 9, 20, 2), 2, [1, 0, 1, 1]),
     ] {
         for threads in [1, 3] {
             let relu6 = Activation::Clip { min: 0.0, max: 6.0 };

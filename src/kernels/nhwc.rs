@@ -592,13 +592,13 @@ impl DepthwiseNhwc {
                 }
             }
             let orow = out.wrapping_add(oy * self.ow * c);
-            for ch in chans.clone().step_by(l) {
-                let b = if bias.is_null() {
-                    s.zero()
-                } else {
-                    // SAFETY: ch + LANES <= c floats of bias.
-                    unsafe { s.load(bias.add(ch)) }
-                };
+            // Channel blocks whose input columns for one group of outputs (3 rows ×
+            // GROUP·st + 2 columns) stay in L1 while the block's channels pass over them:
+            // by whole rows per channel vector instead, 3 rows of c channels (64 KiB for
+            // 28 pixels of 192) came from L2 again for every channel vector.
+            let cb = (GROUP_INPUT_BYTES / (4 * 3 * (GROUP * st + 2)) / l * l).max(l);
+            for cb0 in chans.clone().step_by(cb) {
+                let chs = cb0..chans.end.min(cb0 + cb);
                 // Groups of up to 8 outputs, the first holding the left edge output and
                 // the last the right one: every group has 8 independent chains but the
                 // last (a plain checked loop per edge output was one chain each).
@@ -609,20 +609,30 @@ impl DepthwiseNhwc {
                     let col0 = (ox * st) as isize - self.pl as isize;
                     macro_rules! go {
                         ($n:literal, $sw:literal, $l:literal, $r:literal) => {
-                            // SAFETY: outputs ox .. ox + n of this row: every tap's column
-                            // is inside the row but the edge taps the flags skip.
-                            unsafe { group::<S, $n, $sw, $l, $r>(s, &src, col0, c, ch, w, b) }
-                                .into_iter()
-                                .enumerate()
-                                .for_each(|(p, v)| {
-                                    // SAFETY: output pixel ox + p < ow, channels below c.
-                                    unsafe {
-                                        s.store(
-                                            orow.add((ox + p) * c + ch),
-                                            s.min(hi, s.max(lo, v)),
-                                        )
-                                    }
-                                })
+                            for ch in chs.clone().step_by(l) {
+                                let b = if bias.is_null() {
+                                    s.zero()
+                                } else {
+                                    // SAFETY: ch + LANES <= c floats of bias.
+                                    unsafe { s.load(bias.add(ch)) }
+                                };
+                                // SAFETY: outputs ox .. ox + n of this row: every tap's
+                                // column is inside the row but the edge taps the flags
+                                // skip.
+                                unsafe { group::<S, $n, $sw, $l, $r>(s, &src, col0, c, ch, w, b) }
+                                    .into_iter()
+                                    .enumerate()
+                                    .for_each(|(p, v)| {
+                                        // SAFETY: output pixel ox + p < ow, channels
+                                        // below c.
+                                        unsafe {
+                                            s.store(
+                                                orow.add((ox + p) * c + ch),
+                                                s.min(hi, s.max(lo, v)),
+                                            )
+                                        }
+                                    })
+                            }
                         };
                     }
                     macro_rules! by_edges {
@@ -665,6 +675,9 @@ impl DepthwiseNhwc {
 /// long) keep the FMA units busy; the group's inputs (3 rows × 10 vectors) and weights
 /// stay in registers and L1.
 const GROUP: usize = 8;
+/// Bytes of input one group of outputs reads for a block of channels (see
+/// `DepthwiseNhwc::rows`): half of a 48 KiB L1, beside the weights and the outputs.
+const GROUP_INPUT_BYTES: usize = 24 << 10;
 
 /// `N` outputs of one row for channels `ch .. ch + LANES`: output `p` reads columns
 /// `col0 + p·SW + dx`. Null rows are padding, and so are column `col0 − 0` of output 0
