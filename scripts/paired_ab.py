@@ -8,7 +8,8 @@ and the median [quartiles] of the per-round ratio to the first config.
     python3 scripts/paired_ab.py MODEL "BIN=/tmp/cnnrt-old" "BIN=/tmp/cnnrt-new" \\
         [--threads 2] [--batch 8] [--rounds 20] [--burst-secs 0.3]
 
-A config is `;`-separated KEY=VALUE pairs: BIN (default target/release/cnnrt), ARGS (extra
+A config is `;`-separated KEY=VALUE pairs: BIN (default target/release/cnnrt), MODEL (a
+model file instead of the MODEL argument: two plans of one network, say), ARGS (extra
 `cnnrt bench` arguments, comma-separated) and ENV (comma-separated K=V for its environment).
 """
 import argparse
@@ -27,7 +28,7 @@ def start(model, cfg, threads, batch):
     for kv in filter(None, d.get("ENV", "").split(",")):
         k, v = kv.split("=", 1)
         env[k] = v
-    cmd = [d.get("BIN", os.path.join(REPO, "target", "release", "cnnrt")), "bench", model, "--threads",
+    cmd = [d.get("BIN", os.path.join(REPO, "target", "release", "cnnrt")), "bench", d.get("MODEL", model), "--threads",
            str(threads), "--batch", str(batch), "--turns", "--no-verify"]
     cmd += [a for a in d.get("ARGS", "").split(",") if a]
     return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True, bufsize=1)
