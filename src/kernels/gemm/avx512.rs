@@ -202,21 +202,52 @@ unsafe fn body<
                 }
             };
         }
-        for (i, row) in acc.iter_mut().enumerate() {
-            // SAFETY: A row i < R of step k is valid.
-            let av = _mm512_set1_ps(unsafe {
-                if ROWS {
-                    *bases[i / 3].add((i % 3) * lda)
-                } else if TAPS > 0 {
-                    *ap.add(i * TAPS)
-                } else {
-                    *ap.add(i)
+        // Row i's FMAs take A's element straight from memory ({1to16} broadcast, see
+        // `fma_bcast`): no broadcast uop per row, so fewer uops than FMA slots even when
+        // the front end runs at half width. Each such row loads its element once per
+        // vector, though, and a core loads two vectors a cycle: with the last SEPARATE
+        // rows broadcast once into a register, a step's 2·R FMAs (R cycles on two FMA ports)
+        // need 2 + R + (R − SEPARATE) ≤ 2R loads, i.e. the load ports keep up too.
+        // conv3x3_stress, 1 thread, `scripts/paired_ab.py`: 0.93–0.96 of the time with
+        // separate broadcasts everywhere; ResNet-18 0.98–1.01, MobileNetV2 0.99–1.00.
+        const SEPARATE: usize = 2;
+        macro_rules! rows {
+            ($($i:literal)*) => {$(
+                if let Some(row) = acc.get_mut($i) {
+                    // A row-addressed row off its base pointer takes an index register,
+                    // and an FMA so addressed splits into two uops again: those keep the
+                    // separate broadcast (one load uop).
+                    if $i + SEPARATE >= R || (ROWS && $i % 3 != 0) {
+                        // SAFETY: A row $i < R of step k is valid.
+                        let av = _mm512_set1_ps(unsafe {
+                            if ROWS {
+                                *bases[$i / 3].add(($i % 3) * lda)
+                            } else if TAPS > 0 {
+                                *ap.add($i * TAPS)
+                            } else {
+                                *ap.add($i)
+                            }
+                        });
+                        for (v, x) in row.iter_mut().enumerate() {
+                            *x = _mm512_fmadd_ps(av, bv[v], *x);
+                        }
+                    } else {
+                        for (v, x) in row.iter_mut().enumerate() {
+                            // SAFETY: A row $i < R of step k is valid.
+                            unsafe {
+                                if ROWS {
+                                    fma_bcast::<0, 0>(x, bv[v], bases[$i / 3])
+                                } else {
+                                    fma_bcast::<$i, TAPS>(x, bv[v], ap)
+                                }
+                            }
+                        }
+                    }
                 }
-            });
-            for (v, x) in row.iter_mut().enumerate() {
-                *x = _mm512_fmadd_ps(av, bv[v], *x);
-            }
+            )*};
         }
+        const { assert!(R <= MR) };
+        rows!(0 1 2 3 4 5 6 7 8 9 10 11);
         // Wrapping: the pointers step one past the block on the last iteration.
         if ROWS {
             for p in bases.iter_mut().take(R.div_ceil(3)) {
@@ -284,6 +315,32 @@ unsafe fn body<
         let w = if MASKED { nv } else { 16 * NV };
         // SAFETY: the tile just stored.
         unsafe { act_tile_scalar(c, ldc, R, w, st.act) };
+    }
+}
+
+/// `acc += b · broadcast(a[I·S])` (`S` = `TAPS`, or 1 when 0) as one FMA with an
+/// embedded broadcast: the compiler, given a broadcast that feeds two FMAs, loads it once
+/// into a register instead, one more uop per row. Those uops decide the speed whenever
+/// the front end is shared: a register-only FMA loop and one with a {1to16} operand per
+/// FMA run alike on this Xeon VM, while one with a separate broadcast per FMA pair runs
+/// at 0.72 of them (medians of 300 paired bursts, deciles 0.62–0.97). Same product and
+/// single rounding as `_mm512_fmadd_ps(set1(a), b, acc)`: bit-identical.
+///
+/// # Safety
+/// AVX-512 present; `a + I·S` readable.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn fma_bcast<const I: usize, const TAPS: usize>(acc: &mut __m512, b: __m512, a: *const f32) {
+    // SAFETY: reads the one f32 at a + I·S (the caller's contract), writes only acc.
+    unsafe {
+        core::arch::asm!(
+            "vfmadd231ps {acc}, {b}, dword ptr [{a} + {off}]{{1to16}}",
+            acc = inout(zmm_reg) *acc,
+            b = in(zmm_reg) b,
+            a = in(reg) a,
+            off = const 4 * I * if TAPS > 0 { TAPS } else { 1 },
+            options(pure, readonly, nostack, preserves_flags),
+        )
     }
 }
 
