@@ -219,15 +219,15 @@ unsafe fn body<
                     // separate broadcast (one load uop).
                     if $i + SEPARATE >= R || (ROWS && $i % 3 != 0) {
                         // SAFETY: A row $i < R of step k is valid.
-                        let av = _mm512_set1_ps(unsafe {
+                        let av = unsafe {
                             if ROWS {
-                                *bases[$i / 3].add(($i % 3) * lda)
+                                bcast_rows::<{ $i % 3 }>(bases[$i / 3], lda)
                             } else if TAPS > 0 {
-                                *ap.add($i * TAPS)
+                                _mm512_set1_ps(*ap.add($i * TAPS))
                             } else {
-                                *ap.add($i)
+                                _mm512_set1_ps(*ap.add($i))
                             }
-                        });
+                        };
                         for (v, x) in row.iter_mut().enumerate() {
                             *x = _mm512_fmadd_ps(av, bv[v], *x);
                         }
@@ -342,6 +342,45 @@ unsafe fn fma_bcast<const I: usize, const TAPS: usize>(acc: &mut __m512, b: __m5
             options(pure, readonly, nostack, preserves_flags),
         )
     }
+}
+
+/// Broadcast of row `J` (0–2) of a base pointer's three rows: `base[J·lda]`, addressed
+/// `[base + lda·4J]` in the instruction. Written out because the compiler otherwise turns
+/// the three-rows-per-base addressing into one running pointer with an add per row (a
+/// dozen more uops per k step of the row-addressed kernel).
+///
+/// # Safety
+/// AVX-512 present; `base + J·lda` readable.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn bcast_rows<const J: usize>(base: *const f32, lda: usize) -> __m512 {
+    let v: __m512;
+    // SAFETY: reads the one f32 at base + J·lda (the caller's contract).
+    unsafe {
+        match J {
+            0 => core::arch::asm!(
+                "vbroadcastss {v}, dword ptr [{a}]",
+                v = out(zmm_reg) v,
+                a = in(reg) base,
+                options(pure, readonly, nostack, preserves_flags),
+            ),
+            1 => core::arch::asm!(
+                "vbroadcastss {v}, dword ptr [{a} + {l}*4]",
+                v = out(zmm_reg) v,
+                a = in(reg) base,
+                l = in(reg) lda,
+                options(pure, readonly, nostack, preserves_flags),
+            ),
+            _ => core::arch::asm!(
+                "vbroadcastss {v}, dword ptr [{a} + {l}*8]",
+                v = out(zmm_reg) v,
+                a = in(reg) base,
+                l = in(reg) lda,
+                options(pure, readonly, nostack, preserves_flags),
+            ),
+        }
+    }
+    v
 }
 
 /// Column-tail kernel: all `h = lda <= 12` rows of an A panel (one zmm, masked) against
