@@ -699,27 +699,52 @@ unsafe fn group<S: Simd, const N: usize, const SW: usize, const L: bool, const R
     bias: S::V,
 ) -> [S::V; N] {
     let mut acc = [bias; N];
+    // Row by row, a window of three columns sliding along it: each column is loaded
+    // once for the (up to three) outputs whose taps cover it, rather than once per
+    // FMA at a runtime stride (an indexed two-uop FMA and an address add each; see
+    // `fused::channels_last::group`).
     for (dy, &row) in src.iter().enumerate() {
-        for dx in 0..3 {
-            // SAFETY: tap 3·dy + dx, channels ch .. ch + LANES.
-            let wv = unsafe { s.load(w.add((3 * dy + dx) * c + ch)) };
-            if row.is_null() {
+        // SAFETY: taps 3·dy .. 3·dy + 3, channels ch .. ch + LANES.
+        let wv: [S::V; 3] =
+            std::array::from_fn(|dx| unsafe { s.load(w.add((3 * dy + dx) * c + ch)) });
+        if row.is_null() {
+            for &wd in &wv {
                 for a in acc.iter_mut() {
-                    *a = s.fmadd(s.zero(), wv, *a);
+                    *a = s.fmadd(s.zero(), wd, *a);
                 }
-                continue;
             }
-            for (p, a) in acc.iter_mut().enumerate() {
-                let xv = if (L && p == 0 && dx == 0) || (R && p == N - 1 && dx == 2) {
-                    s.zero()
-                } else {
-                    let col = col0 + (p * SW + dx) as isize;
-                    // SAFETY: column col is inside the row (the caller; the edge taps
-                    // outside it are excluded above).
-                    unsafe { s.load(row.offset(col * c as isize).add(ch)) }
-                };
-                *a = s.fmadd(xv, wv, *a);
+            continue;
+        }
+        // Output p's tap dx is column col0 + p·SW + dx; the first column is padding
+        // when `L`, the last when `R` (each is only output 0's tap 0, output N − 1's
+        // tap 2).
+        let last = (N - 1) * SW + 2;
+        let col = |j: usize| {
+            if (L && j == 0) || (R && j == last) {
+                s.zero()
+            } else {
+                let col = col0 + j as isize;
+                // SAFETY: column col is inside the row (the caller; the edge columns
+                // outside it are excluded above).
+                unsafe { s.load(row.offset(col * c as isize).add(ch)) }
             }
+        };
+        let mut win = [col(0), if SW == 1 { col(1) } else { s.zero() }, s.zero()];
+        for (p, a) in acc.iter_mut().enumerate() {
+            if SW == 1 {
+                win[2] = col(p + 2);
+            } else {
+                win[1] = col(SW * p + 1);
+                win[2] = col(SW * p + 2);
+            }
+            for (&xv, &wd) in win.iter().zip(&wv) {
+                *a = s.fmadd(xv, wd, *a);
+            }
+            win = if SW == 1 {
+                [win[1], win[2], win[2]]
+            } else {
+                [win[2], win[1], win[2]]
+            };
         }
     }
     acc

@@ -362,26 +362,46 @@ unsafe fn group<S: Simd, const SW: usize>(
 ) -> [S::V; 16] {
     let l = S::LANES;
     let mut acc = [bias; 16];
-    // Tap by tap, each tap's weights once, then one FMA per output: each output's chain
-    // is the bias then taps 0..9 in order; the outputs' chains are independent.
+    // Row by row, each input column loaded once and used by every output whose taps
+    // cover it (three with stride 1, one or two with stride 2): one load per column
+    // instead of one memory operand per FMA, whose runtime stride made each an indexed,
+    // two-uop FMA besides an address add (the front end, not the FMA ports, limits this
+    // loop). Each output's chain is still the bias then taps 0..9 in order; the outputs'
+    // chains are independent.
     for (dy, &row) in src.iter().enumerate() {
-        for dx in 0..3 {
-            // SAFETY: tap 3·dy + dx, channels c .. c + LANES of `w`.
-            let wv = unsafe { s.load(w.add((3 * dy + dx) * cexp + c)) };
-            if row.is_null() {
+        // SAFETY: taps 3·dy .. 3·dy + 3, channels c .. c + LANES of `w`.
+        let wv: [S::V; 3] =
+            std::array::from_fn(|dx| unsafe { s.load(w.add((3 * dy + dx) * cexp + c)) });
+        if row.is_null() {
+            for &wd in &wv {
                 for a in acc.iter_mut().take(l) {
-                    *a = s.fmadd(s.zero(), wv, *a);
+                    *a = s.fmadd(s.zero(), wd, *a);
                 }
-                continue;
             }
-            // Output p's input at column col0 + p·SW + dx: a pointer stepped by SW
-            // pixels (no multiply per load).
-            let mut q = row.wrapping_add((col0 + dx) * cexp + c);
-            for a in acc.iter_mut().take(l) {
-                // SAFETY: inside the row or its slack (the caller).
-                *a = s.fmadd(unsafe { s.load(q) }, wv, *a);
-                q = q.wrapping_add(SW * cexp);
+            continue;
+        }
+        // Output p's taps dx = 0, 1, 2 are columns col0 + p·SW + dx: a window of three
+        // columns slides along the row, each column loaded once.
+        let q = row.wrapping_add(col0 * cexp + c);
+        // SAFETY (all loads below): columns col0 .. col0 + (LANES − 1)·SW + 2 of the
+        // row, inside it or its slack (the caller).
+        let col = |j: usize| unsafe { s.load(q.wrapping_add(j * cexp)) };
+        let mut win = [col(0), if SW == 1 { col(1) } else { s.zero() }, s.zero()];
+        for (p, a) in acc.iter_mut().take(l).enumerate() {
+            if SW == 1 {
+                win[2] = col(p + 2);
+            } else {
+                win[1] = col(SW * p + 1);
+                win[2] = col(SW * p + 2);
             }
+            for (&xv, &wd) in win.iter().zip(&wv) {
+                *a = s.fmadd(xv, wd, *a);
+            }
+            win = if SW == 1 {
+                [win[1], win[2], win[2]]
+            } else {
+                [win[2], win[1], win[2]]
+            };
         }
     }
     acc

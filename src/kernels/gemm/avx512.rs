@@ -385,6 +385,10 @@ unsafe fn bcast_rows<const J: usize>(base: *const f32, lda: usize) -> __m512 {
 
 /// Column-tail kernel: all `h = lda <= 12` rows of an A panel (one zmm, masked) against
 /// `NV` columns of B, one broadcast per column and k. See `Ukr::tcol`.
+///
+/// # Safety
+/// AVX-512 present (dispatch); the UKernel contract for exactly `NV` columns of B and
+/// C (`nv` is not read).
 #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx2,fma")]
 unsafe fn tcol<const NV: usize>(
     kc: usize,
