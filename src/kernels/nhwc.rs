@@ -679,6 +679,37 @@ const GROUP: usize = 8;
 /// `DepthwiseNhwc::rows`): half of a 48 KiB L1, beside the weights and the outputs.
 const GROUP_INPUT_BYTES: usize = 24 << 10;
 
+/// One input row's three taps `wv` for the outputs `acc`, whose output `p` takes tap
+/// `dx` from column `p·SW + dx` (`col(j)` loads column `j`): a window of three columns
+/// slides along the row, each column loaded once for the (up to three) outputs it
+/// serves. Each output gets taps dx = 0, 1, 2 in that order, so its FMA chain is the
+/// same as one tap at a time.
+#[inline(always)]
+pub(crate) fn row_taps<S: Simd, const SW: usize>(
+    s: S,
+    acc: &mut [S::V],
+    wv: &[S::V; 3],
+    col: impl Fn(usize) -> S::V,
+) {
+    let mut win = [col(0), if SW == 1 { col(1) } else { s.zero() }, s.zero()];
+    for (p, a) in acc.iter_mut().enumerate() {
+        if SW == 1 {
+            win[2] = col(p + 2);
+        } else {
+            win[1] = col(SW * p + 1);
+            win[2] = col(SW * p + 2);
+        }
+        for (&xv, &wd) in win.iter().zip(wv) {
+            *a = s.fmadd(xv, wd, *a);
+        }
+        win = if SW == 1 {
+            [win[1], win[2], win[2]]
+        } else {
+            [win[2], win[1], win[2]]
+        };
+    }
+}
+
 /// `N` outputs of one row for channels `ch .. ch + LANES`: output `p` reads columns
 /// `col0 + p·SW + dx`. Null rows are padding, and so are column `col0 − 0` of output 0
 /// when `L` and column `col0 + (N − 1)·SW + 2` of output `N − 1` when `R`: those taps add
@@ -729,23 +760,7 @@ unsafe fn group<S: Simd, const N: usize, const SW: usize, const L: bool, const R
                 unsafe { s.load(row.offset(col * c as isize).add(ch)) }
             }
         };
-        let mut win = [col(0), if SW == 1 { col(1) } else { s.zero() }, s.zero()];
-        for (p, a) in acc.iter_mut().enumerate() {
-            if SW == 1 {
-                win[2] = col(p + 2);
-            } else {
-                win[1] = col(SW * p + 1);
-                win[2] = col(SW * p + 2);
-            }
-            for (&xv, &wd) in win.iter().zip(&wv) {
-                *a = s.fmadd(xv, wd, *a);
-            }
-            win = if SW == 1 {
-                [win[1], win[2], win[2]]
-            } else {
-                [win[2], win[1], win[2]]
-            };
-        }
+        row_taps::<S, SW>(s, &mut acc, &wv, col);
     }
     acc
 }

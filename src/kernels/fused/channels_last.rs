@@ -29,6 +29,7 @@ use std::ptr::null;
 use crate::graph::Activation;
 use crate::kernels::elementwise::{dispatch, Simd};
 use crate::kernels::gemm::{self, Store, MR_PACK};
+use crate::kernels::nhwc;
 use crate::simd::Isa;
 
 /// Bytes of the expansion's outputs done channel tile by channel tile (8 to 64 KiB
@@ -380,29 +381,12 @@ unsafe fn group<S: Simd, const SW: usize>(
             }
             continue;
         }
-        // Output p's taps dx = 0, 1, 2 are columns col0 + p·SW + dx: a window of three
-        // columns slides along the row, each column loaded once.
+        // Output p's taps dx = 0, 1, 2 are columns col0 + p·SW + dx.
         let q = row.wrapping_add(col0 * cexp + c);
         // SAFETY (all loads below): columns col0 .. col0 + (LANES − 1)·SW + 2 of the
         // row, inside it or its slack (the caller).
         let col = |j: usize| unsafe { s.load(q.wrapping_add(j * cexp)) };
-        let mut win = [col(0), if SW == 1 { col(1) } else { s.zero() }, s.zero()];
-        for (p, a) in acc.iter_mut().take(l).enumerate() {
-            if SW == 1 {
-                win[2] = col(p + 2);
-            } else {
-                win[1] = col(SW * p + 1);
-                win[2] = col(SW * p + 2);
-            }
-            for (&xv, &wd) in win.iter().zip(&wv) {
-                *a = s.fmadd(xv, wd, *a);
-            }
-            win = if SW == 1 {
-                [win[1], win[2], win[2]]
-            } else {
-                [win[2], win[1], win[2]]
-            };
-        }
+        nhwc::row_taps::<S, SW>(s, &mut acc[..l], &wv, col);
     }
     acc
 }
