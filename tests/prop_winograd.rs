@@ -419,6 +419,65 @@ fn f4x4_blocks_are_whole_tile_rows() {
     }
 }
 
+/// Where the GEMMs cost no more for it, each tile row of a block starts on a whole group
+/// of the transforms' lanes in V and M (conv3x3_stress: rows of 14 tiles as 16 columns);
+/// those plans, and the packed ones of the same shapes, match the reference.
+#[test]
+fn tile_rows_on_whole_lane_groups() {
+    let _env = default_blocking();
+    let mk = |cin, cout, side| Case {
+        cin,
+        cout,
+        h: side,
+        w: side,
+        pads: [1, 1, 1, 1],
+        bias: true,
+        residual: true,
+        act: Activation::Relu,
+        seed: 21,
+        scratch_offset: 2,
+    };
+    let shapes = [
+        mk(64, 64, 56),
+        mk(16, 24, 28),
+        mk(24, 16, 26),
+        mk(8, 12, 22),
+    ];
+    for isa in Isa::supported() {
+        let mut padded = Vec::new();
+        for variant in WinogradVariant::ALL {
+            for case in &shapes {
+                let (oh, ow) = case.out_hw();
+                let k = WinogradKernel::new(
+                    isa,
+                    &case.conv(),
+                    [case.cin, case.h, case.w],
+                    [case.cout, oh, ow],
+                    variant,
+                )
+                .unwrap();
+                if k.row_pad() > 1 {
+                    padded.push((variant, case.cin, case.h, k.row_pad()));
+                }
+                check(isa, variant, case)
+                    .unwrap_or_else(|e| panic!("{isa} {variant:?} {case:?}: {e}"));
+            }
+        }
+        // The portable tier pads (4 lanes, small column tails) on every machine; AVX2's
+        // finer column tails make padding cost columns in these shapes, so it keeps them
+        // packed.
+        if isa == Isa::Scalar {
+            assert!(!padded.is_empty(), "{isa}: no plan with padded tile rows");
+        }
+        if isa == Isa::Avx512 {
+            assert!(
+                padded.contains(&(WinogradVariant::F4x4, 64, 56, 16)),
+                "{isa}: conv3x3_stress's shape not padded: {padded:?}"
+            );
+        }
+    }
+}
+
 #[test]
 fn ineligible_layers_are_refused() {
     let _env = default_blocking();

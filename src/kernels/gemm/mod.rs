@@ -339,6 +339,18 @@ fn chunks(u: &Ukr, jb: usize, ncur: usize) -> impl Iterator<Item = (usize, usize
         .chain((tcol > 0).then_some((tail_start + narrow, tcol, Chunk::TCol)))
 }
 
+/// Micro-kernel columns a block of `n` columns costs (a masked wide tile counts whole, a
+/// narrow one as `narrow_max`), to compare ways of laying out the same columns.
+pub(crate) fn column_cost(u: &Ukr, n: usize) -> usize {
+    chunks(u, 0, n)
+        .map(|(_, w, kind)| match kind {
+            Chunk::Wide => u.nr,
+            Chunk::Narrow => u.narrow_max,
+            Chunk::TCol => w,
+        })
+        .sum()
+}
+
 /// The micro-kernel table for a tier the CPU supports (clamped to what it has).
 pub(crate) fn ukr(isa: Isa) -> &'static Ukr {
     let isa = isa.min(Isa::detect());

@@ -2,22 +2,86 @@
 //! `LANES` consecutive tiles of one tile row (stride 4 for F(4x4,3x3), stride 2 for
 //! F(2x2,3x3)) into one vector per column, and the inverse for the output rows.
 //!
+//! The gathers read the input rows in place through a [`Window`]: masked loads that take
+//! only the columns inside the image and leave zeros for the padding, so no padded copy
+//! of the rows is made (that copy, stored and then reloaded at other offsets, cost as
+//! much as the transform itself: each reload straddled two stores and waited for them).
+//!
 //! Implemented for the portable tier (4 lanes), AVX2 (8 lanes) and AVX-512 (16 lanes).
 
 use crate::kernels::elementwise::{Portable, Simd};
 
-pub(crate) trait Lanes: Simd {
-    /// Columns `0..6` of `LANES` tiles 4 apart: lane `i` of `out[j]` is `p[4i + j]`.
-    ///
-    /// # Safety
-    /// `p[0 .. 4·LANES + 2]` readable.
-    unsafe fn gather_s4(self, p: *const f32) -> [Self::V; 6];
+/// Which columns of a group's gather lie in the image, as the tier's load masks: the
+/// gather reads columns `0 .. k·LANES + 2` after its base (`k` = 4 or 2, the tile
+/// stride); columns outside `lo..hi` read as zero and are not accessed.
+#[derive(Clone, Copy)]
+pub(crate) struct Window<S: Simd> {
+    /// Vector `j < k`: columns `j·LANES ..`.
+    body: [S::L; 4],
+    /// Column `k·LANES + q`, loaded into the last lane of a vector that starts
+    /// `LANES − 1` columns before it.
+    tail: [S::L; 2],
+}
 
-    /// Columns `0..4` of `LANES` tiles 2 apart: lane `i` of `out[j]` is `p[2i + j]`.
+impl<S: Simd> Window<S> {
+    /// The window of columns `lo..hi` for a gather of tile stride `k` (4 or 2).
+    #[inline(always)]
+    pub(crate) fn new(s: S, k: usize, lo: isize, hi: isize) -> Window<S> {
+        let l = S::LANES as isize;
+        let part = |o: isize| {
+            let a = (lo - o).clamp(0, l);
+            let b = (hi - o).clamp(a, l);
+            s.lanes(a as usize, b as usize)
+        };
+        let tail = |c: isize| {
+            if lo <= c && c < hi {
+                s.lanes(S::LANES - 1, S::LANES)
+            } else {
+                s.lanes(0, 0)
+            }
+        };
+        let k = k as isize;
+        Window {
+            body: [part(0), part(l), part(2 * l), part(3 * l)],
+            tail: [tail(k * l), tail(k * l + 1)],
+        }
+    }
+
+    /// Loads vector `j` of the window: columns `j·LANES .. (j + 1)·LANES` after `p`.
+    ///
+    /// Safety: `p + c` readable for each column `c` of the window.
+    #[inline(always)]
+    unsafe fn body(&self, s: S, p: *const f32, j: usize) -> S::V {
+        // SAFETY: only the window's columns are read (caller).
+        unsafe { s.load_mz(p.wrapping_add(j * S::LANES), self.body[j]) }
+    }
+
+    /// Column `k·LANES + q` (`k` the stride given to [`Window::new`]) in the last lane
+    /// (zero outside the window), the other lanes zero.
+    ///
+    /// Safety: as [`Window::body`].
+    #[inline(always)]
+    unsafe fn tail(&self, s: S, p: *const f32, k: usize, q: usize) -> S::V {
+        let at = p.wrapping_add(k * S::LANES + q).wrapping_sub(S::LANES - 1);
+        // SAFETY: only the window's columns are read (caller).
+        unsafe { s.load_mz(at, self.tail[q]) }
+    }
+}
+
+pub(crate) trait Lanes: Simd {
+    /// Columns `0..6` of `LANES` tiles 4 apart: lane `i` of `out[j]` is `p[4i + j]`
+    /// where column `4i + j` is in `w` (a window of stride 4), else zero.
     ///
     /// # Safety
-    /// `p[0 .. 2·LANES + 2]` readable.
-    unsafe fn gather_s2(self, p: *const f32) -> [Self::V; 4];
+    /// `p + c` readable for each column `c` of `w` (`p` itself may point anywhere).
+    unsafe fn gather_s4(self, p: *const f32, w: &Window<Self>) -> [Self::V; 6];
+
+    /// Columns `0..4` of `LANES` tiles 2 apart: lane `i` of `out[j]` is `p[2i + j]`
+    /// where column `2i + j` is in `w` (a window of stride 2), else zero.
+    ///
+    /// # Safety
+    /// As [`Lanes::gather_s4`].
+    unsafe fn gather_s2(self, p: *const f32, w: &Window<Self>) -> [Self::V; 4];
 
     /// [`Lanes::gather_s2`] for two tile rows of `LANES / 2` tiles at once: lane `i` of
     /// `out[j]` is `a[2i + j]` for `i < LANES / 2` and `b[2(i − LANES / 2) + j]` above.
@@ -61,17 +125,36 @@ pub(crate) trait Lanes: Simd {
     fn scatter_s2(self, y: [Self::V; 2]) -> [Self::V; 2];
 }
 
+/// Columns `0 .. K·4 + 2` after `p` through window `w` (stride `K`), flat.
+///
+/// Safety: as [`Lanes::gather_s4`].
+#[inline(always)]
+unsafe fn flat<const K: usize>(s: Portable, p: *const f32, w: &Window<Portable>) -> [f32; 18] {
+    let mut f = [0f32; 18];
+    // SAFETY: the window's columns only (caller).
+    unsafe {
+        for j in 0..K {
+            f[4 * j..4 * j + 4].copy_from_slice(&w.body(s, p, j));
+        }
+        f[4 * K] = w.tail(s, p, K, 0)[3];
+        f[4 * K + 1] = w.tail(s, p, K, 1)[3];
+    }
+    f
+}
+
 impl Lanes for Portable {
     // Safety: the trait's contracts (`Lanes::gather_s4`, `Lanes::gather_s2`).
     #[inline(always)]
-    unsafe fn gather_s4(self, p: *const f32) -> [[f32; 4]; 6] {
-        // SAFETY: 4i + j <= 12 + 5 = 4·4 + 1 < 4·LANES + 2 (caller).
-        std::array::from_fn(|j| std::array::from_fn(|i| unsafe { *p.add(4 * i + j) }))
+    unsafe fn gather_s4(self, p: *const f32, w: &Window<Portable>) -> [[f32; 4]; 6] {
+        // SAFETY: the window's columns only (caller).
+        let f = unsafe { flat::<4>(self, p, w) };
+        std::array::from_fn(|j| std::array::from_fn(|i| f[4 * i + j]))
     }
     #[inline(always)]
-    unsafe fn gather_s2(self, p: *const f32) -> [[f32; 4]; 4] {
-        // SAFETY: 2i + j <= 6 + 3 = 2·4 + 1 < 2·LANES + 2 (caller).
-        std::array::from_fn(|j| std::array::from_fn(|i| unsafe { *p.add(2 * i + j) }))
+    unsafe fn gather_s2(self, p: *const f32, w: &Window<Portable>) -> [[f32; 4]; 4] {
+        // SAFETY: the window's columns only (caller).
+        let f = unsafe { flat::<2>(self, p, w) };
+        std::array::from_fn(|j| std::array::from_fn(|i| f[2 * i + j]))
     }
     #[inline(always)]
     fn scatter_s4(self, y: [[f32; 4]; 4]) -> [[f32; 4]; 4] {
@@ -87,32 +170,33 @@ impl Lanes for Portable {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::Lanes;
+    use super::{Lanes, Window};
     use crate::kernels::elementwise::Avx2Fma;
     use std::arch::x86_64::*;
 
-    /// Lane `i` of the result is lane `i + 1` of `v`, lane 7 is `*last`.
+    /// Lane `i` of the result is lane `i + 1` of `v`, lane 7 is lane 7 of `last`.
     ///
-    /// Safety: AVX2 present (the token), `last` readable.
+    /// Safety: AVX2 present (the token).
     #[inline(always)]
-    unsafe fn shift_in(v: __m256, last: *const f32) -> __m256 {
-        // SAFETY: the caller's guarantees.
+    unsafe fn shift_in(v: __m256, last: __m256) -> __m256 {
+        // SAFETY: value-only intrinsics; AVX2 (caller).
         unsafe {
             let s = _mm256_permutevar8x32_ps(v, _mm256_setr_epi32(1, 2, 3, 4, 5, 6, 7, 7));
-            _mm256_blend_ps::<0x80>(s, _mm256_broadcast_ss(&*last))
+            _mm256_blend_ps::<0x80>(s, last)
         }
     }
 
     impl Lanes for Avx2Fma {
         #[inline(always)]
-        unsafe fn gather_s4(self, p: *const f32) -> [__m256; 6] {
-            // SAFETY: reads p[0..34] (caller); the token proves AVX2.
+        unsafe fn gather_s4(self, p: *const f32, w: &Window<Self>) -> [__m256; 6] {
+            // SAFETY: reads the window's columns of p[0..34] only (caller); the token
+            // proves AVX2.
             unsafe {
                 // a = tiles 0,1; b = 2,3; c = 4,5; d = 6,7 (4 columns each).
-                let a = _mm256_loadu_ps(p);
-                let b = _mm256_loadu_ps(p.add(8));
-                let c = _mm256_loadu_ps(p.add(16));
-                let d = _mm256_loadu_ps(p.add(24));
+                let a = w.body(self, p, 0);
+                let b = w.body(self, p, 1);
+                let c = w.body(self, p, 2);
+                let d = w.body(self, p, 3);
                 let p0 = _mm256_permute2f128_ps::<0x20>(a, c); // t0 | t4
                 let p1 = _mm256_permute2f128_ps::<0x31>(a, c); // t1 | t5
                 let p2 = _mm256_permute2f128_ps::<0x20>(b, d); // t2 | t6
@@ -127,26 +211,26 @@ mod x86 {
                 let c2 = _mm256_shuffle_ps::<0x44>(u1, u3);
                 let c3 = _mm256_shuffle_ps::<0xEE>(u1, u3);
                 // Columns 4 and 5 are columns 0 and 1 of the next tile.
-                let c4 = shift_in(c0, p.add(32));
-                let c5 = shift_in(c1, p.add(33));
+                let c4 = shift_in(c0, w.tail(self, p, 4, 0));
+                let c5 = shift_in(c1, w.tail(self, p, 4, 1));
                 [c0, c1, c2, c3, c4, c5]
             }
         }
 
         #[inline(always)]
-        // Safety: the caller guarantees p[0..2·LANES+2] readable (Lanes::gather_s2 contract).
-        unsafe fn gather_s2(self, p: *const f32) -> [__m256; 4] {
-            // SAFETY: reads p[0..18] (caller); the token proves AVX2.
+        unsafe fn gather_s2(self, p: *const f32, w: &Window<Self>) -> [__m256; 4] {
+            // SAFETY: reads the window's columns of p[0..18] only (caller); the token
+            // proves AVX2.
             unsafe {
-                let a = _mm256_loadu_ps(p);
-                let b = _mm256_loadu_ps(p.add(8));
+                let a = w.body(self, p, 0);
+                let b = w.body(self, p, 1);
                 // Per half [a0 a2 b0 b2 | a4 a6 b4 b6], then 64-bit blocks 0, 2, 1, 3.
                 let e = _mm256_shuffle_ps::<0x88>(a, b);
                 let o = _mm256_shuffle_ps::<0xDD>(a, b);
                 let c0 = _mm256_castpd_ps(_mm256_permute4x64_pd::<0xD8>(_mm256_castps_pd(e)));
                 let c1 = _mm256_castpd_ps(_mm256_permute4x64_pd::<0xD8>(_mm256_castps_pd(o)));
-                let c2 = shift_in(c0, p.add(16));
-                let c3 = shift_in(c1, p.add(17));
+                let c2 = shift_in(c0, w.tail(self, p, 2, 0));
+                let c3 = shift_in(c1, w.tail(self, p, 2, 1));
                 [c0, c1, c2, c3]
             }
         }
@@ -209,7 +293,7 @@ mod x86 {
 
 #[cfg(target_arch = "x86_64")]
 mod x86_512 {
-    use super::Lanes;
+    use super::{Lanes, Window};
     use crate::kernels::elementwise::Avx512;
     use std::arch::x86_64::*;
 
@@ -223,27 +307,23 @@ mod x86_512 {
         unsafe { _mm512_loadu_si512(a.as_ptr().cast()) }
     }
 
-    /// Lane `i` of the result is lane `i + 1` of `v`, lane 15 is `*last`.
+    /// Lane `i` of the result is lane `i + 1` of `v`, lane 15 is lane 15 of `last`.
     ///
-    /// Safety: AVX-512F present (the token), `last` readable.
+    /// Safety: AVX-512F present (the token).
     #[inline(always)]
-    unsafe fn shift_in(v: __m512, last: *const f32) -> __m512 {
-        // SAFETY: the caller's guarantees.
-        unsafe {
-            _mm512_castsi512_ps(_mm512_alignr_epi32::<1>(
-                _mm512_castps_si512(_mm512_set1_ps(*last)),
-                _mm512_castps_si512(v),
-            ))
-        }
+    unsafe fn shift_in(v: __m512, last: __m512) -> __m512 {
+        // SAFETY: value-only intrinsics; AVX-512F (caller).
+        unsafe { _mm512_permutex2var_ps(v, idx(|m| if m < 15 { m + 1 } else { 31 }), last) }
     }
 
     impl Lanes for Avx512 {
         #[inline(always)]
-        unsafe fn gather_s4(self, p: *const f32) -> [__m512; 6] {
-            // SAFETY: reads p[0..66] (caller: 4·16 + 2); the token proves AVX-512F.
+        unsafe fn gather_s4(self, p: *const f32, w: &Window<Self>) -> [__m512; 6] {
+            // SAFETY: reads the window's columns of p[0..66] only (caller); the token
+            // proves AVX-512F.
             unsafe {
-                let (a, b) = (_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16)));
-                let (c, d) = (_mm512_loadu_ps(p.add(32)), _mm512_loadu_ps(p.add(48)));
+                let (a, b) = (w.body(self, p, 0), w.body(self, p, 1));
+                let (c, d) = (w.body(self, p, 2), w.body(self, p, 3));
                 // Lanes 0..8: column j of tiles 0..8 (of a‖b or c‖d); lanes 8..16:
                 // column j + 1.
                 let i01 = idx(|m| 4 * (m % 8) + m / 8);
@@ -262,22 +342,22 @@ mod x86_512 {
                 let c3 = _mm512_shuffle_f32x4::<0xEE>(e23, f23);
                 // Columns 4 and 5 are columns 0 and 1 of the next tile: shift one lane
                 // down and bring in p[64], p[65].
-                let c4 = shift_in(c0, p.add(64));
-                let c5 = shift_in(c1, p.add(65));
+                let c4 = shift_in(c0, w.tail(self, p, 4, 0));
+                let c5 = shift_in(c1, w.tail(self, p, 4, 1));
                 [c0, c1, c2, c3, c4, c5]
             }
         }
 
         #[inline(always)]
-        // Safety: the caller guarantees p[0..2·LANES+2] readable (Lanes::gather_s2 contract).
-        unsafe fn gather_s2(self, p: *const f32) -> [__m512; 4] {
-            // SAFETY: reads p[0..34] (caller); the token proves AVX-512F.
+        unsafe fn gather_s2(self, p: *const f32, w: &Window<Self>) -> [__m512; 4] {
+            // SAFETY: reads the window's columns of p[0..34] only (caller); the token
+            // proves AVX-512F.
             unsafe {
-                let (a, b) = (_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16)));
+                let (a, b) = (w.body(self, p, 0), w.body(self, p, 1));
                 let c0 = _mm512_permutex2var_ps(a, idx(|m| 2 * m), b);
                 let c1 = _mm512_permutex2var_ps(a, idx(|m| 2 * m + 1), b);
-                let c2 = shift_in(c0, p.add(32));
-                let c3 = shift_in(c1, p.add(33));
+                let c2 = shift_in(c0, w.tail(self, p, 2, 0));
+                let c3 = shift_in(c1, w.tail(self, p, 2, 1));
                 [c0, c1, c2, c3]
             }
         }
@@ -337,20 +417,44 @@ mod tests {
     fn check<S: Lanes>(s: S) {
         let l = S::LANES;
         let src: Vec<f32> = (0..80).map(|i| i as f32).collect();
-        // SAFETY: src holds 80 floats, more than the 4·LANES + 2 <= 66 that gather_s4 reads.
-        let g4 = unsafe { s.gather_s4(src.as_ptr()) };
-        for (j, v) in g4.iter().enumerate() {
-            let a = s.to_array(*v);
-            for i in 0..l {
-                assert_eq!(a[i], (4 * i + j) as f32, "s4 col {j} lane {i}");
+        // Windows: everything, the middle, the edges, nothing; columns outside read as 0.
+        let windows = [
+            (-5, 200),
+            (0, 80),
+            (1, 30),
+            (3, 17),
+            (17, 66),
+            (40, 41),
+            (-3, 0),
+            (10, 10),
+            (64, 65),
+            (65, 66),
+            (33, 34),
+        ];
+        for (lo, hi) in windows {
+            let want = |c: usize| {
+                if lo <= c as isize && (c as isize) < hi {
+                    c as f32
+                } else {
+                    0.0
+                }
+            };
+            // SAFETY: src holds 80 floats, more than the 4·LANES + 2 <= 66 that
+            // gather_s4 may read.
+            let g4 = unsafe { s.gather_s4(src.as_ptr(), &Window::new(s, 4, lo, hi)) };
+            for (j, v) in g4.iter().enumerate() {
+                let a = s.to_array(*v);
+                for i in 0..l {
+                    assert_eq!(a[i], want(4 * i + j), "s4 {lo}..{hi} col {j} lane {i}");
+                }
             }
-        }
-        // SAFETY: src holds 80 floats, more than the 2·LANES + 2 that gather_s2 reads.
-        let g2 = unsafe { s.gather_s2(src.as_ptr()) };
-        for (j, v) in g2.iter().enumerate() {
-            let a = s.to_array(*v);
-            for i in 0..l {
-                assert_eq!(a[i], (2 * i + j) as f32, "s2 col {j} lane {i}");
+            // SAFETY: as above, 2·LANES + 2 floats.
+            let g2 = unsafe { s.gather_s2(src.as_ptr(), &Window::new(s, 2, lo, hi)) };
+            for (j, v) in g2.iter().enumerate() {
+                let a = s.to_array(*v);
+                for i in 0..l {
+                    assert_eq!(a[i], want(2 * i + j), "s2 {lo}..{hi} col {j} lane {i}");
+                }
             }
         }
         // Two rows at once: lanes below LANES / 2 from the first, the rest from the second.

@@ -82,7 +82,7 @@ use crate::kernels::gemm::{self, choose_kc, drive, ukr, BSrc, SharedOut, Tile, M
 use crate::kernels::reference;
 use crate::kernels::whole_lines;
 use crate::simd::Isa;
-use lanes::Lanes;
+use lanes::{Lanes, Window};
 
 /// `with_lanes!(isa, |s| body)`: evaluates `body` with `s` the transforms' SIMD token for
 /// `isa` (already clamped to this CPU) inside its `#[target_feature]` trampoline.
@@ -205,6 +205,9 @@ const ROW_BLOCKS_MAX_U_BYTES: usize = 1 << 20;
 const WANT_TILES: usize = 4;
 /// Output channels per work item below which output channels are not split.
 const MIN_MC: usize = 48;
+/// Gather windows kept per input block for the groups of whole tile rows (more groups
+/// per row make their windows as they go).
+const CACHED_WINDOWS: usize = 8;
 /// Widest group of tiles any tier transforms at once (sizes the strip).
 const MAX_LANES: usize = 16;
 /// Extra floats between the positions' matrices in V and M (breaks 4 KiB aliasing of
@@ -229,6 +232,33 @@ fn block_count(ntiles: usize, tb: usize) -> usize {
     whole + usize::from(rest > 0 && 2 * rest >= tb)
 }
 
+/// The tile rows of tiles `t0..t1` (`ntx` a row): `(ty, txa, txb, col)`, row `ty`'s
+/// tiles `txa..txb` at columns `col ..` of V and M, each row from a multiple of `pad`.
+/// With `pad` the transforms' lanes, a row's groups of lanes start on whole vectors
+/// instead of straddling two (their stores split across cache lines otherwise).
+fn row_columns(
+    ntx: usize,
+    t0: usize,
+    t1: usize,
+    pad: usize,
+) -> impl Iterator<Item = (usize, usize, usize, usize)> {
+    let (ty0, ty1) = (t0 / ntx, (t1 - 1) / ntx);
+    let mut col = 0;
+    (ty0..=ty1).map(move |ty| {
+        let txa = if ty == ty0 { t0 % ntx } else { 0 };
+        let txb = if ty == ty1 { (t1 - 1) % ntx + 1 } else { ntx };
+        let at = col;
+        col = (col + txb - txa).next_multiple_of(pad);
+        (ty, txa, txb, at)
+    })
+}
+
+/// Columns of V and M that tiles `t0..t1` take (see [`row_columns`]).
+fn columns(ntx: usize, t0: usize, t1: usize, pad: usize) -> usize {
+    // A forward fold: `row_columns` counts the columns as it goes.
+    row_columns(ntx, t0, t1, pad).fold(0, |_, (_, a, b, col)| col + b - a)
+}
+
 /// A block size, overridable through the environment for tuning experiments.
 fn env_bytes(var: &str, default: usize) -> usize {
     std::env::var(var)
@@ -241,8 +271,11 @@ fn env_bytes(var: &str, default: usize) -> usize {
 /// sample's own blocks, or blocks across the samples of a batch.
 #[derive(Clone, Copy, Debug)]
 struct Blocking {
-    /// Row length of V and M (>= every block's tiles).
+    /// Row length of V and M (>= every block's columns).
     ld: usize,
+    /// Each tile row of a block starts on a column of V and M that is a multiple of
+    /// `pad` (see [`row_columns`]).
+    pad: usize,
     /// Output channels per M chunk (a multiple of MR_PACK, or all of a work item's).
     mcc: usize,
     /// Distance between consecutive positions in V and in M.
@@ -251,10 +284,12 @@ struct Blocking {
 }
 
 impl Blocking {
-    /// Rows of `ld` columns, M chunks of `mcc` channels, for `cin` input channels.
-    fn new(cin: usize, ld: usize, mcc: usize) -> Blocking {
+    /// Rows of `ld` columns, tile rows on multiples of `pad`, M chunks of `mcc`
+    /// channels, for `cin` input channels.
+    fn new(cin: usize, ld: usize, pad: usize, mcc: usize) -> Blocking {
         Blocking {
             ld,
+            pad,
             mcc,
             vxs: cin * ld + XI_PAD,
             mxs: mcc * ld + XI_PAD,
@@ -407,10 +442,52 @@ impl WinogradKernel {
                 (nblocks, tb, tiles_shared) = (threads, even, true);
             }
         }
-        let last = ntiles - (nblocks - 1) * tb;
+        let transform_isa = if u.isa == Isa::Avx512 && ntx.div_ceil(16) * 16 > ntx.div_ceil(8) * 8 {
+            Isa::Avx2
+        } else {
+            u.isa
+        };
+        // Tile rows on whole groups of lanes in V and M where that costs the GEMMs no
+        // more micro-kernel columns (conv3x3_stress: rows of 14 tiles, blocks of 2 rows
+        // as 16 + 14 columns instead of 28, the same masked 32-column tile). Not for
+        // F(2x2) pairs, whose two rows fill one group.
+        let lanes = match transform_isa {
+            Isa::Avx512 => 16,
+            Isa::Avx2 => 8,
+            _ => 4,
+        };
+        let block = |b: usize| {
+            (
+                b * tb,
+                if b + 1 == nblocks {
+                    ntiles
+                } else {
+                    (b + 1) * tb
+                },
+            )
+        };
+        let pad = if ntx % lanes != 0 && !(m == 2 && 2 * ntx == lanes) {
+            let cost =
+                |(t0, t1): (usize, usize), pad| gemm::column_cost(u, columns(ntx, t0, t1, pad));
+            let free = (0..nblocks).all(|b| cost(block(b), lanes) <= cost(block(b), 1));
+            if free {
+                lanes
+            } else {
+                1
+            }
+        } else {
+            1
+        };
+        let widest = (0..nblocks)
+            .map(|b| {
+                let (t0, t1) = block(b);
+                columns(ntx, t0, t1, pad)
+            })
+            .max()
+            .unwrap_or(1);
         // Rows of V and M on whole 64-byte lines (16 floats), so no 512-bit load of a
         // row straddles two lines (24 tiles would otherwise give rows 96 bytes apart).
-        let ld = whole_lines(tb.max(last));
+        let ld = whole_lines(widest);
         // Output channels: split when there are too few blocks to parallelize. Every
         // channel block transforms the whole tile block's input again, so with one tile
         // block and several workers the split is one channel block per worker.
@@ -426,11 +503,6 @@ impl WinogradKernel {
         }
         let m_tiles = cout.div_ceil(mc).max(1);
         let mcc = m_chunk(t2, ld, mc);
-        let transform_isa = if u.isa == Isa::Avx512 && ntx.div_ceil(16) * 16 > ntx.div_ceil(8) * 8 {
-            Isa::Avx2
-        } else {
-            u.isa
-        };
         Some(WinogradKernel {
             isa: u.isa,
             transform_isa,
@@ -454,7 +526,7 @@ impl WinogradKernel {
             mc,
             m_tiles,
             kc: choose_kc(cin),
-            own: Blocking::new(cin, ld, mcc),
+            own: Blocking::new(cin, ld, pad, mcc),
             wstrip: ((ntx + MAX_LANES) * m + 2).div_ceil(8) * 8,
             batched: None,
         })
@@ -488,7 +560,7 @@ impl WinogradKernel {
         // written after it).
         let ld = crate::kernels::whole_lines(tiles + MAX_LANES);
         let mcc = m_chunk(self.t2, ld, self.mc);
-        self.batched = Some((tiles, Blocking::new(self.cin, ld, mcc)));
+        self.batched = Some((tiles, Blocking::new(self.cin, ld, 1, mcc)));
         if !self.batches(max_batch) {
             self.batched = None;
         }
@@ -586,6 +658,13 @@ impl WinogradKernel {
     /// Number of independent tiles (work items).
     pub fn tiles(&self) -> usize {
         self.nblocks * self.m_tiles
+    }
+
+    /// The column multiple each tile row of a block starts on in the transformed input
+    /// and output (1: packed; the transforms' lanes: each row's groups on whole vectors).
+    /// For tests and tuning.
+    pub fn row_pad(&self) -> usize {
+        self.own.pad
     }
 
     /// How the work items split the layer: (tile blocks, tiles per block before the
@@ -851,13 +930,17 @@ impl WinogradKernel {
         }
         let (in_len, out_len) = (self.cin * self.h * self.w, self.cout * self.oh * self.ow);
         let nt = self.ntiles;
-        // (sample, its tiles t0..t1, their first column in V and M)
+        // (sample, its tiles t0..t1, their first column in V and M), each sample's
+        // from a multiple of g.pad
         let runs = || {
             let (s0, s1) = (tiles.start / nt, (tiles.end - 1) / nt);
+            let mut col = 0;
             (s0..=s1).map(move |s| {
-                let a = tiles.start.max(s * nt);
-                let b = tiles.end.min((s + 1) * nt);
-                (s, a - s * nt, b - s * nt, a - tiles.start)
+                let a = tiles.start.max(s * nt) - s * nt;
+                let b = tiles.end.min((s + 1) * nt) - s * nt;
+                let at = col;
+                col = (col + columns(self.ntx, a, b, g.pad)).next_multiple_of(g.pad);
+                (s, a, b, at)
             })
         };
         let (off_m, off_s, len) = self.layout(g);
@@ -878,7 +961,11 @@ impl WinogradKernel {
             });
         }
         let u = ukr(self.isa);
-        let n = tiles.end - tiles.start;
+        // The GEMMs' columns: the runs' columns, padding between their rows included.
+        // (A forward fold: `runs` counts the columns as it goes.)
+        let n = runs().fold(0, |_, (_, t0, t1, col)| {
+            col + columns(self.ntx, t0, t1, g.pad)
+        });
         let (cout, cin) = (self.cout, self.cin);
         for mt in mts {
             let m0 = mt * self.mc;
@@ -940,18 +1027,6 @@ impl WinogradKernel {
         }
     }
 
-    /// Tile rows `ty0..=ty1` of tiles `t0..t1`, each with its column range `txa..txb`.
-    #[inline(always)]
-    fn rows(&self, t0: usize, t1: usize) -> impl Iterator<Item = (usize, usize, usize)> {
-        let ntx = self.ntx;
-        let (ty0, ty1) = (t0 / ntx, (t1 - 1) / ntx);
-        (ty0..=ty1).map(move |ty| {
-            let txa = if ty == ty0 { t0 % ntx } else { 0 };
-            let txb = if ty == ty1 { (t1 - 1) % ntx + 1 } else { ntx };
-            (ty, txa, txb)
-        })
-    }
-
     /// `V[ξ][c][i] = (Bᵀ d B)[ξ]` for tiles `t0 + i`, `i < t1 − t0`, every channel.
     ///
     /// Safety: `v` has `t2 · vxs` floats, `strip` `(t + 2) · wstrip`.
@@ -975,67 +1050,89 @@ impl WinogradKernel {
         // F(2x2) on maps whose tile row fills half a group (ResNet-18's 7×7 maps, 4 tiles
         // a row, on 8 lanes): two whole tile rows per group, so no lane idles.
         let pairs = m == 2 && 2 * self.ntx == lanes;
+        // The gather window of the group whose first tile is tx: it reads input columns
+        // tx·m − pl .. of each row, of which 0..w are in the image. The same for every row
+        // and channel; those of groups of whole tile rows (tx = 0, lanes, ..) made once.
+        let (wi, pl) = (self.w as isize, self.pl as isize);
+        let window = |tx: usize| {
+            let c0 = (tx * m) as isize - pl;
+            Window::new(s, m, -c0, wi - c0)
+        };
+        let mut row_windows = [window(0); CACHED_WINDOWS];
+        for (gi, win) in row_windows
+            .iter_mut()
+            .enumerate()
+            .take(self.ntx.div_ceil(lanes))
+        {
+            *win = window(gi * lanes);
+        }
         for c in 0..self.cin {
             let xc = &x[c * plane..(c + 1) * plane];
             // The rows of the next channel plane: a few short runs far apart, which the
-            // hardware prefetchers do not see coming; every load of the strip copy would
+            // hardware prefetchers do not see coming; every load of the gathers would
             // otherwise wait for its line.
             if c + 1 < self.cin {
                 prefetch_rows(x[(c + 1) * plane..].as_ptr(), self.w, y0, y1, self.w);
             }
-            let mut rows = self.rows(t0, t1).peekable();
-            while let Some((ty, txa, txb)) = rows.next() {
+            let mut rows = row_columns(self.ntx, t0, t1, g.pad).peekable();
+            while let Some((ty, txa, txb, col)) = rows.next() {
                 let whole = |a: usize, b: usize| a == 0 && b == self.ntx;
-                let pair =
-                    pairs && whole(txa, txb) && rows.peek().is_some_and(|&(_, a, b)| whole(a, b));
-                let groups = (txb - txa).div_ceil(lanes);
-                // The strip rows and columns the gathers read: for a pair of tile rows, 6
-                // rows (input rows 2ty − pt ..) of columns 0 .. ntx·m + 2 = lanes + 2;
-                // else t rows of columns txa·m .. (txa + groups·lanes)·m + 2.
-                let (nrows, ja, jb) = if pair {
-                    (t + m, 0, lanes + 2)
-                } else {
-                    (t, txa * m, (txa + groups * lanes) * m + 2)
-                };
-                debug_assert!(nrows <= t + 2 && jb <= self.wstrip);
-                for i in 0..nrows {
-                    // SAFETY: row i < t + 2 of the strip, columns ja..jb < wstrip; xc is
-                    // a plane.
-                    unsafe {
-                        self.fill_strip_row(
-                            s,
-                            xc,
-                            (ty * m + i) as isize - self.pt as isize,
-                            ja,
-                            jb,
-                            strip.add(i * self.wstrip),
-                        )
-                    };
-                }
-                if pair {
+                if pairs && whole(txa, txb) && rows.peek().is_some_and(|&(_, a, b, _)| whole(a, b))
+                {
+                    // Two whole tile rows per group, gathered from a zero-padded copy of
+                    // their 6 input rows (columns 0 .. ntx·m + 2 = lanes + 2).
+                    let jb = lanes + 2;
+                    debug_assert!(t + m <= t + 2 && jb <= self.wstrip);
+                    for i in 0..t + m {
+                        // SAFETY: row i < t + 2 of the strip, columns 0..jb <= wstrip; xc
+                        // is a plane.
+                        unsafe {
+                            self.fill_strip_row(
+                                s,
+                                xc,
+                                (ty * m + i) as isize - self.pt as isize,
+                                0,
+                                jb,
+                                strip.add(i * self.wstrip),
+                            )
+                        };
+                    }
                     rows.next();
                     // SAFETY: strip rows 0..6 filled above, lanes + 2 columns each; V row
-                    // c of each position, columns tl .. tl + lanes, the two rows' tiles
+                    // c of each position, columns col .. col + lanes, the two rows' tiles
                     // (whole rows, so within the block's columns).
                     unsafe {
-                        let tl = ty * self.ntx - t0;
-                        in_group_f2_pair(s, strip, self.wstrip, v.add(c * g.ld + tl), g.vxs);
+                        in_group_f2_pair(s, strip, self.wstrip, v.add(c * g.ld + col), g.vxs);
                     }
                     continue;
                 }
-                for gi in 0..groups {
+                // Input rows ys .. ys + t; of them, ia..ib are in the image.
+                let ys = (ty * m) as isize - self.pt as isize;
+                let ia = (-ys).clamp(0, t as isize) as usize;
+                let ib = (self.h as isize - ys).clamp(ia as isize, t as isize) as usize;
+                for gi in 0..(txb - txa).div_ceil(lanes) {
                     let tx = txa + gi * lanes;
-                    let tl = ty * self.ntx + tx - t0;
-                    // SAFETY: strip columns tx·m .. tx·m + lanes·m + 2 <= jb filled above;
-                    // V row c of each position, columns tl .. tl + lanes: tl < ld, and
-                    // past row c's ld columns come row c + 1 or XI_PAD >= lanes floats.
+                    let tl = col + gi * lanes;
+                    let win = if txa == 0 && gi < CACHED_WINDOWS {
+                        row_windows[gi]
+                    } else {
+                        window(tx)
+                    };
+                    // The group's first input column, in row ys (both may lie outside
+                    // the plane: only the window's columns of rows ia..ib are read).
+                    let src = xc
+                        .as_ptr()
+                        .wrapping_offset(ys * wi + (tx * m) as isize - pl);
+                    // SAFETY: rows ia..ib are input rows in 0..h, the window's columns
+                    // input columns in 0..w, so every read lies in the plane xc; V row c
+                    // of each position, columns tl .. tl + lanes: tl < ld, and past row
+                    // c's ld columns come row c + 1 or XI_PAD >= lanes floats.
                     unsafe {
-                        let src = strip.add(tx * m);
                         let dst = v.add(c * g.ld + tl);
                         if m == 4 {
-                            in_group_f4(s, src, self.wstrip, dst, g.vxs);
+                            in_group_f4(s, src, self.w, ia..ib, &win, dst, g.vxs);
                         } else {
-                            in_group_f2(s, src, self.wstrip, dst, g.vxs);
+                            in_group_f2(s, src, self.w, ia..ib, &win, dst, g.vxs);
                         }
                     }
                 }
@@ -1111,12 +1208,12 @@ impl WinogradKernel {
                     prefetch_rows(r.as_ptr().add(o), self.ow, y0, y1, self.ow);
                 }
             }
-            for (ty, txa, txb) in self.rows(t0, t1) {
+            for (ty, txa, txb, col) in row_columns(self.ntx, t0, t1, g.pad) {
                 let rows = m.min(self.oh - ty * m);
                 let mut tx = txa;
                 while tx < txb {
                     let n = lanes.min(txb - tx);
-                    let tl = ty * self.ntx + tx - t0;
+                    let tl = col + tx - txa;
                     let vc = (m * n).min(self.ow - m * tx);
                     let o = co * oplane + ty * m * self.ow + tx * m;
                     // SAFETY: M row co − c0 of each position, columns tl .. tl + lanes
@@ -1307,20 +1404,33 @@ unsafe fn load_n<S: Simd>(s: S, p: *const f32, n: usize) -> S::V {
     }
 }
 
-/// F(4x4): transforms the 6×6 input tiles of `n <= LANES` tiles whose top-left corners are
+/// F(4x4): transforms the 6×6 input tiles of `LANES` tiles whose top-left corners are
 /// `src + 4i` (rows `lds` apart) and stores position `ξ` of tile `i` at `dst + ξ·xs + i`.
+/// Only rows `rows` (of 0..6) and the columns in `win` are read, the rest is zero (the
+/// padding).
 ///
-/// All `LANES` lanes are stored even when `n < LANES` (masked stores are slow on AMD
-/// cores): the extra columns land on tiles or channels written later, or in the padding.
+/// All `LANES` lanes are stored, also past the block's tiles (masked stores are slow on
+/// AMD cores): the extra columns land on tiles or channels written later, or in the
+/// padding.
 ///
-/// Safety: `src[r·lds + 0 .. r·lds + 4·LANES + 2]` readable for `r < 6`;
+/// Safety: `src + r·lds + c` readable for `r` in `rows` and each column `c` of `win`;
 /// `dst[ξ·xs .. ξ·xs + LANES]` writable for `ξ < 36`.
 #[inline(always)]
-unsafe fn in_group_f4<S: Lanes>(s: S, src: *const f32, lds: usize, dst: *mut f32, xs: usize) {
+unsafe fn in_group_f4<S: Lanes>(
+    s: S,
+    src: *const f32,
+    lds: usize,
+    rows: Range<usize>,
+    win: &Window<S>,
+    dst: *mut f32,
+    xs: usize,
+) {
     let mut t = [[s.zero(); 6]; 6];
     for (i, ti) in t.iter_mut().enumerate() {
-        // SAFETY: row i (caller).
-        *ti = bt4(s, unsafe { s.gather_s4(src.add(i * lds)) });
+        if rows.contains(&i) {
+            // SAFETY: row i, the window's columns (caller).
+            *ti = bt4(s, unsafe { s.gather_s4(src.wrapping_add(i * lds), win) });
+        }
     }
     for l in 0..6 {
         // Explicit arrays, not `array::from_fn`: its closure can end up outside the
@@ -1335,14 +1445,24 @@ unsafe fn in_group_f4<S: Lanes>(s: S, src: *const f32, lds: usize, dst: *mut f32
 
 /// F(2x2): as [`in_group_f4`] with 4×4 tiles 2 apart and 16 positions.
 ///
-/// Safety: `src[r·lds .. r·lds + 2·LANES + 2]` readable for `r < 4`;
+/// Safety: `src + r·lds + c` readable for `r` in `rows` and each column `c` of `win`;
 /// `dst[ξ·xs .. ξ·xs + LANES]` writable for `ξ < 16`.
 #[inline(always)]
-unsafe fn in_group_f2<S: Lanes>(s: S, src: *const f32, lds: usize, dst: *mut f32, xs: usize) {
+unsafe fn in_group_f2<S: Lanes>(
+    s: S,
+    src: *const f32,
+    lds: usize,
+    rows: Range<usize>,
+    win: &Window<S>,
+    dst: *mut f32,
+    xs: usize,
+) {
     let mut t = [[s.zero(); 4]; 4];
     for (i, ti) in t.iter_mut().enumerate() {
-        // SAFETY: row i (caller).
-        *ti = bt2(s, unsafe { s.gather_s2(src.add(i * lds)) });
+        if rows.contains(&i) {
+            // SAFETY: row i, the window's columns (caller).
+            *ti = bt2(s, unsafe { s.gather_s2(src.wrapping_add(i * lds), win) });
+        }
     }
     // SAFETY: the caller's.
     unsafe { store_f2(s, t, dst, xs) };
