@@ -218,6 +218,7 @@ mod x86 {
         }
 
         #[inline(always)]
+        // Safety: the caller's contract (`Lanes::gather_s2`).
         unsafe fn gather_s2(self, p: *const f32, w: &Window<Self>) -> [__m256; 4] {
             // SAFETY: reads the window's columns of p[0..18] only (caller); the token
             // proves AVX2.
@@ -236,6 +237,7 @@ mod x86 {
         }
 
         #[inline(always)]
+        // Safety: the caller's contract (`Lanes::gather_s2_pair`).
         unsafe fn gather_s2_pair(self, a: *const f32, b: *const f32) -> [__m256; 4] {
             // SAFETY: reads a[0..10] and b[0..10] (caller: LANES + 2); the token proves
             // AVX2.
@@ -349,6 +351,7 @@ mod x86_512 {
         }
 
         #[inline(always)]
+        // Safety: the caller's contract (`Lanes::gather_s2`).
         unsafe fn gather_s2(self, p: *const f32, w: &Window<Self>) -> [__m512; 4] {
             // SAFETY: reads the window's columns of p[0..34] only (caller); the token
             // proves AVX-512F.
