@@ -13,9 +13,10 @@
 //! `M_ξ[cout × tiles] = U_ξ[cout × cin] · V_ξ[cin × tiles]`, so one layer is
 //!
 //! 1. input transform `V = Bᵀ d B` (SIMD, `LANES` tiles of one tile row at a time: the
-//!    columns of `LANES` consecutive tiles are gathered with in-register shuffles from a
-//!    zero-padded copy of the tile row's `t` input rows, the "strip"; F(2x2) on maps of
-//!    `LANES / 2` tiles a row takes two whole tile rows per group);
+//!    columns of `LANES` consecutive tiles are gathered with in-register shuffles from
+//!    the input rows in place, masked loads leaving zeros for the padding; F(2x2) on maps
+//!    of `LANES / 2` tiles a row takes two whole tile rows per group, from a zero-padded
+//!    copy of their input rows, the "strip");
 //! 2. `T` independent GEMMs on the packed-GEMM micro-kernels (U pre-packed as packed A);
 //! 3. output transform `Y = Aᵀ M A` (SIMD, same grouping), with bias, residual and the
 //!    fused activation applied in the store; partial tiles at the right and bottom edges
@@ -24,7 +25,9 @@
 //! The work is cache-blocked over tiles: a block of `tb` tiles (raster order) is
 //! transformed into `V` (`T × cin × tb`, sized for L2), multiplied into `M`
 //! (`T × mcc × tb` for a chunk of `mcc` output channels at a time), and transformed back
-//! before the next chunk or block.
+//! before the next chunk or block. A block's tiles are V's and M's columns, each tile row
+//! from a multiple of the transforms' lanes where that costs the GEMMs nothing (so a
+//! group's stores and loads are whole vectors, not split across cache lines).
 //!
 //! Matrices (Lavin & Gray; interpolation points 0, ±1, ±2 for F4x4, 0, ±1 for F2x2):
 //!
