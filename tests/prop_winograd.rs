@@ -419,13 +419,9 @@ fn f4x4_blocks_are_whole_tile_rows() {
     }
 }
 
-/// Where the GEMMs cost no more for it, each tile row of a block starts on a whole group
-/// of the transforms' lanes in V and M (conv3x3_stress: rows of 14 tiles as 16 columns);
-/// those plans, and the packed ones of the same shapes, match the reference.
-#[test]
-fn tile_rows_on_whole_lane_groups() {
-    let _env = default_blocking();
-    let mk = |cin, cout, side| Case {
+/// A `side × side` map padded by 1 all round, with bias, residual and ReLU.
+fn square_case(cin: usize, cout: usize, side: usize, seed: u64) -> Case {
+    Case {
         cin,
         cout,
         h: side,
@@ -434,9 +430,18 @@ fn tile_rows_on_whole_lane_groups() {
         bias: true,
         residual: true,
         act: Activation::Relu,
-        seed: 21,
+        seed,
         scratch_offset: 2,
-    };
+    }
+}
+
+/// Where the GEMMs cost no more for it, each tile row of a block starts on a whole group
+/// of the transforms' lanes in V and M (conv3x3_stress: rows of 14 tiles as 16 columns);
+/// those plans, and the packed ones of the same shapes, match the reference.
+#[test]
+fn tile_rows_on_whole_lane_groups() {
+    let _env = default_blocking();
+    let mk = |cin, cout, side| square_case(cin, cout, side, 21);
     let shapes = [
         mk(64, 64, 56),
         mk(16, 24, 28),
@@ -740,18 +745,7 @@ fn batches_blocked_across_samples_match_samples_one_by_one() {
     );
     // ResNet-18's 7×7 and 14×14 shapes at batch 8 (F(2x2): 16 and 49 tiles a sample),
     // channels cut down; blocks of 32 tiles, as planned there.
-    let mk = |cin, cout, side| Case {
-        cin,
-        cout,
-        h: side,
-        w: side,
-        pads: [1, 1, 1, 1],
-        bias: true,
-        residual: true,
-        act: Activation::Relu,
-        seed: 9,
-        scratch_offset: 2,
-    };
+    let mk = |cin, cout, side| square_case(cin, cout, side, 9);
     for isa in Isa::supported() {
         for case in [mk(40, 50, 7), mk(24, 36, 14)] {
             let ran = check_batch(isa, WinogradVariant::F2x2, &case, 8, 32)
