@@ -454,11 +454,7 @@ impl WinogradKernel {
         // more micro-kernel columns (conv3x3_stress: rows of 14 tiles, blocks of 2 rows
         // as 16 + 14 columns instead of 28, the same masked 32-column tile). Not for
         // F(2x2) pairs, whose two rows fill one group.
-        let lanes = match transform_isa {
-            Isa::Avx512 => 16,
-            Isa::Avx2 => 8,
-            _ => 4,
-        };
+        let lanes = crate::kernels::elementwise::vector_lanes(transform_isa);
         let block = |b: usize| {
             (
                 b * tb,
@@ -469,15 +465,12 @@ impl WinogradKernel {
                 },
             )
         };
-        let pad = if ntx % lanes != 0 && !(m == 2 && 2 * ntx == lanes) {
-            let cost =
-                |(t0, t1): (usize, usize), pad| gemm::column_cost(u, columns(ntx, t0, t1, pad));
-            let free = (0..nblocks).all(|b| cost(block(b), lanes) <= cost(block(b), 1));
-            if free {
-                lanes
-            } else {
-                1
-            }
+        let cost = |(t0, t1): (usize, usize), pad| gemm::column_cost(u, columns(ntx, t0, t1, pad));
+        let pad = if ntx % lanes != 0
+            && !(m == 2 && 2 * ntx == lanes)
+            && (0..nblocks).all(|b| cost(block(b), lanes) <= cost(block(b), 1))
+        {
+            lanes
         } else {
             1
         };
