@@ -11,7 +11,7 @@
 use cnnrt::graph::{Activation, Conv, Linear};
 use cnnrt::kernels::conv::ConvKernel;
 use cnnrt::kernels::gemm::{self, BMode, Epilogue, Gemm};
-use cnnrt::kernels::linear::LinearKernel;
+use cnnrt::kernels::linear::{LinearKernel, Sweep};
 use cnnrt::kernels::nhwc::{self, DepthwiseNhwc, PointwiseNhwc};
 use cnnrt::simd::Isa;
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
@@ -379,7 +379,10 @@ fn linear_cases(isa: Isa, out: &mut Vec<Case>) {
                 let x = values(n * fi, 8);
                 let mut y = Aligned::zeroed(n * fo);
                 let mut scratch = Aligned::zeroed(kern.scratch_len());
+                // Sweeps alternate as in a session's runs.
+                let mut runs = 0u64;
                 Box::new(move || {
+                    runs += 1;
                     kern.run(
                         &packed,
                         Some(&bias),
@@ -388,6 +391,7 @@ fn linear_cases(isa: Isa, out: &mut Vec<Case>) {
                         None,
                         &mut y,
                         &mut scratch,
+                        Sweep::alternate(runs),
                     )
                 })
             }),

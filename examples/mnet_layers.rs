@@ -13,7 +13,7 @@ use std::time::Duration;
 use cnnrt::graph::{Activation, Conv, Linear};
 use cnnrt::kernels::conv::ConvKernel;
 use cnnrt::kernels::depthwise::DepthwiseKernel;
-use cnnrt::kernels::linear::LinearKernel;
+use cnnrt::kernels::linear::{LinearKernel, Sweep};
 use cnnrt::kernels::nhwc::{DepthwiseNhwc, PointwiseNhwc};
 use cnnrt::simd::Isa;
 
@@ -279,6 +279,7 @@ fn layers(isa: Isa) -> Vec<Layer> {
                 None,
                 &mut y,
                 &mut [],
+                Sweep::Forward,
             )
         }),
     });

@@ -12,7 +12,7 @@ use crate::kernels::conv::{ConvKernel, ImplicitConv};
 use crate::kernels::conv_pool::ConvPoolKernel;
 use crate::kernels::depthwise::DepthwiseKernel;
 use crate::kernels::fused::{self, BlockKernel, BlockWeights};
-use crate::kernels::linear::LinearKernel;
+use crate::kernels::linear::{LinearKernel, Sweep};
 use crate::kernels::nhwc::{self, DepthwiseNhwc, PointwiseNhwc};
 use crate::kernels::pool::PoolKernel;
 use crate::kernels::reference::{self, WeightSource};
@@ -683,6 +683,9 @@ pub struct Session {
     shadows: Vec<(Shadow, usize)>,
     /// Per value: the arena offset of its copy in the other layout (`usize::MAX`: none).
     shadow_at: Vec<usize>,
+    /// Runs so far: fully connected layers alternate their weights' sweep run by run
+    /// (`linear::Sweep`).
+    runs: u64,
 }
 
 /// Who runs a session's kernels besides the calling thread (`kernels::team`).
@@ -858,6 +861,7 @@ impl Session {
             stored_nhwc,
             shadows,
             shadow_at,
+            runs: 0,
         })
     }
 
@@ -994,6 +998,8 @@ impl Session {
 
     fn execute(&mut self, n: usize, mut times: Option<Timing>) {
         crate::simd::set_flush_denormals();
+        let sweep = Sweep::alternate(self.runs);
+        self.runs = self.runs.wrapping_add(1);
         let model = &*self.model;
         let graph: &Graph = model.graph();
         let isa = self.isa;
@@ -1178,6 +1184,7 @@ impl Session {
                         ins.get(1).copied(),
                         out,
                         &mut self.scratch,
+                        sweep,
                     );
                 }
                 NodeKernel::Implicit {

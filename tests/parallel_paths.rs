@@ -1,6 +1,7 @@
 //! The parallel paths of every layer kind (tiles claimed by several workers, batches in one
 //! parallel region, pooling and fully connected layers split over workers) give results
-//! bit-identical to one thread. `CNNRT_PARALLEL_MIN_FLOPS=0` sends even the small layers
+//! bit-identical to one thread, on a session's first run and its second (fully connected
+//! layers sweep their weights backwards on every second run). `CNNRT_PARALLEL_MIN_FLOPS=0` sends even the small layers
 //! of these test models to the pool; the variable is read once per process, and this file
 //! is its own process.
 
@@ -27,13 +28,17 @@ fn check(model: &Arc<Model>, x: &[f32], max_batch: usize, what: &str) {
                         ..Default::default()
                     })
                     .unwrap();
-                let got = s.run(&x[..batch * per], batch).unwrap();
-                assert!(
-                    got.iter()
-                        .zip(&want)
-                        .all(|(a, b)| a.to_bits() == b.to_bits()),
-                    "{what} [{isa}] batch {batch}: {t} threads differ from 1"
-                );
+                // Twice: fully connected layers sweep their weights the other way on
+                // every second run (`linear::Sweep`).
+                for run in 0..2 {
+                    let got = s.run(&x[..batch * per], batch).unwrap();
+                    assert!(
+                        got.iter()
+                            .zip(&want)
+                            .all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{what} [{isa}] batch {batch}: {t} threads differ from 1 (run {run})"
+                    );
+                }
             }
         }
     }

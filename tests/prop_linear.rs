@@ -9,7 +9,7 @@
 
 mod common;
 use cnnrt::graph::{Activation, Linear};
-use cnnrt::kernels::linear::LinearKernel;
+use cnnrt::kernels::linear::{LinearKernel, Sweep};
 use cnnrt::kernels::reference;
 use cnnrt::simd::Isa;
 use common::{abs, activations, values};
@@ -71,6 +71,7 @@ fn check(
         r.as_deref(),
         &mut got,
         &mut scratch,
+        Sweep::Forward,
     );
     let tol_k = 1e-5 * ((fi + 2) as f32).sqrt();
     for (i, ((&g, &v), &s)) in got.iter().zip(&want).zip(&scale).enumerate() {
@@ -80,7 +81,8 @@ fn check(
             "{isa} {fi}->{fo} batch {n}: element {i}: got {g}, want {v}, tol {tol}"
         );
     }
-    // Tiles in reverse order: bit-identical to `run`.
+    // Tiles in reverse order, and each tile's weights swept backwards: bit-identical to
+    // `run`.
     let mut tiled = vec![f32::NAN; n * fo];
     for t in (0..kern.tiles()).rev() {
         kern.run_tile(
@@ -92,6 +94,7 @@ fn check(
             &mut tiled,
             &mut scratch,
             t,
+            Sweep::Backward,
         );
     }
     prop_assert!(
@@ -99,6 +102,23 @@ fn check(
             .zip(&tiled)
             .all(|(a, b)| a.to_bits() == b.to_bits()),
         "{isa}: tiles differ"
+    );
+    let mut backward = vec![f32::NAN; n * fo];
+    kern.run(
+        &packed,
+        b.as_deref(),
+        &x,
+        n,
+        r.as_deref(),
+        &mut backward,
+        &mut scratch,
+        Sweep::Backward,
+    );
+    prop_assert!(
+        got.iter()
+            .zip(&backward)
+            .all(|(a, b)| a.to_bits() == b.to_bits()),
+        "{isa}: the backward sweep differs"
     );
     Ok(())
 }

@@ -18,6 +18,15 @@
 //! [`LinearKernel::tiles`] blocks of output features, all batch rows each. Every output
 //! element is one FMA chain over the input features in order, so the tiling and the
 //! order of tiles never change a result.
+//!
+//! # Sweeps
+//!
+//! At batch 1 a run streams the weights once, and a session alternates the direction
+//! ([`Sweep`]): forward on one run, from the last panel back to the first on the next.
+//! Where one layer's weights dominate a model (LeNet-5's fc1: 4.9 MB of 5.0), the run
+//! after starts on the panels the run before read last, which are still in L2, instead of
+//! the ones it evicted first. Panel order never changes a result (each element is still
+//! one FMA chain over the input features in order).
 
 use crate::graph::{Activation, Linear};
 use crate::kernels::gemm::{
@@ -34,6 +43,26 @@ const TILE_COLS: usize = 256;
 /// interleaved rounds, `cnnrt bench --profile`). One hint per k step covers one of
 /// the step's two cache lines; the adjacent-line prefetcher fetches the other.
 const PANEL_PREFETCH_AHEAD: usize = 512;
+
+/// The order of a batch-1 run's weight panels (and of the tiles, on one thread); see the
+/// module doc. Results are the same bits either way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Sweep {
+    #[default]
+    Forward,
+    Backward,
+}
+
+impl Sweep {
+    /// The sweep for a session's run number `run`: forward, then backward, and so on.
+    pub fn alternate(run: u64) -> Sweep {
+        if run.is_multiple_of(2) {
+            Sweep::Forward
+        } else {
+            Sweep::Backward
+        }
+    }
+}
 
 /// A fully connected layer planned for one ISA tier and a maximum batch.
 #[derive(Clone, Debug)]
@@ -160,7 +189,8 @@ impl LinearKernel {
         }
     }
 
-    /// `out[n × out] = act(x[n × in] · Wᵀ + bias + residual)`, all tiles on this thread.
+    /// `out[n × out] = act(x[n × in] · Wᵀ + bias + residual)`, all tiles on this thread
+    /// (in `sweep`'s order).
     #[allow(clippy::too_many_arguments)]
     pub fn run(
         &self,
@@ -171,13 +201,19 @@ impl LinearKernel {
         residual: Option<&[f32]>,
         out: &mut [f32],
         scratch: &mut [f32],
+        sweep: Sweep,
     ) {
         self.check(packed, bias, x, n, residual, out.len(), scratch);
         let out = SharedOut::new(out);
         let a = self.pack_x(x, n, scratch);
-        for t in 0..self.tiles() {
+        let tiles = self.tiles();
+        for i in 0..tiles {
+            let t = match sweep {
+                Sweep::Forward => i,
+                Sweep::Backward => tiles - 1 - i,
+            };
             // SAFETY: checked above; one thread, disjoint tiles.
-            unsafe { self.tile(packed, bias, a, n, residual, out, t) };
+            unsafe { self.tile(packed, bias, a, n, residual, out, t, sweep) };
         }
     }
 
@@ -193,6 +229,7 @@ impl LinearKernel {
         out: &mut [f32],
         scratch: &mut [f32],
         tile: usize,
+        sweep: Sweep,
     ) {
         // SAFETY: `out` is borrowed mutably, so nothing else writes or reads it.
         unsafe {
@@ -205,6 +242,7 @@ impl LinearKernel {
                 SharedOut::new(out),
                 scratch,
                 tile,
+                sweep,
             )
         }
     }
@@ -226,11 +264,12 @@ impl LinearKernel {
         out: SharedOut,
         scratch: &mut [f32],
         tile: usize,
+        sweep: Sweep,
     ) {
         self.check(packed, bias, x, n, residual, out.len(), scratch);
         assert!(tile < self.tiles(), "linear: tile index");
         let a = self.pack_x(x, n, scratch);
-        self.tile(packed, bias, a, n, residual, out, tile);
+        self.tile(packed, bias, a, n, residual, out, tile, sweep);
     }
 
     /// Safety: arguments checked by `check`, `a` the packed batch; no concurrent writer
@@ -245,56 +284,85 @@ impl LinearKernel {
         residual: Option<&[f32]>,
         out: SharedOut,
         tile: usize,
+        sweep: Sweep,
     ) {
         let (fi, fo) = (self.in_features, self.out_features);
         let o0 = tile * self.tile_cols;
         if n == 0 || o0 >= fo {
             return;
         }
-        let mut cols = self.tile_cols.min(fo - o0);
-        let u = ukr(self.isa);
-        let mut o0 = o0;
+        let cols = self.tile_cols.min(fo - o0);
         if n == 1 {
             if let Some(kern) = row_panel_kernel(self.isa) {
-                // Whole panels one call each (o0 is a multiple of NR_PACK).
-                while cols >= NR_PACK {
+                // Whole panels one call each (o0 is a multiple of NR_PACK), the short
+                // last panel (if this tile has it) by `drive`: after the whole ones going
+                // forward, before them going backward.
+                let whole = cols / NR_PACK;
+                let (rest, rest_cols) = (o0 + whole * NR_PACK, cols % NR_PACK);
+                if sweep == Sweep::Backward && rest_cols > 0 {
+                    self.drive_cols(packed, bias, a, n, residual, out, rest, rest_cols);
+                }
+                for i in 0..whole {
+                    let p = match sweep {
+                        Sweep::Forward => o0 + i * NR_PACK,
+                        Sweep::Backward => o0 + (whole - 1 - i) * NR_PACK,
+                    };
                     let st = Store {
                         load_c: false,
                         finish: true,
                         bias_row: std::ptr::null(),
-                        bias_col: bias.map_or(std::ptr::null(), |b| b.as_ptr().add(o0)),
-                        residual: residual.map_or(std::ptr::null(), |r| r.as_ptr().add(o0)),
+                        bias_col: bias.map_or(std::ptr::null(), |b| b.as_ptr().add(p)),
+                        residual: residual.map_or(std::ptr::null(), |r| r.as_ptr().add(p)),
                         act: self.activation,
                         // A hint per k step, PANEL_PREFETCH_AHEAD floats ahead in the
                         // panel (past its end: the next panel, or nothing; never faults).
                         pf: packed
                             .as_ptr()
-                            .add(o0 * fi)
+                            .add(p * fi)
                             .wrapping_add(PANEL_PREFETCH_AHEAD),
                         pf_stride: NR_PACK,
                     };
                     // SAFETY: `check` verified the lengths: x holds `fi` floats (lda 1);
-                    // the full panel of columns o0..o0+32 holds fi·32 weights from
-                    // o0·fi, 32 apart per k; output, bias and residual cover o0..o0+32.
+                    // the full panel of columns p..p+32 holds fi·32 weights from p·fi,
+                    // 32 apart per k; output, bias and residual cover p..p+32.
                     kern(
                         fi,
                         a.as_ptr(),
                         1,
-                        packed.as_ptr().add(o0 * fi),
+                        packed.as_ptr().add(p * fi),
                         NR_PACK,
-                        out.ptr().add(o0),
+                        out.ptr().add(p),
                         fo,
                         NR_PACK,
                         &st,
                     );
-                    o0 += NR_PACK;
-                    cols -= NR_PACK;
                 }
-                if cols == 0 {
-                    return;
+                if sweep == Sweep::Forward && rest_cols > 0 {
+                    self.drive_cols(packed, bias, a, n, residual, out, rest, rest_cols);
                 }
+                return;
             }
         }
+        self.drive_cols(packed, bias, a, n, residual, out, o0, cols);
+    }
+
+    /// Output features `o0..o0 + cols` (`o0` a multiple of NR_PACK) through `drive`.
+    ///
+    /// Safety: as [`LinearKernel::tile`], the columns inside the output features.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn drive_cols(
+        &self,
+        packed: &[f32],
+        bias: Option<&[f32]>,
+        a: &[f32],
+        n: usize,
+        residual: Option<&[f32]>,
+        out: SharedOut,
+        o0: usize,
+        cols: usize,
+    ) {
+        let (fi, fo) = (self.in_features, self.out_features);
+        let u = ukr(self.isa);
         // One row sliver: stream each weight panel once over the whole K. Several: block
         // K so that the weight sliver stays in L1 while the slivers of x pass over it.
         let kc = if n <= u.mr {

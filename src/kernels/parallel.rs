@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use crate::kernels::conv::ConvKernel;
 use crate::kernels::depthwise::DepthwiseKernel;
 use crate::kernels::gemm::SharedOut;
-use crate::kernels::linear::LinearKernel;
+use crate::kernels::linear::{LinearKernel, Sweep};
 use crate::kernels::pool::PoolKernel;
 use crate::kernels::team;
 use crate::kernels::winograd::WinogradKernel;
@@ -364,7 +364,8 @@ pub fn depthwise_channels(
 }
 
 /// A fully connected layer (all `n` batch rows), blocks of output features over `slots`
-/// workers. `scratch` holds `slots × kernel.scratch_len()` floats.
+/// workers, each block's weight panels in `sweep`'s order. `scratch` holds
+/// `slots × kernel.scratch_len()` floats.
 #[allow(clippy::too_many_arguments)]
 pub fn linear(
     kernel: &LinearKernel,
@@ -376,6 +377,7 @@ pub fn linear(
     residual: Option<&[f32]>,
     out: &mut [f32],
     scratch: &mut [f32],
+    sweep: Sweep,
 ) {
     let tiles = kernel.tiles();
     let per = kernel.scratch_len();
@@ -385,14 +387,23 @@ pub fn linear(
     // 2 MB and 1.02 MFLOP, just under the FLOP threshold).
     let streamed = std::mem::size_of_val(packed) >= MIN_PARALLEL_WEIGHT_BYTES;
     if slots == 1 || (kernel.flops(n) < min_parallel_flops() && !streamed) {
-        kernel.run(packed, bias, x, n, residual, out, &mut scratch[..per]);
+        kernel.run(
+            packed,
+            bias,
+            x,
+            n,
+            residual,
+            out,
+            &mut scratch[..per],
+            sweep,
+        );
         return;
     }
     let shared = SharedOut::new(out);
     for_tiles(slots, tiles, scratch, per, |scr, tile| {
         // SAFETY: `for_tiles` runs each tile index exactly once, tiles write disjoint
         // output features, `out` is read only after it returns; scratch is per slot.
-        unsafe { kernel.run_tile_shared(packed, bias, x, n, residual, shared, scr, tile) };
+        unsafe { kernel.run_tile_shared(packed, bias, x, n, residual, shared, scr, tile, sweep) };
     });
 }
 
