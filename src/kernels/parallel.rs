@@ -384,7 +384,7 @@ pub fn linear(
     let slots = slots.min(tiles).max(1);
     // At batch 1 a fully connected layer streams its weights (about 1 FLOP per 2 bytes):
     // worth splitting by bytes as well as by FLOPs (ResNet-18's 512 → 1000 layer is
-    // 2 MB and 1.02 MFLOP, just under the FLOP threshold).
+    // 2 MB and 1.02 MFLOP, which was under an earlier, higher FLOP threshold).
     let streamed = std::mem::size_of_val(packed) >= MIN_PARALLEL_WEIGHT_BYTES;
     if slots == 1 || (kernel.flops(n) < min_parallel_flops() && !streamed) {
         kernel.run(
@@ -432,8 +432,14 @@ pub fn pool(kernel: &PoolKernel, slots: usize, x: &[f32], out: &mut [f32]) {
     });
 }
 
-/// Below this many FLOPs a layer runs on the calling thread: waking a worker costs more
-/// than it saves (LeNet-5's first convolution, 0.8 MFLOP, runs faster alone). The
+/// Below this many FLOPs (256 Ki) a layer runs on the calling thread: handing out its
+/// parts costs more than it saves. The session's team hands a layer to spinning helpers
+/// in well under a microsecond; when helpers were rayon workers that had to be woken,
+/// the bound was 1 Mi and LeNet-5's first convolution (0.78 MFLOP) ran faster alone.
+/// With the team (LeNet-5, 2 threads, `scripts/paired_ab.py`, 16–20 rounds): 250 K
+/// 0.924 [0.874, 0.982], 320 K 0.93, 600 K 0.94 of the time with 1 Mi (its conv1 + pool
+/// at 0.009 ms instead of 0.013, pool2 0.005 instead of 0.007); MobileNetV2 1.008
+/// [0.987, 1.036] and ResNet-18 0.987 [0.964, 1.055] at 300 K, unchanged. The
 /// environment variable `CNNRT_PARALLEL_MIN_FLOPS` overrides it (read once per process;
 /// `0` sends every layer to the pool, which the tests use to cover the parallel paths).
 pub fn min_parallel_flops() -> u64 {
@@ -442,7 +448,7 @@ pub fn min_parallel_flops() -> u64 {
         std::env::var("CNNRT_PARALLEL_MIN_FLOPS")
             .ok()
             .and_then(|v| v.parse().ok())
-            .unwrap_or(1 << 20)
+            .unwrap_or(1 << 18)
     })
 }
 
