@@ -180,7 +180,7 @@ impl DepthwiseKernel {
             && cols.pad_end <= 1
             && cols.stride <= 2;
         let isa = super::elementwise::clamp_isa(isa);
-        let lanes = lanes_of(isa);
+        let lanes = super::elementwise::vector_lanes(isa);
         let padded_plane = (rows.input + rows.pad_begin + rows.pad_end)
             * (cols.input + cols.pad_begin + cols.pad_end);
         let interleaved = padded
@@ -414,15 +414,6 @@ fn interleave_max_width() -> usize {
             .and_then(|v| v.parse().ok())
             .unwrap_or(16)
     })
-}
-
-/// f32 lanes of a vector of `isa`'s tier (as `Simd::LANES`).
-fn lanes_of(isa: Isa) -> usize {
-    match isa {
-        Isa::Avx512 => 16,
-        Isa::Avx2 => 8,
-        Isa::Scalar => 4,
-    }
 }
 
 /// 3×3 depthwise on small planes, `LANES` channels at a time, in a channel-interleaved
