@@ -359,7 +359,7 @@ fn plan_kernels(
                 }
             }
             Op::Linear(l) => {
-                let kernel = LinearKernel::new(isa, l, max_batch);
+                let kernel = LinearKernel::new(isa, l, max_batch).for_threads(threads);
                 let weight = match graph.weights[l.weight].layout {
                     WeightLayout::LinearGemm => Packed::InFile(l.weight),
                     WeightLayout::Plain => {

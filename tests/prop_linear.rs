@@ -120,6 +120,30 @@ fn check(
             .all(|(a, b)| a.to_bits() == b.to_bits()),
         "{isa}: the backward sweep differs"
     );
+    // Tiles sized for more workers (narrower, down to one panel): the same bits.
+    for threads in [3, 16] {
+        let narrow = kern.clone().for_threads(threads);
+        let mut by_tile = vec![f32::NAN; n * fo];
+        for t in 0..narrow.tiles() {
+            narrow.run_tile(
+                &packed,
+                b.as_deref(),
+                &x,
+                n,
+                r.as_deref(),
+                &mut by_tile,
+                &mut scratch,
+                t,
+                Sweep::alternate(t as u64),
+            );
+        }
+        prop_assert!(
+            got.iter()
+                .zip(&by_tile)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{isa}: tiles for {threads} threads differ"
+        );
+    }
     Ok(())
 }
 

@@ -90,6 +90,21 @@ impl LinearKernel {
         }
     }
 
+    /// The same layer in about one tile per worker for `threads` workers: output features
+    /// in tiles of `⌈out / threads⌉` rounded up to whole panels, at most TILE_COLS wide.
+    ///
+    /// Why: at batch 1 a worker streams its tiles' weights at what one core can pull
+    /// from L3 or memory, so the layer wants every worker streaming. With TILE_COLS alone
+    /// LeNet-5's fc1 (500 outputs) has two tiles and ResNet-18's fully connected layer
+    /// four, whatever the worker count. At one or two workers the tiles of the models
+    /// here are unchanged (TILE_COLS); beyond two it is not measured on this project's
+    /// 2-vCPU machines. Tiles never change a result.
+    pub fn for_threads(mut self, threads: usize) -> Self {
+        let per = self.out_features.div_ceil(threads.max(1)).max(1);
+        self.tile_cols = per.next_multiple_of(NR_PACK).clamp(NR_PACK, TILE_COLS);
+        self
+    }
+
     pub fn isa(&self) -> Isa {
         self.isa
     }
