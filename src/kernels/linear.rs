@@ -44,6 +44,18 @@ const TILE_COLS: usize = 256;
 /// the step's two cache lines; the adjacent-line prefetcher fetches the other.
 const PANEL_PREFETCH_AHEAD: usize = 512;
 
+/// One call's operands, checked by `LinearKernel::check`; `a` is the batch packed as the
+/// GEMM's A side (`x` itself at batch 1).
+#[derive(Clone, Copy)]
+struct Operands<'a> {
+    packed: &'a [f32],
+    bias: Option<&'a [f32]>,
+    a: &'a [f32],
+    n: usize,
+    residual: Option<&'a [f32]>,
+    out: SharedOut<'a>,
+}
+
 /// The order of a batch-1 run's weight panels (and of the tiles, on one thread); see the
 /// module doc. Results are the same bits either way.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -228,7 +240,20 @@ impl LinearKernel {
                 Sweep::Backward => tiles - 1 - i,
             };
             // SAFETY: checked above; one thread, disjoint tiles.
-            unsafe { self.tile(packed, bias, a, n, residual, out, t, sweep) };
+            unsafe {
+                self.tile(
+                    Operands {
+                        packed,
+                        bias,
+                        a,
+                        n,
+                        residual,
+                        out,
+                    },
+                    t,
+                    sweep,
+                )
+            };
         }
     }
 
@@ -284,23 +309,31 @@ impl LinearKernel {
         self.check(packed, bias, x, n, residual, out.len(), scratch);
         assert!(tile < self.tiles(), "linear: tile index");
         let a = self.pack_x(x, n, scratch);
-        self.tile(packed, bias, a, n, residual, out, tile, sweep);
+        self.tile(
+            Operands {
+                packed,
+                bias,
+                a,
+                n,
+                residual,
+                out,
+            },
+            tile,
+            sweep,
+        );
     }
 
-    /// Safety: arguments checked by `check`, `a` the packed batch; no concurrent writer
+    /// Safety: `ops` checked by `check`, `ops.a` the packed batch; no concurrent writer
     /// of the same tile.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn tile(
-        &self,
-        packed: &[f32],
-        bias: Option<&[f32]>,
-        a: &[f32],
-        n: usize,
-        residual: Option<&[f32]>,
-        out: SharedOut,
-        tile: usize,
-        sweep: Sweep,
-    ) {
+    unsafe fn tile(&self, ops: Operands<'_>, tile: usize, sweep: Sweep) {
+        let Operands {
+            packed,
+            bias,
+            a,
+            n,
+            residual,
+            out,
+        } = ops;
         let (fi, fo) = (self.in_features, self.out_features);
         let o0 = tile * self.tile_cols;
         if n == 0 || o0 >= fo {
@@ -315,7 +348,7 @@ impl LinearKernel {
                 let whole = cols / NR_PACK;
                 let (rest, rest_cols) = (o0 + whole * NR_PACK, cols % NR_PACK);
                 if sweep == Sweep::Backward && rest_cols > 0 {
-                    self.drive_cols(packed, bias, a, n, residual, out, rest, rest_cols);
+                    self.drive_cols(ops, rest, rest_cols);
                 }
                 for i in 0..whole {
                     let p = match sweep {
@@ -353,29 +386,26 @@ impl LinearKernel {
                     );
                 }
                 if sweep == Sweep::Forward && rest_cols > 0 {
-                    self.drive_cols(packed, bias, a, n, residual, out, rest, rest_cols);
+                    self.drive_cols(ops, rest, rest_cols);
                 }
                 return;
             }
         }
-        self.drive_cols(packed, bias, a, n, residual, out, o0, cols);
+        self.drive_cols(ops, o0, cols);
     }
 
     /// Output features `o0..o0 + cols` (`o0` a multiple of NR_PACK) through `drive`.
     ///
     /// Safety: as [`LinearKernel::tile`], the columns inside the output features.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn drive_cols(
-        &self,
-        packed: &[f32],
-        bias: Option<&[f32]>,
-        a: &[f32],
-        n: usize,
-        residual: Option<&[f32]>,
-        out: SharedOut,
-        o0: usize,
-        cols: usize,
-    ) {
+    unsafe fn drive_cols(&self, ops: Operands<'_>, o0: usize, cols: usize) {
+        let Operands {
+            packed,
+            bias,
+            a,
+            n,
+            residual,
+            out,
+        } = ops;
         let (fi, fo) = (self.in_features, self.out_features);
         let u = ukr(self.isa);
         // One row sliver: stream each weight panel once over the whole K. Several: block
