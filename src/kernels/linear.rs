@@ -398,14 +398,7 @@ impl LinearKernel {
     ///
     /// Safety: as [`LinearKernel::tile`], the columns inside the output features.
     unsafe fn drive_cols(&self, ops: Operands<'_>, o0: usize, cols: usize) {
-        let Operands {
-            packed,
-            bias,
-            a,
-            n,
-            residual,
-            out,
-        } = ops;
+        let n = ops.n;
         let (fi, fo) = (self.in_features, self.out_features);
         let u = ukr(self.isa);
         // One row sliver: stream each weight panel once over the whole K. Several: block
@@ -421,17 +414,19 @@ impl LinearKernel {
             k: fi,
             kc,
             nc: cols,
-            a: a.as_ptr(),
-            c: out.ptr().add(o0),
+            a: ops.a.as_ptr(),
+            c: ops.out.ptr().add(o0),
             ldc: fo,
             bias_row: std::ptr::null(),
-            bias_col: bias.map_or(std::ptr::null(), |b| b.as_ptr().add(o0)),
-            residual: residual.map_or(std::ptr::null(), |r| r.as_ptr().add(o0)),
+            bias_col: ops.bias.map_or(std::ptr::null(), |b| b.as_ptr().add(o0)),
+            residual: ops
+                .residual
+                .map_or(std::ptr::null(), |r| r.as_ptr().add(o0)),
             act: self.activation,
             accumulate: false,
         };
         let src = BSrc::Prepacked {
-            ptr: packed.as_ptr().add(o0 * fi),
+            ptr: ops.packed.as_ptr().add(o0 * fi),
             n_rest: fo - o0,
         };
         // SAFETY: `check` verified the lengths: packed A holds n·in elements; the packed
