@@ -230,30 +230,15 @@ impl LinearKernel {
         scratch: &mut [f32],
         sweep: Sweep,
     ) {
-        self.check(packed, bias, x, n, residual, out.len(), scratch);
-        let out = SharedOut::new(out);
-        let a = self.pack_x(x, n, scratch);
+        let ops = self.operands(packed, bias, x, n, residual, SharedOut::new(out), scratch);
         let tiles = self.tiles();
         for i in 0..tiles {
             let t = match sweep {
                 Sweep::Forward => i,
                 Sweep::Backward => tiles - 1 - i,
             };
-            // SAFETY: checked above; one thread, disjoint tiles.
-            unsafe {
-                self.tile(
-                    Operands {
-                        packed,
-                        bias,
-                        a,
-                        n,
-                        residual,
-                        out,
-                    },
-                    t,
-                    sweep,
-                )
-            };
+            // SAFETY: checked by `operands`; one thread, disjoint tiles.
+            unsafe { self.tile(ops, t, sweep) };
         }
     }
 
@@ -306,21 +291,33 @@ impl LinearKernel {
         tile: usize,
         sweep: Sweep,
     ) {
-        self.check(packed, bias, x, n, residual, out.len(), scratch);
+        let ops = self.operands(packed, bias, x, n, residual, out, scratch);
         assert!(tile < self.tiles(), "linear: tile index");
+        self.tile(ops, tile, sweep);
+    }
+
+    /// A call's operands: its arguments `check`ed and the batch packed as the A side.
+    #[allow(clippy::too_many_arguments)]
+    fn operands<'a>(
+        &self,
+        packed: &'a [f32],
+        bias: Option<&'a [f32]>,
+        x: &'a [f32],
+        n: usize,
+        residual: Option<&'a [f32]>,
+        out: SharedOut<'a>,
+        scratch: &'a mut [f32],
+    ) -> Operands<'a> {
+        self.check(packed, bias, x, n, residual, out.len(), scratch);
         let a = self.pack_x(x, n, scratch);
-        self.tile(
-            Operands {
-                packed,
-                bias,
-                a,
-                n,
-                residual,
-                out,
-            },
-            tile,
-            sweep,
-        );
+        Operands {
+            packed,
+            bias,
+            a,
+            n,
+            residual,
+            out,
+        }
     }
 
     /// Safety: `ops` checked by `check`, `ops.a` the packed batch; no concurrent writer
