@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::aligned::AlignedFloats;
 use crate::error::{Error, Result};
-use crate::graph::{Conv, Graph, Op, WeightId, WeightLayout};
+use crate::graph::{Conv, Graph, Op, PoolKind, WeightId, WeightLayout};
 use crate::kernels::conv::{ConvKernel, ImplicitConv};
 use crate::kernels::conv_pool::ConvPoolKernel;
 use crate::kernels::depthwise::DepthwiseKernel;
@@ -162,6 +162,14 @@ enum NodeKernel {
         weight: Packed,
         bias: Option<WeightId>,
     },
+    /// An implicit-GEMM convolution and the 2×2 stride-2 max pool that alone reads it,
+    /// pooled in the convolution's store ([`ImplicitConv::with_max_pool`]), at the pool's
+    /// node (the convolution's node is [`NodeKernel::InBlock`]).
+    ImplicitPool {
+        kernel: ImplicitConv,
+        weight: Packed,
+        bias: Option<WeightId>,
+    },
     /// An expansion → depthwise → projection chain run as one step, at the projection's
     /// node; `first` is the expansion's node.
     Block {
@@ -217,6 +225,7 @@ impl NodeKernel {
             NodeKernel::Pool(k) => k.algorithm(),
             NodeKernel::Block { .. } => "fused_block",
             NodeKernel::ConvPool { .. } => "conv_pool",
+            NodeKernel::ImplicitPool { .. } => "implicit_gemm_pool",
             NodeKernel::Implicit { kernel, .. } => kernel.algorithm(),
             NodeKernel::PointwiseNhwc { .. } => "gemm1x1_nhwc",
             NodeKernel::DepthwiseNhwc { .. } => "dw3x3_nhwc",
@@ -231,7 +240,9 @@ impl NodeKernel {
     fn shared_scratch_len(&self) -> usize {
         match self {
             NodeKernel::Conv { kernel, .. } => kernel.shared_b_len(),
-            NodeKernel::Implicit { kernel, .. } => kernel.shared_scratch_len(),
+            NodeKernel::Implicit { kernel, .. } | NodeKernel::ImplicitPool { kernel, .. } => {
+                kernel.shared_scratch_len()
+            }
             _ => 0,
         }
     }
@@ -243,7 +254,9 @@ impl NodeKernel {
             NodeKernel::Linear { kernel, .. } => kernel.scratch_len(),
             NodeKernel::Block { kernel, .. } => kernel.scratch_len(),
             NodeKernel::ConvPool { kernel, .. } => kernel.scratch_len(),
-            NodeKernel::Implicit { kernel, .. } => kernel.scratch_len(),
+            NodeKernel::Implicit { kernel, .. } | NodeKernel::ImplicitPool { kernel, .. } => {
+                kernel.scratch_len()
+            }
             _ => 0,
         }
     }
@@ -546,17 +559,6 @@ fn fuse_conv_pool(model: &Model, kernels: &mut [NodeKernel]) -> Vec<std::ops::Ra
     let mut pairs = Vec::new();
     for i in 0..graph.nodes.len().saturating_sub(1) {
         let (a, b) = (&graph.nodes[i], &graph.nodes[i + 1]);
-        let (
-            NodeKernel::Conv {
-                kernel: conv,
-                weight,
-                bias,
-            },
-            NodeKernel::Pool(pool),
-        ) = (&kernels[i], &kernels[i + 1])
-        else {
-            continue;
-        };
         if a.inputs.len() != 1
             || b.inputs != [a.output]
             || consumers[a.output] != [i + 1]
@@ -564,13 +566,52 @@ fn fuse_conv_pool(model: &Model, kernels: &mut [NodeKernel]) -> Vec<std::ops::Ra
         {
             continue;
         }
-        let Some(kernel) = ConvPoolKernel::new(conv.clone(), pool.clone()) else {
-            continue;
-        };
-        let fused = NodeKernel::ConvPool {
-            kernel: Box::new(kernel),
-            weight: *weight,
-            bias: *bias,
+        let fused = match (&kernels[i], &kernels[i + 1]) {
+            (
+                NodeKernel::Conv {
+                    kernel: conv,
+                    weight,
+                    bias,
+                },
+                NodeKernel::Pool(pool),
+            ) => {
+                let Some(kernel) = ConvPoolKernel::new(conv.clone(), pool.clone()) else {
+                    continue;
+                };
+                NodeKernel::ConvPool {
+                    kernel: Box::new(kernel),
+                    weight: *weight,
+                    bias: *bias,
+                }
+            }
+            (
+                NodeKernel::Implicit {
+                    kernel,
+                    weight,
+                    bias,
+                },
+                NodeKernel::Pool(_),
+            ) => {
+                let Op::Pool(p) = &b.op else { continue };
+                let pool_2x2 = p.kind == PoolKind::Max
+                    && p.kernel == [2, 2]
+                    && p.stride == [2, 2]
+                    && p.dilation == [1, 1]
+                    && p.pads == [0; 4];
+                let Some(kernel) = kernel
+                    .clone()
+                    .with_max_pool()
+                    .filter(|k| pool_2x2 && graph.shape(b.output)[1..] == k.out_shape()[1..])
+                else {
+                    continue;
+                };
+                NodeKernel::ImplicitPool {
+                    kernel,
+                    weight: *weight,
+                    bias: *bias,
+                }
+            }
+            _ => continue,
         };
         kernels[i] = NodeKernel::InBlock;
         kernels[i + 1] = fused;
@@ -647,7 +688,9 @@ fn node_reads(graph: &Graph, kernels: &[NodeKernel], i: usize) -> Vec<(usize, Ne
     let node = &graph.nodes[i];
     match &kernels[i] {
         NodeKernel::InBlock => Vec::new(),
-        NodeKernel::ConvPool { .. } => vec![(graph.nodes[i - 1].inputs[0], Need::Planar)],
+        NodeKernel::ConvPool { .. } | NodeKernel::ImplicitPool { .. } => {
+            vec![(graph.nodes[i - 1].inputs[0], Need::Planar)]
+        }
         NodeKernel::Block { first, .. } => std::iter::once(graph.nodes[*first].inputs[0])
             .chain(node.inputs.get(1).copied())
             .map(|v| (v, Need::Planar))
@@ -1098,6 +1141,21 @@ impl Session {
                 }
                 continue;
             }
+            if let NodeKernel::ImplicitPool {
+                kernel,
+                weight,
+                bias,
+            } = &self.kernels[i]
+            {
+                let x = value(graph.nodes[i - 1].inputs[0], Need::Planar);
+                let b = bias.map(|b| model.weight(b));
+                let w = packed(*weight);
+                kernel.run(self.slots, n, w, b, x, None, out, &mut self.scratch);
+                if let (Some((t, clock)), Some(start)) = (times.as_mut(), started) {
+                    t[i] = clock().saturating_sub(start);
+                }
+                continue;
+            }
             let mut ins: [&[f32]; MAX_NODE_INPUTS] = [&[]; MAX_NODE_INPUTS];
             for (j, (slot, &v)) in ins.iter_mut().zip(&node.inputs).enumerate() {
                 *slot = value(v, input_need(&self.kernels[i], j));
@@ -1231,7 +1289,10 @@ impl Session {
                 NodeKernel::Vector => run_vector(isa, graph, i, model, ins, n, out),
                 NodeKernel::Copy => out.copy_from_slice(ins[0]),
                 NodeKernel::Reference => reference::run_node_into(graph, i, model, ins, n, out),
-                NodeKernel::Block { .. } | NodeKernel::ConvPool { .. } | NodeKernel::InBlock => {
+                NodeKernel::Block { .. }
+                | NodeKernel::ConvPool { .. }
+                | NodeKernel::ImplicitPool { .. }
+                | NodeKernel::InBlock => {
                     unreachable!("handled above")
                 }
             }

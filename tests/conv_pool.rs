@@ -1,7 +1,8 @@
 //! A `direct` convolution and the pooling layer after it as one step
 //! (`kernels::conv_pool`): the same bits as the two layers one by one, for any band
 //! size, worker count and batch, on every tier that runs `direct`; and the session
-//! fuses such pairs (and only when asked).
+//! fuses such pairs (and only when asked); LeNet-5's implicit-GEMM conv2 with its 2×2
+//! max pool in the store likewise.
 
 mod common;
 
@@ -368,6 +369,38 @@ fn pool_rows_write_only_their_rows() {
                         );
                     }
                 }
+            }
+        }
+    }
+}
+
+/// LeNet-5's conv2 (implicit GEMM) → 2×2 max pool runs as one step with the pool in the
+/// convolution's store, with the same bits as the two layers apart (fusion off), on every
+/// tier, worker count and batch.
+#[test]
+fn session_pools_lenet5_conv2_in_its_store_with_the_same_results() {
+    split_small_layers();
+    let model = cnnrt::Model::open("models/lenet5.cnnrt").unwrap();
+    let n = 3;
+    let mut seed = 5u64;
+    let input = common::rand_vec(&mut seed, n * 28 * 28, -1.0, 3.0);
+    for isa in Isa::supported() {
+        let opts = SessionOptions::default().max_batch(n).max_isa(isa);
+        let mut plain = model.session(opts.clone().fuse_blocks(false)).unwrap();
+        assert!(!plain.algorithms().contains(&"implicit_gemm_pool"));
+        let want = plain.run(&input, n).unwrap().to_vec();
+        for threads in [1usize, 2, 3] {
+            let mut fused = model
+                .session(opts.clone().threads(Threads::Count(threads)))
+                .unwrap();
+            let algos = fused.algorithms();
+            assert!(algos.contains(&"implicit_gemm_pool"), "[{isa}] {algos:?}");
+            for batch in [1, n] {
+                let got = fused.run(&input[..batch * 28 * 28], batch).unwrap();
+                assert!(
+                    same_bits(got, &want[..batch * 10]),
+                    "[{isa}] fused, {threads} threads, batch {batch}, differs from unfused"
+                );
             }
         }
     }

@@ -3,7 +3,8 @@
 //! row stride, kernel sizes, dilation, odd and asymmetric padding, output channels that
 //! are not a multiple of the tier's panel, output rows of any width (tile remainders),
 //! bias, residual and every activation, batch > 1. Every split of the work (bands of
-//! rows, channel panels with the shared padded input) gives the same bits as one part.
+//! rows, channel panels with the shared padded input) gives the same bits as one part,
+//! and the layer with a 2×2 max pool in its store the same bits as pooling its output.
 //!
 //! Tolerance: `2·1e-5·sqrt(K + 2)` times the same convolution of absolute values (plus
 //! 1e-6), `K = cin·kh·kw` the reduction length, as for the other convolution kernels.
@@ -179,6 +180,73 @@ fn check(isa: Isa, case: &Case) -> Result<(), TestCaseError> {
             );
         }
     }
+    if !case.residual && oh >= 2 && ow >= 2 {
+        check_pooled(&kernel, case, &packed, bias.as_deref(), &x, &got, [oh, ow])?;
+    }
+    Ok(())
+}
+
+/// A 2×2 stride-2 max pool (floor) of planar `[n, c, h, w]`, NaN where any input of the
+/// window is.
+fn max_pool_2x2(x: &[f32], n: usize, c: usize, [h, w]: [usize; 2]) -> Vec<f32> {
+    let (ph, pw) = (h / 2, w / 2);
+    let mut out = Vec::with_capacity(n * c * ph * pw);
+    for plane in x.chunks(h * w).take(n * c) {
+        for py in 0..ph {
+            for px in 0..pw {
+                let at = |dy: usize, dx: usize| plane[(2 * py + dy) * w + 2 * px + dx];
+                let win = [at(0, 0), at(0, 1), at(1, 0), at(1, 1)];
+                out.push(if win.iter().any(|v| v.is_nan()) {
+                    f32::NAN
+                } else {
+                    win.into_iter().fold(f32::NEG_INFINITY, f32::max)
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The layer with its 2×2 max pool done in the store gives, bit for bit (up to the sign
+/// of a tied zero), the pool of what it gives without (`unpooled`), for every split of
+/// the work.
+#[allow(clippy::too_many_arguments)]
+fn check_pooled(
+    kernel: &ImplicitConv,
+    case: &Case,
+    packed: &[f32],
+    bias: Option<&[f32]>,
+    x: &[f32],
+    unpooled: &[f32],
+    [oh, ow]: [usize; 2],
+) -> Result<(), TestCaseError> {
+    let c = &case.conv;
+    let want = max_pool_2x2(unpooled, case.batch, c.out_channels, [oh, ow]);
+    let pooled = kernel
+        .clone()
+        .with_max_pool()
+        .ok_or_else(|| TestCaseError::fail("pool not planned"))?;
+    prop_assert_eq!(pooled.out_shape(), [c.out_channels, oh / 2, ow / 2]);
+    let n_out = c.out_channels * (oh / 2) * (ow / 2);
+    // Bit for bit, but for which of tied zeros of either sign wins (as between the
+    // planar pool's own paths) and NaN payloads.
+    let same = |a: &[f32], b: &[f32]| {
+        a.len() == b.len()
+            && a.iter()
+                .zip(b)
+                .all(|(a, b)| a.to_bits() == b.to_bits() || a == b || (a.is_nan() && b.is_nan()))
+    };
+    for (rows, cols) in [(1, 1), (2, 1), (3, 2), (1, 4)] {
+        let split = pooled.clone().with_parts(rows, cols);
+        for slots in [1, 3] {
+            let got = run(&split, slots, case, packed, bias, x, None, n_out);
+            prop_assert!(
+                same(&got, &want),
+                "{c:?}: pooled, split {rows}×{cols} on {slots} workers, differs from the pool \
+                 of the unpooled output"
+            );
+        }
+    }
     Ok(())
 }
 
@@ -255,4 +323,54 @@ fn implicit_conv_declines_what_it_cannot_run() {
     assert!(plan(&conv(1, 2), 9).is_none());
     // Output shapes that disagree with the convolution are refused, not trusted.
     assert!(plan(&conv(1, 1), 10).is_none());
+}
+
+/// NaNs in the input reach the pooled output as they reach the pool of the unpooled one
+/// (the in-store pool's NaN path), on every tier; LeNet-5's conv2 → pool shape.
+#[test]
+fn implicit_conv_pool_propagates_nan_every_tier() {
+    for isa in Isa::supported() {
+        let case = Case {
+            conv: Conv {
+                in_channels: 20,
+                out_channels: 50,
+                kernel: [5, 5],
+                stride: [1, 1],
+                dilation: [1, 1],
+                pads: [2; 4],
+                groups: 1,
+                weight: 0,
+                bias: None,
+                activation: Activation::Relu,
+            },
+            h: 14,
+            w: 14,
+            batch: 2,
+            bias: true,
+            residual: false,
+            seed: 7,
+        };
+        let c = &case.conv;
+        let kernel = ImplicitConv::new(isa, c, [20, 14, 14], [50, 14, 14], 2).unwrap();
+        let k = 20 * 25;
+        let wts = values(50 * k, 1);
+        let bias = values(50, 2);
+        let mut x = values(2 * 20 * 14 * 14, 3);
+        x[5 * 14 + 6] = f32::NAN;
+        x[20 * 14 * 14 + 3 * 196 + 13] = f32::NAN;
+        let mut packed = vec![0.0; kernel.weights_len()];
+        gemm::pack_b_transposed(50, k, &wts, k, &mut packed);
+        let unpooled = run(&kernel, 1, &case, &packed, Some(&bias), &x, None, 50 * 196);
+        assert!(unpooled.iter().any(|v| v.is_nan()));
+        check_pooled(
+            &kernel,
+            &case,
+            &packed,
+            Some(&bias),
+            &x,
+            &unpooled,
+            [14, 14],
+        )
+        .unwrap();
+    }
 }

@@ -75,6 +75,9 @@ pub struct ImplicitConv {
     /// instead of band by band by each part: when parts split the channels, every one of
     /// them would otherwise copy the whole input.
     shared: bool,
+    /// A 2×2 stride-2 max pool without padding (floor) follows, done band by band in
+    /// the store ([`ImplicitConv::with_max_pool`]).
+    max_pool: bool,
 }
 
 impl ImplicitConv {
@@ -142,6 +145,7 @@ impl ImplicitConv {
             row_groups: 1,
             col_groups: 1,
             shared: false,
+            max_pool: false,
         };
         if threads > 1 && kernel.flops() >= parallel::min_parallel_flops() {
             // About two parts per worker.
@@ -167,6 +171,40 @@ impl ImplicitConv {
         self.col_groups = col_groups.clamp(1, self.panels());
         self.lay_out();
         self
+    }
+
+    /// The same layer followed by a 2×2 stride-2 max pool without padding (floor mode:
+    /// an odd last row or column is dropped), pooled in the pixel-major scratch before
+    /// the transpose: `run` then writes the pool's `cout × ⌊oh/2⌋ × ⌊ow/2⌋`. `None` below
+    /// 2 rows or columns.
+    ///
+    /// Why: LeNet-5's conv2 → 2×2 max pool. Apart, the pool re-reads the convolution's
+    /// planar output with 14-wide rows, masked loads and a de-interleave per row (about
+    /// 3% of a run on one thread, 5% on two, one more fork-join); here each pooled pixel
+    /// is four whole-vector loads of channels, and the transpose moves a quarter of the
+    /// data.
+    pub fn with_max_pool(mut self) -> Option<Self> {
+        if self.oh < 2 || self.ow < 2 {
+            return None;
+        }
+        // Bands of whole pool windows: an even band (the last may be odd when oh is,
+        // and drops its last row).
+        if self.band % 2 == 1 && self.band < self.oh {
+            self.band += 1;
+        }
+        self.max_pool = true;
+        self.row_groups = self.row_groups.min(self.bands());
+        self.lay_out();
+        Some(self)
+    }
+
+    /// The output's `[channels, rows, columns]`: the convolution's, or the pool's.
+    pub fn out_shape(&self) -> [usize; 3] {
+        if self.max_pool {
+            [self.cout, self.oh / 2, self.ow / 2]
+        } else {
+            [self.cout, self.oh, self.ow]
+        }
     }
 
     /// The buffer rows and tap offsets for the split: with channel panels split over
@@ -262,7 +300,8 @@ impl ImplicitConv {
         out: &mut [f32],
         scratch: &mut [f32],
     ) {
-        let (in_len, out_len) = (self.cin * self.h * self.w, self.cout * self.oh * self.ow);
+        let [_, oh, ow] = self.out_shape();
+        let (in_len, out_len) = (self.cin * self.h * self.w, self.cout * oh * ow);
         assert_eq!(wt.len(), self.weights_len(), "implicit conv: weights");
         assert!(
             bias.is_none_or(|b| b.len() == self.cout),
@@ -271,7 +310,7 @@ impl ImplicitConv {
         assert!(x.len() >= n * in_len, "implicit conv: input");
         assert!(out.len() >= n * out_len, "implicit conv: output");
         assert!(
-            residual.is_none_or(|r| r.len() >= n * out_len),
+            residual.is_none_or(|r| r.len() >= n * out_len && !self.max_pool),
             "implicit conv: residual"
         );
         let per = self.scratch_len();
@@ -383,7 +422,9 @@ impl ImplicitConv {
     ) {
         let taps = self.taps();
         let (k, cout, ow) = (self.k, self.cout, self.ow);
-        let plane = self.oh * ow;
+        // The output plane: the convolution's, or the pool's.
+        let [_, out_h, out_w] = self.out_shape();
+        let plane = out_h * out_w;
         let per = self.parts();
         let (s, rest) = (part / per, part % per);
         let (cg, rg) = (rest / self.row_groups, rest % self.row_groups);
@@ -496,25 +537,47 @@ impl ImplicitConv {
                         }
                     }
                 }
+                let (pixels, first) = if self.max_pool {
+                    // Bands start on even rows (`with_max_pool`): pooled rows oy0 / 2 ..
+                    // oy1 / 2.
+                    let pooled = self.pool_scratch(cs, oy1 - oy0);
+                    (pooled, oy0 / 2 * out_w)
+                } else {
+                    (pixels, oy0 * ow)
+                };
                 // SAFETY: `cs` holds `pixels` rows of nr floats (nv valid); output and
-                // residual channels c0 .. c0 + nv, pixels oy0·ow .. + pixels of this
+                // residual channels c0 .. c0 + nv, pixels `first` .. + pixels of this
                 // sample, which only this part writes.
                 unsafe {
                     self.store(
                         cs,
                         pixels,
                         nv,
-                        out.add(c0 * plane + oy0 * ow),
+                        out.add(c0 * plane + first),
                         if residual.is_null() {
                             residual
                         } else {
-                            residual.add(c0 * plane + oy0 * ow)
+                            residual.add(c0 * plane + first)
                         },
                         plane,
                     )
                 };
             }
         }
+    }
+
+    /// Max-pools `rows` output rows of the pixel-major scratch `cs` (`ow` pixels of `nr`
+    /// floats each) 2×2 with stride 2, in place: pooled pixel `q` lands in row `q`, which
+    /// no later pooled pixel reads. Returns the pooled pixels, `⌊rows/2⌋ · ⌊ow/2⌋`.
+    fn pool_scratch(&self, cs: &mut [f32], rows: usize) -> usize {
+        let (ow, nr) = (self.ow, self.taps().nr);
+        let (ph, pw) = (rows / 2, ow / 2);
+        assert!(cs.len() >= rows * ow * nr, "implicit conv: scratch");
+        dispatch!(self.isa, |s| {
+            // SAFETY: rows · ow pixels of nr floats are in `cs` (checked above).
+            unsafe { pool_2x2(s, cs.as_mut_ptr(), nr, ow, ph, pw) }
+        });
+        ph * pw
     }
 
     /// Transposes `pixels × nv` of the pixel-major scratch `cs` (rows `nr` apart) into
@@ -542,6 +605,40 @@ impl ImplicitConv {
             // SAFETY: forwarded.
             unsafe { transpose_out(s, cs, nr, pixels, nv, out, residual, plane, self.act) }
         })
+    }
+}
+
+/// See [`ImplicitConv::pool_scratch`]: per lane, `max(max(p00, p10), max(p01, p11))` in
+/// the order of the planar pool's vector body (`pool::body_s2_max`), NaN if any of the
+/// four is.
+///
+/// # Safety
+/// `cs` valid for `2·ph` rows of `ow ≥ 2·pw` pixels of `nr` floats; `nr` a multiple of
+/// the lanes.
+#[inline(always)]
+unsafe fn pool_2x2<S: Simd>(s: S, cs: *mut f32, nr: usize, ow: usize, ph: usize, pw: usize) {
+    let l = S::LANES;
+    debug_assert_eq!(nr % l, 0);
+    for py in 0..ph {
+        for px in 0..pw {
+            let p00 = (2 * py * ow + 2 * px) * nr;
+            let (p01, p10, p11) = (p00 + nr, p00 + ow * nr, p00 + (ow + 1) * nr);
+            let q = (py * pw + px) * nr;
+            for j in (0..nr).step_by(l) {
+                // SAFETY: the four pixels lie in the 2·ph × ow rows (caller); pixel q is
+                // at most p00, and every lane of it is read before it is written.
+                unsafe {
+                    let (a, b) = (s.load(cs.add(p00 + j)), s.load(cs.add(p01 + j)));
+                    let (c, d) = (s.load(cs.add(p10 + j)), s.load(cs.add(p11 + j)));
+                    let nan = s.mask_or(
+                        s.mask_or(s.is_nan(a), s.is_nan(b)),
+                        s.mask_or(s.is_nan(c), s.is_nan(d)),
+                    );
+                    let m = s.max(s.max(a, c), s.max(b, d));
+                    s.store(cs.add(q + j), s.select(nan, s.splat(f32::NAN), m));
+                }
+            }
+        }
     }
 }
 
