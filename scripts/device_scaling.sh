@@ -8,7 +8,8 @@
 # weights are all set to constants (timing does not depend on the values; gzip then makes
 # them tiny, as the device's carry limit is 64 MiB with the working tree) plus
 # conv3x3_stress. `run` converts them there and times 1–16 threads, a fresh process per
-# point (`cnnrt bench --json`, medians), and ResNet-18 at batch 8. Needs the venv and the
+# point (`cnnrt bench --json`, medians), with the shipped LeNet-5 too, ResNet-18 at batch
+# 8, and writes per-layer profiles at 4 and 16 threads under $OUT. Needs the venv and the
 # exported models of the README's performance section for `prepare`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -51,15 +52,24 @@ run)
     for m in resnet18 mobilenet_v2 conv3x3_stress; do
         $B convert $W/$m.onnx -o $W/$m.cnnrt >/dev/null
     done
-    for m in resnet18 mobilenet_v2 conv3x3_stress; do
+    cp models/lenet5.cnnrt $W/
+    for m in resnet18 mobilenet_v2 conv3x3_stress lenet5; do
         for t in 1 2 4 8 12 16; do
             it=60
             [ $m = resnet18 ] && it=30
+            [ $m = lenet5 ] && it=2000
             echo "$m t=$t $($B bench $W/$m.cnnrt --threads $t --iters $it --no-verify --json | tail -1)"
         done
     done
     for t in 1 4 16; do
         echo "resnet18 b=8 t=$t $($B bench $W/resnet18.cnnrt --threads $t --batch 8 --iters 8 --no-verify --json | tail -1)"
+    done
+    # Per-layer profiles at 4 and 16 threads, into $OUT when the device tool sets it.
+    P=${OUT:-$W}
+    for m in resnet18 mobilenet_v2 lenet5; do
+        for t in 4 16; do
+            $B bench $W/$m.cnnrt --threads $t --iters 200 --no-verify --profile >"$P/profile_${m}_t$t.txt" 2>&1 || true
+        done
     done
     ;;
 *)

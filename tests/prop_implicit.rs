@@ -180,6 +180,29 @@ fn check(isa: Isa, case: &Case) -> Result<(), TestCaseError> {
             );
         }
     }
+    // Planned for 8 and 16 workers (thinner bands where bands × panels are fewer than
+    // the workers), run on three: the same bits.
+    for threads in [8, 16] {
+        let plan = ImplicitConv::new(isa, c, in_shape, out_shape, threads)
+            .ok_or_else(|| TestCaseError::fail("not planned for threads"))?;
+        let other = run(
+            &plan,
+            3,
+            case,
+            &packed,
+            bias.as_deref(),
+            &x,
+            res.as_deref(),
+            n_out,
+        );
+        prop_assert!(
+            other
+                .iter()
+                .zip(&got)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{isa} {c:?}: planned for {threads} workers differs from one"
+        );
+    }
     if !case.residual && oh >= 2 && ow >= 2 {
         check_pooled(&kernel, case, &packed, bias.as_deref(), &x, &got, [oh, ow])?;
     }

@@ -254,9 +254,9 @@ fn check(isa: Isa, variant: WinogradVariant, case: &Case) -> Result<(), TestCase
             kernel.tiles()
         );
     }
-    // Tiles planned for several workers (other block sizes, a longer last block) cover the
-    // output the same way, bit for bit.
-    for threads in [2, 3] {
+    // Tiles planned for several workers (other block sizes, a longer last block, thinner
+    // channel blocks from 3 workers on) cover the output the same way, bit for bit.
+    for threads in [2, 3, 8, 16] {
         let split =
             WinogradKernel::new_for_threads(isa, &conv, in_shape, out_shape, variant, threads)
                 .expect("3x3 stride 1 is eligible");
@@ -371,6 +371,27 @@ fn few_tile_blocks_are_shared_evenly() {
         );
         // One worker: one block, unchanged.
         assert_eq!(split(32, 96, 8, WinogradVariant::F2x2, 1).0, 1, "{isa}");
+        // More workers than tile blocks × channel blocks: thinner channel blocks (at least
+        // 24 channels) until each worker has an item. ResNet-18's 28×28 (128 channels,
+        // F4x4), 14×14 (256, F2x2) and 7×7 (512, F2x2) layers on 16 workers made 4, 4
+        // and 9 items before.
+        for (c, side, variant, items) in [
+            (128, 28, WinogradVariant::F4x4, 12),
+            (256, 14, WinogradVariant::F2x2, 16),
+            (512, 7, WinogradVariant::F2x2, 15),
+        ] {
+            let (blocks, _, m_tiles) = split(c, c, side, variant, 16);
+            let what = format!("{isa} {c} channels on 16 workers: {blocks} x {m_tiles}");
+            // Other tiers' blocks hold other tile counts: 15–18 items there.
+            if isa == Isa::Avx512 {
+                assert_eq!(blocks * m_tiles, items, "{what}");
+            } else {
+                assert!(blocks * m_tiles >= 12, "{what}");
+            }
+            // Up to 4 workers the plans are what they were (4 items: one each).
+            let (blocks, _, m_tiles) = split(c, c, side, variant, 4);
+            assert_eq!(blocks * m_tiles, 4, "{isa} {c} channels on 4 workers");
+        }
     }
 }
 

@@ -148,6 +148,14 @@ impl ImplicitConv {
             max_pool: false,
         };
         if threads > 1 && kernel.flops() >= parallel::min_parallel_flops() {
+            // More than two workers and fewer bands × channel panels than workers
+            // (LeNet-5's conv2: one band, 2 panels, and no faster past 2 threads on a
+            // 16-core Xeon): thinner bands, down to one row. Bands are independent
+            // output rows, so the bits do not change.
+            if threads > 2 && kernel.bands() * kernel.panels() < threads {
+                let bands = threads.div_ceil(kernel.panels()).min(oh);
+                kernel.band = kernel.band.min(oh.div_ceil(bands)).max(1);
+            }
             // About two parts per worker.
             let target = 2 * threads;
             let (panels, bands) = (kernel.panels(), kernel.bands());

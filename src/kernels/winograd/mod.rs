@@ -208,6 +208,9 @@ const ROW_BLOCKS_MAX_U_BYTES: usize = 1 << 20;
 const WANT_TILES: usize = 4;
 /// Output channels per work item below which output channels are not split.
 const MIN_MC: usize = 48;
+/// The same with more than two workers and fewer items than workers (see
+/// `new_for_threads`): two micro-kernel tiles of rows.
+const MIN_MC_MANY: usize = 2 * MR_PACK;
 /// Gather windows kept per input block for the groups of whole tile rows (more groups
 /// per row make their windows as they go).
 const CACHED_WINDOWS: usize = 8;
@@ -496,6 +499,17 @@ impl WinogradKernel {
             };
             let split = want.min(cout / MIN_MC).max(1);
             mc = cout.div_ceil(split).div_ceil(MR_PACK) * MR_PACK;
+        }
+        // More than two workers and fewer items than workers (ResNet-18's 28×28, 14×14
+        // and 7×7 layers made 4, 4 and 9 items at 8–16 threads, and stopped getting
+        // faster past 4 threads on a 16-core Xeon): output channels in blocks of at
+        // least MIN_MC_MANY until there is an item per worker. Each block transforms its
+        // tile block's input again (a small share of the layer's work). One and two
+        // workers keep the plans above.
+        if threads > 2 && nblocks * cout.div_ceil(mc) < threads {
+            let want = threads.div_ceil(nblocks);
+            let narrow = cout.div_ceil(want).div_ceil(MR_PACK) * MR_PACK;
+            mc = mc.min(narrow.max(MIN_MC_MANY));
         }
         let m_tiles = cout.div_ceil(mc).max(1);
         let mcc = m_chunk(t2, ld, mc);
