@@ -1127,30 +1127,22 @@ impl Session {
                 }
                 continue;
             }
-            if let NodeKernel::ConvPool {
-                kernel,
-                weight,
-                bias,
-            } = &self.kernels[i]
+            // A convolution and its pool as one step, at the pool's node, reading the
+            // convolution's input.
+            if let NodeKernel::ConvPool { weight, bias, .. }
+            | NodeKernel::ImplicitPool { weight, bias, .. } = &self.kernels[i]
             {
                 let x = value(graph.nodes[i - 1].inputs[0], Need::Planar);
-                let b = bias.map(|b| model.weight(b));
-                kernel.run(self.slots, n, packed(*weight), b, x, out, &mut self.scratch);
-                if let (Some((t, clock)), Some(start)) = (times.as_mut(), started) {
-                    t[i] = clock().saturating_sub(start);
+                let (w, b) = (packed(*weight), bias.map(|b| model.weight(b)));
+                match &self.kernels[i] {
+                    NodeKernel::ConvPool { kernel, .. } => {
+                        kernel.run(self.slots, n, w, b, x, out, &mut self.scratch)
+                    }
+                    NodeKernel::ImplicitPool { kernel, .. } => {
+                        kernel.run(self.slots, n, w, b, x, None, out, &mut self.scratch)
+                    }
+                    _ => unreachable!("matched above"),
                 }
-                continue;
-            }
-            if let NodeKernel::ImplicitPool {
-                kernel,
-                weight,
-                bias,
-            } = &self.kernels[i]
-            {
-                let x = value(graph.nodes[i - 1].inputs[0], Need::Planar);
-                let b = bias.map(|b| model.weight(b));
-                let w = packed(*weight);
-                kernel.run(self.slots, n, w, b, x, None, out, &mut self.scratch);
                 if let (Some((t, clock)), Some(start)) = (times.as_mut(), started) {
                     t[i] = clock().saturating_sub(start);
                 }

@@ -88,6 +88,10 @@ fn cases(max_hw: usize, max_c: usize) -> impl Strategy<Value = Case> {
         )
 }
 
+fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
 /// Runs `kernel` on the case's batch on `slots` workers (NaN-filled output and scratch,
 /// so anything left unwritten or read before written shows).
 #[allow(clippy::too_many_arguments)]
@@ -172,10 +176,7 @@ fn check(isa: Isa, case: &Case) -> Result<(), TestCaseError> {
                 n_out,
             );
             prop_assert!(
-                other
-                    .iter()
-                    .zip(&got)
-                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                same_bits(&other, &got),
                 "{isa} {c:?}: split {rows}×{cols} on {slots} workers differs from one part"
             );
         }
@@ -196,10 +197,7 @@ fn check(isa: Isa, case: &Case) -> Result<(), TestCaseError> {
             n_out,
         );
         prop_assert!(
-            other
-                .iter()
-                .zip(&got)
-                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            same_bits(&other, &got),
             "{isa} {c:?}: planned for {threads} workers differs from one"
         );
     }
