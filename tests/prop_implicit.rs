@@ -143,16 +143,19 @@ fn check(isa: Isa, case: &Case) -> Result<(), TestCaseError> {
 
     let mut packed = vec![0.0; kernel.weights_len()];
     gemm::pack_b_transposed(c.out_channels, k, &wts, k, &mut packed);
-    let got = run(
-        &kernel,
-        1,
-        case,
-        &packed,
-        bias.as_deref(),
-        &x,
-        res.as_deref(),
-        n_out,
-    );
+    let run_on = |plan: &ImplicitConv, slots: usize| {
+        run(
+            plan,
+            slots,
+            case,
+            &packed,
+            bias.as_deref(),
+            &x,
+            res.as_deref(),
+            n_out,
+        )
+    };
+    let got = run_on(&kernel, 1);
     check_close(
         &got,
         &want,
@@ -165,16 +168,7 @@ fn check(isa: Isa, case: &Case) -> Result<(), TestCaseError> {
     for (rows, cols) in [(2, 1), (3, 2), (1, 4), (5, 3)] {
         let split = kernel.clone().with_parts(rows, cols);
         for slots in [1, 3] {
-            let other = run(
-                &split,
-                slots,
-                case,
-                &packed,
-                bias.as_deref(),
-                &x,
-                res.as_deref(),
-                n_out,
-            );
+            let other = run_on(&split, slots);
             prop_assert!(
                 same_bits(&other, &got),
                 "{isa} {c:?}: split {rows}×{cols} on {slots} workers differs from one part"
@@ -186,16 +180,7 @@ fn check(isa: Isa, case: &Case) -> Result<(), TestCaseError> {
     for threads in [8, 16] {
         let plan = ImplicitConv::new(isa, c, in_shape, out_shape, threads)
             .ok_or_else(|| TestCaseError::fail("not planned for threads"))?;
-        let other = run(
-            &plan,
-            3,
-            case,
-            &packed,
-            bias.as_deref(),
-            &x,
-            res.as_deref(),
-            n_out,
-        );
+        let other = run_on(&plan, 3);
         prop_assert!(
             same_bits(&other, &got),
             "{isa} {c:?}: planned for {threads} workers differs from one"
