@@ -53,10 +53,12 @@ pub struct SessionOptions {
     pub max_isa: Option<Isa>,
     pub threads: Threads,
     /// Run each 1×1 expansion → depthwise → 1×1 projection chain (MobileNet's inverted
-    /// residual blocks) as one band-by-band step (`kernels::fused`), and each `direct`
+    /// residual blocks) as one band-by-band step (`kernels::fused`), each `direct`
     /// convolution read only by a pooling layer (ResNet's stem) as one step with it
-    /// (`kernels::conv_pool`). Same results bit for bit; off only to compare or to
-    /// profile the layers one by one.
+    /// (`kernels::conv_pool`), and each implicit-GEMM convolution read only by a 2×2
+    /// stride-2 max pool (LeNet-5's conv2) with the pool in its store
+    /// (`ImplicitConv::with_max_pool`). Same results bit for bit; off only to compare or
+    /// to profile the layers one by one.
     pub fuse_blocks: bool,
     /// Keep MobileNet-style 1×1 and depthwise layers on small maps channels-last
     /// between layers (`kernels::nhwc`, `region`). Same results bit for bit; off only to

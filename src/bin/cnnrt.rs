@@ -107,9 +107,10 @@ enum Command {
         /// faster runs of models with large weights.
         #[arg(long)]
         copy: bool,
-        /// Run MobileNet-style expansion → depthwise → projection blocks, and first-layer
-        /// convolutions with the pooling after them, layer by layer instead of as one
-        /// fused step (to compare, or to profile each layer).
+        /// Run MobileNet-style expansion → depthwise → projection blocks, first-layer
+        /// convolutions with the pooling after them, and implicit-GEMM convolutions with
+        /// the 2×2 max pool after them, layer by layer instead of as one fused step (to
+        /// compare, or to profile each layer).
         #[arg(long)]
         no_fuse: bool,
         /// Run every layer planar (channels in separate planes) instead of keeping
