@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::aligned::AlignedFloats;
 use crate::error::{Error, Result};
-use crate::graph::{Conv, Graph, Op, PoolKind, WeightId, WeightLayout};
+use crate::graph::{Conv, Graph, Op, WeightId, WeightLayout};
 use crate::kernels::conv::{ConvKernel, ImplicitConv};
 use crate::kernels::conv_pool::ConvPoolKernel;
 use crate::kernels::depthwise::DepthwiseKernel;
@@ -595,15 +595,9 @@ fn fuse_conv_pool(model: &Model, kernels: &mut [NodeKernel]) -> Vec<std::ops::Ra
                 NodeKernel::Pool(_),
             ) => {
                 let Op::Pool(p) = &b.op else { continue };
-                let pool_2x2 = p.kind == PoolKind::Max
-                    && p.kernel == [2, 2]
-                    && p.stride == [2, 2]
-                    && p.dilation == [1, 1]
-                    && p.pads == [0; 4];
                 let Some(kernel) = kernel
                     .clone()
-                    .with_max_pool()
-                    .filter(|k| pool_2x2 && graph.shape(b.output)[1..] == k.out_shape()[1..])
+                    .with_max_pool(p, spatial(graph.shape(b.output)))
                 else {
                     continue;
                 };

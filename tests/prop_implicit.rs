@@ -10,7 +10,7 @@
 //! 1e-6), `K = cin·kh·kw` the reduction length, as for the other convolution kernels.
 
 mod common;
-use cnnrt::graph::{Activation, Conv};
+use cnnrt::graph::{Activation, Conv, Pool, PoolKind};
 use cnnrt::kernels::conv::ImplicitConv;
 use cnnrt::kernels::gemm;
 use cnnrt::simd::Isa;
@@ -192,6 +192,19 @@ fn check(isa: Isa, case: &Case) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// A `k × k` stride-`s` max pool without padding, floor mode.
+fn max_pool(k: usize, s: usize) -> Pool {
+    Pool {
+        kind: PoolKind::Max,
+        kernel: [k, k],
+        stride: [s, s],
+        dilation: [1, 1],
+        pads: [0; 4],
+        ceil_mode: false,
+        count_include_pad: false,
+    }
+}
+
 /// A 2×2 stride-2 max pool (floor) of planar `[n, c, h, w]`, NaN where any input of the
 /// window is.
 fn max_pool_2x2(x: &[f32], n: usize, c: usize, [h, w]: [usize; 2]) -> Vec<f32> {
@@ -228,11 +241,12 @@ fn check_pooled(
 ) -> Result<(), TestCaseError> {
     let c = &case.conv;
     let want = max_pool_2x2(unpooled, case.batch, c.out_channels, [oh, ow]);
+    let pool_out = [c.out_channels, oh / 2, ow / 2];
     let pooled = kernel
         .clone()
-        .with_max_pool()
+        .with_max_pool(&max_pool(2, 2), pool_out)
         .ok_or_else(|| TestCaseError::fail("pool not planned"))?;
-    prop_assert_eq!(pooled.out_shape(), [c.out_channels, oh / 2, ow / 2]);
+    prop_assert_eq!(pooled.out_shape(), pool_out);
     let n_out = c.out_channels * (oh / 2) * (ow / 2);
     // Bit for bit, but for which of tied zeros of either sign wins (as between the
     // planar pool's own paths) and NaN payloads.
@@ -307,7 +321,8 @@ fn implicit_conv_wide_shapes_every_tier() {
     }
 }
 
-/// Only column strides 1 and 2 and one group are planned.
+/// Only column strides 1 and 2 and one group are planned, and only a 2×2 stride-2 max pool
+/// in the store.
 #[test]
 fn implicit_conv_declines_what_it_cannot_run() {
     let conv = |stride: usize, groups: usize| Conv {
@@ -329,6 +344,23 @@ fn implicit_conv_declines_what_it_cannot_run() {
     assert!(plan(&conv(1, 2), 9).is_none());
     // Output shapes that disagree with the convolution are refused, not trusted.
     assert!(plan(&conv(1, 1), 10).is_none());
+    // The pool in the store: a 2×2 stride-2 max pool without padding, with the output
+    // shape that gives (9×9 → 4×4), and nothing else.
+    let layer = || plan(&conv(1, 1), 9).unwrap();
+    assert!(layer().with_max_pool(&max_pool(2, 2), [8, 4, 4]).is_some());
+    assert!(layer().with_max_pool(&max_pool(2, 2), [8, 5, 5]).is_none());
+    assert!(layer().with_max_pool(&max_pool(3, 2), [8, 4, 4]).is_none());
+    assert!(layer().with_max_pool(&max_pool(2, 1), [8, 4, 4]).is_none());
+    let average = Pool {
+        kind: PoolKind::Average,
+        ..max_pool(2, 2)
+    };
+    assert!(layer().with_max_pool(&average, [8, 4, 4]).is_none());
+    let padded = Pool {
+        pads: [1, 1, 0, 0],
+        ..max_pool(2, 2)
+    };
+    assert!(layer().with_max_pool(&padded, [8, 4, 4]).is_none());
 }
 
 /// NaNs in the input reach the pooled output as they reach the pool of the unpooled one

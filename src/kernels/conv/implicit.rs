@@ -22,7 +22,7 @@
 //! then the bias (and residual), then the activation, whatever the band, panel or worker:
 //! results are bit-identical for any number of threads.
 
-use crate::graph::{Activation, Conv};
+use crate::graph::{Activation, Conv, Pool, PoolKind};
 use crate::kernels::elementwise::{dispatch, ActV, Simd};
 use crate::kernels::gemm::{self, SharedOut, Store, TapsKernels, NR_PACK};
 use crate::kernels::parallel;
@@ -181,18 +181,27 @@ impl ImplicitConv {
         self
     }
 
-    /// The same layer followed by a 2×2 stride-2 max pool without padding (floor mode:
-    /// an odd last row or column is dropped), pooled in the pixel-major scratch before
-    /// the transpose: `run` then writes the pool's `cout × ⌊oh/2⌋ × ⌊ow/2⌋`. `None` below
-    /// 2 rows or columns.
+    /// The same layer followed by `pool`, pooled in the pixel-major scratch before the
+    /// transpose: `run` then writes the pool's `cout × ⌊oh/2⌋ × ⌊ow/2⌋` (an odd last row
+    /// or column dropped). `None` unless `pool` is a 2×2 stride-2 max pool without
+    /// padding or dilation whose output shape `pool_out` is that, on at least 2 rows and
+    /// columns.
     ///
     /// Why: LeNet-5's conv2 → 2×2 max pool. Apart, the pool re-reads the convolution's
     /// planar output with 14-wide rows, masked loads and a de-interleave per row (about
     /// 3% of a run on one thread, 5% on two, one more fork-join); here each pooled pixel
     /// is four whole-vector loads of channels, and the transpose moves a quarter of the
     /// data.
-    pub fn with_max_pool(mut self) -> Option<Self> {
-        if self.oh < 2 || self.ow < 2 {
+    pub fn with_max_pool(mut self, pool: &Pool, pool_out: [usize; 3]) -> Option<Self> {
+        let max_2x2 = pool.kind == PoolKind::Max
+            && pool.kernel == [2, 2]
+            && pool.stride == [2, 2]
+            && pool.dilation == [1, 1]
+            && pool.pads == [0; 4];
+        if !max_2x2 || self.oh < 2 || self.ow < 2 {
+            return None;
+        }
+        if pool_out != [self.cout, self.oh / 2, self.ow / 2] {
             return None;
         }
         // Bands of whole pool windows: an even band (the last may be odd when oh is,
