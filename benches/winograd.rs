@@ -107,7 +107,10 @@ fn bench(c: &mut Criterion) {
         let flops = 2 * (l.c * l.c * 9 * l.hw * l.hw) as u64;
         g.throughput(Throughput::Elements(flops));
         if wanted(l.name) && std::env::var_os("WINO_NO_ERR").is_none() {
-            for v in WinogradVariant::ALL {
+            for v in WinogradVariant::ALL
+                .into_iter()
+                .filter(|v| v.kernel_size() == 3)
+            {
                 let e = measure_relative_error(
                     Isa::select(None),
                     &cv,
@@ -123,7 +126,10 @@ fn bench(c: &mut Criterion) {
         }
         for isa in Isa::supported() {
             let mut out = Aligned::zeroed(l.c * l.hw * l.hw);
-            for v in WinogradVariant::ALL {
+            for v in WinogradVariant::ALL
+                .into_iter()
+                .filter(|v| v.kernel_size() == 3)
+            {
                 let k = WinogradKernel::new(isa, &cv, shape, shape, v).unwrap();
                 let mut packed = Aligned::zeroed(k.packed_weight_len());
                 k.pack_weights(&w, &mut packed);

@@ -46,6 +46,10 @@ pub struct Converted {
     pub winograd_max_error: f64,
 }
 
+/// Input channels from which a 5×5 stride-1 layer is a Winograd F(2x2,5x5) candidate
+/// (see `try_winograd`).
+const K5_MIN_CIN: usize = 32;
+
 /// A deterministic calibration input in [-1, 1) for the Winograd error check.
 fn calibration_input(len: usize, seed: u64) -> Vec<f32> {
     let mut state = seed | 1;
@@ -218,8 +222,9 @@ impl Converted {
     /// 3×3 stride-1 layers use Winograd F(4x4,3x3) or F(2x2,3x3) when its error measured
     /// against direct convolution on a calibration input is within the budget and a cost
     /// model (tiles per lane group, transforms, weight traffic: small maps with many
-    /// channels favour F(2x2) or direct GEMM) estimates it faster; each Winograd
-    /// candidate's algorithm and error are returned as layer notes.
+    /// channels favour F(2x2) or direct GEMM) estimates it faster; 5×5 stride-1 layers
+    /// with at least 32 input channels likewise use F(2x2,5x5). Each Winograd candidate's
+    /// algorithm and error are returned as layer notes.
     pub fn packed_for_file(&self) -> (Graph, Vec<Vec<f32>>, Vec<LayerNote>) {
         let mut graph = self.graph.clone();
         let mut weights = self.weights.clone();
@@ -303,7 +308,21 @@ impl Converted {
         if self.winograd_max_error <= 0.0 {
             return None;
         }
-        WinogradKernel::new(Isa::Scalar, c, i, o, WinogradVariant::F4x4)?;
+        // The variants this layer's kernel size, stride, dilation and groups allow.
+        // F(2x2,5x5) from K5_MIN_CIN input channels only: its 36 GEMMs have K = cin, and
+        // short ones run far below the micro-kernel's rate (LeNet-5's conv2, 20 → 50 on
+        // 14×14: the GEMMs at 45% of peak, the layer 0.092 ms against 0.087 for the
+        // implicit GEMM with its 2×2 max pool fused; 32 → 32 on 56×56 and up: 0.56–0.82×
+        // the implicit GEMM's time, `docs/KERNELS.md`). The cost model below does not
+        // see K.
+        let mut variants: Vec<WinogradVariant> = WinogradVariant::ALL
+            .into_iter()
+            .filter(|&v| v != WinogradVariant::F2x2K5 || i[0] >= K5_MIN_CIN)
+            .filter(|&v| WinogradKernel::new(Isa::Scalar, c, i, o, v).is_some())
+            .collect();
+        if variants.is_empty() {
+            return None;
+        }
         let node = &self.graph.nodes[index];
         let x = calibration_input(i.iter().product(), index as u64 + 1);
         let plain = &self.weights[c.weight];
@@ -312,7 +331,6 @@ impl Converted {
         // Cheapest first by the cost model; the first one within the error budget wins,
         // and none if direct GEMM is estimated cheaper than every Winograd variant left.
         let direct = cost::im2col_gemm(c, i, o);
-        let mut variants = [WinogradVariant::F4x4, WinogradVariant::F2x2];
         variants.sort_by(|a, b| cost::winograd(*a, i, o).total_cmp(&cost::winograd(*b, i, o)));
         for variant in variants {
             let err = measure_relative_error(Isa::Scalar, c, i, o, variant, plain, bias, &x);
@@ -322,10 +340,7 @@ impl Converted {
                 let mut packed = vec![0.0; k.packed_weight_len()];
                 k.pack_weights(plain, &mut packed);
                 weights[c.weight] = packed;
-                graph.weights[c.weight].layout = match variant {
-                    WinogradVariant::F4x4 => WeightLayout::WinogradF4x4,
-                    WinogradVariant::F2x2 => WeightLayout::WinogradF2x2,
-                };
+                graph.weights[c.weight].layout = variant.layout();
                 return Some(LayerNote {
                     node: node.name.clone(),
                     algorithm: variant.algorithm().to_string(),

@@ -322,13 +322,11 @@ fn plan_kernels(
                             gemm_conv(isa, c, ins, outs, threads, Packed::Owned(owned.len() - 1))
                         }
                     },
-                    WeightLayout::WinogradF4x4 | WeightLayout::WinogradF2x2 => {
-                        let variant =
-                            if graph.weights[c.weight].layout == WeightLayout::WinogradF4x4 {
-                                WinogradVariant::F4x4
-                            } else {
-                                WinogradVariant::F2x2
-                            };
+                    WeightLayout::WinogradF4x4
+                    | WeightLayout::WinogradF2x2
+                    | WeightLayout::WinogradF2x2K5 => {
+                        let variant = WinogradVariant::of_layout(graph.weights[c.weight].layout)
+                            .ok_or_else(|| layout_err(c.weight, "this convolution"))?;
                         let kernel =
                             WinogradKernel::new_for_threads(isa, c, ins, outs, variant, threads)
                                 .ok_or_else(|| layout_err(c.weight, "this convolution"))?

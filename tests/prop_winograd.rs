@@ -39,11 +39,13 @@ fn eps(v: WinogradVariant) -> f64 {
     match v {
         WinogradVariant::F4x4 => 1e-5,
         WinogradVariant::F2x2 => 1e-6,
+        WinogradVariant::F2x2K5 => 1e-5,
     }
 }
 
-/// Largest `|err| / (sqrt(cin) · S_max)` seen per variant (for `WINO_REPORT`).
-static WORST: Mutex<[f64; 2]> = Mutex::new([0.0; 2]);
+/// Largest `|err| / (sqrt(cin) · S_max)` seen per variant (for `WINO_REPORT`), in the
+/// order of `WinogradVariant::ALL`.
+static WORST: Mutex<[f64; 3]> = Mutex::new([0.0; 3]);
 
 /// `winograd_small_blocks_every_tier` changes the tile blocking of every kernel planned
 /// while it runs (`CNNRT_WINO_VBYTES`, process-wide): it holds this for writing, every
@@ -67,14 +69,27 @@ struct Case {
     act: Activation,
     seed: u64,
     scratch_offset: usize,
+    /// Filter side (3; 5 for F(2x2,5x5): see `Case::for_variant`).
+    k: usize,
 }
 
 impl Case {
+    /// This case's map and channels with `variant`'s filter size; None where the padded
+    /// input is smaller than the filter.
+    fn for_variant(&self, variant: WinogradVariant) -> Option<Case> {
+        let k = variant.kernel_size();
+        let fits =
+            self.h + self.pads[0] + self.pads[2] >= k && self.w + self.pads[1] + self.pads[3] >= k;
+        fits.then(|| Case { k, ..self.clone() })
+    }
+    fn weight_len(&self) -> usize {
+        self.cout * self.cin * self.k * self.k
+    }
     fn conv(&self) -> Conv {
         Conv {
             in_channels: self.cin,
             out_channels: self.cout,
-            kernel: [3, 3],
+            kernel: [self.k, self.k],
             stride: [1, 1],
             dilation: [1, 1],
             pads: self.pads,
@@ -86,8 +101,8 @@ impl Case {
     }
     fn out_hw(&self) -> (usize, usize) {
         (
-            self.h + self.pads[0] + self.pads[2] - 2,
-            self.w + self.pads[1] + self.pads[3] - 2,
+            self.h + self.pads[0] + self.pads[2] + 1 - self.k,
+            self.w + self.pads[1] + self.pads[3] + 1 - self.k,
         )
     }
 }
@@ -96,7 +111,7 @@ fn cases() -> impl Strategy<Value = Case> {
     (
         (1usize..=40, 1usize..=40),
         (1usize..=20, 1usize..=20),
-        [0usize..=1, 0usize..=1, 0usize..=1, 0usize..=1],
+        [0usize..=2, 0usize..=2, 0usize..=2, 0usize..=2],
         (any::<bool>(), any::<bool>(), activations()),
         (any::<u64>(), 0usize..=3),
     )
@@ -114,6 +129,7 @@ fn cases() -> impl Strategy<Value = Case> {
                     act,
                     seed,
                     scratch_offset: off,
+                    k: 3,
                 })
             },
         )
@@ -177,17 +193,20 @@ fn against_reference(
 /// Checks `case` with `variant` on `isa`: values against the reference, and tiles run
 /// forward and in reverse bit-identical to `run`.
 fn check(isa: Isa, variant: WinogradVariant, case: &Case) -> Result<(), TestCaseError> {
+    let Some(case) = &case.for_variant(variant) else {
+        return Ok(());
+    };
     let conv = case.conv();
     let (oh, ow) = case.out_hw();
     let in_shape = [case.cin, case.h, case.w];
     let out_shape = [case.cout, oh, ow];
     let kernel = WinogradKernel::new(isa, &conv, in_shape, out_shape, variant)
-        .expect("3x3 stride 1 is eligible");
+        .expect("stride 1 with the variant's filter size is eligible");
     prop_assert_eq!(kernel.isa(), isa);
     prop_assert_eq!(kernel.algorithm(), variant.algorithm());
     let n_in = case.cin * case.h * case.w;
     let n_out = case.cout * oh * ow;
-    let wts = values(case.cout * case.cin * 9, case.seed);
+    let wts = values(case.weight_len(), case.seed);
     let bias = case.bias.then(|| values(case.cout, case.seed ^ 1));
     let x = values(n_in, case.seed ^ 2);
     let res = case.residual.then(|| values(n_out, case.seed ^ 3));
@@ -218,7 +237,11 @@ fn check(isa: Isa, variant: WinogradVariant, case: &Case) -> Result<(), TestCase
     )?;
     if case.act.is_identity() || matches!(case.act, Activation::Relu) {
         let mut w = WORST.lock().unwrap();
-        let slot = &mut w[(variant == WinogradVariant::F2x2) as usize];
+        let at = WinogradVariant::ALL
+            .iter()
+            .position(|&v| v == variant)
+            .unwrap();
+        let slot = &mut w[at];
         *slot = slot.max(worst);
     }
 
@@ -259,7 +282,7 @@ fn check(isa: Isa, variant: WinogradVariant, case: &Case) -> Result<(), TestCase
     for threads in [2, 3, 8, 16] {
         let split =
             WinogradKernel::new_for_threads(isa, &conv, in_shape, out_shape, variant, threads)
-                .expect("3x3 stride 1 is eligible");
+                .expect("stride 1 with the variant's filter size is eligible");
         prop_assert!(
             tiles_match(&split, true),
             "{isa} {variant:?}: {threads}-thread tiles differ from run; {} tiles",
@@ -273,8 +296,8 @@ fn report() {
     if std::env::var_os("WINO_REPORT").is_some() {
         let w = WORST.lock().unwrap();
         println!(
-            "largest |err| / (sqrt(cin) * S_max): F4x4 {:.3e}, F2x2 {:.3e}",
-            w[0], w[1]
+            "largest |err| / (sqrt(cin) * S_max): F4x4 {:.3e}, F2x2 {:.3e}, F2x2K5 {:.3e}",
+            w[0], w[1], w[2]
         );
     }
 }
@@ -313,6 +336,7 @@ fn winograd_large_shapes_every_tier() {
         act: Activation::Relu,
         seed: 11,
         scratch_offset: 1,
+        k: 3,
     };
     let shapes = [
         mk(48, 64, 30, 26, [1, 1, 1, 1]),
@@ -330,6 +354,10 @@ fn winograd_large_shapes_every_tier() {
         // Few tile blocks for 2 workers (see `few_tile_blocks_are_shared_evenly`).
         mk(32, 32, 16, 16, [1, 1, 1, 1]),
         mk(32, 96, 8, 8, [1, 1, 1, 1]),
+        // LeNet-5's conv2 (5×5, 20 → 50 on 14×14, padding 2: 7 tiles a row for F(2x2,5x5)),
+        // and an odd map with one-sided padding.
+        mk(20, 50, 14, 14, [2, 2, 2, 2]),
+        mk(9, 14, 11, 13, [2, 0, 1, 2]),
     ];
     for isa in Isa::supported() {
         for variant in WinogradVariant::ALL {
@@ -453,6 +481,7 @@ fn square_case(cin: usize, cout: usize, side: usize, seed: u64) -> Case {
         act: Activation::Relu,
         seed,
         scratch_offset: 2,
+        k: 3,
     }
 }
 
@@ -473,6 +502,7 @@ fn tile_rows_on_whole_lane_groups() {
         let mut padded = Vec::new();
         for variant in WinogradVariant::ALL {
             for case in &shapes {
+                let case = &case.for_variant(variant).unwrap();
                 let (oh, ow) = case.out_hw();
                 let k = WinogradKernel::new(
                     isa,
@@ -516,11 +546,21 @@ fn ineligible_layers_are_refused() {
         WinogradVariant::F4x4
     )
     .is_some());
+    let five = mk_conv(8, 8, [5, 5], [1, 1], [1, 1], 1);
+    for v in WinogradVariant::ALL {
+        assert_eq!(
+            WinogradKernel::new(Isa::Scalar, &five, [8, 8, 8], [8, 6, 6], v).is_some(),
+            v == WinogradVariant::F2x2K5,
+            "{v:?} on a 5x5 layer"
+        );
+    }
     for (c, out) in [
         (mk_conv(8, 8, [3, 3], [2, 2], [1, 1], 1), [8, 4, 4]),
         (mk_conv(8, 8, [3, 3], [1, 1], [2, 2], 1), [8, 6, 6]),
         (mk_conv(8, 8, [3, 3], [1, 1], [1, 1], 2), [8, 8, 8]),
-        (mk_conv(8, 8, [5, 5], [1, 1], [1, 1], 1), [8, 6, 6]),
+        (mk_conv(8, 8, [5, 5], [2, 2], [1, 1], 1), [8, 3, 3]),
+        (mk_conv(8, 8, [5, 5], [1, 1], [2, 2], 1), [8, 2, 2]),
+        (mk_conv(8, 8, [7, 7], [1, 1], [1, 1], 1), [8, 4, 4]),
         (mk_conv(8, 8, [1, 1], [1, 1], [1, 1], 1), [8, 10, 10]),
     ] {
         for v in WinogradVariant::ALL {
@@ -593,6 +633,23 @@ fn relative_error_is_small() {
         );
         assert!(e4 > 0.0 && e4 < 1e-5, "{isa}: F4x4 relative error {e4}");
         assert!(e2 > 0.0 && e2 < 1e-5, "{isa}: F2x2 relative error {e2}");
+        // LeNet-5's conv2 shape, 5×5.
+        let c5 = Conv {
+            pads: [2; 4],
+            ..mk_conv(20, 50, [5, 5], [1, 1], [1, 1], 1)
+        };
+        let (w5, b5, x5) = (values(50 * 20 * 25, 8), values(50, 9), values(20 * 196, 10));
+        let e5 = measure_relative_error(
+            isa,
+            &c5,
+            [20, 14, 14],
+            [50, 14, 14],
+            WinogradVariant::F2x2K5,
+            &w5,
+            Some(&b5),
+            &x5,
+        );
+        assert!(e5 > 0.0 && e5 < 1e-5, "{isa}: F2x2K5 relative error {e5}");
     }
 }
 
@@ -622,6 +679,7 @@ fn winograd_small_blocks_every_tier() {
         act: Activation::Relu,
         seed: 5,
         scratch_offset: 3,
+        k: 3,
     };
     // F4x4: 100 / 81 / 56 tiles; F2x2: 380 / 289 / 210.
     let shapes = [mk(20, 30, 40, 37), mk(3, 5, 34, 34), mk(48, 64, 30, 26)];
@@ -647,11 +705,14 @@ fn check_batch(
     n: usize,
     tiles: usize,
 ) -> Result<bool, TestCaseError> {
+    let Some(case) = &case.for_variant(variant) else {
+        return Ok(false);
+    };
     let conv = case.conv();
     let (oh, ow) = case.out_hw();
     let (ins, outs) = ([case.cin, case.h, case.w], [case.cout, oh, ow]);
     let (n_in, n_out) = (case.cin * case.h * case.w, case.cout * oh * ow);
-    let wts = values(case.cout * case.cin * 9, case.seed);
+    let wts = values(case.weight_len(), case.seed);
     let bias = case.bias.then(|| values(case.cout, case.seed ^ 1));
     let x = values(n * n_in, case.seed ^ 2);
     let res = case.residual.then(|| values(n * n_out, case.seed ^ 3));

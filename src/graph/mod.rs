@@ -364,6 +364,9 @@ pub enum WeightLayout {
     WinogradF4x4,
     /// The same for F(2x2,3x3): `16 · cout · cin` elements.
     WinogradF2x2,
+    /// 5×5 convolution weights in the Winograd F(2x2,5x5) domain, packed the same way:
+    /// `36 · cout · cin` elements.
+    WinogradF2x2K5,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -380,18 +383,20 @@ impl WeightInfo {
     }
 
     /// Elements stored for this weight in its layout; None if the layout does not fit
-    /// the shape (Winograd layouts need a `[cout, cin, 3, 3]` shape).
+    /// the shape (Winograd layouts need a `[cout, cin, 3, 3]` shape, or `5, 5` for
+    /// F(2x2,5x5)).
     pub fn stored_elements(&self) -> Option<usize> {
-        let winograd = |positions: usize| match self.shape[..] {
-            [o, i, 3, 3] => o.checked_mul(i)?.checked_mul(positions),
+        let winograd = |positions: usize, r: usize| match self.shape[..] {
+            [o, i, kh, kw] if kh == r && kw == r => o.checked_mul(i)?.checked_mul(positions),
             _ => None,
         };
         match self.layout {
             WeightLayout::Plain | WeightLayout::ConvGemm | WeightLayout::LinearGemm => {
                 Some(self.numel())
             }
-            WeightLayout::WinogradF4x4 => winograd(36),
-            WeightLayout::WinogradF2x2 => winograd(16),
+            WeightLayout::WinogradF4x4 => winograd(36, 3),
+            WeightLayout::WinogradF2x2 => winograd(16, 3),
+            WeightLayout::WinogradF2x2K5 => winograd(36, 5),
         }
     }
 }

@@ -1,15 +1,17 @@
-//! Winograd convolution for 3×3, stride-1, dilation-1, ungrouped layers (any padding):
-//! F(4x4,3x3) on 6×6 input tiles and F(2x2,3x3) on 4×4 input tiles.
+//! Winograd convolution for 3×3 (and 5×5), stride-1, dilation-1, ungrouped layers (any
+//! padding): F(4x4,3x3) on 6×6 input tiles, F(2x2,3x3) on 4×4 input tiles, and
+//! F(2x2,5x5) on 6×6 input tiles 2 apart.
 //!
-//! With `m` the output tile (4 or 2), `t = m + 2` the input tile and `T = t²` the
-//! transformed positions, each output tile `Y` (m×m, one output channel) is
+//! With `m` the output tile (4 or 2), `r` the filter (3 or 5), `t = m + r − 1` the input
+//! tile and `T = t²` the transformed positions, each output tile `Y` (m×m, one output
+//! channel) is
 //!
 //! ```text
 //! Y = Aᵀ [ Σ_c (G g_c Gᵀ) ⊙ (Bᵀ d_c B) ] A
 //! ```
 //!
 //! with `d_c` the t×t input tile of channel `c` (zero outside the image) and `g_c` the
-//! 3×3 filter. Per position `ξ` the sum over channels is a GEMM
+//! r×r filter. Per position `ξ` the sum over channels is a GEMM
 //! `M_ξ[cout × tiles] = U_ξ[cout × cin] · V_ξ[cin × tiles]`, so one layer is
 //!
 //! 1. input transform `V = Bᵀ d B` (SIMD, `LANES` tiles of one tile row at a time: the
@@ -42,6 +44,12 @@
 //!                  [0  1  1  0]       [1/2  1/2 1/2]        [0 1 -1 -1]
 //!                  [0 -1  1  0]       [1/2 -1/2 1/2]
 //!                  [0  1  0 -1]       [ 0    0   1 ]
+//! F(2x2,5x5)  Bᵀ as F(4x4,3x3)   G = [ 1/4    0    0    0    0 ]   Aᵀ = [1 1  1 1  1 0]
+//!                                    [-1/6 -1/6 -1/6 -1/6 -1/6 ]        [0 1 -1 2 -2 1]
+//!                                    [-1/6  1/6 -1/6  1/6 -1/6 ]
+//!                                    [1/24 1/12  1/6  1/3  2/3 ]
+//!                                    [1/24 -1/12 1/6 -1/3  2/3 ]
+//!                                    [   0    0    0    0    1 ]
 //! ```
 //!
 //! # Packed weight layout (ISA independent)
@@ -77,7 +85,7 @@
 
 mod lanes;
 
-use crate::graph::{Activation, Conv};
+use crate::graph::{Activation, Conv, WeightLayout};
 use crate::kernels::elementwise::{ActV, Portable, Simd};
 use std::ops::Range;
 
@@ -129,56 +137,136 @@ pub enum WinogradVariant {
     F4x4,
     /// F(2x2,3x3): 4×4 input tiles, 16 GEMMs, 2.25× fewer multiplications; more accurate.
     F2x2,
+    /// F(2x2,5x5): 6×6 input tiles 2 apart, 36 GEMMs, 2.8× fewer multiplications than a
+    /// direct 5×5 convolution. The same interpolation points as F(4x4,3x3), hence the
+    /// same input transform `Bᵀ` (and about the same rounding error).
+    F2x2K5,
 }
 
 impl WinogradVariant {
-    pub const ALL: [WinogradVariant; 2] = [WinogradVariant::F4x4, WinogradVariant::F2x2];
+    pub const ALL: [WinogradVariant; 3] = [
+        WinogradVariant::F4x4,
+        WinogradVariant::F2x2,
+        WinogradVariant::F2x2K5,
+    ];
 
     /// Output tile side `m`.
     pub fn output_tile(self) -> usize {
         match self {
             WinogradVariant::F4x4 => 4,
-            WinogradVariant::F2x2 => 2,
+            WinogradVariant::F2x2 | WinogradVariant::F2x2K5 => 2,
         }
     }
 
-    /// Input tile side `m + 2`.
-    pub fn input_tile(self) -> usize {
-        self.output_tile() + 2
+    /// Filter side `r` (3 or 5).
+    pub fn kernel_size(self) -> usize {
+        match self {
+            WinogradVariant::F4x4 | WinogradVariant::F2x2 => 3,
+            WinogradVariant::F2x2K5 => 5,
+        }
     }
 
-    /// Transformed positions (`(m + 2)²`): the number of GEMMs.
+    /// Input tile side `m + r − 1`.
+    pub fn input_tile(self) -> usize {
+        self.output_tile() + self.kernel_size() - 1
+    }
+
+    /// Transformed positions (`(m + r − 1)²`): the number of GEMMs.
     pub fn positions(self) -> usize {
         self.input_tile() * self.input_tile()
     }
 
-    /// `"winograd_f4x4"` / `"winograd_f2x2"`.
+    /// `"winograd_f4x4"` / `"winograd_f2x2"` / `"winograd_f2x2_5x5"`.
     pub fn algorithm(self) -> &'static str {
         match self {
             WinogradVariant::F4x4 => "winograd_f4x4",
             WinogradVariant::F2x2 => "winograd_f2x2",
+            WinogradVariant::F2x2K5 => "winograd_f2x2_5x5",
         }
     }
 
-    /// The filter transform `G` (`t × 3`), exact in f64 up to the thirds.
-    fn g(self) -> &'static [[f64; 3]] {
-        const G4: [[f64; 3]; 6] = [
-            [1.0 / 4.0, 0.0, 0.0],
-            [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
-            [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
-            [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
-            [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
-            [0.0, 0.0, 1.0],
+    /// The weight layout a file stores this variant's transformed weights in.
+    pub fn layout(self) -> WeightLayout {
+        match self {
+            WinogradVariant::F4x4 => WeightLayout::WinogradF4x4,
+            WinogradVariant::F2x2 => WeightLayout::WinogradF2x2,
+            WinogradVariant::F2x2K5 => WeightLayout::WinogradF2x2K5,
+        }
+    }
+
+    /// The variant whose transformed weights `layout` holds (None: not a Winograd layout).
+    pub fn of_layout(layout: WeightLayout) -> Option<WinogradVariant> {
+        WinogradVariant::ALL
+            .into_iter()
+            .find(|v| v.layout() == layout)
+    }
+
+    /// The filter transform `G` (`t × r`, row-major), exact in f64 up to the thirds.
+    /// F(2x2,5x5)'s rows are F(4x4,3x3)'s continued to the powers 3 and 4 of the same
+    /// points (0, ±1, ±2 and ∞), with the same scale per row.
+    fn g(self) -> &'static [f64] {
+        const G4: [f64; 18] = [
+            1.0 / 4.0,
+            0.0,
+            0.0, //
+            -1.0 / 6.0,
+            -1.0 / 6.0,
+            -1.0 / 6.0, //
+            -1.0 / 6.0,
+            1.0 / 6.0,
+            -1.0 / 6.0, //
+            1.0 / 24.0,
+            1.0 / 12.0,
+            1.0 / 6.0, //
+            1.0 / 24.0,
+            -1.0 / 12.0,
+            1.0 / 6.0, //
+            0.0,
+            0.0,
+            1.0,
         ];
-        const G2: [[f64; 3]; 4] = [
-            [1.0, 0.0, 0.0],
-            [0.5, 0.5, 0.5],
-            [0.5, -0.5, 0.5],
-            [0.0, 0.0, 1.0],
+        const G2: [f64; 12] = [
+            1.0, 0.0, 0.0, //
+            0.5, 0.5, 0.5, //
+            0.5, -0.5, 0.5, //
+            0.0, 0.0, 1.0,
+        ];
+        const G25: [f64; 30] = [
+            1.0 / 4.0,
+            0.0,
+            0.0,
+            0.0,
+            0.0, //
+            -1.0 / 6.0,
+            -1.0 / 6.0,
+            -1.0 / 6.0,
+            -1.0 / 6.0,
+            -1.0 / 6.0, //
+            -1.0 / 6.0,
+            1.0 / 6.0,
+            -1.0 / 6.0,
+            1.0 / 6.0,
+            -1.0 / 6.0, //
+            1.0 / 24.0,
+            1.0 / 12.0,
+            1.0 / 6.0,
+            1.0 / 3.0,
+            2.0 / 3.0, //
+            1.0 / 24.0,
+            -1.0 / 12.0,
+            1.0 / 6.0,
+            -1.0 / 3.0,
+            2.0 / 3.0, //
+            0.0,
+            0.0,
+            0.0,
+            0.0,
+            1.0,
         ];
         match self {
             WinogradVariant::F4x4 => &G4,
             WinogradVariant::F2x2 => &G2,
+            WinogradVariant::F2x2K5 => &G25,
         }
     }
 }
@@ -303,7 +391,7 @@ impl Blocking {
     }
 }
 
-/// A 3×3 stride-1 convolution planned as Winograd for one ISA tier and one input shape.
+/// A 3×3 (or, for F(2x2,5x5), 5×5) stride-1 convolution planned as Winograd for one ISA tier and one input shape.
 #[derive(Clone, Debug)]
 pub struct WinogradKernel {
     isa: Isa,
@@ -349,8 +437,8 @@ pub struct WinogradKernel {
 
 impl WinogradKernel {
     /// Plans `conv` for `isa` (clamped to what this CPU supports) on a `[c, h, w]` input
-    /// producing `out_shape`. `None` unless the kernel is 3×3 with stride 1, dilation 1
-    /// and one group (any padding).
+    /// producing `out_shape`. `None` unless the kernel is `variant`'s (3×3, or 5×5) with
+    /// stride 1, dilation 1 and one group (any padding).
     pub fn new(
         isa: Isa,
         conv: &Conv,
@@ -373,7 +461,8 @@ impl WinogradKernel {
         threads: usize,
     ) -> Option<WinogradKernel> {
         let threads = threads.max(1);
-        if conv.kernel != [3, 3]
+        let r = variant.kernel_size();
+        if conv.kernel != [r, r]
             || conv.stride != [1, 1]
             || conv.dilation != [1, 1]
             || conv.groups != 1
@@ -387,11 +476,11 @@ impl WinogradKernel {
         let span_h = h + conv.pads[0] + conv.pads[2];
         let span_w = w + conv.pads[1] + conv.pads[3];
         assert!(
-            span_h >= 3 && span_w >= 3,
+            span_h >= r && span_w >= r,
             "winograd: kernel larger than the padded input"
         );
-        assert_eq!(oh, span_h - 2, "winograd: output height");
-        assert_eq!(ow, span_w - 2, "winograd: output width");
+        assert_eq!(oh, span_h + 1 - r, "winograd: output height");
+        assert_eq!(ow, span_w + 1 - r, "winograd: output width");
 
         let u = ukr(isa);
         let m = variant.output_tile();
@@ -423,7 +512,10 @@ impl WinogradKernel {
         // share out evenly (or are many): 14 blocks of one row on 2 workers, not 7 of two
         // (0.857 [0.809, 0.915]). Not F(2x2), whose GEMMs weigh more than its transforms:
         // ResNet-18's 14×14 layers got slower with 28 + 21 tiles instead of 32 + 17.
-        if m == 4 && ntx < tb && 4 * t2 * cin * cout <= ROW_BLOCKS_MAX_U_BYTES {
+        if variant == WinogradVariant::F4x4
+            && ntx < tb
+            && 4 * t2 * cin * cout <= ROW_BLOCKS_MAX_U_BYTES
+        {
             let blocks = |r: usize| block_count(ntiles, r * ntx);
             let mut r = tb / ntx;
             while threads > 1 && r > 1 && blocks(r) < 4 * threads && blocks(r) % threads != 0 {
@@ -470,7 +562,7 @@ impl WinogradKernel {
         };
         let cost = |(t0, t1): (usize, usize), pad| gemm::column_cost(u, columns(ntx, t0, t1, pad));
         let pad = if ntx % lanes != 0
-            && !(m == 2 && 2 * ntx == lanes)
+            && !(variant == WinogradVariant::F2x2 && 2 * ntx == lanes)
             && (0..nblocks).all(|b| cost(block(b), lanes) <= cost(block(b), 1))
         {
             lanes
@@ -597,10 +689,11 @@ impl WinogradKernel {
         [self.cout, self.oh, self.ow]
     }
 
-    /// Multiply-adds times two of the equivalent direct convolution (`2·cout·cin·9·oh·ow`),
+    /// Multiply-adds times two of the equivalent direct convolution (`2·cout·cin·r²·oh·ow`),
     /// the figure GFLOP/s are quoted in.
     pub fn flops(&self) -> u64 {
-        2 * (self.cout * self.cin * 9 * self.oh * self.ow) as u64
+        let r = self.variant.kernel_size();
+        2 * (self.cout * self.cin * r * r * self.oh * self.ow) as u64
     }
 
     /// `T · cout · cin` (see the module doc for the layout).
@@ -608,12 +701,17 @@ impl WinogradKernel {
         self.t2 * self.cout * self.cin
     }
 
-    /// Transforms OIHW weights (`[cout, cin, 3, 3]`) into `U_ξ = G g Gᵀ` (in f64, rounded
+    /// Transforms OIHW weights (`[cout, cin, r, r]`) into `U_ξ = G g Gᵀ` (in f64, rounded
     /// once) and packs them in the layout of the module doc. Deterministic and ISA
     /// independent. Allocates (a `cout × cin` staging matrix); run it once, ahead of time.
     pub fn pack_weights(&self, plain_oihw: &[f32], packed: &mut [f32]) {
         let (cout, cin, t) = (self.cout, self.cin, self.t);
-        assert_eq!(plain_oihw.len(), cout * cin * 9, "winograd: weight length");
+        let r = self.variant.kernel_size();
+        assert_eq!(
+            plain_oihw.len(),
+            cout * cin * r * r,
+            "winograd: weight length"
+        );
         assert_eq!(
             packed.len(),
             self.packed_weight_len(),
@@ -624,17 +722,17 @@ impl WinogradKernel {
         let mut u = vec![vec![0f32; cout * cin]; self.t2];
         for o in 0..cout {
             for c in 0..cin {
-                let f = &plain_oihw[(o * cin + c) * 9..][..9];
-                // gg = G · f  (t × 3)
-                let mut gg = [[0f64; 3]; 6];
+                let f = &plain_oihw[(o * cin + c) * r * r..][..r * r];
+                // gg = G · f  (t × r)
+                let mut gg = [[0f64; 5]; 6];
                 for (k, row) in gg.iter_mut().enumerate().take(t) {
-                    for (b, v) in row.iter_mut().enumerate() {
-                        *v = (0..3).map(|a| g[k][a] * f[a * 3 + b] as f64).sum();
+                    for (b, v) in row.iter_mut().enumerate().take(r) {
+                        *v = (0..r).map(|a| g[k * r + a] * f[a * r + b] as f64).sum();
                     }
                 }
                 for k in 0..t {
                     for l in 0..t {
-                        let v: f64 = (0..3).map(|b| gg[k][b] * g[l][b]).sum();
+                        let v: f64 = (0..r).map(|b| gg[k][b] * g[l * r + b]).sum();
                         u[k * t + l][o * cin + c] = v as f32;
                     }
                 }
@@ -1059,14 +1157,21 @@ impl WinogradKernel {
         let y1 = (ty1 * m + t).saturating_sub(self.pt).min(self.h);
         // F(2x2) on maps whose tile row fills half a group (ResNet-18's 7×7 maps, 4 tiles
         // a row, on 8 lanes): two whole tile rows per group, so no lane idles.
-        let pairs = m == 2 && 2 * self.ntx == lanes;
+        let pairs = self.variant == WinogradVariant::F2x2 && 2 * self.ntx == lanes;
+        let k5 = self.variant == WinogradVariant::F2x2K5;
         // The gather window of the group whose first tile is tx: it reads input columns
         // tx·m − pl .. of each row, of which 0..w are in the image. The same for every row
         // and channel; those of groups of whole tile rows (tx = 0, lanes, ..) made once.
         let (wi, pl) = (self.w as isize, self.pl as isize);
+        // F(2x2,5x5) gathers each tile's 6 columns as two stride-2 gathers, 4 columns
+        // apart: the second window is the first's, 4 columns on (unused otherwise).
         let window = |tx: usize| {
             let c0 = (tx * m) as isize - pl;
-            Window::new(s, m, -c0, wi - c0)
+            let second = if k5 { 4 } else { 0 };
+            (
+                Window::new(s, m, -c0, wi - c0),
+                Window::new(s, m, -c0 - second, wi - c0 - second),
+            )
         };
         let mut row_windows = [window(0); CACHED_WINDOWS];
         for (gi, win) in row_windows
@@ -1123,7 +1228,7 @@ impl WinogradKernel {
                 for gi in 0..(txb - txa).div_ceil(lanes) {
                     let tx = txa + gi * lanes;
                     let tl = col + gi * lanes;
-                    let win = if txa == 0 && gi < CACHED_WINDOWS {
+                    let (win, win2) = if txa == 0 && gi < CACHED_WINDOWS {
                         row_windows[gi]
                     } else {
                         window(tx)
@@ -1141,6 +1246,8 @@ impl WinogradKernel {
                         let dst = v.add(c * g.ld + tl);
                         if m == 4 {
                             in_group_f4(s, src, self.w, ia..ib, &win, dst, g.vxs);
+                        } else if k5 {
+                            in_group_f2k5(s, src, self.w, ia..ib, &win, &win2, dst, g.vxs);
                         } else {
                             in_group_f2(s, src, self.w, ia..ib, &win, dst, g.vxs);
                         }
@@ -1244,6 +1351,8 @@ impl WinogradKernel {
                         };
                         if m == 4 {
                             out_group_f4(s, src, g.mxs, dst, &st);
+                        } else if self.variant == WinogradVariant::F2x2K5 {
+                            out_group_f2k5(s, src, g.mxs, dst, &st);
                         } else {
                             out_group_f2(s, src, g.mxs, dst, &st);
                         }
@@ -1310,6 +1419,20 @@ fn at2<S: Simd>(s: S, m: [S::V; 4]) -> [S::V; 2] {
     [
         s.add(s.add(m[0], m[1]), m[2]),
         s.sub(s.sub(m[1], m[2]), m[3]),
+    ]
+}
+
+/// The 1-D F(2,5) output transform `Aᵀ m`: the first two rows of F(4,3)'s, the point at
+/// infinity now feeding the highest power, row 1.
+#[inline(always)]
+fn at2k5<S: Simd>(s: S, m: [S::V; 6]) -> [S::V; 2] {
+    let a = s.add(m[1], m[2]);
+    let b = s.sub(m[1], m[2]);
+    let c = s.add(m[3], m[4]);
+    let d = s.sub(m[3], m[4]);
+    [
+        s.add(s.add(m[0], a), c),
+        s.add(s.fmadd(s.splat(2.0), d, b), m[5]),
     ]
 }
 
@@ -1442,6 +1565,53 @@ unsafe fn in_group_f4<S: Lanes>(
             *ti = bt4(s, unsafe { s.gather_s4(src.wrapping_add(i * lds), win) });
         }
     }
+    // SAFETY: the caller's.
+    unsafe { store_f4(s, t, dst, xs) };
+}
+
+/// F(2x2,5x5): as [`in_group_f4`] with the 6×6 tiles 2 apart, each row's 6 columns from
+/// two stride-2 gathers (columns 0..4 through `win`, 4..6 through `win2`, the window 4
+/// columns on). The same `Bᵀ` as F(4x4,3x3) (same points).
+///
+/// Safety: `src + r·lds + c` readable for `r` in `rows` and each column `c` of `win`,
+/// `src + r·lds + 4 + c` for each column `c` of `win2`; `dst[ξ·xs .. ξ·xs + LANES]`
+/// writable for `ξ < 36`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn in_group_f2k5<S: Lanes>(
+    s: S,
+    src: *const f32,
+    lds: usize,
+    rows: Range<usize>,
+    win: &Window<S>,
+    win2: &Window<S>,
+    dst: *mut f32,
+    xs: usize,
+) {
+    let mut t = [[s.zero(); 6]; 6];
+    for (i, ti) in t.iter_mut().enumerate() {
+        if rows.contains(&i) {
+            let row = src.wrapping_add(i * lds);
+            // SAFETY: row i, each window's columns from its base (caller).
+            let (a, b) = unsafe {
+                (
+                    s.gather_s2(row, win),
+                    s.gather_s2(row.wrapping_add(4), win2),
+                )
+            };
+            *ti = bt4(s, [a[0], a[1], a[2], a[3], b[0], b[1]]);
+        }
+    }
+    // SAFETY: the caller's.
+    unsafe { store_f4(s, t, dst, xs) };
+}
+
+/// The column half of the 6×6 input transform of a group (rows `t`, already
+/// transformed) and its 36 stores, position `ξ` at `dst + ξ·xs`.
+///
+/// Safety: `dst[ξ·xs .. ξ·xs + LANES]` writable for `ξ < 36`.
+#[inline(always)]
+unsafe fn store_f4<S: Lanes>(s: S, t: [[S::V; 6]; 6], dst: *mut f32, xs: usize) {
     for l in 0..6 {
         // Explicit arrays, not `array::from_fn`: its closure can end up outside the
         // `#[target_feature]` function, with every intrinsic an out-of-line call.
@@ -1632,6 +1802,50 @@ unsafe fn out_group_f2<S: Lanes>(
     }
 }
 
+/// F(2x2,5x5): as [`out_group_f4`] with 36 positions and 2×2 outputs.
+///
+/// Safety: as [`out_group_f4`].
+#[inline(always)]
+unsafe fn out_group_f2k5<S: Lanes>(
+    s: S,
+    src: *const f32,
+    xs: usize,
+    dst: *mut f32,
+    st: &OutStore<S>,
+) {
+    let mut o = [[s.zero(); 6]; 2];
+    for l in 0..6 {
+        let p = |k: usize| src.wrapping_add((k * 6 + l) * xs);
+        // SAFETY: positions k·6 + l < 36, LANES floats each (caller).
+        let col = unsafe {
+            at2k5(
+                s,
+                [
+                    s.load(p(0)),
+                    s.load(p(1)),
+                    s.load(p(2)),
+                    s.load(p(3)),
+                    s.load(p(4)),
+                    s.load(p(5)),
+                ],
+            )
+        };
+        for (r, &v) in col.iter().enumerate() {
+            o[r][l] = v;
+        }
+    }
+    for (r, &or) in o.iter().enumerate().take(st.rows) {
+        let w = s.scatter_s2(at2k5(s, or));
+        let res = if st.res.is_null() {
+            st.res
+        } else {
+            st.res.wrapping_add(r * st.ow)
+        };
+        // SAFETY: row r < rows (caller).
+        unsafe { store_row(s, &w, dst.add(r * st.ow), res, st) };
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Accuracy measurement
 // ---------------------------------------------------------------------------------------
@@ -1711,41 +1925,43 @@ mod tests {
     #[test]
     fn transforms_are_exact_in_1d() {
         for v in WinogradVariant::ALL {
-            let (m, t) = (v.output_tile(), v.input_tile());
+            let (m, t, r) = (v.output_tile(), v.input_tile(), v.kernel_size());
             let d: Vec<f64> = (0..t).map(|i| (i as f64 * 0.37).sin() + 0.5).collect();
-            let g = [0.3, -1.1, 0.7];
+            let g = [0.3, -1.1, 0.7, 0.45, -0.8];
             // U = G g, V = Bᵀ d, then Aᵀ (U ⊙ V); Bᵀ and Aᵀ from the portable transforms.
             let u: Vec<f64> = v
                 .g()
-                .iter()
-                .map(|r| r[0] * g[0] + r[1] * g[1] + r[2] * g[2])
+                .chunks_exact(r)
+                .map(|row| (0..r).map(|k| row[k] * g[k]).sum())
                 .collect();
+            assert_eq!(u.len(), t, "{v:?}");
             let s = Portable;
             let lanes = |x: &[f64]| -> Vec<[f32; 4]> { x.iter().map(|&a| [a as f32; 4]).collect() };
-            let (vv, yy): (Vec<f64>, Vec<f64>);
-            if m == 4 {
-                let dv = lanes(&d);
-                let b = bt4(s, std::array::from_fn(|i| dv[i]));
-                vv = b.iter().map(|x| x[0] as f64).collect();
-                let prod: Vec<f64> = vv.iter().zip(&u).map(|(a, b)| a * b).collect();
-                let pv = lanes(&prod);
-                yy = at4(s, std::array::from_fn(|i| pv[i]))
+            let dv = lanes(&d);
+            let vv: Vec<f64> = if t == 6 {
+                bt4(s, std::array::from_fn(|i| dv[i]))
                     .iter()
                     .map(|x| x[0] as f64)
-                    .collect();
+                    .collect()
             } else {
-                let dv = lanes(&d);
-                let b = bt2(s, std::array::from_fn(|i| dv[i]));
-                vv = b.iter().map(|x| x[0] as f64).collect();
-                let prod: Vec<f64> = vv.iter().zip(&u).map(|(a, b)| a * b).collect();
-                let pv = lanes(&prod);
-                yy = at2(s, std::array::from_fn(|i| pv[i]))
+                bt2(s, std::array::from_fn(|i| dv[i]))
                     .iter()
                     .map(|x| x[0] as f64)
-                    .collect();
+                    .collect()
+            };
+            let prod: Vec<f64> = vv.iter().zip(&u).map(|(a, b)| a * b).collect();
+            let pv = lanes(&prod);
+            let yy: Vec<f64> = match v {
+                WinogradVariant::F4x4 => at4(s, std::array::from_fn(|i| pv[i])).to_vec(),
+                WinogradVariant::F2x2 => at2(s, std::array::from_fn(|i| pv[i])).to_vec(),
+                WinogradVariant::F2x2K5 => at2k5(s, std::array::from_fn(|i| pv[i])).to_vec(),
             }
+            .iter()
+            .map(|x| x[0] as f64)
+            .collect();
+            assert_eq!(yy.len(), m, "{v:?}");
             for i in 0..m {
-                let want: f64 = (0..3).map(|k| d[i + k] * g[k]).sum();
+                let want: f64 = (0..r).map(|k| d[i + k] * g[k]).sum();
                 assert!(
                     (yy[i] - want).abs() < 1e-5,
                     "{v:?} y[{i}] = {} want {want}",
