@@ -48,7 +48,7 @@ pub struct Converted {
 
 /// Input channels from which a 5×5 stride-1 layer is a Winograd F(2x2,5x5) candidate
 /// (see `try_winograd`).
-const K5_MIN_CIN: usize = 32;
+const K5_MIN_CIN: usize = 20;
 
 /// A deterministic calibration input in [-1, 1) for the Winograd error check.
 fn calibration_input(len: usize, seed: u64) -> Vec<f32> {
@@ -223,7 +223,7 @@ impl Converted {
     /// against direct convolution on a calibration input is within the budget and a cost
     /// model (tiles per lane group, transforms, weight traffic: small maps with many
     /// channels favour F(2x2) or direct GEMM) estimates it faster; 5×5 stride-1 layers
-    /// with at least 32 input channels likewise use F(2x2,5x5). Each Winograd candidate's
+    /// with at least 20 input channels likewise use F(2x2,5x5). Each Winograd candidate's
     /// algorithm and error are returned as layer notes.
     pub fn packed_for_file(&self) -> (Graph, Vec<Vec<f32>>, Vec<LayerNote>) {
         let mut graph = self.graph.clone();
@@ -310,11 +310,11 @@ impl Converted {
         }
         // The variants this layer's kernel size, stride, dilation and groups allow.
         // F(2x2,5x5) from K5_MIN_CIN input channels only: its 36 GEMMs have K = cin, and
-        // short ones run far below the micro-kernel's rate (LeNet-5's conv2, 20 → 50 on
-        // 14×14: the GEMMs at 45% of peak, the layer 0.092 ms against 0.087 for the
-        // implicit GEMM with its 2×2 max pool fused; 32 → 32 on 56×56 and up: 0.56–0.82×
-        // the implicit GEMM's time, `docs/KERNELS.md`). The cost model below does not
-        // see K.
+        // short ones run below the micro-kernel's rate, which the cost model below does
+        // not see. Measured (1 thread, AVX-512, `docs/KERNELS.md`): against the implicit
+        // GEMM, 0.56–0.82× the time from 32 channels in; LeNet-5's conv2 (20 → 50 on
+        // 14×14, with its 2×2 max pool in both) 0.998× at 1 thread and 0.908× at 2 in the
+        // whole model.
         let mut variants: Vec<WinogradVariant> = WinogradVariant::ALL
             .into_iter()
             .filter(|&v| v != WinogradVariant::F2x2K5 || i[0] >= K5_MIN_CIN)

@@ -55,10 +55,11 @@ pub struct SessionOptions {
     /// Run each 1×1 expansion → depthwise → 1×1 projection chain (MobileNet's inverted
     /// residual blocks) as one band-by-band step (`kernels::fused`), each `direct`
     /// convolution read only by a pooling layer (ResNet's stem) as one step with it
-    /// (`kernels::conv_pool`), and each implicit-GEMM convolution read only by a 2×2
-    /// stride-2 max pool (LeNet-5's conv2) with the pool in its store
-    /// (`ImplicitConv::with_max_pool`). Same results bit for bit; off only to compare or
-    /// to profile the layers one by one.
+    /// (`kernels::conv_pool`), and each implicit-GEMM or F(2x2) Winograd convolution
+    /// read only by a 2×2 stride-2 max pool (LeNet-5's conv2) with the pool in its store
+    /// (`ImplicitConv::with_max_pool`, `WinogradKernel::with_max_pool`). Same results up
+    /// to the sign of a max of tied zeros; off only to compare or to profile the layers
+    /// one by one.
     pub fuse_blocks: bool,
     /// Keep MobileNet-style 1×1 and depthwise layers on small maps channels-last
     /// between layers (`kernels::nhwc`, `region`). Same results bit for bit; off only to
@@ -172,6 +173,14 @@ enum NodeKernel {
         weight: Packed,
         bias: Option<WeightId>,
     },
+    /// A Winograd F(2x2) convolution and the 2×2 stride-2 max pool that alone reads it,
+    /// pooled in the output transform ([`WinogradKernel::with_max_pool`]), at the pool's
+    /// node (the convolution's node is [`NodeKernel::InBlock`]).
+    WinogradPool {
+        kernel: WinogradKernel,
+        weight: WeightId,
+        bias: Option<WeightId>,
+    },
     /// An expansion → depthwise → projection chain run as one step, at the projection's
     /// node; `first` is the expansion's node.
     Block {
@@ -221,7 +230,9 @@ impl NodeKernel {
     fn name(&self) -> &'static str {
         match self {
             NodeKernel::Conv { kernel, .. } => kernel.algorithm(),
-            NodeKernel::Winograd { kernel, .. } => kernel.algorithm(),
+            NodeKernel::Winograd { kernel, .. } | NodeKernel::WinogradPool { kernel, .. } => {
+                kernel.algorithm()
+            }
             NodeKernel::Depthwise { kernel, .. } => kernel.algorithm(),
             NodeKernel::Linear { kernel, .. } => kernel.algorithm(),
             NodeKernel::Pool(k) => k.algorithm(),
@@ -252,7 +263,9 @@ impl NodeKernel {
     fn scratch_len(&self) -> usize {
         match self {
             NodeKernel::Conv { kernel, .. } => kernel.scratch_len(),
-            NodeKernel::Winograd { kernel, .. } => kernel.scratch_len(),
+            NodeKernel::Winograd { kernel, .. } | NodeKernel::WinogradPool { kernel, .. } => {
+                kernel.scratch_len()
+            }
             NodeKernel::Linear { kernel, .. } => kernel.scratch_len(),
             NodeKernel::Block { kernel, .. } => kernel.scratch_len(),
             NodeKernel::ConvPool { kernel, .. } => kernel.scratch_len(),
@@ -605,6 +618,27 @@ fn fuse_conv_pool(model: &Model, kernels: &mut [NodeKernel]) -> Vec<std::ops::Ra
                     bias: *bias,
                 }
             }
+            (
+                NodeKernel::Winograd {
+                    kernel,
+                    weight,
+                    bias,
+                },
+                NodeKernel::Pool(_),
+            ) => {
+                let Op::Pool(p) = &b.op else { continue };
+                let Some(kernel) = kernel
+                    .clone()
+                    .with_max_pool(p, spatial(graph.shape(b.output)))
+                else {
+                    continue;
+                };
+                NodeKernel::WinogradPool {
+                    kernel,
+                    weight: *weight,
+                    bias: *bias,
+                }
+            }
             _ => continue,
         };
         kernels[i] = NodeKernel::InBlock;
@@ -682,7 +716,9 @@ fn node_reads(graph: &Graph, kernels: &[NodeKernel], i: usize) -> Vec<(usize, Ne
     let node = &graph.nodes[i];
     match &kernels[i] {
         NodeKernel::InBlock => Vec::new(),
-        NodeKernel::ConvPool { .. } | NodeKernel::ImplicitPool { .. } => {
+        NodeKernel::ConvPool { .. }
+        | NodeKernel::ImplicitPool { .. }
+        | NodeKernel::WinogradPool { .. } => {
             vec![(graph.nodes[i - 1].inputs[0], Need::Planar)]
         }
         NodeKernel::Block { first, .. } => std::iter::once(graph.nodes[*first].inputs[0])
@@ -1123,6 +1159,30 @@ impl Session {
             }
             // A convolution and its pool as one step, at the pool's node, reading the
             // convolution's input.
+            if let NodeKernel::WinogradPool {
+                kernel,
+                weight,
+                bias,
+            } = &self.kernels[i]
+            {
+                let x = value(graph.nodes[i - 1].inputs[0], Need::Planar);
+                let (w, b) = (model.weight(*weight), bias.map(|b| model.weight(b)));
+                parallel::run_winograd(
+                    kernel,
+                    self.slots,
+                    n,
+                    w,
+                    b,
+                    x,
+                    None,
+                    out,
+                    &mut self.scratch,
+                );
+                if let (Some((t, clock)), Some(start)) = (times.as_mut(), started) {
+                    t[i] = clock().saturating_sub(start);
+                }
+                continue;
+            }
             if let NodeKernel::ConvPool { weight, bias, .. }
             | NodeKernel::ImplicitPool { weight, bias, .. } = &self.kernels[i]
             {
@@ -1278,6 +1338,7 @@ impl Session {
                 NodeKernel::Block { .. }
                 | NodeKernel::ConvPool { .. }
                 | NodeKernel::ImplicitPool { .. }
+                | NodeKernel::WinogradPool { .. }
                 | NodeKernel::InBlock => {
                     unreachable!("handled above")
                 }

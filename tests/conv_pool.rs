@@ -374,33 +374,50 @@ fn pool_rows_write_only_their_rows() {
     }
 }
 
-/// LeNet-5's conv2 (implicit GEMM) → 2×2 max pool runs as one step with the pool in the
-/// convolution's store, with the same bits as the two layers apart (fusion off), on every
-/// tier, worker count and batch.
+/// LeNet-5's conv2 → 2×2 max pool runs as one step with the pool in the convolution's
+/// store, with the same bits as the two layers apart (fusion off), on every tier, worker
+/// count and batch: as shipped (Winograd F(2x2,5x5), the pool in the output transform)
+/// and converted with Winograd off (implicit GEMM, the pool before the transpose).
 #[test]
 fn session_pools_lenet5_conv2_in_its_store_with_the_same_results() {
     split_small_layers();
-    let model = cnnrt::Model::open("models/lenet5.cnnrt").unwrap();
+    let shipped = cnnrt::Model::open("models/lenet5.cnnrt").unwrap();
+    let onnx = std::fs::read("models/lenet5.onnx").unwrap();
+    let options = cnnrt::convert::ConvertOptions {
+        winograd_max_error: 0.0,
+        ..Default::default()
+    };
+    let (graph, weights, _) = cnnrt::convert::convert_onnx(&onnx, &options)
+        .unwrap()
+        .packed_for_file();
+    let refs: Vec<&[f32]> = weights.iter().map(|w| w.as_slice()).collect();
+    let bytes = cnnrt::format::model_to_bytes(&graph, &refs, &Default::default()).unwrap();
+    let direct = cnnrt::Model::from_bytes(&bytes).unwrap();
     let n = 3;
     let mut seed = 5u64;
     let input = common::rand_vec(&mut seed, n * 28 * 28, -1.0, 3.0);
-    for isa in Isa::supported() {
-        let opts = SessionOptions::default().max_batch(n).max_isa(isa);
-        let mut plain = model.session(opts.clone().fuse_blocks(false)).unwrap();
-        assert!(!plain.algorithms().contains(&"implicit_gemm_pool"));
-        let want = plain.run(&input, n).unwrap().to_vec();
-        for threads in [1usize, 2, 3] {
-            let mut fused = model
-                .session(opts.clone().threads(Threads::Count(threads)))
-                .unwrap();
-            let algos = fused.algorithms();
-            assert!(algos.contains(&"implicit_gemm_pool"), "[{isa}] {algos:?}");
-            for batch in [1, n] {
-                let got = fused.run(&input[..batch * 28 * 28], batch).unwrap();
-                assert!(
-                    same_bits(got, &want[..batch * 10]),
-                    "[{isa}] fused, {threads} threads, batch {batch}, differs from unfused"
-                );
+    for (model, step) in [
+        (&shipped, "winograd_f2x2_5x5_pool"),
+        (&direct, "implicit_gemm_pool"),
+    ] {
+        for isa in Isa::supported() {
+            let opts = SessionOptions::default().max_batch(n).max_isa(isa);
+            let mut plain = model.session(opts.clone().fuse_blocks(false)).unwrap();
+            assert!(!plain.algorithms().contains(&step));
+            let want = plain.run(&input, n).unwrap().to_vec();
+            for threads in [1usize, 2, 3] {
+                let mut fused = model
+                    .session(opts.clone().threads(Threads::Count(threads)))
+                    .unwrap();
+                let algos = fused.algorithms();
+                assert!(algos.contains(&step), "[{isa}] {algos:?}");
+                for batch in [1, n] {
+                    let got = fused.run(&input[..batch * 28 * 28], batch).unwrap();
+                    assert!(
+                        same_bits(got, &want[..batch * 10]),
+                        "[{isa}] {step}, {threads} threads, batch {batch}, differs from unfused"
+                    );
+                }
             }
         }
     }

@@ -26,7 +26,7 @@
 //! `measure_relative_error` (see the benches' notes).
 
 mod common;
-use cnnrt::graph::{Activation, Conv};
+use cnnrt::graph::{Activation, Conv, Pool, PoolKind};
 use cnnrt::kernels::reference;
 use cnnrt::kernels::winograd::{measure_relative_error, WinogradKernel, WinogradVariant};
 use cnnrt::simd::Isa;
@@ -277,6 +277,7 @@ fn check(isa: Isa, variant: WinogradVariant, case: &Case) -> Result<(), TestCase
             kernel.tiles()
         );
     }
+    check_pooled(&kernel, case, &packed, bias.as_deref(), &x, &got)?;
     // Tiles planned for several workers (other block sizes, a longer last block, thinner
     // channel blocks from 3 workers on) cover the output the same way, bit for bit.
     for threads in [2, 3, 8, 16] {
@@ -290,6 +291,192 @@ fn check(isa: Isa, variant: WinogradVariant, case: &Case) -> Result<(), TestCase
         );
     }
     Ok(())
+}
+
+/// A 2×2 stride-2 max pool.
+fn max_pool_2x2() -> Pool {
+    Pool {
+        kind: PoolKind::Max,
+        kernel: [2, 2],
+        stride: [2, 2],
+        dilation: [1, 1],
+        pads: [0; 4],
+        ceil_mode: false,
+        count_include_pad: false,
+    }
+}
+
+/// Whether `a` and `b` have the same bits, but for which of two zeros of either sign a
+/// max of tied zeros returns (as between the planar pool's own paths).
+fn same_bits(a: f32, b: f32) -> bool {
+    a.to_bits() == b.to_bits() || (a == 0.0 && b == 0.0)
+}
+
+/// For the F(2x2) variants without a residual: `kernel` with a 2×2 stride-2 max pool in
+/// its output transform (run whole, and its tiles in reverse on plans for 1, 3 and 16
+/// workers) against the pool of its own output `got`, bit for bit (NaN where a window
+/// has one). Other kernels must refuse the pool.
+fn check_pooled(
+    kernel: &WinogradKernel,
+    case: &Case,
+    packed: &[f32],
+    bias: Option<&[f32]>,
+    x: &[f32],
+    got: &[f32],
+) -> Result<(), TestCaseError> {
+    let [cout, oh, ow] = kernel.out_shape();
+    let (ph, pw) = (oh / 2, ow / 2);
+    let pooled = kernel
+        .clone()
+        .with_max_pool(&max_pool_2x2(), [cout, ph, pw]);
+    if kernel.variant().output_tile() != 2 || oh < 2 || ow < 2 {
+        prop_assert!(pooled.is_none(), "{:?}: pooled", kernel.variant());
+        return Ok(());
+    }
+    let pooled = pooled.expect("F(2x2) with a 2x2 max pool");
+    prop_assert_eq!(pooled.out_shape(), [cout, ph, pw]);
+    if case.residual {
+        return Ok(());
+    }
+    let mut want = vec![0f32; cout * ph * pw];
+    for c in 0..cout {
+        for py in 0..ph {
+            for px in 0..pw {
+                let at = |dy: usize, dx: usize| got[(c * oh + 2 * py + dy) * ow + 2 * px + dx];
+                let v = [at(0, 0), at(0, 1), at(1, 0), at(1, 1)];
+                want[(c * ph + py) * pw + px] = if v.iter().any(|a| a.is_nan()) {
+                    f32::NAN
+                } else {
+                    v.into_iter().fold(f32::NEG_INFINITY, f32::max)
+                };
+            }
+        }
+    }
+    let matches = |out: &[f32]| out.iter().zip(&want).all(|(&a, &b)| same_bits(a, b));
+    let mut out = vec![f32::NAN; want.len()];
+    let mut scr = vec![f32::NAN; pooled.scratch_len()];
+    pooled.run(packed, bias, x, None, &mut out, &mut scr);
+    prop_assert!(matches(&out), "{:?} {case:?}: pooled run", kernel.variant());
+    let conv = case.conv();
+    let (ins, outs) = ([case.cin, case.h, case.w], [cout, oh, ow]);
+    for threads in [1, 3, 16] {
+        let k = WinogradKernel::new_for_threads(
+            kernel.isa(),
+            &conv,
+            ins,
+            outs,
+            kernel.variant(),
+            threads,
+        )
+        .and_then(|k| k.with_max_pool(&max_pool_2x2(), [cout, ph, pw]))
+        .expect("eligible");
+        let mut out = vec![f32::NAN; want.len()];
+        for t in (0..k.tiles()).rev() {
+            k.run_tile(packed, bias, x, None, &mut out, &mut scr, t);
+        }
+        prop_assert!(
+            matches(&out),
+            "{:?} {case:?}: pooled tiles for {threads} workers",
+            kernel.variant()
+        );
+    }
+    Ok(())
+}
+
+/// A NaN in the input makes NaN every pooled output whose window it reaches; the pool
+/// refuses anything but a 2×2 stride-2 max pool without padding, of the matching shape.
+#[test]
+fn pooled_output_propagates_nan_and_refuses_other_pools() {
+    let _env = default_blocking();
+    let case = Case {
+        cin: 5,
+        cout: 7,
+        h: 9,
+        w: 11,
+        pads: [2; 4],
+        bias: true,
+        residual: false,
+        act: Activation::Relu,
+        seed: 3,
+        scratch_offset: 0,
+        k: 5,
+    };
+    let conv = case.conv();
+    let (oh, ow) = case.out_hw();
+    for isa in Isa::supported() {
+        for variant in [WinogradVariant::F2x2K5, WinogradVariant::F2x2] {
+            let case = case.for_variant(variant).unwrap();
+            let conv = case.conv();
+            let (oh, ow) = case.out_hw();
+            let k = WinogradKernel::new(isa, &conv, [5, 9, 11], [7, oh, ow], variant).unwrap();
+            let mut packed = vec![0.0; k.packed_weight_len()];
+            k.pack_weights(&values(case.weight_len(), 4), &mut packed);
+            let bias = values(7, 5);
+            let mut x = values(5 * 99, 6);
+            x[2 * 99 + 4 * 11 + 6] = f32::NAN;
+            let mut got = vec![0.0; 7 * oh * ow];
+            let mut scr = vec![0.0; k.scratch_len()];
+            k.run(&packed, Some(&bias), &x, None, &mut got, &mut scr);
+            assert!(got.iter().any(|v| v.is_nan()) && got.iter().any(|v| !v.is_nan()));
+            check_pooled(&k, &case, &packed, Some(&bias), &x, &got)
+                .unwrap_or_else(|e| panic!("{isa} {variant:?}: {e}"));
+        }
+    }
+    let k = WinogradKernel::new(
+        Isa::Scalar,
+        &conv,
+        [5, 9, 11],
+        [7, oh, ow],
+        WinogradVariant::F2x2K5,
+    )
+    .unwrap();
+    let good = max_pool_2x2();
+    let (ph, pw) = (oh / 2, ow / 2);
+    assert!(k.clone().with_max_pool(&good, [7, ph, pw]).is_some());
+    for (pool, shape) in [
+        (
+            Pool {
+                kernel: [3, 3],
+                ..good.clone()
+            },
+            [7, ph, pw],
+        ),
+        (
+            Pool {
+                stride: [1, 1],
+                ..good.clone()
+            },
+            [7, ph, pw],
+        ),
+        (
+            Pool {
+                kind: PoolKind::Average,
+                ..good.clone()
+            },
+            [7, ph, pw],
+        ),
+        (
+            Pool {
+                pads: [1; 4],
+                ..good.clone()
+            },
+            [7, ph, pw],
+        ),
+        (
+            Pool {
+                dilation: [2, 2],
+                ..good.clone()
+            },
+            [7, ph, pw],
+        ),
+        (good.clone(), [7, ph + 1, pw]),
+        (good.clone(), [6, ph, pw]),
+    ] {
+        assert!(
+            k.clone().with_max_pool(&pool, shape).is_none(),
+            "{pool:?} {shape:?}"
+        );
+    }
 }
 
 fn report() {

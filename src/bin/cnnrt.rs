@@ -108,9 +108,9 @@ enum Command {
         #[arg(long)]
         copy: bool,
         /// Run MobileNet-style expansion → depthwise → projection blocks, first-layer
-        /// convolutions with the pooling after them, and implicit-GEMM convolutions with
-        /// the 2×2 max pool after them, layer by layer instead of as one fused step (to
-        /// compare, or to profile each layer).
+        /// convolutions with the pooling after them, and implicit-GEMM and F(2x2)
+        /// Winograd convolutions with the 2×2 max pool after them, layer by layer instead
+        /// of as one fused step (to compare, or to profile each layer).
         #[arg(long)]
         no_fuse: bool,
         /// Run every layer planar (channels in separate planes) instead of keeping

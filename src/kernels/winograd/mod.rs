@@ -85,7 +85,7 @@
 
 mod lanes;
 
-use crate::graph::{Activation, Conv, WeightLayout};
+use crate::graph::{Activation, Conv, Pool, PoolKind, WeightLayout};
 use crate::kernels::elementwise::{ActV, Portable, Simd};
 use std::ops::Range;
 
@@ -302,6 +302,8 @@ const MIN_MC_MANY: usize = 2 * MR_PACK;
 /// Gather windows kept per input block for the groups of whole tile rows (more groups
 /// per row make their windows as they go).
 const CACHED_WINDOWS: usize = 8;
+/// Input channels below which F(2x2,5x5) GEMMs count as short (see `new_for_threads`).
+const SHORT_K: usize = 32;
 /// Widest group of tiles any tier transforms at once (sizes the strip).
 const MAX_LANES: usize = 16;
 /// Extra floats between the positions' matrices in V and M (breaks 4 KiB aliasing of
@@ -433,6 +435,12 @@ pub struct WinogradKernel {
     /// V / M geometry of those blocks (`None`: each sample on its own). See
     /// [`WinogradKernel::with_batch`].
     batched: Option<(usize, Blocking)>,
+    /// The output is the 2×2 stride-2 max pool of the convolution's (see
+    /// [`WinogradKernel::with_max_pool`]).
+    max_pool: bool,
+    /// The GEMMs run whole micro-kernel tiles of columns (up to `ld`), not the block's
+    /// columns with narrow and column-tail kernels (see `new_for_threads`).
+    whole_tiles: bool,
 }
 
 impl WinogradKernel {
@@ -561,9 +569,18 @@ impl WinogradKernel {
             )
         };
         let cost = |(t0, t1): (usize, usize), pad| gemm::column_cost(u, columns(ntx, t0, t1, pad));
-        let pad = if ntx % lanes != 0
-            && !(variant == WinogradVariant::F2x2 && 2 * ntx == lanes)
-            && (0..nblocks).all(|b| cost(block(b), lanes) <= cost(block(b), 1))
+        // F(2x2,5x5) with few input channels (LeNet-5's conv2: 20): its 36 GEMMs have
+        // K = cin, short enough that each micro-kernel call's fixed cost, and the narrow
+        // and column-tail kernels at the end of a block's columns, weigh on them; whole
+        // lane groups per tile row and GEMMs over whole micro-kernel tiles of columns
+        // (columns past the block's hold scratch values whose products are never read)
+        // made LeNet-5's conv2 0.058 instead of 0.072 ms alone (1 thread, AVX-512; either
+        // change alone gained nothing; on 48 or more channels both lost, up to 1.5×).
+        let short_k = variant == WinogradVariant::F2x2K5 && cin < SHORT_K;
+        let pad = if short_k
+            || ntx % lanes != 0
+                && !(variant == WinogradVariant::F2x2 && 2 * ntx == lanes)
+                && (0..nblocks).all(|b| cost(block(b), lanes) <= cost(block(b), 1))
         {
             lanes
         } else {
@@ -579,6 +596,12 @@ impl WinogradKernel {
         // Rows of V and M on whole 64-byte lines (16 floats), so no 512-bit load of a
         // row straddles two lines (24 tiles would otherwise give rows 96 bytes apart).
         let ld = whole_lines(widest);
+        let whole_tiles = short_k;
+        let ld = if whole_tiles {
+            ld.next_multiple_of(nr)
+        } else {
+            ld
+        };
         // Output channels: split when there are too few blocks to parallelize. Every
         // channel block transforms the whole tile block's input again, so with one tile
         // block and several workers the split is one channel block per worker.
@@ -631,6 +654,8 @@ impl WinogradKernel {
             own: Blocking::new(cin, ld, pad, mcc),
             wstrip: ((ntx + MAX_LANES) * m + 2).div_ceil(8) * 8,
             batched: None,
+            max_pool: false,
+            whole_tiles,
         })
     }
 
@@ -681,12 +706,47 @@ impl WinogradKernel {
 
     /// `"winograd_f4x4"` or `"winograd_f2x2"`.
     pub fn algorithm(&self) -> &'static str {
-        self.variant.algorithm()
+        match (self.variant, self.max_pool) {
+            (_, false) => self.variant.algorithm(),
+            (WinogradVariant::F2x2K5, true) => "winograd_f2x2_5x5_pool",
+            (_, true) => "winograd_f2x2_pool",
+        }
     }
 
-    /// `[cout, oh, ow]`.
+    /// `[cout, oh, ow]`, or the pool's `[cout, ⌊oh/2⌋, ⌊ow/2⌋]`.
     pub fn out_shape(&self) -> [usize; 3] {
-        [self.cout, self.oh, self.ow]
+        if self.max_pool {
+            [self.cout, self.oh / 2, self.ow / 2]
+        } else {
+            [self.cout, self.oh, self.ow]
+        }
+    }
+
+    /// The same convolution with its output max-pooled 2×2, stride 2, in the output
+    /// transform's store: an F(2x2) output tile is one pool window, so each tile's four
+    /// outputs (bias and activation applied) become one pooled value, written as one
+    /// vector of a tile row's pooled outputs. `run` then writes `cout × ⌊oh/2⌋ × ⌊ow/2⌋`
+    /// (an odd last row or column dropped) and takes no residual. `None` unless the
+    /// variant's output tile is 2×2 and `pool` is a 2×2 stride-2 max pool without padding
+    /// or dilation whose output shape `pool_out` is that, on at least 2 rows and columns.
+    ///
+    /// Why: LeNet-5's conv2 → 2×2 max pool. Apart, the pool re-reads the convolution's
+    /// planar output (14-wide rows, masked loads and a de-interleave per row) in one more
+    /// pass and fork-join; here the tile's four values are in registers.
+    pub fn with_max_pool(mut self, pool: &Pool, pool_out: [usize; 3]) -> Option<Self> {
+        let max_2x2 = pool.kind == PoolKind::Max
+            && pool.kernel == [2, 2]
+            && pool.stride == [2, 2]
+            && pool.dilation == [1, 1]
+            && pool.pads == [0; 4];
+        if !max_2x2 || self.m != 2 || self.oh < 2 || self.ow < 2 {
+            return None;
+        }
+        if pool_out != [self.cout, self.oh / 2, self.ow / 2] {
+            return None;
+        }
+        self.max_pool = true;
+        Some(self)
     }
 
     /// Multiply-adds times two of the equivalent direct convolution (`2·cout·cin·r²·oh·ow`),
@@ -806,8 +866,12 @@ impl WinogradKernel {
             n * self.cin * self.h * self.w,
             "winograd: input length"
         );
-        let out_elems = n * self.cout * self.oh * self.ow;
+        let out_elems = n * self.out_shape().iter().product::<usize>();
         assert_eq!(out_len, out_elems, "winograd: output length");
+        assert!(
+            !(self.max_pool && residual.is_some()),
+            "winograd: a residual with the pooled output"
+        );
         if let Some(r) = residual {
             assert_eq!(r.len(), out_elems, "winograd: residual length");
         }
@@ -1036,7 +1100,8 @@ impl WinogradKernel {
         if tiles.is_empty() {
             return;
         }
-        let (in_len, out_len) = (self.cin * self.h * self.w, self.cout * self.oh * self.ow);
+        let in_len = self.cin * self.h * self.w;
+        let out_len = self.out_shape().iter().product::<usize>();
         let nt = self.ntiles;
         // (sample, its tiles t0..t1, their first column in V and M), each sample's
         // from a multiple of g.pad
@@ -1074,6 +1139,11 @@ impl WinogradKernel {
         let n = runs().fold(0, |_, (_, t0, t1, col)| {
             col + columns(self.ntx, t0, t1, g.pad)
         });
+        let n = if self.whole_tiles {
+            n.next_multiple_of(u.nr).min(g.ld)
+        } else {
+            n
+        };
         let (cout, cin) = (self.cout, self.cin);
         for mt in mts {
             let m0 = mt * self.mc;
@@ -1312,20 +1382,55 @@ impl WinogradKernel {
     ) {
         let (m, lanes) = (self.m, S::LANES);
         let act = ActV::new(s, self.activation);
-        let oplane = self.oh * self.ow;
+        // The stored rows: the output's, or the pool's (one per tile row).
+        let [_, out_h, out_w] = self.out_shape();
+        let (rstep, oplane) = (if self.max_pool { 1 } else { m }, out_h * out_w);
         let (ty0, ty1) = (t0 / self.ntx, (t1 - 1) / self.ntx);
-        let (y0, y1) = (ty0 * m, (ty1 * m + m).min(self.oh));
+        let (y0, y1) = ((ty0 * rstep).min(out_h), (ty1 * rstep + rstep).min(out_h));
         for co in c0..c1 {
             let bv = bias.map(|b| s.splat(b[co]));
             // The next channel's output (and residual) rows, as in `input_block`.
-            if co + 1 < c1 {
+            if co + 1 < c1 && y0 < y1 {
                 let o = (co + 1) * oplane;
-                prefetch_rows(out.add(o), self.ow, y0, y1, self.ow);
+                prefetch_rows(out.add(o), out_w, y0, y1, out_w);
                 if let Some(r) = residual {
                     prefetch_rows(r.as_ptr().add(o), self.ow, y0, y1, self.ow);
                 }
             }
             for (ty, txa, txb, col) in row_columns(self.ntx, t0, t1, g.pad) {
+                if self.max_pool {
+                    // Tile (ty, tx) is pooled output (ty, tx); an odd last output row or
+                    // column (half a window) is dropped.
+                    if ty >= out_h {
+                        continue;
+                    }
+                    let mut tx = txa;
+                    while tx < txb.min(out_w) {
+                        let n = lanes.min(txb.min(out_w) - tx);
+                        // SAFETY: M row co − c0 of each position, columns col + tx − txa
+                        // .. + lanes (as below); pooled row ty < out_h, columns tx ..
+                        // tx + n <= out_w of channel co.
+                        unsafe {
+                            let st = OutStore {
+                                ow: 0,
+                                rows: m,
+                                vc: n,
+                                bias: bv,
+                                res: std::ptr::null(),
+                                act: &act,
+                            };
+                            let src = mb.add((co - c0) * g.ld + col + tx - txa);
+                            let dst = out.add(co * oplane + ty * out_w + tx);
+                            if self.variant == WinogradVariant::F2x2K5 {
+                                pool_group_f2k5(s, src, g.mxs, dst, &st);
+                            } else {
+                                pool_group_f2(s, src, g.mxs, dst, &st);
+                            }
+                        }
+                        tx += lanes;
+                    }
+                    continue;
+                }
                 let rows = m.min(self.oh - ty * m);
                 let mut tx = txa;
                 while tx < txb {
@@ -1813,6 +1918,92 @@ unsafe fn out_group_f2k5<S: Lanes>(
     dst: *mut f32,
     st: &OutStore<S>,
 ) {
+    // SAFETY: the caller's.
+    let o = unsafe { rows_f2k5(s, src, xs) };
+    for (r, &or) in o.iter().enumerate().take(st.rows) {
+        let w = s.scatter_s2(at2k5(s, or));
+        let res = if st.res.is_null() {
+            st.res
+        } else {
+            st.res.wrapping_add(r * st.ow)
+        };
+        // SAFETY: row r < rows (caller).
+        unsafe { store_row(s, &w, dst.add(r * st.ow), res, st) };
+    }
+}
+
+/// The 2×2 max of each lane's tile `y[r][c]` (output row `r`, column `c` of the tile)
+/// after bias and activation, NaN where any of the four is, the maximum taken in the
+/// order of the planar pool's vector body (`max(max(y00, y10), max(y01, y11))`); stores
+/// the first `st.vc` lanes at `dst`.
+///
+/// Safety: `dst[0..st.vc]` writable.
+#[inline(always)]
+unsafe fn store_pooled<S: Simd>(s: S, y: [[S::V; 2]; 2], dst: *mut f32, st: &OutStore<S>) {
+    let f = |v: S::V| {
+        let v = match st.bias {
+            Some(b) => s.add(v, b),
+            None => v,
+        };
+        st.act.apply(s, v)
+    };
+    let (a, b, c, d) = (f(y[0][0]), f(y[0][1]), f(y[1][0]), f(y[1][1]));
+    let nan = s.mask_or(
+        s.mask_or(s.is_nan(a), s.is_nan(b)),
+        s.mask_or(s.is_nan(c), s.is_nan(d)),
+    );
+    let m = s.max(s.max(a, c), s.max(b, d));
+    // SAFETY: the caller's.
+    unsafe { store_n(s, dst, st.vc, s.select(nan, s.splat(f32::NAN), m)) };
+}
+
+/// F(2x2,3x3) pooled: the tiles' outputs as [`out_group_f2`], each tile's 2×2 max pooled
+/// into lane `i` of one vector stored at `dst` (`st.vc` lanes).
+///
+/// Safety: `src[ξ·xs .. ξ·xs + LANES]` readable for `ξ < 16`; `dst[0..st.vc]` writable.
+#[inline(always)]
+unsafe fn pool_group_f2<S: Lanes>(
+    s: S,
+    src: *const f32,
+    xs: usize,
+    dst: *mut f32,
+    st: &OutStore<S>,
+) {
+    let mut o = [[s.zero(); 4]; 2];
+    for l in 0..4 {
+        let p = |k: usize| src.wrapping_add((k * 4 + l) * xs);
+        // SAFETY: positions k·4 + l < 16, LANES floats each (caller).
+        let col = unsafe { at2(s, [s.load(p(0)), s.load(p(1)), s.load(p(2)), s.load(p(3))]) };
+        for (r, &v) in col.iter().enumerate() {
+            o[r][l] = v;
+        }
+    }
+    // SAFETY: the caller's.
+    unsafe { store_pooled(s, [at2(s, o[0]), at2(s, o[1])], dst, st) };
+}
+
+/// F(2x2,5x5) pooled: as [`pool_group_f2`] with 36 positions.
+///
+/// Safety: `src[ξ·xs .. ξ·xs + LANES]` readable for `ξ < 36`; `dst[0..st.vc]` writable.
+#[inline(always)]
+unsafe fn pool_group_f2k5<S: Lanes>(
+    s: S,
+    src: *const f32,
+    xs: usize,
+    dst: *mut f32,
+    st: &OutStore<S>,
+) {
+    // SAFETY: the caller's (both).
+    let o = unsafe { rows_f2k5(s, src, xs) };
+    unsafe { store_pooled(s, [at2k5(s, o[0]), at2k5(s, o[1])], dst, st) };
+}
+
+/// The column half of the F(2x2,5x5) output transform of a group: row `r` of the result
+/// holds, for each of the 6 transformed columns, `Σ_k Aᵀ[r][k] M[k·6 + l]`.
+///
+/// Safety: `src[ξ·xs .. ξ·xs + LANES]` readable for `ξ < 36`.
+#[inline(always)]
+unsafe fn rows_f2k5<S: Lanes>(s: S, src: *const f32, xs: usize) -> [[S::V; 6]; 2] {
     let mut o = [[s.zero(); 6]; 2];
     for l in 0..6 {
         let p = |k: usize| src.wrapping_add((k * 6 + l) * xs);
@@ -1834,16 +2025,7 @@ unsafe fn out_group_f2k5<S: Lanes>(
             o[r][l] = v;
         }
     }
-    for (r, &or) in o.iter().enumerate().take(st.rows) {
-        let w = s.scatter_s2(at2k5(s, or));
-        let res = if st.res.is_null() {
-            st.res
-        } else {
-            st.res.wrapping_add(r * st.ow)
-        };
-        // SAFETY: row r < rows (caller).
-        unsafe { store_row(s, &w, dst.add(r * st.ow), res, st) };
-    }
+    o
 }
 
 // ---------------------------------------------------------------------------------------
