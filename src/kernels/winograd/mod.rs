@@ -302,6 +302,19 @@ const MIN_MC_MANY: usize = 2 * MR_PACK;
 /// Gather windows kept per input block for the groups of whole tile rows (more groups
 /// per row make their windows as they go).
 const CACHED_WINDOWS: usize = 8;
+/// What [`WinogradKernel::output_block`] stores: tiles `t0..t1`, output channels
+/// `c0..c1`, bias, residual, the sample's output and the V / M geometry.
+type OutArgs<'a> = (
+    usize,
+    usize,
+    usize,
+    usize,
+    Option<&'a [f32]>,
+    Option<&'a [f32]>,
+    *mut f32,
+    Blocking,
+);
+
 /// Input channels below which F(2x2,5x5) GEMMs count as short (see `new_for_threads`).
 const SHORT_K: usize = 32;
 /// Widest group of tiles any tier transforms at once (sizes the strip).
@@ -1129,9 +1142,18 @@ impl WinogradKernel {
             // each row (ld >= the block's tiles, plus MAX_LANES across samples); the
             // strip t·wstrip; x was checked by `check`. Runs go left to right, so a run's
             // spill past its columns is overwritten by the next run.
-            with_lanes!(self.transform_isa, |sx| unsafe {
-                self.input_block(sx, xs, t0, t1, vbuf.add(col), strip, g)
-            });
+            // F(2x2,5x5) in its own instance, so that the other variants' loop is
+            // compiled without its gathers.
+            let v = vbuf.wrapping_add(col);
+            if self.variant == WinogradVariant::F2x2K5 {
+                with_lanes!(self.transform_isa, |sx| unsafe {
+                    self.input_block::<_, true>(sx, xs, t0, t1, v, strip, g)
+                });
+            } else {
+                with_lanes!(self.transform_isa, |sx| unsafe {
+                    self.input_block::<_, false>(sx, xs, t0, t1, v, strip, g)
+                });
+            }
         }
         let u = ukr(self.isa);
         // The GEMMs' columns: the runs' columns, padding between their rows included.
@@ -1183,23 +1205,27 @@ impl WinogradKernel {
                 }
                 for (s, t0, t1, col) in runs() {
                     let rs = residual.map(|r| &r[s * out_len..(s + 1) * out_len]);
-                    // SAFETY: M holds the chunk, this run's tiles at columns col..; `check`
-                    // verified out, residual and bias; the caller guarantees no concurrent
-                    // writer of these outputs.
-                    with_lanes!(self.transform_isa, |sx| unsafe {
-                        self.output_block(
-                            sx,
-                            mbuf.add(col),
-                            t0,
-                            t1,
-                            c0,
-                            c1,
-                            bias,
-                            rs,
-                            out.ptr().add(s * out_len),
-                            g,
-                        )
-                    });
+                    // The pooled and F(2x2,5x5) stores in their own instances (as
+                    // `input_block`).
+                    let (mb, o) = (mbuf.wrapping_add(col), out.ptr().wrapping_add(s * out_len));
+                    let args = (t0, t1, c0, c1, bias, rs, o, g);
+                    // SAFETY: in each arm, M holds the chunk, this run's tiles at columns
+                    // col..; `check` verified out, residual and bias; the caller
+                    // guarantees no concurrent writer of these outputs.
+                    match (self.variant == WinogradVariant::F2x2K5, self.max_pool) {
+                        (false, false) => with_lanes!(self.transform_isa, |sx| unsafe {
+                            self.output_block::<_, false, false>(sx, mb, args)
+                        }),
+                        (true, false) => with_lanes!(self.transform_isa, |sx| unsafe {
+                            self.output_block::<_, true, false>(sx, mb, args)
+                        }),
+                        (false, true) => with_lanes!(self.transform_isa, |sx| unsafe {
+                            self.output_block::<_, false, true>(sx, mb, args)
+                        }),
+                        (true, true) => with_lanes!(self.transform_isa, |sx| unsafe {
+                            self.output_block::<_, true, true>(sx, mb, args)
+                        }),
+                    }
                 }
             }
         }
@@ -1209,7 +1235,7 @@ impl WinogradKernel {
     ///
     /// Safety: `v` has `t2 · vxs` floats, `strip` `(t + 2) · wstrip`.
     #[inline(always)]
-    unsafe fn input_block<S: Lanes>(
+    unsafe fn input_block<S: Lanes, const K5: bool>(
         &self,
         s: S,
         x: &[f32],
@@ -1228,28 +1254,34 @@ impl WinogradKernel {
         // F(2x2) on maps whose tile row fills half a group (ResNet-18's 7×7 maps, 4 tiles
         // a row, on 8 lanes): two whole tile rows per group, so no lane idles.
         let pairs = self.variant == WinogradVariant::F2x2 && 2 * self.ntx == lanes;
-        let k5 = self.variant == WinogradVariant::F2x2K5;
+        let k5 = K5;
         // The gather window of the group whose first tile is tx: it reads input columns
         // tx·m − pl .. of each row, of which 0..w are in the image. The same for every row
         // and channel; those of groups of whole tile rows (tx = 0, lanes, ..) made once.
         let (wi, pl) = (self.w as isize, self.pl as isize);
         // F(2x2,5x5) gathers each tile's 6 columns as two stride-2 gathers, 4 columns
-        // apart: the second window is the first's, 4 columns on (unused otherwise).
-        let window = |tx: usize| {
-            let c0 = (tx * m) as isize - pl;
-            let second = if k5 { 4 } else { 0 };
-            (
-                Window::new(s, m, -c0, wi - c0),
-                Window::new(s, m, -c0 - second, wi - c0 - second),
-            )
+        // apart: its second window is the first's, `at` = 4 columns on.
+        let window = |tx: usize, at: isize| {
+            let c0 = (tx * m) as isize - pl + at;
+            Window::new(s, m, -c0, wi - c0)
         };
-        let mut row_windows = [window(0); CACHED_WINDOWS];
+        let mut row_windows = [window(0, 0); CACHED_WINDOWS];
         for (gi, win) in row_windows
             .iter_mut()
             .enumerate()
             .take(self.ntx.div_ceil(lanes))
         {
-            *win = window(gi * lanes);
+            *win = window(gi * lanes, 0);
+        }
+        let mut row_windows2 = row_windows;
+        if k5 {
+            for (gi, win) in row_windows2
+                .iter_mut()
+                .enumerate()
+                .take(self.ntx.div_ceil(lanes))
+            {
+                *win = window(gi * lanes, 4);
+            }
         }
         for c in 0..self.cin {
             let xc = &x[c * plane..(c + 1) * plane];
@@ -1298,10 +1330,11 @@ impl WinogradKernel {
                 for gi in 0..(txb - txa).div_ceil(lanes) {
                     let tx = txa + gi * lanes;
                     let tl = col + gi * lanes;
-                    let (win, win2) = if txa == 0 && gi < CACHED_WINDOWS {
+                    let cached = txa == 0 && gi < CACHED_WINDOWS;
+                    let win = if cached {
                         row_windows[gi]
                     } else {
-                        window(tx)
+                        window(tx, 0)
                     };
                     // The group's first input column, in row ys (both may lie outside
                     // the plane: only the window's columns of rows ia..ib are read).
@@ -1317,6 +1350,11 @@ impl WinogradKernel {
                         if m == 4 {
                             in_group_f4(s, src, self.w, ia..ib, &win, dst, g.vxs);
                         } else if k5 {
+                            let win2 = if cached {
+                                row_windows2[gi]
+                            } else {
+                                window(tx, 4)
+                            };
                             in_group_f2k5(s, src, self.w, ia..ib, &win, &win2, dst, g.vxs);
                         } else {
                             in_group_f2(s, src, self.w, ia..ib, &win, dst, g.vxs);
@@ -1365,26 +1403,20 @@ impl WinogradKernel {
     ///
     /// Safety: `mb` holds the chunk's `M` (t2 · mxs floats); `out` has `cout·oh·ow` floats
     /// and no concurrent writer of these elements.
-    #[allow(clippy::too_many_arguments)]
+    /// `K5`: the variant is F(2x2,5x5); `POOL`: `self.max_pool` (constants, so that each
+    /// combination is compiled on its own).
     #[inline(always)]
-    unsafe fn output_block<S: Lanes>(
+    unsafe fn output_block<S: Lanes, const K5: bool, const POOL: bool>(
         &self,
         s: S,
         mb: *const f32,
-        t0: usize,
-        t1: usize,
-        c0: usize,
-        c1: usize,
-        bias: Option<&[f32]>,
-        residual: Option<&[f32]>,
-        out: *mut f32,
-        g: Blocking,
+        (t0, t1, c0, c1, bias, residual, out, g): OutArgs,
     ) {
         let (m, lanes) = (self.m, S::LANES);
         let act = ActV::new(s, self.activation);
         // The stored rows: the output's, or the pool's (one per tile row).
         let [_, out_h, out_w] = self.out_shape();
-        let (rstep, oplane) = (if self.max_pool { 1 } else { m }, out_h * out_w);
+        let (rstep, oplane) = (if POOL { 1 } else { m }, out_h * out_w);
         let (ty0, ty1) = (t0 / self.ntx, (t1 - 1) / self.ntx);
         let (y0, y1) = ((ty0 * rstep).min(out_h), (ty1 * rstep + rstep).min(out_h));
         for co in c0..c1 {
@@ -1398,7 +1430,7 @@ impl WinogradKernel {
                 }
             }
             for (ty, txa, txb, col) in row_columns(self.ntx, t0, t1, g.pad) {
-                if self.max_pool {
+                if POOL {
                     // Tile (ty, tx) is pooled output (ty, tx); an odd last output row or
                     // column (half a window) is dropped.
                     if ty >= out_h {
@@ -1421,7 +1453,7 @@ impl WinogradKernel {
                             };
                             let src = mb.add((co - c0) * g.ld + col + tx - txa);
                             let dst = out.add(co * oplane + ty * out_w + tx);
-                            if self.variant == WinogradVariant::F2x2K5 {
+                            if K5 {
                                 pool_group_f2k5(s, src, g.mxs, dst, &st);
                             } else {
                                 pool_group_f2(s, src, g.mxs, dst, &st);
@@ -1456,7 +1488,7 @@ impl WinogradKernel {
                         };
                         if m == 4 {
                             out_group_f4(s, src, g.mxs, dst, &st);
-                        } else if self.variant == WinogradVariant::F2x2K5 {
+                        } else if K5 {
                             out_group_f2k5(s, src, g.mxs, dst, &st);
                         } else {
                             out_group_f2(s, src, g.mxs, dst, &st);
@@ -1670,8 +1702,17 @@ unsafe fn in_group_f4<S: Lanes>(
             *ti = bt4(s, unsafe { s.gather_s4(src.wrapping_add(i * lds), win) });
         }
     }
-    // SAFETY: the caller's.
-    unsafe { store_f4(s, t, dst, xs) };
+    // The column pass inline, not through `store_f4`: passing the 36 vectors on cost
+    // F(4x4) layers a few percent (conv3x3_stress).
+    for l in 0..6 {
+        // Explicit arrays, not `array::from_fn`: its closure can end up outside the
+        // `#[target_feature]` function, with every intrinsic an out-of-line call.
+        let col = bt4(s, [t[0][l], t[1][l], t[2][l], t[3][l], t[4][l], t[5][l]]);
+        for (k, &v) in col.iter().enumerate() {
+            // SAFETY: position k·6 + l < 36 (caller).
+            unsafe { s.store(dst.add((k * 6 + l) * xs), v) };
+        }
+    }
 }
 
 /// F(2x2,5x5): as [`in_group_f4`] with the 6×6 tiles 2 apart, each row's 6 columns from
