@@ -158,6 +158,18 @@ pub struct Pool {
     pub count_include_pad: bool,
 }
 
+impl Pool {
+    /// A 2×2 stride-2 max pool without padding or dilation: one window per 2×2 block
+    /// (the kind the convolution kernels can fold into their stores).
+    pub fn is_plain_max_2x2(&self) -> bool {
+        self.kind == PoolKind::Max
+            && self.kernel == [2, 2]
+            && self.stride == [2, 2]
+            && self.dilation == [1, 1]
+            && self.pads == [0; 4]
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PoolKind {

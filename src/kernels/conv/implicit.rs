@@ -22,7 +22,7 @@
 //! then the bias (and residual), then the activation, whatever the band, panel or worker:
 //! results are bit-identical for any number of threads.
 
-use crate::graph::{Activation, Conv, Pool, PoolKind};
+use crate::graph::{Activation, Conv, Pool};
 use crate::kernels::elementwise::{dispatch, ActV, Simd};
 use crate::kernels::gemm::{self, SharedOut, Store, TapsKernels, NR_PACK};
 use crate::kernels::parallel;
@@ -193,11 +193,7 @@ impl ImplicitConv {
     /// is four whole-vector loads of channels, and the transpose moves a quarter of the
     /// data.
     pub fn with_max_pool(mut self, pool: &Pool, pool_out: [usize; 3]) -> Option<Self> {
-        let max_2x2 = pool.kind == PoolKind::Max
-            && pool.kernel == [2, 2]
-            && pool.stride == [2, 2]
-            && pool.dilation == [1, 1]
-            && pool.pads == [0; 4];
+        let max_2x2 = pool.is_plain_max_2x2();
         if !max_2x2 || self.oh < 2 || self.ow < 2 {
             return None;
         }

@@ -85,7 +85,7 @@
 
 mod lanes;
 
-use crate::graph::{Activation, Conv, Pool, PoolKind, WeightLayout};
+use crate::graph::{Activation, Conv, Pool, WeightLayout};
 use crate::kernels::elementwise::{ActV, Portable, Simd};
 use std::ops::Range;
 
@@ -747,11 +747,7 @@ impl WinogradKernel {
     /// planar output (14-wide rows, masked loads and a de-interleave per row) in one more
     /// pass and fork-join; here the tile's four values are in registers.
     pub fn with_max_pool(mut self, pool: &Pool, pool_out: [usize; 3]) -> Option<Self> {
-        let max_2x2 = pool.kind == PoolKind::Max
-            && pool.kernel == [2, 2]
-            && pool.stride == [2, 2]
-            && pool.dilation == [1, 1]
-            && pool.pads == [0; 4];
+        let max_2x2 = pool.is_plain_max_2x2();
         if !max_2x2 || self.m != 2 || self.oh < 2 || self.ow < 2 {
             return None;
         }
@@ -1936,8 +1932,19 @@ unsafe fn out_group_f2<S: Lanes>(
             o[r][l] = v;
         }
     }
-    for (r, &or) in o.iter().enumerate().take(st.rows) {
-        let w = s.scatter_s2(at2(s, or));
+    // SAFETY: the caller's.
+    unsafe { store_rows_f2(s, [at2(s, o[0]), at2(s, o[1])], dst, st) };
+}
+
+/// Stores the 2×2 output tiles of a group (row `r` of the tiles in `y[r]`: output
+/// columns 0 and 1 of each lane's tile) as output rows, interleaved, `st.rows` of them.
+///
+/// Safety: `dst` (and `st.res` unless null) valid for rows `< st.rows` of `st.vc`
+/// elements.
+#[inline(always)]
+unsafe fn store_rows_f2<S: Lanes>(s: S, y: [[S::V; 2]; 2], dst: *mut f32, st: &OutStore<S>) {
+    for (r, &yr) in y.iter().enumerate().take(st.rows) {
+        let w = s.scatter_s2(yr);
         let res = if st.res.is_null() {
             st.res
         } else {
@@ -1959,18 +1966,9 @@ unsafe fn out_group_f2k5<S: Lanes>(
     dst: *mut f32,
     st: &OutStore<S>,
 ) {
-    // SAFETY: the caller's.
+    // SAFETY: the caller's (both).
     let o = unsafe { rows_f2k5(s, src, xs) };
-    for (r, &or) in o.iter().enumerate().take(st.rows) {
-        let w = s.scatter_s2(at2k5(s, or));
-        let res = if st.res.is_null() {
-            st.res
-        } else {
-            st.res.wrapping_add(r * st.ow)
-        };
-        // SAFETY: row r < rows (caller).
-        unsafe { store_row(s, &w, dst.add(r * st.ow), res, st) };
-    }
+    unsafe { store_rows_f2(s, [at2k5(s, o[0]), at2k5(s, o[1])], dst, st) };
 }
 
 /// The 2×2 max of each lane's tile `y[r][c]` (output row `r`, column `c` of the tile)
