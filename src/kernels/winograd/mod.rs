@@ -1923,15 +1923,8 @@ unsafe fn out_group_f2<S: Lanes>(
     dst: *mut f32,
     st: &OutStore<S>,
 ) {
-    let mut o = [[s.zero(); 4]; 2];
-    for l in 0..4 {
-        let p = |k: usize| src.wrapping_add((k * 4 + l) * xs);
-        // SAFETY: positions k·4 + l < 16, LANES floats each (caller).
-        let col = unsafe { at2(s, [s.load(p(0)), s.load(p(1)), s.load(p(2)), s.load(p(3))]) };
-        for (r, &v) in col.iter().enumerate() {
-            o[r][l] = v;
-        }
-    }
+    // SAFETY: the caller's (both).
+    let o = unsafe { rows_f2(s, src, xs) };
     // SAFETY: the caller's.
     unsafe { store_rows_f2(s, [at2(s, o[0]), at2(s, o[1])], dst, st) };
 }
@@ -2008,15 +2001,8 @@ unsafe fn pool_group_f2<S: Lanes>(
     dst: *mut f32,
     st: &OutStore<S>,
 ) {
-    let mut o = [[s.zero(); 4]; 2];
-    for l in 0..4 {
-        let p = |k: usize| src.wrapping_add((k * 4 + l) * xs);
-        // SAFETY: positions k·4 + l < 16, LANES floats each (caller).
-        let col = unsafe { at2(s, [s.load(p(0)), s.load(p(1)), s.load(p(2)), s.load(p(3))]) };
-        for (r, &v) in col.iter().enumerate() {
-            o[r][l] = v;
-        }
-    }
+    // SAFETY: the caller's (both).
+    let o = unsafe { rows_f2(s, src, xs) };
     // SAFETY: the caller's.
     unsafe { store_pooled(s, [at2(s, o[0]), at2(s, o[1])], dst, st) };
 }
@@ -2035,6 +2021,24 @@ unsafe fn pool_group_f2k5<S: Lanes>(
     // SAFETY: the caller's (both).
     let o = unsafe { rows_f2k5(s, src, xs) };
     unsafe { store_pooled(s, [at2k5(s, o[0]), at2k5(s, o[1])], dst, st) };
+}
+
+/// The column half of the F(2x2,3x3) output transform of a group: row `r` of the result
+/// holds, for each of the 4 transformed columns, `Σ_k Aᵀ[r][k] M[k·4 + l]`.
+///
+/// Safety: `src[ξ·xs .. ξ·xs + LANES]` readable for `ξ < 16`.
+#[inline(always)]
+unsafe fn rows_f2<S: Lanes>(s: S, src: *const f32, xs: usize) -> [[S::V; 4]; 2] {
+    let mut o = [[s.zero(); 4]; 2];
+    for l in 0..4 {
+        let p = |k: usize| src.wrapping_add((k * 4 + l) * xs);
+        // SAFETY: positions k·4 + l < 16, LANES floats each (caller).
+        let col = unsafe { at2(s, [s.load(p(0)), s.load(p(1)), s.load(p(2)), s.load(p(3))]) };
+        for (r, &v) in col.iter().enumerate() {
+            o[r][l] = v;
+        }
+    }
+    o
 }
 
 /// The column half of the F(2x2,5x5) output transform of a group: row `r` of the result
