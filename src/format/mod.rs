@@ -5,7 +5,7 @@
 //! # Layout
 //!
 //! All integers are little-endian. Offsets are bytes from the start of the file.
-//! `xxh3` is XXH3-64 with seed 0 (`xxhash_rust::xxh3::xxh3_64`).
+//! `xxh3` is XXH3-64 with seed 0 (the reference algorithm of xxHash 0.8; cnnrt computes it with `twox_hash::XxHash3_64::oneshot`).
 //!
 //! ```text
 //! +--------------------+ 0
