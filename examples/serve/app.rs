@@ -129,9 +129,23 @@ pub fn router(model: Arc<Model>, opts: ServeOptions) -> cnnrt::Result<Router> {
     if opts.sessions == 0 {
         return Err(cnnrt::Error::Other("at least one session is needed".into()));
     }
-    let sessions = (0..opts.sessions)
+    let mut sessions = (0..opts.sessions)
         .map(|_| model.session(SessionOptions::default().max_batch(opts.max_batch)))
         .collect::<cnnrt::Result<Vec<_>>>()?;
+    // One run of one sample per session before serving: a session's first run takes the
+    // page faults of its workspace (see `Model::session`; 1–2 ms on ResNet-18), which
+    // would otherwise land on the first requests.
+    let zeros: Vec<Vec<f32>> = {
+        let g = model.graph();
+        g.inputs
+            .iter()
+            .map(|&v| vec![0.0; g.shape(v).iter().product()])
+            .collect()
+    };
+    let inputs: Vec<&[f32]> = zeros.iter().map(Vec::as_slice).collect();
+    for s in &mut sessions {
+        s.run_multi(&inputs, 1)?;
+    }
     let isa = sessions[0].isa().to_string();
     let workspace_bytes = sessions[0].workspace_bytes();
     let classes = model.output_shape().iter().product();
