@@ -123,8 +123,8 @@ fn json_response(status: StatusCode, v: &Value) -> Response {
     r
 }
 
-/// Builds the service: `sessions` sessions planned for `max_batch`, and the routes
-/// `GET /health` and `POST /v1/classify`. Fails if a session cannot be planned.
+/// Builds the service: `sessions` sessions planned for `max_batch`, each run once, and the
+/// routes `GET /health` and `POST /v1/classify`. Fails if a session cannot be planned.
 pub fn router(model: Arc<Model>, opts: ServeOptions) -> cnnrt::Result<Router> {
     if opts.sessions == 0 {
         return Err(cnnrt::Error::Other("at least one session is needed".into()));
