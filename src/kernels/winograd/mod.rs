@@ -1250,7 +1250,6 @@ impl WinogradKernel {
         // F(2x2) on maps whose tile row fills half a group (ResNet-18's 7×7 maps, 4 tiles
         // a row, on 8 lanes): two whole tile rows per group, so no lane idles.
         let pairs = self.variant == WinogradVariant::F2x2 && 2 * self.ntx == lanes;
-        let k5 = K5;
         // The gather window of the group whose first tile is tx: it reads input columns
         // tx·m − pl .. of each row, of which 0..w are in the image. The same for every row
         // and channel; those of groups of whole tile rows (tx = 0, lanes, ..) made once.
@@ -1261,24 +1260,15 @@ impl WinogradKernel {
             let c0 = (tx * m) as isize - pl + at;
             Window::new(s, m, -c0, wi - c0)
         };
-        let mut row_windows = [window(0, 0); CACHED_WINDOWS];
-        for (gi, win) in row_windows
-            .iter_mut()
-            .enumerate()
-            .take(self.ntx.div_ceil(lanes))
-        {
-            *win = window(gi * lanes, 0);
-        }
-        let mut row_windows2 = row_windows;
-        if k5 {
-            for (gi, win) in row_windows2
-                .iter_mut()
-                .enumerate()
-                .take(self.ntx.div_ceil(lanes))
-            {
-                *win = window(gi * lanes, 4);
+        let group_windows = |at: isize| {
+            let mut wins = [window(0, at); CACHED_WINDOWS];
+            for (gi, win) in wins.iter_mut().enumerate().take(self.ntx.div_ceil(lanes)) {
+                *win = window(gi * lanes, at);
             }
-        }
+            wins
+        };
+        let row_windows = group_windows(0);
+        let row_windows2 = if K5 { group_windows(4) } else { row_windows };
         for c in 0..self.cin {
             let xc = &x[c * plane..(c + 1) * plane];
             // The rows of the next channel plane: a few short runs far apart, which the
@@ -1345,7 +1335,7 @@ impl WinogradKernel {
                         let dst = v.add(c * g.ld + tl);
                         if m == 4 {
                             in_group_f4(s, src, self.w, ia..ib, &win, dst, g.vxs);
-                        } else if k5 {
+                        } else if K5 {
                             let win2 = if cached {
                                 row_windows2[gi]
                             } else {
