@@ -11,6 +11,7 @@
 
 mod aligned;
 pub mod convert;
+pub mod cpu_cache;
 pub mod error;
 pub mod format;
 pub mod graph;

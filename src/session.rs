@@ -12,6 +12,7 @@ use crate::kernels::conv::{ConvKernel, ImplicitConv};
 use crate::kernels::conv_pool::ConvPoolKernel;
 use crate::kernels::depthwise::DepthwiseKernel;
 use crate::kernels::fused::{self, BlockKernel, BlockWeights};
+use crate::kernels::gemm::PrefetchTo;
 use crate::kernels::linear::{LinearKernel, Sweep};
 use crate::kernels::nhwc::{self, DepthwiseNhwc, PointwiseNhwc};
 use crate::kernels::pool::PoolKernel;
@@ -65,6 +66,11 @@ pub struct SessionOptions {
     /// between layers (`kernels::nhwc`, `region`). Same results bit for bit; off only to
     /// compare. `CNNRT_CHANNELS_LAST=0` also turns it off.
     pub channels_last: bool,
+    /// Where the GEMMs' prefetch hints put the weights; `None` (the default): by the
+    /// weights' size against the CPU's last-level cache, or `CNNRT_PREFETCH=l1|l2`. Set
+    /// it where that guess is wrong, say for a model that shares the cache with others
+    /// run in turn. Never changes a result.
+    pub prefetch: Option<PrefetchTo>,
 }
 
 impl Default for SessionOptions {
@@ -75,6 +81,7 @@ impl Default for SessionOptions {
             threads: Threads::Caller,
             fuse_blocks: true,
             channels_last: true,
+            prefetch: None,
         }
     }
 }
@@ -111,6 +118,18 @@ impl SessionOptions {
     /// ```
     pub fn channels_last(mut self, on: bool) -> Self {
         self.channels_last = on;
+        self
+    }
+    /// Put the weights the GEMMs prefetch into this cache level instead of choosing by
+    /// their size:
+    ///
+    /// ```
+    /// use cnnrt::kernels::gemm::PrefetchTo;
+    /// let streamed = cnnrt::SessionOptions::default().prefetch_to(PrefetchTo::L2);
+    /// assert_eq!(streamed.prefetch, Some(PrefetchTo::L2));
+    /// ```
+    pub fn prefetch_to(mut self, to: PrefetchTo) -> Self {
+        self.prefetch = Some(to);
         self
     }
 }
@@ -249,6 +268,31 @@ impl NodeKernel {
         }
     }
 
+    /// Sets where the kernel's GEMMs put the weights they prefetch.
+    fn set_prefetch(&mut self, to: PrefetchTo) {
+        match self {
+            NodeKernel::Conv { kernel, .. } => kernel.set_prefetch(to),
+            NodeKernel::Winograd { kernel, .. } | NodeKernel::WinogradPool { kernel, .. } => {
+                kernel.set_prefetch(to)
+            }
+            NodeKernel::Linear { kernel, .. } => kernel.set_prefetch(to),
+            NodeKernel::ConvPool { kernel, .. } => kernel.set_prefetch(to),
+            NodeKernel::Implicit { kernel, .. } | NodeKernel::ImplicitPool { kernel, .. } => {
+                kernel.set_prefetch(to)
+            }
+            NodeKernel::Block { kernel, .. } => kernel.set_prefetch(to),
+            NodeKernel::PointwiseNhwc { kernel, .. } => kernel.set_prefetch(to),
+            // No GEMM, so no weight prefetch.
+            NodeKernel::Depthwise { .. }
+            | NodeKernel::DepthwiseNhwc { .. }
+            | NodeKernel::Pool(_)
+            | NodeKernel::InBlock
+            | NodeKernel::Vector
+            | NodeKernel::Copy
+            | NodeKernel::Reference => {}
+        }
+    }
+
     /// Scratch all workers share, besides `scratch_len` per worker (laid out first).
     fn shared_scratch_len(&self) -> usize {
         match self {
@@ -274,6 +318,32 @@ impl NodeKernel {
             }
             _ => 0,
         }
+    }
+}
+
+/// Bytes of weights a run reads: the model's and those this session rearranged.
+fn weight_bytes(model: &Model, owned: &[Vec<f32>]) -> usize {
+    let graph = model.graph();
+    let floats: usize = (0..graph.weights.len())
+        .map(|w| model.weight(w).len())
+        .chain(owned.iter().map(Vec::len))
+        .sum();
+    floats.saturating_mul(4)
+}
+
+/// Where the GEMMs' prefetch hints put the weights (see [`PrefetchTo`] for the
+/// measurements): into L2 when the weights outgrow the last-level cache `llc` (they then
+/// come from memory on every run), into L1 when they fit or the cache size is unknown.
+/// `env`: `CNNRT_PREFETCH`, `l1` or `l2` overriding that, for measuring.
+fn prefetch_target(env: Option<&str>, weight_bytes: usize, llc: Option<usize>) -> PrefetchTo {
+    match env {
+        Some("l1") => return PrefetchTo::L1,
+        Some("l2") => return PrefetchTo::L2,
+        _ => {}
+    }
+    match llc {
+        Some(llc) if weight_bytes > llc => PrefetchTo::L2,
+        _ => PrefetchTo::L1,
     }
 }
 
@@ -759,6 +829,7 @@ pub struct Session {
     /// Runs so far: fully connected layers alternate their weights' sweep run by run
     /// (`linear::Sweep`).
     runs: u64,
+    prefetch: PrefetchTo,
 }
 
 /// Who runs a session's kernels besides the calling thread (`kernels::team`).
@@ -875,6 +946,16 @@ impl Session {
         } else {
             Vec::new()
         };
+        let prefetch = options.prefetch.unwrap_or_else(|| {
+            prefetch_target(
+                std::env::var("CNNRT_PREFETCH").ok().as_deref(),
+                weight_bytes(&model, &owned),
+                crate::cpu_cache::last_level_bytes(),
+            )
+        });
+        for k in &mut kernels {
+            k.set_prefetch(prefetch);
+        }
         let shadows = region::shadows(graph, &stored_nhwc, |i| node_reads(graph, &kernels, i));
         let extras: Vec<Extra> = shadows
             .iter()
@@ -935,6 +1016,7 @@ impl Session {
             shadows,
             shadow_at,
             runs: 0,
+            prefetch,
         })
     }
 
@@ -945,6 +1027,13 @@ impl Session {
     /// The kernel tier this session planned with.
     pub fn isa(&self) -> Isa {
         self.isa
+    }
+
+    /// Where this session's GEMMs put the weights they prefetch ([`SessionOptions::prefetch`]
+    /// or, unset, [`PrefetchTo::L2`] when the model's weights exceed the CPU's last-level
+    /// cache).
+    pub fn prefetch_to(&self) -> PrefetchTo {
+        self.prefetch
     }
 
     pub fn max_batch(&self) -> usize {
@@ -1444,5 +1533,26 @@ fn run_vector(
             flatten_from_axis,
         } => elementwise::softmax(isa, x, n, shape, *axis, *flatten_from_axis, out),
         _ => reference::run_node_into(graph, i, model, ins, n, out),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_past_the_last_level_cache_are_prefetched_into_l2() {
+        let llc = Some(32 << 20);
+        // ResNet-18 (47 MB) against MobileNetV2 (14 MB) and LeNet-5 (5 MB).
+        assert_eq!(prefetch_target(None, 46_800_000, llc), PrefetchTo::L2);
+        assert_eq!(prefetch_target(None, 14_000_000, llc), PrefetchTo::L1);
+        assert_eq!(prefetch_target(None, 32 << 20, llc), PrefetchTo::L1);
+        assert_eq!(prefetch_target(None, 46_800_000, None), PrefetchTo::L1);
+        assert_eq!(prefetch_target(Some("l1"), 46_800_000, llc), PrefetchTo::L1);
+        assert_eq!(prefetch_target(Some("l2"), 5_000_000, llc), PrefetchTo::L2);
+        assert_eq!(
+            prefetch_target(Some("other"), 5_000_000, llc),
+            PrefetchTo::L1
+        );
     }
 }

@@ -92,6 +92,48 @@ fn results_are_bit_identical_for_any_thread_count() {
     }
 }
 
+/// Where the GEMMs' prefetch hints put the weights is a hint, never a result: sessions
+/// planned with either target give the same bits on every tier, at 1 and 2 threads, and
+/// report the target they were given. The models cover the GEMM paths that prefetch:
+/// im2col, Winograd, implicit GEMM, fully connected (the zoo), fused blocks and the
+/// channels-last 1×1 layers.
+#[test]
+fn prefetch_targets_give_identical_results() {
+    use cnnrt::kernels::gemm::PrefetchTo;
+    let mut seed = 17u64;
+    for (name, zoo) in [
+        ("zoo", common::zoo(2)),
+        ("inverted_residuals", common::inverted_residuals()),
+        ("small_map_blocks", common::small_map_blocks()),
+    ] {
+        let model = zoo.model();
+        let per: usize = model.input_shape().iter().product();
+        let x = common::rand_vec(&mut seed, 2 * per, -2.0, 2.0);
+        for isa in Isa::supported() {
+            for t in [1, 2] {
+                let run = |to: PrefetchTo| {
+                    let mut s = model
+                        .session(
+                            SessionOptions::default()
+                                .max_batch(2)
+                                .max_isa(isa)
+                                .threads(Threads::Count(t))
+                                .prefetch_to(to),
+                        )
+                        .unwrap();
+                    assert_eq!(s.prefetch_to(), to);
+                    s.run(&x, 2).unwrap().to_vec()
+                };
+                let (l1, l2) = (run(PrefetchTo::L1), run(PrefetchTo::L2));
+                assert!(
+                    l1.iter().zip(&l2).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{name} [{isa}] {t} threads: L1 and L2 prefetch differ"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn bad_inputs_are_typed_errors() {
     let model = common::zoo(3).model();

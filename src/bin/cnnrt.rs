@@ -314,6 +314,7 @@ fn bench(model: &Path, o: &BenchOptions) -> Result<()> {
         threads: threads_option(threads),
         fuse_blocks: o.fuse,
         channels_last: o.channels_last,
+        prefetch: None,
     })?;
     let session_ms = t1.elapsed().as_secs_f64() * 1e3;
     let sample: usize = m.input_shape().iter().product();
@@ -352,9 +353,10 @@ fn bench(model: &Path, o: &BenchOptions) -> Result<()> {
     let ips = batch as f64 / (median * 1e-3);
     println!("model      {}", model.display());
     println!(
-        "kernels    {} , threads {threads}, batch {batch}, workspace {} bytes",
+        "kernels    {} , threads {threads}, batch {batch}, workspace {} bytes, weight prefetch to {:?}",
         session.isa(),
-        thousands(session.workspace_bytes())
+        thousands(session.workspace_bytes()),
+        session.prefetch_to()
     );
     println!("open       {open_ms:.3} ms (+ session {session_ms:.3} ms)");
     println!("first run  {first_run_ms:.3} ms");

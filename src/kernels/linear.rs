@@ -30,7 +30,8 @@
 
 use crate::graph::{Activation, Linear};
 use crate::kernels::gemm::{
-    drive, pack_a, pack_b_transposed, row_panel_kernel, ukr, BSrc, SharedOut, Store, Tile, NR_PACK,
+    drive, pack_a, pack_b_transposed, row_panel_kernel, ukr, BSrc, PrefetchTo, SharedOut, Store,
+    Tile, NR_PACK,
 };
 use crate::simd::Isa;
 
@@ -85,6 +86,7 @@ pub struct LinearKernel {
     max_batch: usize,
     tile_cols: usize,
     activation: Activation,
+    prefetch: PrefetchTo,
 }
 
 impl LinearKernel {
@@ -99,6 +101,7 @@ impl LinearKernel {
             max_batch: max_batch.max(1),
             tile_cols: TILE_COLS,
             activation: linear.activation,
+            prefetch: PrefetchTo::default(),
         }
     }
 
@@ -115,6 +118,12 @@ impl LinearKernel {
         let per = self.out_features.div_ceil(threads.max(1)).max(1);
         self.tile_cols = per.next_multiple_of(NR_PACK).clamp(NR_PACK, TILE_COLS);
         self
+    }
+
+    /// Where the GEMM's prefetch hints put the weights they fetch ahead (the session
+    /// chooses, see [`PrefetchTo`]); results do not change.
+    pub fn set_prefetch(&mut self, to: PrefetchTo) {
+        self.prefetch = to;
     }
 
     pub fn isa(&self) -> Isa {
@@ -366,6 +375,7 @@ impl LinearKernel {
                             .add(p * fi)
                             .wrapping_add(PANEL_PREFETCH_AHEAD),
                         pf_stride: NR_PACK,
+                        pf_to: self.prefetch,
                     };
                     // SAFETY: `check` verified the lengths: x holds `fi` floats (lda 1);
                     // the full panel of columns p..p+32 holds fi·32 weights from p·fi,
@@ -421,6 +431,7 @@ impl LinearKernel {
                 .map_or(std::ptr::null(), |r| r.as_ptr().add(o0)),
             act: self.activation,
             accumulate: false,
+            prefetch: self.prefetch,
         };
         let src = BSrc::Prepacked {
             ptr: ops.packed.as_ptr().add(o0 * fi),

@@ -21,7 +21,7 @@ use std::ptr::null;
 
 use crate::graph::{Activation, Conv};
 use crate::kernels::elementwise::{clamp_bounds, dispatch, vector_lanes, Simd};
-use crate::kernels::gemm::{self, SharedOut, Store, MR_PACK, NR_PACK};
+use crate::kernels::gemm::{self, PrefetchTo, SharedOut, Store, MR_PACK, NR_PACK};
 use crate::kernels::parallel;
 use crate::simd::Isa;
 
@@ -151,6 +151,7 @@ pub struct PointwiseNhwc {
     /// Per sample: column groups (runs of panels) × row groups (runs of tiles).
     col_groups: usize,
     row_groups: usize,
+    prefetch: PrefetchTo,
 }
 
 /// Weight bytes up to which a 1×1 layer splits its pixel rows over the workers even when
@@ -183,6 +184,7 @@ impl PointwiseNhwc {
             input_nhwc,
             col_groups: 1,
             row_groups: 1,
+            prefetch: PrefetchTo::default(),
         };
         if threads > 1 && k.flops() >= parallel::min_parallel_flops() {
             // About two parts per worker; the weights split first where they outweigh
@@ -204,6 +206,12 @@ impl PointwiseNhwc {
             }
         }
         Some(k)
+    }
+
+    /// Where the GEMM's prefetch hints put the weights they fetch ahead (the session
+    /// chooses, see [`PrefetchTo`]); results do not change.
+    pub fn set_prefetch(&mut self, to: PrefetchTo) {
+        self.prefetch = to;
     }
 
     pub fn isa(&self) -> Isa {
@@ -360,6 +368,7 @@ impl PointwiseNhwc {
                 act: self.act,
                 pf: null(),
                 pf_stride: 0,
+                pf_to: self.prefetch,
             };
             // The next 32-wide panel's weights, one 16-float line per k step of this
             // panel's calls until all are asked for: at batch 1 they come from memory,

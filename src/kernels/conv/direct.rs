@@ -257,6 +257,7 @@ pub(super) unsafe fn rows(
                         act: k.activation,
                         pf: std::ptr::null(),
                         pf_stride: 0,
+                        pf_to: k.prefetch,
                     };
                     let kern = kernels.pick(mr, nv);
                     // SAFETY: A rows p0+s0 .. +mr of the packed panel at p0·K (lda = h)

@@ -24,7 +24,7 @@
 
 use crate::graph::{Activation, Conv, Pool};
 use crate::kernels::elementwise::{dispatch, ActV, Simd};
-use crate::kernels::gemm::{self, SharedOut, Store, TapsKernels, NR_PACK};
+use crate::kernels::gemm::{self, PrefetchTo, SharedOut, Store, TapsKernels, NR_PACK};
 use crate::kernels::parallel;
 use crate::simd::Isa;
 use std::ptr::null;
@@ -78,6 +78,7 @@ pub struct ImplicitConv {
     /// A 2×2 stride-2 max pool without padding (floor) follows, done band by band in
     /// the store ([`ImplicitConv::with_max_pool`]).
     max_pool: bool,
+    prefetch: PrefetchTo,
 }
 
 impl ImplicitConv {
@@ -146,6 +147,7 @@ impl ImplicitConv {
             col_groups: 1,
             shared: false,
             max_pool: false,
+            prefetch: PrefetchTo::default(),
         };
         if threads > 1 && kernel.flops() >= parallel::min_parallel_flops() {
             // More than two workers and fewer bands × channel panels than workers
@@ -242,6 +244,12 @@ impl ImplicitConv {
     /// `"implicit_gemm"`.
     pub fn algorithm(&self) -> &'static str {
         "implicit_gemm"
+    }
+
+    /// Where the GEMM's prefetch hints put the weights they fetch ahead (the session
+    /// chooses, see [`PrefetchTo`]); results do not change.
+    pub fn set_prefetch(&mut self, to: PrefetchTo) {
+        self.prefetch = to;
     }
 
     pub fn isa(&self) -> Isa {
@@ -509,6 +517,7 @@ impl ImplicitConv {
                         act: kernel_act,
                         pf: null(),
                         pf_stride: 0,
+                        pf_to: self.prefetch,
                     };
                     for oy in oy0..oy1 {
                         let row = (oy - base) * self.stride[0] * self.rs;

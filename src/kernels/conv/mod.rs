@@ -60,8 +60,8 @@ mod shared_b;
 
 use crate::graph::Conv;
 use crate::kernels::gemm::{
-    self, choose_kc, choose_nc, drive, pack_a, pack_scratch_len, ukr, BSrc, SharedOut, Tile,
-    MR_PACK,
+    self, choose_kc, choose_nc, drive, pack_a, pack_scratch_len, ukr, BSrc, PrefetchTo, SharedOut,
+    Tile, MR_PACK,
 };
 use crate::simd::Isa;
 use direct::DirectPlan;
@@ -150,6 +150,7 @@ pub struct ConvKernel {
     direct: Option<DirectPlan>,
     /// Two-phase plan for several workers on one sample (`shared_b` module).
     shared: Option<shared_b::SharedB>,
+    prefetch: PrefetchTo,
 }
 
 /// Output channels (per group) up to which a 1×1 convolution on a large plane reads its
@@ -383,6 +384,7 @@ impl ConvKernel {
             activation: conv.activation,
             direct: None,
             shared: None,
+            prefetch: PrefetchTo::default(),
         };
         kernel.plan_direct(1)
     }
@@ -400,6 +402,12 @@ impl ConvKernel {
         self.n_tiles = self.oh.div_ceil(plan.band);
         self.direct = Some(plan);
         self
+    }
+
+    /// Where the GEMM's prefetch hints put the weights they fetch ahead (the session
+    /// chooses, see [`PrefetchTo`]); results do not change.
+    pub fn set_prefetch(&mut self, to: PrefetchTo) {
+        self.prefetch = to;
     }
 
     /// The tier the kernel runs (the requested one, clamped to this CPU).
@@ -826,6 +834,7 @@ impl ConvKernel {
             residual: residual.map_or(std::ptr::null(), |r| r.as_ptr().add(row0 * self.n + n0)),
             act: self.activation,
             accumulate: false,
+            prefetch: self.prefetch,
         };
         // SAFETY: `check` verified the lengths: packed A of group g from row m0 holds
         // (m1−m0)·K elements (panels start at multiples of MR_PACK, m0 is one); B rows of

@@ -199,6 +199,7 @@ impl ConvKernel {
             residual: res,
             act: self.activation,
             accumulate: false,
+            prefetch: self.prefetch,
         };
         let src = BSrc::Panels {
             base: panel,

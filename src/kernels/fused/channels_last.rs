@@ -179,6 +179,7 @@ pub(super) unsafe fn expand(
         act,
         pf: null(),
         pf_stride: 0,
+        pf_to: gemm::PrefetchTo::L1,
     };
     // Blocks of pixels whose outputs (all channels) stay in L1, each done channel tile
     // by channel tile: a tile's weights are read once per block, and the block's C

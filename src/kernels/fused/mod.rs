@@ -42,7 +42,9 @@ use crate::kernels::conv::im2col::Im2col;
 use crate::kernels::conv::ConvKernel;
 use crate::kernels::depthwise::DepthwiseKernel;
 use crate::kernels::elementwise::{clamp_bounds, vector_lanes};
-use crate::kernels::gemm::{self, BMode, BSrc, PackB, PlainB, SharedOut, Tile, ROW_SLACK};
+use crate::kernels::gemm::{
+    self, BMode, BSrc, PackB, PlainB, PrefetchTo, SharedOut, Tile, ROW_SLACK,
+};
 use crate::kernels::parallel;
 use crate::simd::Isa;
 use channels_last::DwOut;
@@ -114,6 +116,7 @@ struct Pointwise {
     nc: usize,
     mode: BMode,
     activation: Activation,
+    prefetch: PrefetchTo,
 }
 
 impl Pointwise {
@@ -129,6 +132,7 @@ impl Pointwise {
             nc: gemm::choose_nc(n_max, kc, gemm::ukr(isa).nr, 256 << 10),
             mode,
             activation: conv.activation,
+            prefetch: PrefetchTo::default(),
         }
     }
 
@@ -191,6 +195,7 @@ impl Pointwise {
                 },
                 act: self.activation,
                 accumulate: false,
+                prefetch: self.prefetch,
             };
             let src = match (&plain, b, self.mode) {
                 (Some(p), _, BMode::Direct) => BSrc::Direct {
@@ -299,6 +304,13 @@ pub struct BlockKernel {
 }
 
 impl BlockKernel {
+    /// Where the GEMM's prefetch hints put the weights they fetch ahead (the session
+    /// chooses, see [`PrefetchTo`]); results do not change.
+    pub fn set_prefetch(&mut self, to: PrefetchTo) {
+        self.expand.prefetch = to;
+        self.project.prefetch = to;
+    }
+
     /// Plans the block, or `None` if the three convolutions are not an expansion (1×1
     /// stride 1, or any one-group convolution that this tier runs as `im2col_gemm`), a
     /// depthwise convolution with multiplier 1 and a 1×1 stride-1 projection chained on

@@ -175,10 +175,11 @@ unsafe fn body<
     }
     let mut pf = st.pf;
     let do_pf = !pf.is_null();
+    let pf_to = st.pf_to;
     for _ in 0..kc {
         if do_pf {
             // A hint: never faults, whatever the address (wrapping arithmetic below).
-            _mm_prefetch::<_MM_HINT_T0>(pf as *const i8);
+            super::prefetch(pf, pf_to);
             pf = pf.wrapping_add(st.pf_stride);
         }
         if OFFS {
@@ -412,9 +413,10 @@ unsafe fn tcol<const NV: usize>(
     let (mut ap, mut bp) = (a, b);
     let mut pf = st.pf;
     let do_pf = !pf.is_null();
+    let pf_to = st.pf_to;
     for _ in 0..kc {
         if do_pf {
-            _mm_prefetch::<_MM_HINT_T0>(pf as *const i8);
+            super::prefetch(pf, pf_to);
             pf = pf.wrapping_add(st.pf_stride);
         }
         // SAFETY: mask m covers exactly the h rows of this k's A column.

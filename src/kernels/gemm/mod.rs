@@ -77,6 +77,43 @@ pub(crate) struct Store {
     pub pf: *const f32,
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub pf_stride: usize,
+    /// The cache level those hints fill.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub pf_to: PrefetchTo,
+}
+
+/// The cache level the micro-kernels' prefetch hints bring the weights they fetch ahead
+/// into, chosen per session (`Session::prefetch_to`).
+///
+/// Why two: on the AMD EPYC (Zen 4) VM, `prefetcht0` hints for weights that come from
+/// memory made ResNet-18's layer4 Winograd layers 1.2× and its classifier 1.5× slower than
+/// `prefetcht1` (`cnnrt bench --profile`, three interleaved rounds), a hint into L1 per
+/// k step holding one of the core's few L1 miss buffers for a whole memory latency;
+/// where the weights come from L3 (LeNet-5's fc1, 4.9 MB), `prefetcht0` was the faster
+/// (`prefetcht1` 1.05–1.06× the latency, `scripts/paired_ab.py`). No hints at all were
+/// slower than either (ResNet-18 1.12×).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PrefetchTo {
+    /// `prefetcht0`: weights that stay in the last-level cache between runs.
+    #[default]
+    L1,
+    /// `prefetcht1`: weights that stream from memory on every run.
+    L2,
+}
+
+/// One prefetch hint for the line holding `p`, into the level `to` names.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) fn prefetch(p: *const f32, to: PrefetchTo) {
+    use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T0, _MM_HINT_T1};
+    // SAFETY: a prefetch is a hint: it never faults and changes no memory, whatever the
+    // address (SSE is part of x86-64).
+    unsafe {
+        match to {
+            PrefetchTo::L1 => _mm_prefetch::<_MM_HINT_T0>(p as *const i8),
+            PrefetchTo::L2 => _mm_prefetch::<_MM_HINT_T1>(p as *const i8),
+        }
+    }
 }
 
 /// A micro-kernel: `C[mr × nv] (+)= A[mr × kc] · B[kc × nv]` with the epilogue of `st`.
@@ -761,6 +798,8 @@ pub(crate) struct Tile {
     pub residual: *const f32,
     pub act: Activation,
     pub accumulate: bool,
+    /// Where the prefetch hints for A's next panels go.
+    pub prefetch: PrefetchTo,
 }
 
 /// Scratch (f32 elements) that [`drive`] needs for a packed B block, including room to
@@ -865,6 +904,7 @@ pub(crate) unsafe fn drive(u: &Ukr, t: &Tile, b: &BSrc, scratch: &mut [f32]) {
                 act: t.act,
                 pf: pf.0,
                 pf_stride: pf.1,
+                pf_to: t.prefetch,
             };
             // One kernel call: rows r0 .. r0+mr (A at `a`, K stride `lda`), columns
             // j .. j+nv, with `kern` of the right kind.
@@ -1321,6 +1361,7 @@ impl Gemm {
                 .map_or(std::ptr::null(), |r| r.as_ptr().add(n0)),
             act: epi.activation,
             accumulate: epi.accumulate,
+            prefetch: PrefetchTo::L1,
         };
         // SAFETY: `check` verified A (m·k packed), B (k rows of stride ldb covering n
         // columns), C and residual (m rows of stride ldc covering n columns), the bias

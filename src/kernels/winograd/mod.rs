@@ -89,7 +89,9 @@ use crate::graph::{Activation, Conv, Pool, WeightLayout};
 use crate::kernels::elementwise::{ActV, Portable, Simd};
 use std::ops::Range;
 
-use crate::kernels::gemm::{self, choose_kc, drive, ukr, BSrc, SharedOut, Tile, MR_PACK};
+use crate::kernels::gemm::{
+    self, choose_kc, drive, ukr, BSrc, PrefetchTo, SharedOut, Tile, MR_PACK,
+};
 use crate::kernels::reference;
 use crate::kernels::whole_lines;
 use crate::simd::Isa;
@@ -454,6 +456,7 @@ pub struct WinogradKernel {
     /// The GEMMs run whole micro-kernel tiles of columns (up to `ld`), not the block's
     /// columns with narrow and column-tail kernels (see `new_for_threads`).
     whole_tiles: bool,
+    prefetch: PrefetchTo,
 }
 
 impl WinogradKernel {
@@ -669,6 +672,7 @@ impl WinogradKernel {
             batched: None,
             max_pool: false,
             whole_tiles,
+            prefetch: PrefetchTo::default(),
         })
     }
 
@@ -705,6 +709,12 @@ impl WinogradKernel {
             self.batched = None;
         }
         self
+    }
+
+    /// Where the GEMM's prefetch hints put the weights they fetch ahead (the session
+    /// chooses, see [`PrefetchTo`]); results do not change.
+    pub fn set_prefetch(&mut self, to: PrefetchTo) {
+        self.prefetch = to;
     }
 
     /// The tier the GEMMs run (the requested one, clamped to this CPU); the transforms
@@ -1187,6 +1197,7 @@ impl WinogradKernel {
                             residual: std::ptr::null(),
                             act: Activation::Identity,
                             accumulate: false,
+                            prefetch: self.prefetch,
                         };
                         drive(
                             u,
