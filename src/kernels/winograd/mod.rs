@@ -304,18 +304,23 @@ const MIN_MC_MANY: usize = 2 * MR_PACK;
 /// Gather windows kept per input block for the groups of whole tile rows (more groups
 /// per row make their windows as they go).
 const CACHED_WINDOWS: usize = 8;
-/// What [`WinogradKernel::output_block`] stores: tiles `t0..t1`, output channels
-/// `c0..c1`, bias, residual, the sample's output and the V / M geometry.
-type OutArgs<'a> = (
-    usize,
-    usize,
-    usize,
-    usize,
-    Option<&'a [f32]>,
-    Option<&'a [f32]>,
-    *mut f32,
-    Blocking,
-);
+/// What [`WinogradKernel::output_block`] stores.
+#[derive(Clone, Copy)]
+struct OutArgs<'a> {
+    /// Tiles `t0..t1` of one sample.
+    t0: usize,
+    t1: usize,
+    /// Output channels `c0..c1`.
+    c0: usize,
+    c1: usize,
+    bias: Option<&'a [f32]>,
+    /// The sample's residual, if any.
+    residual: Option<&'a [f32]>,
+    /// The sample's output.
+    out: *mut f32,
+    /// The V / M geometry.
+    g: Blocking,
+}
 
 /// Input channels below which F(2x2,5x5) GEMMs count as short (see `new_for_threads`).
 const SHORT_K: usize = 32;
@@ -1215,7 +1220,16 @@ impl WinogradKernel {
                     // The pooled and F(2x2,5x5) stores in their own instances (as
                     // `input_block`).
                     let (mb, o) = (mbuf.wrapping_add(col), out.ptr().wrapping_add(s * out_len));
-                    let args = (t0, t1, c0, c1, bias, rs, o, g);
+                    let args = OutArgs {
+                        t0,
+                        t1,
+                        c0,
+                        c1,
+                        bias,
+                        residual: rs,
+                        out: o,
+                        g,
+                    };
                     // SAFETY: in each arm, M holds the chunk, this run's tiles at columns
                     // col..; `check` verified out, residual and bias; the caller
                     // guarantees no concurrent writer of these outputs.
@@ -1407,7 +1421,16 @@ impl WinogradKernel {
         &self,
         s: S,
         mb: *const f32,
-        (t0, t1, c0, c1, bias, residual, out, g): OutArgs,
+        OutArgs {
+            t0,
+            t1,
+            c0,
+            c1,
+            bias,
+            residual,
+            out,
+            g,
+        }: OutArgs,
     ) {
         let (m, lanes) = (self.m, S::LANES);
         let act = ActV::new(s, self.activation);
