@@ -698,6 +698,16 @@ fn error_messages_are_actionable() {
         "magic",
     );
     assert!(r.contains("not a cnnrt model"), "{r}");
+    assert!(!r.contains("ONNX"), "{r}");
+
+    // An ONNX file given where a cnnrt model is expected gets told to convert it.
+    let onnx =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/lenet5.onnx")).unwrap();
+    let r = expect_format_err(&onnx, "magic");
+    assert!(
+        r.contains("it may be an ONNX model: convert it first"),
+        "{r}"
+    );
 }
 
 #[test]

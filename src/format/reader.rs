@@ -337,8 +337,14 @@ fn validate_inner(bytes: &[u8], verify_weights: bool) -> Result<Validated, Strin
 
     // ---- header ----
     if bytes[..8] != MAGIC {
+        // An ONNX ModelProto starts with its ir_version, field 1 as a varint: byte 0x08.
+        let hint = if bytes[0] == 0x08 {
+            "; it may be an ONNX model: convert it first (`cnnrt convert MODEL.onnx -o MODEL.cnnrt`)"
+        } else {
+            ""
+        };
         return Err(format!(
-            "bad magic {:02x?}: not a cnnrt model (expected {:02x?})",
+            "bad magic {:02x?}: not a cnnrt model (expected {:02x?}){hint}",
             &bytes[..8],
             MAGIC
         ));
