@@ -276,14 +276,15 @@ impl NodeKernel {
                 kernel.set_prefetch(to)
             }
             NodeKernel::Linear { kernel, .. } => kernel.set_prefetch(to),
-            NodeKernel::ConvPool { kernel, .. } => kernel.set_prefetch(to),
             NodeKernel::Implicit { kernel, .. } | NodeKernel::ImplicitPool { kernel, .. } => {
                 kernel.set_prefetch(to)
             }
             NodeKernel::Block { kernel, .. } => kernel.set_prefetch(to),
             NodeKernel::PointwiseNhwc { kernel, .. } => kernel.set_prefetch(to),
-            // No GEMM, so no weight prefetch.
-            NodeKernel::Depthwise { .. }
+            // No GEMM, or one that issues no prefetch hints (the `direct` convolution of
+            // a conv + pool pair), so no weight prefetch.
+            NodeKernel::ConvPool { .. }
+            | NodeKernel::Depthwise { .. }
             | NodeKernel::DepthwiseNhwc { .. }
             | NodeKernel::Pool(_)
             | NodeKernel::InBlock

@@ -19,7 +19,7 @@ use std::ops::Range;
 
 use crate::kernels::conv::direct::Rows;
 use crate::kernels::conv::ConvKernel;
-use crate::kernels::gemm::{PrefetchTo, SharedOut};
+use crate::kernels::gemm::SharedOut;
 use crate::kernels::parallel;
 use crate::kernels::pool::PoolKernel;
 
@@ -35,12 +35,6 @@ pub struct ConvPoolKernel {
 }
 
 impl ConvPoolKernel {
-    /// Where the GEMM's prefetch hints put the weights they fetch ahead (the session
-    /// chooses, see [`PrefetchTo`]); results do not change.
-    pub fn set_prefetch(&mut self, to: PrefetchTo) {
-        self.conv.set_prefetch(to);
-    }
-
     /// The pair as one step, if `conv` runs `direct` and `pool` reads its whole output
     /// (`pool` planned for `conv`'s output shape); `None` otherwise.
     pub fn new(conv: ConvKernel, pool: PoolKernel) -> Option<ConvPoolKernel> {
