@@ -583,8 +583,10 @@ def build_cnnrt(a):
         sys.exit("cnnrt release build failed")
 
 
-def convert(a, onnx_path, out_path):
-    r = subprocess.run([a.cnnrt_bin, "convert", onnx_path, "-o", out_path], capture_output=True, text=True)
+def convert(a, onnx_path, out_path, batch=1):
+    """`cnnrt convert`, the layers' algorithms chosen for `batch` (`--batch`); None or the error."""
+    extra = ["--batch", str(batch)] if batch > 1 else []
+    r = subprocess.run([a.cnnrt_bin, "convert", onnx_path, "-o", out_path] + extra, capture_output=True, text=True)
     if r.returncode != 0:
         return (r.stderr or r.stdout).strip()[-300:]
     return None
@@ -885,8 +887,17 @@ def main():
                 if d0.HasField("dim_value") and d0.dim_value != b:
                     print(f"# {name}: batch fixed to {d0.dim_value} in the ONNX, batch {b} skipped", flush=True)
                     continue
+            cnnrt_file = m["cnnrt"]
+            if b != 1 and cnnrt_file:
+                # The file converted for this batch (`cnnrt convert --batch`), as a service
+                # that runs batches would.
+                cnnrt_file = os.path.join(conv_dir, f"{name}.b{b}.cnnrt")
+                err = convert(a, m["onnx"], cnnrt_file, b)
+                if err:
+                    print(f"# {name}: cnnrt convert --batch {b} failed: {err}", flush=True)
+                    cnnrt_file = None
             for t in ths:
-                configs.append(dict(model=name, threads=t, batch=b, onnx=m["onnx"], cnnrt=m["cnnrt"], ncnn=m["ncnn"],
+                configs.append(dict(model=name, threads=t, batch=b, onnx=m["onnx"], cnnrt=cnnrt_file, ncnn=m["ncnn"],
                                     ncnn_error=m.get("ncnn_error"), shape=[b] + m["shape1"][1:],
                                     flops=m["flops1"] * b))
 

@@ -167,8 +167,17 @@ def main():
                 print(f"# {name}: ncnn conversion: {err}", flush=True)
         batches = [1] + ([a.extra_batch] if a.extra_batch > 1 and name == "resnet18" else [])
         for b in batches:
+            cnnrt_file = out
+            if b != 1:
+                # The file converted for this batch (`cnnrt convert --batch`), as a service
+                # that runs batches would.
+                cnnrt_file = os.path.join(tmp, f"{name}.b{b}.cnnrt")
+                err = cp.convert(a, onnx_path, cnnrt_file, b)
+                if err:
+                    print(f"# {name}: cnnrt convert --batch {b} failed: {err}", flush=True)
+                    continue
             for t in a.threads:
-                configs.append(dict(model=name, threads=t, batch=b, onnx=onnx_path, cnnrt=out, ncnn=ncnn,
+                configs.append(dict(model=name, threads=t, batch=b, onnx=onnx_path, cnnrt=cnnrt_file, ncnn=ncnn,
                                     shape=[b] + list(shape1[1:]), flops=flops1 * b))
 
     results = []

@@ -405,6 +405,7 @@ fn converted_file_stores_the_region_weights_in_panels() {
         metadata: Metadata::default(),
         passes: Default::default(),
         winograd_max_error: 1e-4,
+        batch: 1,
     };
     let (graph, weights, _) = converted.packed_for_file();
     let mut panels = 0;

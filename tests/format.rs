@@ -117,6 +117,7 @@ fn sample_meta() -> Metadata {
                 relative_error: None,
             },
         ],
+        planned_batch: 8,
         extra: BTreeMap::from([("license".to_string(), "CC0".to_string())]),
     }
 }

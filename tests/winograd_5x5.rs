@@ -54,6 +54,7 @@ fn wide_5x5_layers_are_stored_and_run_as_winograd() {
         metadata: Metadata::default(),
         passes: Default::default(),
         winograd_max_error: 1e-4,
+        batch: 1,
     };
     let (graph, weights, notes) = converted.packed_for_file();
     let layout = |name: &str| {

@@ -54,6 +54,11 @@ enum Command {
         /// direct convolution on a calibration input; 0 disables Winograd.
         #[arg(long, default_value_t = 1e-4)]
         winograd_max_error: f64,
+        /// Batch size to choose each layer's algorithm for (the file runs any batch; at 8,
+        /// say, Winograd F(4x4) on small maps with many channels, whose weights the batch
+        /// shares: larger file, faster batches).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=4096))]
+        batch: u64,
     },
     /// Run a model on an .npy tensor, an image (PNG/JPEG) or a folder of images.
     Run {
@@ -217,6 +222,9 @@ fn inspect(model: &Path, isa: Option<Isa>) -> Result<()> {
             format!("{} ({}, ...)", meta.labels.len(), meta.labels[0])
         }
     );
+    if meta.planned_batch > 1 {
+        println!("  algorithms chosen for batch {}", meta.planned_batch);
+    }
     println!(
         "  kernels: {}, workspace {} bytes at batch 1",
         session.isa(),
@@ -517,6 +525,7 @@ fn main() -> ExitCode {
             std,
             bgr,
             winograd_max_error,
+            batch,
         } => (|| {
             let labels = labels
                 .as_deref()
@@ -529,6 +538,7 @@ fn main() -> ExitCode {
                 std,
                 channel_order: bgr.then_some(ChannelOrder::Bgr),
                 winograd_max_error,
+                batch: batch as usize,
             };
             let c = convert_file(&onnx, &output, &opts)?;
             let p = &c.passes;

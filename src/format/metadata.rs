@@ -51,6 +51,10 @@ pub struct Metadata {
     /// ONNX opset of the source model (0 if not from ONNX).
     pub source_opset: i64,
     pub layer_notes: Vec<LayerNote>,
+    /// The batch size the converter chose the layers' algorithms for (`cnnrt convert
+    /// --batch`); 0 (files written before the field) means 1. Informative: a session runs
+    /// any batch on any file.
+    pub planned_batch: usize,
     pub extra: BTreeMap<String, String>,
 }
 
