@@ -167,12 +167,14 @@ fn linear_matches_reference_every_tier() {
     }
 }
 
-/// Batch 1 (the GEMV path) with many output tiles, and a large batch with K blocking.
+/// Batch 1 (the GEMV path: on AVX-512 its weight panels two at a time, an odd last one
+/// alone) with many output tiles, and a large batch with K blocking.
 #[test]
 fn linear_large_shapes_every_tier() {
     for isa in Isa::supported() {
         for (fi, fo, n) in [
             (512, 1000, 1),
+            (2450, 500, 1),
             (777, 300, 1),
             (300, 530, 1),
             (260, 70, 29),

@@ -55,7 +55,18 @@ unsafe fn ukr<const R: usize, const NV: usize, const MASKED: bool>(
 ) {
     // SAFETY: forwarded (same contract).
     unsafe {
-        body::<R, NV, MASKED, false, false, 0>(kc, a, lda, b, ldb, std::ptr::null(), c, ldc, nv, st)
+        body::<R, NV, MASKED, false, false, 0, false>(
+            kc,
+            a,
+            lda,
+            b,
+            ldb,
+            std::ptr::null(),
+            c,
+            ldc,
+            nv,
+            st,
+        )
     }
 }
 
@@ -76,7 +87,7 @@ unsafe fn ukr_offs<const R: usize, const NV: usize, const MASKED: bool>(
     st: &Store,
 ) {
     // SAFETY: forwarded (same contract).
-    unsafe { body::<R, NV, MASKED, true, false, 0>(kc, a, lda, b, 0, offs, c, ldc, nv, st) }
+    unsafe { body::<R, NV, MASKED, true, false, 0, false>(kc, a, lda, b, 0, offs, c, ldc, nv, st) }
 }
 
 /// The row-addressed kernel (see [`Ukr::rows`]): A row `i` of step `k` at
@@ -97,7 +108,18 @@ unsafe fn ukr_rows<const R: usize, const NV: usize, const MASKED: bool>(
 ) {
     // SAFETY: forwarded (same contract).
     unsafe {
-        body::<R, NV, MASKED, false, true, 0>(kc, a, lda, b, ldb, std::ptr::null(), c, ldc, nv, st)
+        body::<R, NV, MASKED, false, true, 0, false>(
+            kc,
+            a,
+            lda,
+            b,
+            ldb,
+            std::ptr::null(),
+            c,
+            ldc,
+            nv,
+            st,
+        )
     }
 }
 
@@ -119,16 +141,18 @@ unsafe fn ukr_taps<const R: usize, const NV: usize, const MASKED: bool, const S:
     st: &Store,
 ) {
     // SAFETY: forwarded (same contract).
-    unsafe { body::<R, NV, MASKED, false, false, S>(kc, a, 0, b, ldb, offs, c, ldc, nv, st) }
+    unsafe { body::<R, NV, MASKED, false, false, S, false>(kc, a, 0, b, ldb, offs, c, ldc, nv, st) }
 }
 
 /// The body of [`ukr`] and [`ukr_offs`], inlined into each so that it compiles with
 /// AVX-512. With `OFFS`, row `k` of B is at `b + offs[k]` instead of `b + k·ldb`; with
 /// `TAPS > 0`, row `i` of A's step `k` is at `a + offs[k] + i·TAPS` (a tap of a
-/// convolution's input read in place, output pixels `TAPS` columns apart).
+/// convolution's input read in place, output pixels `TAPS` columns apart). With `PAIR`
+/// (`NV` = 4, unmasked), columns 32.. come from the next 32-wide panel of pre-packed B,
+/// `32·kc` floats on (see [`ROW64`]), and the prefetch hints cover both panels.
 ///
 /// # Safety
-/// As [`ukr`]; with `OFFS`, as [`OffsKernel`].
+/// As [`ukr`]; with `OFFS`, as [`OffsKernel`]; with `PAIR`, as [`ROW64`].
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn body<
@@ -138,6 +162,7 @@ unsafe fn body<
     const OFFS: bool,
     const ROWS: bool,
     const TAPS: usize,
+    const PAIR: bool,
 >(
     kc: usize,
     a: *const f32,
@@ -176,10 +201,16 @@ unsafe fn body<
     let mut pf = st.pf;
     let do_pf = !pf.is_null();
     let pf_to = st.pf_to;
+    // With PAIR: the second panel's distance from the first.
+    let pstride = if PAIR { super::NR_PACK * kc } else { 0 };
+    const { assert!(!PAIR || (NV == 4 && !MASKED && !OFFS && TAPS == 0)) };
     for _ in 0..kc {
         if do_pf {
             // A hint: never faults, whatever the address (wrapping arithmetic below).
             super::prefetch(pf, pf_to);
+            if PAIR {
+                super::prefetch(pf.wrapping_add(pstride), pf_to);
+            }
             pf = pf.wrapping_add(st.pf_stride);
         }
         if OFFS {
@@ -194,10 +225,13 @@ unsafe fn body<
         }
         let mut bv = [_mm512_setzero_ps(); NV];
         for (v, x) in bv.iter_mut().enumerate() {
-            // SAFETY: B row k, columns < nv (or all 16·NV when unmasked) are valid.
+            // SAFETY: B row k, columns < nv (or all 16·NV when unmasked) are valid; with
+            // PAIR, vectors 2 and 3 are row k of the next panel (ROW64's contract).
             *x = unsafe {
                 if MASKED {
                     _mm512_maskz_loadu_ps(mask[v], bp.add(16 * v))
+                } else if PAIR {
+                    _mm512_loadu_ps(bp.add(v / 2 * pstride + 16 * (v % 2)))
                 } else {
                     _mm512_loadu_ps(bp.add(16 * v))
                 }
@@ -641,6 +675,48 @@ pub(crate) static OFFS_HALF: [OffsKernel; MR + 1] = table!(OffsKernel, ukr_offs,
 /// weight panel (the one-row tile of [`ukr`], called directly so that the caller can
 /// set its prefetch).
 pub(crate) const ROW32: UKernel = ukr::<1, 2, false>;
+
+/// One row × 64 columns from two consecutive 32-wide panels of pre-packed B (the second
+/// `32·kc` floats after `b`; `ldb` = 32), the whole K in one call: four FMA chains and two
+/// weight streams instead of two and one, for a batch-1 fully connected layer. Same FMA
+/// chain per element as [`ROW32`].
+///
+/// Safety contract: AVX-512 present; `a[0..kc]` readable; `b[0 .. 64·kc]` readable (two
+/// whole panels); `c[0..64]`, and the Store's column bias and residual, valid for 64
+/// columns.
+pub(crate) const ROW64: UKernel = row_pair;
+
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx2,fma")]
+/// # Safety
+/// As [`ROW64`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn row_pair(
+    kc: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    nv: usize,
+    st: &Store,
+) {
+    // SAFETY: forwarded (ROW64's contract).
+    unsafe {
+        body::<1, 4, false, false, false, 0, true>(
+            kc,
+            a,
+            lda,
+            b,
+            ldb,
+            std::ptr::null(),
+            c,
+            ldc,
+            nv,
+            st,
+        )
+    }
+}
 
 /// Tap-addressed kernels (see [`TapsKernel`]), indexed by rows `1..=12`, for output
 /// pixels 1 and 2 input columns apart (`[stride − 1]`): 32 columns, masked (`nv < 32`),

@@ -415,6 +415,17 @@ pub(crate) fn row_panel_kernel(isa: Isa) -> Option<UKernel> {
     }
 }
 
+/// [`row_panel_kernel`] over two consecutive panels at once (64 columns, the second
+/// panel's weights `NR_PACK·K` floats after the first's): AVX-512 only, where the one-row
+/// tile has two FMA chains and one weight stream. Same FMA chain per element.
+pub(crate) fn row_pair_kernel(isa: Isa) -> Option<UKernel> {
+    match ukr(isa).isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => Some(avx512::ROW64),
+        _ => None,
+    }
+}
+
 /// Micro-kernel geometry of the tier `isa` resolves to on this CPU: `(isa, mr, nr)`.
 pub fn micro_tile(isa: Isa) -> (Isa, usize, usize) {
     let u = ukr(isa);
