@@ -357,12 +357,12 @@ impl LinearKernel {
                     self.drive_cols(ops, rest, rest_cols);
                 }
                 // Panels two at a time where the tier has the two-panel kernel (the last
-                // one alone when their number is odd): four FMA chains and two weight
-                // streams. AVX-512, whole models, paired against one panel at a time
+                // one alone when their number is odd): twice the FMA chains and two
+                // weight streams. AVX-512, whole models, paired against one panel at a time
                 // (`scripts/paired_ab.py`, AMD EPYC Zen 4): LeNet-5 (fc1 2450 → 500,
                 // 4.9 MB) 0.947 [0.892, 0.953] at 1 thread and 0.972 [0.970, 1.010] at 2
                 // (16 rounds), MobileNetV2 0.977 [0.971, 0.998] (12), ResNet-18 0.992
-                // [0.978, 1.026] (10).
+                // [0.978, 1.026] (10); AVX2 (eight chains), LeNet-5 0.974 / 0.978.
                 let pair = row_pair_kernel(self.isa);
                 let per = if pair.is_some() { 2 } else { 1 };
                 let units = whole.div_ceil(per);

@@ -66,7 +66,19 @@ unsafe fn ukr<const R: usize, const NV: usize, const MASKED: bool>(
 ) {
     // SAFETY: forwarded (same contract).
     unsafe {
-        body::<R, NV, MASKED, false, false, 0>(kc, a, lda, b, ldb, null(), c, ldc, nv, st.pf, st)
+        body::<R, NV, MASKED, false, false, 0, false>(
+            kc,
+            a,
+            lda,
+            b,
+            ldb,
+            null(),
+            c,
+            ldc,
+            nv,
+            st.pf,
+            st,
+        )
     }
 }
 
@@ -86,7 +98,19 @@ unsafe fn ukr_rows<const R: usize, const NV: usize, const MASKED: bool>(
 ) {
     // SAFETY: forwarded (same contract).
     unsafe {
-        body::<R, NV, MASKED, false, true, 0>(kc, a, lda, b, ldb, null(), c, ldc, nv, st.pf, st)
+        body::<R, NV, MASKED, false, true, 0, false>(
+            kc,
+            a,
+            lda,
+            b,
+            ldb,
+            null(),
+            c,
+            ldc,
+            nv,
+            st.pf,
+            st,
+        )
     }
 }
 
@@ -105,7 +129,9 @@ unsafe fn ukr_offs<const R: usize, const NV: usize, const MASKED: bool>(
     st: &Store,
 ) {
     // SAFETY: forwarded (same contract).
-    unsafe { body::<R, NV, MASKED, true, false, 0>(kc, a, lda, b, 0, offs, c, ldc, nv, st.pf, st) }
+    unsafe {
+        body::<R, NV, MASKED, true, false, 0, false>(kc, a, lda, b, 0, offs, c, ldc, nv, st.pf, st)
+    }
 }
 
 #[target_feature(enable = "avx2,fma")]
@@ -124,7 +150,9 @@ unsafe fn ukr_taps<const R: usize, const NV: usize, const MASKED: bool, const S:
     st: &Store,
 ) {
     // SAFETY: forwarded (same contract).
-    unsafe { body::<R, NV, MASKED, false, false, S>(kc, a, 0, b, ldb, offs, c, ldc, nv, st.pf, st) }
+    unsafe {
+        body::<R, NV, MASKED, false, false, S, false>(kc, a, 0, b, ldb, offs, c, ldc, nv, st.pf, st)
+    }
 }
 
 macro_rules! taps_table {
@@ -207,7 +235,7 @@ unsafe fn multi<const R: usize>(
     for t in 0..nt {
         // SAFETY: tile t's addresses (caller); wrapping adds only form them.
         unsafe {
-            body::<R, 2, false, false, false, 0>(
+            body::<R, 2, false, false, false, 0, false>(
                 kc,
                 a,
                 lda,
@@ -244,6 +272,7 @@ unsafe fn body<
     const OFFS: bool,
     const ROWS: bool,
     const TAPS: usize,
+    const PAIR: bool,
 >(
     kc: usize,
     a: *const f32,
@@ -286,6 +315,10 @@ unsafe fn body<
         }
     }
     let (mut ap, mut bp, mut op) = (a, b, offs);
+    // With PAIR (NV = 8, unmasked): vectors 4.. are the next 32-wide panel of pre-packed
+    // B, 32·kc floats on (see ROW64).
+    let pstride = if PAIR { super::NR_PACK * kc } else { 0 };
+    const { assert!(!PAIR || (NV == 8 && !MASKED && !OFFS && TAPS == 0)) };
     // One k step: NV vectors of B, R broadcasts of A, R·NV FMAs. With OFFS, row k of B
     // is at `b + offs[k]` instead of `b + k·ldb`.
     macro_rules! step {
@@ -302,7 +335,12 @@ unsafe fn body<
             }
             let mut bv = [_mm256_setzero_ps(); NV];
             for (v, x) in bv.iter_mut().enumerate() {
-                *x = load!(bp.add(8 * v), v);
+                *x = if PAIR {
+                    // SAFETY: row k of panel v / 4 (ROW64's contract), 8 columns.
+                    unsafe { _mm256_loadu_ps(bp.add(v / 4 * pstride + 8 * (v % 4))) }
+                } else {
+                    load!(bp.add(8 * v), v)
+                };
             }
             for (i, row) in acc.iter_mut().enumerate() {
                 // SAFETY: i < R, inside this k's A column.
@@ -331,6 +369,9 @@ unsafe fn body<
         for _ in 0..kc {
             // A hint: never faults, whatever the address (wrapping arithmetic below).
             super::prefetch(pf, pf_to);
+            if PAIR {
+                super::prefetch(pf.wrapping_add(pstride), pf_to);
+            }
             pf = pf.wrapping_add(st.pf_stride);
             step!();
         }
@@ -746,3 +787,46 @@ pub(crate) static UKR: Ukr = Ukr {
 /// whole pre-packed 32-wide weight panel, four independent FMA chains instead of the two
 /// of a 16-wide tile (one row has no other chains to hide the FMA latency behind).
 pub(crate) const ROW32: UKernel = ukr::<1, 4, false>;
+
+/// One row × 64 columns from two consecutive 32-wide panels of pre-packed B (the second
+/// `32·kc` floats after `b`; `ldb` = 32), the whole K in one call: eight FMA chains and
+/// two weight streams, for a batch-1 fully connected layer. Same FMA chain per element
+/// as [`ROW32`].
+///
+/// Safety contract: AVX2 and FMA present; `a[0..kc]` readable; `b[0 .. 64·kc]` readable
+/// (two whole panels); `c[0..64]`, and the Store's column bias and residual, valid for 64
+/// columns.
+pub(crate) const ROW64: UKernel = row_pair;
+
+#[target_feature(enable = "avx2,fma")]
+/// # Safety
+/// As [`ROW64`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn row_pair(
+    kc: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    nv: usize,
+    st: &Store,
+) {
+    // SAFETY: forwarded (ROW64's contract).
+    unsafe {
+        body::<1, 8, false, false, false, 0, true>(
+            kc,
+            a,
+            lda,
+            b,
+            ldb,
+            null(),
+            c,
+            ldc,
+            nv,
+            st.pf,
+            st,
+        )
+    }
+}

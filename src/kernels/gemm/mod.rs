@@ -416,10 +416,12 @@ pub(crate) fn row_panel_kernel(isa: Isa) -> Option<UKernel> {
 }
 
 /// [`row_panel_kernel`] over two consecutive panels at once (64 columns, the second
-/// panel's weights `NR_PACK·K` floats after the first's): AVX-512 only, where the one-row
-/// tile has two FMA chains and one weight stream. Same FMA chain per element.
+/// panel's weights `NR_PACK·K` floats after the first's): twice the FMA chains and two
+/// weight streams. `None` on the portable tier. Same FMA chain per element.
 pub(crate) fn row_pair_kernel(isa: Isa) -> Option<UKernel> {
     match ukr(isa).isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => Some(avx2::ROW64),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => Some(avx512::ROW64),
         _ => None,
