@@ -268,3 +268,23 @@ fn damaged_model_gets_a_clear_error() {
     assert!(!ok);
     assert!(err.contains("invalid cnnrt model"), "{err}");
 }
+
+#[test]
+fn convert_for_a_batch_is_recorded_and_shown() {
+    let out = tmp("lenet5_b8.cnnrt");
+    let o = out.to_str().unwrap();
+    let (ok, stdout, stderr) =
+        cnnrt(&["convert", "models/lenet5.onnx", "-o", o, "--batch", "8"]);
+    assert!(ok, "{stdout}{stderr}");
+    let (ok, shown, stderr) = cnnrt(&["inspect", o]);
+    assert!(ok, "{stderr}");
+    assert!(
+        shown.contains("algorithms chosen for batch 8"),
+        "inspect does not show the batch:\n{shown}"
+    );
+    // A batch-1 file says nothing about it; a batch of 0 is refused with the reason.
+    let (ok, shown, _) = cnnrt(&["inspect", "models/lenet5.cnnrt"]);
+    assert!(ok && !shown.contains("chosen for batch"), "{shown}");
+    let (ok, _, stderr) = cnnrt(&["convert", "models/lenet5.onnx", "-o", o, "--batch", "0"]);
+    assert!(!ok && stderr.contains("--batch"), "{stderr}");
+}
