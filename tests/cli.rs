@@ -273,8 +273,7 @@ fn damaged_model_gets_a_clear_error() {
 fn convert_for_a_batch_is_recorded_and_shown() {
     let out = tmp("lenet5_b8.cnnrt");
     let o = out.to_str().unwrap();
-    let (ok, stdout, stderr) =
-        cnnrt(&["convert", "models/lenet5.onnx", "-o", o, "--batch", "8"]);
+    let (ok, stdout, stderr) = cnnrt(&["convert", "models/lenet5.onnx", "-o", o, "--batch", "8"]);
     assert!(ok, "{stdout}{stderr}");
     let (ok, shown, stderr) = cnnrt(&["inspect", o]);
     assert!(ok, "{stderr}");
@@ -282,6 +281,15 @@ fn convert_for_a_batch_is_recorded_and_shown() {
         shown.contains("algorithms chosen for batch 8"),
         "inspect does not show the batch:\n{shown}"
     );
+    // `bench` at another batch than the file's says so.
+    let (ok, timed, stderr) = cnnrt(&["bench", o, "--batch", "2", "--iters", "2"]);
+    assert!(ok, "{stderr}");
+    assert!(
+        timed.contains("chosen for batch 8 (`cnnrt convert --batch 2`"),
+        "{timed}"
+    );
+    let (ok, timed, _) = cnnrt(&["bench", o, "--batch", "8", "--iters", "2"]);
+    assert!(ok && !timed.contains("chosen for batch"), "{timed}");
     // A batch-1 file says nothing about it; a batch of 0 is refused with the reason.
     let (ok, shown, _) = cnnrt(&["inspect", "models/lenet5.cnnrt"]);
     assert!(ok && !shown.contains("chosen for batch"), "{shown}");

@@ -366,6 +366,12 @@ fn bench(model: &Path, o: &BenchOptions) -> Result<()> {
         thousands(session.workspace_bytes()),
         session.prefetch_to()
     );
+    let planned = m.metadata().planned_batch.max(1);
+    if planned != batch {
+        println!(
+            "note       the file's algorithms were chosen for batch {planned} (`cnnrt convert --batch {batch}` chooses them for this one)"
+        );
+    }
     println!("open       {open_ms:.3} ms (+ session {session_ms:.3} ms)");
     println!("first run  {first_run_ms:.3} ms");
     let clock = match o.clock {
