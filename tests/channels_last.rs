@@ -395,18 +395,10 @@ fn session_runs_small_maps_channels_last_with_the_same_bits() {
 /// either way, and as the plain file.
 #[test]
 fn converted_file_stores_the_region_weights_in_panels() {
-    use cnnrt::convert::Converted;
     use cnnrt::format::{model_to_bytes, Metadata};
     use cnnrt::graph::{Op, WeightLayout};
     let zoo = common::small_map_blocks();
-    let converted = Converted {
-        graph: zoo.graph.clone(),
-        weights: zoo.weights.clone(),
-        metadata: Metadata::default(),
-        passes: Default::default(),
-        winograd_max_error: 1e-4,
-        batch: 1,
-    };
+    let converted = zoo.converted(1);
     let (graph, weights, _) = converted.packed_for_file();
     let mut panels = 0;
     for node in &graph.nodes {

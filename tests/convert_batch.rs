@@ -6,7 +6,7 @@
 //! recorded in the file's metadata.
 
 mod common;
-use cnnrt::convert::{convert_onnx, ConvertOptions, Converted};
+use cnnrt::convert::{convert_onnx, ConvertOptions};
 use cnnrt::format::{model_to_bytes, Metadata};
 use cnnrt::graph::{Activation, Graph, Node, Op, WeightLayout};
 use cnnrt::SessionOptions;
@@ -54,14 +54,7 @@ fn the_layers_algorithm_follows_the_batch_it_is_converted_for() {
         (1, WeightLayout::WinogradF2x2, "winograd_f2x2"),
         (8, WeightLayout::WinogradF4x4, "winograd_f4x4"),
     ] {
-        let converted = Converted {
-            graph: zoo.graph.clone(),
-            weights: zoo.weights.clone(),
-            metadata: Metadata::default(),
-            passes: Default::default(),
-            winograd_max_error: 1e-4,
-            batch,
-        };
+        let converted = zoo.converted(batch);
         let (graph, weights, notes) = converted.packed_for_file();
         let Op::Conv(c) = &graph.nodes[0].op else {
             panic!("{:?}", graph.nodes[0].op)

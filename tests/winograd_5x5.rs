@@ -5,7 +5,6 @@
 //! count, and bit-identical across worker counts.
 
 mod common;
-use cnnrt::convert::Converted;
 use cnnrt::format::{model_to_bytes, Metadata};
 use cnnrt::graph::{Activation, Graph, Node, Op, WeightLayout};
 use cnnrt::simd::Isa;
@@ -48,14 +47,7 @@ fn two_5x5_layers() -> common::Zoo {
 #[test]
 fn wide_5x5_layers_are_stored_and_run_as_winograd() {
     let zoo = two_5x5_layers();
-    let converted = Converted {
-        graph: zoo.graph.clone(),
-        weights: zoo.weights.clone(),
-        metadata: Metadata::default(),
-        passes: Default::default(),
-        winograd_max_error: 1e-4,
-        batch: 1,
-    };
+    let converted = zoo.converted(1);
     let (graph, weights, notes) = converted.packed_for_file();
     let layout = |name: &str| {
         let node = graph.nodes.iter().find(|n| n.name == name).unwrap();

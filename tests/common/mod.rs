@@ -39,6 +39,19 @@ pub struct Zoo {
 }
 
 impl Zoo {
+    /// The zoo as the converter holds it before writing it (default Winograd error
+    /// budget), its layers' algorithms to be chosen for `batch`.
+    pub fn converted(&self, batch: usize) -> cnnrt::convert::Converted {
+        cnnrt::convert::Converted {
+            graph: self.graph.clone(),
+            weights: self.weights.clone(),
+            metadata: Metadata::default(),
+            passes: Default::default(),
+            winograd_max_error: 1e-4,
+            batch,
+        }
+    }
+
     pub fn model(&self) -> Arc<Model> {
         let refs: Vec<&[f32]> = self.weights.iter().map(|w| w.as_slice()).collect();
         Model::from_bytes(&model_to_bytes(&self.graph, &refs, &Metadata::default()).unwrap())
