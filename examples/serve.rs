@@ -52,6 +52,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let planned = model.metadata().planned_batch.max(1);
+    if args.max_batch > 1 && planned != args.max_batch {
+        eprintln!(
+            "note: {} was converted for batch {planned}; for requests of {} samples, \
+             `cnnrt convert --batch {}` may run them faster",
+            args.model.display(),
+            args.max_batch,
+            args.max_batch
+        );
+    }
     let defaults = app::ServeOptions::default();
     let opts = app::ServeOptions {
         model_name: args
