@@ -53,8 +53,6 @@ pub struct Converted {
     pub metadata: Metadata,
     pub passes: PassReport,
     pub winograd_max_error: f64,
-    /// The batch the algorithms are chosen for (see [`ConvertOptions::batch`]), >= 1.
-    pub batch: usize,
 }
 
 /// Input channels from which a 5×5 stride-1 layer is a Winograd F(2x2,5x5) candidate
@@ -237,7 +235,6 @@ pub fn convert_onnx(bytes: &[u8], options: &ConvertOptions) -> Result<Converted>
         metadata,
         passes: report,
         winograd_max_error: options.winograd_max_error,
-        batch: options.batch.max(1),
     })
 }
 
@@ -357,7 +354,9 @@ impl Converted {
         let mut best_err = f64::INFINITY;
         // Cheapest first by the cost model; the first one within the error budget wins,
         // and none if direct GEMM is estimated cheaper than every Winograd variant left.
-        let n = self.batch;
+        // The batch the algorithms are chosen for (see `ConvertOptions::batch`): the one
+        // the written file records.
+        let n = self.metadata.planned_batch.max(1);
         let direct = cost::im2col_gemm(c, i, o, n);
         let cost = |v: WinogradVariant| cost::winograd(v, i, o, n);
         variants.sort_by(|a, b| cost(*a).total_cmp(&cost(*b)));

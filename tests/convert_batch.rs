@@ -91,7 +91,7 @@ fn the_batch_is_recorded_in_the_metadata() {
             ..Default::default()
         };
         let converted = convert_onnx(&onnx, &options).unwrap();
-        assert_eq!(converted.batch, recorded);
+        assert_eq!(converted.metadata.planned_batch, recorded);
         let (graph, weights, _) = converted.packed_for_file();
         let refs: Vec<&[f32]> = weights.iter().map(|w| w.as_slice()).collect();
         let bytes = model_to_bytes(&graph, &refs, &converted.metadata).unwrap();

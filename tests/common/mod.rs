@@ -45,10 +45,12 @@ impl Zoo {
         cnnrt::convert::Converted {
             graph: self.graph.clone(),
             weights: self.weights.clone(),
-            metadata: Metadata::default(),
+            metadata: Metadata {
+                planned_batch: batch,
+                ..Metadata::default()
+            },
             passes: Default::default(),
             winograd_max_error: 1e-4,
-            batch,
         }
     }
 
