@@ -584,8 +584,12 @@ def build_cnnrt(a):
 
 
 def convert(a, onnx_path, out_path, batch=1):
-    """`cnnrt convert`, the layers' algorithms chosen for `batch` (`--batch`); None or the error."""
+    """`cnnrt convert`, the layers' algorithms chosen for `batch` (`--batch`) and, unless
+    --no-tune, for this machine's measured rates (`--tune`, as a service converting where it
+    serves would); None or the error."""
     extra = ["--batch", str(batch)] if batch > 1 else []
+    if not getattr(a, "no_tune", False):
+        extra.append("--tune")
     r = subprocess.run([a.cnnrt_bin, "convert", onnx_path, "-o", out_path] + extra, capture_output=True, text=True)
     if r.returncode != 0:
         return (r.stderr or r.stdout).strip()[-300:]
@@ -775,6 +779,8 @@ def main():
     ap.add_argument("--tract-bin", default=os.path.join(REPO, "tools", "tract-peer", "target", "release", "tract-peer"))
     ap.add_argument("--convert-dir", default="", help="where .cnnrt files go (default: the run's temp folder)")
     ap.add_argument("--no-build", action="store_true", help="do not run cargo build --release first")
+    ap.add_argument("--no-tune", action="store_true",
+                    help="convert with the cost model's default rates, not this machine's (cnnrt convert --tune)")
     ap.add_argument("--no-check", action="store_true", help="skip the output check against ORT")
     ap.add_argument("--out", default="", help="raw results JSON (default /tmp/cnnrt-peers-<time>.json)")
     # worker mode

@@ -19,6 +19,8 @@ Run (about 6 min for the default set, after the conversions; cnnrt's binary is c
     ~/.cache/cnnrt-venv/bin/python scripts/paired_peers.py --cnnrt-bin /tmp/cnnrt-paired \\
         --models ~/.cache/cnnrt-models --threads 1 2 --extra-batch 8
 
+cnnrt's files are converted with `--tune` (the algorithms chosen for this machine's measured GEMM
+and memory rates, as a service converting where it serves would; `--no-tune` for the defaults).
 Peers run exactly as in compare_peers.py (same options, fp32 everywhere, thread counts pinned, see
 its docstring); correctness, peak RSS and open times are compare_peers.py's job, not this one's.
 Targets (compare_peers.TARGETS): met = "yes" when the upper quartile of the per-round ratios to the
@@ -130,6 +132,8 @@ def main():
     ap.add_argument("--gap-secs", type=float, default=0.05, help="pause before each burst")
     ap.add_argument("--warmup-secs", type=float, default=0.5, help="python runtimes' warm-up")
     ap.add_argument("--out", default="", help="JSON results (default /tmp/cnnrt-paired-<time>.json)")
+    ap.add_argument("--no-tune", action="store_true",
+                    help="convert with the cost model's default rates, not this machine's (cnnrt convert --tune)")
     a = ap.parse_args()
     runtimes = [cp.ALIASES[r.strip()] for r in a.runtimes.split(",") if r.strip()]
     if "cnnrt" not in runtimes:

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::format::{self, ChannelOrder, LayerNote, Metadata};
+use crate::format::{self, ChannelOrder, CostRates, LayerNote, Metadata};
 use crate::graph::{Conv, Graph, Op, WeightLayout};
 use crate::kernels::conv::ConvKernel;
 use crate::kernels::depthwise::DepthwiseKernel;
@@ -30,6 +30,11 @@ pub struct ConvertOptions {
     /// instead of 81 MB) ran in 0.895 [0.887, 0.900] of the time at 1 thread and
     /// 0.914 [0.892, 0.931] at 2 (`scripts/paired_ab.py`, AMD EPYC Zen 4, 6 rounds).
     pub batch: usize,
+    /// The machine rates the cost model weighs algorithms with: None for
+    /// [`DEFAULT_COST_RATES`], or this CPU's ([`crate::tune::measure_cost_rates`],
+    /// `cnnrt convert --tune`), recorded in the file. On ResNet-18 at batch 1 they move
+    /// layer3 (256 channels on 14×14) between F(2x2) and F(4x4).
+    pub cost_rates: Option<CostRates>,
 }
 
 impl Default for ConvertOptions {
@@ -41,6 +46,7 @@ impl Default for ConvertOptions {
             channel_order: None,
             winograd_max_error: 1e-4,
             batch: 1,
+            cost_rates: None,
         }
     }
 }
@@ -72,54 +78,67 @@ fn calibration_input(len: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
+/// The rates the cost model uses unless the options give others (`cnnrt convert --tune`
+/// measures them): the GEMM between the AVX2 (75–90 GFLOP/s in the model on a Zen 3
+/// core) and AVX-512 tiers (150–200 on a Xeon core); weights read at one Xeon core's
+/// 14.9 GB/s (`../shared/bench/peak.c`). On that Xeon F(2x2) won ResNet-18's layer3
+/// (14×14, 256 channels: 0.98–0.99 ms per layer against F(4x4)'s 1.12–1.17, AVX-512, 1
+/// thread); on an AMD EPYC Zen 4 core (118 GFLOP/s peak, 17.7–23 GB/s) F(4x4) won it,
+/// 0.91–0.95 ms against 1.10–1.13 (docs/KERNELS.md, session 35), as these rates and
+/// measured ones (about 110 and 19) predict.
+pub const DEFAULT_COST_RATES: CostRates = CostRates {
+    gemm_gflops: 150.0,
+    memory_gbps: 15.0,
+};
+
 /// Rough single-thread time of a convolution layer per algorithm, to choose between
-/// Winograd and direct GEMM ahead of time. Deterministic and ISA independent (the file
-/// must not depend on the converting machine); the rates are round figures for one
-/// x86-64 core of this class, and only their ratios matter.
+/// Winograd and direct GEMM ahead of time. Deterministic for given rates (the file
+/// depends on the converting machine only when the caller measures them).
 mod cost {
+    use crate::format::CostRates;
     use crate::graph::Conv;
     use crate::kernels::winograd::WinogradVariant;
 
-    /// GEMM micro-kernel rate (FLOP/s): between the AVX2 (75–90e9 in the model on a
-    /// Zen 3 core) and AVX-512 tiers (150–200e9 on a Xeon core).
-    const GEMM: f64 = 150e9;
     /// Winograd transforms, counted as 4 operations per transformed element (FLOP/s).
     const TRANSFORM: f64 = 20e9;
-    /// Streaming weights from memory (bytes/s): a model's weights rarely stay cached
-    /// (one core's read bandwidth, `../shared/bench/peak.c`: 14.9 GB/s on the Xeon,
-    /// 19–23 on Zen 4). With the GEMM rate, it makes F(2x2) win on 14×14 maps of 256
-    /// channels, whose F(4x4) weights (36 positions) take longer to read than its
-    /// products take to compute: measured on ResNet-18's layer3, 1 thread, AVX-512:
-    /// 0.98–0.99 ms against 1.12–1.17 per layer, the whole model 0.95× in two sets of
-    /// interleaved rounds; AVX2 tier on the same machine: 0.99×.
-    const MEMORY: f64 = 15e9;
     /// The GEMMs vectorize over tiles: a remainder of up to this many tiles runs in the
     /// column-tail kernels, at about the cost of this many columns.
     const TILE_LANES: usize = 8;
 
     /// `winograd` for a 3×3 stride-1 layer from `[cin, h, w]` to `[cout, oh, ow]`, per
     /// sample of a batch of `batch`: the samples' tiles share the GEMMs' column groups
-    /// and one read of the weights (the kernel's blocks across samples).
-    pub fn winograd(variant: WinogradVariant, i: [usize; 3], o: [usize; 3], batch: usize) -> f64 {
+    /// and one read of the weights (the kernel's blocks across samples). The weights'
+    /// bytes count as read from memory, once per batch: a model's weights rarely stay
+    /// cached, and where a variant's larger weights take longer to read than its fewer
+    /// products take to compute (F(4x4) against F(2x2) on small maps with many
+    /// channels), the cheaper side depends on the machine's two rates.
+    pub fn winograd(
+        variant: WinogradVariant,
+        i: [usize; 3],
+        o: [usize; 3],
+        batch: usize,
+        r: &CostRates,
+    ) -> f64 {
         let (cin, cout, n) = (i[0] as f64, o[0] as f64, batch.max(1));
         let m = variant.output_tile();
         let t2 = variant.positions() as f64;
         let tiles = o[1].div_ceil(m) * o[2].div_ceil(m);
         let lanes = (n * tiles).div_ceil(TILE_LANES) * TILE_LANES;
-        let gemm = 2.0 * t2 * cin * cout * lanes as f64 / GEMM / n as f64;
+        let gemm = 2.0 * t2 * cin * cout * lanes as f64 / (r.gemm_gflops * 1e9) / n as f64;
         let transforms = 4.0 * (cin + cout) * tiles as f64 * t2 / TRANSFORM;
-        let weights = 4.0 * t2 * cin * cout / MEMORY / n as f64;
+        let weights = 4.0 * t2 * cin * cout / (r.memory_gbps * 1e9) / n as f64;
         gemm + transforms + weights
     }
 
     /// im2col (or 1×1) GEMM for any convolution, per sample of a batch of `batch` (one
     /// read of the weights for the batch, as [`winograd`]).
-    pub fn im2col_gemm(c: &Conv, i: [usize; 3], o: [usize; 3], batch: usize) -> f64 {
+    pub fn im2col_gemm(c: &Conv, i: [usize; 3], o: [usize; 3], batch: usize, r: &CostRates) -> f64 {
+        let memory = r.memory_gbps * 1e9;
         let k = (i[0] / c.groups.max(1) * c.kernel[0] * c.kernel[1]) as f64;
         let pixels = (o[1] * o[2]) as f64;
-        let gemm = 2.0 * o[0] as f64 * k * pixels / GEMM;
-        let columns = 8.0 * k * pixels * c.groups.max(1) as f64 / MEMORY;
-        let weights = 4.0 * o[0] as f64 * k / MEMORY / batch.max(1) as f64;
+        let gemm = 2.0 * o[0] as f64 * k * pixels / (r.gemm_gflops * 1e9);
+        let columns = 8.0 * k * pixels * c.groups.max(1) as f64 / memory;
+        let weights = 4.0 * o[0] as f64 * k / memory / batch.max(1) as f64;
         gemm + columns + weights
     }
 
@@ -131,6 +150,10 @@ mod cost {
         /// The cheapest algorithm for a 3×3 stride-1 `c → c` layer on an `hw × hw` map at
         /// batch `n`.
         fn cheapest(c: usize, hw: usize, n: usize) -> &'static str {
+            cheapest_for(c, hw, n, &crate::convert::DEFAULT_COST_RATES)
+        }
+
+        fn cheapest_for(c: usize, hw: usize, n: usize, r: &CostRates) -> &'static str {
             let conv = Conv {
                 in_channels: c,
                 out_channels: c,
@@ -145,9 +168,9 @@ mod cost {
             };
             let s = [c, hw, hw];
             let costs = [
-                (winograd(WinogradVariant::F4x4, s, s, n), "F4x4"),
-                (winograd(WinogradVariant::F2x2, s, s, n), "F2x2"),
-                (im2col_gemm(&conv, s, s, n), "direct"),
+                (winograd(WinogradVariant::F4x4, s, s, n, r), "F4x4"),
+                (winograd(WinogradVariant::F2x2, s, s, n, r), "F2x2"),
+                (im2col_gemm(&conv, s, s, n, r), "direct"),
             ];
             costs.iter().min_by(|a, b| a.0.total_cmp(&b.0)).unwrap().1
         }
@@ -161,6 +184,28 @@ mod cost {
             assert_eq!(cheapest(128, 28, 1), "F4x4");
             assert_eq!(cheapest(256, 14, 1), "F2x2");
             assert_eq!(cheapest(512, 7, 1), "F2x2");
+        }
+
+        /// With the rates measured on an AMD EPYC Zen 4 core (GEMM about 110 GFLOP/s,
+        /// memory about 19 GB/s: slower products, faster reads than the defaults' Xeon),
+        /// F(4x4) on 14×14 maps, as measured there (docs/KERNELS.md, session 35); the 7×7
+        /// layers' F(4x4) weights (37.7 MB) still take too long to read.
+        #[test]
+        fn measured_rates_move_the_choice_on_14x14_maps() {
+            let zen4 = CostRates {
+                gemm_gflops: 110.0,
+                memory_gbps: 19.0,
+            };
+            assert_eq!(cheapest_for(64, 56, 1, &zen4), "F4x4");
+            assert_eq!(cheapest_for(128, 28, 1, &zen4), "F4x4");
+            assert_eq!(cheapest_for(256, 14, 1, &zen4), "F4x4");
+            assert_eq!(cheapest_for(512, 7, 1, &zen4), "F2x2");
+            // A slow memory keeps F(2x2) on 14×14 whatever the GEMM rate here.
+            let slow = CostRates {
+                gemm_gflops: 110.0,
+                memory_gbps: 8.0,
+            };
+            assert_eq!(cheapest_for(256, 14, 1, &slow), "F2x2");
         }
 
         /// At batch 8 the weights' bytes are shared by the samples: F(4x4) everywhere on
@@ -203,6 +248,18 @@ pub fn convert_onnx(bytes: &[u8], options: &ConvertOptions) -> Result<Converted>
             )));
         }
     }
+    if let Some(r) = options.cost_rates {
+        if !(r.gemm_gflops.is_finite()
+            && r.gemm_gflops > 0.0
+            && r.memory_gbps.is_finite()
+            && r.memory_gbps > 0.0)
+        {
+            return Err(Error::Input(format!(
+                "cost rates must be finite and positive (got {} GFLOP/s, {} GB/s)",
+                r.gemm_gflops, r.memory_gbps
+            )));
+        }
+    }
     if options.std.iter().any(|&s| s == 0.0 || !s.is_finite()) {
         return Err(Error::Input(
             "--std values must be finite and non-zero".into(),
@@ -227,6 +284,7 @@ pub fn convert_onnx(bytes: &[u8], options: &ConvertOptions) -> Result<Converted>
         ),
         source_opset: imported.opset,
         planned_batch: options.batch.max(1),
+        cost_rates: options.cost_rates,
         ..Default::default()
     };
     Ok(Converted {
@@ -357,8 +415,9 @@ impl Converted {
         // The batch the algorithms are chosen for (see `ConvertOptions::batch`): the one
         // the written file records.
         let n = self.metadata.planned_batch.max(1);
-        let direct = cost::im2col_gemm(c, i, o, n);
-        let cost = |v: WinogradVariant| cost::winograd(v, i, o, n);
+        let rates = self.metadata.cost_rates.unwrap_or(DEFAULT_COST_RATES);
+        let direct = cost::im2col_gemm(c, i, o, n, &rates);
+        let cost = |v: WinogradVariant| cost::winograd(v, i, o, n, &rates);
         variants.sort_by(|a, b| cost(*a).total_cmp(&cost(*b)));
         for variant in variants {
             let err = measure_relative_error(Isa::Scalar, c, i, o, variant, plain, bias, &x);

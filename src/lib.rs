@@ -26,6 +26,7 @@ pub mod plan;
 pub mod region;
 pub mod session;
 pub mod simd;
+pub mod tune;
 
 pub use error::{Error, Result};
 pub use model::Model;

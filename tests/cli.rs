@@ -270,6 +270,27 @@ fn damaged_model_gets_a_clear_error() {
 }
 
 #[test]
+fn convert_tuned_records_the_measured_rates() {
+    let out = tmp("lenet5_tuned.cnnrt");
+    let o = out.to_str().unwrap();
+    let (ok, stdout, stderr) = cnnrt(&["convert", "models/lenet5.onnx", "-o", o, "--tune"]);
+    assert!(ok, "{stdout}{stderr}");
+    assert!(stdout.contains("tuned for this CPU"), "{stdout}");
+    let m = cnnrt::Model::open(&out).unwrap();
+    let r = m.metadata().cost_rates.expect("rates recorded");
+    assert!(r.gemm_gflops > 0.0 && r.memory_gbps > 0.0, "{r:?}");
+    let (ok, shown, stderr) = cnnrt(&["inspect", o]);
+    assert!(ok, "{stderr}");
+    assert!(
+        shown.contains("measured by convert --tune"),
+        "inspect does not show the rates:\n{shown}"
+    );
+    // Without --tune nothing is recorded or shown.
+    let (ok, shown, _) = cnnrt(&["inspect", "models/lenet5.cnnrt"]);
+    assert!(ok && !shown.contains("convert --tune"), "{shown}");
+}
+
+#[test]
 fn convert_for_a_batch_is_recorded_and_shown() {
     let out = tmp("lenet5_b8.cnnrt");
     let o = out.to_str().unwrap();

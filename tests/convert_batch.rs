@@ -7,7 +7,7 @@
 
 mod common;
 use cnnrt::convert::{convert_onnx, ConvertOptions};
-use cnnrt::format::{model_to_bytes, Metadata};
+use cnnrt::format::{model_to_bytes, CostRates, Metadata};
 use cnnrt::graph::{Activation, Graph, Node, Op, WeightLayout};
 use cnnrt::SessionOptions;
 use common::{plain_conv, rand_vec, rel_err};
@@ -100,4 +100,47 @@ fn the_batch_is_recorded_in_the_metadata() {
     }
     // Files written before the field read 0, which counts as 1.
     assert_eq!(Metadata::default().planned_batch, 0);
+}
+
+/// The machine rates (`cnnrt convert --tune`) move the same layer's choice at batch 1:
+/// F(2x2) for the defaults (a Xeon core: fast GEMMs, 15 GB/s), F(4x4) for an AMD EPYC
+/// Zen 4 core's measured rates (slower GEMMs, faster reads), as measured on each machine
+/// (docs/KERNELS.md, session 35). The rates are recorded; invalid ones are refused.
+#[test]
+fn the_layers_algorithm_follows_the_machine_rates() {
+    let zoo = wide_3x3_layer();
+    let zen4 = CostRates {
+        gemm_gflops: 110.0,
+        memory_gbps: 19.0,
+    };
+    for (rates, layout) in [
+        (None, WeightLayout::WinogradF2x2),
+        (Some(zen4), WeightLayout::WinogradF4x4),
+    ] {
+        let mut converted = zoo.converted(1);
+        converted.metadata.cost_rates = rates;
+        let (graph, _, _) = converted.packed_for_file();
+        let Op::Conv(c) = &graph.nodes[0].op else {
+            panic!("{:?}", graph.nodes[0].op)
+        };
+        assert_eq!(graph.weights[c.weight].layout, layout, "{rates:?}");
+    }
+    let onnx = std::fs::read("models/lenet5.onnx").unwrap();
+    let options = ConvertOptions {
+        cost_rates: Some(zen4),
+        ..Default::default()
+    };
+    let converted = convert_onnx(&onnx, &options).unwrap();
+    assert_eq!(converted.metadata.cost_rates, Some(zen4));
+    for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+        let options = ConvertOptions {
+            cost_rates: Some(CostRates {
+                memory_gbps: bad,
+                ..zen4
+            }),
+            ..Default::default()
+        };
+        let e = convert_onnx(&onnx, &options).unwrap_err().to_string();
+        assert!(e.contains("cost rates"), "{bad}: {e}");
+    }
 }

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use cnnrt::format::layout::{self, Entry, Header, IndexEntry};
 use cnnrt::format::{
-    model_to_bytes, write_model, ChannelOrder, LayerNote, Metadata, ModelFile, OpenOptions, Storage,
+    model_to_bytes, write_model, ChannelOrder, CostRates, LayerNote, Metadata, ModelFile,
+    OpenOptions, Storage,
 };
 use cnnrt::graph::{Activation, Conv, Graph, Linear, Node, Op};
 use cnnrt::Error;
@@ -118,6 +119,10 @@ fn sample_meta() -> Metadata {
             },
         ],
         planned_batch: 8,
+        cost_rates: Some(CostRates {
+            gemm_gflops: 114.0,
+            memory_gbps: 25.5,
+        }),
         extra: BTreeMap::from([("license".to_string(), "CC0".to_string())]),
     }
 }
@@ -416,6 +421,20 @@ fn writer_rejects_mismatched_weights_and_bad_values() {
     let mut bad = meta.clone();
     bad.mean.pop();
     assert!(model_to_bytes(&g, &r, &bad).is_err());
+    for rates in [
+        (0.0, 20.0),
+        (100.0, -1.0),
+        (f64::NAN, 20.0),
+        (100.0, f64::INFINITY),
+    ] {
+        let mut bad = meta.clone();
+        bad.cost_rates = Some(CostRates {
+            gemm_gflops: rates.0,
+            memory_gbps: rates.1,
+        });
+        let e = model_to_bytes(&g, &r, &bad).unwrap_err().to_string();
+        assert!(e.contains("cost_rates"), "{rates:?}: {e}");
+    }
 
     // A NaN attribute cannot survive JSON: the writer's self-check refuses it.
     let mut gn = g.clone();
@@ -874,6 +893,9 @@ fn hostile_metadata_is_rejected() {
         br#"{"input_shape": [1, 2, 3, 4, 5, 6, 7, 8, 9]}"#,
         br#"{"input_shape": [99999999999]}"#,
         br#"{"channel_order": "cmyk"}"#,
+        br#"{"cost_rates": {"gemm_gflops": 0.0, "memory_gbps": 20.0}}"#,
+        br#"{"cost_rates": {"gemm_gflops": 100.0, "memory_gbps": -5.0}}"#,
+        br#"{"cost_rates": {"gemm_gflops": 100.0}}"#,
         br#"{"labels": "x"}"#,
         b"not json",
         b"",

@@ -59,6 +59,11 @@ enum Command {
         /// shares: larger file, faster batches).
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=4096))]
         batch: u64,
+        /// Measure this CPU's GEMM rate and memory read rate (about a second) and choose
+        /// the algorithms for them instead of the defaults (150 GFLOP/s, 15 GB/s); the
+        /// rates are recorded in the file. Convert on the machine that will serve.
+        #[arg(long)]
+        tune: bool,
     },
     /// Run a model on an .npy tensor, an image (PNG/JPEG) or a folder of images.
     Run {
@@ -222,8 +227,18 @@ fn inspect(model: &Path, isa: Option<Isa>) -> Result<()> {
             format!("{} ({}, ...)", meta.labels.len(), meta.labels[0])
         }
     );
+    let mut chosen_for = Vec::new();
     if meta.planned_batch > 1 {
-        println!("  algorithms chosen for batch {}", meta.planned_batch);
+        chosen_for.push(format!("batch {}", meta.planned_batch));
+    }
+    if let Some(r) = meta.cost_rates {
+        chosen_for.push(format!(
+            "GEMMs at {:.0} GFLOP/s and weights read at {:.1} GB/s (measured by convert --tune)",
+            r.gemm_gflops, r.memory_gbps
+        ));
+    }
+    if !chosen_for.is_empty() {
+        println!("  algorithms chosen for {}", chosen_for.join(", "));
     }
     println!(
         "  kernels: {}, workspace {} bytes at batch 1",
@@ -532,6 +547,7 @@ fn main() -> ExitCode {
             bgr,
             winograd_max_error,
             batch,
+            tune,
         } => (|| {
             let labels = labels
                 .as_deref()
@@ -545,6 +561,15 @@ fn main() -> ExitCode {
                 channel_order: bgr.then_some(ChannelOrder::Bgr),
                 winograd_max_error,
                 batch: batch as usize,
+                cost_rates: tune.then(|| {
+                    let isa = Isa::select(None);
+                    let r = cnnrt::tune::measure_cost_rates(isa);
+                    println!(
+                        "tuned for this CPU ({isa}): GEMMs at {:.0} GFLOP/s, memory reads at {:.1} GB/s",
+                        r.gemm_gflops, r.memory_gbps
+                    );
+                    r
+                }),
             };
             let c = convert_file(&onnx, &output, &opts)?;
             let p = &c.passes;

@@ -29,6 +29,17 @@ pub struct LayerNote {
     pub relative_error: Option<f64>,
 }
 
+/// The machine rates the converter's cost model weighed each layer's algorithms with
+/// (`cnnrt convert --tune` measures them on the converting CPU; absent from a file, the
+/// converter's defaults were used, see `convert::DEFAULT_COST_RATES`).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CostRates {
+    /// Rate of the GEMM micro-kernels on one core, GFLOP/s.
+    pub gemm_gflops: f64,
+    /// One core's read rate from memory (for weights that do not stay cached), GB/s.
+    pub memory_gbps: f64,
+}
+
 /// Everything in the file that is not the graph or its weights. Every field has a
 /// default, and unknown JSON fields are ignored, so later minor versions can add fields.
 ///
@@ -55,6 +66,9 @@ pub struct Metadata {
     /// --batch`); 0 (files written before the field) means 1. Informative: a session runs
     /// any batch on any file.
     pub planned_batch: usize,
+    /// The rates the algorithms were chosen for, when measured (`cnnrt convert --tune`);
+    /// None: the converter's defaults. Informative.
+    pub cost_rates: Option<CostRates>,
     pub extra: BTreeMap<String, String>,
 }
 
@@ -77,6 +91,18 @@ impl Metadata {
             return Err(format!(
                 "metadata: std contains {s}; each std must be finite and non-zero"
             ));
+        }
+        if let Some(r) = self.cost_rates {
+            for (what, v) in [
+                ("gemm_gflops", r.gemm_gflops),
+                ("memory_gbps", r.memory_gbps),
+            ] {
+                if !(v.is_finite() && v > 0.0) {
+                    return Err(format!(
+                        "metadata: cost_rates.{what} is {v}; it must be finite and positive"
+                    ));
+                }
+            }
         }
         if self.input_shape.len() > limits::MAX_RANK {
             return Err(format!(

@@ -108,6 +108,6 @@ mod reader;
 mod writer;
 
 pub use layout::{MAGIC, VERSION_MAJOR, VERSION_MINOR};
-pub use metadata::{ChannelOrder, LayerNote, Metadata};
+pub use metadata::{ChannelOrder, CostRates, LayerNote, Metadata};
 pub use reader::{ModelFile, OpenOptions, Storage};
 pub use writer::{model_to_bytes, write_model};
