@@ -317,3 +317,40 @@ fn convert_for_a_batch_is_recorded_and_shown() {
     let (ok, _, stderr) = cnnrt(&["convert", "models/lenet5.onnx", "-o", o, "--batch", "0"]);
     assert!(!ok && stderr.contains("--batch"), "{stderr}");
 }
+
+/// stdout closed before anything is printed (`cnnrt convert ... | true`): no panic, the
+/// file is still written, status 0; stdout on a full device: the error on stderr and
+/// status 1, the work done all the same.
+#[test]
+fn a_closed_or_failing_stdout_neither_panics_nor_stops_the_work() {
+    use std::process::Stdio;
+    let out = tmp("lenet5_closed_stdout.cnnrt");
+    let _ = std::fs::remove_file(&out);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cnnrt"))
+        .args(["convert", "models/lenet5.onnx", "-o", out.to_str().unwrap()])
+        .args(["--tune"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The read end closed now; --tune measures for a while before the first line.
+    drop(child.stdout.take());
+    let done = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert!(done.status.success(), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(cnnrt::Model::open(&out).is_ok());
+    if let Ok(full) = std::fs::OpenOptions::new().write(true).open("/dev/full") {
+        let done = Command::new(env!("CARGO_BIN_EXE_cnnrt"))
+            .args(["inspect", "models/lenet5.cnnrt"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdout(full)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&done.stderr);
+        assert!(!done.status.success(), "{stderr}");
+        assert!(stderr.contains("writing to stdout"), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}

@@ -4,6 +4,34 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
+/// `println!` that does not panic when stdout is a closed pipe (`cnnrt inspect m.cnnrt |
+/// head`) or a failing file: stdout only reports, so the work goes on (a conversion still
+/// writes its file); a closed pipe is ignored, any other failure is reported once on
+/// stderr and makes the exit status 1 ([`STDOUT_FAILED`]).
+macro_rules! say {
+    ($($t:tt)*) => { write_stdout(format_args!("{}\n", format_args!($($t)*))) };
+}
+
+/// `print!`, the same way.
+macro_rules! say_raw {
+    ($($t:tt)*) => { write_stdout(format_args!($($t)*)) };
+}
+
+/// Set when writing to stdout failed other than on a closed pipe.
+static STDOUT_FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn write_stdout(args: std::fmt::Arguments) {
+    use std::io::Write;
+    use std::sync::atomic::Ordering;
+    if let Err(e) = std::io::stdout().lock().write_fmt(args) {
+        if e.kind() != std::io::ErrorKind::BrokenPipe
+            && !STDOUT_FAILED.swap(true, Ordering::Relaxed)
+        {
+            eprintln!("error: writing to stdout: {e}");
+        }
+    }
+}
+
 use clap::{Parser, Subcommand};
 use cnnrt::convert::{convert_file, convert_onnx, ConvertOptions};
 use cnnrt::format::{ChannelOrder, OpenOptions, Storage};
@@ -195,12 +223,12 @@ fn inspect(model: &Path, isa: Option<Isa>) -> Result<()> {
     if is_onnx(model) {
         let bytes = std::fs::read(model).map_err(|e| Error::io(model, e))?;
         let c = convert_onnx(&bytes, &ConvertOptions::default())?;
-        println!(
+        say!(
             "{} (ONNX, opset {}; shown after BatchNorm folding and fusion)",
             model.display(),
             c.metadata.source_opset
         );
-        print!("{}", layer_table(&c.graph, None, &[]));
+        say_raw!("{}", layer_table(&c.graph, None, &[]));
         return Ok(());
     }
     let m = Model::open(model)?;
@@ -209,9 +237,9 @@ fn inspect(model: &Path, isa: Option<Isa>) -> Result<()> {
         ..Default::default()
     })?;
     let meta = m.metadata();
-    println!("{}", model.display());
-    println!("  producer: {}", meta.producer);
-    println!(
+    say!("{}", model.display());
+    say!("  producer: {}", meta.producer);
+    say!(
         "  input '{}': {:?}, channel order {:?}, mean {:?}, std {:?}",
         meta.input_name,
         m.input_shape(),
@@ -219,7 +247,7 @@ fn inspect(model: &Path, isa: Option<Isa>) -> Result<()> {
         meta.mean,
         meta.std
     );
-    println!(
+    say!(
         "  labels: {}",
         if meta.labels.is_empty() {
             "none".to_string()
@@ -238,9 +266,9 @@ fn inspect(model: &Path, isa: Option<Isa>) -> Result<()> {
         ));
     }
     if !chosen_for.is_empty() {
-        println!("  algorithms chosen for {}", chosen_for.join(", "));
+        say!("  algorithms chosen for {}", chosen_for.join(", "));
     }
-    println!(
+    say!(
         "  kernels: {}, workspace {} bytes at batch 1",
         session.isa(),
         thousands(session.workspace_bytes())
@@ -250,7 +278,7 @@ fn inspect(model: &Path, isa: Option<Isa>) -> Result<()> {
         .iter()
         .map(|n| (n.node.clone(), n.relative_error))
         .collect();
-    print!(
+    say_raw!(
         "{}",
         layer_table(m.graph(), Some(&session.algorithms()), &notes)
     );
@@ -303,13 +331,13 @@ fn run(
                 None => format!("#{i} ({:.4})", row[i]),
             })
             .collect();
-        println!("{name}: {}", shown.join(", "));
+        say!("{name}: {}", shown.join(", "));
     }
     if let Some(path) = output {
         let mut shape = vec![batch.batch];
         shape.extend_from_slice(m.output_shape());
         cnnrt::input::write_npy(path, out, &shape)?;
-        println!("wrote {} {:?}", path.display(), shape);
+        say!("wrote {} {:?}", path.display(), shape);
     }
     Ok(())
 }
@@ -374,8 +402,8 @@ fn bench(model: &Path, o: &BenchOptions) -> Result<()> {
     let flops = 2.0 * total_macs(m.graph()) as f64 * batch as f64;
     let gflops = flops / (median * 1e-3) / 1e9;
     let ips = batch as f64 / (median * 1e-3);
-    println!("model      {}", model.display());
-    println!(
+    say!("model      {}", model.display());
+    say!(
         "kernels    {} , threads {threads}, batch {batch}, workspace {} bytes, weight prefetch to {:?}",
         session.isa(),
         thousands(session.workspace_bytes()),
@@ -383,21 +411,21 @@ fn bench(model: &Path, o: &BenchOptions) -> Result<()> {
     );
     let planned = m.metadata().planned_batch.max(1);
     if planned != batch {
-        println!(
+        say!(
             "note       the file's algorithms were chosen for batch {planned} (`cnnrt convert --batch {batch}` chooses them for this one)"
         );
     }
-    println!("open       {open_ms:.3} ms (+ session {session_ms:.3} ms)");
-    println!("first run  {first_run_ms:.3} ms");
+    say!("open       {open_ms:.3} ms (+ session {session_ms:.3} ms)");
+    say!("first run  {first_run_ms:.3} ms");
     let clock = match o.clock {
         Clock::Wall => "",
         Clock::Cpu => " (CPU time)",
     };
-    println!(
+    say!(
         "latency    median {median:.3} ms, p90 {p90:.3} ms, p99 {p99:.3} ms over {} runs{clock}",
         times.len()
     );
-    println!(
+    say!(
         "throughput {ips:.1} images/s, {gflops:.1} GFLOP/s ({:.3} GFLOP per run)",
         flops / 1e9
     );
@@ -405,12 +433,12 @@ fn bench(model: &Path, o: &BenchOptions) -> Result<()> {
     let held = if file.is_mapped() { "mapped" } else { "copied" };
     let huge = file.huge_page_bytes();
     match huge {
-        Some(h) => println!(
+        Some(h) => say!(
             "memory     {:.1} MB {held}, {:.1} MB of it on huge pages",
             file.bytes().len() as f64 / 1e6,
             h as f64 / 1e6
         ),
-        None => println!(
+        None => say!(
             "memory     {:.1} MB {held}",
             file.bytes().len() as f64 / 1e6
         ),
@@ -424,7 +452,7 @@ fn bench(model: &Path, o: &BenchOptions) -> Result<()> {
         print_profile(&m, &mut session, &input, o, peak)?;
     }
     if o.json {
-        println!(
+        say!(
             "{{\"model\":{:?},\"isa\":\"{}\",\"threads\":{threads},\"batch\":{batch},\"open_ms\":{open_ms:.4},\"session_ms\":{session_ms:.4},\"first_run_ms\":{first_run_ms:.4},\"median_ms\":{median:.4},\"p90_ms\":{p90:.4},\"p99_ms\":{p99:.4},\"images_per_s\":{ips:.2},\"gflops\":{gflops:.3},\"workspace_bytes\":{},\"huge_page_bytes\":{}}}",
             model.display().to_string(),
             session.isa(),
@@ -495,12 +523,16 @@ fn print_profile(
         .collect();
     let total: f64 = med.iter().sum();
     let algos = session.algorithms();
-    println!(
-        "\nper layer (median of profiled runs; peak {peak} GFLOP/s per core × {threads} threads)"
-    );
-    println!(
+    say!("\nper layer (median of profiled runs; peak {peak} GFLOP/s per core × {threads} threads)");
+    say!(
         "{:<4} {:<28} {:<14} {:>9} {:>6} {:>8} {:>7}  kernel",
-        "#", "layer", "op", "ms", "share", "GFLOP/s", "% peak"
+        "#",
+        "layer",
+        "op",
+        "ms",
+        "share",
+        "GFLOP/s",
+        "% peak"
     );
     // A fused block's time is on its last node; its other nodes' FLOPs count there.
     let mut in_block = 0.0;
@@ -518,7 +550,7 @@ fn print_profile(
             0.0
         };
         let name: String = node.name.chars().take(28).collect();
-        println!(
+        say!(
             "{:<4} {:<28} {:<14} {:>9.4} {:>5.1}% {:>8.1} {:>6.1}%  {}",
             i + 1,
             name,
@@ -530,7 +562,7 @@ fn print_profile(
             algos[i]
         );
     }
-    println!("sum of layer medians: {total:.3} ms");
+    say!("sum of layer medians: {total:.3} ms");
     Ok(())
 }
 
@@ -564,7 +596,7 @@ fn main() -> ExitCode {
                 cost_rates: tune.then(|| {
                     let isa = Isa::select(None);
                     let r = cnnrt::tune::measure_cost_rates(isa);
-                    println!(
+                    say!(
                         "tuned for this CPU ({isa}): GEMMs at {:.0} GFLOP/s, memory reads at {:.1} GB/s",
                         r.gemm_gflops, r.memory_gbps
                     );
@@ -573,14 +605,14 @@ fn main() -> ExitCode {
             };
             let c = convert_file(&onnx, &output, &opts)?;
             let p = &c.passes;
-            println!(
+            say!(
                 "wrote {}: {} nodes, {} parameters, {} mult-adds per sample",
                 output.display(),
                 c.graph.nodes.len(),
                 thousands(cnnrt::graph::stats::total_params(&c.graph)),
                 thousands(total_macs(&c.graph))
             );
-            println!(
+            say!(
                 "passes: {} BatchNorm/affine folded, {} activations fused, {} residual adds fused, {} pads folded, {} denormal weights flushed",
                 p.affines_folded, p.activations_fused, p.residuals_fused, p.pads_folded, p.denormals_flushed
             );
@@ -628,6 +660,7 @@ fn main() -> ExitCode {
         ),
     };
     match result {
+        Ok(()) if STDOUT_FAILED.load(std::sync::atomic::Ordering::Relaxed) => ExitCode::FAILURE,
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
