@@ -85,7 +85,7 @@ fn calibration_input(len: usize, seed: u64) -> Vec<f32> {
 /// (14×14, 256 channels: 0.98–0.99 ms per layer against F(4x4)'s 1.12–1.17, AVX-512, 1
 /// thread); on an AMD EPYC Zen 4 core (118 GFLOP/s peak, 17.7–23 GB/s) F(4x4) won it,
 /// 0.91–0.95 ms against 1.10–1.13 (docs/KERNELS.md, session 35), as these rates and
-/// measured ones (about 110 and 19) predict.
+/// that machine's measured ones (114 GFLOP/s, 25–29 GB/s) predict.
 pub const DEFAULT_COST_RATES: CostRates = CostRates {
     gemm_gflops: 150.0,
     memory_gbps: 15.0,
@@ -186,10 +186,10 @@ mod cost {
             assert_eq!(cheapest(512, 7, 1), "F2x2");
         }
 
-        /// With the rates measured on an AMD EPYC Zen 4 core (GEMM about 110 GFLOP/s,
-        /// memory about 19 GB/s: slower products, faster reads than the defaults' Xeon),
-        /// F(4x4) on 14×14 maps, as measured there (docs/KERNELS.md, session 35); the 7×7
-        /// layers' F(4x4) weights (37.7 MB) still take too long to read.
+        /// With rates below those measured on an AMD EPYC Zen 4 core (`--tune`: GEMM 114
+        /// GFLOP/s, memory 25–29 GB/s; slower products, faster reads than the defaults'
+        /// Xeon), F(4x4) on 14×14 maps, as measured there (docs/KERNELS.md, session 35);
+        /// the 7×7 layers' F(4x4) weights (37.7 MB) still take too long to read.
         #[test]
         fn measured_rates_move_the_choice_on_14x14_maps() {
             let zen4 = CostRates {
