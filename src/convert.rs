@@ -249,16 +249,8 @@ pub fn convert_onnx(bytes: &[u8], options: &ConvertOptions) -> Result<Converted>
         }
     }
     if let Some(r) = options.cost_rates {
-        if !(r.gemm_gflops.is_finite()
-            && r.gemm_gflops > 0.0
-            && r.memory_gbps.is_finite()
-            && r.memory_gbps > 0.0)
-        {
-            return Err(Error::Input(format!(
-                "cost rates must be finite and positive (got {} GFLOP/s, {} GB/s)",
-                r.gemm_gflops, r.memory_gbps
-            )));
-        }
+        r.check()
+            .map_err(|e| Error::Input(format!("cost rates: {e}")))?;
     }
     if options.std.iter().any(|&s| s == 0.0 || !s.is_finite()) {
         return Err(Error::Input(

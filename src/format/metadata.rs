@@ -40,6 +40,22 @@ pub struct CostRates {
     pub memory_gbps: f64,
 }
 
+impl CostRates {
+    /// Both rates finite and positive; else which one is not, e.g. `"memory_gbps is -1;
+    /// it must be finite and positive"`.
+    pub fn check(&self) -> Result<(), String> {
+        for (what, v) in [
+            ("gemm_gflops", self.gemm_gflops),
+            ("memory_gbps", self.memory_gbps),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(format!("{what} is {v}; it must be finite and positive"));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Everything in the file that is not the graph or its weights. Every field has a
 /// default, and unknown JSON fields are ignored, so later minor versions can add fields.
 ///
@@ -93,16 +109,7 @@ impl Metadata {
             ));
         }
         if let Some(r) = self.cost_rates {
-            for (what, v) in [
-                ("gemm_gflops", r.gemm_gflops),
-                ("memory_gbps", r.memory_gbps),
-            ] {
-                if !(v.is_finite() && v > 0.0) {
-                    return Err(format!(
-                        "metadata: cost_rates.{what} is {v}; it must be finite and positive"
-                    ));
-                }
-            }
+            r.check().map_err(|e| format!("metadata: cost_rates.{e}"))?;
         }
         if self.input_shape.len() > limits::MAX_RANK {
             return Err(format!(
