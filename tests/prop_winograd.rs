@@ -548,6 +548,11 @@ fn winograd_large_shapes_every_tier() {
         // and an odd map with one-sided padding.
         mk(20, 50, 14, 14, [2, 2, 2, 2]),
         mk(9, 14, 11, 13, [2, 0, 1, 2]),
+        // F(4x4) groups of lanes across tile rows: rows of 14 tiles with a part-empty last
+        // tile and tile row (53×55), and rows of 9 tiles, where a group of 16 lanes takes
+        // tiles of three rows.
+        mk(16, 20, 52, 55, [1, 1, 2, 1]),
+        mk(24, 28, 33, 35, [1, 1, 1, 1]),
         // One input channel, 32 output channels, asymmetric padding, no residual (the
         // pooled output is checked): the pooled F(2x2,5x5) plan for several workers needs
         // more scratch than the 1-worker plan (a CI draw the test once got wrong).
@@ -622,16 +627,28 @@ fn few_tile_blocks_are_shared_evenly() {
     }
 }
 
-/// F(4x4) tile blocks are whole tile rows where a row is shorter than a block (a block
-/// ending inside a row costs a part-empty group of transforms at its end and at the next
-/// block's start) and the transformed weights are small, and on two workers their number
-/// shares out evenly. (With fewer blocks than two per worker the layer is shared out
-/// evenly instead: `few_tile_blocks_are_shared_evenly`.)
+/// F(4x4) groups of lanes run across tile rows where a row is not a whole number of
+/// groups but holds at least half of one (conv3x3_stress's and ResNet-18's 56×56 maps:
+/// 14 tiles a row), so that blocks of whole micro-kernel tiles fill every lane and GEMM
+/// column. Where rows are whole groups (64×64: 16 tiles) and the transformed weights are
+/// small, tile blocks are whole tile rows (a block ending inside a row would cost a
+/// part-empty group at its end and at the next block's start), and on two workers their
+/// number shares out evenly. (With fewer blocks than two per worker the layer is shared
+/// out evenly instead: `few_tile_blocks_are_shared_evenly`.)
 #[test]
-fn f4x4_blocks_are_whole_tile_rows() {
+fn f4x4_groups_span_tile_rows_or_blocks_are_whole_rows() {
     let _env = default_blocking();
     for isa in Isa::supported() {
-        for (side, threads) in [(56, 1), (56, 2), (28, 1), (40, 2)] {
+        for side in [56, 28, 40, 36] {
+            let conv = mk_conv(64, 64, [3, 3], [1, 1], [1, 1], 1);
+            let shape = [64, side, side];
+            let k = WinogradKernel::new(isa, &conv, shape, shape, WinogradVariant::F4x4).unwrap();
+            let (blocks, tb, _) = k.work_split();
+            let what = format!("{isa} {side}x{side}: {blocks} blocks of {tb}");
+            assert!(k.groups_span_rows(), "{what}");
+            assert_eq!(k.row_pad(), 1, "{what}");
+        }
+        for (side, threads) in [(64, 1), (64, 2)] {
             let conv = mk_conv(64, 64, [3, 3], [1, 1], [1, 1], 1);
             let shape = [64, side, side];
             let k = WinogradKernel::new_for_threads(
@@ -645,8 +662,8 @@ fn f4x4_blocks_are_whole_tile_rows() {
             .unwrap();
             let (blocks, tb, _) = k.work_split();
             let what = format!("{isa} {side}x{side} on {threads}: {blocks} blocks of {tb}");
-            // ResNet-18's and conv3x3_stress's 56×56 maps always take blocks of rows.
-            assert!(side != 56 || blocks >= 2 * threads, "{what}");
+            assert!(!k.groups_span_rows(), "{what}");
+            assert!(blocks >= 2 * threads, "{what}");
             if blocks >= 2 * threads {
                 assert_eq!(tb % side.div_ceil(4), 0, "{what}");
                 assert!(
@@ -685,8 +702,8 @@ fn square_case(cin: usize, cout: usize, side: usize, seed: u64) -> Case {
 }
 
 /// Where the GEMMs cost no more for it, each tile row of a block starts on a whole group
-/// of the transforms' lanes in V and M (conv3x3_stress: rows of 14 tiles as 16 columns);
-/// those plans, and the packed ones of the same shapes, match the reference.
+/// of the transforms' lanes in V and M (LeNet-5's conv2: rows of 7 tiles as 8 or 16
+/// columns); those plans, and the packed ones of the same shapes, match the reference.
 #[test]
 fn tile_rows_on_whole_lane_groups() {
     let _env = default_blocking();
@@ -718,18 +735,19 @@ fn tile_rows_on_whole_lane_groups() {
                     .unwrap_or_else(|e| panic!("{isa} {variant:?} {case:?}: {e}"));
             }
         }
-        // The portable tier pads (4 lanes, small column tails) on every machine; AVX2's
-        // finer column tails make padding cost columns in these shapes, so it keeps them
-        // packed.
-        if isa == Isa::Scalar {
-            assert!(!padded.is_empty(), "{isa}: no plan with padded tile rows");
-        }
-        if isa == Isa::Avx512 {
-            assert!(
-                padded.contains(&(WinogradVariant::F4x4, 64, 56, 16)),
-                "{isa}: conv3x3_stress's shape not padded: {padded:?}"
-            );
-        }
+        // F(2x2,5x5) with few input channels pads on every tier (its GEMMs run whole
+        // micro-kernel tiles); F(4x4) on conv3x3_stress's shape runs its groups across
+        // tile rows instead (`f4x4_groups_span_tile_rows_or_blocks_are_whole_rows`).
+        assert!(
+            padded.iter().any(|p| p.0 == WinogradVariant::F2x2K5),
+            "{isa}: no plan with padded tile rows: {padded:?}"
+        );
+        assert!(
+            !padded
+                .iter()
+                .any(|p| p.0 == WinogradVariant::F4x4 && p.2 == 56),
+            "{isa}: conv3x3_stress's shape padded: {padded:?}"
+        );
     }
 }
 

@@ -141,6 +141,16 @@ pub(crate) trait Simd: Copy {
         unsafe { self.load_m(p, self.lanes(0, n), fill) }
     }
 
+    /// The lane numbers `0, 1, .. LANES − 1` as floats.
+    #[inline(always)]
+    fn lane_index(self) -> Self::V {
+        const INDEX: [f32; 16] = [
+            0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0, 13.0, 14.0, 15.0,
+        ];
+        // SAFETY: INDEX holds 16 >= LANES floats.
+        unsafe { self.load(INDEX.as_ptr()) }
+    }
+
     /// Stores lanes `0..n`; nothing is written past `p + n`.
     ///
     /// # Safety

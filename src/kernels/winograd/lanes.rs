@@ -123,6 +123,11 @@ pub(crate) trait Lanes: Simd {
 
     /// Lane `i` of `y[j]` goes to flat position `2i + j` of `out[0] ‖ out[1]`.
     fn scatter_s2(self, y: [Self::V; 2]) -> [Self::V; 2];
+
+    /// Flat positions `f ..` of `w[0] ‖ w[1] ‖ w[2] ‖ w[3]` from lane 0 of `out[0]` on,
+    /// zeros past the end (`f` a multiple of 4 below `4·LANES`): the outputs of a group's
+    /// tiles from the `f / 4`-th on, where a group spans two tile rows.
+    fn shift_flat(self, w: [Self::V; 4], f: usize) -> [Self::V; 4];
 }
 
 /// Columns `0 .. K·4 + 2` after `p` through window `w` (stride `K`), flat.
@@ -165,6 +170,11 @@ impl Lanes for Portable {
     fn scatter_s2(self, y: [[f32; 4]; 2]) -> [[f32; 4]; 2] {
         // Flat 4q + e is tile 2q + e/2, column e%2.
         std::array::from_fn(|q| std::array::from_fn(|e| y[e % 2][2 * q + e / 2]))
+    }
+    #[inline(always)]
+    fn shift_flat(self, w: [[f32; 4]; 4], f: usize) -> [[f32; 4]; 4] {
+        // Whole vectors: f is a multiple of the 4 lanes.
+        std::array::from_fn(|q| w.get(f / 4 + q).copied().unwrap_or([0.0; 4]))
     }
 }
 
@@ -290,6 +300,26 @@ mod x86 {
                 ]
             }
         }
+
+        #[inline(always)]
+        fn shift_flat(self, w: [__m256; 4], f: usize) -> [__m256; 4] {
+            // SAFETY: value-only intrinsics; the token proves AVX2.
+            unsafe {
+                let z = _mm256_setzero_ps();
+                let x = [w[0], w[1], w[2], w[3], z, z, z, z];
+                let k = f / 8 % 4;
+                if f.is_multiple_of(8) {
+                    return [x[k], x[k + 1], x[k + 2], x[k + 3]];
+                }
+                // f % 8 == 4: the high half of one vector and the low half of the next.
+                [
+                    _mm256_permute2f128_ps::<0x21>(x[k], x[k + 1]),
+                    _mm256_permute2f128_ps::<0x21>(x[k + 1], x[k + 2]),
+                    _mm256_permute2f128_ps::<0x21>(x[k + 2], x[k + 3]),
+                    _mm256_permute2f128_ps::<0x21>(x[k + 3], x[k + 4]),
+                ]
+            }
+        }
     }
 }
 
@@ -410,6 +440,46 @@ mod x86_512 {
                 ]
             }
         }
+
+        #[inline(always)]
+        fn shift_flat(self, w: [__m512; 4], f: usize) -> [__m512; 4] {
+            /// Lanes R.. of `a`, then lanes ..R of `b`.
+            #[inline(always)]
+            fn align<const R: i32>(a: __m512, b: __m512) -> __m512 {
+                // SAFETY: value-only intrinsics; only called under the token (AVX-512F).
+                unsafe {
+                    _mm512_castsi512_ps(_mm512_alignr_epi32::<R>(
+                        _mm512_castps_si512(b),
+                        _mm512_castps_si512(a),
+                    ))
+                }
+            }
+            // SAFETY: value-only intrinsic; the token proves AVX-512F.
+            let z = unsafe { _mm512_setzero_ps() };
+            let x = [w[0], w[1], w[2], w[3], z, z, z, z];
+            let k = f / 16 % 4;
+            match f % 16 {
+                4 => [
+                    align::<4>(x[k], x[k + 1]),
+                    align::<4>(x[k + 1], x[k + 2]),
+                    align::<4>(x[k + 2], x[k + 3]),
+                    align::<4>(x[k + 3], x[k + 4]),
+                ],
+                8 => [
+                    align::<8>(x[k], x[k + 1]),
+                    align::<8>(x[k + 1], x[k + 2]),
+                    align::<8>(x[k + 2], x[k + 3]),
+                    align::<8>(x[k + 3], x[k + 4]),
+                ],
+                12 => [
+                    align::<12>(x[k], x[k + 1]),
+                    align::<12>(x[k + 1], x[k + 2]),
+                    align::<12>(x[k + 2], x[k + 3]),
+                    align::<12>(x[k + 3], x[k + 4]),
+                ],
+                _ => [x[k], x[k + 1], x[k + 2], x[k + 3]],
+            }
+        }
     }
 }
 
@@ -500,6 +570,28 @@ mod tests {
             .collect();
         for (f, &v) in flat.iter().enumerate() {
             assert_eq!(v, (100 * (f % 2) + f / 2) as f32, "scatter s2 at {f}");
+        }
+        // Shift: flat position f + p of the input at p, zeros past the end.
+        let seq = |q: usize| {
+            let lane: Vec<f32> = (0..16).map(|i| (1 + q * l + i) as f32).collect();
+            // SAFETY: lane holds 16 >= LANES floats.
+            unsafe { s.load(lane.as_ptr()) }
+        };
+        let w = [seq(0), seq(1), seq(2), seq(3)];
+        for f in (0..4 * l).step_by(4) {
+            let shifted: Vec<f32> = s
+                .shift_flat(w, f)
+                .iter()
+                .flat_map(|v| s.to_array(*v)[..l].to_vec())
+                .collect();
+            for (p, &v) in shifted.iter().enumerate() {
+                let want = if f + p < 4 * l {
+                    (1 + f + p) as f32
+                } else {
+                    0.0
+                };
+                assert_eq!(v, want, "shift_flat by {f} at {p}");
+            }
         }
     }
 

@@ -18,9 +18,13 @@
 //!    columns of `LANES` consecutive tiles are gathered with in-register shuffles from
 //!    the input rows in place, masked loads leaving zeros for the padding; F(2x2) on maps
 //!    of `LANES / 2` tiles a row takes two whole tile rows per group, from a zero-padded
-//!    copy of their input rows, the "strip");
+//!    copy of their input rows, the "strip"; F(4x4) on rows of at least `LANES / 2`
+//!    tiles, not a whole number of groups, takes `LANES` consecutive tiles across up to
+//!    three tile rows, one gather per row merged lane by lane, so that blocks of whole
+//!    micro-kernel tiles leave no lane or GEMM column idle);
 //! 2. `T` independent GEMMs on the packed-GEMM micro-kernels (U pre-packed as packed A);
-//! 3. output transform `Y = Aᵀ M A` (SIMD, same grouping), with bias, residual and the
+//! 3. output transform `Y = Aᵀ M A` (SIMD, same grouping; a group across rows stores each
+//!    row's part from its lanes, shifted to the front), with bias, residual and the
 //!    fused activation applied in the store; partial tiles at the right and bottom edges
 //!    store only what lies inside the output.
 //!
@@ -397,18 +401,23 @@ struct Blocking {
     /// Distance between consecutive positions in V and in M.
     vxs: usize,
     mxs: usize,
+    /// F(4x4) groups of lanes are `LANES` consecutive tiles in raster order, across tile
+    /// rows (`pad` is 1), not tiles of one row: see `new_for_threads`.
+    span: bool,
 }
 
 impl Blocking {
     /// Rows of `ld` columns, tile rows on multiples of `pad`, M chunks of `mcc`
-    /// channels, for `cin` input channels.
-    fn new(cin: usize, ld: usize, pad: usize, mcc: usize) -> Blocking {
+    /// channels, for `cin` input channels; groups across tile rows if `span`.
+    fn new(cin: usize, ld: usize, pad: usize, mcc: usize, span: bool) -> Blocking {
+        debug_assert!(!span || pad == 1, "groups across rows need packed rows");
         Blocking {
             ld,
             pad,
             mcc,
             vxs: cin * ld + XI_PAD,
             mxs: mcc * ld + XI_PAD,
+            span,
         }
     }
 }
@@ -541,7 +550,25 @@ impl WinogradKernel {
         // share out evenly (or are many): 14 blocks of one row on 2 workers, not 7 of two
         // (0.857 [0.809, 0.915]). Not F(2x2), whose GEMMs weigh more than its transforms:
         // ResNet-18's 14×14 layers got slower with 28 + 21 tiles instead of 32 + 17.
+        let transform_isa = if u.isa == Isa::Avx512 && ntx.div_ceil(16) * 16 > ntx.div_ceil(8) * 8 {
+            Isa::Avx2
+        } else {
+            u.isa
+        };
+        let lanes = crate::kernels::elementwise::vector_lanes(transform_isa);
+        // F(4x4) on rows of more tiles than lanes, not a multiple of them (conv3x3_stress
+        // and ResNet-18's 56×56 maps: 14 tiles a row, 16 lanes): groups of lanes across
+        // tile rows, so that blocks of whole micro-kernel tiles (32) fill every GEMM
+        // column and every lane of the transforms. A group across two rows gathers each
+        // row's tiles and merges them lane by lane. Before, blocks of two whole rows (28
+        // tiles) ran the transforms on 16 + 14 lanes and the GEMMs on 32 columns, 28 of
+        // them useful.
+        let span = variant == WinogradVariant::F4x4
+            && 2 * ntx >= lanes
+            && ntx % lanes != 0
+            && env_bytes("CNNRT_WINO_SPAN", 1) != 0;
         if variant == WinogradVariant::F4x4
+            && !span
             && ntx < tb
             && 4 * t2 * cin * cout <= ROW_BLOCKS_MAX_U_BYTES
         {
@@ -569,16 +596,10 @@ impl WinogradKernel {
                 (nblocks, tb, tiles_shared) = (threads, even, true);
             }
         }
-        let transform_isa = if u.isa == Isa::Avx512 && ntx.div_ceil(16) * 16 > ntx.div_ceil(8) * 8 {
-            Isa::Avx2
-        } else {
-            u.isa
-        };
         // Tile rows on whole groups of lanes in V and M where that costs the GEMMs no
         // more micro-kernel columns (conv3x3_stress: rows of 14 tiles, blocks of 2 rows
         // as 16 + 14 columns instead of 28, the same masked 32-column tile). Not for
         // F(2x2) pairs, whose two rows fill one group.
-        let lanes = crate::kernels::elementwise::vector_lanes(transform_isa);
         let block = |b: usize| {
             (
                 b * tb,
@@ -598,7 +619,9 @@ impl WinogradKernel {
         // made LeNet-5's conv2 0.058 instead of 0.072 ms alone (1 thread, AVX-512; either
         // change alone gained nothing; on 48 or more channels both lost, up to 1.5×).
         let short_k = variant == WinogradVariant::F2x2K5 && cin < SHORT_K;
-        let pad = if short_k
+        let pad = if span {
+            1
+        } else if short_k
             || ntx % lanes != 0
                 && !(variant == WinogradVariant::F2x2 && 2 * ntx == lanes)
                 && (0..nblocks).all(|b| cost(block(b), lanes) <= cost(block(b), 1))
@@ -672,7 +695,7 @@ impl WinogradKernel {
             mc,
             m_tiles,
             kc: choose_kc(cin),
-            own: Blocking::new(cin, ld, pad, mcc),
+            own: Blocking::new(cin, ld, pad, mcc, span),
             wstrip: ((ntx + MAX_LANES) * m + 2).div_ceil(8) * 8,
             batched: None,
             max_pool: false,
@@ -709,7 +732,7 @@ impl WinogradKernel {
         // written after it).
         let ld = crate::kernels::whole_lines(tiles + MAX_LANES);
         let mcc = m_chunk(self.t2, ld, self.mc);
-        self.batched = Some((tiles, Blocking::new(self.cin, ld, 1, mcc)));
+        self.batched = Some((tiles, Blocking::new(self.cin, ld, 1, mcc, self.own.span)));
         if !self.batches(max_batch) {
             self.batched = None;
         }
@@ -857,6 +880,12 @@ impl WinogradKernel {
     /// For tests and tuning.
     pub fn row_pad(&self) -> usize {
         self.own.pad
+    }
+
+    /// Whether the F(4x4) transforms' groups of lanes run across tile rows (see
+    /// `new_for_threads`). For tests and tuning.
+    pub fn groups_span_rows(&self) -> bool {
+        self.own.span
     }
 
     /// How the work items split the layer: (tile blocks, tiles per block before the
@@ -1294,6 +1323,36 @@ impl WinogradKernel {
         };
         let row_windows = group_windows(0);
         let row_windows2 = if K5 { group_windows(4) } else { row_windows };
+        // F(4x4) groups across tile rows: each part's gather source, the same for every
+        // channel (planned once for the block's first groups).
+        let span_group = |gt: usize| {
+            let (parts, k) = group_parts(self.ntx, gt, lanes.min(t1 - gt));
+            // Each row's tiles gathered with lane 0 where its first tile's lane would be
+            // (`lane` tiles before it).
+            let source = |p: Part| {
+                let c0 = (p.tx as isize - p.lane as isize) * m as isize - pl;
+                self.gather_at(s, p.ty, c0)
+            };
+            let index = s.lane_index();
+            let before = |p: Part| s.lt(index, s.splat(p.lane as f32));
+            SpanGroup {
+                k,
+                src: [source(parts[0]), source(parts[1]), source(parts[2])],
+                before: [before(parts[1]), before(parts[2])],
+            }
+        };
+        let span_groups = if g.span {
+            let mut groups = [span_group(t0); CACHED_WINDOWS];
+            for (gi, grp) in groups.iter_mut().enumerate().skip(1) {
+                if t0 + gi * lanes < t1 {
+                    *grp = span_group(t0 + gi * lanes);
+                }
+            }
+            Some(groups)
+        } else {
+            None
+        };
+        let span_groups = span_groups.as_ref().map_or(&[][..], |g| &g[..]);
         for c in 0..self.cin {
             let xc = &x[c * plane..(c + 1) * plane];
             // The rows of the next channel plane: a few short runs far apart, which the
@@ -1301,6 +1360,32 @@ impl WinogradKernel {
             // otherwise wait for its line.
             if c + 1 < self.cin {
                 prefetch_rows(x[(c + 1) * plane..].as_ptr(), self.w, y0, y1, self.w);
+            }
+            if g.span {
+                // Groups of `lanes` consecutive tiles (F(4x4) only), columns gt − t0 of V.
+                for (gi, gt) in (t0..t1).step_by(lanes).enumerate() {
+                    let grp = if gi < CACHED_WINDOWS {
+                        span_groups[gi]
+                    } else {
+                        span_group(gt)
+                    };
+                    let src = |p: usize| xc.as_ptr().wrapping_offset(grp.src[p].off);
+                    // SAFETY: each source's rows and window lie in the plane xc
+                    // (`gather_at`); V row c of each position, columns gt − t0 ..
+                    // + lanes (as below).
+                    unsafe {
+                        let dst = v.add(c * g.ld + gt - t0);
+                        if grp.k == 1 {
+                            let SpanSource { rows, win, .. } = grp.src[0];
+                            let rows = rows.0..rows.1;
+                            in_group_f4(s, src(0), self.w, rows, &win, dst, g.vxs);
+                        } else {
+                            let base = [src(0), src(1), src(2)];
+                            in_group_f4_span(s, &base, &grp, self.w, dst, g.vxs);
+                        }
+                    }
+                }
+                continue;
             }
             let mut rows = row_columns(self.ntx, t0, t1, g.pad).peekable();
             while let Some((ty, txa, txb, col)) = rows.next() {
@@ -1376,6 +1461,23 @@ impl WinogradKernel {
         }
     }
 
+    /// Where a group's gathers read the tiles of tile row `ty` in a channel plane: input
+    /// row `ty·m − pt`, column `c0` (lane 0's first column; either may lie outside the
+    /// plane), the tile's rows that lie in the image and the window of the columns that
+    /// do.
+    #[inline(always)]
+    fn gather_at<S: Lanes>(&self, s: S, ty: usize, c0: isize) -> SpanSource<S> {
+        let (t, wi) = (self.t as isize, self.w as isize);
+        let ys = (ty * self.m) as isize - self.pt as isize;
+        let ia = (-ys).clamp(0, t);
+        let ib = (self.h as isize - ys).clamp(ia, t);
+        SpanSource {
+            off: ys * wi + c0,
+            rows: (ia as usize, ib as usize),
+            win: Window::new(s, self.m, -c0, wi - c0),
+        }
+    }
+
     /// Strip columns `ja .. jb` of input row `y` (zero outside the image) into `row`
     /// (the strip row, column 0 at `row`). Inline vector copies, not `copy_from_slice` /
     /// `fill`: the pieces are a few dozen floats, where a libc call costs more than the
@@ -1439,6 +1541,14 @@ impl WinogradKernel {
         let (rstep, oplane) = (if POOL { 1 } else { m }, out_h * out_w);
         let (ty0, ty1) = (t0 / self.ntx, (t1 - 1) / self.ntx);
         let (y0, y1) = ((ty0 * rstep).min(out_h), (ty1 * rstep + rstep).min(out_h));
+        // The parts of the block's first groups across tile rows (see `input_block`).
+        let mut span_parts = [([Part::default(); MAX_PARTS], 0); CACHED_WINDOWS];
+        for (gi, parts) in span_parts.iter_mut().enumerate() {
+            let gt = t0 + gi * lanes;
+            if g.span && gt < t1 {
+                *parts = group_parts(self.ntx, gt, lanes.min(t1 - gt));
+            }
+        }
         for co in c0..c1 {
             let bv = bias.map(|b| s.splat(b[co]));
             // The next channel's output (and residual) rows, as in `input_block`.
@@ -1448,6 +1558,44 @@ impl WinogradKernel {
                 if let Some(r) = residual {
                     prefetch_rows(r.as_ptr().add(o), self.ow, y0, y1, self.ow);
                 }
+            }
+            // Where tiles tx .. tx + n of tile row ty store: their first output element
+            // (channel co) and its store (valid rows and columns, bias, residual).
+            let store_at = |ty: usize, tx: usize, n: usize| {
+                let o = co * oplane + ty * m * self.ow + tx * m;
+                let st = OutStore {
+                    ow: self.ow,
+                    rows: m.min(self.oh - ty * m),
+                    vc: (m * n).min(self.ow - m * tx),
+                    bias: bv,
+                    res: residual.map_or(std::ptr::null(), |r| r.as_ptr().wrapping_add(o)),
+                    act: &act,
+                };
+                (out.wrapping_add(o), st)
+            };
+            if !POOL && g.span {
+                // The groups of `input_block`'s F(4x4) groups across rows.
+                for (gi, gt) in (t0..t1).step_by(lanes).enumerate() {
+                    let (parts, k) = if gi < CACHED_WINDOWS {
+                        span_parts[gi]
+                    } else {
+                        group_parts(self.ntx, gt, lanes.min(t1 - gt))
+                    };
+                    let at = |p: Part| store_at(p.ty, p.tx, p.count);
+                    let to = [at(parts[0]), at(parts[1]), at(parts[2])];
+                    // SAFETY: M row co − c0 of each position, columns gt − t0 .. + lanes
+                    // (as below); each part's output and residual rows and columns lie
+                    // in the output (`store_at`: rows < oh, columns < ow).
+                    unsafe {
+                        let src = mb.add((co - c0) * g.ld + gt - t0);
+                        if k == 1 {
+                            out_group_f4(s, src, g.mxs, to[0].0, &to[0].1);
+                        } else {
+                            out_group_f4_span(s, src, g.mxs, &to, &parts, k);
+                        }
+                    }
+                }
+                continue;
             }
             for (ty, txa, txb, col) in row_columns(self.ntx, t0, t1, g.pad) {
                 if POOL {
@@ -1483,29 +1631,17 @@ impl WinogradKernel {
                     }
                     continue;
                 }
-                let rows = m.min(self.oh - ty * m);
                 let mut tx = txa;
                 while tx < txb {
                     let n = lanes.min(txb - tx);
                     let tl = col + tx - txa;
-                    let vc = (m * n).min(self.ow - m * tx);
-                    let o = co * oplane + ty * m * self.ow + tx * m;
+                    let (dst, st) = store_at(ty, tx, n);
                     // SAFETY: M row co − c0 of each position, columns tl .. tl + lanes
                     // (past the row's ld columns: the next row or XI_PAD >= lanes floats);
                     // output and residual rows ty·m .. + rows < oh, columns tx·m .. + vc
                     // <= ow.
                     unsafe {
                         let src = mb.add((co - c0) * g.ld + tl);
-                        let dst = out.add(o);
-                        let res = residual.map_or(std::ptr::null(), |r| r.as_ptr().add(o));
-                        let st = OutStore {
-                            ow: self.ow,
-                            rows,
-                            vc,
-                            bias: bv,
-                            res,
-                            act: &act,
-                        };
                         if m == 4 {
                             out_group_f4(s, src, g.mxs, dst, &st);
                         } else if K5 {
@@ -1735,6 +1871,121 @@ unsafe fn in_group_f4<S: Lanes>(
     }
 }
 
+/// One part's gather source in a group across tile rows: the offset of lane 0's tile
+/// (row 0, column 0) in the channel plane, the tile rows in the image, the window of the
+/// columns in it.
+#[derive(Clone, Copy)]
+struct SpanSource<S: Simd> {
+    off: isize,
+    rows: (usize, usize),
+    win: Window<S>,
+}
+
+/// A group of lanes across tile rows, planned once per block for the input transform:
+/// its number of parts, their gather sources (unused ones repeat the first) and the
+/// lanes before the second and the third part's.
+#[derive(Clone, Copy)]
+struct SpanGroup<S: Simd> {
+    k: usize,
+    src: [SpanSource<S>; MAX_PARTS],
+    before: [S::M; MAX_PARTS - 1],
+}
+
+/// Tile rows a group of lanes can span (see `new_for_threads`).
+const MAX_PARTS: usize = 3;
+
+/// The tiles of one tile row in a group across rows: row `ty`'s tiles `tx ..` in lanes
+/// `lane .. lane + count`.
+#[derive(Clone, Copy, Default)]
+struct Part {
+    ty: usize,
+    tx: usize,
+    lane: usize,
+    count: usize,
+}
+
+/// The parts of the group of tiles `gt .. gt + n` (`ntx` tiles a row), in lane order, and
+/// their number (at most MAX_PARTS: the plan's rows hold at least half a group). Unused
+/// parts repeat the first, so that every entry is a valid part.
+fn group_parts(ntx: usize, gt: usize, n: usize) -> ([Part; MAX_PARTS], usize) {
+    let mut parts = [Part::default(); MAX_PARTS];
+    let (mut k, mut lane) = (0, 0);
+    while lane < n && k < MAX_PARTS {
+        let t = gt + lane;
+        let (ty, tx) = (t / ntx, t % ntx);
+        let count = (n - lane).min(ntx - tx);
+        parts[k] = Part {
+            ty,
+            tx,
+            lane,
+            count,
+        };
+        (k, lane) = (k + 1, lane + count);
+    }
+    debug_assert_eq!(lane, n, "a group spans more than {MAX_PARTS} tile rows");
+    for p in k..MAX_PARTS {
+        parts[p] = parts[0];
+    }
+    (parts, k)
+}
+
+/// [`in_group_f4`] for a group across `grp.k` tile rows: part `j`'s lanes from the
+/// gathers of `grp.src[j]` at `base[j]` (merged lane by lane).
+///
+/// Safety: for each part, `base[j]` and `grp.src[j]` as `in_group_f4`'s `src`, `rows`
+/// and `win`; `dst` as there.
+#[inline(always)]
+unsafe fn in_group_f4_span<S: Lanes>(
+    s: S,
+    base: &[*const f32; MAX_PARTS],
+    grp: &SpanGroup<S>,
+    lds: usize,
+    dst: *mut f32,
+    xs: usize,
+) {
+    let mut t = [[s.zero(); 6]; 6];
+    for (i, ti) in t.iter_mut().enumerate() {
+        // SAFETY: the caller's.
+        let mut d = unsafe { row_s4(s, base[0], &grp.src[0], i, lds) };
+        for j in 1..grp.k {
+            // SAFETY: the caller's.
+            let y = unsafe { row_s4(s, base[j], &grp.src[j], i, lds) };
+            let b = grp.before[j - 1];
+            d = [
+                s.select(b, d[0], y[0]),
+                s.select(b, d[1], y[1]),
+                s.select(b, d[2], y[2]),
+                s.select(b, d[3], y[3]),
+                s.select(b, d[4], y[4]),
+                s.select(b, d[5], y[5]),
+            ];
+        }
+        *ti = bt4(s, d);
+    }
+    // SAFETY: the caller's.
+    unsafe { store_f4(s, t, dst, xs) };
+}
+
+/// Row `i` of a source's tiles gathered (zero outside the image's rows).
+///
+/// Safety: as [`in_group_f4_span`].
+#[inline(always)]
+unsafe fn row_s4<S: Lanes>(
+    s: S,
+    p: *const f32,
+    src: &SpanSource<S>,
+    i: usize,
+    lds: usize,
+) -> [S::V; 6] {
+    let SpanSource { rows, win, .. } = src;
+    if rows.0 <= i && i < rows.1 {
+        // SAFETY: row i, the window's columns (caller).
+        unsafe { s.gather_s4(p.wrapping_add(i * lds), win) }
+    } else {
+        [s.zero(); 6]
+    }
+}
+
 /// F(2x2,5x5): as [`in_group_f4`] with the 6×6 tiles 2 apart, each row's 6 columns from
 /// two stride-2 gathers (columns 0..4 through `win`, 4..6 through `win2`, the window 4
 /// columns on). The same `Bᵀ` as F(4x4,3x3) (same points).
@@ -1901,6 +2152,67 @@ unsafe fn out_group_f4<S: Lanes>(
     dst: *mut f32,
     st: &OutStore<S>,
 ) {
+    // SAFETY: the caller's.
+    let o = unsafe { out_cols_f4(s, src, xs) };
+    for (r, &or) in o.iter().enumerate().take(st.rows) {
+        let w = s.scatter_s4(at4(s, or));
+        // SAFETY: row r < rows (caller).
+        unsafe { store_row(s, &w, dst.add(r * st.ow), row_of(st, r), st) };
+    }
+}
+
+/// [`out_group_f4`] for a group across `k` tile rows: lanes `parts[j].lane ..` store
+/// through `to[j]` (its rows, columns and residual).
+///
+/// Safety: as [`out_group_f4`] for each of the first `k` stores.
+#[inline(always)]
+unsafe fn out_group_f4_span<S: Lanes>(
+    s: S,
+    src: *const f32,
+    xs: usize,
+    to: &[(*mut f32, OutStore<S>); MAX_PARTS],
+    parts: &[Part; MAX_PARTS],
+    k: usize,
+) {
+    // SAFETY: the caller's.
+    let o = unsafe { out_cols_f4(s, src, xs) };
+    let [(d0, s0), (d1, s1), (d2, s2)] = to;
+    for (r, &or) in o.iter().enumerate() {
+        let w = s.scatter_s4(at4(s, or));
+        // Part j's outputs start at flat position 4·parts[j].lane (part 0's at 0).
+        // SAFETY: rows r < each store's rows (caller).
+        unsafe {
+            if r < s0.rows {
+                store_row(s, &w, d0.add(r * s0.ow), row_of(s0, r), s0);
+            }
+            if r < s1.rows {
+                let w = s.shift_flat(w, 4 * parts[1].lane);
+                store_row(s, &w, d1.add(r * s1.ow), row_of(s1, r), s1);
+            }
+            if k > 2 && r < s2.rows {
+                let w = s.shift_flat(w, 4 * parts[2].lane);
+                store_row(s, &w, d2.add(r * s2.ow), row_of(s2, r), s2);
+            }
+        }
+    }
+}
+
+/// The residual of a group's output row `r` (null without one).
+#[inline(always)]
+fn row_of<S: Simd>(st: &OutStore<S>, r: usize) -> *const f32 {
+    if st.res.is_null() {
+        st.res
+    } else {
+        st.res.wrapping_add(r * st.ow)
+    }
+}
+
+/// The column half of the F(4x4) output transform: `o[r][l]` = row `r` of `Aᵀ M` at
+/// column `l`, position `ξ` of tile `i` read at `src + ξ·xs + i`.
+///
+/// Safety: `src[ξ·xs .. ξ·xs + LANES]` readable for `ξ < 36`.
+#[inline(always)]
+unsafe fn out_cols_f4<S: Lanes>(s: S, src: *const f32, xs: usize) -> [[S::V; 6]; 4] {
     let mut o = [[s.zero(); 6]; 4];
     for l in 0..6 {
         // Whole vectors even past tile n: M has XI_PAD >= LANES floats of slack after
@@ -1924,16 +2236,7 @@ unsafe fn out_group_f4<S: Lanes>(
             o[r][l] = v;
         }
     }
-    for (r, &or) in o.iter().enumerate().take(st.rows) {
-        let w = s.scatter_s4(at4(s, or));
-        let res = if st.res.is_null() {
-            st.res
-        } else {
-            st.res.wrapping_add(r * st.ow)
-        };
-        // SAFETY: row r < rows (caller).
-        unsafe { store_row(s, &w, dst.add(r * st.ow), res, st) };
-    }
+    o
 }
 
 /// F(2x2): as [`out_group_f4`] with 16 positions and 2×2 outputs.
@@ -1962,13 +2265,8 @@ unsafe fn out_group_f2<S: Lanes>(
 unsafe fn store_rows_f2<S: Lanes>(s: S, y: [[S::V; 2]; 2], dst: *mut f32, st: &OutStore<S>) {
     for (r, &yr) in y.iter().enumerate().take(st.rows) {
         let w = s.scatter_s2(yr);
-        let res = if st.res.is_null() {
-            st.res
-        } else {
-            st.res.wrapping_add(r * st.ow)
-        };
         // SAFETY: row r < rows (caller).
-        unsafe { store_row(s, &w, dst.add(r * st.ow), res, st) };
+        unsafe { store_row(s, &w, dst.add(r * st.ow), row_of(st, r), st) };
     }
 }
 
@@ -2171,6 +2469,30 @@ mod tests {
     use super::*;
 
     /// The transforms in f64 compute the 1-D correlation `y[i] = Σ_k d[i + k] g[k]`.
+    #[test]
+    fn groups_across_rows_cover_their_lanes_in_order() {
+        // Rows of 8 to 20 tiles (at least half of 16 lanes), every group start and size.
+        for ntx in 8..=20 {
+            for gt in 0..3 * ntx {
+                for n in 1..=16 {
+                    let (parts, k) = group_parts(ntx, gt, n);
+                    assert!((1..=MAX_PARTS).contains(&k), "{ntx} {gt} {n}: {k} parts");
+                    let mut lane = 0;
+                    for p in &parts[..k] {
+                        assert_eq!(p.lane, lane, "{ntx} {gt} {n}");
+                        assert_eq!(p.ty * ntx + p.tx, gt + lane, "{ntx} {gt} {n}");
+                        assert!(p.count >= 1 && p.tx + p.count <= ntx, "{ntx} {gt} {n}");
+                        lane += p.count;
+                    }
+                    assert_eq!(lane, n, "{ntx} {gt} {n}");
+                    for p in &parts[k..] {
+                        assert_eq!((p.ty, p.tx, p.lane), (parts[0].ty, parts[0].tx, 0));
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn transforms_are_exact_in_1d() {
         for v in WinogradVariant::ALL {
