@@ -648,6 +648,29 @@ fn f4x4_groups_span_tile_rows_or_blocks_are_whole_rows() {
             assert!(k.groups_span_rows(), "{what}");
             assert_eq!(k.row_pad(), 1, "{what}");
         }
+        // On two workers the blocks come in two chunks of equal tiles (each worker's
+        // share), whole micro-kernel tiles but each chunk's last (conv3x3_stress on
+        // AVX-512: 32, 32, 34 tiles each, where blocks of 32 and a last of 36 made one
+        // worker's share 4 tiles longer).
+        let conv = mk_conv(64, 64, [3, 3], [1, 1], [1, 1], 1);
+        let shape = [64, 56, 56];
+        let k = WinogradKernel::new_for_threads(isa, &conv, shape, shape, WinogradVariant::F4x4, 2)
+            .unwrap();
+        let (blocks, tb, _) = k.work_split();
+        let ranges: Vec<_> = (0..blocks).map(|b| k.block_tiles(b)).collect();
+        let what = format!("{isa} 56x56 on 2: {ranges:?}");
+        assert!(k.groups_span_rows() && blocks % 2 == 0, "{what}");
+        assert_eq!(ranges[0].start, 0, "{what}");
+        assert_eq!(ranges[blocks - 1].end, 196, "{what}");
+        assert!(ranges.windows(2).all(|w| w[0].end == w[1].start), "{what}");
+        let half = |r: &[std::ops::Range<usize>]| r.iter().map(|r| r.len()).sum::<usize>();
+        assert_eq!(half(&ranges[..blocks / 2]), 98, "{what}");
+        assert!(
+            ranges
+                .iter()
+                .all(|r| r.len() >= tb / 2 && r.len() < tb + tb / 2),
+            "{what}"
+        );
         for (side, threads) in [(64, 1), (64, 2)] {
             let conv = mk_conv(64, 64, [3, 3], [1, 1], [1, 1], 1);
             let shape = [64, side, side];

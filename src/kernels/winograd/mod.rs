@@ -352,6 +352,24 @@ fn block_count(ntiles: usize, tb: usize) -> usize {
     whole + usize::from(rest > 0 && 2 * rest >= tb)
 }
 
+/// Tiles `t0..t1` of block `b` of `nblocks`: the tiles in `chunks` chunks of equal
+/// length (within a tile), each chunk's blocks `tb` tiles but its last, which takes the
+/// chunk's remainder (one chunk: every block `tb` tiles but the last).
+fn block_range(
+    ntiles: usize,
+    nblocks: usize,
+    chunks: usize,
+    tb: usize,
+    b: usize,
+) -> (usize, usize) {
+    let per = (nblocks / chunks.max(1)).max(1);
+    let (c, j) = (b / per, b % per);
+    let edge = |c: usize| (c * ntiles / chunks.max(1)).min(ntiles);
+    let (c0, c1) = (edge(c), edge(c + 1));
+    let t0 = (c0 + j * tb).min(c1);
+    (t0, if j + 1 == per { c1 } else { c1.min(t0 + tb) })
+}
+
 /// The tile rows of tiles `t0..t1` (`ntx` a row): `(ty, txa, txb, col)`, row `ty`'s
 /// tiles `txa..txb` at columns `col ..` of V and M, each row from a multiple of `pad`.
 /// With `pad` the transforms' lanes, a row's groups of lanes start on whole vectors
@@ -452,6 +470,8 @@ pub struct WinogradKernel {
     /// Tiles per block (the last block may have up to 1.5×) and blocks of one sample.
     tb: usize,
     nblocks: usize,
+    /// Equal chunks of tiles the blocks come in (see [`block_range`]).
+    chunks: usize,
     /// Output channels per work item (a multiple of MR_PACK), work items over channels.
     mc: usize,
     m_tiles: usize,
@@ -599,20 +619,24 @@ impl WinogradKernel {
                 (nblocks, tb, tiles_shared) = (threads, even, true);
             }
         }
+        // Groups across rows with several workers: the blocks in one chunk of tiles per
+        // worker, each chunk's last block taking the chunk's remainder, so that every
+        // worker gets the same number of tiles (conv3x3_stress on 2 workers: blocks of
+        // 32, 32, 34 tiles each; 96 and 100 tiles made the layers 10% slower).
+        let mut chunks = 1;
+        if span && threads > 1 && !tiles_shared && nblocks >= 2 * threads {
+            let per = (ntiles / threads).div_ceil(tb).max(1);
+            let per = if (per - 1) * tb + tb / 2 > ntiles / threads {
+                per - 1
+            } else {
+                per
+            };
+            (nblocks, chunks) = (per.max(1) * threads, threads);
+        }
+        let block = |b: usize| block_range(ntiles, nblocks, chunks, tb, b);
         // Tile rows on whole groups of lanes in V and M where that costs the GEMMs no
-        // more micro-kernel columns (conv3x3_stress: rows of 14 tiles, blocks of 2 rows
-        // as 16 + 14 columns instead of 28, the same masked 32-column tile). Not for
-        // F(2x2) pairs, whose two rows fill one group.
-        let block = |b: usize| {
-            (
-                b * tb,
-                if b + 1 == nblocks {
-                    ntiles
-                } else {
-                    (b + 1) * tb
-                },
-            )
-        };
+        // more micro-kernel columns (LeNet-5's conv2, F(2x2,5x5): rows of 7 tiles on 8 or
+        // 16 lanes). Not for F(2x2) pairs, whose two rows fill one group.
         let cost = |(t0, t1): (usize, usize), pad| gemm::column_cost(u, columns(ntx, t0, t1, pad));
         // F(2x2,5x5) with few input channels (LeNet-5's conv2: 20): its 36 GEMMs have
         // K = cin, short enough that each micro-kernel call's fixed cost, and the narrow
@@ -695,6 +719,7 @@ impl WinogradKernel {
             ntiles,
             tb,
             nblocks,
+            chunks,
             mc,
             m_tiles,
             kc: choose_kc(cin),
@@ -891,6 +916,13 @@ impl WinogradKernel {
         self.own.span
     }
 
+    /// The tiles of one sample's tile block `b` (`b` < the blocks of
+    /// [`WinogradKernel::work_split`]). For tests and tuning.
+    pub fn block_tiles(&self, b: usize) -> Range<usize> {
+        let (t0, t1) = block_range(self.ntiles, self.nblocks, self.chunks, self.tb, b);
+        t0..t1
+    }
+
     /// How the work items split the layer: (tile blocks, tiles per block before the
     /// last, which takes the remainder; output-channel blocks).
     pub fn work_split(&self) -> (usize, usize, usize) {
@@ -986,13 +1018,7 @@ impl WinogradKernel {
         mts: Range<usize>,
     ) {
         let (g, tiles) = if n == 0 {
-            let t0 = (b * self.tb).min(self.ntiles);
-            let t1 = if b + 1 == self.nblocks {
-                self.ntiles
-            } else {
-                self.ntiles.min(t0 + self.tb)
-            };
-            (self.own, t0..t1)
+            (self.own, self.block_tiles(b))
         } else {
             let (tb, g) = self.batched.expect("winograd: batch blocks planned");
             let g0 = b * tb;
