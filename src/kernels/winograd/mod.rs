@@ -562,34 +562,35 @@ impl WinogradKernel {
         let mut tb = (ntiles.div_ceil(want).div_ceil(nr) * nr)
             .min(ntiles.div_ceil(8) * 8)
             .max(1);
-        // F(4x4) blocks of whole tile rows where a row is shorter than a block: a block
-        // that ends inside a row leaves a part-empty group of lanes at its end and at the
-        // next block's start, which costs a whole group's transforms (conv3x3_stress, 14
-        // tiles a row: blocks of 28 instead of 32 tiles, 1 thread 0.916 [0.892, 0.922] of
-        // the time, paired). With several workers, fewer rows per block until the blocks
-        // share out evenly (or are many): 14 blocks of one row on 2 workers, not 7 of two
-        // (0.857 [0.809, 0.915]). Not F(2x2), whose GEMMs weigh more than its transforms:
-        // ResNet-18's 14×14 layers got slower with 28 + 21 tiles instead of 32 + 17.
         let transform_isa = if u.isa == Isa::Avx512 && ntx.div_ceil(16) * 16 > ntx.div_ceil(8) * 8 {
             Isa::Avx2
         } else {
             u.isa
         };
         let lanes = crate::kernels::elementwise::vector_lanes(transform_isa);
-        // F(4x4) on rows of more tiles than lanes, not a multiple of them (conv3x3_stress
-        // and ResNet-18's 56×56 maps: 14 tiles a row, 16 lanes): groups of lanes across
-        // tile rows, so that blocks of whole micro-kernel tiles (32) fill every GEMM
-        // column and every lane of the transforms. A group across two rows gathers each
-        // row's tiles and merges them lane by lane. Before, blocks of two whole rows (28
-        // tiles) ran the transforms on 16 + 14 lanes and the GEMMs on 32 columns, 28 of
-        // them useful. conv3x3_stress's layers, per-layer profile, interleaved pairs on
+        // F(4x4) on rows of at least half a group of lanes, not a whole number of groups
+        // (conv3x3_stress and ResNet-18's 56×56 maps: 14 tiles a row, 16 lanes): groups
+        // of lanes across tile rows (up to three rows' tiles), so that blocks of whole
+        // micro-kernel tiles (32) fill every GEMM column and every lane of the transforms.
+        // A group across rows gathers each row's tiles and merges them lane by lane.
+        // Before, blocks of two whole rows (28 tiles) ran the transforms on 16 + 14 lanes
+        // and the GEMMs on 32 columns, 28 of them useful. conv3x3_stress's layers, per-layer profile, interleaved pairs on
         // the AMD EPYC: AVX-512 0.75 instead of 0.78 ms (GEMMs 66% of the time instead
-        // of 76%, transforms 27% instead of 19%), AVX2 1.15-1.24 instead of 1.33-1.40.
+        // of 76%, transforms 27% instead of 19%), AVX2 1.15-1.24 instead of 1.33-1.40;
+        // the whole model 0.975 of the time at 1 thread, AVX2 0.933 (docs/KERNELS.md).
         // `CNNRT_WINO_SPAN=0` turns it off, for comparisons.
         let span = variant == WinogradVariant::F4x4
             && 2 * ntx >= lanes
             && ntx % lanes != 0
             && env_bytes("CNNRT_WINO_SPAN", 1) != 0;
+        // Otherwise F(4x4) blocks of whole tile rows where a row is shorter than a block:
+        // a block that ends inside a row leaves a part-empty group of lanes at its end and
+        // at the next block's start, which costs a whole group's transforms (measured
+        // before the groups across rows, conv3x3_stress, 14 tiles a row: blocks of 28
+        // instead of 32 tiles, 1 thread 0.916 [0.892, 0.922] of the time, paired). With several workers, fewer rows per block until the blocks
+        // share out evenly (or are many): 14 blocks of one row on 2 workers, not 7 of two
+        // (0.857 [0.809, 0.915]). Not F(2x2), whose GEMMs weigh more than its transforms:
+        // ResNet-18's 14×14 layers got slower with 28 + 21 tiles instead of 32 + 17.
         if variant == WinogradVariant::F4x4
             && !span
             && ntx < tb
