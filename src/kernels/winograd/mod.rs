@@ -2498,7 +2498,6 @@ pub fn measure_relative_error(
 mod tests {
     use super::*;
 
-    /// The transforms in f64 compute the 1-D correlation `y[i] = Σ_k d[i + k] g[k]`.
     #[test]
     fn groups_across_rows_cover_their_lanes_in_order() {
         // Rows of 8 to 20 tiles (at least half of 16 lanes), every group start and size.
@@ -2523,6 +2522,7 @@ mod tests {
         }
     }
 
+    /// The transforms in f64 compute the 1-D correlation `y[i] = Σ_k d[i + k] g[k]`.
     #[test]
     fn transforms_are_exact_in_1d() {
         for v in WinogradVariant::ALL {
