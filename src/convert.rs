@@ -365,6 +365,27 @@ impl Converted {
                 _ => {}
             }
         }
+        // The F(4x4) layers a session will run channels-last (`region` on the packed
+        // graph, the AVX-512 tier's choice as above) are stored in the channels-last
+        // kernel's order; a session that runs one planar reorders it back.
+        let region = crate::region::select(&graph, &crate::region::candidates(&graph, Isa::Avx512));
+        for (index, node) in graph.nodes.iter().enumerate() {
+            if let Op::Conv(c) = &node.op {
+                let info = &mut graph.weights[c.weight];
+                if region[index] && info.layout == WeightLayout::WinogradF4x4 {
+                    let mut panels = vec![0.0; weights[c.weight].len()];
+                    crate::kernels::winograd::reorder_nhwc(
+                        c.in_channels,
+                        c.out_channels,
+                        &weights[c.weight],
+                        &mut panels,
+                        true,
+                    );
+                    weights[c.weight] = panels;
+                    info.layout = WeightLayout::WinogradF4x4Nhwc;
+                }
+            }
+        }
         (graph, weights, notes)
     }
 

@@ -1,15 +1,18 @@
-//! Which nodes of a graph run channels-last (`kernels::nhwc`), and which values then need
-//! a copy in the other layout: decided when a session is planned (and by the converter,
-//! which stores those 1×1 layers' weights in the kernel's panels).
+//! Which nodes of a graph run channels-last (`kernels::nhwc`,
+//! `kernels::winograd::WinogradNhwc`), and which values then need a copy in the other
+//! layout: decided when a session is planned (and by the converter, which stores those
+//! 1×1 and F(4x4) layers' weights in the kernels' panels).
 //!
 //! A node may run channels-last when there is such a kernel for it ([`candidates`]: 1×1
-//! convolutions and 3×3 depthwise ones on small maps). Of those, kept:
+//! convolutions and 3×3 depthwise ones on small maps, 3×3 layers stored for Winograd
+//! F(4x4) with channels a multiple of 16 and weights up to 4 MiB). Of those, kept:
 //! - a depthwise node only if its input is made channels-last (no conversion of an
 //!   expanded tensor at the region's edge);
 //! - no node whose output is a graph output;
-//! - only groups of connected nodes that hold a depthwise node: the 1×1 layers alone
-//!   gain little, and a lone channels-last layer between planar ones would pay two
-//!   conversions.
+//! - only groups of connected nodes that hold a depthwise node or at least two Winograd
+//!   nodes: the 1×1 layers alone gain little, and a lone channels-last layer between
+//!   planar ones would pay two conversions (a 56×56×64 map: about 0.03 ms each, against
+//!   0.12 ms gained per F(4x4) layer).
 //!
 //! Every other value stays planar. A reader that needs the other layout than its value
 //! is stored in (a planar residual read by a channels-last projection, a channels-last
@@ -20,6 +23,7 @@
 use crate::graph::{Graph, Op, WeightLayout};
 use crate::kernels::depthwise::DepthwiseKernel;
 use crate::kernels::nhwc::{DepthwiseNhwc, PointwiseNhwc};
+use crate::kernels::winograd::WinogradNhwc;
 use crate::simd::Isa;
 
 /// What a node can run channels-last.
@@ -29,6 +33,9 @@ pub enum Candidate {
     Pointwise,
     /// A depthwise convolution: channels-last input.
     Depthwise,
+    /// A 3×3 convolution the file holds for Winograd F(4x4,3x3): channels-last input and
+    /// residual.
+    Winograd,
 }
 
 /// The layout a reader needs.
@@ -62,6 +69,12 @@ pub fn max_width() -> usize {
         .unwrap_or(28)
 }
 
+/// Whether F(4x4) Winograd layers may run channels-last: `CNNRT_WINO_NHWC=0` keeps them
+/// planar (for comparisons).
+pub fn winograd_enabled() -> bool {
+    std::env::var("CNNRT_WINO_NHWC").map_or(true, |v| v != "0")
+}
+
 /// What each node could run channels-last on `isa`: 1×1 convolutions on maps up to
 /// [`max_width`] wide, except the projection of a depthwise layer that stays planar (a
 /// block on a wider map, which fuses; its input would need converting); 3×3 depthwise
@@ -69,6 +82,7 @@ pub fn max_width() -> usize {
 /// so that both paths give the same bits) on inputs up to [`max_width`] wide.
 pub fn candidates(graph: &Graph, isa: Isa) -> Vec<Option<Candidate>> {
     let max_w = max_width();
+    let winograd = winograd_enabled();
     // Per node: whether it is a depthwise layer the planar plan runs as one
     // (`DepthwiseKernel`), and whether the channels-last kernel takes it.
     let (planar_dw, depthwise): (Vec<bool>, Vec<bool>) = graph
@@ -110,6 +124,18 @@ pub fn candidates(graph: &Graph, isa: Isa) -> Vec<Option<Candidate>> {
             }
             let Op::Conv(c) = &node.op else { return None };
             let outs = graph.shape(node.output);
+            if matches!(
+                graph.weights[c.weight].layout,
+                WeightLayout::WinogradF4x4 | WeightLayout::WinogradF4x4Nhwc
+            ) {
+                let ins = graph.shape(node.inputs[0]);
+                let fits = |s: &[usize]| <[usize; 3]>::try_from(s).ok();
+                let runs = match (fits(ins), fits(outs)) {
+                    (Some(i), Some(o)) => WinogradNhwc::new(isa, c, i, o, 1).is_some(),
+                    _ => false,
+                };
+                return (winograd && runs && node.inputs.len() <= 2).then_some(Candidate::Winograd);
+            }
             let after_planar_dw =
                 producer[node.inputs[0]].is_some_and(|p| planar_dw[p] && !depthwise[p]);
             let stored = matches!(
@@ -172,15 +198,21 @@ pub fn select(graph: &Graph, candidates: &[Option<Candidate>]) -> Vec<bool> {
                 }
             }
         }
-        let mut has_dw = vec![false; nn];
+        // Per group: depthwise layers, Winograd layers.
+        let mut count = vec![(0usize, 0usize); nn];
         for i in 0..nn {
-            if on[i] && candidates[i] == Some(Candidate::Depthwise) {
+            if on[i] {
                 let r = root(&mut group, i);
-                has_dw[r] = true;
+                match candidates[i] {
+                    Some(Candidate::Depthwise) => count[r].0 += 1,
+                    Some(Candidate::Winograd) => count[r].1 += 1,
+                    _ => {}
+                }
             }
         }
         for i in 0..nn {
-            if on[i] && !has_dw[root(&mut group, i)] {
+            let (dw, wino) = count[root(&mut group, i)];
+            if on[i] && dw == 0 && wino < MIN_WINOGRAD {
                 on[i] = false;
                 changed = true;
             }
@@ -190,6 +222,10 @@ pub fn select(graph: &Graph, candidates: &[Option<Candidate>]) -> Vec<bool> {
         }
     }
 }
+
+/// Winograd layers a group without a depthwise layer needs to run channels-last: one
+/// alone would pay a conversion on each side for its gain.
+const MIN_WINOGRAD: usize = 2;
 
 /// Whether value `v` is the same in both layouts (one pixel per channel, or not a map).
 pub fn layout_free(graph: &Graph, v: usize) -> bool {
@@ -278,6 +314,16 @@ mod tests {
         // n0 planar; n1..n4 a group with a depthwise layer; n5 is the graph output.
         let on = select(&g, &[None, Some(P), Some(D), Some(P), Some(P), Some(P)]);
         assert_eq!(on, [false, true, true, true, true, false]);
+    }
+
+    #[test]
+    fn keeps_groups_of_two_winograd_layers_not_one() {
+        let g = chain(7, None);
+        // n0..n2 three Winograd layers; n4 a lone one; n5 a Winograd layer beside a
+        // 1×1 one; n6 is the graph output.
+        let w = Some(Candidate::Winograd);
+        let on = select(&g, &[w, w, w, None, w, Some(P), w]);
+        assert_eq!(on, [true, true, true, false, false, false, false]);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::kernels::nhwc::{self, DepthwiseNhwc, PointwiseNhwc};
 use crate::kernels::pool::PoolKernel;
 use crate::kernels::reference::{self, WeightSource};
 use crate::kernels::team::{self, Crew};
-use crate::kernels::winograd::{WinogradKernel, WinogradVariant};
+use crate::kernels::winograd::{self, WinogradKernel, WinogradNhwc, WinogradVariant};
 use crate::kernels::{elementwise, gemm, parallel, pool};
 use crate::limits;
 use crate::model::Model;
@@ -163,7 +163,7 @@ enum NodeKernel {
     },
     Winograd {
         kernel: WinogradKernel,
-        weight: WeightId,
+        weight: Packed,
         bias: Option<WeightId>,
     },
     Depthwise {
@@ -197,7 +197,7 @@ enum NodeKernel {
     /// node (the convolution's node is [`NodeKernel::InBlock`]).
     WinogradPool {
         kernel: WinogradKernel,
-        weight: WeightId,
+        weight: Packed,
         bias: Option<WeightId>,
     },
     /// An expansion → depthwise → projection chain run as one step, at the projection's
@@ -234,6 +234,13 @@ enum NodeKernel {
         weight: usize,
         bias: Option<WeightId>,
     },
+    /// A 3×3 convolution run channels-last as Winograd F(4x4,3x3); its transformed
+    /// weights in 32-wide panels per position.
+    WinogradNhwc {
+        kernel: WinogradNhwc,
+        weight: Packed,
+        bias: Option<WeightId>,
+    },
     /// Computed inside the [`NodeKernel::Block`] or [`NodeKernel::ConvPool`] that
     /// follows it.
     InBlock,
@@ -261,6 +268,7 @@ impl NodeKernel {
             NodeKernel::Implicit { kernel, .. } => kernel.algorithm(),
             NodeKernel::PointwiseNhwc { .. } => "gemm1x1_nhwc",
             NodeKernel::DepthwiseNhwc { .. } => "dw3x3_nhwc",
+            NodeKernel::WinogradNhwc { .. } => "winograd_f4x4_nhwc",
             NodeKernel::InBlock => "in_block",
             NodeKernel::Vector => "vector",
             NodeKernel::Copy => "copy",
@@ -281,6 +289,7 @@ impl NodeKernel {
             }
             NodeKernel::Block { kernel, .. } => kernel.set_prefetch(to),
             NodeKernel::PointwiseNhwc { kernel, .. } => kernel.set_prefetch(to),
+            NodeKernel::WinogradNhwc { kernel, .. } => kernel.set_prefetch(to),
             // No GEMM, or one that issues no prefetch hints (the `direct` convolution of
             // a conv + pool pair), so no weight prefetch.
             NodeKernel::ConvPool { .. }
@@ -314,6 +323,7 @@ impl NodeKernel {
             NodeKernel::Linear { kernel, .. } => kernel.scratch_len(),
             NodeKernel::Block { kernel, .. } => kernel.scratch_len(),
             NodeKernel::ConvPool { kernel, .. } => kernel.scratch_len(),
+            NodeKernel::WinogradNhwc { kernel, .. } => kernel.scratch_len(),
             NodeKernel::Implicit { kernel, .. } | NodeKernel::ImplicitPool { kernel, .. } => {
                 kernel.scratch_len()
             }
@@ -406,6 +416,39 @@ fn plan_kernels(
                             gemm_conv(isa, c, ins, outs, threads, Packed::Owned(owned.len() - 1))
                         }
                     },
+                    // A layer the converter stored for the channels-last kernel, run
+                    // planar (the region off, or another choice on this tier): its
+                    // weights put back in the planar kernel's order.
+                    WeightLayout::WinogradF4x4Nhwc => {
+                        let kernel = WinogradKernel::new_for_threads(
+                            isa,
+                            c,
+                            ins,
+                            outs,
+                            WinogradVariant::F4x4,
+                            threads,
+                        )
+                        .ok_or_else(|| layout_err(c.weight, "this convolution"))?
+                        .with_batch(max_batch);
+                        let mut packed = vec![0.0; kernel.packed_weight_len()];
+                        let stored = model.weight(c.weight);
+                        if stored.len() != packed.len() {
+                            return Err(layout_err(c.weight, "this convolution"));
+                        }
+                        winograd::reorder_nhwc(
+                            c.in_channels,
+                            c.out_channels,
+                            stored,
+                            &mut packed,
+                            false,
+                        );
+                        owned.push(packed);
+                        NodeKernel::Winograd {
+                            kernel,
+                            weight: Packed::Owned(owned.len() - 1),
+                            bias: c.bias,
+                        }
+                    }
                     WeightLayout::WinogradF4x4
                     | WeightLayout::WinogradF2x2
                     | WeightLayout::WinogradF2x2K5 => {
@@ -417,7 +460,7 @@ fn plan_kernels(
                                 .with_batch(max_batch);
                         NodeKernel::Winograd {
                             kernel,
-                            weight: c.weight,
+                            weight: Packed::InFile(c.weight),
                             bias: c.bias,
                         }
                     }
@@ -734,6 +777,29 @@ fn nhwc_kernel(
 ) -> Option<NodeKernel> {
     let graph = model.graph();
     let plain = model.weight(c.weight);
+    let layout = graph.weights[c.weight].layout;
+    if matches!(
+        layout,
+        WeightLayout::WinogradF4x4 | WeightLayout::WinogradF4x4Nhwc
+    ) {
+        let kernel = WinogradNhwc::new(isa, c, spatial(ins), spatial(outs), threads)?;
+        if plain.len() != kernel.weights_len() {
+            return None;
+        }
+        let weight = if layout == WeightLayout::WinogradF4x4Nhwc {
+            Packed::InFile(c.weight)
+        } else {
+            let mut w = vec![0.0; kernel.weights_len()];
+            kernel.panels_from_packed(plain, &mut w);
+            owned.push(w);
+            Packed::Owned(owned.len() - 1)
+        };
+        return Some(NodeKernel::WinogradNhwc {
+            kernel,
+            weight,
+            bias: c.bias,
+        });
+    }
     if c.groups == 1 {
         let kernel = PointwiseNhwc::new(isa, c, outs[1] * outs[2], input_nhwc, threads)?;
         let weight = match graph.weights[c.weight].layout {
@@ -777,7 +843,12 @@ fn nhwc_kernel(
 fn input_need(kernel: &NodeKernel, slot: usize) -> Need {
     match (kernel, slot) {
         (NodeKernel::PointwiseNhwc { .. }, 0) => Need::Any,
-        (NodeKernel::PointwiseNhwc { .. } | NodeKernel::DepthwiseNhwc { .. }, _) => Need::Nhwc,
+        (
+            NodeKernel::PointwiseNhwc { .. }
+            | NodeKernel::DepthwiseNhwc { .. }
+            | NodeKernel::WinogradNhwc { .. },
+            _,
+        ) => Need::Nhwc,
         _ => Need::Planar,
     }
 }
@@ -1256,7 +1327,10 @@ impl Session {
             } = &self.kernels[i]
             {
                 let x = value(graph.nodes[i - 1].inputs[0], Need::Planar);
-                let (w, b) = (model.weight(*weight), bias.map(|b| model.weight(b)));
+                let (w, b) = (
+                    weight.weights(model, &self.owned),
+                    bias.map(|b| model.weight(b)),
+                );
                 parallel::run_winograd(
                     kernel,
                     self.slots,
@@ -1325,7 +1399,7 @@ impl Session {
                     weight,
                     bias,
                 } => {
-                    let (w, b) = (model.weight(*weight), bias.map(|b| model.weight(b)));
+                    let (w, b) = (packed(*weight), bias.map(|b| model.weight(b)));
                     let r = ins.get(1).copied();
                     parallel::run_winograd(
                         kernel,
@@ -1419,6 +1493,20 @@ impl Session {
                     bias.map(|b| model.weight(b)),
                     ins[0],
                     out,
+                ),
+                NodeKernel::WinogradNhwc {
+                    kernel,
+                    weight,
+                    bias,
+                } => kernel.run(
+                    self.slots,
+                    n,
+                    packed(*weight),
+                    bias.map(|b| model.weight(b)),
+                    ins[0],
+                    ins.get(1).copied(),
+                    out,
+                    &mut self.scratch,
                 ),
                 // Every sample's planes at once: they are independent.
                 NodeKernel::Pool(k) => parallel::pool(k, self.slots, ins[0], out),

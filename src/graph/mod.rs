@@ -379,6 +379,10 @@ pub enum WeightLayout {
     /// 5×5 convolution weights in the Winograd F(2x2,5x5) domain, packed the same way:
     /// `36 · cout · cin` elements.
     WinogradF2x2K5,
+    /// 3×3 convolution weights in the F(4x4,3x3) domain for the channels-last kernel
+    /// (`kernels::winograd::WinogradNhwc`): per position, `Uᵀ` in panels of 32 output
+    /// channels, input-major inside. `36 · cout · cin` elements.
+    WinogradF4x4Nhwc,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -406,7 +410,7 @@ impl WeightInfo {
             WeightLayout::Plain | WeightLayout::ConvGemm | WeightLayout::LinearGemm => {
                 Some(self.numel())
             }
-            WeightLayout::WinogradF4x4 => winograd(36, 3),
+            WeightLayout::WinogradF4x4 | WeightLayout::WinogradF4x4Nhwc => winograd(36, 3),
             WeightLayout::WinogradF2x2 => winograd(16, 3),
             WeightLayout::WinogradF2x2K5 => winograd(36, 5),
         }

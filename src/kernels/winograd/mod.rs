@@ -35,6 +35,9 @@
 //! from a multiple of the transforms' lanes where that costs the GEMMs nothing (so a
 //! group's stores and loads are whole vectors, not split across cache lines).
 //!
+//! F(4x4) layers of a channels-last region (`region`) run [`WinogradNhwc`] instead: the
+//! same arithmetic with the channels in the vectors (no gathers), bit-identical.
+//!
 //! Matrices (Lavin & Gray; interpolation points 0, ±1, ±2 for F4x4, 0, ±1 for F2x2):
 //!
 //! ```text
@@ -135,6 +138,9 @@ macro_rules! with_lanes {
         }
     }};
 }
+
+mod nhwc;
+pub use nhwc::{reorder as reorder_nhwc, WinogradNhwc};
 
 /// Which Winograd algorithm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

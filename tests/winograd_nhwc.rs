@@ -1,0 +1,234 @@
+//! The channels-last Winograd F(4x4,3x3) kernel (`WinogradNhwc`) against the planar one
+//! (`WinogradKernel`, itself checked against the reference in `prop_winograd`), bit for
+//! bit, on every ISA tier this CPU supports: random shapes (channels 16–48, maps 1–20
+//! with padding 0–2 a side, so partial tiles at every edge and windows that leave the
+//! image on both sides), bias, residual, every activation, batch 1–2, 1–3 workers.
+
+mod common;
+use cnnrt::graph::{Activation, Conv};
+use cnnrt::kernels::nhwc::{to_nhwc, to_planar};
+use cnnrt::kernels::winograd::{WinogradKernel, WinogradNhwc, WinogradVariant};
+use cnnrt::simd::Isa;
+use common::{activations, values};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+
+#[derive(Debug, Clone)]
+struct Case {
+    cin: usize,
+    cout: usize,
+    h: usize,
+    w: usize,
+    pads: [usize; 4],
+    bias: bool,
+    residual: bool,
+    act: Activation,
+    batch: usize,
+    threads: usize,
+    seed: u64,
+}
+
+impl Case {
+    fn conv(&self) -> Conv {
+        Conv {
+            in_channels: self.cin,
+            out_channels: self.cout,
+            kernel: [3, 3],
+            stride: [1, 1],
+            dilation: [1, 1],
+            pads: self.pads,
+            groups: 1,
+            weight: 0,
+            bias: None,
+            activation: self.act,
+        }
+    }
+    fn out_hw(&self) -> (usize, usize) {
+        (
+            self.h + self.pads[0] + self.pads[2] - 2,
+            self.w + self.pads[1] + self.pads[3] - 2,
+        )
+    }
+}
+
+fn cases() -> impl Strategy<Value = Case> {
+    (
+        (1usize..=3, 1usize..=3),
+        (1usize..=20, 1usize..=20),
+        [0usize..=2, 0usize..=2, 0usize..=2, 0usize..=2],
+        (any::<bool>(), any::<bool>(), activations()),
+        (1usize..=2, 1usize..=3, any::<u64>()),
+    )
+        .prop_filter_map(
+            "kernel larger than the padded input",
+            |((ci, co), (h, w), pads, (bias, residual, act), (batch, threads, seed))| {
+                (h + pads[0] + pads[2] >= 3 && w + pads[1] + pads[3] >= 3).then_some(Case {
+                    cin: 16 * ci,
+                    cout: 16 * co,
+                    h,
+                    w,
+                    pads,
+                    bias,
+                    residual,
+                    act,
+                    batch,
+                    threads,
+                    seed,
+                })
+            },
+        )
+}
+
+/// `case` on `isa`: the channels-last kernel's output, back in planar order, equals the
+/// planar kernel's bit for bit, sample by sample.
+fn check(isa: Isa, case: &Case) -> Result<(), TestCaseError> {
+    let conv = case.conv();
+    let (oh, ow) = case.out_hw();
+    let (n, cin, cout) = (case.batch, case.cin, case.cout);
+    let (hw_in, hw_out) = (case.h * case.w, oh * ow);
+    let ins = [cin, case.h, case.w];
+    let outs = [cout, oh, ow];
+    let planar = WinogradKernel::new(isa, &conv, ins, outs, WinogradVariant::F4x4).unwrap();
+    let nhwc = WinogradNhwc::new(isa, &conv, ins, outs, case.threads).unwrap();
+
+    let x = values(n * cin * hw_in, case.seed);
+    let wts = values(cout * cin * 9, case.seed ^ 1);
+    let bias = case.bias.then(|| values(cout, case.seed ^ 2));
+    let res = case
+        .residual
+        .then(|| values(n * cout * hw_out, case.seed ^ 3));
+    let mut packed = vec![0.0; planar.packed_weight_len()];
+    planar.pack_weights(&wts, &mut packed);
+    let mut panels = vec![0.0; nhwc.weights_len()];
+    nhwc.panels_from_packed(&packed, &mut panels);
+
+    let mut want = vec![0.0; n * cout * hw_out];
+    let mut scr = vec![f32::NAN; planar.scratch_len()];
+    for s in 0..n {
+        let r = res
+            .as_ref()
+            .map(|r| &r[s * cout * hw_out..(s + 1) * cout * hw_out]);
+        planar.run(
+            &packed,
+            bias.as_deref(),
+            &x[s * cin * hw_in..(s + 1) * cin * hw_in],
+            r,
+            &mut want[s * cout * hw_out..(s + 1) * cout * hw_out],
+            &mut scr,
+        );
+    }
+
+    let mut x_nhwc = vec![0.0; x.len()];
+    to_nhwc(isa, &x, n, cin, hw_in, &mut x_nhwc);
+    let res_nhwc = res.as_ref().map(|r| {
+        let mut t = vec![0.0; r.len()];
+        to_nhwc(isa, r, n, cout, hw_out, &mut t);
+        t
+    });
+    let mut got_nhwc = vec![f32::NAN; n * cout * hw_out];
+    let mut scr = vec![f32::NAN; case.threads * nhwc.scratch_len()];
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(case.threads)
+        .build()
+        .unwrap();
+    pool.install(|| {
+        nhwc.run(
+            case.threads,
+            n,
+            &panels,
+            bias.as_deref(),
+            &x_nhwc,
+            res_nhwc.as_deref(),
+            &mut got_nhwc,
+            &mut scr,
+        )
+    });
+    let mut got = vec![0.0; got_nhwc.len()];
+    to_planar(isa, &got_nhwc, n, cout, hw_out, &mut got);
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        prop_assert!(
+            g.to_bits() == w.to_bits(),
+            "{isa} {case:?}: element {i}: channels-last {g}, planar {w}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn channels_last_matches_planar_bit_for_bit_every_tier() {
+    for isa in Isa::supported() {
+        let mut runner = TestRunner::new(Config {
+            cases: 64,
+            ..Config::default()
+        });
+        runner
+            .run(&cases(), |case| check(isa, &case))
+            .unwrap_or_else(|e| panic!("{isa}: {e}"));
+    }
+}
+
+/// conv3x3_stress's and ResNet-18's layer shapes it runs (56×56 with 64 channels, 28×28
+/// with 128, residual and ReLU), 1 and 2 workers.
+#[test]
+fn network_shapes_match_planar_every_tier() {
+    for isa in Isa::supported() {
+        for (c, side) in [(64, 56), (128, 28)] {
+            for threads in [1, 2] {
+                let case = Case {
+                    cin: c,
+                    cout: c,
+                    h: side,
+                    w: side,
+                    pads: [1; 4],
+                    bias: true,
+                    residual: true,
+                    act: Activation::Relu,
+                    batch: 1,
+                    threads,
+                    seed: 7,
+                };
+                check(isa, &case).unwrap_or_else(|e| panic!("{isa}: {e}"));
+            }
+        }
+    }
+}
+
+#[test]
+fn declines_what_it_does_not_run() {
+    let case = Case {
+        cin: 16,
+        cout: 16,
+        h: 8,
+        w: 8,
+        pads: [1; 4],
+        bias: false,
+        residual: false,
+        act: Activation::Identity,
+        batch: 1,
+        threads: 1,
+        seed: 0,
+    };
+    let ok = case.conv();
+    let (ins, outs) = ([16, 8, 8], [16, 8, 8]);
+    assert!(WinogradNhwc::new(Isa::detect(), &ok, ins, outs, 1).is_some());
+    let odd = Conv {
+        in_channels: 12,
+        ..ok.clone()
+    };
+    assert!(WinogradNhwc::new(Isa::detect(), &odd, [12, 8, 8], outs, 1).is_none());
+    let strided = Conv {
+        stride: [2, 2],
+        ..ok.clone()
+    };
+    assert!(WinogradNhwc::new(Isa::detect(), &strided, ins, [16, 4, 4], 1).is_none());
+    let wrong_out = WinogradNhwc::new(Isa::detect(), &ok, ins, [16, 7, 8], 1);
+    assert!(wrong_out.is_none());
+    // 9.4 MB of transformed weights (ResNet-18's 14×14 layers): left to the planar kernel.
+    let wide = Conv {
+        in_channels: 256,
+        out_channels: 256,
+        ..ok
+    };
+    let s = [256, 14, 14];
+    assert!(WinogradNhwc::new(Isa::detect(), &wide, s, s, 1).is_none());
+}
