@@ -8,11 +8,13 @@
 //! F(4x4) with channels a multiple of 16 and weights up to 4 MiB). Of those, kept:
 //! - a depthwise node only if its input is made channels-last (no conversion of an
 //!   expanded tensor at the region's edge);
-//! - no node whose output is a graph output;
-//! - only groups of connected nodes that hold a depthwise node or at least two Winograd
-//!   nodes: the 1×1 layers alone gain little, and a lone channels-last layer between
-//!   planar ones would pay two conversions (a 56×56×64 map: about 0.03 ms each, against
-//!   0.12 ms gained per F(4x4) layer).
+//! - no node whose output is a graph output, except a Winograd one (its output then gets
+//!   a planar copy, which the session returns);
+//! - only groups of connected nodes that hold a depthwise or a Winograd node: the 1×1
+//!   layers alone gain little, and a lone channels-last layer between planar ones would
+//!   pay two conversions. A lone F(4x4) layer gains more than its conversions cost
+//!   (ResNet-18's layer2.0.conv2, 28×28×128: 0.84 ms planar, 0.60 channels-last with the
+//!   copy of its output, its input's copy 0.01 ms).
 //!
 //! Every other value stays planar. A reader that needs the other layout than its value
 //! is stored in (a planar residual read by a channels-last projection, a channels-last
@@ -162,7 +164,7 @@ pub fn select(graph: &Graph, candidates: &[Option<Candidate>]) -> Vec<bool> {
     let mut on: Vec<bool> = candidates.iter().map(|c| c.is_some()).collect();
     on.resize(nn, false);
     for (i, n) in graph.nodes.iter().enumerate() {
-        if graph.outputs.contains(&n.output) {
+        if graph.outputs.contains(&n.output) && candidates[i] != Some(Candidate::Winograd) {
             on[i] = false;
         }
     }
@@ -212,7 +214,7 @@ pub fn select(graph: &Graph, candidates: &[Option<Candidate>]) -> Vec<bool> {
         }
         for i in 0..nn {
             let (dw, wino) = count[root(&mut group, i)];
-            if on[i] && dw == 0 && wino < MIN_WINOGRAD {
+            if on[i] && dw == 0 && wino == 0 {
                 on[i] = false;
                 changed = true;
             }
@@ -222,10 +224,6 @@ pub fn select(graph: &Graph, candidates: &[Option<Candidate>]) -> Vec<bool> {
         }
     }
 }
-
-/// Winograd layers a group without a depthwise layer needs to run channels-last: one
-/// alone would pay a conversion on each side for its gain.
-const MIN_WINOGRAD: usize = 2;
 
 /// Whether value `v` is the same in both layouts (one pixel per channel, or not a map).
 pub fn layout_free(graph: &Graph, v: usize) -> bool {
@@ -265,6 +263,22 @@ pub fn shadows(
                     last: i,
                 }),
             }
+        }
+    }
+    // Graph outputs are planar: a channels-last one gets a copy kept to the end.
+    let last = graph.nodes.len().saturating_sub(1);
+    for &v in &graph.outputs {
+        if !stored_nhwc[v] || layout_free(graph, v) {
+            continue;
+        }
+        match out.iter_mut().find(|s| s.value == v) {
+            Some(s) => s.last = last,
+            None => out.push(Shadow {
+                value: v,
+                to_nhwc: false,
+                after: producer[v],
+                last,
+            }),
         }
     }
     out
@@ -317,13 +331,29 @@ mod tests {
     }
 
     #[test]
-    fn keeps_groups_of_two_winograd_layers_not_one() {
-        let g = chain(7, None);
-        // n0..n2 three Winograd layers; n4 a lone one; n5 a Winograd layer beside a
-        // 1×1 one; n6 is the graph output.
+    fn keeps_winograd_layers_and_their_groups_even_at_the_output() {
+        let g = chain(8, None);
+        // n0..n1 Winograd layers; n3 a 1×1 layer alone; n5 a 1×1 layer before the
+        // Winograd layers n6 and n7, the graph output.
         let w = Some(Candidate::Winograd);
-        let on = select(&g, &[w, w, w, None, w, Some(P), w]);
-        assert_eq!(on, [true, true, true, false, false, false, false]);
+        let on = select(&g, &[w, w, None, Some(P), None, Some(P), w, w]);
+        assert_eq!(on, [true, true, false, false, false, true, true, true]);
+        // Its output gets a planar copy kept to the end.
+        let mut stored = vec![false; g.values.len()];
+        for (i, n) in g.nodes.iter().enumerate() {
+            stored[n.output] = on[i];
+        }
+        let out = g.nodes[7].output;
+        let shadows = shadows(&g, &stored, |_| Vec::new());
+        assert_eq!(
+            shadows,
+            [Shadow {
+                value: out,
+                to_nhwc: false,
+                after: Some(7),
+                last: 7
+            }]
+        );
     }
 
     #[test]

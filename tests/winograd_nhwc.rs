@@ -232,3 +232,140 @@ fn declines_what_it_does_not_run() {
     let s = [256, 14, 14];
     assert!(WinogradNhwc::new(Isa::detect(), &wide, s, s, 1).is_none());
 }
+
+/// A chain of three F(4x4) layers (16 → 32 → 32 with a residual → 16, the last one the
+/// graph's output) stored as the planar kernel's `WinogradF4x4` and as the channels-last
+/// `WinogradF4x4Nhwc`: a session runs them channels-last (its output from the planar
+/// copy) or planar (reordering the second file's weights back), on every tier, 1–3
+/// threads, batch 2 then 1, with the same bits each way, and near the reference.
+#[test]
+fn session_runs_winograd_chains_channels_last_with_the_same_bits() {
+    use cnnrt::format::{model_to_bytes, Metadata};
+    use cnnrt::graph::{Graph, Node, Op, WeightLayout};
+    use cnnrt::kernels::reference::run_graph;
+    use cnnrt::kernels::winograd::reorder_nhwc;
+    use cnnrt::{Model, SessionOptions, Threads};
+
+    let (side, n) = (20, 2);
+    let mut g = Graph::default();
+    let mut plain: Vec<Vec<f32>> = Vec::new();
+    let x_id = g.add_value("x", vec![16, side, side]);
+    g.inputs = vec![x_id];
+    let mut prev = x_id;
+    let mut first_out = x_id;
+    let chans = [(16, 32), (32, 32), (32, 16)];
+    for (i, &(cin, cout)) in chans.iter().enumerate() {
+        let wid = g.add_weight(format!("w{i}"), vec![cout, cin, 3, 3]);
+        plain.push(
+            values(cout * cin * 9, 10 + i as u64)
+                .iter()
+                .map(|v| 0.3 * v)
+                .collect(),
+        );
+        let bid = g.add_weight(format!("b{i}"), vec![cout]);
+        plain.push(values(cout, 20 + i as u64));
+        let out = g.add_value(format!("v{i}"), vec![cout, side, side]);
+        let mut inputs = vec![prev];
+        if i == 1 {
+            inputs.push(first_out);
+        }
+        g.nodes.push(Node {
+            name: format!("conv{i}"),
+            op: Op::Conv(Conv {
+                weight: wid,
+                bias: Some(bid),
+                activation: if i < 2 {
+                    Activation::Relu
+                } else {
+                    Activation::Identity
+                },
+                ..Case {
+                    cin,
+                    cout,
+                    h: side,
+                    w: side,
+                    pads: [1; 4],
+                    bias: true,
+                    residual: false,
+                    act: Activation::Identity,
+                    batch: 1,
+                    threads: 1,
+                    seed: 0,
+                }
+                .conv()
+            }),
+            inputs,
+            output: out,
+        });
+        if i == 0 {
+            first_out = out;
+        }
+        prev = out;
+    }
+    g.outputs = vec![prev];
+    let x = values(n * 16 * side * side, 99);
+    let refs: Vec<&[f32]> = plain.iter().map(|w| w.as_slice()).collect();
+    let expect = run_graph(&g, &refs, &[&x], n).unwrap().remove(0);
+
+    // The two stored forms.
+    let (mut g4, mut gn) = (g.clone(), g.clone());
+    let (mut w4, mut wn) = (plain.clone(), plain.clone());
+    for (i, &(cin, cout)) in chans.iter().enumerate() {
+        let Op::Conv(c) = &g.nodes[i].op else {
+            unreachable!()
+        };
+        let s = [cin, side, side];
+        let k = WinogradKernel::new(Isa::Scalar, c, s, [cout, side, side], WinogradVariant::F4x4)
+            .unwrap();
+        let mut packed = vec![0.0; k.packed_weight_len()];
+        k.pack_weights(&plain[c.weight], &mut packed);
+        let mut panels = vec![0.0; packed.len()];
+        reorder_nhwc(cin, cout, &packed, &mut panels, true);
+        w4[c.weight] = packed;
+        wn[c.weight] = panels;
+        g4.weights[c.weight].layout = WeightLayout::WinogradF4x4;
+        gn.weights[c.weight].layout = WeightLayout::WinogradF4x4Nhwc;
+    }
+    let open = |g: &Graph, w: &[Vec<f32>]| {
+        let refs: Vec<&[f32]> = w.iter().map(|w| w.as_slice()).collect();
+        Model::from_bytes(&model_to_bytes(g, &refs, &Metadata::default()).unwrap()).unwrap()
+    };
+    let models = [open(&g4, &w4), open(&gn, &wn)];
+    for isa in Isa::supported() {
+        let opts = SessionOptions::default().max_batch(n).max_isa(isa);
+        let mut planar = models[0]
+            .session(opts.clone().channels_last(false))
+            .unwrap();
+        let want = planar.run(&x, n).unwrap().to_vec();
+        let err = common::rel_err(&want, &expect);
+        assert!(err < 1e-4, "[{isa}] planar rel err {err:.2e}");
+        for model in &models {
+            let mut other = model.session(opts.clone().channels_last(false)).unwrap();
+            assert!(!other.algorithms().iter().any(|a| a.ends_with("_nhwc")));
+            let got = other.run(&x, n).unwrap();
+            assert!(same(got, &want), "[{isa}] planar from either file");
+            for threads in [1usize, 2, 3] {
+                let mut s = model
+                    .session(opts.clone().threads(Threads::Count(threads)))
+                    .unwrap();
+                let algos = s.algorithms();
+                assert_eq!(
+                    algos.iter().filter(|a| **a == "winograd_f4x4_nhwc").count(),
+                    3,
+                    "[{isa}] {algos:?}"
+                );
+                for _ in 0..2 {
+                    let got = s.run(&x, n).unwrap();
+                    assert!(same(got, &want), "[{isa}] {threads} threads");
+                }
+                let per = want.len() / n;
+                let got = s.run(&x[..16 * side * side], 1).unwrap();
+                assert!(same(got, &want[..per]), "[{isa}] batch 1");
+            }
+        }
+    }
+}
+
+fn same(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
