@@ -9,6 +9,12 @@
 //! takes the tiles as rows (A read in place by rows) and the output channels as the
 //! vector side (U in 32-wide panels, the `LinearGemm` layout per position).
 //!
+//! Work: a batch's tiles (sample by sample, raster order) in blocks of nearly equal size,
+//! each block transformed into V, multiplied and transformed back on one worker. Where
+//! the weights stream from memory (over [`U_MAX_BYTES`]), blocks are larger, the output
+//! channels are split into chunks (an item is a block × a chunk) and each panel's GEMM
+//! calls prefetch the next panel's weights (see docs/KERNELS.md).
+//!
 //! Same arithmetic per element as the planar [`super::WinogradKernel`] on the same tier:
 //! the input transform's row pass, then its column pass (zeros outside the image); each
 //! product an in-order FMA chain over the input channels; the output transform's column
@@ -29,11 +35,18 @@ use crate::simd::Isa;
 /// (AVX-512, 1 thread): blocks of 12 tiles 0.62 ms, 24 0.67, 36 0.68, 48 0.67.
 const TB_MAX: usize = 12;
 
-/// Transformed weights above this stay planar: each block reads all of them, and
-/// where they outgrow L2 and L3 (ResNet-18's 14×14 layers: 9.4 MB, 16 tiles in blocks
-/// of 8) the planar kernel, which splits output channels, read them once: 0.90–1.00 ms
-/// per layer there against 0.96–1.00 channels-last (`cnnrt bench --profile`, 1 thread).
+/// Transformed weights above this come from memory on every run: tiles then go in
+/// blocks of up to [`TB_STREAMED`] (each block reads all the weights of its output
+/// channels), the output channels in chunks, with prefetch hints (ResNet-18's 14×14
+/// layers, 9.4 MB: 0.82–0.87 ms per layer against 0.90–1.00 planar; in blocks of 8
+/// tiles, reading the weights twice, 0.96–1.00; `cnnrt bench --profile`, 1 thread).
 const U_MAX_BYTES: usize = 4 << 20;
+
+/// Tiles per block at most where the weights stream from memory.
+const TB_STREAMED: usize = 32;
+
+/// Bytes of M per chunk of output channels at most (where the weights stream).
+const M_CHUNK_BYTES: usize = 256 << 10;
 
 /// K steps per GEMM call at most: the weights a call reads (`kc × nr`) stay in L1.
 const KC_BYTES: usize = 24 << 10;
@@ -82,8 +95,14 @@ pub struct WinogradNhwc {
     /// Tiles across and down.
     ntx: usize,
     nty: usize,
-    /// Blocks of tiles per sample (equal runs of raster-order tiles).
-    blocks: usize,
+    /// Tiles per block at most: a batch's tiles (sample by sample, each in raster
+    /// order) go in equal runs of at most this many, so that a block's weights serve
+    /// every sample it holds.
+    tb: usize,
+    /// Workers planned for: blocks come in a whole number per worker.
+    threads: usize,
+    /// Chunks of output channels (runs of whole 32-wide panels) per block.
+    chunks: usize,
     prefetch: PrefetchTo,
 }
 
@@ -112,18 +131,32 @@ impl WinogradNhwc {
             || outs[2] != ins[2] + pl + pr - 2
             || pt > 2
             || pl > 2
-            || 36 * 4 * conv.in_channels * conv.out_channels > U_MAX_BYTES
         {
             return None;
         }
         let (oh, ow) = (outs[1], outs[2]);
         let (ntx, nty) = (ow.div_ceil(4), oh.div_ceil(4));
         let tiles = ntx * nty;
-        let mut blocks = tiles.div_ceil(TB_MAX);
-        if threads > 1 {
-            // A whole number of blocks per worker.
-            blocks = blocks.next_multiple_of(threads).min(tiles);
-        }
+        let (cin, cout) = (conv.in_channels, conv.out_channels);
+        let panels = cout.div_ceil(NR_PACK);
+        let threads = threads.max(1);
+        let (tb, chunks) = if 36 * 4 * cin * cout > U_MAX_BYTES {
+            // Weights from memory: few blocks (each reads all of its chunk's weights),
+            // the output channels in chunks whose M stays in L2, a whole number of
+            // chunks per worker.
+            let tb = tiles.div_ceil(tiles.div_ceil(TB_STREAMED));
+            let chunks = (36 * 4 * tb * cout).div_ceil(M_CHUNK_BYTES).max(1);
+            (tb, chunks.next_multiple_of(threads).min(panels))
+        } else {
+            // A whole number of blocks per worker (at batch 1).
+            let blocks = tiles.div_ceil(TB_MAX);
+            let blocks = if threads > 1 {
+                blocks.next_multiple_of(threads).min(tiles)
+            } else {
+                blocks
+            };
+            (tiles.div_ceil(blocks), 1)
+        };
         Some(WinogradNhwc {
             isa: gemm::ukr(isa).isa,
             cin: conv.in_channels,
@@ -137,9 +170,20 @@ impl WinogradNhwc {
             act: conv.activation,
             ntx,
             nty,
-            blocks,
+            tb,
+            threads,
+            chunks,
             prefetch: PrefetchTo::default(),
         })
+    }
+
+    /// Whether the transformed weights are over 4 MiB (`U_MAX_BYTES`: read from memory on
+    /// every run). Such layers run channels-last only at batch 1 (`region`): where a
+    /// batch's blocks hold many tiles, V outgrows L2 and every block reads the weights
+    /// again (ResNet-18's layer4 at batch 8: 14.3 ms per layer against 7.0 planar, which
+    /// blocks across samples with the weights read once).
+    pub fn streams_weights(&self) -> bool {
+        36 * 4 * self.cin * self.cout > U_MAX_BYTES
     }
 
     /// Where the GEMM's prefetch hints put what they fetch (the session chooses).
@@ -179,26 +223,55 @@ impl WinogradNhwc {
         self.ntx * self.nty
     }
 
-    /// Tiles of block `b` (raster order).
-    fn block_range(&self, b: usize) -> (usize, usize) {
-        let t = self.tiles();
-        (b * t / self.blocks, (b + 1) * t / self.blocks)
+    /// Blocks of the tiles of `n` samples.
+    fn blocks(&self, n: usize) -> usize {
+        let total = n * self.tiles();
+        let blocks = total.div_ceil(self.tb);
+        if self.threads > 1 {
+            blocks.next_multiple_of(self.threads).min(total)
+        } else {
+            blocks
+        }
+    }
+
+    /// Tiles of block `b` of `blocks` over `n` samples (batch-wide index: sample
+    /// `t / tiles`, tile `t % tiles` in it). At most `tb` of them.
+    fn block_range(&self, n: usize, blocks: usize, b: usize) -> (usize, usize) {
+        let t = n * self.tiles();
+        (b * t / blocks, (b + 1) * t / blocks)
     }
 
     fn max_block(&self) -> usize {
-        self.tiles().div_ceil(self.blocks)
+        self.tb
     }
 
-    /// Floats of scratch per worker: V (`36 × tiles × cin`) and M (`36 × tiles × cout`)
-    /// of a block.
+    /// Output channels of chunk `ch`: whole 32-wide panels.
+    fn chunk_range(&self, ch: usize) -> (usize, usize) {
+        let panels = self.cout.div_ceil(NR_PACK);
+        let at = |i: usize| (i * panels / self.chunks * NR_PACK).min(self.cout);
+        (at(ch), at(ch + 1))
+    }
+
+    fn max_chunk(&self) -> usize {
+        (0..self.chunks)
+            .map(|ch| {
+                let (lo, hi) = self.chunk_range(ch);
+                hi - lo
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Floats of scratch per worker: V (`36 × tiles × cin`) and M (`36 × tiles ×
+    /// channels`) of a block and chunk.
     pub fn scratch_len(&self) -> usize {
         whole_lines(36 * self.max_block() * self.cin)
-            + whole_lines(36 * self.max_block() * self.cout)
+            + whole_lines(36 * self.max_block() * self.max_chunk())
     }
 
-    /// Independent work items of one sample.
-    pub fn parts(&self) -> usize {
-        self.blocks
+    /// Independent work items for `n` samples.
+    pub fn parts(&self, n: usize) -> usize {
+        self.blocks(n) * self.chunks
     }
 
     /// `out = act(conv(x) + bias + residual)` for `n` samples on `slots` workers: `wt`
@@ -229,21 +302,24 @@ impl WinogradNhwc {
         );
         let per = self.scratch_len();
         assert!(scratch.len() >= per, "winograd nhwc: scratch");
-        let items = n * self.blocks;
+        let blocks = self.blocks(n);
+        let items = blocks * self.chunks;
         let shared = SharedOut::new(out);
         let body = |scr: &mut [f32], item: usize| {
-            let (s, b) = (item / self.blocks, item % self.blocks);
-            let res = residual.map_or(null(), |r| r[s * out_len..].as_ptr());
-            // SAFETY: lengths checked above; item (s, b) writes only the output pixels
-            // of its block's tiles in sample s, which no other item writes.
+            let (b, ch) = (item / self.chunks, item % self.chunks);
+            let tiles = self.block_range(n, blocks, b);
+            // SAFETY: lengths checked above (n samples); item (b, ch) writes only the
+            // output channels of chunk ch at the pixels of block b's tiles, which no
+            // other item writes.
             unsafe {
                 self.block(
-                    b,
+                    tiles,
+                    ch,
                     wt.as_ptr(),
                     bias.map_or(null(), |v| v.as_ptr()),
-                    x[s * in_len..].as_ptr(),
-                    res,
-                    shared.ptr().add(s * out_len),
+                    x.as_ptr(),
+                    residual.map_or(null(), |r| r.as_ptr()),
+                    shared.ptr(),
                     scr,
                 )
             }
@@ -256,16 +332,19 @@ impl WinogradNhwc {
         }
     }
 
-    /// One block of tiles of one sample: transform in, 36 GEMMs, transform out.
+    /// One block of tiles (batch-wide indices `t0..t1`), one chunk of its output
+    /// channels: transform in, 36 GEMMs, transform out.
     ///
     /// # Safety
-    /// `x` holds a sample's input, `out` (and `res` unless null) a sample's output;
-    /// `bias` null or `cout` floats; `wt` the weights; no other writer of this block's
-    /// output pixels; `scr` at least `scratch_len()` floats.
+    /// `x` holds the input of the samples the tiles lie in, `out` (and `res` unless
+    /// null) their output; `bias` null or `cout` floats; `wt` the weights; no other
+    /// writer of this block's and chunk's outputs; `scr` at least `scratch_len()` floats;
+    /// at most `tb` tiles.
     #[allow(clippy::too_many_arguments)]
     unsafe fn block(
         &self,
-        b: usize,
+        (t0, t1): (usize, usize),
+        ch: usize,
         wt: *const f32,
         bias: *const f32,
         x: *const f32,
@@ -273,35 +352,39 @@ impl WinogradNhwc {
         out: *mut f32,
         scr: &mut [f32],
     ) {
-        let (t0, t1) = self.block_range(b);
         let nt = t1 - t0;
+        assert!(nt <= self.tb, "winograd nhwc: block");
+        let cols = self.chunk_range(ch);
         let (v, m) = scr.split_at_mut(whole_lines(36 * self.max_block() * self.cin));
         let (v, m) = (v.as_mut_ptr(), m.as_mut_ptr());
         let isa = self.isa;
-        // V holds 36 × nt rows of cin floats, M 36 × nt rows of cout (nt ≤ max_block);
-        // the input and output are as the caller guarantees.
+        // V holds 36 × nt rows of cin floats, M 36 × nt rows of the chunk's channels
+        // (nt ≤ max_block); the input and output are as the caller guarantees.
         with_lanes!(isa, |s| {
             // SAFETY: as said above the call.
             unsafe { self.input_block(s, x, t0, t1, v) }
         });
         // SAFETY: as above.
-        unsafe { self.gemms(nt, wt, v, m) };
+        unsafe { self.gemms(nt, cols, wt, v, m) };
         // SAFETY: as above.
         with_lanes!(isa, |s| unsafe {
-            self.output_block(s, m, t0, t1, bias, res, out)
+            self.output_block(s, m, t0, t1, cols, bias, res, out)
         });
     }
 
     /// V row `ξ·nt + j` = position ξ of tile `t0 + j`, all input channels.
     ///
     /// # Safety
-    /// `x` a sample's input; `v` writable for `36 × (t1 − t0) × cin` floats.
+    /// `x` the input of the samples of tiles `t0..t1`; `v` writable for `36 × (t1 − t0)
+    /// × cin` floats.
     #[inline(always)]
     unsafe fn input_block<S: Simd>(&self, s: S, x: *const f32, t0: usize, t1: usize, v: *mut f32) {
         let (cin, nt) = (self.cin, t1 - t0);
         let (h, w) = (self.h as isize, self.w as isize);
         for t in t0..t1 {
-            let (ty, tx) = (t / self.ntx, t % self.ntx);
+            let (sample, tile) = (t / self.tiles(), t % self.tiles());
+            let x = x.wrapping_add(sample * self.h * self.w * cin);
+            let (ty, tx) = (tile / self.ntx, tile % self.ntx);
             let (y0, x0) = (
                 (4 * ty) as isize - self.pt as isize,
                 (4 * tx) as isize - self.pl as isize,
@@ -344,14 +427,22 @@ impl WinogradNhwc {
         }
     }
 
-    /// `M_ξ[tile][cout] = V_ξ[tile][cin] · U_ξ` for the 36 positions of a block of `nt`
-    /// tiles.
+    /// `M_ξ[tile][c] = V_ξ[tile][cin] · U_ξ` for the 36 positions of a block of `nt`
+    /// tiles and the output channels `c` in `lo..hi` (M's rows `hi − lo` floats).
     ///
     /// # Safety
-    /// `v` holds `36 × nt × cin` floats, `m` room for `36 × nt × cout`; `wt` the weights.
-    unsafe fn gemms(&self, nt: usize, wt: *const f32, v: *const f32, m: *mut f32) {
+    /// `v` holds `36 × nt × cin` floats, `m` room for `36 × nt × (hi − lo)`; `wt` the
+    /// weights; `lo..hi` a chunk (whole 32-wide panels).
+    unsafe fn gemms(
+        &self,
+        nt: usize,
+        (lo, hi): (usize, usize),
+        wt: *const f32,
+        v: *const f32,
+        m: *mut f32,
+    ) {
         let u = gemm::ukr(self.isa);
-        let (k, cols) = (self.cin, self.cout);
+        let (k, cols, ldm) = (self.cin, self.cout, hi - lo);
         let kc = k.min((KC_BYTES / (4 * u.nr)).max(1));
         // Row tiles of nearly equal height.
         let tiles = nt.div_ceil(u.mr);
@@ -368,11 +459,30 @@ impl WinogradNhwc {
             pf_stride: 0,
             pf_to: self.prefetch,
         };
+        // Where the weights stream from memory, each panel's calls ask for the next
+        // panel's weights (this chunk's next panel, or its first at the next position),
+        // one 16-float line per k step until all are asked for.
+        let streamed = 36 * 4 * k * cols > U_MAX_BYTES;
+        let panel_at = |xi: usize, c0: usize| {
+            let q0 = c0 / NR_PACK * NR_PACK;
+            (xi * k * cols + q0 * k, NR_PACK.min(cols - q0) * k / 16)
+        };
         for xi in 0..36 {
-            let (a, c) = (v.wrapping_add(xi * nt * k), m.wrapping_add(xi * nt * cols));
+            let (a, c) = (v.wrapping_add(xi * nt * k), m.wrapping_add(xi * nt * ldm));
             let wx = wt.wrapping_add(xi * k * cols);
-            for c0 in (0..cols).step_by(u.nr) {
-                let nv = u.nr.min(cols - c0);
+            for c0 in (lo..hi).step_by(u.nr) {
+                let nv = u.nr.min(hi - c0);
+                let next = if !streamed || (c0 + u.nr < hi && !(c0 + u.nr).is_multiple_of(NR_PACK))
+                {
+                    None
+                } else if c0 + u.nr < hi {
+                    Some(panel_at(xi, c0 + u.nr))
+                } else if xi + 1 < 36 {
+                    Some(panel_at(xi + 1, lo))
+                } else {
+                    None
+                };
+                let mut fetched = 0;
                 let kernels = if nv == u.nr { &u.rows } else { &u.rows_tail };
                 // Tier panel at c0 inside 32-wide panel q0 of width pw.
                 let q0 = c0 / NR_PACK * NR_PACK;
@@ -387,6 +497,19 @@ impl WinogradNhwc {
                     };
                     for i in 0..tiles {
                         let (p0, r) = (row0(i), row0(i + 1) - row0(i));
+                        let (pf, pf_stride) = match next {
+                            Some((off, lines)) if fetched < lines => {
+                                let p = wt.wrapping_add(off + fetched * 16);
+                                fetched += kcur;
+                                (p, 16)
+                            }
+                            _ => (null(), 0),
+                        };
+                        let st = Store {
+                            pf,
+                            pf_stride,
+                            ..st
+                        };
                         // SAFETY: rows p0 .. p0 + r (≤ mr) of V_ξ (k steps k0 .. k0 +
                         // kcur) and of M_ξ; columns c0 .. c0 + nv of M_ξ and of the
                         // 32-wide weight panel (nv ≤ pw − (c0 − q0), nr dividing 32).
@@ -397,8 +520,8 @@ impl WinogradNhwc {
                                 k,
                                 b.add(k0 * pw),
                                 pw,
-                                c.add(p0 * cols + c0),
-                                cols,
+                                c.add(p0 * ldm + c0 - lo),
+                                ldm,
                                 nv,
                                 &st,
                             )
@@ -409,11 +532,13 @@ impl WinogradNhwc {
         }
     }
 
-    /// Transforms M back and stores the block's output pixels inside the map.
+    /// Transforms M back and stores the block's output pixels inside the map, channels
+    /// `lo..hi`.
     ///
     /// # Safety
-    /// `m` holds `36 × (t1 − t0) × cout` floats; `out` (and `res` unless null) a sample's
-    /// output; `bias` null or `cout` floats.
+    /// `m` holds `36 × (t1 − t0) × (hi − lo)` floats; `out` (and `res` unless null) the
+    /// output of the samples of tiles `t0..t1`; `bias` null or `cout` floats; `lo..hi` a
+    /// chunk.
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     unsafe fn output_block<S: Simd>(
@@ -422,6 +547,7 @@ impl WinogradNhwc {
         m: *const f32,
         t0: usize,
         t1: usize,
+        (lo, hi): (usize, usize),
         bias: *const f32,
         res: *const f32,
         out: *mut f32,
@@ -429,11 +555,20 @@ impl WinogradNhwc {
         let (cout, nt) = (self.cout, t1 - t0);
         let act = ActV::new(s, self.act);
         for t in t0..t1 {
-            let (ty, tx) = (t / self.ntx, t % self.ntx);
+            let (sample, tile) = (t / self.tiles(), t % self.tiles());
+            let at_sample = sample * self.oh * self.ow * cout;
+            let out = out.wrapping_add(at_sample);
+            let res = if res.is_null() {
+                res
+            } else {
+                res.wrapping_add(at_sample)
+            };
+            let (ty, tx) = (tile / self.ntx, tile % self.ntx);
             let (rows, cols) = ((self.oh - 4 * ty).min(4), (self.ow - 4 * tx).min(4));
-            let src = m.wrapping_add((t - t0) * cout);
-            for c0 in (0..cout).step_by(S::LANES) {
-                let p = |xi: usize| src.wrapping_add(xi * nt * cout + c0);
+            let ldm = hi - lo;
+            let src = m.wrapping_add((t - t0) * ldm);
+            for c0 in (lo..hi).step_by(S::LANES) {
+                let p = |xi: usize| src.wrapping_add(xi * nt * ldm + c0 - lo);
                 // Columns first (Aᵀ M), then rows: the planar kernel's order.
                 let mut o = [[s.zero(); 6]; 4];
                 for l in 0..6 {
