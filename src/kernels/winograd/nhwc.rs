@@ -357,17 +357,16 @@ impl WinogradNhwc {
         let cols = self.chunk_range(ch);
         let (v, m) = scr.split_at_mut(whole_lines(36 * self.max_block() * self.cin));
         let (v, m) = (v.as_mut_ptr(), m.as_mut_ptr());
-        let isa = self.isa;
         // V holds 36 × nt rows of cin floats, M 36 × nt rows of the chunk's channels
         // (nt ≤ max_block); the input and output are as the caller guarantees.
-        with_lanes!(isa, |s| {
+        with_lanes!(self.isa, |s| {
             // SAFETY: as said above the call.
             unsafe { self.input_block(s, x, t0, t1, v) }
         });
         // SAFETY: as above.
         unsafe { self.gemms(nt, cols, wt, v, m) };
         // SAFETY: as above.
-        with_lanes!(isa, |s| unsafe {
+        with_lanes!(self.isa, |s| unsafe {
             self.output_block(s, m, t0, t1, cols, bias, res, out)
         });
     }
