@@ -376,12 +376,11 @@ impl Converted {
                 let info = &mut graph.weights[c.weight];
                 if region[index] && info.layout == WeightLayout::WinogradF4x4 {
                     let mut panels = vec![0.0; weights[c.weight].len()];
-                    crate::kernels::winograd::reorder_nhwc(
+                    crate::kernels::winograd::nhwc_panels_from_packed(
                         c.in_channels,
                         c.out_channels,
                         &weights[c.weight],
                         &mut panels,
-                        true,
                     );
                     weights[c.weight] = panels;
                     info.layout = WeightLayout::WinogradF4x4Nhwc;

@@ -435,12 +435,11 @@ fn plan_kernels(
                         if stored.len() != packed.len() {
                             return Err(layout_err(c.weight, "this convolution"));
                         }
-                        winograd::reorder_nhwc(
+                        winograd::packed_from_nhwc_panels(
                             c.in_channels,
                             c.out_channels,
                             stored,
                             &mut packed,
-                            false,
                         );
                         owned.push(packed);
                         NodeKernel::Winograd {

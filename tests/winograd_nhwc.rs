@@ -236,7 +236,7 @@ fn session_runs_winograd_chains_channels_last_with_the_same_bits() {
     use cnnrt::format::{model_to_bytes, Metadata};
     use cnnrt::graph::{Graph, Node, Op, WeightLayout};
     use cnnrt::kernels::reference::run_graph;
-    use cnnrt::kernels::winograd::reorder_nhwc;
+    use cnnrt::kernels::winograd::nhwc_panels_from_packed;
     use cnnrt::{Model, SessionOptions, Threads};
 
     let (side, n) = (20, 2);
@@ -313,7 +313,7 @@ fn session_runs_winograd_chains_channels_last_with_the_same_bits() {
         let mut packed = vec![0.0; k.packed_weight_len()];
         k.pack_weights(&plain[c.weight], &mut packed);
         let mut panels = vec![0.0; packed.len()];
-        reorder_nhwc(cin, cout, &packed, &mut panels, true);
+        nhwc_panels_from_packed(cin, cout, &packed, &mut panels);
         w4[c.weight] = packed;
         wn[c.weight] = panels;
         g4.weights[c.weight].layout = WeightLayout::WinogradF4x4;

@@ -49,6 +49,24 @@ pub fn panels_from_conv_gemm(k: usize, cout: usize, packed: &[f32], out: &mut [f
     }
 }
 
+/// The inverse of [`panels_from_conv_gemm`]: panels back to packed A (a file that
+/// stores weights for a channels-last kernel, run by a planar one).
+pub fn conv_gemm_from_panels(k: usize, cout: usize, panels: &[f32], out: &mut [f32]) {
+    assert_eq!(panels.len(), k * cout, "nhwc: panels");
+    assert_eq!(out.len(), k * cout, "nhwc: packed weights");
+    for (p, panel) in out.chunks_mut(MR_PACK * k).enumerate() {
+        let h = panel.len() / k;
+        for (kk, col) in panel.chunks_mut(h).enumerate() {
+            for (i, v) in col.iter_mut().enumerate() {
+                let c = p * MR_PACK + i;
+                let q0 = c / NR_PACK * NR_PACK;
+                let w = NR_PACK.min(cout - q0);
+                *v = panels[q0 * k + kk * w + c - q0];
+            }
+        }
+    }
+}
+
 /// `[C][HW]` planes of `n` samples to `[HW][C]` pixels, on `isa` (clamped to this CPU).
 pub fn to_nhwc(isa: Isa, x: &[f32], n: usize, c: usize, hw: usize, out: &mut [f32]) {
     transpose_samples(isa, x, n, c, hw, out);
@@ -772,4 +790,25 @@ unsafe fn group<S: Simd, const N: usize, const SW: usize, const L: bool, const R
         row_taps::<S, SW>(s, &mut acc, &wv, col);
     }
     acc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Panels and back give the packed weights again, for widths that leave partial
+    /// panels on both sides (12-row packed panels, 32-wide channel panels).
+    #[test]
+    fn panels_round_trip_to_packed() {
+        for (k, cout) in [(1, 1), (7, 45), (16, 64), (3, 100)] {
+            let packed: Vec<f32> = (0..k * cout).map(|i| i as f32).collect();
+            let (mut panels, mut back) = (vec![0.0; k * cout], vec![0.0; k * cout]);
+            panels_from_conv_gemm(k, cout, &packed, &mut panels);
+            conv_gemm_from_panels(k, cout, &panels, &mut back);
+            assert_eq!(back, packed, "k {k}, cout {cout}");
+            let mut sorted = panels.clone();
+            sorted.sort_by(f32::total_cmp);
+            assert_eq!(sorted, packed, "a permutation");
+        }
+    }
 }

@@ -140,7 +140,10 @@ macro_rules! with_lanes {
 }
 
 mod nhwc;
-pub use nhwc::{reorder as reorder_nhwc, WinogradNhwc};
+pub use nhwc::{
+    packed_from_panels as packed_from_nhwc_panels, panels_from_packed as nhwc_panels_from_packed,
+    WinogradNhwc,
+};
 
 /// Which Winograd algorithm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

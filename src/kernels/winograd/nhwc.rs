@@ -26,8 +26,8 @@ use std::ptr::null;
 use super::{at4, bt4};
 use crate::graph::{Activation, Conv};
 use crate::kernels::elementwise::{ActV, Portable, Simd};
-use crate::kernels::gemm::{self, PrefetchTo, SharedOut, Store, MR_PACK, NR_PACK};
-use crate::kernels::{parallel, whole_lines};
+use crate::kernels::gemm::{self, PrefetchTo, SharedOut, Store, NR_PACK};
+use crate::kernels::{nhwc, parallel, whole_lines};
 use crate::simd::Isa;
 
 /// Tiles per block at most: V and M of a block (36 positions × tiles × channels) stay in
@@ -55,27 +55,31 @@ const KC_BYTES: usize = 24 << 10;
 pub const CHANNEL_MULTIPLE: usize = 16;
 
 /// Per position, `U_ξ` (`cout × cin`) from packed A (panels of `MR_PACK` output
-/// channels, element `(o, c)` at `12p·cin + c·h + o − 12p`) to 32-wide panels (at
-/// `q·cin + c·w + o − q`, `q` = `o` rounded down to 32, `w` that panel's width), or back.
-pub fn reorder(cin: usize, cout: usize, src: &[f32], dst: &mut [f32], to_panels: bool) {
+/// channels, the planar kernel's `WeightLayout::WinogradF4x4`) to 32-wide panels of
+/// `U_ξᵀ` (`nhwc::panels_from_conv_gemm`, the `LinearGemm` layout): what this kernel reads.
+pub fn panels_from_packed(cin: usize, cout: usize, packed: &[f32], out: &mut [f32]) {
     let per = cin * cout;
-    assert_eq!(src.len(), 36 * per, "winograd nhwc: weights to reorder");
-    assert_eq!(dst.len(), 36 * per, "winograd nhwc: reordered weights");
-    for xi in 0..36 {
-        let (s, d) = (&src[xi * per..][..per], &mut dst[xi * per..][..per]);
-        for o in 0..cout {
-            let (p, q) = (o / MR_PACK * MR_PACK, o / NR_PACK * NR_PACK);
-            let (h, w) = (MR_PACK.min(cout - p), NR_PACK.min(cout - q));
-            for c in 0..cin {
-                let (a, b) = (p * cin + c * h + o - p, q * cin + c * w + o - q);
-                if to_panels {
-                    d[b] = s[a];
-                } else {
-                    d[a] = s[b];
-                }
-            }
-        }
+    assert_eq!(packed.len(), 36 * per, "winograd nhwc: packed weights");
+    assert_eq!(out.len(), 36 * per, "winograd nhwc: panels");
+    for (src, dst) in packed.chunks(per).zip(out.chunks_mut(per)) {
+        nhwc::panels_from_conv_gemm(cin, cout, src, dst);
     }
+}
+
+/// The inverse of [`panels_from_packed`] (a file stored for this kernel, run planar).
+pub fn packed_from_panels(cin: usize, cout: usize, panels: &[f32], out: &mut [f32]) {
+    let per = cin * cout;
+    assert_eq!(panels.len(), 36 * per, "winograd nhwc: panels");
+    assert_eq!(out.len(), 36 * per, "winograd nhwc: packed weights");
+    for (src, dst) in panels.chunks(per).zip(out.chunks_mut(per)) {
+        nhwc::conv_gemm_from_panels(cin, cout, src, dst);
+    }
+}
+
+/// Whether F(4x4)'s transformed weights of a `cin → cout` layer are over
+/// [`U_MAX_BYTES`], read from memory on every run.
+fn streams(cin: usize, cout: usize) -> bool {
+    36 * 4 * cin * cout > U_MAX_BYTES
 }
 
 /// A planned channels-last F(4x4,3x3) layer; see the module docs.
@@ -140,7 +144,7 @@ impl WinogradNhwc {
         let (cin, cout) = (conv.in_channels, conv.out_channels);
         let panels = cout.div_ceil(NR_PACK);
         let threads = threads.max(1);
-        let (tb, chunks) = if 36 * 4 * cin * cout > U_MAX_BYTES {
+        let (tb, chunks) = if streams(cin, cout) {
             // Weights from memory: few blocks (each reads all of its chunk's weights),
             // the output channels in chunks whose M stays in L2, a whole number of
             // chunks per worker.
@@ -183,7 +187,7 @@ impl WinogradNhwc {
     /// again (ResNet-18's layer4 at batch 8: 14.3 ms per layer against 7.0 planar, which
     /// blocks across samples with the weights read once).
     pub fn streams_weights(&self) -> bool {
-        36 * 4 * self.cin * self.cout > U_MAX_BYTES
+        streams(self.cin, self.cout)
     }
 
     /// Where the GEMM's prefetch hints put what they fetch (the session chooses).
@@ -206,17 +210,9 @@ impl WinogradNhwc {
     }
 
     /// The weights as this kernel reads them, from the planar kernel's packed layout
-    /// (`WeightLayout::WinogradF4x4`: per position, `U_ξ` as packed A in 12-row panels):
-    /// per position, `U_ξᵀ` in 32-wide panels of output channels (the `LinearGemm`
-    /// layout, see `nhwc::panels_from_conv_gemm`). A pure reordering.
+    /// (see [`panels_from_packed`]). A pure reordering.
     pub fn panels_from_packed(&self, packed: &[f32], out: &mut [f32]) {
-        reorder(self.cin, self.cout, packed, out, true);
-    }
-
-    /// The inverse of [`Self::panels_from_packed`] (a file stored for this kernel, run by
-    /// the planar one).
-    pub fn packed_from_panels(&self, panels: &[f32], out: &mut [f32]) {
-        reorder(self.cin, self.cout, panels, out, false);
+        panels_from_packed(self.cin, self.cout, packed, out);
     }
 
     fn tiles(&self) -> usize {
@@ -461,7 +457,7 @@ impl WinogradNhwc {
         // Where the weights stream from memory, each panel's calls ask for the next
         // panel's weights (this chunk's next panel, or its first at the next position),
         // one 16-float line per k step until all are asked for.
-        let streamed = 36 * 4 * k * cols > U_MAX_BYTES;
+        let streamed = self.streams_weights();
         let panel_at = |xi: usize, c0: usize| {
             let q0 = c0 / NR_PACK * NR_PACK;
             (xi * k * cols + q0 * k, NR_PACK.min(cols - q0) * k / 16)
