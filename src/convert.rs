@@ -309,7 +309,7 @@ impl Converted {
         // kernel reads in place; a session that runs one planar repacks it.
         let region = crate::region::select(
             &self.graph,
-            &crate::region::candidates(&self.graph, Isa::Avx512, self.metadata.planned_batch),
+            &crate::region::candidates(&self.graph, Isa::Avx512),
         );
         for (index, node) in self.graph.nodes.iter().enumerate() {
             let in_shape = self.graph.shape(node.inputs[0]);
@@ -368,8 +368,7 @@ impl Converted {
         // The F(4x4) layers a session will run channels-last (`region` on the packed
         // graph, the AVX-512 tier's choice as above) are stored in the channels-last
         // kernel's order; a session that runs one planar reorders it back.
-        let batch = self.metadata.planned_batch;
-        let candidates = crate::region::candidates(&graph, Isa::Avx512, batch);
+        let candidates = crate::region::candidates(&graph, Isa::Avx512);
         let region = crate::region::select(&graph, &candidates);
         for (index, node) in graph.nodes.iter().enumerate() {
             if let Op::Conv(c) = &node.op {

@@ -5,8 +5,8 @@
 //!
 //! A node may run channels-last when there is such a kernel for it ([`candidates`]: 1×1
 //! convolutions and 3×3 depthwise ones on small maps, 3×3 layers stored for Winograd
-//! F(4x4) with channels a multiple of 16, at batch 1 only where their weights stream
-//! from memory). Of those, kept:
+//! F(4x4) with channels a multiple of 16 whose weights do not stream from memory). Of
+//! those, kept:
 //! - a depthwise node only if its input is made channels-last (no conversion of an
 //!   expanded tensor at the region's edge);
 //! - no node whose output is a graph output, except a Winograd one (its output then gets
@@ -83,9 +83,11 @@ pub fn winograd_enabled() -> bool {
 /// block on a wider map, which fuses; its input would need converting); 3×3 depthwise
 /// convolutions whose planar layer is the same chain (`DepthwiseKernel::uniform_chain`,
 /// so that both paths give the same bits) on inputs up to [`max_width`] wide; 3×3
-/// layers stored for F(4x4) that `WinogradNhwc` runs (those whose weights stream from
-/// memory only for sessions of at most `max_batch` 1).
-pub fn candidates(graph: &Graph, isa: Isa, max_batch: usize) -> Vec<Option<Candidate>> {
+/// layers stored for F(4x4) that `WinogradNhwc` runs, except those whose weights stream
+/// from memory (`WinogradNhwc::streams_weights`): planar, those run as fast at one thread
+/// and batch 1 and faster at two threads or batch 8 (ResNet-18's 14×14 layers, session 38:
+/// 0.46–0.51 ms against 0.59–0.68 channels-last at 2 threads, `docs/KERNELS.md`).
+pub fn candidates(graph: &Graph, isa: Isa) -> Vec<Option<Candidate>> {
     let max_w = max_width();
     let winograd = winograd_enabled();
     // Per node: whether it is a depthwise layer the planar plan runs as one
@@ -136,8 +138,9 @@ pub fn candidates(graph: &Graph, isa: Isa, max_batch: usize) -> Vec<Option<Candi
                 let ins = graph.shape(node.inputs[0]);
                 let fits = |s: &[usize]| <[usize; 3]>::try_from(s).ok();
                 let runs = match (fits(ins), fits(outs)) {
-                    (Some(i), Some(o)) => WinogradNhwc::new(isa, c, i, o, 1)
-                        .is_some_and(|k| max_batch <= 1 || !k.streams_weights()),
+                    (Some(i), Some(o)) => {
+                        WinogradNhwc::new(isa, c, i, o, 1).is_some_and(|k| !k.streams_weights())
+                    }
                     _ => false,
                 };
                 return (winograd && runs && node.inputs.len() <= 2).then_some(Candidate::Winograd);

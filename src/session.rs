@@ -992,7 +992,7 @@ impl Session {
         let channels_last = options.channels_last
             && std::env::var("CNNRT_CHANNELS_LAST").map_or(true, |v| v != "0");
         let region_on = if channels_last {
-            region::select(graph, &region::candidates(graph, isa, options.max_batch))
+            region::select(graph, &region::candidates(graph, isa))
         } else {
             vec![false; graph.nodes.len()]
         };

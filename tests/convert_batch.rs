@@ -74,13 +74,8 @@ fn the_layers_algorithm_follows_the_batch_it_is_converted_for() {
             let mut s = model
                 .session(SessionOptions::default().max_batch(run))
                 .unwrap();
-            // A batch-1 session runs an F(4x4) layer channels-last, also one whose
-            // weights stream from memory (a file for batch 8 keeps it planar).
-            let expect = match (algorithm, run) {
-                ("winograd_f4x4", 1) => "winograd_f4x4_nhwc",
-                _ => algorithm,
-            };
-            assert_eq!(s.algorithms(), [expect], "batch {batch}, run {run}");
+            // An F(4x4) layer whose weights stream from memory stays planar (`region`).
+            assert_eq!(s.algorithms(), [algorithm], "batch {batch}, run {run}");
             let got = s.run(&x[..run * 256 * 196], run).unwrap();
             let e = rel_err(got, &want[..run * 256 * 196]);
             assert!(e < 1e-4, "converted for {batch}, run at {run}: error {e}");
@@ -119,10 +114,10 @@ fn the_layers_algorithm_follows_the_machine_rates() {
         gemm_gflops: 110.0,
         memory_gbps: 19.0,
     };
-    // F(4x4) at batch 1 is stored for the channels-last kernel (`region`).
+    // Its F(4x4) weights stream from memory, so it stays planar (`region`).
     for (rates, layout) in [
         (None, WeightLayout::WinogradF2x2),
-        (Some(zen4), WeightLayout::WinogradF4x4Nhwc),
+        (Some(zen4), WeightLayout::WinogradF4x4),
     ] {
         let mut converted = zoo.converted(1);
         converted.metadata.cost_rates = rates;

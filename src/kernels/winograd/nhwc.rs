@@ -40,6 +40,8 @@ const TB_MAX: usize = 12;
 /// channels), the output channels in chunks, with prefetch hints (ResNet-18's 14×14
 /// layers, 9.4 MB: 0.82–0.87 ms per layer against 0.90–1.00 planar; in blocks of 8
 /// tiles, reading the weights twice, 0.96–1.00; `cnnrt bench --profile`, 1 thread).
+/// The planner (`region`) no longer picks such layers: planar from the file they ran
+/// as fast at one thread and faster at two (session 38, `docs/KERNELS.md`).
 const U_MAX_BYTES: usize = 4 << 20;
 
 /// Tiles per block at most where the weights stream from memory.
@@ -182,10 +184,12 @@ impl WinogradNhwc {
     }
 
     /// Whether the transformed weights are over 4 MiB (`U_MAX_BYTES`: read from memory on
-    /// every run). Such layers run channels-last only at batch 1 (`region`): where a
-    /// batch's blocks hold many tiles, V outgrows L2 and every block reads the weights
-    /// again (ResNet-18's layer4 at batch 8: 14.3 ms per layer against 7.0 planar, which
-    /// blocks across samples with the weights read once).
+    /// every run). `region` leaves such layers planar: at batch 8 a batch's blocks hold
+    /// many tiles, V outgrows L2 and every block reads the weights again (ResNet-18's
+    /// layer4: 14.3 ms per layer against 7.0 planar, which blocks across samples with the
+    /// weights read once); at batch 1 the planar kernel from the file took 0.88–0.91 ms
+    /// on ResNet-18's 14×14 layers against 0.83–0.88 here at one thread, but 0.46–0.51
+    /// against 0.59–0.68 at two (session 38).
     pub fn streams_weights(&self) -> bool {
         streams(self.cin, self.cout)
     }
