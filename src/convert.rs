@@ -8,7 +8,9 @@ use crate::graph::{Conv, Graph, Op, WeightLayout};
 use crate::kernels::conv::ConvKernel;
 use crate::kernels::depthwise::DepthwiseKernel;
 use crate::kernels::linear::LinearKernel;
-use crate::kernels::winograd::{measure_relative_error, WinogradKernel, WinogradVariant};
+use crate::kernels::winograd::{
+    measure_f4x4_k5_error, measure_relative_error, WinogradF4x4K5, WinogradKernel, WinogradVariant,
+};
 use crate::passes::{self, PassReport};
 use crate::simd::Isa;
 
@@ -64,6 +66,10 @@ pub struct Converted {
 /// Input channels from which a 5×5 stride-1 layer is a Winograd F(2x2,5x5) candidate
 /// (see `try_winograd`).
 const K5_MIN_CIN: usize = 20;
+
+/// The largest output side for which a 5×5 stride-1 layer is stored as Winograd
+/// F(4x4,5x5) (see `try_winograd`): the maps it was measured on.
+const K5_F4_MAX_SIDE: usize = 32;
 
 /// A deterministic calibration input in [-1, 1) for the Winograd error check.
 fn calibration_input(len: usize, seed: u64) -> Vec<f32> {
@@ -410,6 +416,34 @@ impl Converted {
         // GEMM, 0.56–0.82× the time from 32 channels in; LeNet-5's conv2 (20 → 50 on
         // 14×14, with its 2×2 max pool in both) 0.998× at 1 thread and 0.908× at 2 in the
         // whole model.
+        // F(4x4,5x5) first where it applies: 5×5 layers on small maps without a residual
+        // (LeNet-5's conv2: its step 0.066 → 0.045 ms alone at one thread, AVX-512;
+        // docs/KERNELS.md). Larger maps and channel counts are not measured, so they keep
+        // the choice below.
+        let node = &self.graph.nodes[index];
+        let small_map = o[1] <= K5_F4_MAX_SIDE && o[2] <= K5_F4_MAX_SIDE;
+        if small_map
+            && i[0] >= K5_MIN_CIN
+            && node.inputs.len() == 1
+            && WinogradF4x4K5::new(Isa::Scalar, c, i, o, false, 1).is_some()
+        {
+            let x = calibration_input(i.iter().product(), index as u64 + 1);
+            let plain = &self.weights[c.weight];
+            let bias = c.bias.map(|b| self.weights[b].as_slice());
+            let err = measure_f4x4_k5_error(Isa::Scalar, c, i, o, plain, bias, &x);
+            if err <= self.winograd_max_error {
+                let k = WinogradF4x4K5::new(Isa::Scalar, c, i, o, false, 1)?;
+                let mut packed = vec![0.0; k.weights_len()];
+                k.pack_weights(plain, &mut packed);
+                weights[c.weight] = packed;
+                graph.weights[c.weight].layout = WeightLayout::WinogradF4x4K5;
+                return Some(LayerNote {
+                    node: node.name.clone(),
+                    algorithm: "winograd_f4x4_5x5".to_string(),
+                    relative_error: Some(err),
+                });
+            }
+        }
         let mut variants: Vec<WinogradVariant> = WinogradVariant::ALL
             .into_iter()
             .filter(|&v| v != WinogradVariant::F2x2K5 || i[0] >= K5_MIN_CIN)
@@ -418,7 +452,6 @@ impl Converted {
         if variants.is_empty() {
             return None;
         }
-        let node = &self.graph.nodes[index];
         let x = calibration_input(i.iter().product(), index as u64 + 1);
         let plain = &self.weights[c.weight];
         let bias = c.bias.map(|b| self.weights[b].as_slice());

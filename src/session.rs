@@ -18,7 +18,9 @@ use crate::kernels::nhwc::{self, DepthwiseNhwc, PointwiseNhwc};
 use crate::kernels::pool::PoolKernel;
 use crate::kernels::reference::{self, WeightSource};
 use crate::kernels::team::{self, Crew};
-use crate::kernels::winograd::{self, WinogradKernel, WinogradNhwc, WinogradVariant};
+use crate::kernels::winograd::{
+    self, WinogradF4x4K5, WinogradKernel, WinogradNhwc, WinogradVariant,
+};
 use crate::kernels::{elementwise, gemm, parallel, pool};
 use crate::limits;
 use crate::model::Model;
@@ -200,6 +202,15 @@ enum NodeKernel {
         weight: Packed,
         bias: Option<WeightId>,
     },
+    /// A 5×5 convolution as Winograd F(4x4,5x5) (`WinogradF4x4K5`); `pooled`: with the
+    /// 2×2 stride-2 max pool that alone reads it, at the pool's node (the convolution's
+    /// node is [`NodeKernel::InBlock`]).
+    WinogradK5 {
+        kernel: WinogradF4x4K5,
+        weight: Packed,
+        bias: Option<WeightId>,
+        pooled: bool,
+    },
     /// An expansion → depthwise → projection chain run as one step, at the projection's
     /// node; `first` is the expansion's node.
     Block {
@@ -269,6 +280,8 @@ impl NodeKernel {
             NodeKernel::PointwiseNhwc { .. } => "gemm1x1_nhwc",
             NodeKernel::DepthwiseNhwc { .. } => "dw3x3_nhwc",
             NodeKernel::WinogradNhwc { .. } => "winograd_f4x4_nhwc",
+            NodeKernel::WinogradK5 { pooled: false, .. } => "winograd_f4x4_5x5",
+            NodeKernel::WinogradK5 { pooled: true, .. } => "winograd_f4x4_5x5_pool",
             NodeKernel::InBlock => "in_block",
             NodeKernel::Vector => "vector",
             NodeKernel::Copy => "copy",
@@ -293,6 +306,7 @@ impl NodeKernel {
             // No GEMM, or one that issues no prefetch hints (the `direct` convolution of
             // a conv + pool pair), so no weight prefetch.
             NodeKernel::ConvPool { .. }
+            | NodeKernel::WinogradK5 { .. }
             | NodeKernel::Depthwise { .. }
             | NodeKernel::DepthwiseNhwc { .. }
             | NodeKernel::Pool(_)
@@ -324,6 +338,7 @@ impl NodeKernel {
             NodeKernel::Block { kernel, .. } => kernel.scratch_len(),
             NodeKernel::ConvPool { kernel, .. } => kernel.scratch_len(),
             NodeKernel::WinogradNhwc { kernel, .. } => kernel.scratch_len(),
+            NodeKernel::WinogradK5 { kernel, .. } => kernel.scratch_len(),
             NodeKernel::Implicit { kernel, .. } | NodeKernel::ImplicitPool { kernel, .. } => {
                 kernel.scratch_len()
             }
@@ -447,6 +462,21 @@ fn plan_kernels(
                             weight: Packed::Owned(owned.len() - 1),
                             bias: c.bias,
                         }
+                    }
+                    // F(4x4,5x5) adds no residual: the converter stores it only for
+                    // layers without one.
+                    WeightLayout::WinogradF4x4K5 if node.inputs.len() == 1 => {
+                        let kernel = WinogradF4x4K5::new(isa, c, ins, outs, false, threads)
+                            .ok_or_else(|| layout_err(c.weight, "this convolution"))?;
+                        NodeKernel::WinogradK5 {
+                            kernel,
+                            weight: Packed::InFile(c.weight),
+                            bias: c.bias,
+                            pooled: false,
+                        }
+                    }
+                    WeightLayout::WinogradF4x4K5 => {
+                        return Err(layout_err(c.weight, "a convolution with a residual input"))
                     }
                     WeightLayout::WinogradF4x4
                     | WeightLayout::WinogradF2x2
@@ -752,6 +782,26 @@ fn fuse_conv_pool(model: &Model, kernels: &mut [NodeKernel]) -> Vec<std::ops::Ra
                     bias: *bias,
                 }
             }
+            (
+                NodeKernel::WinogradK5 {
+                    kernel,
+                    weight,
+                    bias,
+                    pooled: false,
+                },
+                NodeKernel::Pool(_),
+            ) => {
+                let Op::Pool(p) = &b.op else { continue };
+                let Some(kernel) = kernel.with_max_pool(p, spatial(graph.shape(b.output))) else {
+                    continue;
+                };
+                NodeKernel::WinogradK5 {
+                    kernel,
+                    weight: *weight,
+                    bias: *bias,
+                    pooled: true,
+                }
+            }
             _ => continue,
         };
         kernels[i] = NodeKernel::InBlock;
@@ -859,7 +909,8 @@ fn node_reads(graph: &Graph, kernels: &[NodeKernel], i: usize) -> Vec<(usize, Ne
         NodeKernel::InBlock => Vec::new(),
         NodeKernel::ConvPool { .. }
         | NodeKernel::ImplicitPool { .. }
-        | NodeKernel::WinogradPool { .. } => {
+        | NodeKernel::WinogradPool { .. }
+        | NodeKernel::WinogradK5 { pooled: true, .. } => {
             vec![(graph.nodes[i - 1].inputs[0], Need::Planar)]
         }
         NodeKernel::Block { first, .. } => std::iter::once(graph.nodes[*first].inputs[0])
@@ -1351,6 +1402,28 @@ impl Session {
                 }
                 continue;
             }
+            // F(4x4,5x5), pooled or not: a pooled one at the pool's node, reading the
+            // convolution's input.
+            if let NodeKernel::WinogradK5 {
+                kernel,
+                weight,
+                bias,
+                pooled,
+            } = &self.kernels[i]
+            {
+                let input = if *pooled {
+                    graph.nodes[i - 1].inputs[0]
+                } else {
+                    node.inputs[0]
+                };
+                let x = value(input, Need::Planar);
+                let (w, b) = (packed(*weight), bias.map(|b| model.weight(b)));
+                kernel.run(self.slots, n, w, b, x, out, &mut self.scratch);
+                if let (Some((t, clock)), Some(start)) = (times.as_mut(), started) {
+                    t[i] = clock().saturating_sub(start);
+                }
+                continue;
+            }
             if let NodeKernel::ConvPool { weight, bias, .. }
             | NodeKernel::ImplicitPool { weight, bias, .. } = &self.kernels[i]
             {
@@ -1521,6 +1594,7 @@ impl Session {
                 | NodeKernel::ConvPool { .. }
                 | NodeKernel::ImplicitPool { .. }
                 | NodeKernel::WinogradPool { .. }
+                | NodeKernel::WinogradK5 { .. }
                 | NodeKernel::InBlock => {
                     unreachable!("handled above")
                 }

@@ -165,7 +165,7 @@ fn bench_json_has_the_documented_fields() {
         huge.is_u64() || (huge.is_null() && !cfg!(target_os = "linux")),
         "{last}"
     );
-    assert!(out.contains("memory     5.1 MB mapped"), "{out}");
+    assert!(out.contains("memory     5.2 MB mapped"), "{out}");
 }
 
 /// `--turns` times the bursts its standard input asks for, one JSON line each, and

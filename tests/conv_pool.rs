@@ -397,7 +397,7 @@ fn session_pools_lenet5_conv2_in_its_store_with_the_same_results() {
     let mut seed = 5u64;
     let input = common::rand_vec(&mut seed, n * 28 * 28, -1.0, 3.0);
     for (model, step) in [
-        (&shipped, "winograd_f2x2_5x5_pool"),
+        (&shipped, "winograd_f4x4_5x5_pool"),
         (&direct, "implicit_gemm_pool"),
     ] {
         for isa in Isa::supported() {

@@ -1,8 +1,8 @@
 //! 5×5 stride-1 layers through the converter: those with at least 20 input channels are
-//! stored as Winograd F(2x2,5x5) (layout `winograd_f2x2_k5`) and run it, the narrower
-//! ones keep the direct GEMM; the session's outputs
-//! stay within the Winograd tolerance of the plain file's, on every tier and worker
-//! count, and bit-identical across worker counts.
+//! stored as Winograd F(4x4,5x5) (layout `winograd_f4x4_k5`) on maps up to 32 wide and
+//! F(2x2,5x5) (`winograd_f2x2_k5`) on wider ones, and run it; the narrower ones keep the
+//! direct GEMM; the session's outputs stay within the Winograd tolerance of the plain
+//! file's, on every tier and worker count, and bit-identical across worker counts.
 
 mod common;
 use cnnrt::format::{model_to_bytes, Metadata};
@@ -11,14 +11,14 @@ use cnnrt::simd::Isa;
 use cnnrt::{SessionOptions, Threads};
 use common::{plain_conv, rand_vec, rel_err};
 
-/// input 16×14×14 → 5×5 16→40 (pad 2, ReLU) → 5×5 40→24 (pad 2).
-fn two_5x5_layers() -> common::Zoo {
+/// input 16×side×side → 5×5 16→40 (pad 2, ReLU) → 5×5 40→24 (pad 2).
+fn two_5x5_layers(side: usize) -> common::Zoo {
     let mut g = Graph::default();
     let mut w: Vec<Vec<f32>> = Vec::new();
     let mut seed = 31u64;
-    let x = g.add_value("input", vec![16, 14, 14]);
-    let mid = g.add_value("mid", vec![40, 14, 14]);
-    let out = g.add_value("output", vec![24, 14, 14]);
+    let x = g.add_value("input", vec![16, side, side]);
+    let mid = g.add_value("mid", vec![40, side, side]);
+    let out = g.add_value("output", vec![24, side, side]);
     for (name, (cin, cout, act), inp, outp) in [
         ("narrow", (16, 40, Activation::Relu), x, mid),
         ("wide", (40, 24, Activation::Identity), mid, out),
@@ -46,7 +46,16 @@ fn two_5x5_layers() -> common::Zoo {
 
 #[test]
 fn wide_5x5_layers_are_stored_and_run_as_winograd() {
-    let zoo = two_5x5_layers();
+    for (side, layout, algorithm) in [
+        (14, WeightLayout::WinogradF4x4K5, "winograd_f4x4_5x5"),
+        (36, WeightLayout::WinogradF2x2K5, "winograd_f2x2_5x5"),
+    ] {
+        check(side, layout, algorithm);
+    }
+}
+
+fn check(side: usize, wide_layout: WeightLayout, algorithm: &str) {
+    let zoo = two_5x5_layers(side);
     let converted = zoo.converted(1);
     let (graph, weights, notes) = converted.packed_for_file();
     let layout = |name: &str| {
@@ -54,10 +63,13 @@ fn wide_5x5_layers_are_stored_and_run_as_winograd() {
         let Op::Conv(c) = &node.op else { panic!() };
         graph.weights[c.weight].layout
     };
-    assert_ne!(layout("narrow"), WeightLayout::WinogradF2x2K5);
-    assert_eq!(layout("wide"), WeightLayout::WinogradF2x2K5);
+    assert!(!matches!(
+        layout("narrow"),
+        WeightLayout::WinogradF2x2K5 | WeightLayout::WinogradF4x4K5
+    ));
+    assert_eq!(layout("wide"), wide_layout, "side {side}");
     let note = notes.iter().find(|n| n.node == "wide").unwrap();
-    assert_eq!(note.algorithm, "winograd_f2x2_5x5");
+    assert_eq!(note.algorithm, algorithm);
     assert!(
         note.relative_error.is_some_and(|e| e > 0.0 && e < 1e-4),
         "{note:?}"
@@ -70,7 +82,7 @@ fn wide_5x5_layers_are_stored_and_run_as_winograd() {
     let plain = zoo.model();
     let n = 2;
     let mut seed = 9u64;
-    let x = rand_vec(&mut seed, n * 16 * 196, -1.0, 1.0);
+    let x = rand_vec(&mut seed, n * 16 * side * side, -1.0, 1.0);
     for isa in Isa::supported() {
         let opts = SessionOptions::default().max_batch(n).max_isa(isa);
         let want = plain
@@ -85,7 +97,7 @@ fn wide_5x5_layers_are_stored_and_run_as_winograd() {
                 .session(opts.clone().threads(Threads::Count(threads)))
                 .unwrap();
             assert!(
-                s.algorithms().contains(&"winograd_f2x2_5x5"),
+                s.algorithms().contains(&algorithm),
                 "[{isa}] {:?}",
                 s.algorithms()
             );

@@ -383,6 +383,10 @@ pub enum WeightLayout {
     /// (`kernels::winograd::WinogradNhwc`): per position, `Uᵀ` in panels of 32 output
     /// channels, input-major inside. `36 · cout · cin` elements.
     WinogradF4x4Nhwc,
+    /// 5×5 convolution weights in the Winograd F(4x4,5x5) domain
+    /// (`kernels::winograd::WinogradF4x4K5`): per position (8 × 8), `U` packed as GEMM A
+    /// in panels of 12 output channels. `64 · cout · cin` elements.
+    WinogradF4x4K5,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -413,6 +417,7 @@ impl WeightInfo {
             WeightLayout::WinogradF4x4 | WeightLayout::WinogradF4x4Nhwc => winograd(36, 3),
             WeightLayout::WinogradF2x2 => winograd(16, 3),
             WeightLayout::WinogradF2x2K5 => winograd(36, 5),
+            WeightLayout::WinogradF4x4K5 => winograd(64, 5),
         }
     }
 }

@@ -173,6 +173,21 @@ pub(crate) trait Simd: Copy {
         self.sub(self.add(a, magic), magic)
     }
 
+    /// Lane `l` from `base + idx[l]` (a gather; the tiers with one override this).
+    ///
+    /// # Safety
+    /// `base + idx[l]` readable for `l < LANES`.
+    #[inline(always)]
+    unsafe fn gather(self, base: *const f32, idx: &[i32; 16]) -> Self::V {
+        let mut buf = [0.0f32; 16];
+        for (b, &i) in buf.iter_mut().zip(idx).take(Self::LANES) {
+            // SAFETY: the caller's guarantee.
+            *b = unsafe { *base.offset(i as isize) };
+        }
+        // SAFETY: `buf` has 16 >= LANES readable floats.
+        unsafe { self.load(buf.as_ptr()) }
+    }
+
     /// The lanes as an array (lanes past `LANES` are zero).
     #[inline(always)]
     fn to_array(self, v: Self::V) -> [f32; 16] {
@@ -439,6 +454,13 @@ mod x86 {
             tf!(_mm256_set1_ps(x))
         }
         #[inline(always)]
+        // Safety: the caller guarantees `base + idx[l]` readable (Simd::gather contract).
+        unsafe fn gather(self, base: *const f32, idx: &[i32; 16]) -> __m256 {
+            // SAFETY: the caller guarantees `base + idx[l]` readable for l < 8; `idx` has
+            // 16 readable i32; the token guarantees AVX2.
+            unsafe { _mm256_i32gather_ps::<4>(base, _mm256_loadu_si256(idx.as_ptr().cast())) }
+        }
+        #[inline(always)]
         // Safety: the caller guarantees 8 readable floats at `p` (Simd::load contract).
         unsafe fn load(self, p: *const f32) -> __m256 {
             // SAFETY: the caller guarantees 8 readable floats; the token guarantees AVX.
@@ -655,6 +677,13 @@ mod x86 {
         #[inline(always)]
         fn splat(self, x: f32) -> __m512 {
             tf!(_mm512_set1_ps(x))
+        }
+        #[inline(always)]
+        // Safety: the caller guarantees `base + idx[l]` readable (Simd::gather contract).
+        unsafe fn gather(self, base: *const f32, idx: &[i32; 16]) -> __m512 {
+            // SAFETY: the caller guarantees `base + idx[l]` readable for l < 16; `idx` has
+            // 16 readable i32; the token guarantees AVX-512F.
+            unsafe { _mm512_i32gather_ps::<4>(_mm512_loadu_si512(idx.as_ptr().cast()), base) }
         }
         #[inline(always)]
         // Safety: the caller guarantees 16 readable floats at `p` (Simd::load contract).

@@ -139,7 +139,9 @@ macro_rules! with_lanes {
     }};
 }
 
+mod k5;
 mod nhwc;
+pub use k5::{measure_relative_error as measure_f4x4_k5_error, WinogradF4x4K5};
 pub use nhwc::{
     packed_from_panels as packed_from_nhwc_panels, panels_from_packed as nhwc_panels_from_packed,
     WinogradNhwc,
