@@ -304,6 +304,9 @@ fn declines_what_it_does_not_run() {
     ] {
         assert!(WinogradF4x4K5::new(Isa::Scalar, &bad, ins, [8, 10, 10], false, 1).is_none());
     }
+    // A plane too large for the gathers' i32 offsets (a hostile file's shapes).
+    let huge = [8, 50_000, 50_000];
+    assert!(WinogradF4x4K5::new(Isa::Scalar, &ok, huge, huge, false, 1).is_none());
     let wide = Conv {
         in_channels: 65,
         ..ok

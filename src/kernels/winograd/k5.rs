@@ -165,6 +165,11 @@ impl WinogradF4x4K5 {
             return None;
         }
         let (ntx, nty) = (ow.div_ceil(4), oh.div_ceil(4));
+        // The gathers index the bordered plane with i32 offsets.
+        let plane = (4 * nty + 4).checked_mul(4 * ntx + 4)?;
+        if plane > i32::MAX as usize {
+            return None;
+        }
         let u = gemm::ukr(isa);
         let panels = cout.div_ceil(MR_PACK);
         Some(WinogradF4x4K5 {
