@@ -422,17 +422,15 @@ impl Converted {
         // the choice below.
         let node = &self.graph.nodes[index];
         let small_map = o[1] <= K5_F4_MAX_SIDE && o[2] <= K5_F4_MAX_SIDE;
-        if small_map
-            && i[0] >= K5_MIN_CIN
-            && node.inputs.len() == 1
-            && WinogradF4x4K5::new(Isa::Scalar, c, i, o, false, 1).is_some()
-        {
+        let f4x4_k5 = (small_map && i[0] >= K5_MIN_CIN && node.inputs.len() == 1)
+            .then(|| WinogradF4x4K5::new(Isa::Scalar, c, i, o, false, 1))
+            .flatten();
+        if let Some(k) = f4x4_k5 {
             let x = calibration_input(i.iter().product(), index as u64 + 1);
             let plain = &self.weights[c.weight];
             let bias = c.bias.map(|b| self.weights[b].as_slice());
             let err = measure_f4x4_k5_error(Isa::Scalar, c, i, o, plain, bias, &x);
             if err <= self.winograd_max_error {
-                let k = WinogradF4x4K5::new(Isa::Scalar, c, i, o, false, 1)?;
                 let mut packed = vec![0.0; k.weights_len()];
                 k.pack_weights(plain, &mut packed);
                 weights[c.weight] = packed;

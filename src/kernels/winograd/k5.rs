@@ -258,26 +258,16 @@ impl WinogradF4x4K5 {
 
     /// Output channels of block `mb`: whole 12-row panels.
     fn block_rows(&self, mb: usize) -> (usize, usize) {
-        let panels = self.cout.div_ceil(MR_PACK);
-        let at = |i: usize| (i * panels / self.mblocks * MR_PACK).min(self.cout);
-        (at(mb), at(mb + 1))
-    }
-
-    fn max_block_rows(&self) -> usize {
-        (0..self.mblocks)
-            .map(|mb| {
-                let (lo, hi) = self.block_rows(mb);
-                hi - lo
-            })
-            .max()
-            .unwrap_or(0)
+        super::panel_split(self.cout, MR_PACK, self.mblocks, mb)
     }
 
     /// Floats of scratch per worker: the bordered plane, V and M of a group.
     pub fn scratch_len(&self) -> usize {
         whole_lines(self.ph * self.pw)
             + whole_lines(POSITIONS * self.cin * self.nr)
-            + whole_lines(POSITIONS * self.max_block_rows() * self.nr)
+            + whole_lines(
+                POSITIONS * super::max_panel_split(self.cout, MR_PACK, self.mblocks) * self.nr,
+            )
     }
 
     /// Independent work items for `n` samples.
@@ -618,40 +608,18 @@ pub fn measure_relative_error(
     let Some(k) = WinogradF4x4K5::new(isa, &lin, in_shape, out_shape, false, 1) else {
         return f64::INFINITY;
     };
-    let n_in = in_shape.iter().product::<usize>();
-    let n_out = out_shape.iter().product::<usize>();
-    assert!(
-        n_in > 0 && input_sample.len().is_multiple_of(n_in),
-        "winograd f4x4 k5: calibration input length"
-    );
     let mut packed = vec![0f32; k.weights_len()];
     k.pack_weights(plain_weights, &mut packed);
     let mut scratch = vec![0f32; k.scratch_len()];
-    let (mut got, mut want) = (vec![0f32; n_out], vec![0f32; n_out]);
-    let (mut max_diff, mut max_ref) = (0f64, 0f64);
-    for x in input_sample.chunks_exact(n_in) {
-        k.run(1, 1, &packed, bias, x, &mut got, &mut scratch);
-        crate::kernels::reference::conv2d(
-            x,
-            1,
-            &in_shape,
-            &lin,
-            plain_weights,
-            bias,
-            None,
-            &out_shape,
-            &mut want,
-        );
-        for (&g, &r) in got.iter().zip(&want) {
-            max_diff = max_diff.max((g as f64 - r as f64).abs());
-            max_ref = max_ref.max((r as f64).abs());
-        }
-    }
-    if max_ref > 0.0 {
-        max_diff / max_ref
-    } else {
-        max_diff
-    }
+    super::relative_error_against_reference(
+        &lin,
+        in_shape,
+        out_shape,
+        plain_weights,
+        bias,
+        input_sample,
+        |x, got| k.run(1, 1, &packed, bias, x, got, &mut scratch),
+    )
 }
 
 #[cfg(test)]

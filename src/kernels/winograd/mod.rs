@@ -2462,25 +2462,49 @@ pub fn measure_relative_error(
     let Some(k) = WinogradKernel::new(isa, &lin, in_shape, out_shape, variant) else {
         return f64::INFINITY;
     };
+    let mut packed = vec![0f32; k.packed_weight_len()];
+    k.pack_weights(plain_weights, &mut packed);
+    let mut scratch = vec![0f32; k.scratch_len()];
+    relative_error_against_reference(
+        &lin,
+        in_shape,
+        out_shape,
+        plain_weights,
+        bias,
+        input_sample,
+        |x, got| k.run(&packed, bias, x, None, got, &mut scratch),
+    )
+}
+
+/// `max |run(x) − reference(x)| / max |reference(x)|` over the `cin × h × w` samples of
+/// `input_sample` (back to back), `lin` being the layer without its activation; 0 when
+/// both are all zero, infinity when the fast path gives a non-finite value where the
+/// reference does not (`f64::max` alone would skip a NaN). The measurement behind every
+/// Winograd kernel's `measure_relative_error`; `run` computes one sample's output.
+pub(crate) fn relative_error_against_reference(
+    lin: &Conv,
+    in_shape: [usize; 3],
+    out_shape: [usize; 3],
+    plain_weights: &[f32],
+    bias: Option<&[f32]>,
+    input_sample: &[f32],
+    mut run: impl FnMut(&[f32], &mut [f32]),
+) -> f64 {
     let n_in = in_shape.iter().product::<usize>();
     let n_out = out_shape.iter().product::<usize>();
     assert!(
         n_in > 0 && input_sample.len().is_multiple_of(n_in),
         "winograd: calibration input length"
     );
-    let mut packed = vec![0f32; k.packed_weight_len()];
-    k.pack_weights(plain_weights, &mut packed);
-    let mut scratch = vec![0f32; k.scratch_len()];
-    let mut got = vec![0f32; n_out];
-    let mut want = vec![0f32; n_out];
+    let (mut got, mut want) = (vec![0f32; n_out], vec![0f32; n_out]);
     let (mut max_diff, mut max_ref) = (0f64, 0f64);
     for x in input_sample.chunks_exact(n_in) {
-        k.run(&packed, bias, x, None, &mut got, &mut scratch);
+        run(x, &mut got);
         reference::conv2d(
             x,
             1,
             &in_shape,
-            &lin,
+            lin,
             plain_weights,
             bias,
             None,
@@ -2488,13 +2512,14 @@ pub fn measure_relative_error(
             &mut want,
         );
         for (&g, &r) in got.iter().zip(&want) {
+            if !g.is_finite() && r.is_finite() {
+                return f64::INFINITY;
+            }
             max_diff = max_diff.max((g as f64 - r as f64).abs());
             max_ref = max_ref.max((r as f64).abs());
         }
     }
-    if max_diff.is_nan() {
-        f64::INFINITY
-    } else if max_ref == 0.0 {
+    if max_ref == 0.0 {
         if max_diff == 0.0 {
             0.0
         } else {
@@ -2505,9 +2530,52 @@ pub fn measure_relative_error(
     }
 }
 
+/// Rows `[lo, hi)` of part `i` when `total` rows, in panels of `width`, are shared among
+/// `parts` as evenly as whole panels allow (the last panel may be partial). Output
+/// channel blocks of the channels-last and F(4x4,5x5) kernels.
+pub(crate) fn panel_split(total: usize, width: usize, parts: usize, i: usize) -> (usize, usize) {
+    let panels = total.div_ceil(width);
+    let at = |i: usize| (i * panels / parts.max(1) * width).min(total);
+    (at(i), at(i + 1))
+}
+
+/// The most rows any part of [`panel_split`] gets.
+pub(crate) fn max_panel_split(total: usize, width: usize, parts: usize) -> usize {
+    (0..parts)
+        .map(|i| {
+            let (lo, hi) = panel_split(total, width, parts, i);
+            hi - lo
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The parts of `panel_split` tile `[0, total)` in order, on whole panels, and the
+    /// largest is what `max_panel_split` says.
+    #[test]
+    fn panel_split_tiles_the_rows_on_panel_bounds() {
+        for total in [1, 7, 12, 13, 50, 64, 100, 257] {
+            for width in [1, 4, 12, 16, 32] {
+                for parts in 1..=9 {
+                    let mut next = 0;
+                    let mut widest = 0;
+                    for i in 0..parts {
+                        let (lo, hi) = panel_split(total, width, parts, i);
+                        assert_eq!(lo, next, "{total} {width} {parts} {i}");
+                        assert!(hi >= lo && (lo % width == 0 || lo == total));
+                        widest = widest.max(hi - lo);
+                        next = hi;
+                    }
+                    assert_eq!(next, total);
+                    assert_eq!(max_panel_split(total, width, parts), widest);
+                }
+            }
+        }
+    }
 
     #[test]
     fn groups_across_rows_cover_their_lanes_in_order() {

@@ -247,19 +247,11 @@ impl WinogradNhwc {
 
     /// Output channels of chunk `ch`: whole 32-wide panels.
     fn chunk_range(&self, ch: usize) -> (usize, usize) {
-        let panels = self.cout.div_ceil(NR_PACK);
-        let at = |i: usize| (i * panels / self.chunks * NR_PACK).min(self.cout);
-        (at(ch), at(ch + 1))
+        super::panel_split(self.cout, NR_PACK, self.chunks, ch)
     }
 
     fn max_chunk(&self) -> usize {
-        (0..self.chunks)
-            .map(|ch| {
-                let (lo, hi) = self.chunk_range(ch);
-                hi - lo
-            })
-            .max()
-            .unwrap_or(0)
+        super::max_panel_split(self.cout, NR_PACK, self.chunks)
     }
 
     /// Floats of scratch per worker: V (`36 × tiles × cin`) and M (`36 × tiles ×
