@@ -1352,3 +1352,92 @@ fn exported_test_models_match_onnx_runtime() {
     }
     eprintln!("{n} models match");
 }
+
+/// ReduceMean / ReduceMax over [2, 3] (or [-1, -2]) of [N, C, H, W] import as a global
+/// pool, with keepdims = 0 followed by a Flatten to [N, C]; axes as the attribute before
+/// opset 18 and as a constant input from 18. Other axes, no axes, and a computed axes
+/// input are refused with what was asked.
+#[test]
+fn reduce_over_spatial_axes_is_a_global_pool() {
+    let global = |kind| Op::GlobalPool { kind };
+    for (op, kind) in [
+        ("ReduceMean", PoolKind::Average),
+        ("ReduceMax", PoolKind::Max),
+    ] {
+        let m = M::new(
+            vec![nchw("x", 3, 5, 4)],
+            vec![node(op, &["x"], &["y"], vec![ais("axes", &[2, 3])])],
+            &["y"],
+        )
+        .import();
+        assert_eq!(ops(&m), [&global(kind)]);
+        assert_eq!(m.graph.shape(m.graph.nodes[0].output), [3, 1, 1]);
+        let m = M::new(
+            vec![nchw("x", 3, 5, 4)],
+            vec![node(
+                op,
+                &["x"],
+                &["y"],
+                vec![ais("axes", &[-1, -2]), ai("keepdims", 0)],
+            )],
+            &["y"],
+        )
+        .import();
+        assert_eq!(ops(&m), [&global(kind), &Op::Flatten { axis: 1 }]);
+        assert_eq!(m.graph.shape(m.graph.nodes[1].output), [3]);
+        // Opset 18: axes as an input.
+        let m = M::new(
+            vec![nchw("x", 3, 5, 4)],
+            vec![node(op, &["x", "axes"], &["y"], vec![ai("keepdims", 0)])],
+            &["y"],
+        )
+        .inits(vec![ti64("axes", &[3, 2])])
+        .opset(18)
+        .import();
+        assert_eq!(ops(&m), [&global(kind), &Op::Flatten { axis: 1 }]);
+    }
+    // The numbers: ReduceMean then a Relu, against the mean computed here.
+    let m = M::new(
+        vec![nchw("x", 2, 2, 3)],
+        vec![
+            node(
+                "ReduceMean",
+                &["x"],
+                &["r"],
+                vec![ais("axes", &[2, 3]), ai("keepdims", 0)],
+            ),
+            node("Relu", &["r"], &["y"], vec![]),
+        ],
+        &["y"],
+    )
+    .import();
+    let x: Vec<f32> = vec![
+        1.0, 2.0, 3.0, 4.0, 5.0, 6.0, -1.0, -2.0, -3.0, -4.0, -5.0, 0.0,
+    ];
+    let w: Vec<&[f32]> = m.weights.iter().map(|w| w.as_slice()).collect();
+    let out = cnnrt::kernels::reference::run_graph(&m.graph, &w, &[&x], 1).unwrap();
+    assert_eq!(out, [vec![3.5, 0.0]]);
+    // Refused: another axis, every axis, an axes input computed at run time.
+    let e = M::new(
+        vec![nchw("x", 3, 5, 4)],
+        vec![node("ReduceMean", &["x"], &["y"], vec![ais("axes", &[1])])],
+        &["y"],
+    )
+    .err();
+    assert_unsupported(e, "ReduceMean", "axes [1]");
+    let e = M::new(
+        vec![nchw("x", 3, 5, 4)],
+        vec![node("ReduceMax", &["x"], &["y"], vec![])],
+        &["y"],
+    )
+    .err();
+    assert_unsupported(e, "ReduceMax", "every axis");
+    let e = M::new(
+        vec![nchw("x", 3, 5, 4), vi("axes", &[Some(2)])],
+        vec![node("ReduceMean", &["x", "axes"], &["y"], vec![])],
+        &["y"],
+    )
+    .opset(18)
+    .err();
+    assert_unsupported(e, "ReduceMean", "constant");
+}

@@ -33,6 +33,8 @@ const DTYPE: &str = "non-float32 element type";
 const BCAST: &str = "broadcast that is not per-channel (the second operand has no batch dimension)";
 const SCALAR: &str = "arithmetic on [N] inputs (one value per sample, no channel dimension)";
 const DIM3: &str = "1-D / 3-D pooling (2-D only)";
+const REDUCE: &str =
+    "reduce over axes other than the spatial [2, 3] of [N, C, H, W] (a global pool)";
 
 /// Node tests that cnnrt does not support by design, with the reason.
 const SKIP: &[(&str, &str)] = &[
@@ -180,6 +182,24 @@ const SKIP: &[(&str, &str)] = &[
         "test_dropout_default_mask_ratio",
         "the mask output (bool) is used",
     ),
+    ("test_reduce_max_bool_inputs", DTYPE),
+    ("test_reduce_max_default_axes_keepdim_example", REDUCE),
+    ("test_reduce_max_default_axes_keepdims_random", REDUCE),
+    ("test_reduce_max_do_not_keepdims_example", REDUCE),
+    ("test_reduce_max_do_not_keepdims_random", REDUCE),
+    ("test_reduce_max_empty_set", REDUCE),
+    ("test_reduce_max_keepdims_example", REDUCE),
+    ("test_reduce_max_keepdims_random", REDUCE),
+    ("test_reduce_max_negative_axes_keepdims_example", REDUCE),
+    ("test_reduce_max_negative_axes_keepdims_random", REDUCE),
+    ("test_reduce_mean_default_axes_keepdims_example", REDUCE),
+    ("test_reduce_mean_default_axes_keepdims_random", REDUCE),
+    ("test_reduce_mean_do_not_keepdims_example", REDUCE),
+    ("test_reduce_mean_do_not_keepdims_random", REDUCE),
+    ("test_reduce_mean_keepdims_example", REDUCE),
+    ("test_reduce_mean_keepdims_random", REDUCE),
+    ("test_reduce_mean_negative_axes_keepdims_example", REDUCE),
+    ("test_reduce_mean_negative_axes_keepdims_random", REDUCE),
     ("test_identity_opt", "optional type, not a tensor"),
     ("test_identity_sequence", "sequence type, not a tensor"),
 ];
@@ -199,7 +219,7 @@ fn is_param(op: &str, pos: usize) -> bool {
         | "InstanceNormalization"
         | "Pad"
         | "Dropout" => pos >= 1,
-        "MatMul" | "PRelu" | "Reshape" => pos == 1,
+        "MatMul" | "PRelu" | "Reshape" | "ReduceMean" | "ReduceMax" => pos == 1,
         _ => false,
     }
 }

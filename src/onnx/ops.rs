@@ -30,6 +30,7 @@ pub(crate) fn convert_node<'m>(b: &mut Builder<'m>, ctx: &Ctx<'m>) -> Result<()>
         "PRelu" => prelu(b, ctx),
         "MaxPool" | "AveragePool" => pool(b, ctx),
         "GlobalAveragePool" | "GlobalMaxPool" => global_pool(b, ctx),
+        "ReduceMean" | "ReduceMax" => reduce(b, ctx),
         "Flatten" => flatten(b, ctx),
         "Reshape" => reshape(b, ctx),
         "Gemm" => gemm(b, ctx),
@@ -374,6 +375,73 @@ fn global_pool<'m>(b: &mut Builder<'m>, ctx: &Ctx<'m>) -> Result<()> {
         PoolKind::Average
     };
     b.emit(ctx, Op::GlobalPool { kind }, vec![x])
+}
+
+/// ReduceMean / ReduceMax over the two spatial axes of an `[N, C, H, W]` tensor, which is
+/// how some exporters write a global pool (torchvision's MNASNet: `x.mean([2, 3])`): a
+/// global pool, then with `keepdims` = 0 the `[N, C]` a Flatten gives. Any other set of
+/// axes is refused with the axes it got.
+fn reduce<'m>(b: &mut Builder<'m>, ctx: &Ctx<'m>) -> Result<()> {
+    // Opset 18 moved `axes` from an attribute to an optional second input.
+    let axes_input = ctx.opset >= 18;
+    if axes_input {
+        ctx.check_attrs(&["keepdims", "noop_with_empty_axes"])?;
+        ctx.check_inputs(1, 2)?;
+    } else {
+        ctx.check_attrs(&["axes", "keepdims"])?;
+        ctx.check_inputs(1, 1)?;
+    }
+    let x = b.dyn_input(ctx, 0)?;
+    let xs = b.shape(x).to_vec();
+    let rank = xs.len() + 1;
+    let axes: Vec<i64> = if axes_input {
+        match b.const_input(ctx, 1, "axes")? {
+            Some(t) => t.i64s(ctx, "axes")?.to_vec(),
+            None => Vec::new(),
+        }
+    } else {
+        ctx.ints("axes")?.map(<[i64]>::to_vec).unwrap_or_default()
+    };
+    if axes.is_empty() {
+        return Err(if axes_input && ctx.flag("noop_with_empty_axes", false)? {
+            ctx.unsupported("an empty 'axes' with noop_with_empty_axes = 1 (a no-op reduce)")
+        } else {
+            ctx.unsupported(
+                "no 'axes': a reduce over every axis mixes the batch (cnnrt reduces over [2, 3] of [N, C, H, W])",
+            )
+        });
+    }
+    let mut norm = axes
+        .iter()
+        .map(|&a| ctx.axis("axes", a, rank))
+        .collect::<Result<Vec<_>>>()?;
+    norm.sort_unstable();
+    norm.dedup();
+    if rank != 4 || norm != [2, 3] {
+        return Err(ctx.unsupported(format!(
+            "{} over axes {axes:?} of {}: cnnrt reduces only over the spatial axes [2, 3] of [N, C, H, W] (a global pool)",
+            ctx.op,
+            full(&xs)
+        )));
+    }
+    let kind = if ctx.op == "ReduceMax" {
+        PoolKind::Max
+    } else {
+        PoolKind::Average
+    };
+    let pool = Op::GlobalPool { kind };
+    if ctx.flag("keepdims", true)? {
+        return b.emit(ctx, pool, vec![x]);
+    }
+    let out = b.single_output(ctx)?;
+    let pooled = b.push_node(
+        ctx,
+        format!("{}.pool", ctx.name),
+        pool,
+        vec![x],
+        &format!("{out}.pool"),
+    )?;
+    b.emit(ctx, Op::Flatten { axis: 1 }, vec![pooled])
 }
 
 fn flatten<'m>(b: &mut Builder<'m>, ctx: &Ctx<'m>) -> Result<()> {
