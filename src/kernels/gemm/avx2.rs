@@ -2,7 +2,7 @@
 //! broadcast A, FMA; `vmaskmov` loads and stores for the N remainder.
 
 use super::{
-    act_is_vector, act_tile_scalar, clamp_of, MultiKernel, OffsKernel, Store, TapsKernel, UKernel,
+    act_is_vector, act_tile_vector, clamp_of, MultiKernel, OffsKernel, Store, TapsKernel, UKernel,
     Ukr, MR_MAX,
 };
 use crate::graph::Activation;
@@ -443,7 +443,7 @@ unsafe fn body<
             if act_is_vector(st.act) {
                 act_tile(c, ldc, R, w, st.act)
             } else {
-                act_tile_scalar(c, ldc, R, w, st.act)
+                act_tile_vector(Isa::Avx2, c, ldc, R, w, st.act)
             }
         };
     }
@@ -687,7 +687,7 @@ unsafe fn tcol_finish<const NV: usize>(
     }
     if st.finish && !vector_act {
         // SAFETY: the h × NV tile of C was just written and is valid.
-        unsafe { act_tile_scalar(c, ldc, h, NV, st.act) };
+        unsafe { act_tile_vector(Isa::Avx2, c, ldc, h, NV, st.act) };
     }
 }
 

@@ -1,7 +1,7 @@
 //! AVX-512 micro-kernels: up to 12 rows × 32 columns (two zmm per row, 24 accumulators),
 //! broadcast A, FMA; masked loads and stores for the N remainder.
 
-use super::{act_is_vector, act_tile_scalar, OffsKernel, Store, TapsKernel, UKernel, Ukr, MR_MAX};
+use super::{act_is_vector, act_tile_vector, OffsKernel, Store, TapsKernel, UKernel, Ukr, MR_MAX};
 use crate::graph::Activation;
 use crate::simd::Isa;
 use core::arch::x86_64::*;
@@ -349,7 +349,7 @@ unsafe fn body<
     if st.finish && !vector_act {
         let w = if MASKED { nv } else { 16 * NV };
         // SAFETY: the tile just stored.
-        unsafe { act_tile_scalar(c, ldc, R, w, st.act) };
+        unsafe { act_tile_vector(Isa::Avx512, c, ldc, R, w, st.act) };
     }
 }
 
@@ -604,7 +604,7 @@ unsafe fn tcol_finish<const NV: usize>(
     }
     if st.finish && !vector_act {
         // SAFETY: the h × NV tile of C was just written and is valid.
-        unsafe { act_tile_scalar(c, ldc, h, NV, st.act) };
+        unsafe { act_tile_vector(Isa::Avx512, c, ldc, h, NV, st.act) };
     }
 }
 
