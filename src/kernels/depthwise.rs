@@ -914,32 +914,9 @@ unsafe fn plane<S: Simd>(
             match (k.algo, cols.stride) {
                 (Algo::K3, 1) => row3::<S, 1>(s, k, act, &row, &wk, o, r),
                 (Algo::K3, _) => row3::<S, 2>(s, k, act, &row, &wk, o, r),
-                // (`run_strided` takes these layers through `planes_rows`.)
-                (Algo::Rows, 1) => rows_lockstep::<S, 1, 1>(
-                    s,
-                    k,
-                    act,
-                    &[x],
-                    &[w],
-                    &[bias],
-                    row.iy0,
-                    row.ky,
-                    &[o],
-                    &[r],
-                ),
-                (Algo::Rows, _) => rows_lockstep::<S, 2, 1>(
-                    s,
-                    k,
-                    act,
-                    &[x],
-                    &[w],
-                    &[bias],
-                    row.iy0,
-                    row.ky,
-                    &[o],
-                    &[r],
-                ),
-                (Algo::Generic, _) => {
+                // Generic (`run_strided` takes `dw_rows` layers through `planes_rows`;
+                // this scalar path would also be right for them).
+                _ => {
                     for xo in 0..ow {
                         *o.add(xo) = point(rows, cols, &row, xo);
                     }
