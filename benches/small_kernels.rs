@@ -3,8 +3,8 @@
 //!
 //! `cargo bench --bench small_kernels [-- FILTER]`: criterion, throughput in bytes read +
 //! written (decimal GB/s); each benchmark's id says its shape and tier.
-//! `CNNRT_BENCH_TABLE=1 cargo bench --bench small_kernels` prints a markdown table
-//! instead (µs, GB/s, GFLOP/s, share of 20 GB/s and of a same-size copy); see [`table`].
+//! `CNNRT_BENCH_TABLE=1 cargo bench --bench small_kernels [-- FILTER]` prints a markdown
+//! table instead (µs, GB/s, GFLOP/s, share of 20 GB/s and of a same-size copy); see [`table`].
 //!
 //! Time is the benchmark thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`) on Linux, so that
 //! other processes on a shared machine do not count; for one thread on an idle machine it
@@ -155,6 +155,26 @@ fn cases() -> Vec<Case> {
             move || activation(isa, black_box(&x), Activation::Relu, &mut out),
         ));
     }
+    // The exp-based activations, on a map that stays in L2 (their arithmetic, not the
+    // memory, is what they cost: SiLU was about a quarter of EfficientNet-B0's time).
+    let small = 32 * 28 * 28;
+    for (name, act) in [
+        ("silu", Activation::Silu),
+        ("sigmoid", Activation::Sigmoid),
+        ("tanh", Activation::Tanh),
+    ] {
+        for isa in Isa::supported() {
+            let x = data(small, 9);
+            let mut out = Aligned::zeroed(small);
+            v.push(case(
+                name,
+                format!("32x28x28/{isa}"),
+                8 * small,
+                small,
+                move || activation(isa, black_box(&x), act, &mut out),
+            ));
+        }
+    }
     for isa in Isa::supported() {
         let (x, scale, shift) = (data(n, 6), data(64, 7), data(64, 8));
         let mut out = Aligned::zeroed(n);
@@ -222,7 +242,8 @@ fn fast_time(f: &mut dyn FnMut()) -> f64 {
     times[times.len() / 10] as f64 * 1e-9
 }
 
-/// `CNNRT_BENCH_TABLE=1`: instead of criterion, a markdown table of the fast end (10th
+/// `CNNRT_BENCH_TABLE=1` (`-- FILTER` keeps the cases whose name or id contains it):
+/// instead of criterion, a markdown table of the fast end (10th
 /// percentile) of the CPU time per call over ~0.3 s of calls. Beside each case, a copy of the same number of bytes
 /// (half read, half written) timed the same way right after it: what the memory system
 /// gave at that moment, for that working-set size.
@@ -231,7 +252,14 @@ fn table() {
         "| kernel | shape / tier | µs | GB/s | GFLOP/s | % of 20 GB/s | copy GB/s | % of copy |"
     );
     println!("|---|---|---:|---:|---:|---:|---:|---:|");
-    for mut c in cases() {
+    // As the kernels bench: the first argument that is not an option filters by name.
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let keep = |c: &Case| {
+        filter
+            .as_deref()
+            .is_none_or(|f| c.group.contains(f) || c.id.contains(f))
+    };
+    for mut c in cases().into_iter().filter(keep) {
         let t = fast_time(&mut c.run);
         let half = c.bytes / 8;
         let (src, mut dst) = (data(half, 9), Aligned::zeroed(half));

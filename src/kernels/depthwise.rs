@@ -1062,10 +1062,14 @@ unsafe fn rows_lockstep<S: Simd, const SW: usize, const P: usize>(
                 }
             }
         }
+        let mut op = *o;
+        let mut rp = *r;
         for p in 0..P {
-            // SAFETY: xo + n <= OW floats of the output / residual row.
-            unsafe { finish(s, act, acc[p], o[p].add(xo), r[p].map(|q| q.add(xo)), n) };
+            op[p] = op[p].wrapping_add(xo);
+            rp[p] = rp[p].map(|q| q.wrapping_add(xo));
         }
+        // SAFETY: xo + n <= OW floats of each plane's output / residual row.
+        unsafe { finish_n(s, act, acc, &op, &rp, n) };
         xo += n;
     }
 }
@@ -1194,25 +1198,45 @@ unsafe fn finish<S: Simd>(
     res: Option<*const f32>,
     n: usize,
 ) {
+    // SAFETY: forwarded (same contract).
+    unsafe { finish_n(s, act, [acc], &[o], &[res], n) }
+}
+
+/// [`finish`] for `P` planes' outputs at once: the residuals, then the activation of all
+/// `P` (`ActV::apply_n`: the exp-based activations' chains interleaved), then the stores.
+/// The same operations per output as one at a time.
+///
+/// # Safety
+/// As [`finish`], for each plane's `o[p]` / `res[p]`.
+#[inline(always)]
+unsafe fn finish_n<S: Simd, const P: usize>(
+    s: S,
+    act: &ActV<S>,
+    mut acc: [S::V; P],
+    o: &[*mut f32; P],
+    res: &[Option<*const f32>; P],
+    n: usize,
+) {
     let full = n == S::LANES;
-    // SAFETY: n floats at o / res (caller).
+    // SAFETY: n floats at each o[p] / res[p] (caller).
     unsafe {
-        let v = match res {
-            Some(r) => s.add(
-                acc,
-                if full {
+        for (a, r) in acc.iter_mut().zip(res) {
+            if let Some(r) = *r {
+                let v = if full {
                     s.load(r)
                 } else {
                     s.load_part(r, n, s.zero())
-                },
-            ),
-            None => acc,
-        };
-        let v = act.apply(s, v);
-        if full {
-            s.store(o, v)
-        } else {
-            s.store_part(o, n, v)
+                };
+                *a = s.add(*a, v);
+            }
+        }
+        let y = act.apply_n(s, acc);
+        for (&v, &o) in y.iter().zip(o) {
+            if full {
+                s.store(o, v)
+            } else {
+                s.store_part(o, n, v)
+            }
         }
     }
 }

@@ -1132,20 +1132,8 @@ pub(crate) unsafe fn act_tile_vector(
 ) {
     crate::kernels::elementwise::dispatch!(isa, |s| {
         let a = crate::kernels::elementwise::ActV::new(s, act);
-        for i in 0..mr {
-            let p = c.wrapping_add(i * ldc);
-            // SAFETY: row i of the tile, nv floats (caller).
-            unsafe {
-                crate::kernels::elementwise::map1(
-                    s,
-                    p,
-                    p,
-                    nv,
-                    #[inline(always)]
-                    |v| a.apply(s, v),
-                )
-            }
-        }
+        // SAFETY: the tile's mr rows of nv floats, ldc apart (caller).
+        unsafe { crate::kernels::elementwise::map_act(s, &a, c, c, ldc, mr, nv) }
     })
 }
 
